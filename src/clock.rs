@@ -1,0 +1,64 @@
+//! Injectable time, so expiry edges can be tested to the second.
+
+use std::fmt;
+use std::sync::Mutex;
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+/// A source of the current time. Keygate reads it for every expiry decision and timestamp.
+pub trait Clock: Send + Sync + 'static {
+    /// The current time.
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The system clock ([`Utc::now`]); the default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// A clock that only moves when told to: for tests of expiry edges.
+///
+/// ```
+/// use chrono::{TimeDelta, TimeZone, Utc};
+/// use keygate::{Clock, ManualClock};
+///
+/// let clock = ManualClock::new(Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap());
+/// clock.advance(TimeDelta::seconds(30));
+/// assert_eq!(clock.now(), Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 30).unwrap());
+/// ```
+pub struct ManualClock(Mutex<DateTime<Utc>>);
+
+impl ManualClock {
+    /// A clock standing at `now`.
+    pub fn new(now: DateTime<Utc>) -> Self {
+        Self(Mutex::new(now))
+    }
+
+    /// Moves the clock to `now` (backwards too).
+    pub fn set(&self, now: DateTime<Utc>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    }
+
+    /// Moves the clock forward by `delta`.
+    pub fn advance(&self, delta: TimeDelta) {
+        let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *now += delta;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> DateTime<Utc> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl fmt::Debug for ManualClock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ManualClock").field(&self.now()).finish()
+    }
+}

@@ -1,0 +1,622 @@
+//! [`Keygate`], the facade: configuration, key management and verification.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{BuildError, Error, Rejection, VerifyError};
+use crate::hash::{Pepper, SecretHash};
+use crate::http;
+use crate::jwt::{self, JwtSecret};
+use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
+use crate::principal::Principal;
+use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
+use crate::secret::Secret;
+use crate::store::{KeyStore, ListQuery, Page};
+use crate::usage::{self, Usage};
+use crate::user::{Owner, UserDirectory};
+
+/// Longest key name accepted, in characters.
+pub const MAX_NAME_LEN: usize = 256;
+/// Largest page [`Keygate::list`] returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// A freshly minted key: its record, and the plaintext, which is never available again.
+#[derive(Debug)]
+pub struct IssuedKey {
+    /// The record as stored.
+    pub record: KeyRecord,
+    /// The plaintext key. Show it once; keygate keeps only a hash.
+    pub key: Secret,
+}
+
+/// Mints, manages and verifies API keys over a [`KeyStore`].
+///
+/// Cheap to clone (one `Arc`), so it can sit in a web framework's state.
+///
+/// ```
+/// use keygate::{Keygate, MemoryStore, NewKey, Pepper, Rejection};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let gate = Keygate::builder(MemoryStore::new())
+///     .prefix("abs")
+///     .pepper(Pepper::new(1, b"a pepper of at least thirty-two bytes!")?)
+///     .build()?;
+///
+/// let issued = gate.mint(NewKey::new("Backup Script", "user-1")).await?;
+/// let principal = gate.verify(issued.key.expose()).await?;
+/// assert_eq!(principal.owner_id(), "user-1");
+///
+/// gate.revoke(issued.record.id).await?;
+/// let refused = gate.verify(issued.key.expose()).await.unwrap_err();
+/// assert_eq!(refused.rejection(), Some(Rejection::Inactive));
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Keygate {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn KeyStore>,
+    prefix: String,
+    pepper: Pepper,
+    jwt: Option<JwtSecret>,
+    users: Option<Arc<dyn UserDirectory>>,
+    clock: Arc<dyn Clock>,
+    usage: Arc<Usage>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Last handle gone: write what is still queued, if a runtime can run it.
+        let batch = self.usage.take_all(self.clock.now());
+        if !batch.is_empty() {
+            usage::spawn_flush(self.usage.clone(), self.store.clone(), batch);
+        }
+    }
+}
+
+/// Configures a [`Keygate`]; start with [`Keygate::builder`].
+pub struct KeygateBuilder {
+    store: Arc<dyn KeyStore>,
+    prefix: String,
+    pepper: Option<Pepper>,
+    jwt: Option<Result<JwtSecret, BuildError>>,
+    users: Option<Arc<dyn UserDirectory>>,
+    clock: Arc<dyn Clock>,
+    last_used_interval: Duration,
+}
+
+impl KeygateBuilder {
+    /// The prefix of opaque keys, `[a-z][a-z0-9]{0,15}` (default `"key"`): keys look like
+    /// `<prefix>_…`. Pick one per application so scanners can tell whose key leaked.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The pepper keyring keys are hashed under at rest. Required.
+    pub fn pepper(mut self, pepper: Pepper) -> Self {
+        self.pepper = Some(pepper);
+        self
+    }
+
+    /// Enables JWT-format keys signed with `secret` (Audiobookshelf's `TokenSecret`, as
+    /// given). At least 32 bytes; [`build`](Self::build) fails otherwise.
+    pub fn jwt_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
+        self.jwt = Some(JwtSecret::new(secret));
+        self
+    }
+
+    /// The directory that says whether a key's owner exists and is active, and what they
+    /// may do. Without one every owner counts as active with all permissions, so only a
+    /// key's scopes restrict it.
+    pub fn users(mut self, users: impl UserDirectory) -> Self {
+        self.users = Some(Arc::new(users));
+        self
+    }
+
+    /// The clock (default [`SystemClock`]).
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// [`clock`](Self::clock), sharing a clock the caller keeps a handle to.
+    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// How often at most a key's `last_used_at` is written (default 60 s). Also the spacing
+    /// of background flushes, so the store sees at most one last-used batch per interval.
+    pub fn last_used_interval(mut self, interval: Duration) -> Self {
+        self.last_used_interval = interval;
+        self
+    }
+
+    /// Checks the configuration and builds the gate.
+    pub fn build(self) -> Result<Keygate, BuildError> {
+        key::validate_prefix(&self.prefix)?;
+        let pepper = self.pepper.ok_or(BuildError::MissingPepper)?;
+        let jwt = self.jwt.transpose()?;
+        let interval = TimeDelta::from_std(self.last_used_interval).unwrap_or(TimeDelta::MAX);
+        Ok(Keygate {
+            inner: Arc::new(Inner {
+                store: self.store,
+                prefix: self.prefix,
+                pepper,
+                jwt,
+                users: self.users,
+                clock: self.clock,
+                usage: Arc::new(Usage::new(interval)),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for KeygateBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeygateBuilder")
+            .field("prefix", &self.prefix)
+            .field("pepper", &self.pepper)
+            .field("jwt", &self.jwt.as_ref().map(|_| "[redacted]"))
+            .field("users", &self.users.is_some())
+            .field("last_used_interval", &self.last_used_interval)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for Keygate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Keygate")
+            .field("prefix", &self.inner.prefix)
+            .field("pepper", &self.inner.pepper)
+            .field("jwt", &self.inner.jwt.is_some())
+            .field("users", &self.inner.users.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Keygate {
+    /// Starts configuring a gate over `store`.
+    pub fn builder(store: impl KeyStore) -> KeygateBuilder {
+        Self::builder_shared(Arc::new(store))
+    }
+
+    /// [`builder`](Self::builder) for a store the caller keeps a handle to.
+    pub fn builder_shared(store: Arc<dyn KeyStore>) -> KeygateBuilder {
+        KeygateBuilder {
+            store,
+            prefix: "key".to_owned(),
+            pepper: None,
+            jwt: None,
+            users: None,
+            clock: Arc::new(SystemClock),
+            last_used_interval: Duration::from_secs(60),
+        }
+    }
+
+    /// The opaque-key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.inner.prefix
+    }
+
+    /// The store.
+    pub fn store(&self) -> &Arc<dyn KeyStore> {
+        &self.inner.store
+    }
+
+    /// Mints a key. The plaintext in the result is the only copy: keygate stores a hash.
+    ///
+    /// Refused before anything is written: an empty or overlong name (over
+    /// [`MAX_NAME_LEN`] characters) or one with control characters, an empty owner, an
+    /// expiry not in the future, a JWT key on a gate without a JWT secret.
+    pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
+        let inner = &*self.inner;
+        check_name(&new.name)?;
+        check_owner(&new.owner)?;
+        let now = inner.clock.now().trunc_subsecs(6);
+        let mut expires_at = match new.expiry {
+            None => None,
+            Some(Expiry::In(lifetime)) => Some(
+                now.checked_add_signed(lifetime)
+                    .ok_or(Error::invalid("expires_at", "out of range"))?,
+            ),
+            Some(Expiry::At(at)) => Some(at),
+        };
+        if new.format == KeyFormat::Jwt {
+            // A JWT carries whole seconds; keep the record and the token in agreement.
+            expires_at = expires_at.map(|at| at.trunc_subsecs(0));
+        }
+        if expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+
+        let id = KeyId::random();
+        let (token, hash) = match new.format {
+            KeyFormat::Opaque => {
+                let token = OpaqueKey::generate(&inner.prefix, id);
+                let parsed = OpaqueKey::parse(&token, &inner.prefix)
+                    .expect("a freshly generated key parses");
+                let hash = inner.pepper.hash(parsed.secret);
+                (token, hash)
+            }
+            KeyFormat::Jwt => {
+                let secret = inner.jwt.as_ref().ok_or(Error::JwtDisabled)?;
+                let token = secret.sign(
+                    id,
+                    &new.name,
+                    now.timestamp(),
+                    expires_at.map(|at| at.timestamp()),
+                );
+                let hash = inner.pepper.hash(jwt::signature_of(&token));
+                (token, hash)
+            }
+        };
+        let record = KeyRecord {
+            id,
+            format: new.format,
+            hash: Some(hash),
+            name: new.name,
+            description: new.description,
+            owner: new.owner,
+            created_by: new.created_by,
+            created_at: now,
+            updated_at: now,
+            expires_at,
+            last_used_at: None,
+            active: new.active,
+            scopes: new.scopes,
+            metadata: new.metadata,
+        };
+        inner.store.insert(record.clone()).await?;
+        tracing::info!(target: "keygate", key_id = %id, owner = %record.owner, format = %record.format, "key minted");
+        Ok(IssuedKey {
+            record,
+            key: Secret::from(token),
+        })
+    }
+
+    /// Inserts an existing record, keeping its id: e.g. a row migrated from
+    /// Audiobookshelf's `apiKeys` table, whose JWT keys then verify unchanged.
+    ///
+    /// An opaque record must carry a hash. Never overwrites: an existing id is
+    /// [`StoreError::Conflict`](crate::StoreError::Conflict).
+    pub async fn import(&self, record: KeyRecord) -> Result<(), Error> {
+        check_name(&record.name)?;
+        check_owner(&record.owner)?;
+        if record.format == KeyFormat::Opaque && record.hash.is_none() {
+            return Err(Error::invalid(
+                "hash",
+                "an opaque key record needs its hash",
+            ));
+        }
+        let id = record.id;
+        self.inner.store.insert(record).await?;
+        tracing::info!(target: "keygate", key_id = %id, "key imported");
+        Ok(())
+    }
+
+    /// The record with this id.
+    pub async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, Error> {
+        Ok(self.inner.store.get(id).await?.map(Arc::unwrap_or_clone))
+    }
+
+    /// One page of records ordered by id (at most [`MAX_PAGE`]), optionally one owner's.
+    pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
+        if query.limit == 0 {
+            return Err(Error::invalid("limit", "must be at least 1"));
+        }
+        let mut query = query;
+        query.limit = query.limit.min(MAX_PAGE);
+        let records = self.inner.store.list(&query).await?;
+        let next = (records.len() == query.limit)
+            .then(|| records.last().map(|r| r.id))
+            .flatten();
+        Ok(Page { records, next })
+    }
+
+    /// Changes a record and returns it as stored. An empty patch changes nothing and
+    /// returns the record.
+    pub async fn update(&self, id: KeyId, patch: KeyPatch) -> Result<KeyRecord, Error> {
+        if let Some(name) = &patch.name {
+            check_name(name)?;
+        }
+        if let Some(owner) = &patch.owner {
+            check_owner(owner)?;
+        }
+        if patch.hash.is_some() || patch.updated_at.is_some() {
+            return Err(Error::invalid(
+                "patch",
+                "hash and updated_at are set by keygate",
+            ));
+        }
+        if patch.is_empty() {
+            return self.get(id).await?.ok_or(Error::NotFound(id));
+        }
+        let mut patch = patch;
+        patch.updated_at = Some(self.inner.clock.now().trunc_subsecs(6));
+        let record = self
+            .inner
+            .store
+            .update(id, &patch)
+            .await?
+            .ok_or(Error::NotFound(id))?;
+        tracing::info!(target: "keygate", key_id = %id, active = record.active, "key updated");
+        Ok(record)
+    }
+
+    /// Deactivates a key: every later verify refuses it. [`update`](Self::update) with
+    /// `active(true)` brings it back.
+    pub async fn revoke(&self, id: KeyId) -> Result<KeyRecord, Error> {
+        let record = self.update(id, KeyPatch::new().active(false)).await?;
+        tracing::info!(target: "keygate", key_id = %id, "key revoked");
+        Ok(record)
+    }
+
+    /// Deletes a key's record; nothing else is touched.
+    pub async fn delete(&self, id: KeyId) -> Result<(), Error> {
+        if !self.inner.store.delete(id).await? {
+            return Err(Error::NotFound(id));
+        }
+        self.inner.usage.forget(id);
+        tracing::info!(target: "keygate", key_id = %id, "key deleted");
+        Ok(())
+    }
+
+    /// Replaces a key: mints a new one with the old one's name, description, owner,
+    /// scopes, metadata and format (and, if it expired, the same lifetime from now), then
+    /// lets the old one live for `grace` more at most (zero: it stops now).
+    ///
+    /// The new key is written first; if expiring the old one then fails, the error is
+    /// returned and both keys stay valid, so a retry is safe.
+    pub async fn rotate(&self, id: KeyId, grace: TimeDelta) -> Result<IssuedKey, Error> {
+        if grace < TimeDelta::zero() {
+            return Err(Error::invalid("grace", "must not be negative"));
+        }
+        let old = self.inner.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        let now = self.inner.clock.now().trunc_subsecs(6);
+        let mut new = NewKey::new(old.name.clone(), old.owner.clone())
+            .format(old.format)
+            .metadata(old.metadata.clone());
+        new.description.clone_from(&old.description);
+        new.created_by.clone_from(&old.created_by);
+        new.scopes.clone_from(&old.scopes);
+        if let Some(at) = old.expires_at {
+            new = new.expires_in((at - old.created_at).max(TimeDelta::seconds(1)));
+        }
+        let issued = self.mint(new).await?;
+        let grace_end = now + grace;
+        let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
+        self.update(id, KeyPatch::new().expires_at(Some(old_end)))
+            .await?;
+        tracing::info!(target: "keygate", key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.num_seconds(), "key rotated");
+        Ok(issued)
+    }
+
+    /// Writes queued last-used times and re-hashes now. Call it at shutdown; otherwise
+    /// they are written in the background at most once per
+    /// [`last_used_interval`](KeygateBuilder::last_used_interval).
+    pub async fn flush(&self) -> Result<(), Error> {
+        let inner = &*self.inner;
+        let batch = inner.usage.take_all(inner.clock.now());
+        Ok(inner.usage.write(&*inner.store, batch, false).await?)
+    }
+
+    /// Verifies a bearer token (the key itself, without `Bearer `).
+    ///
+    /// Order: shape and checksum (or JWT header, signature and claims) with no store
+    /// access; then the record by id (format, hash in constant time, active, expiry); then
+    /// the owner. A store failure is [`VerifyError::StoreUnavailable`], never a bad key.
+    pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        let result = self.check(token).await;
+        if let Err(error) = &result {
+            log_refusal(error);
+        }
+        result
+    }
+
+    /// Verifies the value of one `Authorization` header (`Bearer <key>`).
+    /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
+    pub async fn verify_header(&self, value: &str) -> Result<Principal, VerifyError> {
+        self.verify_headers([value.as_bytes()]).await
+    }
+
+    /// Verifies a request from all of its `Authorization` header values: none is
+    /// [`VerifyError::MissingCredentials`], more than one an invalid request.
+    pub async fn verify_headers<'a, I>(&self, values: I) -> Result<Principal, VerifyError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        match http::bearer_token(values) {
+            Ok(token) => self.verify(token).await,
+            Err(error) => {
+                log_refusal(&error);
+                Err(error)
+            }
+        }
+    }
+
+    async fn check(&self, token: &str) -> Result<Principal, VerifyError> {
+        let inner = &*self.inner;
+        let now = inner.clock.now();
+        if token.as_bytes().contains(&b'.') {
+            let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
+            let claims = jwt.verify(token, now.timestamp()).map_err(reject)?;
+            let record = self.lookup(claims.key_id).await?;
+            let Some(record) = record else {
+                return Err(reject_key(Rejection::UnknownKey, claims.key_id));
+            };
+            if record.format != KeyFormat::Jwt {
+                return Err(reject_key(Rejection::FormatMismatch, record.id));
+            }
+            // Keys minted here are bound to their exact token; imported Audiobookshelf
+            // keys have no hash and rest on the signature alone, as they do there.
+            let rehash = match &record.hash {
+                Some(hash) => self.check_hash(claims.signature, hash, record.id)?,
+                None => None,
+            };
+            self.accept(record, now, rehash).await
+        } else {
+            if token.len() > key::MAX_OPAQUE_LEN {
+                return Err(reject(Rejection::Malformed));
+            }
+            let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
+            let record = self.lookup(key.id).await?;
+            let (record, hash) = match record {
+                Some(record) if record.format == KeyFormat::Opaque => match record.hash.clone() {
+                    Some(hash) => (record, hash),
+                    // An opaque record without a hash can match nothing.
+                    None => {
+                        inner.pepper.burn(key.secret);
+                        return Err(reject_key(Rejection::HashMismatch, key.id));
+                    }
+                },
+                other => {
+                    // Same HMAC work as a real comparison: timing does not tell ids apart.
+                    inner.pepper.burn(key.secret);
+                    let reason = match other {
+                        Some(_) => Rejection::FormatMismatch,
+                        None => Rejection::UnknownKey,
+                    };
+                    return Err(reject_key(reason, key.id));
+                }
+            };
+            let rehash = self.check_hash(key.secret, &hash, key.id)?;
+            self.accept(record, now, rehash).await
+        }
+    }
+
+    async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
+        self.inner
+            .store
+            .get(id)
+            .await
+            .map_err(VerifyError::StoreUnavailable)
+    }
+
+    /// Constant-time hash check; on success, a re-hash if the record's pepper is old.
+    fn check_hash(
+        &self,
+        secret: &[u8],
+        hash: &SecretHash,
+        id: KeyId,
+    ) -> Result<Option<SecretHash>, VerifyError> {
+        let pepper = &self.inner.pepper;
+        if !pepper.matches(secret, hash) {
+            return Err(reject_key(Rejection::HashMismatch, id));
+        }
+        Ok((hash.version != pepper.current_version()).then(|| pepper.hash(secret)))
+    }
+
+    async fn accept(
+        &self,
+        record: Arc<KeyRecord>,
+        now: DateTime<Utc>,
+        rehash: Option<SecretHash>,
+    ) -> Result<Principal, VerifyError> {
+        let inner = &*self.inner;
+        if !record.active {
+            return Err(reject_key(Rejection::Inactive, record.id));
+        }
+        if record.is_expired_at(now) {
+            return Err(reject_key(Rejection::Expired, record.id));
+        }
+        let owner = match &inner.users {
+            None => Owner::unrestricted(),
+            Some(users) => users
+                .owner(&record.owner)
+                .await
+                .map_err(VerifyError::DirectoryUnavailable)?
+                .ok_or(reject_key(Rejection::OwnerUnknown, record.id))?,
+        };
+        if !owner.active {
+            return Err(reject_key(Rejection::OwnerInactive, record.id));
+        }
+        if let Some(batch) = inner.usage.mark(record.id, now, rehash) {
+            usage::spawn_flush(inner.usage.clone(), inner.store.clone(), batch);
+        }
+        Ok(Principal::new(record, owner))
+    }
+}
+
+fn reject(rejection: Rejection) -> VerifyError {
+    VerifyError::InvalidKey(rejection)
+}
+
+fn reject_key(rejection: Rejection, id: KeyId) -> VerifyError {
+    tracing::info!(target: "keygate", key_id = %id, reason = rejection.as_str(), "key refused");
+    VerifyError::InvalidKey(rejection)
+}
+
+/// One event per refusal: the reason code, never the token. Refusals after the store
+/// lookup were logged with their key id by [`reject_key`].
+fn log_refusal(error: &VerifyError) {
+    match error {
+        VerifyError::InvalidKey(r) if !r.is_offline() => {}
+        VerifyError::StoreUnavailable(e) => {
+            tracing::warn!(target: "keygate", error = %e, "key store unavailable during verify")
+        }
+        VerifyError::DirectoryUnavailable(e) => {
+            tracing::warn!(target: "keygate", error = %e, "user directory unavailable during verify")
+        }
+        other => tracing::debug!(target: "keygate", reason = other.reason(), "verify refused"),
+    }
+}
+
+fn check_name(name: &str) -> Result<(), Error> {
+    if name.trim().is_empty() {
+        return Err(Error::invalid("name", "must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(Error::invalid("name", "longer than 256 characters"));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid(
+            "name",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+fn check_owner(owner: &str) -> Result<(), Error> {
+    if owner.trim().is_empty() {
+        return Err(Error::invalid("owner", "must not be empty"));
+    }
+    Ok(())
+}
+
+#[async_trait::async_trait]
+impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
+    async fn insert(&self, record: KeyRecord) -> Result<(), crate::StoreError> {
+        (**self).insert(record).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, crate::StoreError> {
+        (**self).get(id).await
+    }
+    async fn update(
+        &self,
+        id: KeyId,
+        patch: &KeyPatch,
+    ) -> Result<Option<KeyRecord>, crate::StoreError> {
+        (**self).update(id, patch).await
+    }
+    async fn delete(&self, id: KeyId) -> Result<bool, crate::StoreError> {
+        (**self).delete(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, crate::StoreError> {
+        (**self).list(query).await
+    }
+    async fn record_last_used(
+        &self,
+        batch: &[(KeyId, DateTime<Utc>)],
+    ) -> Result<(), crate::StoreError> {
+        (**self).record_last_used(batch).await
+    }
+}

@@ -1,0 +1,238 @@
+//! Audiobookshelf-compatible JWT keys: HS256 over `{"keyId","name","type":"api","iat","exp"?}`.
+//!
+//! Signing and checking use `ring`'s HMAC with a key prepared once, not a JWT library's
+//! process-wide crypto provider: keygate never depends on, installs or trips over a host
+//! application's `jsonwebtoken` backend, and a verify re-keys nothing and parses each JSON
+//! part once. What is accepted is deliberately narrow:
+//!
+//! - header: `alg` exactly `HS256`, `typ` absent or `JWT`, no `crit`;
+//! - claims: `type` exactly `"api"`, `keyId` a UUID, no `userId`/`username` (those mark
+//!   Audiobookshelf session tokens signed with the same secret), `exp`/`nbf`/`iat` numbers
+//!   when present (a string or `null` is refused, not ignored: CVE-2026-25537's lesson);
+//! - `exp` is strict: `now >= exp` is expired. `name` is never read.
+
+use std::fmt;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::hmac;
+use serde::de::DeserializeOwned;
+use serde::de::{self, Deserializer, IgnoredAny, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{BuildError, Rejection};
+use crate::key::KeyId;
+
+/// Shortest JWT secret accepted, in bytes.
+pub const MIN_JWT_SECRET_LEN: usize = 32;
+
+/// Longest JWT accepted; longer input is refused before decoding.
+pub(crate) const MAX_JWT_LEN: usize = 4096;
+
+/// `{"alg":"HS256","typ":"JWT"}`, byte for byte what Node's `jsonwebtoken` writes.
+const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
+
+/// The HMAC key JWT keys are signed with: the secret's bytes exactly as given, as
+/// Audiobookshelf uses its `TokenSecret`.
+///
+/// ```
+/// assert!(keygate::JwtSecret::new("too short").is_err());
+/// let secret = keygate::JwtSecret::new("an Audiobookshelf TokenSecret of 32+ bytes")?;
+/// assert_eq!(format!("{secret:?}"), "JwtSecret([redacted])");
+/// # Ok::<(), keygate::BuildError>(())
+/// ```
+#[derive(Clone)]
+pub struct JwtSecret(hmac::Key);
+
+impl JwtSecret {
+    /// Fails on a secret shorter than [`MIN_JWT_SECRET_LEN`] bytes.
+    pub fn new(secret: impl AsRef<[u8]>) -> Result<Self, BuildError> {
+        let secret = secret.as_ref();
+        if secret.len() < MIN_JWT_SECRET_LEN {
+            return Err(BuildError::JwtSecretTooShort {
+                min: MIN_JWT_SECRET_LEN,
+                got: secret.len(),
+            });
+        }
+        Ok(Self(hmac::Key::new(hmac::HMAC_SHA256, secret)))
+    }
+
+    /// Mints a token exactly as Audiobookshelf's `ApiKey.generateApiKey` does.
+    pub(crate) fn sign(&self, id: KeyId, name: &str, iat: i64, exp: Option<i64>) -> String {
+        #[derive(Serialize)]
+        struct Claims<'a> {
+            #[serde(rename = "keyId")]
+            key_id: String,
+            name: &'a str,
+            #[serde(rename = "type")]
+            kind: &'static str,
+            iat: i64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            exp: Option<i64>,
+        }
+        let claims = Claims {
+            key_id: id.to_string(),
+            name,
+            kind: "api",
+            iat,
+            exp,
+        };
+        let json = serde_json::to_vec(&claims).expect("claims always serialize");
+        let mut token = String::with_capacity(HEADER_B64.len() + json.len() * 4 / 3 + 48);
+        token.push_str(HEADER_B64);
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(&json, &mut token);
+        let tag = hmac::sign(&self.0, token.as_bytes());
+        token.push('.');
+        URL_SAFE_NO_PAD.encode_string(tag.as_ref(), &mut token);
+        token
+    }
+
+    /// Checks everything the token alone can prove, in order: shape, header, signature,
+    /// claims, and the token's own time limits at `now` (unix seconds).
+    pub(crate) fn verify<'t>(
+        &self,
+        token: &'t str,
+        now: i64,
+    ) -> Result<VerifiedJwt<'t>, Rejection> {
+        if token.len() > MAX_JWT_LEN {
+            return Err(Rejection::Malformed);
+        }
+        let mut parts = token.split('.');
+        let (Some(header), Some(payload), Some(signature), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Rejection::Malformed);
+        };
+
+        let header: Header = decode_json(header)?;
+        if header.alg != "HS256" {
+            return Err(Rejection::JwtAlgorithm);
+        }
+        if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+            return Err(Rejection::JwtMalformed);
+        }
+        if header.crit {
+            return Err(Rejection::JwtCritical);
+        }
+
+        let mut tag = [0u8; 32];
+        if signature.len() != 43
+            || !matches!(URL_SAFE_NO_PAD.decode_slice(signature, &mut tag), Ok(32))
+        {
+            return Err(Rejection::JwtSignature);
+        }
+        let signed = &token[..header_and_payload_len(token, signature)];
+        hmac::verify(&self.0, signed.as_bytes(), &tag).map_err(|_| Rejection::JwtSignature)?;
+
+        let claims: Claims = decode_json(payload)?;
+        if claims.kind.as_deref() != Some("api") {
+            return Err(Rejection::JwtType);
+        }
+        if claims.user_id || claims.username {
+            return Err(Rejection::JwtSessionToken);
+        }
+        let key_id = claims
+            .key_id
+            .as_deref()
+            .and_then(|id| id.parse::<KeyId>().ok())
+            .ok_or(Rejection::JwtMalformed)?;
+        if claims.exp.is_some_and(|exp| now as f64 >= exp) {
+            return Err(Rejection::JwtExpired);
+        }
+        if claims.nbf.is_some_and(|nbf| (now as f64) < nbf) {
+            return Err(Rejection::JwtNotYetValid);
+        }
+        Ok(VerifiedJwt {
+            key_id,
+            signature: signature.as_bytes(),
+        })
+    }
+}
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret([redacted])")
+    }
+}
+
+/// A token whose signature and claims checked out; the store decides the rest.
+pub(crate) struct VerifiedJwt<'t> {
+    pub key_id: KeyId,
+    /// The signature as sent (base64url): what a record's hash binds to.
+    pub signature: &'t [u8],
+}
+
+/// The signature part of a token minted by [`JwtSecret::sign`].
+pub(crate) fn signature_of(token: &str) -> &[u8] {
+    token.rsplit('.').next().unwrap_or_default().as_bytes()
+}
+
+fn header_and_payload_len(token: &str, signature: &str) -> usize {
+    token.len() - signature.len() - 1
+}
+
+fn decode_json<T: DeserializeOwned>(part: &str) -> Result<T, Rejection> {
+    // Only small parts reach here: the whole token is length-capped.
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| Rejection::JwtMalformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| Rejection::JwtMalformed)
+}
+
+#[derive(Deserialize)]
+struct Header {
+    alg: String,
+    typ: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    crit: bool,
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(rename = "keyId")]
+    key_id: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(rename = "userId", default, deserialize_with = "present")]
+    user_id: bool,
+    #[serde(default, deserialize_with = "present")]
+    username: bool,
+    #[serde(default, deserialize_with = "numeric_date")]
+    exp: Option<f64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    nbf: Option<f64>,
+    #[serde(default, deserialize_with = "numeric_date")]
+    #[allow(dead_code)] // type-checked only
+    iat: Option<f64>,
+}
+
+/// `true` whenever the field is there at all, even as `null`.
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    IgnoredAny::deserialize(d).map(|_| true)
+}
+
+/// A JSON number (RFC 7519 NumericDate); anything else, `null` included, is an error.
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+    struct NumericDate;
+    impl Visitor<'_> for NumericDate {
+        type Value = f64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a NumericDate (JSON number)")
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
+            if v.is_finite() {
+                Ok(v)
+            } else {
+                Err(E::custom("non-finite NumericDate"))
+            }
+        }
+    }
+    d.deserialize_any(NumericDate).map(Some)
+}

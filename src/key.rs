@@ -1,0 +1,360 @@
+//! Key identity and the opaque key format `<prefix>_<id><secret><crc>`.
+//!
+//! The body after the prefix is 71 base62 characters:
+//!
+//! | part | chars | what |
+//! |---|---|---|
+//! | id | 22 | the key id (a UUID) as a fixed-width base62 number |
+//! | secret | 43 | uniformly random base62 characters: 256 bits of entropy |
+//! | checksum | 6 | CRC32 of everything before it, prefix and `_` included, base62 |
+//!
+//! Only `[A-Za-z0-9_]` appears, so a double-click selects the whole key, and
+//! [`SCANNER_REGEX`] finds keys in logs, commits and pastes. The checksum is public: it lets
+//! a scanner, or the verifier, reject a typo or garbage without a store lookup.
+
+use std::fmt;
+use std::str::FromStr;
+
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+use crate::base62;
+use crate::error::{BuildError, Rejection};
+
+/// Characters in the id part of an opaque key.
+pub(crate) const ID_LEN: usize = 22;
+/// Characters in the secret part of an opaque key.
+pub(crate) const SECRET_LEN: usize = 43;
+/// Characters in the checksum part of an opaque key.
+pub(crate) const CHECKSUM_LEN: usize = 6;
+/// Characters after `<prefix>_`.
+pub(crate) const BODY_LEN: usize = ID_LEN + SECRET_LEN + CHECKSUM_LEN;
+/// Longest prefix accepted.
+pub(crate) const MAX_PREFIX_LEN: usize = 16;
+/// Longest opaque key: a 16-character prefix, `_` and the body.
+pub const MAX_OPAQUE_LEN: usize = MAX_PREFIX_LEN + 1 + BODY_LEN;
+
+/// A regular expression that matches any keygate opaque key, for secret scanners
+/// (GitHub push protection, gitleaks, trufflehog).
+///
+/// It matches every prefix; narrow it with your own prefix, e.g.
+/// `\babs_[0-9A-Za-z]{71}\b`, or use [`scanner_regex`]. A match can then be confirmed
+/// offline with [`checksum_ok`], which is what keeps the false-positive rate near zero.
+pub const SCANNER_REGEX: &str = r"\b[a-z][a-z0-9]{0,15}_[0-9A-Za-z]{71}\b";
+
+/// The scanner regex for keys with one `prefix`, e.g. `\babs_[0-9A-Za-z]{71}\b`.
+///
+/// ```
+/// assert_eq!(keygate::scanner_regex("abs"), r"\babs_[0-9A-Za-z]{71}\b");
+/// ```
+pub fn scanner_regex(prefix: &str) -> String {
+    format!(r"\b{prefix}_[0-9A-Za-z]{{{BODY_LEN}}}\b")
+}
+
+/// Whether `candidate` has the shape of an opaque key and its checksum is right: the check
+/// a scanner runs on a regex match before raising an alert. It never proves a key valid.
+///
+/// ```
+/// assert!(!keygate::checksum_ok("abs_not-a-key"));
+/// ```
+pub fn checksum_ok(candidate: &str) -> bool {
+    match candidate.split_once('_') {
+        Some((prefix, _)) => OpaqueKey::parse(candidate, prefix).is_ok(),
+        None => false,
+    }
+}
+
+/// The id of an API key: a UUID, shown in its hyphenated form (as Audiobookshelf's `keyId`).
+///
+/// ```
+/// let id: keygate::KeyId = "0b9f2b2e-6c4b-4a1e-9d3e-3f1f7a0c2d11".parse().unwrap();
+/// assert_eq!(id.to_string(), "0b9f2b2e-6c4b-4a1e-9d3e-3f1f7a0c2d11");
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct KeyId(Uuid);
+
+impl KeyId {
+    /// A new random (version 4) id.
+    pub fn random() -> Self {
+        let mut bytes = [0u8; 16];
+        fill_random(&mut bytes);
+        Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
+    }
+
+    /// The UUID.
+    pub fn as_uuid(&self) -> &Uuid {
+        &self.0
+    }
+}
+
+impl From<Uuid> for KeyId {
+    fn from(value: Uuid) -> Self {
+        Self(value)
+    }
+}
+
+impl From<KeyId> for Uuid {
+    fn from(value: KeyId) -> Self {
+        value.0
+    }
+}
+
+impl FromStr for KeyId {
+    type Err = uuid::Error;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Uuid::parse_str(s).map(Self)
+    }
+}
+
+impl fmt::Display for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({})", self.0.hyphenated())
+    }
+}
+
+/// Which kind of token a key is. A record remembers its format: an opaque record never
+/// accepts a JWT and a JWT record never accepts an opaque key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum KeyFormat {
+    /// `<prefix>_<id><secret><crc>`: the default.
+    #[default]
+    Opaque,
+    /// An Audiobookshelf-compatible HS256 JWT.
+    Jwt,
+}
+
+impl KeyFormat {
+    /// `"opaque"` or `"jwt"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyFormat::Opaque => "opaque",
+            KeyFormat::Jwt => "jwt",
+        }
+    }
+}
+
+impl fmt::Display for KeyFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for KeyFormat {
+    type Err = UnknownFormat;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "opaque" => Ok(KeyFormat::Opaque),
+            "jwt" => Ok(KeyFormat::Jwt),
+            _ => Err(UnknownFormat),
+        }
+    }
+}
+
+/// A key format name other than `opaque` or `jwt`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown key format (expected \"opaque\" or \"jwt\")")]
+pub struct UnknownFormat;
+
+/// Checks an application's key prefix: `[a-z][a-z0-9]{0,15}`.
+pub(crate) fn validate_prefix(prefix: &str) -> Result<(), BuildError> {
+    let bytes = prefix.as_bytes();
+    let ok = !bytes.is_empty()
+        && bytes.len() <= MAX_PREFIX_LEN
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(BuildError::InvalidPrefix(prefix.to_owned()))
+    }
+}
+
+/// A parsed opaque key: borrowed pieces of the token, checksum already confirmed.
+pub(crate) struct OpaqueKey<'a> {
+    pub id: KeyId,
+    /// The 43-character secret part; what the pepper HMAC is computed over.
+    pub secret: &'a [u8],
+}
+
+impl<'a> OpaqueKey<'a> {
+    /// Parses `token` as an opaque key with `prefix`. Touches nothing but the input.
+    pub fn parse(token: &'a str, prefix: &str) -> Result<Self, Rejection> {
+        let bytes = token.as_bytes();
+        let Some(body) = bytes
+            .strip_prefix(prefix.as_bytes())
+            .and_then(|rest| rest.strip_prefix(b"_"))
+        else {
+            return Err(Rejection::WrongPrefix);
+        };
+        if body.len() != BODY_LEN || !body.iter().all(u8::is_ascii_alphanumeric) {
+            return Err(Rejection::Malformed);
+        }
+        let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        if base62::decode_fixed(checksum) != Some(u128::from(crc32fast::hash(signed))) {
+            return Err(Rejection::BadChecksum);
+        }
+        let id = base62::decode_fixed(&body[..ID_LEN]).ok_or(Rejection::Malformed)?;
+        Ok(Self {
+            id: KeyId(Uuid::from_u128(id)),
+            secret: &body[ID_LEN..ID_LEN + SECRET_LEN],
+        })
+    }
+
+    /// Builds a fresh key string for `id` with a new random secret.
+    pub fn generate(prefix: &str, id: KeyId) -> String {
+        let mut out = Vec::with_capacity(prefix.len() + 1 + BODY_LEN);
+        out.extend_from_slice(prefix.as_bytes());
+        out.push(b'_');
+        let mut body = [0u8; BODY_LEN];
+        base62::encode_fixed(id.0.as_u128(), &mut body[..ID_LEN]);
+        random_base62(&mut body[ID_LEN..ID_LEN + SECRET_LEN]);
+        out.extend_from_slice(&body[..ID_LEN + SECRET_LEN]);
+        let crc = crc32fast::hash(&out);
+        base62::encode_fixed(u128::from(crc), &mut body[ID_LEN + SECRET_LEN..]);
+        out.extend_from_slice(&body[ID_LEN + SECRET_LEN..]);
+        zeroize::Zeroize::zeroize(&mut body);
+        String::from_utf8(out).expect("prefix and base62 are ASCII")
+    }
+}
+
+/// Fills `out` with uniformly random base62 characters (rejection sampling: bytes >= 248
+/// are dropped so that `byte % 62` is unbiased).
+fn random_base62(out: &mut [u8]) {
+    let mut pool = [0u8; 64];
+    let mut filled = 0;
+    while filled < out.len() {
+        fill_random(&mut pool);
+        for &byte in pool.iter().filter(|&&b| b < 248) {
+            if filled == out.len() {
+                break;
+            }
+            out[filled] = base62::char_of(byte % 62);
+            filled += 1;
+        }
+    }
+    zeroize::Zeroize::zeroize(&mut pool);
+}
+
+/// Fills `out` from the operating system's CSPRNG.
+pub(crate) fn fill_random(out: &mut [u8]) {
+    // `SystemRandom` only fails when the OS has no entropy source at all; no key can be
+    // minted safely then, and carrying on with a weak key would be worse than stopping.
+    SystemRandom::new()
+        .fill(out)
+        .expect("the operating system's random number generator failed");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_keys_parse_back_to_their_id() {
+        for _ in 0..200 {
+            let id = KeyId::random();
+            let token = OpaqueKey::generate("abs", id);
+            assert_eq!(token.len(), 3 + 1 + BODY_LEN);
+            assert!(token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
+            let parsed = OpaqueKey::parse(&token, "abs").expect("fresh key parses");
+            assert_eq!(parsed.id, id);
+            assert_eq!(
+                parsed.secret,
+                &token.as_bytes()[4 + ID_LEN..4 + ID_LEN + SECRET_LEN]
+            );
+            assert!(checksum_ok(&token));
+        }
+    }
+
+    #[test]
+    fn two_keys_for_one_id_differ_in_their_secret() {
+        let id = KeyId::random();
+        assert_ne!(OpaqueKey::generate("k", id), OpaqueKey::generate("k", id));
+    }
+
+    #[test]
+    fn refusals_are_typed() {
+        let token = OpaqueKey::generate("abs", KeyId::random());
+        let reason = |t: &str, p: &str| OpaqueKey::parse(t, p).err();
+        assert_eq!(reason(&token, "abc"), Some(Rejection::WrongPrefix));
+        assert_eq!(reason(&token, "ab"), Some(Rejection::WrongPrefix));
+        assert_eq!(
+            reason(&token[..token.len() - 1], "abs"),
+            Some(Rejection::Malformed)
+        );
+        assert_eq!(
+            reason(&format!("{token}0"), "abs"),
+            Some(Rejection::Malformed)
+        );
+        let mut dashed = token.clone().into_bytes();
+        dashed[10] = b'-';
+        assert_eq!(
+            reason(std::str::from_utf8(&dashed).unwrap(), "abs"),
+            Some(Rejection::Malformed)
+        );
+        let mut typo = token.clone().into_bytes();
+        typo[30] = if typo[30] == b'a' { b'b' } else { b'a' };
+        assert_eq!(
+            reason(std::str::from_utf8(&typo).unwrap(), "abs"),
+            Some(Rejection::BadChecksum)
+        );
+    }
+
+    #[test]
+    fn an_id_part_above_u128_is_malformed_even_with_a_good_checksum() {
+        let mut body = vec![b'z'; ID_LEN];
+        body.extend(std::iter::repeat_n(b'a', SECRET_LEN));
+        let mut token = b"abs_".to_vec();
+        token.extend(&body);
+        let mut crc = [0u8; CHECKSUM_LEN];
+        base62::encode_fixed(u128::from(crc32fast::hash(&token)), &mut crc);
+        token.extend(crc);
+        let token = String::from_utf8(token).unwrap();
+        assert_eq!(
+            OpaqueKey::parse(&token, "abs").err(),
+            Some(Rejection::Malformed)
+        );
+    }
+
+    #[test]
+    fn random_base62_uses_the_whole_alphabet() {
+        let mut seen = [false; 62];
+        let mut buf = [0u8; 4096];
+        random_base62(&mut buf);
+        for b in buf {
+            seen[usize::from(base62::digit(b).unwrap())] = true;
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn prefixes_follow_the_grammar() {
+        for good in ["a", "abs", "k9", "abcdefghijklmnop"] {
+            assert!(validate_prefix(good).is_ok(), "{good}");
+        }
+        for bad in ["", "9a", "Abs", "ab_c", "abs-", "abcdefghijklmnopq", "é"] {
+            assert!(validate_prefix(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_scanner_regex_is_consistent_with_the_lengths() {
+        assert!(SCANNER_REGEX.contains(&format!("{{{BODY_LEN}}}")));
+        assert_eq!(MAX_OPAQUE_LEN, 88);
+    }
+}

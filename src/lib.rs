@@ -1,0 +1,80 @@
+//! # keygate
+//!
+//! API keys for Rust servers: mint keys that act for a user and inherit that user's
+//! permissions, hash them at rest, expire, revoke or delete them, and verify
+//! `Authorization: Bearer <key>` in constant time, with typed outcomes that map onto
+//! RFC 6750 responses.
+//!
+//! ```
+//! use chrono::TimeDelta;
+//! use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Once, at startup.
+//! let gate = Keygate::builder(MemoryStore::new())
+//!     .prefix("abs")
+//!     .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+//!     .build()?;
+//!
+//! // An admin mints a key on behalf of a user; the plaintext is returned exactly once.
+//! let issued = gate
+//!     .mint(NewKey::new("Backup Script", "user-1").expires_in(TimeDelta::days(30)))
+//!     .await?;
+//!
+//! // Every request.
+//! let principal = gate.verify_header(&format!("Bearer {}", issued.key.expose())).await?;
+//! assert_eq!(principal.key_name(), "Backup Script");
+//! # Ok(()) }
+//! ```
+//!
+//! ## Two key formats, one verifier
+//!
+//! - **Opaque** (default): `abs_` + 71 base62 characters (key id, 256-bit secret, CRC32).
+//!   The public checksum lets [`SCANNER_REGEX`] + [`checksum_ok`] find leaked keys, and lets
+//!   the verifier refuse typos without a store read. At rest only
+//!   `HMAC-SHA256(pepper, secret)` is kept.
+//! - **JWT**: HS256 tokens byte-compatible with Audiobookshelf 2.26+ API keys (enable with
+//!   [`KeygateBuilder::jwt_secret`]); see [`JwtSecret`] for what is refused.
+//!
+//! ## Pieces
+//!
+//! - [`Keygate`]: the facade ([`mint`](Keygate::mint), [`verify`](Keygate::verify),
+//!   [`rotate`](Keygate::rotate), …).
+//! - [`KeyStore`]: where records live; [`MemoryStore`] is built in.
+//! - [`UserDirectory`]: the host application's users (active? permissions?).
+//! - [`Principal`]: the verified caller; [`VerifyError`]: why not, with
+//!   [`VerifyError::http`] for the HTTP answer.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod base62;
+mod clock;
+mod error;
+mod gate;
+mod hash;
+pub mod http;
+mod jwt;
+mod key;
+mod principal;
+mod record;
+mod secret;
+mod store;
+mod usage;
+mod user;
+
+pub use chrono;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
+pub use gate::{IssuedKey, Keygate, KeygateBuilder, MAX_NAME_LEN, MAX_PAGE};
+pub use hash::{Pepper, SecretHash, MIN_PEPPER_LEN};
+pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
+pub use key::{
+    checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
+};
+pub use principal::Principal;
+pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
+pub use secret::Secret;
+pub use store::{KeyStore, ListQuery, MemoryStore, Page, StoreError};
+pub use user::{DirectoryError, Owner, Permissions, UserDirectory};

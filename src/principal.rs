@@ -1,0 +1,116 @@
+//! [`Principal`]: who a verified key acts for, and what it may do.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::ser::{Serialize, SerializeStruct, Serializer};
+
+use crate::error::VerifyError;
+use crate::key::{KeyFormat, KeyId};
+use crate::record::KeyRecord;
+use crate::user::{Owner, Permissions};
+
+/// The outcome of a successful verify: the key, its owner, and the owner's permissions as
+/// they were at request time, narrowed by the key's scopes.
+///
+/// ```
+/// # async fn demo(gate: keygate::Keygate, token: &str) -> Result<(), keygate::VerifyError> {
+/// let principal = gate.verify(token).await?;
+/// principal.require("library:read")?; // 403 insufficient_scope if not allowed
+/// println!("key {} acts for {}", principal.key_id(), principal.owner_id());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Principal {
+    record: Arc<KeyRecord>,
+    owner: Owner,
+}
+
+impl Principal {
+    pub(crate) fn new(record: Arc<KeyRecord>, owner: Owner) -> Self {
+        Self { record, owner }
+    }
+
+    /// The key's id.
+    pub fn key_id(&self) -> KeyId {
+        self.record.id
+    }
+
+    /// The key's display name (from the record, never from the token).
+    pub fn key_name(&self) -> &str {
+        &self.record.name
+    }
+
+    /// The user the key acts for.
+    pub fn owner_id(&self) -> &str {
+        &self.record.owner
+    }
+
+    /// The owner's permissions at request time (before the key's scopes narrow them).
+    pub fn owner_permissions(&self) -> &Permissions {
+        &self.owner.permissions
+    }
+
+    /// The key's scopes; `None` when the key carries all of its owner's permissions.
+    pub fn scopes(&self) -> Option<&BTreeSet<String>> {
+        self.record.scopes.as_ref()
+    }
+
+    /// When the key expires.
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        self.record.expires_at
+    }
+
+    /// The key's format.
+    pub fn format(&self) -> KeyFormat {
+        self.record.format
+    }
+
+    /// The whole record as the store returned it at verify time.
+    pub fn record(&self) -> &KeyRecord {
+        &self.record
+    }
+
+    /// Whether the key may do `permission`: its owner has it and, if the key is scoped,
+    /// the key's scopes list it.
+    pub fn allows(&self, permission: &str) -> bool {
+        self.owner.permissions.allows(permission)
+            && self
+                .record
+                .scopes
+                .as_ref()
+                .is_none_or(|scopes| scopes.contains(permission))
+    }
+
+    /// [`allows`](Self::allows) as a `Result`, for `?` in handlers:
+    /// [`VerifyError::InsufficientScope`] (HTTP 403) when not allowed.
+    pub fn require(&self, permission: &str) -> Result<(), VerifyError> {
+        if self.allows(permission) {
+            Ok(())
+        } else {
+            Err(VerifyError::InsufficientScope {
+                required: permission.to_owned(),
+            })
+        }
+    }
+}
+
+/// Serializes as `{"keyId", "keyName", "userId", "format", "permissions", "scopes",
+/// "expiresAt"}`, with `permissions` either `"*"` (all) or a list. No secret is included.
+impl Serialize for Principal {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut s = serializer.serialize_struct("Principal", 7)?;
+        s.serialize_field("keyId", &self.record.id)?;
+        s.serialize_field("keyName", &self.record.name)?;
+        s.serialize_field("userId", &self.record.owner)?;
+        s.serialize_field("format", &self.record.format)?;
+        match &self.owner.permissions {
+            Permissions::All => s.serialize_field("permissions", "*")?,
+            Permissions::Only(set) => s.serialize_field("permissions", set)?,
+        }
+        s.serialize_field("scopes", &self.record.scopes)?;
+        s.serialize_field("expiresAt", &self.record.expires_at)?;
+        s.end()
+    }
+}

@@ -1,0 +1,344 @@
+//! What a store keeps about a key ([`KeyRecord`]), what a caller asks for when minting
+//! ([`NewKey`]), and how a record changes ([`KeyPatch`]).
+
+use std::collections::BTreeSet;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::hash::SecretHash;
+use crate::key::{KeyFormat, KeyId};
+
+/// Free-form JSON metadata attached to a key.
+pub type Metadata = serde_json::Map<String, serde_json::Value>;
+
+/// Everything a store keeps about one key. Never the plaintext: an opaque key is kept as
+/// its [`SecretHash`]; a JWT key as its id (the signature proves origin) and, when keygate
+/// minted it, a hash of its signature.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// Unique id; also the JWT `keyId` claim.
+    pub id: KeyId,
+    /// Which token format this record accepts.
+    pub format: KeyFormat,
+    /// The keyed hash of the secret. Required for opaque keys; for JWT keys, present when
+    /// keygate minted the key (then only that exact token verifies) and absent for
+    /// imported Audiobookshelf keys (then any token for this id signed with the secret does).
+    pub hash: Option<SecretHash>,
+    /// Display name. Shown to admins; never trusted from a token.
+    pub name: String,
+    /// Optional longer description.
+    pub description: Option<String>,
+    /// The user the key acts for; the key inherits this user's permissions.
+    pub owner: String,
+    /// The user who minted it, if known.
+    pub created_by: Option<String>,
+    /// When it was minted (or imported).
+    pub created_at: DateTime<Utc>,
+    /// Last change to the record (not counting last-used).
+    pub updated_at: DateTime<Utc>,
+    /// When it stops working; `None` never expires. `now >= expires_at` is expired.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Last successful use, recorded coalesced (see
+    /// [`KeygateBuilder::last_used_interval`](crate::KeygateBuilder::last_used_interval)).
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// `false` once revoked; an inactive key is refused.
+    pub active: bool,
+    /// Scopes narrowing the owner's permissions; `None` means the key has all of them.
+    pub scopes: Option<BTreeSet<String>>,
+    /// Application metadata.
+    pub metadata: Metadata,
+}
+
+impl KeyRecord {
+    /// Whether the key has expired at `now` (`now >= expires_at`).
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at.is_some_and(|at| now >= at)
+    }
+}
+
+/// A request to mint a key: name and owner, and optional expiry, scopes and metadata.
+///
+/// ```
+/// use chrono::TimeDelta;
+/// use keygate::NewKey;
+///
+/// let request = NewKey::new("Backup Script", "user-42")
+///     .expires_in(TimeDelta::days(30))
+///     .scopes(["library:read"])
+///     .created_by("admin-1");
+/// # let _ = request;
+/// ```
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub(crate) name: String,
+    pub(crate) owner: String,
+    pub(crate) description: Option<String>,
+    pub(crate) created_by: Option<String>,
+    pub(crate) expiry: Option<Expiry>,
+    pub(crate) active: bool,
+    pub(crate) scopes: Option<BTreeSet<String>>,
+    pub(crate) metadata: Metadata,
+    pub(crate) format: KeyFormat,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Expiry {
+    In(TimeDelta),
+    At(DateTime<Utc>),
+}
+
+impl NewKey {
+    /// A key named `name` acting for the user `owner`: active, opaque, never expiring,
+    /// unscoped.
+    pub fn new(name: impl Into<String>, owner: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            owner: owner.into(),
+            description: None,
+            created_by: None,
+            expiry: None,
+            active: true,
+            scopes: None,
+            metadata: Metadata::new(),
+            format: KeyFormat::Opaque,
+        }
+    }
+
+    /// Expires `lifetime` after minting (must be positive).
+    pub fn expires_in(mut self, lifetime: TimeDelta) -> Self {
+        self.expiry = Some(Expiry::In(lifetime));
+        self
+    }
+
+    /// Expires at `at` (must be in the future when minted).
+    pub fn expires_at(mut self, at: DateTime<Utc>) -> Self {
+        self.expiry = Some(Expiry::At(at));
+        self
+    }
+
+    /// A longer description.
+    pub fn description(mut self, description: impl Into<String>) -> Self {
+        self.description = Some(description.into());
+        self
+    }
+
+    /// Who minted it (an admin's user id).
+    pub fn created_by(mut self, user: impl Into<String>) -> Self {
+        self.created_by = Some(user.into());
+        self
+    }
+
+    /// Mint it inactive (Audiobookshelf's `isActive: false`); activate later with
+    /// [`Keygate::update`](crate::Keygate::update).
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = active;
+        self
+    }
+
+    /// Narrows the key to these scopes: it can do only what its owner may do *and* is
+    /// listed here.
+    pub fn scopes<I, S>(mut self, scopes: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Application metadata stored with the record.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = metadata;
+        self
+    }
+
+    /// The token format (default [`KeyFormat::Opaque`]).
+    pub fn format(mut self, format: KeyFormat) -> Self {
+        self.format = format;
+        self
+    }
+}
+
+/// A change to a record: every `Some` field is set, every `None` field left alone.
+///
+/// Build one with the methods and pass it to [`Keygate::update`](crate::Keygate::update);
+/// stores receive it in [`KeyStore::update`](crate::KeyStore::update) and apply it
+/// atomically, most simply with [`KeyPatch::apply`].
+///
+/// ```
+/// let patch = keygate::KeyPatch::new().active(false).name("old backup key");
+/// # let _ = patch;
+/// ```
+#[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
+pub struct KeyPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New description (`Some(None)` clears it).
+    pub description: Option<Option<String>>,
+    /// New owner.
+    pub owner: Option<String>,
+    /// Activate or deactivate.
+    pub active: Option<bool>,
+    /// New expiry (`Some(None)` removes it).
+    pub expires_at: Option<Option<DateTime<Utc>>>,
+    /// New scopes (`Some(None)` removes the narrowing).
+    pub scopes: Option<Option<BTreeSet<String>>>,
+    /// New metadata, replacing the old.
+    pub metadata: Option<Metadata>,
+    /// A re-hash under a newer pepper; set by keygate only.
+    pub hash: Option<SecretHash>,
+    /// The new `updated_at`; set by keygate from its clock.
+    pub updated_at: Option<DateTime<Utc>>,
+}
+
+impl KeyPatch {
+    /// A patch that changes nothing.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Rename.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Set or clear the description.
+    pub fn description(mut self, description: Option<String>) -> Self {
+        self.description = Some(description);
+        self
+    }
+
+    /// Move the key to another owner.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Activate (`true`) or revoke (`false`).
+    pub fn active(mut self, active: bool) -> Self {
+        self.active = Some(active);
+        self
+    }
+
+    /// Set or clear the expiry.
+    pub fn expires_at(mut self, at: Option<DateTime<Utc>>) -> Self {
+        self.expires_at = Some(at);
+        self
+    }
+
+    /// Set or clear the scopes.
+    pub fn scopes<I, S>(mut self, scopes: Option<I>) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.scopes = Some(scopes.map(|s| s.into_iter().map(Into::into).collect()));
+        self
+    }
+
+    /// Replace the metadata.
+    pub fn metadata(mut self, metadata: Metadata) -> Self {
+        self.metadata = Some(metadata);
+        self
+    }
+
+    /// Whether the patch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Applies the patch to `record` in place.
+    pub fn apply(&self, record: &mut KeyRecord) {
+        if let Some(name) = &self.name {
+            record.name.clone_from(name);
+        }
+        if let Some(description) = &self.description {
+            record.description.clone_from(description);
+        }
+        if let Some(owner) = &self.owner {
+            record.owner.clone_from(owner);
+        }
+        if let Some(active) = self.active {
+            record.active = active;
+        }
+        if let Some(expires_at) = self.expires_at {
+            record.expires_at = expires_at;
+        }
+        if let Some(scopes) = &self.scopes {
+            record.scopes.clone_from(scopes);
+        }
+        if let Some(metadata) = &self.metadata {
+            record.metadata.clone_from(metadata);
+        }
+        if let Some(hash) = &self.hash {
+            record.hash = Some(hash.clone());
+        }
+        if let Some(updated_at) = self.updated_at {
+            record.updated_at = updated_at;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn record() -> KeyRecord {
+        let t = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).unwrap();
+        KeyRecord {
+            id: KeyId::random(),
+            format: KeyFormat::Opaque,
+            hash: None,
+            name: "n".into(),
+            description: Some("d".into()),
+            owner: "u1".into(),
+            created_by: None,
+            created_at: t,
+            updated_at: t,
+            expires_at: Some(t),
+            last_used_at: None,
+            active: true,
+            scopes: None,
+            metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn an_empty_patch_changes_nothing() {
+        let mut r = record();
+        let before = r.clone();
+        assert!(KeyPatch::new().is_empty());
+        KeyPatch::new().apply(&mut r);
+        assert_eq!(r, before);
+    }
+
+    #[test]
+    fn patches_set_and_clear_fields() {
+        let mut r = record();
+        KeyPatch::new()
+            .active(false)
+            .owner("u2")
+            .description(None)
+            .expires_at(None)
+            .scopes(Some(["a", "b"]))
+            .apply(&mut r);
+        assert!(!r.active);
+        assert_eq!(r.owner, "u2");
+        assert_eq!(r.description, None);
+        assert_eq!(r.expires_at, None);
+        assert_eq!(r.scopes.unwrap().len(), 2);
+        assert_eq!(r.name, "n");
+    }
+
+    #[test]
+    fn expiry_is_inclusive_of_the_instant() {
+        let r = record();
+        let at = r.expires_at.unwrap();
+        assert!(r.is_expired_at(at));
+        assert!(!r.is_expired_at(at - TimeDelta::seconds(1)));
+    }
+}

@@ -1,0 +1,147 @@
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use super::{KeyStore, ListQuery, StoreError};
+use crate::key::KeyId;
+use crate::record::{KeyPatch, KeyRecord};
+
+/// An in-process [`KeyStore`]: a hash map for lookups by id plus ordered indexes for paging,
+/// behind one reader-writer lock. Verifies only take the read lock and clone an [`Arc`].
+///
+/// Nothing survives the process: use it for tests, examples, and as the inner store of a
+/// persistent one's cache.
+///
+/// ```
+/// let store = keygate::MemoryStore::new();
+/// assert!(store.is_empty());
+/// ```
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: RwLock<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    by_id: HashMap<KeyId, Arc<KeyRecord>>,
+    ids: BTreeSet<KeyId>,
+    by_owner: BTreeSet<(String, KeyId)>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many records it holds.
+    pub fn len(&self) -> usize {
+        self.read().by_id.len()
+    }
+
+    /// Whether it holds no records.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // A panic while holding the lock cannot leave the maps half-updated (every write below
+    // completes or does nothing before it can panic), so a poisoned lock is still usable.
+    fn read(&self) -> RwLockReadGuard<'_, Inner> {
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[async_trait]
+impl KeyStore for MemoryStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        if inner.by_id.contains_key(&record.id) {
+            return Err(StoreError::Conflict(record.id));
+        }
+        inner.ids.insert(record.id);
+        inner.by_owner.insert((record.owner.clone(), record.id));
+        inner.by_id.insert(record.id, Arc::new(record));
+        Ok(())
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        Ok(self.read().by_id.get(&id).cloned())
+    }
+
+    async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+        let mut inner = self.write();
+        let Some(current) = inner.by_id.get(&id) else {
+            return Ok(None);
+        };
+        let mut updated = KeyRecord::clone(current);
+        patch.apply(&mut updated);
+        if updated.owner != current.owner {
+            let old_owner = current.owner.clone();
+            inner.by_owner.remove(&(old_owner, id));
+            inner.by_owner.insert((updated.owner.clone(), id));
+        }
+        inner.by_id.insert(id, Arc::new(updated.clone()));
+        Ok(Some(updated))
+    }
+
+    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
+        let mut inner = self.write();
+        let Some(record) = inner.by_id.remove(&id) else {
+            return Ok(false);
+        };
+        inner.ids.remove(&id);
+        inner.by_owner.remove(&(record.owner.clone(), id));
+        Ok(true)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        use std::ops::Bound::{Excluded, Included, Unbounded};
+        let inner = self.read();
+        let ids: Vec<KeyId> = match &query.owner {
+            None => {
+                let start = query.after.map_or(Unbounded, Excluded);
+                inner
+                    .ids
+                    .range((start, Unbounded))
+                    .take(query.limit)
+                    .copied()
+                    .collect()
+            }
+            Some(owner) => {
+                let start = match query.after {
+                    Some(after) => Excluded((owner.clone(), after)),
+                    None => Included((owner.clone(), KeyId::from(uuid::Uuid::nil()))),
+                };
+                inner
+                    .by_owner
+                    .range((start, Unbounded))
+                    .take_while(|(o, _)| o == owner)
+                    .take(query.limit)
+                    .map(|(_, id)| *id)
+                    .collect()
+            }
+        };
+        Ok(ids
+            .iter()
+            .map(|id| KeyRecord::clone(&inner.by_id[id]))
+            .collect())
+    }
+
+    async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
+        let mut inner = self.write();
+        for (id, at) in batch {
+            if let Some(record) = inner.by_id.get_mut(id) {
+                if record.last_used_at.is_none_or(|prev| prev < *at) {
+                    Arc::make_mut(record).last_used_at = Some(*at);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,134 @@
+//! The [`KeyStore`] trait and the built-in [`MemoryStore`].
+
+use std::error::Error as StdError;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::key::KeyId;
+use crate::record::{KeyPatch, KeyRecord};
+
+mod memory;
+
+pub use memory::MemoryStore;
+
+/// Where key records live.
+///
+/// The contract, which every implementation must honour exactly:
+/// - **Not found is `Ok(None)`** (or `Ok(false)` for [`delete`](KeyStore::delete)); `Err`
+///   means the backend failed, and keygate reports it as "unavailable", never as a bad key.
+/// - [`insert`](KeyStore::insert) never overwrites: an existing id is
+///   [`StoreError::Conflict`].
+/// - [`update`](KeyStore::update) is atomic per record.
+/// - [`record_last_used`](KeyStore::record_last_used) is one round trip per batch, skips
+///   ids that no longer exist, and never moves `last_used_at` backwards.
+/// - No plaintext key ever reaches a store; records hold hashes only.
+///
+/// Records come back in an [`Arc`] so that in-memory stores and caches hand them out on the
+/// verify path without copying.
+#[async_trait]
+pub trait KeyStore: Send + Sync + 'static {
+    /// Adds a new record; [`StoreError::Conflict`] if the id exists.
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError>;
+
+    /// The record with this id.
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
+
+    /// Applies `patch` atomically and returns the updated record.
+    async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError>;
+
+    /// Removes the record; `Ok(false)` if there was none.
+    async fn delete(&self, id: KeyId) -> Result<bool, StoreError>;
+
+    /// Records ordered by id, optionally one owner's, starting after `query.after`, at most
+    /// `query.limit` of them.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError>;
+
+    /// Sets `last_used_at` for each `(id, at)` where `at` is later than what is stored.
+    async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError>;
+}
+
+/// Which records [`KeyStore::list`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ListQuery {
+    /// Only this owner's keys.
+    pub owner: Option<String>,
+    /// Only ids strictly greater than this one (the cursor of the previous page).
+    pub after: Option<KeyId>,
+    /// At most this many records.
+    pub limit: usize,
+}
+
+impl ListQuery {
+    /// Default page size.
+    pub const DEFAULT_LIMIT: usize = 100;
+
+    /// Every key, first page.
+    pub fn new() -> Self {
+        Self {
+            owner: None,
+            after: None,
+            limit: Self::DEFAULT_LIMIT,
+        }
+    }
+
+    /// Only `owner`'s keys.
+    pub fn owner(mut self, owner: impl Into<String>) -> Self {
+        self.owner = Some(owner.into());
+        self
+    }
+
+    /// Continue after `id` (a [`Page::next`]).
+    pub fn after(mut self, id: KeyId) -> Self {
+        self.after = Some(id);
+        self
+    }
+
+    /// Page size.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+impl Default for ListQuery {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// One page of [`Keygate::list`](crate::Keygate::list).
+#[derive(Debug, Clone)]
+pub struct Page {
+    /// The records, ordered by id.
+    pub records: Vec<KeyRecord>,
+    /// Pass to [`ListQuery::after`] for the next page; `None` on the last page.
+    pub next: Option<KeyId>,
+}
+
+/// A store failure. Never means "not found".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// [`KeyStore::insert`] with an id that exists.
+    #[error("a key with id {0} already exists")]
+    Conflict(KeyId),
+    /// The backend did not answer in time.
+    #[error("key store timed out")]
+    Timeout,
+    /// A record the backend holds cannot be read back (corrupt or from an unknown schema).
+    #[error("stored record is unreadable")]
+    Corrupt(#[source] Box<dyn StdError + Send + Sync>),
+    /// The backend failed: connection, I/O, query.
+    #[error("key store backend failed")]
+    Backend(#[source] Box<dyn StdError + Send + Sync>),
+}
+
+impl StoreError {
+    /// Wraps a backend error, keeping it as the source.
+    pub fn backend(error: impl StdError + Send + Sync + 'static) -> Self {
+        StoreError::Backend(Box::new(error))
+    }
+}

@@ -1,0 +1,235 @@
+//! Last-used bookkeeping and pepper re-hashing, kept off the request path.
+//!
+//! A verify never waits on a write. Accepted keys are marked in memory, at most once per
+//! key per interval (Sanctum's write-per-request is the failure this avoids); marks are
+//! written as one batch when a flush is due, by a task spawned on the current Tokio
+//! runtime, or by [`Keygate::flush`](crate::Keygate::flush). Rejected attempts are never
+//! marked. Re-hashes of keys still under an old pepper ride along with the same flush.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use chrono::{DateTime, TimeDelta, Utc};
+
+use crate::hash::SecretHash;
+use crate::key::KeyId;
+use crate::record::KeyPatch;
+use crate::store::{KeyStore, StoreError};
+
+#[derive(Debug)]
+pub(crate) struct Usage {
+    interval: TimeDelta,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// When each key was last marked; a key is marked again only `interval` later.
+    marked: HashMap<KeyId, DateTime<Utc>>,
+    used: Vec<(KeyId, DateTime<Utc>)>,
+    rehash: HashMap<KeyId, SecretHash>,
+    last_flush: Option<DateTime<Utc>>,
+    flushing: bool,
+}
+
+/// Work taken out of the queue for one flush.
+#[derive(Debug, Default)]
+pub(crate) struct Batch {
+    used: Vec<(KeyId, DateTime<Utc>)>,
+    rehash: Vec<(KeyId, SecretHash)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.used.is_empty() && self.rehash.is_empty()
+    }
+}
+
+impl Usage {
+    pub fn new(interval: TimeDelta) -> Self {
+        Self {
+            interval,
+            state: Mutex::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Notes an accepted use of `id` at `now`, and a re-hash if one is due. Returns a batch
+    /// when a background flush should start now.
+    pub fn mark(&self, id: KeyId, now: DateTime<Utc>, rehash: Option<SecretHash>) -> Option<Batch> {
+        let mut state = self.lock();
+        let due = state
+            .marked
+            .get(&id)
+            .is_none_or(|at| now - *at >= self.interval);
+        if due {
+            state.marked.insert(id, now);
+            state.used.push((id, now));
+        }
+        if let Some(hash) = rehash {
+            state.rehash.entry(id).or_insert(hash);
+        }
+        let flush_due = !state.flushing
+            && (!state.used.is_empty() || !state.rehash.is_empty())
+            && state.last_flush.is_none_or(|at| now - at >= self.interval);
+        if !flush_due {
+            return None;
+        }
+        state.flushing = true;
+        state.last_flush = Some(now);
+        Some(Self::take(&mut state, now, self.interval))
+    }
+
+    /// Takes everything queued, for a flush on demand.
+    pub fn take_all(&self, now: DateTime<Utc>) -> Batch {
+        let mut state = self.lock();
+        state.last_flush = Some(now);
+        Self::take(&mut state, now, self.interval)
+    }
+
+    fn take(state: &mut State, now: DateTime<Utc>, interval: TimeDelta) -> Batch {
+        // Marks older than the interval no longer suppress anything: drop them so the map
+        // holds only recently used keys.
+        state.marked.retain(|_, at| now - *at < interval);
+        Batch {
+            used: std::mem::take(&mut state.used),
+            rehash: state.rehash.drain().collect(),
+        }
+    }
+
+    /// Puts back what a failed flush could not write, so the next flush retries it.
+    fn requeue(&self, batch: Batch) {
+        let mut state = self.lock();
+        state.used.extend(batch.used);
+        for (id, hash) in batch.rehash {
+            state.rehash.entry(id).or_insert(hash);
+        }
+    }
+
+    /// Forgets a key (deleted): nothing queued for it will be written.
+    pub fn forget(&self, id: KeyId) {
+        let mut state = self.lock();
+        state.marked.remove(&id);
+        state.used.retain(|(k, _)| *k != id);
+        state.rehash.remove(&id);
+    }
+
+    /// Writes `batch`: one `record_last_used` round trip, then one update per re-hash.
+    /// What fails is queued again and the first error returned.
+    pub async fn write(
+        &self,
+        store: &dyn KeyStore,
+        batch: Batch,
+        background: bool,
+    ) -> Result<(), StoreError> {
+        let mut result = Ok(());
+        let mut failed = Batch::default();
+        if !batch.used.is_empty() {
+            if let Err(e) = store.record_last_used(&batch.used).await {
+                failed.used = batch.used;
+                result = Err(e);
+            }
+        }
+        for (id, hash) in batch.rehash {
+            let patch = KeyPatch {
+                hash: Some(hash.clone()),
+                ..KeyPatch::default()
+            };
+            match store.update(id, &patch).await {
+                Ok(_) => {
+                    tracing::debug!(target: "keygate", key_id = %id, version = hash.version, "key re-hashed under the current pepper")
+                }
+                Err(e) => {
+                    failed.rehash.push((id, hash));
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
+        }
+        if let Err(e) = &result {
+            tracing::warn!(target: "keygate", error = %e, "last-used flush failed; will retry");
+            self.requeue(failed);
+        }
+        if background {
+            self.lock().flushing = false;
+        }
+        result
+    }
+}
+
+/// Starts a background flush of `batch` if a Tokio runtime is running; otherwise queues
+/// it again for the next flush.
+pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, batch: Batch) {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) => {
+            handle.spawn(async move {
+                let _ = usage.write(&*store, batch, true).await;
+            });
+        }
+        Err(_) => {
+            usage.requeue(batch);
+            usage.lock().flushing = false;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn a_key_is_marked_at_most_once_per_interval() {
+        let usage = Usage::new(TimeDelta::seconds(60));
+        let id = KeyId::random();
+        assert!(
+            usage.mark(id, t(0), None).is_some(),
+            "first use starts a flush"
+        );
+        usage.lock().flushing = false;
+        for s in 1..60 {
+            assert!(usage.mark(id, t(s), None).is_none());
+        }
+        assert!(
+            usage.lock().used.is_empty(),
+            "uses inside the interval are coalesced"
+        );
+        let batch = usage
+            .mark(id, t(60), None)
+            .expect("due again after the interval");
+        assert_eq!(batch.used, vec![(id, t(60))]);
+    }
+
+    #[test]
+    fn flushes_are_spaced_by_the_interval() {
+        let usage = Usage::new(TimeDelta::seconds(10));
+        assert!(usage.mark(KeyId::random(), t(0), None).is_some());
+        usage.lock().flushing = false;
+        // Other keys used soon after wait for the next flush window.
+        assert!(usage.mark(KeyId::random(), t(1), None).is_none());
+        assert!(usage.mark(KeyId::random(), t(2), None).is_none());
+        let batch = usage
+            .mark(KeyId::random(), t(10), None)
+            .expect("window open");
+        assert_eq!(batch.used.len(), 3);
+    }
+
+    #[test]
+    fn forget_drops_queued_work() {
+        let usage = Usage::new(TimeDelta::seconds(10));
+        let _ = usage.mark(KeyId::random(), t(0), None);
+        let id = KeyId::random();
+        let _ = usage.mark(id, t(1), None);
+        usage.forget(id);
+        let batch = usage.take_all(t(2));
+        assert!(batch.used.iter().all(|(k, _)| *k != id));
+    }
+}
