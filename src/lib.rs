@@ -78,3 +78,8 @@ pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
 pub use secret::Secret;
 pub use store::{KeyStore, ListQuery, MemoryStore, Page, StoreError};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
+
+/// The README's snippets, compiled and run as doctests.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,58 @@
+//! Mint a key, verify it, revoke it, and watch the refusal.
+//!
+//! ```text
+//! cargo run --example quickstart
+//! ```
+
+use chrono::TimeDelta;
+use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    // In a real server the pepper comes from a secret store or the environment, never
+    // from the database that holds the hashes.
+    let gate = Keygate::builder(MemoryStore::new())
+        .prefix("abs")
+        .pepper(Pepper::new(1, b"quickstart pepper: replace me, 32+ bytes")?)
+        .build()?;
+
+    // An admin mints a key for a user. The plaintext is shown this once.
+    let issued = gate
+        .mint(
+            NewKey::new("Backup Script", "user-1")
+                .created_by("admin")
+                .expires_in(TimeDelta::days(30)),
+        )
+        .await?;
+    println!("minted {} for {}", issued.record.id, issued.record.owner);
+    println!("key (shown once): {}", issued.key.expose());
+
+    // What a script sends: `Authorization: Bearer <key>`.
+    let header = format!("Bearer {}", issued.key.expose());
+    let principal = gate.verify_header(&header).await?;
+    println!(
+        "verified: key {:?} acts for {} until {:?}",
+        principal.key_name(),
+        principal.owner_id(),
+        principal.expires_at()
+    );
+
+    // A typo is refused by the checksum, before the store is asked.
+    let mut typo = issued.key.expose().to_owned();
+    let last = typo.pop().expect("keys are not empty");
+    typo.push(if last == 'a' { 'b' } else { 'a' });
+    let refused = gate.verify(&typo).await.unwrap_err();
+    println!("typo refused: {} (HTTP {})", refused.reason(), refused.http("abs").status);
+
+    gate.revoke(issued.record.id).await?;
+    let refused = gate.verify_header(&header).await.unwrap_err();
+    let http = refused.http("abs");
+    println!(
+        "after revoke: {} -> HTTP {} WWW-Authenticate: {}",
+        refused.reason(),
+        http.status,
+        http.www_authenticate.unwrap_or_default()
+    );
+    assert_eq!(refused.reason(), "inactive");
+    Ok(())
+}
