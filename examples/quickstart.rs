@@ -42,7 +42,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let last = typo.pop().expect("keys are not empty");
     typo.push(if last == 'a' { 'b' } else { 'a' });
     let refused = gate.verify(&typo).await.unwrap_err();
-    println!("typo refused: {} (HTTP {})", refused.reason(), refused.http("abs").status);
+    println!(
+        "typo refused: {} (HTTP {})",
+        refused.reason(),
+        refused.http("abs").status
+    );
 
     gate.revoke(issued.record.id).await?;
     let refused = gate.verify_header(&header).await.unwrap_err();

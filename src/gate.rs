@@ -15,7 +15,7 @@ use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
 use crate::principal::Principal;
 use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
 use crate::secret::Secret;
-use crate::store::{KeyStore, ListQuery, Page};
+use crate::store::{KeyStore, ListQuery, Page, StoreError};
 use crate::usage::{self, Usage};
 use crate::user::{Owner, UserDirectory};
 
@@ -68,6 +68,7 @@ struct Inner {
     users: Option<Arc<dyn UserDirectory>>,
     clock: Arc<dyn Clock>,
     usage: Arc<Usage>,
+    store_timeout: Option<Duration>,
 }
 
 impl Drop for Inner {
@@ -89,6 +90,7 @@ pub struct KeygateBuilder {
     users: Option<Arc<dyn UserDirectory>>,
     clock: Arc<dyn Clock>,
     last_used_interval: Duration,
+    store_timeout: Option<Duration>,
 }
 
 impl KeygateBuilder {
@@ -139,6 +141,16 @@ impl KeygateBuilder {
         self
     }
 
+    /// Gives up on a verify's store lookup after `timeout` and answers
+    /// [`VerifyError::StoreUnavailable`] with [`StoreError::Timeout`](crate::StoreError::Timeout)
+    /// (HTTP 503), instead of holding the request while the store hangs. Off by default;
+    /// needs a Tokio runtime with its timer enabled (`#[tokio::main]`, axum and actix-web
+    /// all have one).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
+        self
+    }
+
     /// Checks the configuration and builds the gate.
     pub fn build(self) -> Result<Keygate, BuildError> {
         key::validate_prefix(&self.prefix)?;
@@ -154,6 +166,7 @@ impl KeygateBuilder {
                 users: self.users,
                 clock: self.clock,
                 usage: Arc::new(Usage::new(interval)),
+                store_timeout: self.store_timeout,
             }),
         })
     }
@@ -167,6 +180,7 @@ impl fmt::Debug for KeygateBuilder {
             .field("jwt", &self.jwt.as_ref().map(|_| "[redacted]"))
             .field("users", &self.users.is_some())
             .field("last_used_interval", &self.last_used_interval)
+            .field("store_timeout", &self.store_timeout)
             .finish_non_exhaustive()
     }
 }
@@ -198,6 +212,7 @@ impl Keygate {
             users: None,
             clock: Arc::new(SystemClock),
             last_used_interval: Duration::from_secs(60),
+            store_timeout: None,
         }
     }
 
@@ -493,11 +508,14 @@ impl Keygate {
     }
 
     async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
-        self.inner
-            .store
-            .get(id)
-            .await
-            .map_err(VerifyError::StoreUnavailable)
+        let lookup = self.inner.store.get(id);
+        let result = match self.inner.store_timeout {
+            None => lookup.await,
+            Some(limit) => tokio::time::timeout(limit, lookup)
+                .await
+                .unwrap_or(Err(StoreError::Timeout)),
+        };
+        result.map_err(VerifyError::StoreUnavailable)
     }
 
     /// Constant-time hash check; on success, a re-hash if the record's pepper is old.

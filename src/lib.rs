@@ -60,6 +60,9 @@ mod principal;
 mod record;
 mod secret;
 mod store;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 mod usage;
 mod user;
 
@@ -76,7 +79,10 @@ pub use key::{
 pub use principal::Principal;
 pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
 pub use secret::Secret;
-pub use store::{KeyStore, ListQuery, MemoryStore, Page, StoreError};
+pub use store::{
+    CacheConfig, CacheStats, CachedStore, ChangeListener, KeyStore, ListQuery, MemoryStore, Page,
+    StoreError,
+};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 
 /// The README's snippets, compiled and run as doctests.

@@ -1,7 +1,7 @@
 //! The [`KeyStore`] trait and the built-in [`MemoryStore`].
 
 use std::error::Error as StdError;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -9,8 +9,10 @@ use chrono::{DateTime, Utc};
 use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord};
 
+mod cache;
 mod memory;
 
+pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 
 /// Where key records live.
@@ -47,6 +49,27 @@ pub trait KeyStore: Send + Sync + 'static {
 
     /// Sets `last_used_at` for each `(id, at)` where `at` is later than what is stored.
     async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError>;
+
+    /// Starts telling `listener` about changes to records made through *any* process that
+    /// shares this backend (PostgreSQL `LISTEN/NOTIFY`, Redis pub/sub), until the listener
+    /// is dropped. Returns `Ok(false)` when the backend has no such feed (the default).
+    ///
+    /// A feed that loses its connection must call [`ChangeListener::resync`] once it is
+    /// back, since notices may have been missed, and keep reconnecting on its own.
+    async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
+        let _ = listener;
+        Ok(false)
+    }
+}
+
+/// Receives a store's change notices; see [`KeyStore::subscribe`]. [`CachedStore`]
+/// implements it to bound revocation staleness across nodes.
+pub trait ChangeListener: Send + Sync + 'static {
+    /// The record `id` was inserted, updated or deleted somewhere.
+    fn changed(&self, id: KeyId);
+
+    /// Notices may have been lost (the feed reconnected): forget everything.
+    fn resync(&self);
 }
 
 /// Which records [`KeyStore::list`] returns.

@@ -1,0 +1,2 @@
+//! Placeholder, replaced by the operator CLI.
+fn main() {}

@@ -1,0 +1,555 @@
+//! A conformance suite for [`KeyStore`] implementations.
+//!
+//! One set of async checks that every store must pass: the built-in ones run it in
+//! keygate's own tests, and a third-party store can prove itself the same way:
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! use std::sync::Arc;
+//! let store = Arc::new(keygate::MemoryStore::new());
+//! keygate::testing::run_all(store).await; // panics with a message on the first failure
+//! # }
+//! ```
+//!
+//! The checks never assume the store is empty (each uses its own random owner and ids),
+//! so they can share one database with other tests, and they never delete records they
+//! did not create.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use serde_json::json;
+
+use crate::hash::SecretHash;
+use crate::key::{KeyFormat, KeyId};
+use crate::record::{KeyPatch, KeyRecord, Metadata};
+use crate::store::{KeyStore, ListQuery, StoreError};
+
+/// Runs every check below, in order.
+pub async fn run_all(store: Arc<dyn KeyStore>) {
+    crud(&*store).await;
+    insert_never_overwrites(&*store).await;
+    not_found_is_none(&*store).await;
+    hash_and_format_round_trip(&*store).await;
+    expiry_and_active_round_trip(&*store).await;
+    unicode_round_trip(&*store).await;
+    paging(&*store).await;
+    last_used_batches(&*store).await;
+    large_metadata(&*store).await;
+    concurrent_inserts(store.clone()).await;
+    concurrent_colliding_inserts(store.clone()).await;
+    concurrent_updates_are_atomic(store).await;
+}
+
+/// A fresh opaque record for `owner`, with timestamps at microsecond precision (what
+/// keygate itself writes).
+pub fn sample_record(owner: &str) -> KeyRecord {
+    let now = now();
+    KeyRecord {
+        id: KeyId::random(),
+        format: KeyFormat::Opaque,
+        hash: Some(SecretHash {
+            version: 1,
+            digest: *KeyId::random()
+                .as_uuid()
+                .as_bytes()
+                .repeat(2)
+                .first_chunk()
+                .expect("32 bytes"),
+        }),
+        name: "conformance key".to_owned(),
+        description: Some("made by keygate::testing".to_owned()),
+        owner: owner.to_owned(),
+        created_by: Some("conformance-admin".to_owned()),
+        created_at: now,
+        updated_at: now,
+        expires_at: None,
+        last_used_at: None,
+        active: true,
+        scopes: None,
+        metadata: Metadata::new(),
+    }
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn unique_owner(check: &str) -> String {
+    format!("conformance-{check}-{}", KeyId::random())
+}
+
+async fn must_get(store: &dyn KeyStore, id: KeyId, check: &str) -> KeyRecord {
+    match store.get(id).await {
+        Ok(Some(record)) => KeyRecord::clone(&record),
+        Ok(None) => panic!("{check}: record {id} missing after a successful write"),
+        Err(e) => panic!("{check}: get({id}) failed: {e:?}"),
+    }
+}
+
+/// Insert, get, update, delete; and every field survives the round trip exactly.
+pub async fn crud(store: &dyn KeyStore) {
+    let mut record = sample_record(&unique_owner("crud"));
+    record.scopes = Some(BTreeSet::from(["a:read".to_owned(), "b:write".to_owned()]));
+    record
+        .metadata
+        .insert("team".into(), json!({"name": "ops", "size": 3}));
+    record.expires_at = Some(now() + TimeDelta::days(30));
+    store.insert(record.clone()).await.expect("crud: insert");
+    assert_eq!(
+        must_get(store, record.id, "crud").await,
+        record,
+        "crud: round trip"
+    );
+
+    let later = now() + TimeDelta::seconds(1);
+    let patch = KeyPatch {
+        updated_at: Some(later),
+        ..KeyPatch::new()
+            .name("renamed")
+            .description(None)
+            .owner(unique_owner("crud-new-owner"))
+            .active(false)
+            .expires_at(None)
+            .scopes(None::<Vec<String>>)
+            .metadata(Metadata::new())
+    };
+    let updated = store
+        .update(record.id, &patch)
+        .await
+        .expect("crud: update")
+        .expect("crud: update found the record");
+    let mut expected = record.clone();
+    patch.apply(&mut expected);
+    assert_eq!(updated, expected, "crud: update returns the patched record");
+    assert_eq!(
+        must_get(store, record.id, "crud").await,
+        expected,
+        "crud: update persisted"
+    );
+
+    assert!(
+        store.delete(record.id).await.expect("crud: delete"),
+        "crud: delete said absent"
+    );
+    assert!(
+        store.get(record.id).await.expect("crud: get").is_none(),
+        "crud: deleted record still there"
+    );
+    assert!(
+        !store.delete(record.id).await.expect("crud: second delete"),
+        "crud: second delete said present"
+    );
+}
+
+/// A second insert with the same id is [`StoreError::Conflict`] and changes nothing.
+pub async fn insert_never_overwrites(store: &dyn KeyStore) {
+    let record = sample_record(&unique_owner("collision"));
+    store
+        .insert(record.clone())
+        .await
+        .expect("collision: first insert");
+    let mut impostor = sample_record(&unique_owner("collision-impostor"));
+    impostor.id = record.id;
+    impostor.name = "impostor".into();
+    match store.insert(impostor).await {
+        Err(StoreError::Conflict(id)) => {
+            assert_eq!(id, record.id, "collision: conflict names the id")
+        }
+        other => panic!("collision: expected StoreError::Conflict, got {other:?}"),
+    }
+    assert_eq!(
+        must_get(store, record.id, "collision").await,
+        record,
+        "collision: original overwritten"
+    );
+}
+
+/// Missing ids are `Ok(None)` / `Ok(false)`, never errors.
+pub async fn not_found_is_none(store: &dyn KeyStore) {
+    let id = KeyId::random();
+    assert!(matches!(store.get(id).await, Ok(None)), "not found: get");
+    assert!(
+        matches!(
+            store.update(id, &KeyPatch::new().active(false)).await,
+            Ok(None)
+        ),
+        "not found: update"
+    );
+    assert!(
+        matches!(store.delete(id).await, Ok(false)),
+        "not found: delete"
+    );
+    store
+        .record_last_used(&[(id, now())])
+        .await
+        .expect("not found: last-used for a missing id is skipped, not an error");
+    assert!(
+        matches!(store.get(id).await, Ok(None)),
+        "not found: last-used created a record"
+    );
+}
+
+/// Hashes, hash versions and formats come back exactly; a JWT record without hash too.
+pub async fn hash_and_format_round_trip(store: &dyn KeyStore) {
+    let owner = unique_owner("formats");
+    let mut opaque = sample_record(&owner);
+    opaque.hash = Some(SecretHash {
+        version: u32::MAX,
+        digest: [0xA5; 32],
+    });
+    let mut jwt = sample_record(&owner);
+    jwt.format = KeyFormat::Jwt;
+    jwt.hash = None;
+    for record in [opaque, jwt] {
+        store.insert(record.clone()).await.expect("formats: insert");
+        assert_eq!(
+            must_get(store, record.id, "formats").await,
+            record,
+            "formats: round trip"
+        );
+    }
+    // A re-hash (what keygate writes after a pepper rotation) lands whole.
+    let mut record = sample_record(&owner);
+    store.insert(record.clone()).await.expect("formats: insert");
+    let patch = KeyPatch {
+        hash: Some(SecretHash {
+            version: 2,
+            digest: [7; 32],
+        }),
+        ..KeyPatch::new()
+    };
+    store
+        .update(record.id, &patch)
+        .await
+        .expect("formats: rehash")
+        .expect("formats: found");
+    patch.apply(&mut record);
+    assert_eq!(
+        must_get(store, record.id, "formats").await,
+        record,
+        "formats: rehash persisted"
+    );
+}
+
+/// Expiry instants and the active flag survive writes in both directions.
+pub async fn expiry_and_active_round_trip(store: &dyn KeyStore) {
+    let mut record = sample_record(&unique_owner("expiry"));
+    let at = now() + TimeDelta::microseconds(1_234_567);
+    record.expires_at = Some(at);
+    record.active = false;
+    store.insert(record.clone()).await.expect("expiry: insert");
+    let got = must_get(store, record.id, "expiry").await;
+    assert_eq!(got.expires_at, Some(at), "expiry: microseconds kept");
+    assert!(!got.active, "expiry: inactive kept");
+    let got = store
+        .update(
+            record.id,
+            &KeyPatch::new()
+                .active(true)
+                .expires_at(Some(at + TimeDelta::days(1))),
+        )
+        .await
+        .expect("expiry: update")
+        .expect("expiry: found");
+    assert!(
+        got.active && got.expires_at == Some(at + TimeDelta::days(1)),
+        "expiry: update"
+    );
+    let got = store
+        .update(record.id, &KeyPatch::new().expires_at(None))
+        .await
+        .expect("expiry: clear")
+        .expect("expiry: found");
+    assert_eq!(got.expires_at, None, "expiry: cleared");
+    assert_eq!(
+        must_get(store, record.id, "expiry").await.expires_at,
+        None,
+        "expiry: clear persisted"
+    );
+}
+
+/// Names, owners, scopes and metadata in any script, with quotes and emoji, come back
+/// byte for byte.
+pub async fn unicode_round_trip(store: &dyn KeyStore) {
+    let owner = format!("{}-usuário-日本-🔑", unique_owner("unicode"));
+    let mut record = sample_record(&owner);
+    record.name = "Sauvegarde « nuit » — 夜間バックアップ 🔐 'quoted' \"double\" \\ back".into();
+    record.description = Some("Ελληνικά · العربية · עברית · emoji 👩‍💻".into());
+    record.scopes = Some(BTreeSet::from([
+        "bücher:lesen".to_owned(),
+        "書籍:書く".to_owned(),
+    ]));
+    record.metadata.insert("ключ".into(), json!("значение 🚀"));
+    store.insert(record.clone()).await.expect("unicode: insert");
+    assert_eq!(
+        must_get(store, record.id, "unicode").await,
+        record,
+        "unicode: round trip"
+    );
+    let page = store
+        .list(&ListQuery::new().owner(owner.clone()))
+        .await
+        .expect("unicode: list");
+    assert_eq!(page.len(), 1, "unicode: list by unicode owner");
+    assert_eq!(page[0], record, "unicode: listed record");
+}
+
+/// Listing by owner in pages: id order, `after` exclusive, no duplicates or gaps.
+pub async fn paging(store: &dyn KeyStore) {
+    let owner = unique_owner("paging");
+    let other = unique_owner("paging-other");
+    let mut ids = Vec::new();
+    for i in 0..25 {
+        let mut record = sample_record(&owner);
+        record.name = format!("key {i}");
+        ids.push(record.id);
+        store.insert(record).await.expect("paging: insert");
+        store
+            .insert(sample_record(&other))
+            .await
+            .expect("paging: insert other");
+    }
+    ids.sort();
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let mut query = ListQuery::new().owner(owner.clone()).limit(10);
+        query.after = after;
+        let page = store.list(&query).await.expect("paging: list");
+        assert!(page.len() <= 10, "paging: limit exceeded ({})", page.len());
+        assert!(
+            page.iter().all(|r| r.owner == owner),
+            "paging: another owner's key listed"
+        );
+        if page.is_empty() {
+            break;
+        }
+        after = page.last().map(|r| r.id);
+        seen.extend(page.iter().map(|r| r.id));
+        if page.len() < 10 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen, ids,
+        "paging: pages must cover every key once, in id order"
+    );
+    // Unfiltered listing is id-ordered too and honours the cursor.
+    let start = ids[0];
+    let page = store
+        .list(&ListQuery::new().after(start).limit(50))
+        .await
+        .expect("paging: unfiltered list");
+    assert!(page.len() <= 50, "paging: unfiltered limit");
+    assert!(
+        page.iter().all(|r| r.id > start),
+        "paging: cursor is exclusive"
+    );
+    assert!(
+        page.windows(2).all(|w| w[0].id < w[1].id),
+        "paging: unfiltered order"
+    );
+}
+
+/// Batches set `last_used_at`, skip missing ids, and never move it backwards.
+pub async fn last_used_batches(store: &dyn KeyStore) {
+    let owner = unique_owner("last-used");
+    let (a, b) = (sample_record(&owner), sample_record(&owner));
+    store.insert(a.clone()).await.expect("last-used: insert");
+    store.insert(b.clone()).await.expect("last-used: insert");
+    let t1 = now();
+    let t2 = t1 + TimeDelta::seconds(10);
+    store
+        .record_last_used(&[(a.id, t2), (b.id, t1), (KeyId::random(), t1)])
+        .await
+        .expect("last-used: batch");
+    assert_eq!(
+        must_get(store, a.id, "last-used").await.last_used_at,
+        Some(t2)
+    );
+    assert_eq!(
+        must_get(store, b.id, "last-used").await.last_used_at,
+        Some(t1)
+    );
+    store
+        .record_last_used(&[(a.id, t1), (b.id, t2)])
+        .await
+        .expect("last-used: second batch");
+    assert_eq!(
+        must_get(store, a.id, "last-used").await.last_used_at,
+        Some(t2),
+        "last-used moved backwards"
+    );
+    assert_eq!(
+        must_get(store, b.id, "last-used").await.last_used_at,
+        Some(t2),
+        "last-used not moved forward"
+    );
+    store
+        .record_last_used(&[])
+        .await
+        .expect("last-used: empty batch");
+    // The rest of the record is untouched.
+    let mut expected = a.clone();
+    expected.last_used_at = Some(t2);
+    assert_eq!(
+        must_get(store, a.id, "last-used").await,
+        expected,
+        "last-used touched other fields"
+    );
+}
+
+/// 1 MB of metadata is stored whole or refused, never cut.
+pub async fn large_metadata(store: &dyn KeyStore) {
+    let mut record = sample_record(&unique_owner("large"));
+    record
+        .metadata
+        .insert("blob".into(), json!("x".repeat(1 << 20)));
+    match store.insert(record.clone()).await {
+        Ok(()) => assert_eq!(
+            must_get(store, record.id, "large").await,
+            record,
+            "large: stored cut"
+        ),
+        Err(_) => assert!(
+            matches!(store.get(record.id).await, Ok(None)),
+            "large: refused insert left a record behind"
+        ),
+    }
+    let small = sample_record(&unique_owner("large-update"));
+    store
+        .insert(small.clone())
+        .await
+        .expect("large: insert small");
+    let patch = KeyPatch::new().metadata(record.metadata.clone());
+    match store.update(small.id, &patch).await {
+        Ok(Some(updated)) => {
+            assert_eq!(
+                updated.metadata, record.metadata,
+                "large: update returned cut metadata"
+            );
+            assert_eq!(
+                must_get(store, small.id, "large").await.metadata,
+                record.metadata,
+                "large: update stored cut"
+            );
+        }
+        Ok(None) => panic!("large: update lost the record"),
+        Err(_) => assert_eq!(
+            must_get(store, small.id, "large").await,
+            small,
+            "large: refused update changed the record"
+        ),
+    }
+}
+
+/// Many tasks inserting at once: every insert that returned `Ok` is there, once.
+pub async fn concurrent_inserts(store: Arc<dyn KeyStore>) {
+    let owner = unique_owner("concurrent");
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let owner = owner.clone();
+            tokio::spawn(async move {
+                let mut ids = Vec::new();
+                for _ in 0..25 {
+                    let record = sample_record(&owner);
+                    store
+                        .insert(record.clone())
+                        .await
+                        .expect("concurrent: insert");
+                    ids.push(record.id);
+                }
+                ids
+            })
+        })
+        .collect();
+    let mut expected = Vec::new();
+    for task in tasks {
+        expected.extend(task.await.expect("concurrent: task panicked"));
+    }
+    expected.sort();
+    let listed = store
+        .list(&ListQuery::new().owner(owner).limit(1000))
+        .await
+        .expect("concurrent: list");
+    let listed: Vec<KeyId> = listed.iter().map(|r| r.id).collect();
+    assert_eq!(listed, expected, "concurrent: lost or duplicated records");
+}
+
+/// Many tasks inserting the *same* id at once: exactly one wins, the rest conflict.
+pub async fn concurrent_colliding_inserts(store: Arc<dyn KeyStore>) {
+    let owner = unique_owner("race");
+    let id = KeyId::random();
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            let mut record = sample_record(&owner);
+            record.id = id;
+            record.name = format!("contender {i}");
+            tokio::spawn(async move { (store.insert(record.clone()).await, record) })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.expect("race: task panicked") {
+            (Ok(()), record) => winners.push(record),
+            (Err(StoreError::Conflict(got)), _) => assert_eq!(got, id),
+            (Err(e), _) => panic!("race: expected Conflict, got {e:?}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "race: exactly one insert must win");
+    assert_eq!(
+        must_get(&*store, id, "race").await,
+        winners[0],
+        "race: the winner's record is stored"
+    );
+}
+
+/// Two writers patching different fields of one record concurrently: neither write is
+/// lost (updates are atomic read-modify-writes).
+pub async fn concurrent_updates_are_atomic(store: Arc<dyn KeyStore>) {
+    let record = sample_record(&unique_owner("atomic"));
+    store.insert(record.clone()).await.expect("atomic: insert");
+    let rounds = 20;
+    let names = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..rounds {
+                store
+                    .update(record.id, &KeyPatch::new().name(format!("name {i}")))
+                    .await
+                    .expect("atomic: update name");
+            }
+        })
+    };
+    let scopes = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            for i in 0..rounds {
+                store
+                    .update(
+                        record.id,
+                        &KeyPatch::new().scopes(Some([format!("scope:{i}")])),
+                    )
+                    .await
+                    .expect("atomic: update scopes");
+            }
+        })
+    };
+    names.await.expect("atomic: names task");
+    scopes.await.expect("atomic: scopes task");
+    let got = must_get(&*store, record.id, "atomic").await;
+    assert_eq!(
+        got.name,
+        format!("name {}", rounds - 1),
+        "atomic: a name update was lost"
+    );
+    assert_eq!(
+        got.scopes,
+        Some(BTreeSet::from([format!("scope:{}", rounds - 1)])),
+        "atomic: a scopes update was lost"
+    );
+}
