@@ -27,7 +27,8 @@ pub enum Rejection {
     JwtSignature,
     /// A JWT whose `type` claim is not exactly `"api"`.
     JwtType,
-    /// A JWT carrying `userId` or `username`: a session access token, not an API key.
+    /// A JWT carrying `userId` or `username`: an Audiobookshelf session (access or refresh)
+    /// token signed with the same secret, not an API key.
     JwtSessionToken,
     /// A JWT with a `crit` header: keygate understands no JWS extensions.
     JwtCritical,

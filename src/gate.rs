@@ -69,6 +69,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     usage: Arc<Usage>,
     store_timeout: Option<Duration>,
+    realm: String,
 }
 
 impl Drop for Inner {
@@ -91,6 +92,7 @@ pub struct KeygateBuilder {
     clock: Arc<dyn Clock>,
     last_used_interval: Duration,
     store_timeout: Option<Duration>,
+    realm: String,
 }
 
 impl KeygateBuilder {
@@ -151,6 +153,13 @@ impl KeygateBuilder {
         self
     }
 
+    /// The realm named in `WWW-Authenticate` challenges (default `"api"`). Characters that
+    /// cannot appear in a quoted string are dropped.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into();
+        self
+    }
+
     /// Checks the configuration and builds the gate.
     pub fn build(self) -> Result<Keygate, BuildError> {
         key::validate_prefix(&self.prefix)?;
@@ -167,6 +176,7 @@ impl KeygateBuilder {
                 clock: self.clock,
                 usage: Arc::new(Usage::new(interval)),
                 store_timeout: self.store_timeout,
+                realm: self.realm,
             }),
         })
     }
@@ -213,12 +223,23 @@ impl Keygate {
             clock: Arc::new(SystemClock),
             last_used_interval: Duration::from_secs(60),
             store_timeout: None,
+            realm: "api".to_owned(),
         }
     }
 
     /// The opaque-key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// The realm for `WWW-Authenticate` challenges.
+    pub fn realm(&self) -> &str {
+        &self.inner.realm
+    }
+
+    /// The HTTP answer for `error` with this gate's realm; see [`VerifyError::http`].
+    pub fn http_outcome(&self, error: &VerifyError) -> http::HttpOutcome {
+        error.http(&self.inner.realm)
     }
 
     /// The store.
@@ -300,10 +321,15 @@ impl Keygate {
     /// Inserts an existing record, keeping its id: e.g. a row migrated from
     /// Audiobookshelf's `apiKeys` table, whose JWT keys then verify unchanged.
     ///
-    /// An opaque record must carry a hash. Never overwrites: an existing id is
+    /// Names are taken as they are, as long as they are not empty (Audiobookshelf allows
+    /// control characters and any length). An opaque record must carry a hash. Never overwrites: an existing id is
     /// [`StoreError::Conflict`](crate::StoreError::Conflict).
     pub async fn import(&self, record: KeyRecord) -> Result<(), Error> {
-        check_name(&record.name)?;
+        // Looser than `mint`: Audiobookshelf accepts any non-empty name, and a migrated row
+        // must come over as it is (the name is display text; no token carries it as truth).
+        if record.name.is_empty() {
+            return Err(Error::invalid("name", "must not be empty"));
+        }
         check_owner(&record.owner)?;
         if record.format == KeyFormat::Opaque && record.hash.is_none() {
             return Err(Error::invalid(
@@ -412,6 +438,15 @@ impl Keygate {
             .await?;
         tracing::info!(target: "keygate", key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.num_seconds(), "key rotated");
         Ok(issued)
+    }
+
+    /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
+    /// user exists, active, with all permissions.
+    pub async fn owner(&self, user_id: &str) -> Result<Option<Owner>, crate::DirectoryError> {
+        match &self.inner.users {
+            None => Ok(Some(Owner::unrestricted())),
+            Some(users) => users.owner(user_id).await,
+        }
     }
 
     /// Writes queued last-used times and re-hashes now. Call it at shutdown; otherwise

@@ -14,7 +14,7 @@
 use crate::error::{RequestError, VerifyError};
 
 /// Longest `Authorization` header value read; longer is refused before any crypto.
-pub const MAX_HEADER_LEN: usize = 4096 + 64;
+pub const MAX_HEADER_LEN: usize = 8192 + 64;
 
 /// Seconds suggested in `Retry-After` when the store is unavailable.
 pub const RETRY_AFTER_SECS: u32 = 5;

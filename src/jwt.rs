@@ -6,8 +6,9 @@
 //! part once. What is accepted is deliberately narrow:
 //!
 //! - header: `alg` exactly `HS256`, `typ` absent or `JWT`, no `crit`;
-//! - claims: `type` exactly `"api"`, `keyId` a UUID, no `userId`/`username` (those mark
-//!   Audiobookshelf session tokens signed with the same secret), `exp`/`nbf`/`iat` numbers
+//! - claims: no `userId`/`username` (those mark Audiobookshelf session tokens signed with
+//!   the same secret), `type` exactly `"api"`, `keyId` a UUID in canonical lowercase
+//!   hyphenated form, `exp`/`nbf`/`iat` numbers
 //!   when present (a string or `null` is refused, not ignored: CVE-2026-25537's lesson);
 //! - `exp` is strict: `now >= exp` is expired. `name` is never read.
 
@@ -27,7 +28,7 @@ use crate::key::KeyId;
 pub const MIN_JWT_SECRET_LEN: usize = 32;
 
 /// Longest JWT accepted; longer input is refused before decoding.
-pub(crate) const MAX_JWT_LEN: usize = 4096;
+pub(crate) const MAX_JWT_LEN: usize = 8192;
 
 /// `{"alg":"HS256","typ":"JWT"}`, byte for byte what Node's `jsonwebtoken` writes.
 const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
@@ -126,16 +127,23 @@ impl JwtSecret {
         hmac::verify(&self.0, signed.as_bytes(), &tag).map_err(|_| Rejection::JwtSignature)?;
 
         let claims: Claims = decode_json(payload)?;
-        if claims.kind.as_deref() != Some("api") {
-            return Err(Rejection::JwtType);
-        }
+        // Session claims first, so Audiobookshelf's access and refresh tokens (signed with
+        // the same secret) are named for what they are.
         if claims.user_id || claims.username {
             return Err(Rejection::JwtSessionToken);
         }
+        if claims.kind.as_deref() != Some("api") {
+            return Err(Rejection::JwtType);
+        }
+        // Only the canonical lowercase hyphenated spelling: one key, one token text.
         let key_id = claims
             .key_id
             .as_deref()
-            .and_then(|id| id.parse::<KeyId>().ok())
+            .and_then(|text| {
+                text.parse::<KeyId>()
+                    .ok()
+                    .filter(|id| id.to_string() == text)
+            })
             .ok_or(Rejection::JwtMalformed)?;
         if claims.exp.is_some_and(|exp| now as f64 >= exp) {
             return Err(Rejection::JwtExpired);
@@ -235,4 +243,98 @@ fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error
         }
     }
     d.deserialize_any(NumericDate).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret() -> JwtSecret {
+        JwtSecret::new([9u8; 32]).unwrap()
+    }
+
+    fn signed(claims: &str) -> String {
+        let secret = secret();
+        let mut token = format!("{HEADER_B64}.{}", URL_SAFE_NO_PAD.encode(claims));
+        let tag = hmac::sign(&secret.0, token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        token
+    }
+
+    #[test]
+    fn minted_tokens_verify_and_carry_their_id() {
+        let id = KeyId::random();
+        let token = secret().sign(id, "n", 100, Some(200));
+        let verified = secret().verify(&token, 150).unwrap();
+        assert_eq!(verified.key_id, id);
+        assert_eq!(verified.signature, signature_of(&token));
+        assert_eq!(
+            secret().verify(&token, 200).err(),
+            Some(Rejection::JwtExpired)
+        );
+    }
+
+    #[test]
+    fn only_the_canonical_key_id_spelling_is_accepted() {
+        let id = KeyId::random();
+        let canonical = id.to_string();
+        assert!(secret()
+            .verify(
+                &signed(&format!(r#"{{"keyId":"{canonical}","type":"api"}}"#)),
+                0
+            )
+            .is_ok());
+        let simple = id.as_uuid().simple().to_string();
+        let braced = id.as_uuid().braced().to_string();
+        for spelling in [
+            canonical.to_uppercase(),
+            simple,
+            braced,
+            format!("urn:uuid:{canonical}"),
+        ] {
+            let token = signed(&format!(r#"{{"keyId":"{spelling}","type":"api"}}"#));
+            assert_eq!(
+                secret().verify(&token, 0).err(),
+                Some(Rejection::JwtMalformed),
+                "{spelling}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_claims_are_named_before_the_type() {
+        let token = signed(r#"{"userId":"u","username":"root","type":"access"}"#);
+        assert_eq!(
+            secret().verify(&token, 0).err(),
+            Some(Rejection::JwtSessionToken)
+        );
+        let token = signed(r#"{"keyId":"x","type":"access"}"#);
+        assert_eq!(secret().verify(&token, 0).err(), Some(Rejection::JwtType));
+    }
+
+    #[test]
+    fn numeric_dates_must_be_numbers() {
+        let id = KeyId::random();
+        for exp in [r#""9999999999""#, "null", "true", "[1]"] {
+            let token = signed(&format!(r#"{{"keyId":"{id}","type":"api","exp":{exp}}}"#));
+            assert_eq!(
+                secret().verify(&token, 0).err(),
+                Some(Rejection::JwtMalformed),
+                "{exp}"
+            );
+        }
+        let token = signed(&format!(r#"{{"keyId":"{id}","type":"api","exp":100.5}}"#));
+        assert!(secret().verify(&token, 100).is_ok());
+        assert_eq!(
+            secret().verify(&token, 101).err(),
+            Some(Rejection::JwtExpired)
+        );
+    }
+
+    #[test]
+    fn oversize_tokens_are_refused_unread() {
+        let token = "a".repeat(MAX_JWT_LEN + 1);
+        assert_eq!(secret().verify(&token, 0).err(), Some(Rejection::Malformed));
+    }
 }

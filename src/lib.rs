@@ -48,6 +48,13 @@
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "actix")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actix")))]
+pub mod actix;
+pub mod admin;
+#[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
+pub mod axum;
 mod base62;
 mod clock;
 mod error;
@@ -67,7 +74,17 @@ mod usage;
 mod user;
 
 pub use chrono;
+/// The `sqlx` driver the SQL stores use, re-exported so an application can build the pool
+/// it hands to a store's `from_pool` (or share the store's) without a version clash.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use sqlx;
 
+/// The `redis` driver crate keygate was built with (feature `redis`), for building a
+/// [`redis::Client`] or [`redis::aio::ConnectionManager`] to hand to [`RedisStore`].
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use ::redis;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
 pub use gate::{IssuedKey, Keygate, KeygateBuilder, MAX_NAME_LEN, MAX_PAGE};
@@ -76,13 +93,22 @@ pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
-pub use principal::Principal;
+pub use principal::{Permission, Principal};
 pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
 pub use secret::Secret;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::SqliteStore;
 pub use store::{
     CacheConfig, CacheStats, CachedStore, ChangeListener, KeyStore, ListQuery, MemoryStore, Page,
     StoreError,
 };
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::{PostgresOptions, PostgresStore};
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 
 /// The README's snippets, compiled and run as doctests.

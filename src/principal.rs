@@ -11,6 +11,20 @@ use crate::key::{KeyFormat, KeyId};
 use crate::record::KeyRecord;
 use crate::user::{Owner, Permissions};
 
+/// A permission named at the type level, for the framework guards
+/// (`keygate::axum::Require<P>`, `keygate::actix::Require<P>`).
+///
+/// ```
+/// struct LibraryWrite;
+/// impl keygate::Permission for LibraryWrite {
+///     const NAME: &'static str = "library:write";
+/// }
+/// ```
+pub trait Permission: Send + Sync + 'static {
+    /// The permission or scope string checked with [`Principal::allows`].
+    const NAME: &'static str;
+}
+
 /// The outcome of a successful verify: the key, its owner, and the owner's permissions as
 /// they were at request time, narrowed by the key's scopes.
 ///

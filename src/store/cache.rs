@@ -303,7 +303,11 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         // the store holds.
         let mut slots = self.state.lock();
         for (id, at) in batch {
-            if let Some(Slot::Ready { value: Some(record), .. }) = slots.get_mut(id) {
+            if let Some(Slot::Ready {
+                value: Some(record),
+                ..
+            }) = slots.get_mut(id)
+            {
                 if record.last_used_at.is_none_or(|prev| prev < *at) {
                     Arc::make_mut(record).last_used_at = Some(*at);
                 }

@@ -11,9 +11,23 @@ use crate::record::{KeyPatch, KeyRecord};
 
 mod cache;
 mod memory;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "redis")]
+mod redis;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod sql;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 
+#[cfg(feature = "redis")]
+pub use self::redis::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
+#[cfg(feature = "postgres")]
+pub use postgres::{PostgresOptions, PostgresStore};
+#[cfg(feature = "sqlite")]
+pub use sqlite::SqliteStore;
 
 /// Where key records live.
 ///

@@ -1,0 +1,2 @@
+//! Placeholder: the example server is being written.
+fn main() {}
