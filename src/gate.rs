@@ -75,9 +75,8 @@ struct Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // Last handle gone: write what is still queued, if a runtime can run it.
-        let batch = self.usage.take_all(self.clock.now());
-        if !batch.is_empty() {
-            usage::spawn_flush(self.usage.clone(), self.store.clone(), batch);
+        if !self.usage.is_idle() {
+            usage::spawn_flush(self.usage.clone(), self.store.clone(), self.clock.now());
         }
     }
 }
@@ -449,13 +448,13 @@ impl Keygate {
         }
     }
 
-    /// Writes queued last-used times and re-hashes now. Call it at shutdown; otherwise
+    /// Writes queued last-used times and re-hashes now, after any background write under
+    /// way has finished. Call it at shutdown; otherwise
     /// they are written in the background at most once per
     /// [`last_used_interval`](KeygateBuilder::last_used_interval).
     pub async fn flush(&self) -> Result<(), Error> {
         let inner = &*self.inner;
-        let batch = inner.usage.take_all(inner.clock.now());
-        Ok(inner.usage.write(&*inner.store, batch, false).await?)
+        Ok(inner.usage.flush(&*inner.store, inner.clock.now()).await?)
     }
 
     /// Verifies a bearer token (the key itself, without `Bearer `).
@@ -591,8 +590,8 @@ impl Keygate {
         if !owner.active {
             return Err(reject_key(Rejection::OwnerInactive, record.id));
         }
-        if let Some(batch) = inner.usage.mark(record.id, now, rehash) {
-            usage::spawn_flush(inner.usage.clone(), inner.store.clone(), batch);
+        if inner.usage.mark(record.id, now, rehash) {
+            usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
         Ok(Principal::new(record, owner))
     }

@@ -70,6 +70,8 @@ mod store;
 #[cfg(feature = "testing")]
 #[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
 pub mod testing;
+#[cfg(test)]
+mod testing_support;
 mod usage;
 mod user;
 
@@ -100,8 +102,8 @@ pub use secret::Secret;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 pub use store::{
-    CacheConfig, CacheStats, CachedStore, ChangeListener, KeyStore, ListQuery, MemoryStore, Page,
-    StoreError,
+    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, KeyStore, ListQuery,
+    MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

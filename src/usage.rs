@@ -20,6 +20,10 @@ use crate::store::{KeyStore, StoreError};
 pub(crate) struct Usage {
     interval: TimeDelta,
     state: Mutex<State>,
+    /// Held by whoever takes queued work and writes it, so that [`Usage::flush`] waits
+    /// for a background write under way, and a background task that starts after a flush
+    /// finds nothing left to write.
+    writer: tokio::sync::Mutex<()>,
 }
 
 #[derive(Debug, Default)]
@@ -39,17 +43,12 @@ pub(crate) struct Batch {
     rehash: Vec<(KeyId, SecretHash)>,
 }
 
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.used.is_empty() && self.rehash.is_empty()
-    }
-}
-
 impl Usage {
     pub fn new(interval: TimeDelta) -> Self {
         Self {
             interval,
             state: Mutex::default(),
+            writer: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -57,9 +56,9 @@ impl Usage {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Notes an accepted use of `id` at `now`, and a re-hash if one is due. Returns a batch
-    /// when a background flush should start now.
-    pub fn mark(&self, id: KeyId, now: DateTime<Utc>, rehash: Option<SecretHash>) -> Option<Batch> {
+    /// Notes an accepted use of `id` at `now`, and a re-hash if one is due. Returns `true`
+    /// when a background flush should start now (see [`spawn_flush`]).
+    pub fn mark(&self, id: KeyId, now: DateTime<Utc>, rehash: Option<SecretHash>) -> bool {
         let mut state = self.lock();
         let due = state
             .marked
@@ -76,18 +75,31 @@ impl Usage {
             && (!state.used.is_empty() || !state.rehash.is_empty())
             && state.last_flush.is_none_or(|at| now - at >= self.interval);
         if !flush_due {
-            return None;
+            return false;
         }
         state.flushing = true;
         state.last_flush = Some(now);
-        Some(Self::take(&mut state, now, self.interval))
+        true
     }
 
-    /// Takes everything queued, for a flush on demand.
-    pub fn take_all(&self, now: DateTime<Utc>) -> Batch {
+    /// Takes everything queued.
+    fn take_all(&self, now: DateTime<Utc>) -> Batch {
         let mut state = self.lock();
         state.last_flush = Some(now);
         Self::take(&mut state, now, self.interval)
+    }
+
+    /// Whether anything is queued.
+    pub fn is_idle(&self) -> bool {
+        let state = self.lock();
+        state.used.is_empty() && state.rehash.is_empty()
+    }
+
+    /// Waits for a background write under way, then writes everything queued.
+    pub async fn flush(&self, store: &dyn KeyStore, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let _writer = self.writer.lock().await;
+        let batch = self.take_all(now);
+        self.write(store, batch).await
     }
 
     fn take(state: &mut State, now: DateTime<Utc>, interval: TimeDelta) -> Batch {
@@ -119,12 +131,7 @@ impl Usage {
 
     /// Writes `batch`: one `record_last_used` round trip, then one update per re-hash.
     /// What fails is queued again and the first error returned.
-    pub async fn write(
-        &self,
-        store: &dyn KeyStore,
-        batch: Batch,
-        background: bool,
-    ) -> Result<(), StoreError> {
+    async fn write(&self, store: &dyn KeyStore, batch: Batch) -> Result<(), StoreError> {
         let mut result = Ok(());
         let mut failed = Batch::default();
         if !batch.used.is_empty() {
@@ -154,32 +161,29 @@ impl Usage {
             tracing::warn!(target: "keygate", error = %e, "last-used flush failed; will retry");
             self.requeue(failed);
         }
-        if background {
-            self.lock().flushing = false;
-        }
         result
     }
 }
 
-/// Starts a background flush of `batch` if a Tokio runtime is running; otherwise queues
-/// it again for the next flush.
-pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, batch: Batch) {
+/// Starts a background flush on the current Tokio runtime. Without a runtime the work
+/// stays queued for the next flush.
+pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, now: DateTime<Utc>) {
     match tokio::runtime::Handle::try_current() {
         Ok(handle) => {
             handle.spawn(async move {
-                let _ = usage.write(&*store, batch, true).await;
+                let _ = usage.flush(&*store, now).await;
+                usage.lock().flushing = false;
             });
         }
-        Err(_) => {
-            usage.requeue(batch);
-            usage.lock().flushing = false;
-        }
+        Err(_) => usage.lock().flushing = false,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::MemoryStore;
+    use crate::KeyFormat;
     use chrono::TimeZone;
 
     fn t(s: i64) -> DateTime<Utc> {
@@ -190,36 +194,28 @@ mod tests {
     fn a_key_is_marked_at_most_once_per_interval() {
         let usage = Usage::new(TimeDelta::seconds(60));
         let id = KeyId::random();
-        assert!(
-            usage.mark(id, t(0), None).is_some(),
-            "first use starts a flush"
-        );
+        assert!(usage.mark(id, t(0), None), "first use starts a flush");
+        assert_eq!(usage.take_all(t(0)).used, vec![(id, t(0))]);
         usage.lock().flushing = false;
         for s in 1..60 {
-            assert!(usage.mark(id, t(s), None).is_none());
+            assert!(!usage.mark(id, t(s), None));
         }
-        assert!(
-            usage.lock().used.is_empty(),
-            "uses inside the interval are coalesced"
-        );
-        let batch = usage
-            .mark(id, t(60), None)
-            .expect("due again after the interval");
-        assert_eq!(batch.used, vec![(id, t(60))]);
+        assert!(usage.is_idle(), "uses inside the interval are coalesced");
+        assert!(usage.mark(id, t(60), None), "due again after the interval");
+        assert_eq!(usage.take_all(t(60)).used, vec![(id, t(60))]);
     }
 
     #[test]
     fn flushes_are_spaced_by_the_interval() {
         let usage = Usage::new(TimeDelta::seconds(10));
-        assert!(usage.mark(KeyId::random(), t(0), None).is_some());
+        assert!(usage.mark(KeyId::random(), t(0), None));
+        let _ = usage.take_all(t(0));
         usage.lock().flushing = false;
         // Other keys used soon after wait for the next flush window.
-        assert!(usage.mark(KeyId::random(), t(1), None).is_none());
-        assert!(usage.mark(KeyId::random(), t(2), None).is_none());
-        let batch = usage
-            .mark(KeyId::random(), t(10), None)
-            .expect("window open");
-        assert_eq!(batch.used.len(), 3);
+        assert!(!usage.mark(KeyId::random(), t(1), None));
+        assert!(!usage.mark(KeyId::random(), t(2), None));
+        assert!(usage.mark(KeyId::random(), t(10), None), "window open");
+        assert_eq!(usage.take_all(t(10)).used.len(), 3);
     }
 
     #[test]
@@ -231,5 +227,20 @@ mod tests {
         usage.forget(id);
         let batch = usage.take_all(t(2));
         assert!(batch.used.iter().all(|(k, _)| *k != id));
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn flush_writes_what_a_spawned_task_has_not_run_yet() {
+        let usage = Arc::new(Usage::new(TimeDelta::seconds(60)));
+        let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
+        let record = crate::testing_support::record(KeyFormat::Opaque);
+        store.insert(record.clone()).await.unwrap();
+        assert!(usage.mark(record.id, t(5), None));
+        // The background task is spawned but, on this single thread, not run yet.
+        spawn_flush(usage.clone(), store.clone(), t(5));
+        usage.flush(&*store, t(6)).await.unwrap();
+        let stored = store.get(record.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_used_at, Some(t(5)));
+        assert!(usage.is_idle());
     }
 }

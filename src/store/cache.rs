@@ -335,7 +335,7 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
-    use crate::{KeyFormat, Metadata};
+    use crate::KeyFormat;
     use std::sync::atomic::AtomicUsize;
 
     /// Counts reads and can hold them open, to observe collapsing.
@@ -374,23 +374,7 @@ mod tests {
     }
 
     fn record() -> KeyRecord {
-        let now = Utc::now();
-        KeyRecord {
-            id: KeyId::random(),
-            format: KeyFormat::Jwt,
-            hash: None,
-            name: "n".into(),
-            description: None,
-            owner: "u".into(),
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            last_used_at: None,
-            active: true,
-            scopes: None,
-            metadata: Metadata::new(),
-        }
+        crate::testing_support::record(KeyFormat::Jwt)
     }
 
     #[tokio::test(start_paused = true)]

@@ -19,6 +19,7 @@ mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod url;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
@@ -28,6 +29,7 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresOptions, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStore;
+pub use url::open_store;
 
 /// Where key records live.
 ///
@@ -158,6 +160,9 @@ pub enum StoreError {
     /// A record the backend holds cannot be read back (corrupt or from an unknown schema).
     #[error("stored record is unreadable")]
     Corrupt(#[source] Box<dyn StdError + Send + Sync>),
+    /// A store URL that cannot be opened: unknown scheme, or a store whose feature is off.
+    #[error("{0}")]
+    InvalidUrl(String),
     /// The backend failed: connection, I/O, query.
     #[error("key store backend failed")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),

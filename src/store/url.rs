@@ -1,0 +1,74 @@
+//! Opening a store from a URL, for the CLI, examples and configuration files.
+
+use std::sync::Arc;
+
+use super::{KeyStore, StoreError};
+
+/// Opens the store a URL names, with the default options of each:
+///
+/// | URL | store | feature |
+/// |---|---|---|
+/// | `sqlite://path`, `sqlite:path`, `sqlite::memory:`, a plain path | [`SqliteStore`](crate::SqliteStore) | `sqlite` |
+/// | `postgres://…`, `postgresql://…` | [`PostgresStore`](crate::PostgresStore) | `postgres` |
+/// | `redis://…`, `rediss://…`, `redis+unix://…` | [`RedisStore`](crate::RedisStore) | `redis` |
+///
+/// SQL stores apply their migrations on open. A scheme whose feature is off, or an
+/// unknown one, is [`StoreError::InvalidUrl`].
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let error = keygate::open_store("mysql://localhost/keys").await.unwrap_err();
+/// assert!(matches!(error, keygate::StoreError::InvalidUrl(_)));
+/// # }
+/// ```
+pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    match scheme.as_deref() {
+        Some("postgres" | "postgresql") => postgres(url).await,
+        Some("redis" | "rediss" | "redis+unix") => redis(url).await,
+        Some("sqlite") => sqlite(url).await,
+        // A bare path (`keys.db`, `./data/keys.db`, `/var/lib/app/keys.db`).
+        None => sqlite(url).await,
+        Some(s) if s.len() == 1 => sqlite(url).await, // a Windows drive letter
+        Some(other) => Err(StoreError::InvalidUrl(format!(
+            "unsupported store URL scheme {other:?}: use sqlite://, postgres:// or redis://"
+        ))),
+    }
+}
+
+#[cfg(feature = "sqlite")]
+async fn sqlite(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(Arc::new(crate::SqliteStore::open(url).await?))
+}
+
+#[cfg(not(feature = "sqlite"))]
+async fn sqlite(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Err(disabled("sqlite"))
+}
+
+#[cfg(feature = "postgres")]
+async fn postgres(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(Arc::new(crate::PostgresStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "postgres"))]
+async fn postgres(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Err(disabled("postgres"))
+}
+
+#[cfg(feature = "redis")]
+async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Ok(Arc::new(crate::RedisStore::connect(url).await?))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    Err(disabled("redis"))
+}
+
+#[allow(dead_code)] // unused when every store feature is on
+fn disabled(feature: &str) -> StoreError {
+    StoreError::InvalidUrl(format!(
+        "this build of keygate has no {feature} store: enable the `{feature}` feature"
+    ))
+}
