@@ -243,13 +243,13 @@ impl AdminApi {
             Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e11 => {
                 new = new.expires_in(TimeDelta::milliseconds((secs * 1000.0) as i64));
             }
-            Some(secs) if secs == 0.0 => {} // Audiobookshelf: falsy means no expiry
+            // Audiobookshelf: a falsy expiresIn (0, null, absent) means no expiry.
+            Some(0.0) | None => {}
             Some(_) => {
                 return Err(AdminResponse::bad_request(
                     "expiresIn must be a positive number of seconds",
                 ))
             }
-            None => {}
         }
         if let Some(description) = body.description {
             new = new.description(description);

@@ -8,9 +8,9 @@ use super::{KeyStore, StoreError};
 ///
 /// | URL | store | feature |
 /// |---|---|---|
-/// | `sqlite://path`, `sqlite:path`, `sqlite::memory:`, a plain path | [`SqliteStore`](crate::SqliteStore) | `sqlite` |
-/// | `postgres://…`, `postgresql://…` | [`PostgresStore`](crate::PostgresStore) | `postgres` |
-/// | `redis://…`, `rediss://…`, `redis+unix://…` | [`RedisStore`](crate::RedisStore) | `redis` |
+/// | `sqlite://path`, `sqlite:path`, `sqlite::memory:`, a plain path | `SqliteStore` | `sqlite` |
+/// | `postgres://…`, `postgresql://…` | `PostgresStore` | `postgres` |
+/// | `redis://…`, `rediss://…`, `redis+unix://…` | `RedisStore` | `redis` |
 ///
 /// SQL stores apply their migrations on open. A scheme whose feature is off, or an
 /// unknown one, is [`StoreError::InvalidUrl`].

@@ -1,0 +1,618 @@
+//! actix-web integration: [`Principal`] as an extractor, [`OptionalPrincipal`] and
+//! [`Require`] guards, the [`Authenticate`] middleware, and the admin API as a [`Scope`].
+//!
+//! Parsing and the HTTP answers come from the framework-free layer ([`crate::http`],
+//! [`VerifyError::http`]), so actix and axum answer every request identically.
+//!
+//! The extractors find the [`Keygate`] in, in order: the request extensions (put there by
+//! [`Authenticate`]), `app_data::<web::Data<Keygate>>()` (which [`admin_scope`] registers
+//! for its own routes), then `app_data::<Keygate>()`. A handler reached with none of these answers
+//! `500 Internal Server Error` and logs why; it never lets the request through.
+//!
+//! ```
+//! use actix_web::{test, web, App, HttpResponse};
+//! use keygate::actix::{admin_scope, Authenticate, OptionalPrincipal, Require};
+//! use keygate::admin::AdminApi;
+//! use keygate::{Keygate, MemoryStore, NewKey, Pepper, Permission, Principal};
+//!
+//! struct LibraryWrite;
+//! impl Permission for LibraryWrite {
+//!     const NAME: &'static str = "library:write";
+//! }
+//!
+//! async fn me(principal: Principal) -> HttpResponse {
+//!     HttpResponse::Ok().json(principal) // 401/400/503 were answered before we got here
+//! }
+//!
+//! async fn upload(Require(principal, ..): Require<LibraryWrite>) -> String {
+//!     format!("{} may write", principal.owner_id()) // 403 otherwise
+//! }
+//!
+//! async fn hello(OptionalPrincipal(principal): OptionalPrincipal) -> String {
+//!     match principal {
+//!         Some(p) => format!("hello {}", p.owner_id()),
+//!         None => "hello stranger".into(), // no credentials at all; a bad key is still 401
+//!     }
+//! }
+//!
+//! async fn stats(principal: web::ReqData<Principal>) -> String {
+//!     format!("stats for {}", principal.owner_id()) // put there by the middleware
+//! }
+//!
+//! fn routes(cfg: &mut web::ServiceConfig, gate: &Keygate) {
+//!     let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+//!     cfg.app_data(web::Data::new(gate.clone()))
+//!         .route("/api/me", web::get().to(me))
+//!         .route("/api/upload", web::post().to(upload))
+//!         .route("/hello", web::get().to(hello))
+//!         .service(
+//!             web::scope("/api/stats")
+//!                 .wrap(Authenticate::required(gate.clone()).permission("stats:read"))
+//!                 .route("", web::get().to(stats)),
+//!         )
+//!         .service(admin_scope("/api/api-keys", admin));
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! actix_web::rt::System::new().block_on(async {
+//!     let gate = Keygate::builder(MemoryStore::new())
+//!         .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+//!         .build()?;
+//!     let key = gate.mint(NewKey::new("Backup Script", "user-1")).await?.key;
+//!
+//!     // In a server: HttpServer::new(move || App::new().configure(|c| routes(c, &gate)))
+//!     let app = test::init_service(App::new().configure(|c| routes(c, &gate))).await;
+//!     let request = test::TestRequest::get()
+//!         .uri("/api/me")
+//!         .insert_header(("Authorization", format!("Bearer {}", key.expose())))
+//!         .to_request();
+//!     assert_eq!(test::call_service(&app, request).await.status(), 200);
+//!
+//!     let anonymous = test::TestRequest::get().uri("/api/me").to_request();
+//!     assert_eq!(test::call_service(&app, anonymous).await.status(), 401);
+//!     Ok::<_, Box<dyn std::error::Error>>(())
+//! })
+//! # }
+//! ```
+//!
+//! ## Optional authentication
+//!
+//! actix-web's own `Option<T>` extractor turns *every* error into `None`, so a handler
+//! taking `Option<Principal>` does work, but sees a wrong, expired or revoked key, and an
+//! unavailable store, as an anonymous request. Take [`OptionalPrincipal`] instead: `None`
+//! only when the request carries no bearer credentials at all, 401 for a bad key, 503
+//! when the store is down. (`Result<Principal, AuthError>` hands every outcome to the
+//! handler.)
+
+use std::fmt;
+use std::future::{ready, Future, Ready};
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::rc::Rc;
+
+use actix_web::body::{BoxBody, EitherBody};
+use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{
+    HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
+};
+use actix_web::http::StatusCode;
+use actix_web::{
+    web, Error, FromRequest, HttpMessage, HttpRequest, HttpResponse, Responder, ResponseError,
+    Scope,
+};
+
+use crate::admin::{AdminApi, AdminRequest, AdminResponse};
+use crate::error::VerifyError;
+use crate::gate::Keygate;
+use crate::http::HttpOutcome;
+use crate::principal::{Permission, Principal};
+
+/// The realm used when no gate is at hand (`VerifyError` rendered on its own).
+const DEFAULT_REALM: &str = "api";
+
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+/// Why a request was refused; renders the RFC 6750 answer with the gate's realm.
+///
+/// Returned by the [`Principal`], [`OptionalPrincipal`] and [`Require`] extractors; take
+/// `Result<Principal, AuthError>` in a handler to see it instead of answering it.
+#[derive(Debug)]
+pub struct AuthError {
+    /// `None`: no [`Keygate`] was configured for the request (500).
+    error: Option<VerifyError>,
+    outcome: HttpOutcome,
+}
+
+impl AuthError {
+    /// The answer for `error` with `gate`'s realm.
+    pub fn new(error: VerifyError, gate: &Keygate) -> Self {
+        let outcome = gate.http_outcome(&error);
+        Self {
+            error: Some(error),
+            outcome,
+        }
+    }
+
+    fn with_realm(error: VerifyError, realm: &str) -> Self {
+        let outcome = error.http(realm);
+        Self {
+            error: Some(error),
+            outcome,
+        }
+    }
+
+    fn unconfigured() -> Self {
+        tracing::error!(
+            target: "keygate",
+            "keygate::actix: no Keygate configured for this request; register one with \
+             App::app_data(web::Data::new(gate)), or wrap the route in Authenticate; \
+             answering 500"
+        );
+        Self {
+            error: None,
+            outcome: HttpOutcome {
+                status: 500,
+                www_authenticate: None,
+                retry_after: None,
+                body: r#"{"error":"server_error","error_description":"API key verification is not configured"}"#,
+            },
+        }
+    }
+
+    /// The underlying error; `None` when the request was refused because no [`Keygate`]
+    /// was configured (a server misconfiguration, answered with 500).
+    pub fn error(&self) -> Option<&VerifyError> {
+        self.error.as_ref()
+    }
+
+    /// The status, headers and body this error renders as.
+    pub fn outcome(&self) -> &HttpOutcome {
+        &self.outcome
+    }
+}
+
+/// Renders with the default realm `"api"`.
+impl From<VerifyError> for AuthError {
+    fn from(error: VerifyError) -> Self {
+        Self::with_realm(error, DEFAULT_REALM)
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            Some(error) => fmt::Display::fmt(error, f),
+            None => f.write_str("no Keygate configured for this request"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+impl ResponseError for AuthError {
+    fn status_code(&self) -> StatusCode {
+        status(self.outcome.status)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        outcome_response(&self.outcome)
+    }
+}
+
+/// Renders with the default realm `"api"` (see [`VerifyError::http`]), so handlers can
+/// `?` a [`Principal::require`]; the extractors and middleware use the gate's own realm.
+impl ResponseError for VerifyError {
+    fn status_code(&self) -> StatusCode {
+        status(self.http(DEFAULT_REALM).status)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        outcome_response(&self.http(DEFAULT_REALM))
+    }
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+fn outcome_response(outcome: &HttpOutcome) -> HttpResponse {
+    let mut response = HttpResponse::build(status(outcome.status));
+    response.insert_header((CONTENT_TYPE, "application/json"));
+    if let Some(challenge) = outcome
+        .www_authenticate
+        .as_deref()
+        .and_then(|v| HeaderValue::from_str(v).ok())
+    {
+        response.insert_header((WWW_AUTHENTICATE, challenge));
+    }
+    if let Some(secs) = outcome.retry_after {
+        response.insert_header((RETRY_AFTER, secs));
+    }
+    response.body(outcome.body)
+}
+
+/// The gate a middleware verified with, for the extractors behind it.
+#[derive(Clone)]
+struct GateInRequest(Keygate);
+
+fn gate_for(req: &HttpRequest) -> Option<Keygate> {
+    let from_middleware = req.extensions().get::<GateInRequest>().map(|g| g.0.clone());
+    from_middleware
+        .or_else(|| {
+            req.app_data::<web::Data<Keygate>>()
+                .map(|d| d.get_ref().clone())
+        })
+        .or_else(|| req.app_data::<Keygate>().cloned())
+}
+
+fn realm_for(req: &HttpRequest) -> String {
+    gate_for(req).map_or_else(|| DEFAULT_REALM.to_owned(), |g| g.realm().to_owned())
+}
+
+/// The request's principal: from the extensions, else verified (once) and cached there.
+async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
+    let cached = req.extensions().get::<Principal>().cloned();
+    if let Some(principal) = cached {
+        return Ok(principal);
+    }
+    let Some(gate) = gate_for(req) else {
+        return Err(AuthError::unconfigured());
+    };
+    let values = req
+        .headers()
+        .get_all(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    let principal = gate
+        .verify_headers(values)
+        .await
+        .map_err(|e| AuthError::new(e, &gate))?;
+    req.extensions_mut().insert(principal.clone());
+    Ok(principal)
+}
+
+/// `Principal` as an extractor: 401, 400 or 503 (see [`crate::http`]) unless the request
+/// carries a valid key, and 500 if no [`Keygate`] is configured. Verified once per
+/// request, even when extracted several times.
+impl FromRequest for Principal {
+    type Error = AuthError;
+    type Future = LocalBoxFuture<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move { principal_from(&req).await })
+    }
+}
+
+/// An optional principal: `None` only when the request carries no bearer credentials at
+/// all. A key that is there but bad is still refused (401), a malformed header is 400, and
+/// an unavailable store is 503: a broken key never silently downgrades to anonymous.
+///
+/// Prefer it to `Option<Principal>`, which actix-web builds by turning *every* error into
+/// `None`.
+///
+/// ```
+/// use keygate::actix::OptionalPrincipal;
+///
+/// async fn hello(OptionalPrincipal(principal): OptionalPrincipal) -> String {
+///     match principal {
+///         Some(p) => format!("hello {}", p.owner_id()),
+///         None => "hello stranger".into(),
+///     }
+/// }
+/// ```
+#[derive(Debug, Clone)]
+pub struct OptionalPrincipal(pub Option<Principal>);
+
+impl OptionalPrincipal {
+    /// The principal, if the request had credentials.
+    pub fn into_inner(self) -> Option<Principal> {
+        self.0
+    }
+}
+
+impl FromRequest for OptionalPrincipal {
+    type Error = AuthError;
+    type Future = LocalBoxFuture<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            match principal_from(&req).await {
+                Ok(principal) => Ok(OptionalPrincipal(Some(principal))),
+                Err(AuthError {
+                    error: Some(VerifyError::MissingCredentials),
+                    ..
+                }) => Ok(OptionalPrincipal(None)),
+                Err(error) => Err(error),
+            }
+        })
+    }
+}
+
+/// A verified principal that is allowed `P`: 403 `insufficient_scope` otherwise.
+///
+/// ```
+/// # use keygate::{actix::Require, Permission};
+/// struct Admin;
+/// impl Permission for Admin { const NAME: &'static str = "admin"; }
+///
+/// async fn handler(Require(principal, ..): Require<Admin>) -> String {
+///     principal.key_name().to_owned()
+/// }
+/// ```
+pub struct Require<P: Permission>(pub Principal, pub PhantomData<P>);
+
+impl<P: Permission> fmt::Debug for Require<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Require")
+            .field(&P::NAME)
+            .field(&self.0)
+            .finish()
+    }
+}
+
+impl<P: Permission> FromRequest for Require<P> {
+    type Error = AuthError;
+    type Future = LocalBoxFuture<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        Box::pin(async move {
+            let principal = principal_from(&req).await?;
+            principal
+                .require(P::NAME)
+                .map_err(|e| AuthError::with_realm(e, &realm_for(&req)))?;
+            Ok(Require(principal, PhantomData))
+        })
+    }
+}
+
+/// Middleware that verifies every request before it reaches the wrapped service, and puts
+/// the [`Principal`] in the request extensions (for the [`Principal`] extractor, or
+/// `web::ReqData<Principal>`).
+///
+/// - [`required`](Self::required): every request needs a valid key; otherwise the
+///   mapped error (401/400/503) is answered and the service is not called.
+/// - [`optional`](Self::optional): requests without any bearer credentials pass through
+///   without a principal; a bad key is still refused.
+/// - [`permission`](Self::permission): a verified key must also be allowed this
+///   (403 `insufficient_scope`). With `optional`, it is checked on requests that carry a
+///   key; anonymous requests still pass.
+///
+/// ```
+/// use actix_web::{web, App, HttpResponse};
+/// use keygate::actix::Authenticate;
+///
+/// # fn demo(gate: keygate::Keygate) {
+/// let app = App::new().service(
+///     web::scope("/api/library")
+///         .wrap(Authenticate::required(gate).permission("library:write"))
+///         .route("/upload", web::post().to(HttpResponse::Ok)),
+/// );
+/// # let _ = app; }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    gate: Keygate,
+    optional: bool,
+    permissions: Vec<String>,
+}
+
+impl Authenticate {
+    /// Every request must carry a valid key.
+    pub fn required(gate: Keygate) -> Self {
+        Self {
+            gate,
+            optional: false,
+            permissions: Vec::new(),
+        }
+    }
+
+    /// Requests without bearer credentials pass through anonymously; a key that is there
+    /// must be valid.
+    pub fn optional(gate: Keygate) -> Self {
+        Self {
+            optional: true,
+            ..Self::required(gate)
+        }
+    }
+
+    /// Also requires `permission` of a verified key ([`Principal::allows`]); 403
+    /// `insufficient_scope` otherwise. Calling it again requires each permission given.
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.permissions.push(permission.into());
+        self
+    }
+
+    async fn check(&self, req: &ServiceRequest) -> Result<(), VerifyError> {
+        req.extensions_mut()
+            .insert(GateInRequest(self.gate.clone()));
+        let cached = req.extensions().get::<Principal>().cloned();
+        let principal = match cached {
+            Some(principal) => principal,
+            None => {
+                let values = req
+                    .headers()
+                    .get_all(AUTHORIZATION)
+                    .map(HeaderValue::as_bytes);
+                match self.gate.verify_headers(values).await {
+                    Ok(principal) => {
+                        req.extensions_mut().insert(principal.clone());
+                        principal
+                    }
+                    Err(VerifyError::MissingCredentials) if self.optional => return Ok(()),
+                    Err(error) => return Err(error),
+                }
+            }
+        };
+        for permission in &self.permissions {
+            principal.require(permission)?;
+        }
+        Ok(())
+    }
+}
+
+impl<S, B> Transform<S, ServiceRequest> for Authenticate
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Transform = AuthenticateMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(AuthenticateMiddleware {
+            service: Rc::new(service),
+            config: Rc::new(self.clone()),
+        }))
+    }
+}
+
+/// The service [`Authenticate`] wraps around the next one; not used directly.
+pub struct AuthenticateMiddleware<S> {
+    service: Rc<S>,
+    config: Rc<Authenticate>,
+}
+
+impl<S> fmt::Debug for AuthenticateMiddleware<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthenticateMiddleware")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<ServiceRequest> for AuthenticateMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = Error;
+    type Future = LocalBoxFuture<Result<Self::Response, Self::Error>>;
+
+    forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = Rc::clone(&self.service);
+        let config = Rc::clone(&self.config);
+        Box::pin(async move {
+            match config.check(&req).await {
+                Ok(()) => service.call(req).await.map(|r| r.map_into_left_body()),
+                Err(error) => {
+                    let response = AuthError::new(error, &config.gate).error_response();
+                    Ok(req.into_response(response).map_into_right_body())
+                }
+            }
+        })
+    }
+}
+
+/// Renders an admin answer: its status, content type, body and `Retry-After`.
+impl Responder for AdminResponse {
+    type Body = BoxBody;
+
+    fn respond_to(self, _req: &HttpRequest) -> HttpResponse<Self::Body> {
+        let mut response = HttpResponse::build(status(self.status));
+        response.insert_header((CONTENT_TYPE, self.content_type));
+        if let Some(secs) = self.retry_after {
+            response.insert_header((RETRY_AFTER, secs));
+        }
+        response.body(self.body)
+    }
+}
+
+/// The admin API ([`crate::admin`]) as a [`Scope`] mounted at `path`, e.g.
+/// `/api/api-keys`. Both `path` and `path/` reach the list and create routes. Every route
+/// verifies the caller's key with the admin API's gate (so the app need not register
+/// one) and requires [`AdminApi::is_admin`].
+///
+/// ```
+/// use actix_web::App;
+/// use keygate::admin::AdminApi;
+///
+/// # fn demo(gate: keygate::Keygate) {
+/// let admin = AdminApi::new(gate, |p| p.allows("admin"));
+/// let app = App::new().service(keygate::actix::admin_scope("/api/api-keys", admin));
+/// # let _ = app; }
+/// ```
+pub fn admin_scope(path: &str, api: AdminApi) -> Scope {
+    web::scope(path.trim_end_matches('/'))
+        .app_data(web::Data::new(api.gate().clone()))
+        .app_data(web::Data::new(api))
+        .service(
+            web::resource(["", "/"])
+                .route(web::get().to(list))
+                .route(web::post().to(create)),
+        )
+        .service(
+            web::resource("/{id}")
+                .route(web::get().to(show))
+                .route(web::patch().to(update))
+                .route(web::delete().to(delete)),
+        )
+        .service(web::resource("/{id}/rotate").route(web::post().to(rotate)))
+}
+
+async fn list(api: web::Data<AdminApi>, caller: Principal, req: HttpRequest) -> AdminResponse {
+    let query = Some(req.query_string()).filter(|q| !q.is_empty());
+    api.handle(&caller, AdminRequest::List { query }).await
+}
+
+async fn create(api: web::Data<AdminApi>, caller: Principal, body: web::Bytes) -> AdminResponse {
+    api.handle(&caller, AdminRequest::Create { body: &body })
+        .await
+}
+
+async fn show(api: web::Data<AdminApi>, caller: Principal, id: web::Path<String>) -> AdminResponse {
+    api.handle(&caller, AdminRequest::Get { id: &id }).await
+}
+
+async fn update(
+    api: web::Data<AdminApi>,
+    caller: Principal,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> AdminResponse {
+    api.handle(
+        &caller,
+        AdminRequest::Update {
+            id: &id,
+            body: &body,
+        },
+    )
+    .await
+}
+
+async fn delete(
+    api: web::Data<AdminApi>,
+    caller: Principal,
+    id: web::Path<String>,
+) -> AdminResponse {
+    api.handle(&caller, AdminRequest::Delete { id: &id }).await
+}
+
+async fn rotate(
+    api: web::Data<AdminApi>,
+    caller: Principal,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> AdminResponse {
+    api.handle(
+        &caller,
+        AdminRequest::Rotate {
+            id: &id,
+            body: &body,
+        },
+    )
+    .await
+}
