@@ -252,8 +252,14 @@ impl Keygate {
     /// [`MAX_NAME_LEN`] characters) or one with control characters, an empty owner, an
     /// expiry not in the future, a JWT key on a gate without a JWT secret.
     pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
-        let inner = &*self.inner;
         check_name(&new.name)?;
+        self.mint_checked(new).await
+    }
+
+    /// [`mint`](Self::mint) once the name is known to be acceptable (checked, or taken
+    /// from an existing record by [`rotate`](Self::rotate)).
+    async fn mint_checked(&self, new: NewKey) -> Result<IssuedKey, Error> {
+        let inner = &*self.inner;
         check_owner(&new.owner)?;
         let now = inner.clock.now().trunc_subsecs(6);
         let mut expires_at = match new.expiry {
@@ -262,7 +268,7 @@ impl Keygate {
                 now.checked_add_signed(lifetime)
                     .ok_or(Error::invalid("expires_at", "out of range"))?,
             ),
-            Some(Expiry::At(at)) => Some(at),
+            Some(Expiry::At(at)) => Some(at.trunc_subsecs(6)),
         };
         if new.format == KeyFormat::Jwt {
             // A JWT carries whole seconds; keep the record and the token in agreement.
@@ -381,6 +387,8 @@ impl Keygate {
         }
         let mut patch = patch;
         patch.updated_at = Some(self.inner.clock.now().trunc_subsecs(6));
+        // Stores keep microseconds; so does every timestamp keygate writes.
+        patch.expires_at = patch.expires_at.map(|at| at.map(|at| at.trunc_subsecs(6)));
         let record = self
             .inner
             .store
@@ -410,8 +418,9 @@ impl Keygate {
     }
 
     /// Replaces a key: mints a new one with the old one's name, description, owner,
-    /// scopes, metadata and format (and, if it expired, the same lifetime from now), then
-    /// lets the old one live for `grace` more at most (zero: it stops now).
+    /// scopes, metadata, format and active flag (and, if it has an expiry, the same
+    /// lifetime, `expires_at - created_at`, counted from now), then lets the old one live
+    /// for `grace` more at most (zero: it stops now).
     ///
     /// The new key is written first; if expiring the old one then fails, the error is
     /// returned and both keys stay valid, so a retry is safe.
@@ -427,10 +436,13 @@ impl Keygate {
         new.description.clone_from(&old.description);
         new.created_by.clone_from(&old.created_by);
         new.scopes.clone_from(&old.scopes);
+        new.active = old.active;
         if let Some(at) = old.expires_at {
             new = new.expires_in((at - old.created_at).max(TimeDelta::seconds(1)));
         }
-        let issued = self.mint(new).await?;
+        // The name comes from the record, which `import` may have taken as Audiobookshelf
+        // had it: do not hold it to `mint`'s stricter rules.
+        let issued = self.mint_checked(new).await?;
         let grace_end = now + grace;
         let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
         self.update(id, KeyPatch::new().expires_at(Some(old_end)))
@@ -449,9 +461,12 @@ impl Keygate {
     }
 
     /// Writes queued last-used times and re-hashes now, after any background write under
-    /// way has finished. Call it at shutdown; otherwise
-    /// they are written in the background at most once per
-    /// [`last_used_interval`](KeygateBuilder::last_used_interval).
+    /// way has finished. Call it at shutdown. Otherwise they are written in the
+    /// background, at most once per
+    /// [`last_used_interval`](KeygateBuilder::last_used_interval): by a task that the
+    /// first accepted verify after the interval starts (there is no timer, so under sparse
+    /// traffic a use can wait for the next verify), and when the last `Keygate` clone is
+    /// dropped inside a Tokio runtime.
     pub async fn flush(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         Ok(inner.usage.flush(&*inner.store, inner.clock.now()).await?)

@@ -194,6 +194,9 @@ impl<'a> OpaqueKey<'a> {
     /// Parses `token` as an opaque key with `prefix`. Touches nothing but the input.
     pub fn parse(token: &'a str, prefix: &str) -> Result<Self, Rejection> {
         let bytes = token.as_bytes();
+        if !bytes.contains(&b'_') {
+            return Err(Rejection::Malformed); // not a prefixed key at all
+        }
         let Some(body) = bytes
             .strip_prefix(prefix.as_bytes())
             .and_then(|rest| rest.strip_prefix(b"_"))

@@ -85,7 +85,9 @@ impl Usage {
     /// Takes everything queued.
     fn take_all(&self, now: DateTime<Utc>) -> Batch {
         let mut state = self.lock();
-        state.last_flush = Some(now);
+        if !state.used.is_empty() || !state.rehash.is_empty() {
+            state.last_flush = Some(now);
+        }
         Self::take(&mut state, now, self.interval)
     }
 
@@ -168,14 +170,20 @@ impl Usage {
 /// Starts a background flush on the current Tokio runtime. Without a runtime the work
 /// stays queued for the next flush.
 pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, now: DateTime<Utc>) {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) => {
-            handle.spawn(async move {
-                let _ = usage.flush(&*store, now).await;
-                usage.lock().flushing = false;
-            });
+    /// Clears `flushing` however the task ends: finished, or dropped unpolled because its
+    /// runtime shut down first.
+    struct Done(Arc<Usage>);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.lock().flushing = false;
         }
-        Err(_) => usage.lock().flushing = false,
+    }
+    let done = Done(usage);
+    if let Ok(handle) = tokio::runtime::Handle::try_current() {
+        handle.spawn(async move {
+            let _ = done.0.flush(&*store, now).await;
+            drop(done);
+        });
     }
 }
 

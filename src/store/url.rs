@@ -17,8 +17,8 @@ use super::{KeyStore, StoreError};
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let error = keygate::open_store("mysql://localhost/keys").await.unwrap_err();
-/// assert!(matches!(error, keygate::StoreError::InvalidUrl(_)));
+/// let opened = keygate::open_store("mysql://localhost/keys").await;
+/// assert!(matches!(opened, Err(keygate::StoreError::InvalidUrl(_))));
 /// # }
 /// ```
 pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {

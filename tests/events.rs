@@ -1,0 +1,280 @@
+//! Tracing events: management calls and refusals are reported with the key id and the
+//! reason code, and never with the plaintext key or any part of its secret.
+
+mod common;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use chrono::TimeDelta;
+use common::*;
+use keygate::{KeyFormat, NewKey, Rejection};
+use tracing::field::{Field, Visit};
+use tracing::metadata::LevelFilter;
+use tracing::span::{Attributes, Id, Record};
+use tracing::subscriber::Interest;
+use tracing::{Event, Metadata, Subscriber};
+
+/// A subscriber that keeps every event (and span field) as one line of text.
+#[derive(Clone, Default)]
+struct Capture(Arc<Mutex<Vec<String>>>);
+
+struct Line(String);
+
+impl Visit for Line {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.0.push_str(&format!(" {}={}", field.name(), value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl Capture {
+    fn lines(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+
+    fn push(&self, line: String) {
+        self.0.lock().unwrap().push(line);
+    }
+}
+
+impl Subscriber for Capture {
+    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
+        Interest::always()
+    }
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::TRACE)
+    }
+    fn enabled(&self, _: &Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, span: &Attributes<'_>) -> Id {
+        let mut line = Line(format!("span {}:", span.metadata().name()));
+        span.record(&mut line);
+        self.push(line.0);
+        Id::from_u64(1)
+    }
+    fn record(&self, _: &Id, values: &Record<'_>) {
+        let mut line = Line("span record:".to_owned());
+        values.record(&mut line);
+        self.push(line.0);
+    }
+    fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn event(&self, event: &Event<'_>) {
+        let meta = event.metadata();
+        let mut line = Line(format!("{} {}:", meta.level(), meta.target()));
+        event.record(&mut line);
+        self.push(line.0);
+    }
+    fn enter(&self, _: &Id) {}
+    fn exit(&self, _: &Id) {}
+}
+
+/// Asserts no captured line holds any of `secrets`.
+fn assert_clean(lines: &[String], secrets: &[&str]) {
+    for line in lines {
+        for secret in secrets {
+            assert!(!secret.is_empty());
+            assert!(!line.contains(secret), "{secret:?} leaked into {line:?}");
+        }
+    }
+}
+
+fn any_line(lines: &[String], parts: &[&str]) -> bool {
+    lines
+        .iter()
+        .any(|line| parts.iter().all(|part| line.contains(part)))
+}
+
+#[tokio::test]
+async fn management_events_carry_the_key_id_and_never_the_key() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let h = Harness::new();
+
+    let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let id = issued.record.id.to_string();
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &["key minted", &id, "alice", "opaque"]),
+        "{lines:#?}"
+    );
+
+    h.gate.revoke(issued.record.id).await.unwrap();
+    let lines = capture.take();
+    assert!(any_line(&lines, &["key revoked", &id]), "{lines:#?}");
+
+    h.gate
+        .update(issued.record.id, keygate::KeyPatch::new().active(true))
+        .await
+        .unwrap();
+    let lines = capture.take();
+    assert!(any_line(&lines, &["key updated", &id]), "{lines:#?}");
+
+    let rotated = h
+        .gate
+        .rotate(issued.record.id, TimeDelta::minutes(5))
+        .await
+        .unwrap();
+    let new_id = rotated.record.id.to_string();
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &["key rotated", &id, &new_id]),
+        "{lines:#?}"
+    );
+    assert!(any_line(&lines, &["key minted", &new_id]), "{lines:#?}");
+
+    h.gate.delete(issued.record.id).await.unwrap();
+    let lines = capture.take();
+    assert!(any_line(&lines, &["key deleted", &id]), "{lines:#?}");
+
+    let jwt = h
+        .gate
+        .mint(NewKey::new("j", "alice").format(KeyFormat::Jwt))
+        .await
+        .unwrap();
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &["key minted", &jwt.record.id.to_string(), "jwt"]),
+        "{lines:#?}"
+    );
+
+    let old_key = issued.key.expose();
+    let new_key = rotated.key.expose();
+    let jwt_key = jwt.key.expose();
+    assert_clean(
+        &capture.lines(),
+        &[
+            old_key,
+            secret_part(old_key, PREFIX),
+            new_key,
+            secret_part(new_key, PREFIX),
+            jwt_key,
+            jwt_key.rsplit_once('.').unwrap().1,
+        ],
+    );
+}
+
+#[tokio::test]
+async fn refusals_are_reported_with_their_reason_and_never_the_token() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let h = Harness::new();
+    let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let id = issued.record.id;
+    let key = issued.key.expose().to_owned();
+    let jwt = h
+        .gate
+        .mint(NewKey::new("j", "alice").format(KeyFormat::Jwt))
+        .await
+        .unwrap();
+    let jwt_key = jwt.key.expose().to_owned();
+    capture.take();
+
+    let mut leaked: Vec<String> = vec![
+        key.clone(),
+        secret_part(&key, PREFIX).to_owned(),
+        jwt_key.clone(),
+        jwt_key.rsplit_once('.').unwrap().1.to_owned(),
+    ];
+
+    // After the store lookup: the key id and the reason.
+    let wrong = forge_opaque(PREFIX, id, &other_secret(secret_part(&key, PREFIX)));
+    leaked.push(wrong.clone());
+    leaked.push(secret_part(&wrong, PREFIX).to_owned());
+    h.assert_refused(&wrong, Rejection::HashMismatch).await;
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &[&id.to_string(), "hash_mismatch"]),
+        "{lines:#?}"
+    );
+
+    h.gate.revoke(id).await.unwrap();
+    capture.take();
+    h.assert_refused(&key, Rejection::Inactive).await;
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &[&id.to_string(), "inactive"]),
+        "{lines:#?}"
+    );
+
+    h.users.set("alice", keygate::Owner::inactive());
+    h.assert_refused(&jwt_key, Rejection::OwnerInactive).await;
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &[&jwt.record.id.to_string(), "owner_inactive"]),
+        "{lines:#?}"
+    );
+
+    // Before the store: the reason alone.
+    let mut typo = key.clone();
+    typo.replace_range(20..21, if &key[20..21] == "a" { "b" } else { "a" });
+    leaked.push(typo.clone());
+    h.assert_refused(&typo, Rejection::BadChecksum).await;
+    let lines = capture.take();
+    assert!(any_line(&lines, &["bad_checksum"]), "{lines:#?}");
+
+    let forged_jwt = sign_jwt(OTHER_JWT_SECRET, &hs256_header(), &api_claims(id));
+    leaked.push(forged_jwt.rsplit_once('.').unwrap().1.to_owned());
+    h.assert_refused(&forged_jwt, Rejection::JwtSignature).await;
+    let lines = capture.take();
+    assert!(any_line(&lines, &["jwt_signature"]), "{lines:#?}");
+
+    // Header problems.
+    let header = format!("Bearer {key}");
+    let err = h
+        .gate
+        .verify_headers([header.as_bytes(), header.as_bytes()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "multiple_headers");
+    let lines = capture.take();
+    assert!(any_line(&lines, &["multiple_headers"]), "{lines:#?}");
+
+    // The store failing: reported as unavailable, with the store's error.
+    h.store.fail(Op::Get, Failure::Backend);
+    let err = h.gate.verify(&key).await.unwrap_err();
+    assert_eq!(err.reason(), "store_unavailable");
+    let lines = capture.take();
+    assert!(
+        any_line(&lines, &["WARN", "unavailable", "key store backend failed"]),
+        "{lines:#?}"
+    );
+
+    let leaked: Vec<&str> = leaked.iter().map(String::as_str).collect();
+    assert_clean(&capture.lines(), &leaked);
+}
+
+#[tokio::test]
+async fn a_successful_verify_logs_nothing_secret() {
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let h = Harness::new();
+    let mut secrets = Vec::new();
+    for format in [KeyFormat::Opaque, KeyFormat::Jwt] {
+        let issued = h
+            .gate
+            .mint(NewKey::new("k", "alice").format(format))
+            .await
+            .unwrap();
+        let key = issued.key.expose().to_owned();
+        h.gate.verify(&key).await.unwrap();
+        h.gate
+            .verify_header(&format!("Bearer {key}"))
+            .await
+            .unwrap();
+        secrets.push(key);
+    }
+    h.gate.flush().await.unwrap();
+    settle().await;
+    drop(h);
+    settle().await;
+    let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
+    assert_clean(&capture.lines(), &secrets);
+}
