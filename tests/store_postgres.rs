@@ -1,0 +1,620 @@
+//! `PostgresStore`: the conformance suite, migrations, outages, durability across
+//! `kill -9`, and cross-node revocation through `LISTEN/NOTIFY`.
+//!
+//! Needs `KEYGATE_TEST_POSTGRES_URL` (skipped without it, except on CI); the closed-port
+//! outage test needs no server.
+#![cfg(all(feature = "postgres", feature = "testing"))]
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keygate::sqlx::{self, postgres::PgPoolOptions, Connection};
+use keygate::{
+    CacheConfig, CachedStore, KeyStore, Keygate, MemoryStore, NewKey, Pepper, PostgresOptions,
+    PostgresStore, Rejection, StoreError, VerifyError,
+};
+
+fn pepper() -> Pepper {
+    Pepper::new(1, [42u8; 32]).unwrap()
+}
+
+fn gate(store: impl KeyStore) -> Keygate {
+    Keygate::builder(store)
+        .prefix("dur")
+        .pepper(pepper())
+        .build()
+        .unwrap()
+}
+
+fn shared_gate(store: Arc<dyn KeyStore>) -> Keygate {
+    Keygate::builder_shared(store)
+        .prefix("dur")
+        .pepper(pepper())
+        .build()
+        .unwrap()
+}
+
+async fn connect(url: &str, app: &str) -> PostgresStore {
+    PostgresStore::connect_with(url, PostgresOptions::new().application_name(app))
+        .await
+        .unwrap()
+}
+
+/// Terminates every backend whose `application_name` is `app`; how many.
+async fn terminate(url: &str, app: &str) -> i64 {
+    let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND application_name = $1",
+    )
+    .bind(app)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    killed.len() as i64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_conforms() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let store = connect(&url, &support::unique("kg-conform")).await;
+    keygate::testing::run_all(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cached_postgres_store_following_changes_conforms() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let store = connect(&url, &support::unique("kg-conform-cached")).await;
+    let cached = CachedStore::new(store, CacheConfig::new());
+    assert!(cached.follow_changes().await.unwrap());
+    keygate::testing::run_all(Arc::new(cached)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_migrations_apply_once() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let opens: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let store = PostgresStore::connect(&url).await?;
+                store.migrate().await?;
+                Ok::<_, StoreError>(store)
+            })
+        })
+        .collect();
+    let mut stores = Vec::new();
+    for open in opens {
+        stores.push(open.await.unwrap().expect("a concurrent connect failed"));
+    }
+    let versions: Vec<(i64, String)> =
+        sqlx::query_as("SELECT version, description FROM keygate_migrations ORDER BY version")
+            .fetch_all(stores[0].pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, [(1, "create keygate_keys".to_owned())]);
+    let indexed: Option<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE indexname = 'keygate_keys_owner_id'",
+    )
+    .fetch_optional(stores[0].pool())
+    .await
+    .unwrap();
+    assert!(indexed.is_some_and(|def| def.contains("(owner_id, id)")));
+}
+
+#[tokio::test]
+async fn no_plaintext_reaches_the_database() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let store = connect(&url, &support::unique("kg-plain")).await;
+    let gate = gate(store.clone());
+    let issued = gate.mint(NewKey::new("plain?", "owner-1")).await.unwrap();
+    gate.verify(issued.key.expose()).await.unwrap();
+    gate.flush().await.unwrap();
+    let row: String =
+        sqlx::query_scalar("SELECT row_to_json(k)::text FROM keygate_keys k WHERE id = $1")
+            .bind(*issued.record.id.as_uuid())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    let secret_part = issued.key.expose().trim_start_matches("dur_");
+    assert!(!row.contains(secret_part), "plaintext key stored: {row}");
+}
+
+#[tokio::test]
+async fn unreadable_rows_are_corrupt_not_missing() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    // In a schema of its own, so other tests' listings never meet the broken row.
+    let schema = support::unique("kg_corrupt").replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .connect_with(options.options([("search_path", schema.as_str())]))
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(pool);
+    store.migrate().await.unwrap();
+    let record = keygate::testing::sample_record("corrupt");
+    store.insert(record.clone()).await.unwrap();
+    sqlx::query("UPDATE keygate_keys SET scopes = '[1, 2]' WHERE id = $1")
+        .bind(*record.id.as_uuid())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let got = store.get(record.id).await;
+    let listed = store.list(&keygate::ListQuery::new()).await;
+    store.pool().close().await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    assert!(matches!(got, Err(StoreError::Corrupt(_))), "{got:?}");
+    assert!(matches!(listed, Err(StoreError::Corrupt(_))), "{listed:?}");
+}
+
+#[tokio::test]
+async fn a_bad_url_is_invalid_url_and_does_not_echo_it() {
+    let opened = PostgresStore::connect("postgres://user:hunter2@[::1/db").await;
+    match opened {
+        Err(StoreError::InvalidUrl(message)) => assert!(!message.contains("hunter2")),
+        other => panic!("expected InvalidUrl, got {other:?}"),
+    }
+}
+
+/// A port nothing listens on.
+fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A syntactically valid key for a gate with `gate`'s prefix and pepper, whose record lives
+/// elsewhere.
+async fn some_key() -> String {
+    let issued = gate(MemoryStore::new())
+        .mint(NewKey::new("elsewhere", "owner"))
+        .await
+        .unwrap();
+    issued.key.expose().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
+    let url = format!("postgres://postgres@127.0.0.1:{}/test", closed_port());
+    let key = some_key().await;
+
+    // Connecting fails within the acquire timeout.
+    let acquire = Duration::from_millis(500);
+    let started = Instant::now();
+    let error = PostgresStore::connect_with(&url, PostgresOptions::new().acquire_timeout(acquire))
+        .await
+        .unwrap_err();
+    let connect_took = started.elapsed();
+    assert!(
+        connect_took < acquire + Duration::from_millis(1000),
+        "{connect_took:?}"
+    );
+    assert!(
+        matches!(error, StoreError::Timeout | StoreError::Backend(_)),
+        "{error:?}"
+    );
+
+    // A lazy pool (the app started while the database was down): verify answers
+    // StoreUnavailable within the pool's acquire timeout ...
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_millis(300))
+        .connect_lazy(&url)
+        .unwrap();
+    let gate = Keygate::builder(PostgresStore::from_pool(pool))
+        .prefix("dur")
+        .pepper(pepper())
+        .store_timeout(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = gate.verify(&key).await.unwrap_err();
+    let pool_timeout_took = started.elapsed();
+    assert!(
+        matches!(error, VerifyError::StoreUnavailable(_)),
+        "{error:?}"
+    );
+    assert!(
+        pool_timeout_took < Duration::from_millis(300 + 500),
+        "{pool_timeout_took:?}"
+    );
+
+    // ... or within the gate's store timeout when that is shorter.
+    let pool = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(30))
+        .connect_lazy(&url)
+        .unwrap();
+    let gate = Keygate::builder(PostgresStore::from_pool(pool))
+        .prefix("dur")
+        .pepper(pepper())
+        .store_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    let error = gate.verify(&key).await.unwrap_err();
+    let store_timeout_took = started.elapsed();
+    assert!(
+        matches!(error, VerifyError::StoreUnavailable(StoreError::Timeout)),
+        "{error:?}"
+    );
+    assert!(
+        store_timeout_took < Duration::from_millis(200 + 300),
+        "{store_timeout_took:?}"
+    );
+    eprintln!(
+        "postgres outage (closed port): connect failed in {connect_took:?} (acquire timeout \
+         {acquire:?}); verify unavailable in {pool_timeout_took:?} (pool acquire timeout 300ms) \
+         and {store_timeout_took:?} (store_timeout 200ms)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_connections_are_unavailable_or_fine_and_recover() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let app = support::unique("kg-outage");
+    let store = PostgresStore::connect_with(
+        &url,
+        PostgresOptions::new()
+            .application_name(&app)
+            .acquire_timeout(Duration::from_secs(1)),
+    )
+    .await
+    .unwrap();
+    let gate = Keygate::builder(store)
+        .prefix("dur")
+        .pepper(pepper())
+        .store_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let key = gate
+        .mint(NewKey::new("outage", "owner"))
+        .await
+        .unwrap()
+        .key
+        .expose()
+        .to_owned();
+    gate.verify(&key).await.unwrap();
+
+    let killer = {
+        let (url, app) = (url.clone(), app.clone());
+        tokio::spawn(async move {
+            let mut killed = 0;
+            for _ in 0..10 {
+                killed += terminate(&url, &app).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            killed
+        })
+    };
+    let (mut ok, mut unavailable) = (0, 0);
+    while !killer.is_finished() {
+        match gate.verify(&key).await {
+            Ok(_) => ok += 1,
+            Err(VerifyError::StoreUnavailable(_)) => unavailable += 1,
+            Err(other) => panic!("a killed connection must not look like a bad key: {other:?}"),
+        }
+    }
+    let killed = killer.await.unwrap();
+    assert!(killed > 0, "no backend was terminated");
+    // Recovers by itself.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match gate.verify(&key).await {
+            Ok(_) => break,
+            Err(VerifyError::StoreUnavailable(_)) if attempts < 5 => {}
+            Err(other) => panic!("no recovery after {attempts} attempts: {other:?}"),
+        }
+    }
+    eprintln!(
+        "postgres outage (backends terminated {killed} times): {ok} verifies ok, \
+         {unavailable} unavailable, recovered on attempt {attempts}"
+    );
+}
+
+const CHILD_DB: &str = "KEYGATE_CHILD_POSTGRES_DB";
+const CHILD_OWNER: &str = "KEYGATE_CHILD_POSTGRES_OWNER";
+
+/// The child half of `minted_keys_survive_kill_9`: mints keys until killed, printing each
+/// only after the mint returned `Ok`. Does nothing in a normal test run.
+#[tokio::test]
+async fn durability_child() {
+    let (Ok(url), Ok(owner)) = (std::env::var(CHILD_DB), std::env::var(CHILD_OWNER)) else {
+        return;
+    };
+    let gate = gate(PostgresStore::connect(&url).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(30); // never outlive a lost parent
+    let mut stdout = std::io::stdout();
+    for i in 0.. {
+        if Instant::now() > deadline {
+            break;
+        }
+        let issued = gate
+            .mint(NewKey::new(format!("durable {i}"), &owner))
+            .await
+            .unwrap();
+        writeln!(stdout, "KEY {}", issued.key.expose()).unwrap();
+        stdout.flush().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn minted_keys_survive_kill_9() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let owner = support::unique("durability");
+    let (keys, status) = {
+        let (url, owner) = (url.clone(), owner.clone());
+        tokio::task::spawn_blocking(move || mint_until_killed(&url, &owner))
+            .await
+            .unwrap()
+    };
+    assert!(!status.success(), "the child was killed, not finished");
+    assert!(keys.len() >= 50);
+    let gate = gate(PostgresStore::connect(&url).await.unwrap());
+    for key in &keys {
+        if let Err(e) = gate.verify(key).await {
+            panic!("a key minted before the kill does not verify: {e:?}");
+        }
+    }
+    eprintln!(
+        "postgres durability: {} keys minted before kill -9, all verify",
+        keys.len()
+    );
+}
+
+/// Runs `durability_child` in a child process, reads 50 keys, kills it (SIGKILL), and
+/// returns every key it printed.
+fn mint_until_killed(url: &str, owner: &str) -> (Vec<String>, std::process::ExitStatus) {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "durability_child",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DB, url)
+        .env(CHILD_OWNER, owner)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut keys = Vec::new();
+    for line in lines.by_ref() {
+        if let Some(key) = line.unwrap().strip_prefix("KEY ") {
+            keys.push(key.to_owned());
+            if keys.len() == 50 {
+                break;
+            }
+        }
+    }
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    for line in lines {
+        match line {
+            Ok(line) => keys.extend(line.strip_prefix("KEY ").map(str::to_owned)),
+            Err(_) => break,
+        }
+    }
+    (keys, status)
+}
+
+/// One node: a cache over its own connection pool, and a gate over the cache.
+struct Node {
+    cache: Arc<CachedStore<PostgresStore>>,
+    gate: Keygate,
+}
+
+async fn node(url: &str, app: &str, ttl: Duration, follow: bool) -> Node {
+    let cache = Arc::new(CachedStore::new(
+        connect(url, app).await,
+        CacheConfig::new().ttl(ttl),
+    ));
+    if follow {
+        assert!(cache.follow_changes().await.unwrap(), "postgres has a feed");
+    }
+    let gate = shared_gate(cache.clone());
+    Node { cache, gate }
+}
+
+/// Mints on `a`, makes `b` cache the key, revokes on `a`, and returns how long after the
+/// revoke committed `b` refused the key (panics past `deadline`).
+async fn revocation_latency(a: &Node, b: &Node, deadline: Duration) -> Duration {
+    let issued = a
+        .gate
+        .mint(NewKey::new("cross-node", "owner"))
+        .await
+        .unwrap();
+    let key = issued.key.expose();
+    // Until b answers from its cache. (The insert's own notice may reach b after b's
+    // first load and drop that entry: harmless, but then b reloads.)
+    let mut attempts = 0;
+    loop {
+        b.gate.verify(key).await.unwrap();
+        let hits = b.cache.stats().hits;
+        b.gate.verify(key).await.unwrap();
+        if b.cache.stats().hits > hits {
+            break;
+        }
+        attempts += 1;
+        assert!(attempts < 100, "b never served the key from its cache");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    a.gate.revoke(issued.record.id).await.unwrap();
+    let revoked = Instant::now();
+    loop {
+        match b.gate.verify(key).await {
+            Err(e) if e.rejection() == Some(Rejection::Inactive) => return revoked.elapsed(),
+            Ok(_) => {}
+            Err(other) => panic!("unexpected refusal: {other:?}"),
+        }
+        let waited = revoked.elapsed();
+        assert!(
+            waited < deadline,
+            "b still accepts a key revoked {waited:?} ago"
+        );
+        if waited < Duration::from_millis(5) {
+            tokio::task::yield_now().await; // fine-grained at first
+        } else {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+fn distribution(label: &str, mut samples: Vec<Duration>) {
+    samples.sort();
+    let pick = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "{label}: n={} min={:?} median={:?} p95={:?} max={:?}",
+        samples.len(),
+        samples[0],
+        pick(0.5),
+        pick(0.95),
+        samples[samples.len() - 1]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_reaches_the_other_node_within_a_second() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let ttl = Duration::from_secs(30);
+    let a = node(&url, &support::unique("kg-node-a"), ttl, true).await;
+    let b = node(&url, &support::unique("kg-node-b"), ttl, true).await;
+    let mut samples = Vec::new();
+    for _ in 0..50 {
+        samples.push(revocation_latency(&a, &b, Duration::from_secs(1)).await);
+    }
+    assert!(b.cache.stats().invalidations >= 50);
+    distribution(
+        "cross-node revocation via LISTEN/NOTIFY (cache TTL 30 s)",
+        samples,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let ttl = Duration::from_secs(30);
+    let a = node(&url, &support::unique("kg-feed-a"), ttl, true).await;
+    let b_app = support::unique("kg-feed-b");
+    let b = node(&url, &b_app, ttl, true).await;
+
+    // b caches a key; its feed dies; the key is revoked while the feed is down.
+    let issued = a.gate.mint(NewKey::new("feed", "owner")).await.unwrap();
+    let key = issued.key.expose();
+    b.gate.verify(key).await.unwrap();
+    let killed = terminate(&url, &format!("{b_app}-listener")).await;
+    assert_eq!(killed, 1, "b's feed has one connection");
+    a.gate.revoke(issued.record.id).await.unwrap();
+    let revoked = Instant::now();
+    loop {
+        match b.gate.verify(key).await {
+            Err(e) if e.rejection() == Some(Rejection::Inactive) => break,
+            Ok(_) => {}
+            Err(other) => panic!("unexpected refusal: {other:?}"),
+        }
+        assert!(
+            revoked.elapsed() < Duration::from_secs(2),
+            "the reconnected feed did not resync"
+        );
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let missed_revoke = revoked.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while b.cache.stats().resyncs == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no resync after the feed reconnected"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // And notices flow again.
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        samples.push(revocation_latency(&a, &b, Duration::from_secs(1)).await);
+    }
+    eprintln!("revoke while b's feed was down: refused on b after {missed_revoke:?}");
+    distribution("cross-node revocation after the feed reconnected", samples);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_feed_the_ttl_bounds_staleness() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let ttl = Duration::from_millis(300);
+    let a = node(&url, &support::unique("kg-ttl-a"), ttl, false).await;
+    let b = node(&url, &support::unique("kg-ttl-b"), ttl, false).await;
+    let mut samples = Vec::new();
+    for _ in 0..3 {
+        samples.push(revocation_latency(&a, &b, ttl + Duration::from_millis(200)).await);
+    }
+    distribution(
+        "cross-node revocation without a feed (cache TTL 300 ms)",
+        samples,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_stops_when_its_cache_is_dropped() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let app = support::unique("kg-feed-drop");
+    let listener_app = format!("{app}-listener");
+    let cache = CachedStore::new(connect(&url, &app).await, CacheConfig::new());
+    assert!(cache.follow_changes().await.unwrap());
+    let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
+    let count = "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1";
+    let listening: i64 = sqlx::query_scalar(count)
+        .bind(&listener_app)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(listening, 1);
+    drop(cache);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let listening: i64 = sqlx::query_scalar(count)
+            .bind(&listener_app)
+            .fetch_one(&mut admin)
+            .await
+            .unwrap();
+        if listening == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the feed outlived its cache");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
