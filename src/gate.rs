@@ -605,6 +605,8 @@ impl Keygate {
         if !owner.active {
             return Err(reject_key(Rejection::OwnerInactive, record.id));
         }
+        // Stores keep microseconds; so does every timestamp keygate writes.
+        let now = now.trunc_subsecs(6);
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
@@ -685,5 +687,11 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
         batch: &[(KeyId, DateTime<Utc>)],
     ) -> Result<(), crate::StoreError> {
         (**self).record_last_used(batch).await
+    }
+    async fn subscribe(
+        &self,
+        listener: std::sync::Weak<dyn crate::ChangeListener>,
+    ) -> Result<bool, crate::StoreError> {
+        (**self).subscribe(listener).await
     }
 }
