@@ -6,15 +6,34 @@
 
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
+/// Digit value of every byte; 0xFF for bytes outside the alphabet.
+const DIGITS: [u8; 256] = {
+    let mut table = [0xFF; 256];
+    let mut i = 0;
+    while i < 62 {
+        table[ALPHABET[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 /// Value of one base62 digit, or `None` for any other byte.
+#[cfg(test)]
 #[inline]
 pub(crate) fn digit(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'A'..=b'Z' => Some(byte - b'A' + 10),
-        b'a'..=b'z' => Some(byte - b'a' + 36),
-        _ => None,
-    }
+    let d = DIGITS[usize::from(byte)];
+    (d != 0xFF).then_some(d)
+}
+
+/// Whether every byte is a base62 digit; branch-free over the input (random base62 makes
+/// a range-by-range check mispredict on nearly every byte).
+#[inline]
+pub(crate) fn all_digits(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .fold(0u8, |acc, &b| acc | DIGITS[usize::from(b)])
+        & 0x80
+        == 0
 }
 
 /// The base62 character for `value` (`value < 62`).
@@ -37,9 +56,22 @@ pub(crate) fn encode_fixed(mut value: u128, out: &mut [u8]) {
 
 /// Parses fixed-width digits back into a number; `None` on a non-digit or on overflow.
 pub(crate) fn decode_fixed(digits: &[u8]) -> Option<u128> {
-    digits.iter().try_fold(0u128, |acc, &byte| {
-        acc.checked_mul(62)?.checked_add(u128::from(digit(byte)?))
-    })
+    // 62^10 < 2^64: ten digits at a time fit a u64 with no overflow check, and the
+    // (rare, branch-predictable) u128 overflow checks are paid once per chunk.
+    let mut acc: u128 = 0;
+    let mut bad = 0u8;
+    for chunk in digits.chunks(10) {
+        let mut part: u64 = 0;
+        let mut scale: u128 = 1;
+        for &byte in chunk {
+            let d = DIGITS[usize::from(byte)];
+            bad |= d;
+            part = part.wrapping_mul(62).wrapping_add(u64::from(d));
+            scale *= 62;
+        }
+        acc = acc.checked_mul(scale)?.checked_add(u128::from(part))?;
+    }
+    (bad & 0x80 == 0).then_some(acc)
 }
 
 #[cfg(test)]

@@ -76,7 +76,11 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Last handle gone: write what is still queued, if a runtime can run it.
         if !self.usage.is_idle() {
-            usage::spawn_flush(self.usage.clone(), self.store.clone(), self.clock.now());
+            usage::spawn_flush(
+                self.usage.clone(),
+                self.store.clone(),
+                self.clock.now_micros(),
+            );
         }
     }
 }
@@ -164,7 +168,7 @@ impl KeygateBuilder {
         key::validate_prefix(&self.prefix)?;
         let pepper = self.pepper.ok_or(BuildError::MissingPepper)?;
         let jwt = self.jwt.transpose()?;
-        let interval = TimeDelta::from_std(self.last_used_interval).unwrap_or(TimeDelta::MAX);
+        let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         Ok(Keygate {
             inner: Arc::new(Inner {
                 store: self.store,
@@ -469,7 +473,10 @@ impl Keygate {
     /// dropped inside a Tokio runtime.
     pub async fn flush(&self) -> Result<(), Error> {
         let inner = &*self.inner;
-        Ok(inner.usage.flush(&*inner.store, inner.clock.now()).await?)
+        Ok(inner
+            .usage
+            .flush(&*inner.store, inner.clock.now_micros())
+            .await?)
     }
 
     /// Verifies a bearer token (the key itself, without `Bearer `).
@@ -508,10 +515,12 @@ impl Keygate {
 
     async fn check(&self, token: &str) -> Result<Principal, VerifyError> {
         let inner = &*self.inner;
-        let now = inner.clock.now();
+        let now = inner.clock.now_micros();
         if token.as_bytes().contains(&b'.') {
             let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-            let claims = jwt.verify(token, now.timestamp()).map_err(reject)?;
+            let claims = jwt
+                .verify(token, now.div_euclid(1_000_000))
+                .map_err(reject)?;
             let record = self.lookup(claims.key_id).await?;
             let Some(record) = record else {
                 return Err(reject_key(Rejection::UnknownKey, claims.key_id));
@@ -584,14 +593,17 @@ impl Keygate {
     async fn accept(
         &self,
         record: Arc<KeyRecord>,
-        now: DateTime<Utc>,
+        now: usage::Micros,
         rehash: Option<SecretHash>,
     ) -> Result<Principal, VerifyError> {
         let inner = &*self.inner;
         if !record.active {
             return Err(reject_key(Rejection::Inactive, record.id));
         }
-        if record.is_expired_at(now) {
+        if record
+            .expires_at
+            .is_some_and(|at| now >= at.timestamp_micros())
+        {
             return Err(reject_key(Rejection::Expired, record.id));
         }
         let owner = match &inner.users {
@@ -605,8 +617,6 @@ impl Keygate {
         if !owner.active {
             return Err(reject_key(Rejection::OwnerInactive, record.id));
         }
-        // Stores keep microseconds; so does every timestamp keygate writes.
-        let now = now.trunc_subsecs(6);
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }

@@ -12,7 +12,9 @@
 //! [`SCANNER_REGEX`] finds keys in logs, commits and pastes. The checksum is public: it lets
 //! a scanner, or the verifier, reject a typo or garbage without a store lookup.
 
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::str::FromStr;
 
 use ring::rand::{SecureRandom, SystemRandom};
@@ -71,9 +73,45 @@ pub fn checksum_ok(candidate: &str) -> bool {
 /// let id: keygate::KeyId = "0b9f2b2e-6c4b-4a1e-9d3e-3f1f7a0c2d11".parse().unwrap();
 /// assert_eq!(id.to_string(), "0b9f2b2e-6c4b-4a1e-9d3e-3f1f7a0c2d11");
 /// ```
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct KeyId(Uuid);
+
+/// Feeds the id to a hasher as one 64-bit word (its halves folded): ids are random, so
+/// nothing is lost, and [`IdHasher`] can hash it in one multiply.
+impl Hash for KeyId {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let (hi, lo) = self.0.as_u64_pair();
+        state.write_u64(hi ^ lo);
+    }
+}
+
+/// A hasher for maps keyed by [`KeyId`] on the verify path. Not DoS-resistant by itself,
+/// and it need not be: only records that an admin stored (random v4 ids, or imported rows)
+/// and keys that verified are ever inserted; a requester's made-up ids are only looked up.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// A `HashMap` keyed by [`KeyId`] with [`IdHasher`].
+pub(crate) type IdMap<V> = HashMap<KeyId, V, BuildHasherDefault<IdHasher>>;
 
 impl KeyId {
     /// A new random (version 4) id.
@@ -203,7 +241,7 @@ impl<'a> OpaqueKey<'a> {
         else {
             return Err(Rejection::WrongPrefix);
         };
-        if body.len() != BODY_LEN || !body.iter().all(u8::is_ascii_alphanumeric) {
+        if body.len() != BODY_LEN || !base62::all_digits(body) {
             return Err(Rejection::Malformed);
         }
         let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);

@@ -9,16 +9,19 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use chrono::{DateTime, TimeDelta, Utc};
+use chrono::DateTime;
 
 use crate::hash::SecretHash;
-use crate::key::KeyId;
+use crate::key::{IdMap, KeyId};
 use crate::record::KeyPatch;
 use crate::store::{KeyStore, StoreError};
 
+/// Microseconds since the Unix epoch: cheap to read and compare on every verify.
+pub(crate) type Micros = i64;
+
 #[derive(Debug)]
 pub(crate) struct Usage {
-    interval: TimeDelta,
+    interval: Micros,
     state: Mutex<State>,
     /// Held by whoever takes queued work and writes it, so that [`Usage::flush`] waits
     /// for a background write under way, and a background task that starts after a flush
@@ -29,22 +32,22 @@ pub(crate) struct Usage {
 #[derive(Debug, Default)]
 struct State {
     /// When each key was last marked; a key is marked again only `interval` later.
-    marked: HashMap<KeyId, DateTime<Utc>>,
-    used: Vec<(KeyId, DateTime<Utc>)>,
+    marked: IdMap<Micros>,
+    used: Vec<(KeyId, Micros)>,
     rehash: HashMap<KeyId, SecretHash>,
-    last_flush: Option<DateTime<Utc>>,
+    last_flush: Option<Micros>,
     flushing: bool,
 }
 
 /// Work taken out of the queue for one flush.
 #[derive(Debug, Default)]
 pub(crate) struct Batch {
-    used: Vec<(KeyId, DateTime<Utc>)>,
+    used: Vec<(KeyId, Micros)>,
     rehash: Vec<(KeyId, SecretHash)>,
 }
 
 impl Usage {
-    pub fn new(interval: TimeDelta) -> Self {
+    pub fn new(interval: Micros) -> Self {
         Self {
             interval,
             state: Mutex::default(),
@@ -58,7 +61,7 @@ impl Usage {
 
     /// Notes an accepted use of `id` at `now`, and a re-hash if one is due. Returns `true`
     /// when a background flush should start now (see [`spawn_flush`]).
-    pub fn mark(&self, id: KeyId, now: DateTime<Utc>, rehash: Option<SecretHash>) -> bool {
+    pub fn mark(&self, id: KeyId, now: Micros, rehash: Option<SecretHash>) -> bool {
         let mut state = self.lock();
         let due = state
             .marked
@@ -83,7 +86,7 @@ impl Usage {
     }
 
     /// Takes everything queued.
-    fn take_all(&self, now: DateTime<Utc>) -> Batch {
+    fn take_all(&self, now: Micros) -> Batch {
         let mut state = self.lock();
         if !state.used.is_empty() || !state.rehash.is_empty() {
             state.last_flush = Some(now);
@@ -98,13 +101,13 @@ impl Usage {
     }
 
     /// Waits for a background write under way, then writes everything queued.
-    pub async fn flush(&self, store: &dyn KeyStore, now: DateTime<Utc>) -> Result<(), StoreError> {
+    pub async fn flush(&self, store: &dyn KeyStore, now: Micros) -> Result<(), StoreError> {
         let _writer = self.writer.lock().await;
         let batch = self.take_all(now);
         self.write(store, batch).await
     }
 
-    fn take(state: &mut State, now: DateTime<Utc>, interval: TimeDelta) -> Batch {
+    fn take(state: &mut State, now: Micros, interval: Micros) -> Batch {
         // Marks older than the interval no longer suppress anything: drop them so the map
         // holds only recently used keys.
         state.marked.retain(|_, at| now - *at < interval);
@@ -137,7 +140,12 @@ impl Usage {
         let mut result = Ok(());
         let mut failed = Batch::default();
         if !batch.used.is_empty() {
-            if let Err(e) = store.record_last_used(&batch.used).await {
+            let used: Vec<_> = batch
+                .used
+                .iter()
+                .filter_map(|&(id, at)| Some((id, DateTime::from_timestamp_micros(at)?)))
+                .collect();
+            if let Err(e) = store.record_last_used(&used).await {
                 failed.used = batch.used;
                 result = Err(e);
             }
@@ -169,7 +177,7 @@ impl Usage {
 
 /// Starts a background flush on the current Tokio runtime. Without a runtime the work
 /// stays queued for the next flush.
-pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, now: DateTime<Utc>) {
+pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, now: Micros) {
     /// Clears `flushing` however the task ends: finished, or dropped unpolled because its
     /// runtime shut down first.
     struct Done(Arc<Usage>);
@@ -192,15 +200,14 @@ mod tests {
     use super::*;
     use crate::store::MemoryStore;
     use crate::KeyFormat;
-    use chrono::TimeZone;
 
-    fn t(s: i64) -> DateTime<Utc> {
-        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    fn t(s: i64) -> Micros {
+        (1_800_000_000 + s) * 1_000_000
     }
 
     #[test]
     fn a_key_is_marked_at_most_once_per_interval() {
-        let usage = Usage::new(TimeDelta::seconds(60));
+        let usage = Usage::new(60_000_000);
         let id = KeyId::random();
         assert!(usage.mark(id, t(0), None), "first use starts a flush");
         assert_eq!(usage.take_all(t(0)).used, vec![(id, t(0))]);
@@ -215,7 +222,7 @@ mod tests {
 
     #[test]
     fn flushes_are_spaced_by_the_interval() {
-        let usage = Usage::new(TimeDelta::seconds(10));
+        let usage = Usage::new(10_000_000);
         assert!(usage.mark(KeyId::random(), t(0), None));
         let _ = usage.take_all(t(0));
         usage.lock().flushing = false;
@@ -228,7 +235,7 @@ mod tests {
 
     #[test]
     fn forget_drops_queued_work() {
-        let usage = Usage::new(TimeDelta::seconds(10));
+        let usage = Usage::new(10_000_000);
         let _ = usage.mark(KeyId::random(), t(0), None);
         let id = KeyId::random();
         let _ = usage.mark(id, t(1), None);
@@ -239,7 +246,7 @@ mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn flush_writes_what_a_spawned_task_has_not_run_yet() {
-        let usage = Arc::new(Usage::new(TimeDelta::seconds(60)));
+        let usage = Arc::new(Usage::new(60_000_000));
         let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
         let record = crate::testing_support::record(KeyFormat::Opaque);
         store.insert(record.clone()).await.unwrap();
@@ -248,7 +255,10 @@ mod tests {
         spawn_flush(usage.clone(), store.clone(), t(5));
         usage.flush(&*store, t(6)).await.unwrap();
         let stored = store.get(record.id).await.unwrap().unwrap();
-        assert_eq!(stored.last_used_at, Some(t(5)));
+        assert_eq!(
+            stored.last_used_at.map(|at| at.timestamp_micros()),
+            Some(t(5))
+        );
         assert!(usage.is_idle());
     }
 }

@@ -1,11 +1,11 @@
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{KeyStore, ListQuery, StoreError};
-use crate::key::KeyId;
+use crate::key::{IdMap, KeyId};
 use crate::record::{KeyPatch, KeyRecord};
 
 /// An in-process [`KeyStore`]: a hash map for lookups by id plus ordered indexes for paging,
@@ -25,7 +25,7 @@ pub struct MemoryStore {
 
 #[derive(Debug, Default)]
 struct Inner {
-    by_id: HashMap<KeyId, Arc<KeyRecord>>,
+    by_id: IdMap<Arc<KeyRecord>>,
     ids: BTreeSet<KeyId>,
     by_owner: BTreeSet<(String, KeyId)>,
 }
