@@ -1,2 +1,283 @@
-//! Placeholder: the example server is being written.
-fn main() {}
+//! The same server as `examples/server.rs`, on actix-web: keys in SQLite, the
+//! Audiobookshelf-style admin API.
+//!
+//! ```text
+//! cargo run --example actix_server --features actix,sqlite
+//! ```
+//!
+//! On the first start (an empty database) it mints a key for the demo admin and prints it,
+//! once, as the only line on stdout: `admin API key: <key>`. Everything else goes to stderr.
+//!
+//! Environment (as for `examples/server.rs`):
+//! - `KEYGATE_ADDR`: listen address (default `127.0.0.1:3000`).
+//! - `KEYGATE_DB`: the SQLite database, as `sqlite://path`, `sqlite:path` or a plain path
+//!   (default `sqlite://keygate.db` in the working directory).
+//! - `KEYGATE_PEPPER`: the pepper keys are hashed under (32+ bytes). If unset, a random one
+//!   is generated on the first start and kept in `<database>.pepper` (mode 0600), beside
+//!   the database. Never lose it: without it no stored key verifies.
+//! - `KEYGATE_JWT_SECRET`: optional (32+ bytes); enables Audiobookshelf-style JWT keys.
+//!
+//! Routes:
+//! - `GET /healthz`: no auth, `ok`.
+//! - `GET /api/me`: the caller's [`Principal`] as JSON.
+//! - `GET /api/libraries`: a demo resource; needs `library:read`.
+//! - `/api/api-keys` (and `/api/api-keys/`): the admin API (`keygate::admin`), for callers
+//!   allowed `admin`.
+//! - `GET /api/ping-open` and `GET /api/ping`: the same tiny body without and with key
+//!   verification. They exist for `benches/http.sh`, which measures what keygate adds
+//!   to a request.
+//!
+//! actix-web is used without its `macros` feature, so there is no `#[actix_web::main]`:
+//! `main` runs the server in an `actix_web::rt::System`. The server handles SIGINT and
+//! SIGTERM itself (graceful stop); pending last-used times are written once it returns.
+
+use std::error::Error;
+use std::path::PathBuf;
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use async_trait::async_trait;
+use keygate::actix::{admin_scope, Require};
+use keygate::admin::AdminApi;
+use keygate::{
+    CacheConfig, CachedStore, DirectoryError, KeyStore, Keygate, ListQuery, NewKey, Owner, Pepper,
+    Permission, Principal, SqliteStore, UserDirectory,
+};
+use serde_json::json;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The demo's users: a static `admin` and `user`. A real application asks its own user
+/// table; keygate reads the owner on every verify, so deactivating a user or changing
+/// permissions takes effect at once. (The owners are built once: this runs per request.)
+struct DemoUsers {
+    admin: Owner,
+    user: Owner,
+}
+
+impl DemoUsers {
+    fn new() -> Self {
+        Self {
+            admin: Owner::active(["admin", "library:read"]),
+            user: Owner::active(["library:read"]),
+        }
+    }
+}
+
+#[async_trait]
+impl UserDirectory for DemoUsers {
+    async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+        Ok(match user_id {
+            "admin" => Some(self.admin.clone()),
+            "user" => Some(self.user.clone()),
+            _ => None,
+        })
+    }
+}
+
+struct LibraryRead;
+impl Permission for LibraryRead {
+    const NAME: &'static str = "library:read";
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn me(principal: Principal) -> HttpResponse {
+    HttpResponse::Ok().json(principal)
+}
+
+async fn libraries(Require(principal, ..): Require<LibraryRead>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "libraries": [
+            { "id": "lib-books", "name": "Audiobooks", "mediaType": "book" },
+            { "id": "lib-podcasts", "name": "Podcasts", "mediaType": "podcast" },
+        ],
+        "userId": principal.owner_id(),
+    }))
+}
+
+/// For `benches/http.sh`: the same body as [`ping`], without verification.
+async fn ping_open() -> &'static str {
+    "pong"
+}
+
+/// For `benches/http.sh`: the same body as [`ping_open`], behind key verification.
+async fn ping(_: Principal) -> &'static str {
+    "pong"
+}
+
+fn routes(cfg: &mut web::ServiceConfig, gate: &Keygate) {
+    let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    cfg.app_data(web::Data::new(gate.clone()))
+        .route("/healthz", web::get().to(healthz))
+        .route("/api/me", web::get().to(me))
+        .route("/api/libraries", web::get().to(libraries))
+        .route("/api/ping-open", web::get().to(ping_open))
+        .route("/api/ping", web::get().to(ping))
+        .service(admin_scope("/api/api-keys", admin));
+}
+
+fn main() -> Result<(), BoxError> {
+    actix_web::rt::System::new().block_on(run())
+}
+
+async fn run() -> Result<(), BoxError> {
+    let addr = env_or("KEYGATE_ADDR", "127.0.0.1:3000");
+    let db = env_or("KEYGATE_DB", "sqlite://keygate.db");
+
+    let sqlite = SqliteStore::open(&db)
+        .await
+        .map_err(|e| format!("cannot open {db}: {e}"))?;
+    let pepper = load_pepper(&db, &sqlite).await?;
+    // The verify path reads through a cache (5 s TTL); writes through this gate
+    // (revoke, delete, update) drop the cached entry at once.
+    let store = CachedStore::new(sqlite, CacheConfig::new());
+    let mut builder = Keygate::builder(store)
+        .prefix("abs")
+        .pepper(pepper)
+        .users(DemoUsers::new())
+        .realm("keygate example");
+    if let Ok(secret) = std::env::var("KEYGATE_JWT_SECRET") {
+        builder = builder.jwt_secret(secret);
+        eprintln!("keygate example: JWT keys enabled");
+    }
+    let gate = builder.build()?;
+
+    let app_gate = gate.clone();
+    let server = HttpServer::new(move || App::new().configure(|cfg| routes(cfg, &app_gate)))
+        .shutdown_timeout(10)
+        .bind(&addr)
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    for bound in server.addrs() {
+        eprintln!("keygate example: listening on http://{bound}, keys in {db}");
+    }
+
+    // First start: no key at all yet, so nobody could call the admin API. Mint one for the
+    // admin and show it once, on stdout (the socket is already bound: it is usable now).
+    if gate
+        .list(ListQuery::new().limit(1))
+        .await?
+        .records
+        .is_empty()
+    {
+        let issued = gate
+            .mint(NewKey::new("Admin key (first start)", "admin").created_by("admin"))
+            .await?;
+        println!("admin API key: {}", issued.key.expose());
+        eprintln!(
+            "keygate example: empty database: minted admin key {} (shown once, on stdout)",
+            issued.record.id
+        );
+    }
+
+    // Returns after SIGINT or SIGTERM, once the workers have stopped.
+    server.run().await?;
+
+    // Last-used times are written coalesced, in the background; write what is pending.
+    gate.flush().await?;
+    eprintln!("keygate example: stopped");
+    Ok(())
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}
+
+/// The pepper: `KEYGATE_PEPPER`, else the file beside the database, created on first start.
+async fn load_pepper(db: &str, store: &SqliteStore) -> Result<Pepper, BoxError> {
+    if let Ok(pepper) = std::env::var("KEYGATE_PEPPER") {
+        eprintln!("keygate example: pepper from KEYGATE_PEPPER");
+        return Ok(Pepper::new(1, pepper.as_bytes())?);
+    }
+    let Some(path) = pepper_file(db) else {
+        eprintln!("keygate example: in-memory database: using a throwaway pepper");
+        return Ok(Pepper::new(1, random_pepper()?)?);
+    };
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            warn_if_readable_by_others(&path);
+            eprintln!("keygate example: pepper from {}", path.display());
+            Ok(Pepper::new(1, text.trim().as_bytes())?)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // A new pepper for a database that already holds hashes would lock every key out.
+            if !store.list(&ListQuery::new().limit(1)).await?.is_empty() {
+                return Err(format!(
+                    "{} is missing but {db} already holds keys: restore the pepper file \
+                     or set KEYGATE_PEPPER",
+                    path.display()
+                )
+                .into());
+            }
+            let pepper = random_pepper()?;
+            write_private(&path, &pepper)?;
+            eprintln!(
+                "keygate example: generated a new pepper in {} (mode 0600); keep it with \
+                 the database but out of its backups",
+                path.display()
+            );
+            Ok(Pepper::new(1, pepper.as_bytes())?)
+        }
+        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    }
+}
+
+/// `<database file>.pepper`, or `None` for an in-memory database.
+fn pepper_file(db: &str) -> Option<PathBuf> {
+    let (path, query) = match db.strip_prefix("sqlite:") {
+        Some(rest) => {
+            let rest = rest.strip_prefix("//").unwrap_or(rest);
+            rest.split_once('?').unwrap_or((rest, ""))
+        }
+        None => (db, ""),
+    };
+    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
+        return None;
+    }
+    let mut file = PathBuf::from(path).into_os_string();
+    file.push(".pepper");
+    Some(file.into())
+}
+
+/// 32 random bytes, hex-encoded: the pepper is the file's text, so it can be copied into
+/// `KEYGATE_PEPPER` as it is.
+fn random_pepper() -> Result<String, BoxError> {
+    use ring::rand::{SecureRandom, SystemRandom};
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| "no system randomness")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn write_private(path: &std::path::Path, pepper: &str) -> Result<(), BoxError> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    file.write_all(format!("{pepper}\n").as_bytes())?;
+    file.sync_all()?;
+    Ok(())
+}
+
+fn warn_if_readable_by_others(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                eprintln!(
+                    "keygate example: warning: {} is readable by others (chmod 600 it)",
+                    path.display()
+                );
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+}

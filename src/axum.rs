@@ -45,7 +45,7 @@
 //!         .route("/api/me", get(me))
 //!         .route("/api/upload", axum::routing::post(upload))
 //!         .route("/hello", get(hello))
-//!         .nest("/api/api-keys", keygate::axum::admin_router(admin))
+//!         .merge(keygate::axum::admin_routes("/api/api-keys", admin))
 //!         .with_state(AppState { gate })
 //! }
 //! ```
@@ -231,9 +231,26 @@ impl IntoResponse for AdminResponse {
     }
 }
 
-/// The admin API ([`crate::admin`]) as a router to [`nest`](Router::nest), e.g. at
-/// `/api/api-keys`. Every route verifies the caller's key and requires
-/// [`AdminApi::is_admin`].
+/// The admin API ([`crate::admin`]) at `path` (e.g. `/api/api-keys`), as a router to
+/// [`merge`](Router::merge) into the application. Both `path` and `path/` serve the list
+/// and create routes, as Audiobookshelf's Express router does. Every route verifies the
+/// caller's key and requires [`AdminApi::is_admin`].
+pub fn admin_routes<S>(path: &str, api: AdminApi) -> Router<S> {
+    let path = path.trim_end_matches('/');
+    Router::new()
+        .route(path, get(list).post(create))
+        .route(&format!("{path}/"), get(list).post(create))
+        .route(
+            &format!("{path}/{{id}}"),
+            get(show).patch(update).delete(delete),
+        )
+        .route(&format!("{path}/{{id}}/rotate"), post(rotate))
+        .with_state(api)
+}
+
+/// The admin API as a router to [`nest`](Router::nest). Note that axum 0.8's `nest` does
+/// not serve the collection with a trailing slash (`/api/api-keys/`); prefer
+/// [`admin_routes`], which does.
 pub fn admin_router<S>(api: AdminApi) -> Router<S> {
     Router::new()
         .route("/", get(list).post(create))

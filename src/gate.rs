@@ -607,12 +607,13 @@ impl Keygate {
             return Err(reject_key(Rejection::Expired, record.id));
         }
         let owner = match &inner.users {
-            None => Owner::unrestricted(),
+            None => UNRESTRICTED.clone(),
             Some(users) => users
                 .owner(&record.owner)
                 .await
                 .map_err(VerifyError::DirectoryUnavailable)?
-                .ok_or(reject_key(Rejection::OwnerUnknown, record.id))?,
+                .map(Arc::new)
+                .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?,
         };
         if !owner.active {
             return Err(reject_key(Rejection::OwnerInactive, record.id));
@@ -623,6 +624,10 @@ impl Keygate {
         Ok(Principal::new(record, owner))
     }
 }
+
+/// The owner of every key on a gate without a directory, shared rather than rebuilt.
+static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
+    std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));
 
 fn reject(rejection: Rejection) -> VerifyError {
     VerifyError::InvalidKey(rejection)

@@ -38,11 +38,13 @@ pub trait Permission: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
-    owner: Owner,
+    /// Shared, so cloning a principal (extractors keep one in request extensions) never
+    /// copies the owner's permission set.
+    owner: Arc<Owner>,
 }
 
 impl Principal {
-    pub(crate) fn new(record: Arc<KeyRecord>, owner: Owner) -> Self {
+    pub(crate) fn new(record: Arc<KeyRecord>, owner: Arc<Owner>) -> Self {
         Self { record, owner }
     }
 
