@@ -113,7 +113,8 @@ pub use store::{PostgresOptions, PostgresStore};
 pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 
-/// The README's snippets, compiled and run as doctests.
-#[cfg(doctest)]
+/// The README's snippets, compiled and run as doctests (with the web features on, as
+/// `cargo test --all-features` has them).
+#[cfg(all(doctest, feature = "axum", feature = "actix"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
