@@ -78,7 +78,7 @@ pub fn checksum_ok(candidate: &str) -> bool {
 pub struct KeyId(Uuid);
 
 /// Feeds the id to a hasher as one 64-bit word (its halves folded): ids are random, so
-/// nothing is lost, and [`IdHasher`] can hash it in one multiply.
+/// nothing is lost, and keygate's id hasher can hash it in one multiply.
 impl Hash for KeyId {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let (hi, lo) = self.0.as_u64_pair();
