@@ -541,26 +541,21 @@ impl Keygate {
             }
             let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
             let record = self.lookup(key.id).await?;
-            let (record, hash) = match record {
-                Some(record) if record.format == KeyFormat::Opaque => match record.hash.clone() {
-                    Some(hash) => (record, hash),
-                    // An opaque record without a hash can match nothing.
-                    None => {
-                        inner.pepper.burn(key.secret);
-                        return Err(reject_key(Rejection::HashMismatch, key.id));
-                    }
-                },
-                other => {
-                    // Same HMAC work as a real comparison: timing does not tell ids apart.
-                    inner.pepper.burn(key.secret);
-                    let reason = match other {
-                        Some(_) => Rejection::FormatMismatch,
-                        None => Rejection::UnknownKey,
-                    };
-                    return Err(reject_key(reason, key.id));
-                }
+            let refusal = match record.as_deref() {
+                None => Some(Rejection::UnknownKey),
+                Some(r) if r.format != KeyFormat::Opaque => Some(Rejection::FormatMismatch),
+                // An opaque record without a hash can match nothing.
+                Some(r) if r.hash.is_none() => Some(Rejection::HashMismatch),
+                Some(_) => None,
             };
-            let rehash = self.check_hash(key.secret, &hash, key.id)?;
+            let (Some(record), None) = (record, refusal) else {
+                // Same HMAC work as a real comparison: timing does not tell ids apart.
+                inner.pepper.burn(key.secret);
+                let reason = refusal.unwrap_or(Rejection::UnknownKey);
+                return Err(reject_key(reason, key.id));
+            };
+            let hash = record.hash.as_ref().expect("refused above when absent");
+            let rehash = self.check_hash(key.secret, hash, key.id)?;
             self.accept(record, now, rehash).await
         }
     }
