@@ -54,7 +54,8 @@ pub fn scanner_regex(prefix: &str) -> String {
     format!(r"\b{prefix}_[0-9A-Za-z]{{{BODY_LEN}}}\b")
 }
 
-/// Whether `candidate` has the shape of an opaque key and its checksum is right: the check
+/// Whether `candidate` has the shape of an opaque key (a prefix matching
+/// `[a-z][a-z0-9]{0,15}`, `_`, 71 base62 characters) and its checksum is right: the check
 /// a scanner runs on a regex match before raising an alert. It never proves a key valid.
 ///
 /// ```
@@ -62,7 +63,10 @@ pub fn scanner_regex(prefix: &str) -> String {
 /// ```
 pub fn checksum_ok(candidate: &str) -> bool {
     match candidate.split_once('_') {
-        Some((prefix, _)) => OpaqueKey::parse(candidate, prefix).is_ok(),
+        // No gate can be built with a prefix outside the grammar, so no key has one.
+        Some((prefix, _)) => {
+            validate_prefix(prefix).is_ok() && OpaqueKey::parse(candidate, prefix).is_ok()
+        }
         None => false,
     }
 }
@@ -381,6 +385,28 @@ mod tests {
             seen[usize::from(base62::digit(b).unwrap())] = true;
         }
         assert!(seen.iter().all(|&s| s));
+    }
+
+    /// `<prefix>_<body of a real key><checksum recomputed for this prefix>`.
+    fn with_prefix(prefix: &str) -> String {
+        let token = OpaqueKey::generate("abs", KeyId::random());
+        let body = &token[4..4 + ID_LEN + SECRET_LEN];
+        let mut forged = format!("{prefix}_{body}").into_bytes();
+        let mut crc = [0u8; CHECKSUM_LEN];
+        base62::encode_fixed(u128::from(crc32fast::hash(&forged)), &mut crc);
+        forged.extend(crc);
+        String::from_utf8(forged).unwrap()
+    }
+
+    #[test]
+    fn checksum_ok_requires_the_prefix_grammar() {
+        for good in ["a", "abs", "k9", "abcdefghijklmnop"] {
+            assert!(checksum_ok(&with_prefix(good)), "{good}");
+        }
+        for bad in ["ABS", "Abs", "9ab", "abcdefghijklmnopq", "ab-c", "é", ""] {
+            let forged = with_prefix(bad);
+            assert!(!checksum_ok(&forged), "{forged}");
+        }
     }
 
     #[test]
