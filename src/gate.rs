@@ -518,9 +518,7 @@ impl Keygate {
         let now = inner.clock.now_micros();
         if token.as_bytes().contains(&b'.') {
             let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-            let claims = jwt
-                .verify(token, now.div_euclid(1_000_000))
-                .map_err(reject)?;
+            let claims = jwt.verify(token, now).map_err(reject)?;
             let record = self.lookup(claims.key_id).await?;
             let Some(record) = record else {
                 return Err(reject_key(Rejection::UnknownKey, claims.key_id));

@@ -5,12 +5,34 @@
 //! application's `jsonwebtoken` backend, and a verify re-keys nothing and parses each JSON
 //! part once. What is accepted is deliberately narrow:
 //!
+//! - header and claims: each a JSON object (RFC 7515 §4, RFC 7519 §7.2); an array, string
+//!   or number is `jwt_malformed`, never read field by field;
 //! - header: `alg` exactly `HS256`, `typ` absent or `JWT`, no `crit`;
 //! - claims: no `userId`/`username` (those mark Audiobookshelf session tokens signed with
 //!   the same secret), `type` exactly `"api"`, `keyId` a UUID in canonical lowercase
 //!   hyphenated form, `exp`/`nbf`/`iat` numbers
-//!   when present (a string or `null` is refused, not ignored: CVE-2026-25537's lesson);
-//! - `exp` is strict: `now >= exp` is expired. `name` is never read.
+//!   when present (a string or `null` is refused, not ignored: CVE-2026-25537's lesson).
+//!
+//! Time policy (NumericDates, RFC 7519 §2):
+//!
+//! - Compared exactly, to the microsecond, against the verifier's clock in microseconds:
+//!   a fractional date counts (rounded to the nearest microsecond), and `now` is not
+//!   truncated to whole seconds.
+//! - No leeway for clock skew, in either direction, as Node's `jsonwebtoken` with its
+//!   default `clockTolerance: 0`. Keep the clocks of the minting and verifying hosts in
+//!   sync (NTP); the record's `expires_at` is checked as well, on the verifier's clock.
+//! - `exp` is strict: expired when `now >= exp`.
+//! - `nbf` is inclusive: valid from `now >= nbf` on; refused (`jwt_not_yet_valid`) while
+//!   `now < nbf`.
+//! - `iat` is type-checked only (a number, when present) and never compared with `now`: a
+//!   token "issued in the future" is not refused. `jsonwebtoken` 9 does not read `iat`
+//!   at all unless `maxAge` is set; keygate refuses a non-numeric one.
+//! - With whole-second dates (all Audiobookshelf and keygate mint) the outcome equals
+//!   `jsonwebtoken`'s, which compares `Math.floor(Date.now() / 1000)`; with fractional
+//!   dates keygate is the stricter of the two (`jsonwebtoken` accepts up to a second past
+//!   a fractional `exp`).
+//!
+//! `name` is never read.
 
 use std::fmt;
 
@@ -90,7 +112,8 @@ impl JwtSecret {
     }
 
     /// Checks everything the token alone can prove, in order: shape, header, signature,
-    /// claims, and the token's own time limits at `now` (unix seconds).
+    /// claims, and the token's own time limits at `now` (microseconds since the Unix
+    /// epoch; see the module docs for the policy).
     pub(crate) fn verify<'t>(
         &self,
         token: &'t str,
@@ -145,10 +168,10 @@ impl JwtSecret {
                     .filter(|id| id.to_string() == text)
             })
             .ok_or(Rejection::JwtMalformed)?;
-        if claims.exp.is_some_and(|exp| now as f64 >= exp) {
+        if claims.exp.is_some_and(|exp| now >= exp.0) {
             return Err(Rejection::JwtExpired);
         }
-        if claims.nbf.is_some_and(|nbf| (now as f64) < nbf) {
+        if claims.nbf.is_some_and(|nbf| now < nbf.0) {
             return Err(Rejection::JwtNotYetValid);
         }
         Ok(VerifiedJwt {
@@ -180,11 +203,20 @@ fn header_and_payload_len(token: &str, signature: &str) -> usize {
     token.len() - signature.len() - 1
 }
 
+/// One JSON object (header or claims). serde's derived structs also take a JSON array and
+/// fill the fields by position; a JWT's parts are objects (RFC 7515 §4, RFC 7519 §7.2),
+/// so anything whose first non-blank byte is not `{` is refused before serde sees it.
 fn decode_json<T: DeserializeOwned>(part: &str) -> Result<T, Rejection> {
     // Only small parts reach here: the whole token is length-capped.
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| Rejection::JwtMalformed)?;
+    let first = bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        return Err(Rejection::JwtMalformed);
+    }
     serde_json::from_slice(&bytes).map_err(|_| Rejection::JwtMalformed)
 }
 
@@ -207,39 +239,49 @@ struct Claims {
     #[serde(default, deserialize_with = "present")]
     username: bool,
     #[serde(default, deserialize_with = "numeric_date")]
-    exp: Option<f64>,
+    exp: Option<Micros>,
     #[serde(default, deserialize_with = "numeric_date")]
-    nbf: Option<f64>,
+    nbf: Option<Micros>,
     #[serde(default, deserialize_with = "numeric_date")]
     #[allow(dead_code)] // type-checked only
-    iat: Option<f64>,
+    iat: Option<Micros>,
 }
+
+/// A NumericDate in microseconds since the Unix epoch, saturating at `i64`'s ends (about
+/// ±292 000 years, far past any clock).
+#[derive(Clone, Copy)]
+struct Micros(i64);
 
 /// `true` whenever the field is there at all, even as `null`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     IgnoredAny::deserialize(d).map(|_| true)
 }
 
-/// A JSON number (RFC 7519 NumericDate); anything else, `null` included, is an error.
-fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+/// A JSON number (RFC 7519 NumericDate) in microseconds; anything else, `null` included,
+/// is an error. Integers are exact; a fraction is taken to the nearest microsecond (exact
+/// for every date with at most six decimals up to year 2112, as close as `f64` allows
+/// after that).
+fn numeric_date<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Micros>, D::Error> {
     struct NumericDate;
     impl Visitor<'_> for NumericDate {
-        type Value = f64;
+        type Value = Micros;
         fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
             f.write_str("a NumericDate (JSON number)")
         }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<f64, E> {
-            Ok(v as f64)
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Micros, E> {
+            Ok(Micros(v.saturating_mul(1_000_000)))
         }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<f64, E> {
-            Ok(v as f64)
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Micros, E> {
+            Ok(Micros(
+                i64::try_from(v).map_or(i64::MAX, |v| v.saturating_mul(1_000_000)),
+            ))
         }
-        fn visit_f64<E: de::Error>(self, v: f64) -> Result<f64, E> {
-            if v.is_finite() {
-                Ok(v)
-            } else {
-                Err(E::custom("non-finite NumericDate"))
+        fn visit_f64<E: de::Error>(self, v: f64) -> Result<Micros, E> {
+            if !v.is_finite() {
+                return Err(E::custom("non-finite NumericDate"));
             }
+            // A float-to-integer `as` saturates at i64's ends (and v is finite).
+            Ok(Micros((v * 1e6).round() as i64))
         }
     }
     d.deserialize_any(NumericDate).map(Some)
@@ -266,11 +308,11 @@ mod tests {
     fn minted_tokens_verify_and_carry_their_id() {
         let id = KeyId::random();
         let token = secret().sign(id, "n", 100, Some(200));
-        let verified = secret().verify(&token, 150).unwrap();
+        let verified = secret().verify(&token, 150_000_000).unwrap();
         assert_eq!(verified.key_id, id);
         assert_eq!(verified.signature, signature_of(&token));
         assert_eq!(
-            secret().verify(&token, 200).err(),
+            secret().verify(&token, 200_000_000).err(),
             Some(Rejection::JwtExpired)
         );
     }
@@ -325,11 +367,97 @@ mod tests {
             );
         }
         let token = signed(&format!(r#"{{"keyId":"{id}","type":"api","exp":100.5}}"#));
-        assert!(secret().verify(&token, 100).is_ok());
+        assert!(secret().verify(&token, 100_000_000).is_ok());
         assert_eq!(
-            secret().verify(&token, 101).err(),
+            secret().verify(&token, 100_500_000).err(),
             Some(Rejection::JwtExpired)
         );
+    }
+
+    fn signed_with_header(header: &str, claims: &str) -> String {
+        let mut token = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let tag = hmac::sign(&secret().0, token.as_bytes());
+        token.push('.');
+        token.push_str(&URL_SAFE_NO_PAD.encode(tag.as_ref()));
+        token
+    }
+
+    #[test]
+    fn header_and_claims_must_be_objects() {
+        let id = KeyId::random();
+        let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+        let claims = format!(r#"{{"keyId":"{id}","type":"api"}}"#);
+        assert!(secret()
+            .verify(&signed_with_header(header, &claims), 0)
+            .is_ok());
+        // The same fields by position, as serde's derived structs would take them.
+        let array_claims = format!(r#"["{id}","api"]"#);
+        for (header, claims) in [
+            (r#"["HS256",null]"#, claims.as_str()),
+            (r#" ["HS256"]"#, claims.as_str()),
+            (header, array_claims.as_str()),
+            (header, &format!(" \n{array_claims}")),
+            (r#""HS256""#, claims.as_str()),
+            (header, "42"),
+            (header, "null"),
+        ] {
+            assert_eq!(
+                secret()
+                    .verify(&signed_with_header(header, claims), 0)
+                    .err(),
+                Some(Rejection::JwtMalformed),
+                "{header} {claims}"
+            );
+        }
+        // Leading JSON whitespace before an object is fine.
+        assert!(secret()
+            .verify(
+                &signed_with_header(&format!(" {header}"), &format!("\n{claims}")),
+                0
+            )
+            .is_ok());
+    }
+
+    #[test]
+    fn numeric_dates_are_compared_to_the_microsecond() {
+        let id = KeyId::random();
+        // now = 1 900 000 000.5 s.
+        let now = 1_900_000_000_500_000;
+        let check = |claim: &str, value: &str| {
+            let token = signed(&format!(
+                r#"{{"keyId":"{id}","type":"api","{claim}":{value}}}"#
+            ));
+            secret().verify(&token, now).err()
+        };
+        // exp is strict: expired at now and after.
+        assert_eq!(
+            check("exp", "1900000000.499999"),
+            Some(Rejection::JwtExpired)
+        );
+        assert_eq!(check("exp", "1900000000.5"), Some(Rejection::JwtExpired));
+        assert_eq!(check("exp", "1900000000.500001"), None);
+        assert_eq!(check("exp", "1900000000"), Some(Rejection::JwtExpired));
+        assert_eq!(check("exp", "1900000001"), None);
+        // nbf is inclusive: valid from now on.
+        assert_eq!(check("nbf", "1900000000.499999"), None);
+        assert_eq!(check("nbf", "1900000000.5"), None);
+        assert_eq!(
+            check("nbf", "1900000000.500001"),
+            Some(Rejection::JwtNotYetValid)
+        );
+        // iat is type-checked only: a future iat is not refused.
+        assert_eq!(check("iat", "1900000000.500001"), None);
+        assert_eq!(check("iat", "99999999999"), None);
+        assert_eq!(check("iat", r#""1""#), Some(Rejection::JwtMalformed));
+        // Dates at the ends of the number range saturate instead of overflowing.
+        assert_eq!(check("exp", "1e300"), None);
+        assert_eq!(check("exp", "18446744073709551615"), None);
+        assert_eq!(check("exp", "-1e300"), Some(Rejection::JwtExpired));
+        assert_eq!(check("nbf", "-9223372036854775808"), None);
     }
 
     #[test]

@@ -383,6 +383,114 @@ async fn jwt_time_claims_are_enforced_offline() {
         .await;
 }
 
+/// A JWT key imported without a hash, as from Audiobookshelf: any token for its id signed
+/// with the secret verifies, so hand-made claims can be tested end to end.
+async fn imported_jwt(h: &Harness) -> KeyId {
+    let id = KeyId::random();
+    h.gate
+        .import(keygate::KeyRecord {
+            id,
+            format: KeyFormat::Jwt,
+            hash: None,
+            name: "imported".into(),
+            description: None,
+            owner: "alice".into(),
+            created_by: None,
+            created_at: t0(),
+            updated_at: t0(),
+            expires_at: None,
+            last_used_at: None,
+            active: true,
+            scopes: None,
+            metadata: keygate::Metadata::new(),
+        })
+        .await
+        .unwrap();
+    id
+}
+
+#[tokio::test]
+async fn jwt_header_and_claims_must_be_json_objects() {
+    let h = Harness::new();
+    let id = imported_jwt(&h).await;
+    let header = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let claims = format!(r#"{{"keyId":"{id}","type":"api"}}"#);
+    h.gate
+        .verify(&sign_jwt_raw(JWT_SECRET, header, &claims))
+        .await
+        .unwrap();
+    // The same fields by position: serde's derived structs used to fill them from arrays.
+    let array_claims = format!(r#"["{id}","api"]"#);
+    for (header, claims) in [
+        (r#"["HS256",null]"#, claims.as_str()),
+        (r#"["HS256","JWT"]"#, claims.as_str()),
+        (header, array_claims.as_str()),
+        (r#"["HS256"]"#, array_claims.as_str()),
+        (header, "\"api\""),
+    ] {
+        h.assert_refused(
+            &sign_jwt_raw(JWT_SECRET, header, claims),
+            Rejection::JwtMalformed,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_dates_are_compared_to_the_microsecond_without_leeway() {
+    let h = Harness::new();
+    let id = imported_jwt(&h).await;
+    // now = t0 + 0.5 s exactly.
+    h.clock.set(t0() + chrono::TimeDelta::milliseconds(500));
+    let s = t0().timestamp();
+    let token = |claim: &str, value: String| {
+        sign_jwt_raw(
+            JWT_SECRET,
+            r#"{"alg":"HS256","typ":"JWT"}"#,
+            &format!(r#"{{"keyId":"{id}","type":"api","{claim}":{value}}}"#),
+        )
+    };
+    // exp is strict: now - 1 µs and now are expired, now + 1 µs is not.
+    h.assert_refused(&token("exp", format!("{s}.499999")), Rejection::JwtExpired)
+        .await;
+    h.assert_refused(&token("exp", format!("{s}.5")), Rejection::JwtExpired)
+        .await;
+    h.gate
+        .verify(&token("exp", format!("{s}.500001")))
+        .await
+        .unwrap();
+    // A whole-second exp half a second ago: expired (truncating now hid this).
+    h.assert_refused(&token("exp", format!("{s}")), Rejection::JwtExpired)
+        .await;
+    // nbf is inclusive: now - 1 µs and now are valid, now + 1 µs is not yet.
+    h.gate
+        .verify(&token("nbf", format!("{s}.499999")))
+        .await
+        .unwrap();
+    h.gate
+        .verify(&token("nbf", format!("{s}.5")))
+        .await
+        .unwrap();
+    h.assert_refused(
+        &token("nbf", format!("{s}.500001")),
+        Rejection::JwtNotYetValid,
+    )
+    .await;
+    // A whole-second nbf half a second ahead: not yet (truncating now hid this too).
+    h.assert_refused(
+        &token("nbf", format!("{}", s + 1)),
+        Rejection::JwtNotYetValid,
+    )
+    .await;
+    // iat is type-checked only: one in the future is accepted, as jsonwebtoken does.
+    h.gate
+        .verify(&token("iat", format!("{}", s + 86_400)))
+        .await
+        .unwrap();
+    h.assert_refused(&token("iat", format!("\"{s}\"")), Rejection::JwtMalformed)
+        .await;
+}
+
 #[tokio::test]
 async fn jwt_key_ids_must_be_uuids() {
     let h = Harness::new();
