@@ -58,10 +58,18 @@ impl ManualClock {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = now;
     }
 
-    /// Moves the clock forward by `delta`.
+    /// Moves the clock by `delta` (forward; backward when negative). It never panics:
+    /// a move past the ends of [`DateTime<Utc>`]'s range stops at
+    /// [`DateTime::<Utc>::MAX_UTC`] or [`DateTime::<Utc>::MIN_UTC`].
     pub fn advance(&self, delta: TimeDelta) {
         let mut now = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *now += delta;
+        *now = now
+            .checked_add_signed(delta)
+            .unwrap_or(if delta < TimeDelta::zero() {
+                DateTime::<Utc>::MIN_UTC
+            } else {
+                DateTime::<Utc>::MAX_UTC
+            });
     }
 }
 
@@ -74,5 +82,26 @@ impl Clock for ManualClock {
 impl fmt::Debug for ManualClock {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_tuple("ManualClock").field(&self.now()).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advance_saturates_instead_of_panicking() {
+        let start = DateTime::<Utc>::UNIX_EPOCH;
+        let clock = ManualClock::new(start);
+        clock.advance(TimeDelta::MAX);
+        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
+        clock.advance(TimeDelta::seconds(1));
+        assert_eq!(clock.now(), DateTime::<Utc>::MAX_UTC);
+        clock.set(start);
+        clock.advance(TimeDelta::MIN);
+        assert_eq!(clock.now(), DateTime::<Utc>::MIN_UTC);
+        clock.set(start);
+        clock.advance(TimeDelta::seconds(-30));
+        assert_eq!(clock.now(), start - TimeDelta::seconds(30));
     }
 }
