@@ -18,9 +18,9 @@ use crate::secret::Secret;
 use crate::store::{KeyStore, ListQuery, Page, StoreError};
 use crate::usage::{self, Usage};
 use crate::user::{Owner, UserDirectory};
+use crate::validate;
 
-/// Longest key name accepted, in characters.
-pub const MAX_NAME_LEN: usize = 256;
+pub use crate::validate::MAX_NAME_LEN;
 /// Largest page [`Keygate::list`] returns.
 pub const MAX_PAGE: usize = 1000;
 
@@ -252,16 +252,30 @@ impl Keygate {
 
     /// Mints a key. The plaintext in the result is the only copy: keygate stores a hash.
     ///
-    /// Refused before anything is written: an empty or overlong name (over
-    /// [`MAX_NAME_LEN`] characters) or one with control characters, an empty owner, an
-    /// expiry not in the future, a JWT key on a gate without a JWT secret.
+    /// Refused before anything is written, with [`Error::InvalidInput`] naming the field:
+    /// an empty or overlong name (over [`MAX_NAME_LEN`] characters) or one with control
+    /// or bidi control characters; an owner, `created_by`, description, scope list or
+    /// metadata outside the limits listed in [`MAX_ID_LEN`](crate::MAX_ID_LEN) and its
+    /// siblings; an expiry not in the future, or after
+    /// [`MAX_EXPIRY`](crate::MAX_EXPIRY); a JWT key on a gate without a JWT secret.
     pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
         check_name(&new.name)?;
+        if let Some(description) = &new.description {
+            validate::description(description)?;
+        }
+        if let Some(created_by) = &new.created_by {
+            validate::created_by(created_by)?;
+        }
+        if let Some(scopes) = &new.scopes {
+            validate::scopes(scopes.iter())?;
+        }
+        validate::metadata(&new.metadata)?;
         self.mint_checked(new).await
     }
 
-    /// [`mint`](Self::mint) once the name is known to be acceptable (checked, or taken
-    /// from an existing record by [`rotate`](Self::rotate)).
+    /// [`mint`](Self::mint) once the name, description, `created_by`, scopes and metadata
+    /// are known to be acceptable (checked, or taken from an existing record by
+    /// [`rotate`](Self::rotate)). The owner and the expiry are checked here.
     async fn mint_checked(&self, new: NewKey) -> Result<IssuedKey, Error> {
         let inner = &*self.inner;
         check_owner(&new.owner)?;
@@ -280,6 +294,9 @@ impl Keygate {
         }
         if expires_at.is_some_and(|at| at <= now) {
             return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+        if let Some(at) = expires_at {
+            validate::expiry("expires_at", at)?;
         }
 
         let id = KeyId::random();
@@ -373,12 +390,28 @@ impl Keygate {
 
     /// Changes a record and returns it as stored. An empty patch changes nothing and
     /// returns the record.
+    ///
+    /// The fields a patch sets are held to [`mint`](Self::mint)'s rules (name, owner,
+    /// description, scopes, metadata, an expiry no later than
+    /// [`MAX_EXPIRY`](crate::MAX_EXPIRY)); a refused patch writes nothing.
     pub async fn update(&self, id: KeyId, patch: KeyPatch) -> Result<KeyRecord, Error> {
         if let Some(name) = &patch.name {
             check_name(name)?;
         }
         if let Some(owner) = &patch.owner {
             check_owner(owner)?;
+        }
+        if let Some(Some(description)) = &patch.description {
+            validate::description(description)?;
+        }
+        if let Some(Some(scopes)) = &patch.scopes {
+            validate::scopes(scopes.iter())?;
+        }
+        if let Some(metadata) = &patch.metadata {
+            validate::metadata(metadata)?;
+        }
+        if let Some(Some(at)) = patch.expires_at {
+            validate::expiry("expires_at", at)?;
         }
         if patch.hash.is_some() || patch.updated_at.is_some() {
             return Err(Error::invalid(
@@ -422,37 +455,118 @@ impl Keygate {
     }
 
     /// Replaces a key: mints a new one with the old one's name, description, owner,
-    /// scopes, metadata, format and active flag (and, if it has an expiry, the same
-    /// lifetime, `expires_at - created_at`, counted from now), then lets the old one live
-    /// for `grace` more at most (zero: it stops now).
+    /// `created_by`, scopes, metadata and format, expiring when the old one did (never
+    /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
-    /// The new key is written first; if expiring the old one then fails, the error is
-    /// returned and both keys stay valid, so a retry is safe.
+    /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
+    /// or one that ends after [`MAX_EXPIRY`](crate::MAX_EXPIRY) (`"grace"`); an old key
+    /// that is revoked or has expired (`"id"`), since a replacement would bring it back.
+    ///
+    /// Rotation never lengthens a key's life. The new key gets the old key's `expires_at`
+    /// as it stands, so rotating a key that is already in a grace period yields a key that
+    /// stops when that grace ends; the old key's end moves only earlier
+    /// (`min(expires_at, now + grace)`), so retrying a rotate neither extends it nor
+    /// shortens it again (with the same `grace`).
+    ///
+    /// The new key is written first, then the old key's expiry. If that second write
+    /// fails, or the old key was deleted meanwhile, the new key (whose plaintext nobody
+    /// will see) is deleted again, best-effort, and the error returned: retrying is safe.
+    /// If the old key was revoked while this ran, the new key is revoked too and an
+    /// [`Error::InvalidInput`] for `"id"` says so: a revoke that races a rotate leaves
+    /// no key working. (Two rotates of one key racing each other may leave the old key
+    /// with the later-written end of the two; stores offer no compare-and-set on
+    /// `expires_at`.)
     pub async fn rotate(&self, id: KeyId, grace: TimeDelta) -> Result<IssuedKey, Error> {
         if grace < TimeDelta::zero() {
             return Err(Error::invalid("grace", "must not be negative"));
         }
-        let old = self.inner.store.get(id).await?.ok_or(Error::NotFound(id))?;
         let now = self.inner.clock.now().trunc_subsecs(6);
+        let grace_end = now
+            .checked_add_signed(grace)
+            .filter(|end| *end <= validate::MAX_EXPIRY)
+            .ok_or(Error::invalid(
+                "grace",
+                "too long: it would end after 9999-12-31T23:59:59Z",
+            ))?;
+        let old = self.inner.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        if !old.active {
+            return Err(Error::invalid(
+                "id",
+                "the key is revoked; a revoked key is not rotated",
+            ));
+        }
+        if old.is_expired_at(now) {
+            return Err(Error::invalid(
+                "id",
+                "the key has expired; an expired key is not rotated",
+            ));
+        }
         let mut new = NewKey::new(old.name.clone(), old.owner.clone())
             .format(old.format)
             .metadata(old.metadata.clone());
         new.description.clone_from(&old.description);
         new.created_by.clone_from(&old.created_by);
         new.scopes.clone_from(&old.scopes);
-        new.active = old.active;
         if let Some(at) = old.expires_at {
-            new = new.expires_in((at - old.created_at).max(TimeDelta::seconds(1)));
+            new = new.expires_at(at);
         }
         // The name comes from the record, which `import` may have taken as Audiobookshelf
         // had it: do not hold it to `mint`'s stricter rules.
         let issued = self.mint_checked(new).await?;
-        let grace_end = now + grace;
+        let new_id = issued.record.id;
         let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
-        self.update(id, KeyPatch::new().expires_at(Some(old_end)))
-            .await?;
-        tracing::info!(target: "keygate", key_id = %id, new_key_id = %issued.record.id, grace_secs = grace.num_seconds(), "key rotated");
+        let stored = match self
+            .update(id, KeyPatch::new().expires_at(Some(old_end)))
+            .await
+        {
+            Ok(stored) => stored,
+            Err(error) => {
+                self.discard(new_id).await;
+                return Err(error);
+            }
+        };
+        if !stored.active {
+            // A revoke landed between our read and our write: its intent covers the
+            // replacement too.
+            if let Err(error) = self.update(new_id, KeyPatch::new().active(false)).await {
+                tracing::warn!(target: "keygate", key_id = %id, new_key_id = %new_id, error = %error, "rotate raced a revoke and could not revoke the new key; deleting it");
+                self.discard(new_id).await;
+            }
+            tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, "rotate raced a revoke: new key revoked too");
+            return Err(Error::invalid(
+                "id",
+                "the key was revoked during the rotation; the new key was revoked too",
+            ));
+        }
+        tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, grace_secs = grace.num_seconds(), "key rotated");
         Ok(issued)
+    }
+
+    /// Deletes a key that was minted but will never be handed out; failing that, revokes
+    /// it. Best-effort: a failure is logged with the key id, never returned.
+    async fn discard(&self, id: KeyId) {
+        if let Ok(deleted) = self.inner.store.delete(id).await {
+            if deleted {
+                self.inner.usage.forget(id);
+                tracing::info!(target: "keygate", key_id = %id, "unissued key deleted");
+            }
+            return;
+        }
+        let revoked = self
+            .inner
+            .store
+            .update(
+                id,
+                &KeyPatch {
+                    active: Some(false),
+                    updated_at: Some(self.inner.clock.now().trunc_subsecs(6)),
+                    ..KeyPatch::default()
+                },
+            )
+            .await;
+        if !matches!(revoked, Ok(Some(_))) {
+            tracing::warn!(target: "keygate", key_id = %id, "could not delete or revoke an unissued key: revoke or delete it by hand");
+        }
     }
 
     /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
@@ -647,26 +761,11 @@ fn log_refusal(error: &VerifyError) {
 }
 
 fn check_name(name: &str) -> Result<(), Error> {
-    if name.trim().is_empty() {
-        return Err(Error::invalid("name", "must not be empty"));
-    }
-    if name.chars().count() > MAX_NAME_LEN {
-        return Err(Error::invalid("name", "longer than 256 characters"));
-    }
-    if name.chars().any(char::is_control) {
-        return Err(Error::invalid(
-            "name",
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
+    validate::name(name)
 }
 
 fn check_owner(owner: &str) -> Result<(), Error> {
-    if owner.trim().is_empty() {
-        return Err(Error::invalid("owner", "must not be empty"));
-    }
-    Ok(())
+    validate::owner(owner)
 }
 
 #[async_trait::async_trait]

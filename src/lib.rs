@@ -74,6 +74,7 @@ pub mod testing;
 mod testing_support;
 mod usage;
 mod user;
+mod validate;
 
 pub use chrono;
 /// The `sqlx` driver the SQL stores use, re-exported so an application can build the pool
@@ -112,6 +113,9 @@ pub use store::{PostgresOptions, PostgresStore};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
+pub use validate::{
+    MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,
+};
 
 /// The README's snippets, compiled and run as doctests (with the web features on, as
 /// `cargo test --all-features` has them).

@@ -7,8 +7,10 @@ use std::collections::BTreeSet;
 
 use chrono::TimeDelta;
 use common::*;
+use std::sync::Arc;
+
 use keygate::{
-    Error, KeyFormat, KeyId, KeyPatch, KeyRecord, ListQuery, Metadata, NewKey, Rejection,
+    Error, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, ListQuery, Metadata, NewKey, Rejection,
     StoreError, MAX_NAME_LEN,
 };
 use serde_json::json;
@@ -176,6 +178,56 @@ async fn invalid_mint_requests_write_nothing() {
             NewKey::new("k", "alice").expires_in(TimeDelta::MAX),
             "expires_at",
         ),
+        (
+            NewKey::new("k", "alice").expires_at(keygate::MAX_EXPIRY + TimeDelta::seconds(1)),
+            "expires_at",
+        ),
+        (
+            NewKey::new("k", "alice").expires_in(TimeDelta::days(365 * 8000)),
+            "expires_at",
+        ),
+        // Text that could drive a terminal or spoof a display.
+        (NewKey::new("\u{202E}fdp.exe", "alice"), "name"),
+        (NewKey::new("k", "u2\u{1b}]0;pwned\u{7}\u{1b}[2J"), "owner"),
+        (NewKey::new("k", "ad\u{200B}min"), "owner"),
+        (NewKey::new("k", " alice"), "owner"),
+        (
+            NewKey::new("k", "u".repeat(keygate::MAX_ID_LEN + 1)),
+            "owner",
+        ),
+        (
+            NewKey::new("k", "alice").description("\u{1b}[2J"),
+            "description",
+        ),
+        (
+            NewKey::new("k", "alice").description("d".repeat(keygate::MAX_DESCRIPTION_LEN + 1)),
+            "description",
+        ),
+        (NewKey::new("k", "alice").created_by("root\n"), "created_by"),
+        (NewKey::new("k", "alice").created_by(""), "created_by"),
+        (NewKey::new("k", "alice").scopes([""]), "scopes"),
+        (NewKey::new("k", "alice").scopes(["library read"]), "scopes"),
+        (
+            NewKey::new("k", "alice").scopes(["ad\u{200D}min"]),
+            "scopes",
+        ),
+        (
+            NewKey::new("k", "alice").scopes(["s".repeat(keygate::MAX_SCOPE_LEN + 1)]),
+            "scopes",
+        ),
+        (
+            NewKey::new("k", "alice").scopes((0..=keygate::MAX_SCOPES).map(|i| format!("s{i}"))),
+            "scopes",
+        ),
+        (
+            NewKey::new("k", "alice").metadata(
+                json!({"blob": "x".repeat(keygate::MAX_METADATA_BYTES)})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+            ),
+            "metadata",
+        ),
     ];
     for (new, field) in cases {
         let shown = format!("{new:?}");
@@ -212,7 +264,69 @@ async fn invalid_mint_requests_write_nothing() {
         .mint(NewKey::new("Ünïcødé name – ok", "alice"))
         .await
         .unwrap();
-    assert_eq!(h.store.len(), 4);
+    h.gate
+        .mint(
+            NewKey::new("👨\u{200D}👩\u{200D}👧 family", "alice")
+                .description("d".repeat(keygate::MAX_DESCRIPTION_LEN))
+                .created_by("admin-1")
+                .scopes((0..keygate::MAX_SCOPES).map(|i| format!("library:s{i}")))
+                .expires_at(keygate::MAX_EXPIRY),
+        )
+        .await
+        .unwrap();
+    assert_eq!(h.store.len(), 5);
+}
+
+#[tokio::test]
+async fn invalid_updates_write_nothing() {
+    let h = Harness::new();
+    let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let id = issued.record.id;
+    let before = h.store.all().await;
+    let writes = h.store.calls().writes();
+    let big = json!({"blob": "x".repeat(keygate::MAX_METADATA_BYTES)})
+        .as_object()
+        .unwrap()
+        .clone();
+    let cases: Vec<(KeyPatch, &str)> = vec![
+        (KeyPatch::new().name("a\u{1b}[2J"), "name"),
+        (KeyPatch::new().name("\u{2066}x"), "name"),
+        (KeyPatch::new().owner("root\u{7}"), "owner"),
+        (KeyPatch::new().owner("root\u{FEFF}"), "owner"),
+        (
+            KeyPatch::new().description(Some("line\nline".to_owned())),
+            "description",
+        ),
+        (
+            KeyPatch::new().scopes(Some(vec!["a b".to_owned()])),
+            "scopes",
+        ),
+        (KeyPatch::new().scopes(Some(vec![String::new()])), "scopes"),
+        (KeyPatch::new().metadata(big), "metadata"),
+        (
+            KeyPatch::new().expires_at(Some(chrono::DateTime::<chrono::Utc>::MAX_UTC)),
+            "expires_at",
+        ),
+    ];
+    for (patch, field) in cases {
+        let shown = format!("{patch:?}");
+        match h.gate.update(id, patch).await {
+            Err(Error::InvalidInput { field: got, .. }) => assert_eq!(got, field, "{shown}"),
+            other => panic!("{shown}: {other:?}"),
+        }
+    }
+    assert_eq!(h.store.all().await, before);
+    assert_eq!(h.store.calls().writes(), writes);
+    // Clearing is always allowed.
+    h.gate
+        .update(
+            id,
+            KeyPatch::new()
+                .description(None)
+                .scopes(None::<Vec<String>>),
+        )
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -699,7 +813,7 @@ async fn rotate_hands_over_with_a_grace_period() {
 }
 
 #[tokio::test]
-async fn rotate_keeps_the_lifetime_and_never_extends_the_old_key() {
+async fn rotate_never_extends_either_key_past_the_old_expiry() {
     let h = Harness::new();
     let old = h
         .gate
@@ -711,7 +825,6 @@ async fn rotate_keeps_the_lifetime_and_never_extends_the_old_key() {
         .await
         .unwrap();
     h.clock.advance(TimeDelta::days(29));
-    let now = t0() + TimeDelta::days(29);
     // A grace longer than the old key's remaining life does not extend it.
     let new = h
         .gate
@@ -719,10 +832,11 @@ async fn rotate_keeps_the_lifetime_and_never_extends_the_old_key() {
         .await
         .unwrap();
     assert_eq!(new.record.format, KeyFormat::Jwt);
-    assert_eq!(new.record.expires_at, Some(now + TimeDelta::days(30)));
+    // The new key ends when the old one would have: rotation is no way to live longer.
+    assert_eq!(new.record.expires_at, Some(t0() + TimeDelta::days(30)));
     assert_eq!(
         jwt_claims(new.key.expose())["exp"],
-        json!((now + TimeDelta::days(30)).timestamp())
+        json!((t0() + TimeDelta::days(30)).timestamp())
     );
     assert_eq!(
         h.store.record(old.record.id).await.unwrap().expires_at,
@@ -730,6 +844,9 @@ async fn rotate_keeps_the_lifetime_and_never_extends_the_old_key() {
     );
     h.gate.verify(new.key.expose()).await.unwrap();
     h.gate.verify(old.key.expose()).await.unwrap();
+    h.clock.set(t0() + TimeDelta::days(30));
+    h.assert_refused(new.key.expose(), Rejection::JwtExpired)
+        .await;
 }
 
 #[tokio::test]
@@ -826,9 +943,10 @@ async fn rotate_with_no_grace_stops_the_old_key_now() {
 }
 
 #[tokio::test]
-async fn a_rotate_that_cannot_expire_the_old_key_leaves_both_valid() {
+async fn a_rotate_whose_last_write_fails_leaves_no_orphan() {
     let h = Harness::new();
     let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let before = h.store.all().await;
     h.store.fail(Op::Update, Failure::Backend);
     let err = h
         .gate
@@ -840,12 +958,201 @@ async fn a_rotate_that_cannot_expire_the_old_key_leaves_both_valid() {
         "{err:?}"
     );
     h.store.heal();
+    // The new key, whose plaintext nobody got, was deleted again; the old one is as it was.
+    assert_eq!(h.store.all().await, before);
+    h.gate.verify(old.key.expose()).await.unwrap();
+    // So a retry starts from scratch, and works.
+    let new = h
+        .gate
+        .rotate(old.record.id, TimeDelta::zero())
+        .await
+        .unwrap();
+    h.gate.verify(new.key.expose()).await.unwrap();
+    h.assert_refused(old.key.expose(), Rejection::Expired).await;
+    assert_eq!(h.store.len(), 2);
+}
+
+#[tokio::test]
+async fn rotate_refuses_a_grace_out_of_range_before_writing() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let before = h.store.all().await;
+    let calls = h.store.calls();
+    // TimeDelta::MAX used to panic at `now + grace`, after the new key was stored.
+    for grace in [
+        TimeDelta::MAX,
+        TimeDelta::days(100_000_000),
+        TimeDelta::days(365 * 8000),
+    ] {
+        let err = h.gate.rotate(old.record.id, grace).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { field: "grace", .. }),
+            "{grace}: {err:?}"
+        );
+    }
+    assert_eq!(
+        h.store.all().await,
+        before,
+        "exactly the old key, unchanged"
+    );
+    assert_eq!(h.store.calls().writes(), calls.writes());
+    // The latest grace accepted ends on 9999-12-31T23:59:59Z.
+    let longest = keygate::MAX_EXPIRY - t0();
+    h.gate.rotate(old.record.id, longest).await.unwrap();
     assert_eq!(
         h.store.record(old.record.id).await.unwrap().expires_at,
-        None
+        Some(keygate::MAX_EXPIRY)
     );
-    h.gate.verify(old.key.expose()).await.unwrap();
-    assert_eq!(h.store.len(), 2, "the new key was written first");
+}
+
+#[tokio::test]
+async fn rotate_refuses_revoked_and_expired_keys() {
+    let h = Harness::new();
+    let revoked = h.gate.mint(NewKey::new("r", "alice")).await.unwrap();
+    h.gate.revoke(revoked.record.id).await.unwrap();
+    let expiring = h
+        .gate
+        .mint(NewKey::new("e", "alice").expires_in(TimeDelta::hours(1)))
+        .await
+        .unwrap();
+    h.clock.advance(TimeDelta::hours(1));
+    let before = h.store.all().await;
+    let writes = h.store.calls().writes();
+    for id in [revoked.record.id, expiring.record.id] {
+        let err = h.gate.rotate(id, TimeDelta::days(1)).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidInput { field: "id", .. }),
+            "{err:?}"
+        );
+    }
+    assert_eq!(h.store.all().await, before, "nothing written");
+    assert_eq!(h.store.calls().writes(), writes);
+}
+
+#[tokio::test]
+async fn a_retried_rotate_neither_shortens_nor_extends_the_old_key() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let grace = TimeDelta::hours(1);
+    let first = h.gate.rotate(old.record.id, grace).await.unwrap();
+    let grace_end = t0() + grace;
+    // The answer was lost; the caller retries ten minutes later with the same request.
+    h.clock.advance(TimeDelta::minutes(10));
+    let second = h.gate.rotate(old.record.id, grace).await.unwrap();
+    let old_stored = h.store.record(old.record.id).await.unwrap();
+    assert_eq!(
+        old_stored.expires_at,
+        Some(grace_end),
+        "not moved either way"
+    );
+    // The retry's key inherits the old key's end as it now stands: never later.
+    assert_eq!(second.record.expires_at, Some(grace_end));
+    assert_eq!(first.record.expires_at, None);
+    h.gate.verify(second.key.expose()).await.unwrap();
+    h.clock.set(grace_end);
+    h.assert_refused(old.key.expose(), Rejection::Expired).await;
+    h.assert_refused(second.key.expose(), Rejection::Expired)
+        .await;
+    h.gate.verify(first.key.expose()).await.unwrap();
+}
+
+/// A store that runs `hook` on the inner store right after the first insert: a change by
+/// another process landing between `rotate`'s read and its last write.
+struct Interfering<F> {
+    inner: Arc<CountingStore>,
+    hook: std::sync::Mutex<Option<F>>,
+}
+
+#[async_trait::async_trait]
+impl<F, Fut> KeyStore for Interfering<F>
+where
+    F: FnOnce(Arc<CountingStore>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await?;
+        let hook = self.hook.lock().unwrap().take();
+        if let Some(hook) = hook {
+            hook(self.inner.clone()).await;
+        }
+        Ok(())
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.update(id, patch).await
+    }
+    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list(query).await
+    }
+    async fn record_last_used(
+        &self,
+        batch: &[(KeyId, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError> {
+        self.inner.record_last_used(batch).await
+    }
+}
+
+/// A gate over `store` wrapped in [`Interfering`] with `hook`.
+fn interfered<F, Fut>(h: &Harness, hook: F) -> keygate::Keygate
+where
+    F: FnOnce(Arc<CountingStore>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    keygate::Keygate::builder(Interfering {
+        inner: h.store.clone(),
+        hook: std::sync::Mutex::new(Some(hook)),
+    })
+    .prefix(PREFIX)
+    .pepper(keygate::Pepper::new(1, PEPPER_V1).unwrap())
+    .shared_clock(h.clock.clone())
+    .build()
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_revoke_racing_a_rotate_leaves_both_keys_revoked() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let old_id = old.record.id;
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        // Another admin revokes the old key after rotate read it.
+        store
+            .update(old_id, &KeyPatch::new().active(false))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let err = gate.rotate(old_id, TimeDelta::hours(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "id", .. }),
+        "{err:?}"
+    );
+    let all = h.store.all().await;
+    assert_eq!(all.len(), 2);
+    assert!(all.iter().all(|r| !r.active), "{all:?}");
+    h.assert_refused(old.key.expose(), Rejection::Inactive)
+        .await;
+}
+
+#[tokio::test]
+async fn a_delete_racing_a_rotate_leaves_no_orphan() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let old_id = old.record.id;
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        assert!(store.delete(old_id).await.unwrap());
+    });
+    let err = gate.rotate(old_id, TimeDelta::hours(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::NotFound(id) if id == old_id),
+        "{err:?}"
+    );
+    assert!(h.store.is_empty(), "{:?}", h.store.all().await);
 }
 
 // ---------------------------------------------------------------------------------------
