@@ -4,7 +4,8 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use keygate::{KeyId, Keygate, ListQuery, Pepper};
 
@@ -28,6 +29,12 @@ impl Cli {
     }
 
     fn run_env(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
+        self.run_full(args, env, None)
+    }
+
+    /// Runs with `args` and `env` (secrets included unless `env` is given explicitly by
+    /// [`run_env`](Self::run_env)), writing `stdin` to the process.
+    fn run_full(&self, args: &[&str], env: &[(&str, &str)], stdin: Option<&[u8]>) -> Output {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
         command
             .args(args)
@@ -35,12 +42,42 @@ impl Cli {
             .env_remove("KEYGATE_PEPPER_FILE")
             .env_remove("KEYGATE_JWT_SECRET")
             .env_remove("KEYGATE_JWT_SECRET_FILE")
+            .env_remove("KEYGATE_KEY")
             .env("KEYGATE_DB", &self.db)
             .env("KEYGATE_PREFIX", &self.prefix);
         for (name, value) in env {
             command.env(name, value);
         }
-        command.output().expect("the keygate binary runs")
+        command.stdin(Stdio::piped());
+        command.stdout(Stdio::piped());
+        command.stderr(Stdio::piped());
+        let mut child = command.spawn().expect("the keygate binary runs");
+        let mut pipe = child.stdin.take().expect("stdin is piped");
+        if let Some(input) = stdin {
+            // The binary may exit before reading (bad arguments): ignore a broken pipe.
+            let _ = pipe.write_all(input);
+        }
+        drop(pipe);
+        child.wait_with_output().expect("the keygate binary runs")
+    }
+
+    /// `keygate verify` with `key` on stdin (and a newline, as `echo` writes it).
+    fn verify(&self, key: &str) -> Output {
+        self.run_full(
+            &["verify"],
+            &[
+                ("KEYGATE_PEPPER", PEPPER),
+                ("KEYGATE_JWT_SECRET", JWT_SECRET),
+            ],
+            Some(format!("{key}\n").as_bytes()),
+        )
+    }
+
+    /// [`verify`](Self::verify), expecting success; returns stdout.
+    fn verify_ok(&self, key: &str) -> String {
+        let out = self.verify(key);
+        assert!(out.status.success(), "verify: {}", stderr(&out));
+        String::from_utf8(out.stdout).expect("stdout is UTF-8")
     }
 
     /// Runs and expects success; returns stdout.
@@ -102,7 +139,7 @@ async fn full_workflow(cli: &Cli) {
     assert!(keygate::checksum_ok(&key));
 
     // verify: exit 0, the principal as JSON.
-    let principal: serde_json::Value = serde_json::from_str(&cli.ok(&["verify", &key])).unwrap();
+    let principal: serde_json::Value = serde_json::from_str(&cli.verify_ok(&key)).unwrap();
     assert_eq!(principal["userId"], owner.as_str());
     assert_eq!(principal["keyName"], "Backup Script");
     assert_eq!(principal["scopes"], serde_json::json!(["library:read"]));
@@ -141,21 +178,21 @@ async fn full_workflow(cli: &Cli) {
 
     // revoke: verify exits 1 with the reason on stderr, nothing on stdout.
     cli.ok(&["revoke", &id.to_string()]);
-    let out = cli.run(&["verify", &key]);
+    let out = cli.verify(&key);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
     assert_eq!(stderr(&out).trim(), "keygate: error: key refused: inactive");
 
     // activate brings it back.
     cli.ok(&["activate", &id.to_string()]);
-    cli.ok(&["verify", &key]);
+    cli.verify_ok(&key);
 
     // rotate with grace: both work, the new one is printed alone.
     let new_key = cli.ok(&["rotate", &id.to_string(), "--grace", "1h"]);
     let new_key = new_key.trim();
     assert_ne!(new_key, key);
-    cli.ok(&["verify", new_key]);
-    cli.ok(&["verify", &key]);
+    cli.verify_ok(new_key);
+    cli.verify_ok(&key);
     let old = cli.gate().await.get(id).await.unwrap().unwrap();
     let left = old.expires_at.unwrap() - chrono::Utc::now();
     assert!(
@@ -166,19 +203,19 @@ async fn full_workflow(cli: &Cli) {
 
     // rotate with no grace: the old key stops now.
     let newest = cli.ok(&["rotate", &principal_id(cli, new_key), "--grace", "0s"]);
-    assert_eq!(cli.run(&["verify", new_key]).status.code(), Some(1));
-    cli.ok(&["verify", newest.trim()]);
+    assert_eq!(cli.verify(new_key).status.code(), Some(1));
+    cli.verify_ok(newest.trim());
 
     // JWT format.
     let jwt = cli.ok(&[
         "mint", "--user", &owner, "--name", "jwt key", "--format", "jwt",
     ]);
     assert_eq!(jwt.trim().split('.').count(), 3);
-    cli.ok(&["verify", jwt.trim()]);
+    cli.verify_ok(jwt.trim());
 
     // delete, then delete again: not found, exit 2.
     cli.ok(&["delete", &id.to_string()]);
-    assert_eq!(cli.run(&["verify", &key]).status.code(), Some(1));
+    assert_eq!(cli.verify(&key).status.code(), Some(1));
     let out = cli.run(&["delete", &id.to_string()]);
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr(&out).lines().count(), 1, "{}", stderr(&out));
@@ -230,16 +267,167 @@ async fn full_workflow(cli: &Cli) {
     // A pepper file works (trailing newline ignored) and verifies keys minted with the env var.
     let pepper_file = std::env::temp_dir().join(support::unique("pepper"));
     std::fs::write(&pepper_file, format!("{PEPPER}\n")).unwrap();
+    // The key comes from KEYGATE_KEY here, with nothing on stdin.
     let out = cli.run_env(
-        &["verify", newest.trim()],
-        &[("KEYGATE_PEPPER_FILE", pepper_file.to_str().unwrap())],
+        &["verify"],
+        &[
+            ("KEYGATE_PEPPER_FILE", pepper_file.to_str().unwrap()),
+            ("KEYGATE_KEY", newest.trim()),
+        ],
     );
     let _ = std::fs::remove_file(&pepper_file);
     assert!(out.status.success(), "{}", stderr(&out));
+
+    keys_never_on_argv(cli).await;
+    no_panic_on_a_huge_grace(cli).await;
+    stored_text_cannot_drive_the_terminal(cli).await;
+}
+
+/// `verify` takes the key from stdin or KEYGATE_KEY only: a key given as an argument is
+/// refused by the argument parser (exit 2), not verified, and not echoed.
+async fn keys_never_on_argv(cli: &Cli) {
+    let owner = support::unique("cli-argv");
+    let key = cli.ok(&["mint", "--user", &owner, "--name", "argv"]);
+    let key = key.trim();
+    let gate = cli.gate().await;
+    let id = gate
+        .list(ListQuery::new().owner(&owner))
+        .await
+        .unwrap()
+        .records[0]
+        .id;
+
+    for args in [
+        vec!["verify", key],
+        vec!["verify", "--", key],
+        vec!["verify", "--key", key],
+    ] {
+        let out = cli.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(
+            !stderr(&out).contains(key),
+            "the key was echoed: {}",
+            stderr(&out)
+        );
+    }
+    let record = gate.get(id).await.unwrap().unwrap();
+    assert_eq!(record.last_used_at, None, "nothing was verified");
+
+    // stdin: the first line, surrounding whitespace ignored.
+    let principal: serde_json::Value = serde_json::from_str(&cli.verify_ok(key)).unwrap();
+    assert_eq!(principal["keyId"], id.to_string());
+    let out = cli.run_full(
+        &["verify"],
+        &[("KEYGATE_PEPPER", PEPPER)],
+        Some(format!("  {key}  \r\nsecond line ignored\n").as_bytes()),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing on stdin: bad input, exit 2.
+    let out = cli.run_full(&["verify"], &[("KEYGATE_PEPPER", PEPPER)], Some(b""));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    // A refused key from stdin: exit 1.
+    let out = cli.verify(&format!("{}_{}", cli.prefix, "x".repeat(71)));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+/// `rotate --grace 100000000d` used to panic (exit 101) after writing the new key.
+async fn no_panic_on_a_huge_grace(cli: &Cli) {
+    let owner = support::unique("cli-grace");
+    cli.ok(&["mint", "--user", &owner, "--name", "grace"]);
+    let gate = cli.gate().await;
+    let before = gate
+        .list(ListQuery::new().owner(&owner))
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(before.len(), 1);
+    let id = before[0].id.to_string();
+    for grace in ["100000000d", "520000w", "9223372036854s"] {
+        let out = cli.run(&["rotate", &id, "--grace", grace]);
+        assert_eq!(out.status.code(), Some(2), "{grace}: {}", stderr(&out));
+        assert!(out.stdout.is_empty());
+        assert!(stderr(&out).contains("grace"), "{}", stderr(&out));
+        assert_eq!(stderr(&out).trim().lines().count(), 1, "{}", stderr(&out));
+    }
+    let after = gate
+        .list(ListQuery::new().owner(&owner))
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(after, before, "nothing written");
+}
+
+/// Names (which `import` takes as Audiobookshelf had them) may hold escape sequences:
+/// the CLI writes them escaped, in the table and in JSON.
+async fn stored_text_cannot_drive_the_terminal(cli: &Cli) {
+    let owner = support::unique("cli-esc");
+    let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}gpj.exe\u{7f}\tx";
+    let id = KeyId::random();
+    let now = chrono::Utc::now();
+    cli.gate()
+        .await
+        .import(keygate::KeyRecord {
+            id,
+            format: keygate::KeyFormat::Jwt,
+            hash: None,
+            name: hostile.into(),
+            description: None,
+            owner: owner.clone(),
+            created_by: None,
+            created_at: now,
+            updated_at: now,
+            expires_at: None,
+            last_used_at: None,
+            active: true,
+            scopes: None,
+            metadata: keygate::Metadata::new(),
+        })
+        .await
+        .unwrap();
+    let raw = |bytes: &[u8]| {
+        bytes.contains(&0x1b)
+            || bytes.contains(&0x07)
+            || bytes.contains(&0x7f)
+            || bytes.windows(2).any(|w| w == [0xc2, 0x9b])
+            || bytes.windows(3).any(|w| w == "\u{202e}".as_bytes())
+    };
+
+    let out = cli.run(&["list", "--user", &owner]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!raw(&out.stdout), "raw control bytes: {:?}", out.stdout);
+    let table = String::from_utf8(out.stdout).unwrap();
+    let line = table.trim_end_matches('\n');
+    assert_eq!(line.lines().count(), 1, "{table:?}");
+    assert_eq!(
+        line.split('\t').count(),
+        6,
+        "a tab in the name split a column: {line:?}"
+    );
+    assert!(
+        line.ends_with(
+            "\tok\\u{1b}]0;pwned\\u{7}\\u{1b}[2J\\u{9b}31m\\u{202e}gpj.exe\\u{7f}\\u{9}x"
+        ),
+        "{line:?}"
+    );
+
+    for args in [
+        vec!["list", "--user", &owner, "--json"],
+        vec!["show", &id.to_string()],
+    ] {
+        let out = cli.run(&args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        assert!(!raw(&out.stdout), "{args:?}: {:?}", out.stdout);
+        let view: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(
+            view["name"], hostile,
+            "{args:?}: the JSON still says the same"
+        );
+    }
 }
 
 fn principal_id(cli: &Cli, key: &str) -> String {
-    let principal: serde_json::Value = serde_json::from_str(&cli.ok(&["verify", key])).unwrap();
+    let principal: serde_json::Value = serde_json::from_str(&cli.verify_ok(key)).unwrap();
     principal["keyId"].as_str().unwrap().to_owned()
 }
 
@@ -299,4 +487,26 @@ fn unreachable_store_is_one_line_and_exit_3() {
         stderr(&out)
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
+}
+
+/// The example servers write their pepper to `<db>.pepper` (default `keygate.db.pepper`,
+/// in the working directory): `git add -A` in a checkout must not pick it up.
+#[test]
+fn the_example_pepper_file_is_git_ignored() {
+    let gitignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore"))
+        .expect(".gitignore is readable");
+    assert!(
+        gitignore.lines().any(|line| line.trim() == "*.pepper"),
+        "{gitignore}"
+    );
+    for path in ["keygate.db.pepper", "data/keys.db.pepper"] {
+        let ignored = Command::new("git")
+            .args(["check-ignore", "-q", path])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+        if let Ok(status) = ignored {
+            // 0: ignored; 1: not ignored; 128: not a git checkout (a packaged crate).
+            assert_ne!(status.code(), Some(1), "{path} is not ignored");
+        }
+    }
 }

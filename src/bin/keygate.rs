@@ -4,18 +4,26 @@
 //! ```text
 //! export KEYGATE_DB=sqlite://keys.db KEYGATE_PEPPER_FILE=/run/secrets/pepper
 //! keygate mint --user user-42 --name "Backup Script" --expires-in 30d
-//! keygate verify "$KEY"
+//! keygate verify < key.txt          # or: KEYGATE_KEY=… keygate verify
 //! ```
 //!
-//! Secrets come from the environment or files, never from flags (flags end up in shell
-//! history and `ps`): `KEYGATE_PEPPER` / `KEYGATE_PEPPER_FILE` (with
-//! `KEYGATE_PEPPER_VERSION`, default 1) and `KEYGATE_JWT_SECRET` / `KEYGATE_JWT_SECRET_FILE`.
-//! stdout carries only the result (a key, JSON); everything else goes to stderr. Exit codes:
-//! 0 success, 1 `verify` refused the key, 2 bad input or configuration, 3 store failure.
+//! Secrets come from the environment, files or stdin, never from arguments (arguments end
+//! up in shell history and `ps`): `KEYGATE_PEPPER` / `KEYGATE_PEPPER_FILE` (with
+//! `KEYGATE_PEPPER_VERSION`, default 1), `KEYGATE_JWT_SECRET` / `KEYGATE_JWT_SECRET_FILE`,
+//! and the key `verify` checks: the first line of stdin, or `KEYGATE_KEY`.
+//! stdout carries only the result (a key, JSON); everything else goes to stderr. Text from
+//! the store (names, owners, descriptions) is printed with control and bidi control
+//! characters escaped (`\u{1b}`), so a record cannot drive the operator's terminal.
+//! Exit codes: 0 success, 1 `verify` refused the key, 2 bad input or configuration,
+//! 3 store failure.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
+use std::io::{BufRead, IsTerminal, Read};
 use std::process::ExitCode;
 
 use chrono::TimeDelta;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
 use keygate::{Error, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper};
@@ -87,8 +95,9 @@ enum Command {
         #[arg(long, value_parser = parse_duration, default_value = "0s")]
         grace: TimeDelta,
     },
-    /// Verify a key: exit 0 with the principal as JSON, or exit 1 with the reason.
-    Verify { key: String },
+    /// Verify a key read from stdin (its first line) or KEYGATE_KEY, never from an
+    /// argument: exit 0 with the principal as JSON, or exit 1 with the reason.
+    Verify,
     /// Apply pending schema migrations (opening the store also does this).
     Migrate,
 }
@@ -130,10 +139,22 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == ErrorKind::UnknownArgument => {
+            // Never echo a stray argument: it may be a key (`keygate verify "$KEY"`).
+            let shown = match e.get(ContextKind::InvalidArg) {
+                Some(ContextValue::String(arg)) if is_flag_name(arg) => format!(" {arg}"),
+                _ => String::new(),
+            };
+            eprintln!(
+                "keygate: unexpected argument{shown} (keys are never taken as arguments: \
+                 `verify` reads the key from stdin or KEYGATE_KEY; see keygate --help)"
+            );
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("keygate: {first} (see keygate --help)");
+            eprintln!("keygate: {} (see keygate --help)", escape(first));
             return ExitCode::from(2);
         }
     };
@@ -150,7 +171,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Fail(code, message)) => {
-            eprintln!("keygate: error: {message}");
+            eprintln!("keygate: error: {}", escape(&message));
             ExitCode::from(code)
         }
     }
@@ -159,7 +180,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> Result<(), Fail> {
     let needs_secrets = matches!(
         cli.command,
-        Command::Mint { .. } | Command::Rotate { .. } | Command::Verify { .. }
+        Command::Mint { .. } | Command::Rotate { .. } | Command::Verify
     );
     let store = keygate::open_store(&cli.db).await.map_err(|e| {
         Fail(
@@ -168,7 +189,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         )
     })?;
     if let Command::Migrate = cli.command {
-        eprintln!("keygate: migrations applied to {}", redact_url(&cli.db));
+        eprintln!(
+            "keygate: migrations applied to {}",
+            escape(&redact_url(&cli.db))
+        );
         return Ok(());
     }
     let mut builder = Keygate::builder_shared(store).prefix(&cli.prefix);
@@ -217,7 +241,8 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             let issued = gate.mint(new).await?;
             eprintln!(
                 "keygate: minted key {} for {}",
-                issued.record.id, issued.record.owner
+                issued.record.id,
+                escape(&issued.record.owner)
             );
             println!("{}", issued.key.expose());
         }
@@ -228,18 +253,18 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
                 let page = gate.list(query.clone()).await?;
                 for record in &page.records {
                     if json {
-                        println!("{}", to_json(&KeyView(record)));
+                        println!("{}", to_json(&KeyView(record))?);
                     } else {
                         println!(
                             "{}\t{}\t{}\t{}\t{}\t{}",
                             record.id,
                             if record.active { "active" } else { "inactive" },
                             record.format,
-                            record.owner,
+                            escape(&record.owner),
                             record
                                 .expires_at
                                 .map_or("never".to_owned(), |at| at.to_rfc3339()),
-                            record.name
+                            escape(&record.name)
                         );
                     }
                 }
@@ -252,7 +277,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
         Command::Show { id } => {
             let id = parse_id(&id)?;
             let record = gate.get(id).await?.ok_or(Error::NotFound(id))?;
-            println!("{}", to_json(&KeyView(&record)));
+            println!("{}", to_json(&KeyView(&record))?);
         }
         Command::Revoke { id } => {
             let record = gate.revoke(parse_id(&id)?).await?;
@@ -278,8 +303,8 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             );
             println!("{}", issued.key.expose());
         }
-        Command::Verify { key } => match gate.verify(key.trim()).await {
-            Ok(principal) => println!("{}", to_json(&principal)),
+        Command::Verify => match gate.verify(&read_key()?).await {
+            Ok(principal) => println!("{}", to_json(&principal)?),
             Err(error) if error.is_unavailable() => {
                 return Err(Fail(3, format!("{}: {}", error, chain(&error))));
             }
@@ -290,8 +315,91 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
     Ok(())
 }
 
-fn to_json(value: &impl serde::Serialize) -> String {
-    serde_json::to_string(value).expect("views serialize")
+/// One line of JSON. serde_json escapes C0 controls in strings but writes DEL, C1
+/// controls (U+0080–U+009F, which some terminals obey) and bidi controls raw; those are
+/// escaped here too, as `\uXXXX`, which is the same JSON string.
+fn to_json(value: &impl serde::Serialize) -> Result<String, Fail> {
+    let json =
+        serde_json::to_string(value).map_err(|e| Fail(2, format!("cannot render JSON: {e}")))?;
+    if !json.chars().any(needs_escape) {
+        return Ok(json);
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if needs_escape(c) {
+            let _ = write!(out, "\\u{:04x}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    Ok(out)
+}
+
+/// Control characters (C0, DEL, C1) and the bidi embeddings, overrides and isolates that
+/// reorder displayed text.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+}
+
+/// `text` safe to write to a terminal: each control or bidi control character as
+/// `\u{…}`, the rest unchanged.
+fn escape(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_unicode());
+        } else {
+            out.push(c);
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// `--name` or `-n`: a flag name without a value, safe to repeat in a message.
+fn is_flag_name(arg: &str) -> bool {
+    arg.starts_with('-')
+        && arg.len() <= 32
+        && arg.chars().all(|c| c == '-' || c.is_ascii_alphanumeric())
+}
+
+/// Longest `verify` input read: a JWT is capped at 8 KiB, an opaque key is ~90 bytes.
+const MAX_KEY_INPUT: u64 = 16 * 1024;
+
+/// The key to verify: `KEYGATE_KEY` if set, else the first line of stdin.
+fn read_key() -> Result<String, Fail> {
+    let raw = match std::env::var_os("KEYGATE_KEY") {
+        Some(value) => value.into_encoded_bytes(),
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!("keygate: paste the key and press Enter (it is echoed)");
+            }
+            let mut line = Vec::new();
+            stdin
+                .lock()
+                .take(MAX_KEY_INPUT + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(|e| Fail(2, format!("cannot read the key from stdin: {e}")))?;
+            if line.len() as u64 > MAX_KEY_INPUT {
+                return Err(Fail(1, "key refused: malformed".into()));
+            }
+            line
+        }
+    };
+    let Ok(text) = String::from_utf8(raw) else {
+        return Err(Fail(1, "key refused: malformed".into()));
+    };
+    let key = text.trim();
+    if key.is_empty() {
+        return Err(Fail(
+            2,
+            "no key: pipe it on stdin (keygate verify < key.txt) or set KEYGATE_KEY".into(),
+        ));
+    }
+    Ok(key.to_owned())
 }
 
 fn parse_id(text: &str) -> Result<KeyId, Fail> {
