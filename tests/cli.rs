@@ -277,15 +277,34 @@ async fn full_workflow(cli: &Cli) {
     );
     let _ = std::fs::remove_file(&pepper_file);
     assert!(out.status.success(), "{}", stderr(&out));
+}
 
-    keys_never_on_argv(cli).await;
-    no_panic_on_a_huge_grace(cli).await;
-    stored_text_cannot_drive_the_terminal(cli).await;
+/// A CLI over a fresh SQLite file, removed on drop.
+struct Scratch(Cli, std::path::PathBuf);
+
+impl Scratch {
+    fn new() -> Self {
+        let path = support::sqlite_temp_path();
+        let cli = Cli {
+            db: format!("sqlite://{}", path.display()),
+            prefix: "clitest".into(),
+        };
+        Self(cli, path)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        support::remove_sqlite(&self.1);
+    }
 }
 
 /// `verify` takes the key from stdin or KEYGATE_KEY only: a key given as an argument is
 /// refused by the argument parser (exit 2), not verified, and not echoed.
-async fn keys_never_on_argv(cli: &Cli) {
+#[tokio::test]
+async fn verify_never_takes_the_key_from_argv() {
+    let scratch = Scratch::new();
+    let cli = &scratch.0;
     let owner = support::unique("cli-argv");
     let key = cli.ok(&["mint", "--user", &owner, "--name", "argv"]);
     let key = key.trim();
@@ -332,7 +351,10 @@ async fn keys_never_on_argv(cli: &Cli) {
 }
 
 /// `rotate --grace 100000000d` used to panic (exit 101) after writing the new key.
-async fn no_panic_on_a_huge_grace(cli: &Cli) {
+#[tokio::test]
+async fn rotate_with_a_huge_grace_exits_2_and_writes_nothing() {
+    let scratch = Scratch::new();
+    let cli = &scratch.0;
     let owner = support::unique("cli-grace");
     cli.ok(&["mint", "--user", &owner, "--name", "grace"]);
     let gate = cli.gate().await;
@@ -360,7 +382,10 @@ async fn no_panic_on_a_huge_grace(cli: &Cli) {
 
 /// Names (which `import` takes as Audiobookshelf had them) may hold escape sequences:
 /// the CLI writes them escaped, in the table and in JSON.
-async fn stored_text_cannot_drive_the_terminal(cli: &Cli) {
+#[tokio::test]
+async fn stored_text_cannot_drive_the_terminal() {
+    let scratch = Scratch::new();
+    let cli = &scratch.0;
     let owner = support::unique("cli-esc");
     let hostile = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\u{9b}31m\u{202e}gpj.exe\u{7f}\tx";
     let id = KeyId::random();
