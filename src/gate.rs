@@ -253,11 +253,24 @@ impl Keygate {
     /// Mints a key. The plaintext in the result is the only copy: keygate stores a hash.
     ///
     /// Refused before anything is written, with [`Error::InvalidInput`] naming the field:
-    /// an empty or overlong name (over [`MAX_NAME_LEN`] characters) or one with control
-    /// or bidi control characters; an owner, `created_by`, description, scope list or
-    /// metadata outside the limits listed in [`MAX_ID_LEN`](crate::MAX_ID_LEN) and its
-    /// siblings; an expiry not in the future, or after
-    /// [`MAX_EXPIRY`](crate::MAX_EXPIRY); a JWT key on a gate without a JWT secret.
+    ///
+    /// - `name`: blank, over [`MAX_NAME_LEN`] characters, or holding control characters or
+    ///   bidi embedding/override/isolate characters (U+202A–U+202E, U+2066–U+2069, which
+    ///   reorder displayed text). Zero-width joiners and marks are allowed in names: emoji
+    ///   sequences and several scripts need them, and a name is display text, not an id.
+    /// - `description`: over [`MAX_DESCRIPTION_LEN`](crate::MAX_DESCRIPTION_LEN)
+    ///   characters, control characters (newlines included) or bidi controls.
+    /// - `owner`, `created_by`: blank, over [`MAX_ID_LEN`](crate::MAX_ID_LEN) characters,
+    ///   leading or trailing whitespace, control, bidi or invisible characters (zero-width
+    ///   spaces and joiners, directional marks, BOM, soft hyphen): ids that look alike must
+    ///   be alike.
+    /// - `scopes`: more than [`MAX_SCOPES`](crate::MAX_SCOPES), or a scope that is empty,
+    ///   over [`MAX_SCOPE_LEN`](crate::MAX_SCOPE_LEN) characters, or holds whitespace,
+    ///   control, bidi or invisible characters.
+    /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::MAX_METADATA_BYTES) as compact JSON.
+    /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::MAX_EXPIRY).
+    ///
+    /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`].
     pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
         check_name(&new.name)?;
         if let Some(description) = &new.description {
