@@ -345,9 +345,18 @@ async fn verify_never_takes_the_key_from_argv() {
     // Nothing on stdin: bad input, exit 2.
     let out = cli.run_full(&["verify"], &[("KEYGATE_PEPPER", PEPPER)], Some(b""));
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
-    // A refused key from stdin: exit 1.
+    // A refused key from stdin: exit 1. So are an endless line and bytes that are not UTF-8,
+    // read no further than 16 KiB.
     let out = cli.verify(&format!("{}_{}", cli.prefix, "x".repeat(71)));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    for input in [vec![b'a'; 1 << 20], b"\xff\xfe key\n".to_vec()] {
+        let out = cli.run_full(&["verify"], &[("KEYGATE_PEPPER", PEPPER)], Some(&input));
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+        assert_eq!(
+            stderr(&out).trim(),
+            "keygate: error: key refused: malformed"
+        );
+    }
 }
 
 /// `rotate --grace 100000000d` used to panic (exit 101) after writing the new key.

@@ -383,7 +383,7 @@ fn read_key() -> Result<String, Fail> {
                 .take(MAX_KEY_INPUT + 1)
                 .read_until(b'\n', &mut line)
                 .map_err(|e| Fail(2, format!("cannot read the key from stdin: {e}")))?;
-            if line.len() as u64 > MAX_KEY_INPUT {
+            if u64::try_from(line.len()).unwrap_or(u64::MAX) > MAX_KEY_INPUT {
                 return Err(Fail(1, "key refused: malformed".into()));
             }
             line
