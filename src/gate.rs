@@ -616,7 +616,7 @@ impl Keygate {
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(record, owner))
+        Ok(Principal::new(record, owner, inner.users.is_some(), now))
     }
 }
 

@@ -834,7 +834,7 @@ fn admin_app(
         InitError = (),
     >,
 > {
-    let api = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    let api = AdminApi::new(gate.clone());
     App::new()
         .service(admin_scope("/api/api-keys", api))
         .service(

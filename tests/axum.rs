@@ -166,7 +166,7 @@ async fn twice(first: Principal, Require(second, ..): Require<LibraryRead>) -> S
 }
 
 fn app(gate: Keygate) -> Router {
-    let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    let admin = AdminApi::new(gate.clone());
     Router::new()
         .route("/open", get(|| async { "open" }))
         .route("/api/me", get(me))
