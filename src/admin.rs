@@ -23,7 +23,7 @@
 //! ([`ADMIN_PERMISSION`], `"admin"`, renamed with [`AdminApi::permission`]), as
 //! [`Principal::grants`] decides: the owner's permissions come from a configured
 //! [`UserDirectory`](crate::UserDirectory) and include it (or are
-//! [`Permissions::All`](crate::Permissions::All) there), or the key's own scopes name it
+//! [`Permissions::All`] there), or the key's own scopes name it
 //! (a bootstrap key minted with `.scopes(["admin"])`). On a gate without a directory every
 //! owner implicitly holds every permission, but that never makes a key admin: an unscoped
 //! key there is refused. Anyone else gets `403` `{"error":"forbidden","reason":"not_admin"}`
