@@ -199,14 +199,17 @@ impl AdminRequest<'_> {
         }
     }
 
-    /// The id path segment, for events (`-` for the collection).
-    fn target(&self) -> &str {
+    /// The key id named in the path, for events: `-` for the collection, `invalid` for a
+    /// segment that is no key id (never the raw text, which the caller chose).
+    fn target(&self) -> String {
         match self {
-            AdminRequest::List { .. } | AdminRequest::Create { .. } => "-",
+            AdminRequest::List { .. } | AdminRequest::Create { .. } => "-".to_owned(),
             AdminRequest::Get { id }
             | AdminRequest::Update { id, .. }
             | AdminRequest::Delete { id }
-            | AdminRequest::Rotate { id, .. } => id,
+            | AdminRequest::Rotate { id, .. } => id
+                .parse::<KeyId>()
+                .map_or_else(|_| "invalid".to_owned(), |id| id.to_string()),
         }
     }
 }
@@ -821,6 +824,15 @@ mod tests {
         let body: UpdateBody =
             serde_json::from_str(r#"{"expiresAt":"2030-01-01T00:00:00Z"}"#).unwrap();
         assert!(matches!(body.expires_at, Some(Some(_))));
+    }
+
+    #[test]
+    fn events_name_a_parsed_id_never_the_raw_path() {
+        let id = KeyId::random().to_string();
+        assert_eq!(AdminRequest::Get { id: &id }.target(), id);
+        let forged = "x\nINFO keygate: admin API change";
+        assert_eq!(AdminRequest::Delete { id: forged }.target(), "invalid");
+        assert_eq!(AdminRequest::List { query: None }.target(), "-");
     }
 
     #[test]
