@@ -58,9 +58,11 @@
 //! every permission they should be able to hand out.
 //!
 //! Times are those of the request (the gate's clock when the caller's key was accepted):
-//! `expiresIn` counts from then, and a rotated key's lifetime is judged from then. The
-//! checks read the record, then write the change; the store offers no compare-and-swap, so
-//! a concurrent change by another admin lands between them unchecked against this caller.
+//! `expiresIn` counts from then, and a rotated key's lifetime is judged from then (should
+//! the gate's clock have moved on when it mints the new key, that key's expiry is trimmed
+//! to the calling key's). The checks read the record, then write the change; the store
+//! offers no compare-and-swap, so a concurrent change by another admin lands between them
+//! unchecked against this caller.
 //!
 //! Every change (create, update, delete, rotate) logs one INFO event (target `keygate`,
 //! message `admin API change`) with `action`, `key_id`, `actor_key_id` and `actor_owner`;
@@ -596,7 +598,24 @@ impl AdminApi {
             &[(&old.owner, &owner)],
             Some(&result),
         )?;
-        let IssuedKey { record, key } = self.gate.rotate(id, grace).await.map_err(fail)?;
+        let IssuedKey { mut record, key } = self.gate.rotate(id, grace).await.map_err(fail)?;
+        // The gate counted the new lifetime from its clock, a little after the request
+        // time the check used: trim that sliver so the new key never outlives the caller.
+        if let (Some(limit), Some(at)) = (call.caller.expires_at(), record.expires_at) {
+            if at > limit {
+                let trim = KeyPatch::new().expires_at(Some(limit));
+                match self.gate.update(record.id, trim).await {
+                    Ok(trimmed) => record = trimmed,
+                    // The new key exists: losing its plaintext would be worse.
+                    Err(error) => tracing::warn!(
+                        target: "keygate",
+                        key_id = %record.id,
+                        error = %error,
+                        "admin API: could not trim the rotated key to the caller's expiry"
+                    ),
+                }
+            }
+        }
         changed(call, id, &record.owner, Some(record.id));
         let previous = self.gate.get(id).await.map_err(fail)?;
         let mut view = view_of(&record)?;

@@ -505,3 +505,26 @@ async fn an_owner_unknown_to_the_directory_counts_as_holding_everything() {
     );
     assert_unchanged(&h, &before).await;
 }
+
+#[tokio::test]
+async fn a_rotated_key_never_outlives_an_expiring_caller() {
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let (_, temp) = caller(
+        &h.gate,
+        NewKey::new("temp", "root").expires_in(TimeDelta::hours(2)),
+    )
+    .await;
+    let old = mint(
+        &h.gate,
+        NewKey::new("sync", "bob").expires_in(TimeDelta::hours(2)),
+    )
+    .await;
+    // The request was verified at t0; the gate mints the new key ten minutes later.
+    h.clock.advance(TimeDelta::minutes(10));
+    let rotated = assert_ok(&rotate(&api, &temp, old.id).await);
+    let new_id: keygate::KeyId = rotated["apiKey"]["id"].as_str().unwrap().parse().unwrap();
+    let stored = h.gate.get(new_id).await.unwrap().unwrap();
+    assert!(stored.expires_at.is_some_and(|at| at <= t(2)), "{stored:?}");
+    assert_eq!(rotated["apiKey"]["expiresAt"], json!(stored.expires_at));
+}
