@@ -37,6 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         principal.expires_at()
     );
 
+    // No UserDirectory here, so every owner implicitly holds every permission and
+    // `allows` says yes to anything. Powers that must be granted explicitly, like the
+    // admin API's, ask `grants`: a directory's answer or the key's own scopes.
+    assert!(!principal.grants("admin"));
+
     // A typo is refused by the checksum, before the store is asked.
     let mut typo = issued.key.expose().to_owned();
     let last = typo.pop().expect("keys are not empty");

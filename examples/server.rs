@@ -30,7 +30,7 @@
 //! - `GET /healthz`: no auth, `ok`.
 //! - `GET /api/me`: the caller's [`Principal`] as JSON.
 //! - `GET /api/libraries`: a demo resource; needs `library:read`.
-//! - `/api/api-keys`: the admin API (`keygate::admin`), for callers allowed `admin`.
+//! - `/api/api-keys`: the admin API (`keygate::admin`), for callers the directory grants `admin`.
 //! - `GET /api/ping-open` and `GET /api/ping`: the same tiny body without and with key
 //!   verification. They exist for `benches/http.sh`, which measures what keygate adds
 //!   to a request.
@@ -116,7 +116,9 @@ async fn ping(_: Principal) -> &'static str {
 }
 
 fn app(gate: Keygate) -> Router {
-    let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    // Admins are the callers the directory (DemoUsers) grants "admin": never implied by
+    // a missing directory. What they may do is bounded by their own key's reach.
+    let admin = AdminApi::new(gate.clone());
     Router::new()
         .route("/healthz", get(healthz))
         .route("/api/me", get(me))

@@ -40,7 +40,8 @@
 //! }
 //!
 //! fn routes(cfg: &mut web::ServiceConfig, gate: &Keygate) {
-//!     let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+//!     // Admins: keys whose owner the directory grants "admin" (or a key scoped to it).
+//!     let admin = AdminApi::new(gate.clone());
 //!     cfg.app_data(web::Data::new(gate.clone()))
 //!         .route("/api/me", web::get().to(me))
 //!         .route("/api/upload", web::post().to(upload))
@@ -517,7 +518,8 @@ where
     }
 }
 
-/// Renders an admin answer: its status, content type, body and `Retry-After`.
+/// Renders an admin answer: its status, content type, body, `Retry-After` and
+/// `WWW-Authenticate`.
 impl Responder for AdminResponse {
     type Body = BoxBody;
 
@@ -527,6 +529,9 @@ impl Responder for AdminResponse {
         if let Some(secs) = self.retry_after {
             response.insert_header((RETRY_AFTER, secs));
         }
+        if let Some(challenge) = self.www_authenticate {
+            response.insert_header((WWW_AUTHENTICATE, challenge));
+        }
         response.body(self.body)
     }
 }
@@ -534,14 +539,15 @@ impl Responder for AdminResponse {
 /// The admin API ([`crate::admin`]) as a [`Scope`] mounted at `path`, e.g.
 /// `/api/api-keys`. Both `path` and `path/` reach the list and create routes. Every route
 /// verifies the caller's key with the admin API's gate (so the app need not register
-/// one) and requires [`AdminApi::is_admin`].
+/// one) and requires [`AdminApi::is_admin`] (the admin permission, explicitly granted);
+/// what an admin may do is bounded by its own key (see [`crate::admin`]).
 ///
 /// ```
 /// use actix_web::App;
 /// use keygate::admin::AdminApi;
 ///
 /// # fn demo(gate: keygate::Keygate) {
-/// let admin = AdminApi::new(gate, |p| p.allows("admin"));
+/// let admin = AdminApi::new(gate); // callers explicitly granted "admin"
 /// let app = App::new().service(keygate::actix::admin_scope("/api/api-keys", admin));
 /// # let _ = app; }
 /// ```

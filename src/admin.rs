@@ -14,9 +14,68 @@
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
 //! "createdByUserId","createdAt","updatedAt","scopes","metadata","format"}` (camelCase,
 //! timestamps RFC 3339, like Audiobookshelf's). Statuses: 400 bad input (including an
-//! unknown `userId`), 403 caller not admin, 404 unknown id, 503 store unavailable.
+//! unknown `userId`), 403 refused (see below), 404 unknown id, 503 store or directory
+//! unavailable.
+//!
+//! # Who may do what
+//!
+//! **Admin.** A caller is admin when its key is *explicitly granted* the admin permission
+//! ([`ADMIN_PERMISSION`], `"admin"`, renamed with [`AdminApi::permission`]), as
+//! [`Principal::grants`] decides: the owner's permissions come from a configured
+//! [`UserDirectory`](crate::UserDirectory) and include it (or are
+//! [`Permissions::All`] there), or the key's own scopes name it
+//! (a bootstrap key minted with `.scopes(["admin"])`). On a gate without a directory every
+//! owner implicitly holds every permission, but that never makes a key admin: an unscoped
+//! key there is refused. Anyone else gets `403` `{"error":"forbidden","reason":"not_admin"}`
+//! before the body is read.
+//!
+//! **No escalation.** No admin call produces or changes a key so that it can do more than
+//! the calling key. A key's *reach* is its owner's permissions (the directory's answer now;
+//! all permissions without a directory) narrowed by its scopes, and its lifetime:
+//!
+//! - acting on a key of another owner (patch, delete, rotate), minting for another owner,
+//!   or moving a key to another owner needs the caller's reach to cover **every**
+//!   permission of that owner (an owner the directory no longer knows counts as holding
+//!   all). The caller's own owner needs nothing more;
+//! - the key a call produces (create, the new key of a rotate), and a key a patch widens
+//!   (switched back on with `isActive: true`, given another owner, more scopes or
+//!   `scopes: null`, a later expiry or `expiresAt: null`), must end with permissions within
+//!   the caller's and an expiry no later than the calling key's: an expiring key cannot
+//!   mint a never-expiring one;
+//! - narrowing changes (`isActive: false`, delete, rename, description, metadata, fewer
+//!   scopes, an earlier expiry) need only the first rule, so an expiring admin key can still
+//!   revoke a leaked key.
+//!
+//! A refusal is `403` with `WWW-Authenticate: Bearer realm="…", error="insufficient_scope"`
+//! and `{"error":"forbidden","reason":…,"message":…}`, `reason` one of `not_admin`,
+//! `owner_out_of_reach`, `wider_permissions`, `longer_lifetime`; nothing is written.
+//! Reading (`GET`) is open to every admin: records hold no secret.
+//!
+//! So a bootstrap key scoped `["admin"]` on a gate without a directory can list keys,
+//! mint further `["admin"]`-scoped keys for its own owner and revoke its owner's keys, but
+//! cannot mint a key for anything else: scope it `["admin", "library:read"]` to let it hand
+//! out `library:read` keys. With a directory, give your administrators an owner that holds
+//! every permission they should be able to hand out.
+//!
+//! Times are those of the request (the gate's clock when the caller's key was accepted):
+//! `expiresIn` counts from then, and a rotated key's lifetime is judged from then (should
+//! the gate's clock have moved on when it mints the new key, that key's expiry is trimmed
+//! to the calling key's). The checks read the record, then write the change; the store
+//! offers no compare-and-swap, so a concurrent change by another admin lands between them
+//! unchecked against this caller.
+//!
+//! Every change (create, update, delete, rotate) logs one INFO event (target `keygate`,
+//! message `admin API change`) with `action`, `key_id`, `actor_key_id` and `actor_owner`;
+//! every refusal one event (`admin API refused`, INFO for `not_admin`, WARN otherwise) with
+//! the same fields and `reason`. No secret is logged.
 //!
 //! Deliberate differences from Audiobookshelf:
+//! - Stricter authority. Audiobookshelf lets any admin user create, change and delete
+//!   every key, for any user, with any expiry, and admin status is its user's role.
+//!   keygate requires the admin permission to be granted explicitly (above), and refuses
+//!   calls that would create or widen a key beyond the calling key's own reach: minting for
+//!   or re-owning to a user with more permissions, `scopes: null` or `expiresAt: null` on a
+//!   narrower or expiring caller, re-activating a key the caller could not have minted.
 //! - An omitted `isActive` on create means **active** (Audiobookshelf: inactive). A key
 //!   that silently does not work is the worse surprise for a script; send
 //!   `"isActive": false` to mint one switched off.
@@ -28,45 +87,64 @@
 //! - `GET` returns at most 1000 keys per call, with a `next` cursor (`?after=`) when there
 //!   are more.
 
+mod authority;
+
 use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
-use crate::error::Error;
+use self::authority::{Reach, Refusal};
+use crate::error::{Error, VerifyError};
 use crate::gate::{IssuedKey, Keygate, MAX_PAGE};
 use crate::key::{KeyFormat, KeyId};
 use crate::principal::Principal;
 use crate::record::{KeyPatch, KeyRecord, Metadata, NewKey};
 use crate::store::{ListQuery, StoreError};
+use crate::user::Permissions;
 
-/// Decides whether a verified caller may use the admin API.
-pub type AdminPredicate = Arc<dyn Fn(&Principal) -> bool + Send + Sync>;
+/// The permission that makes a caller admin unless [`AdminApi::permission`] renames it.
+pub const ADMIN_PERMISSION: &str = "admin";
 
 /// The admin API over a [`Keygate`]: who counts as admin, and the request handling.
 ///
+/// A caller is admin when its key is *explicitly* granted the admin permission
+/// ([`Principal::grants`]): by the gate's [`UserDirectory`](crate::UserDirectory), or by
+/// the key's own scopes. Missing configuration never makes anyone admin. What an admin may
+/// then do is bounded by its own key (see the [module docs](self)).
+///
 /// ```
-/// # fn demo(gate: keygate::Keygate) {
-/// // Admins are callers whose owner holds the "admin" permission (and whose key is not
-/// // scoped away from it).
-/// let api = keygate::admin::AdminApi::new(gate, |p| p.allows("admin"));
-/// # let _ = api; }
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// use keygate::admin::AdminApi;
+/// use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+///
+/// let gate = Keygate::builder(MemoryStore::new())
+///     .pepper(Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+///     .build()?;
+/// let api = AdminApi::new(gate.clone()); // or .permission("keys:admin")
+///
+/// // No directory: an unscoped key is not admin; a key scoped to "admin" is.
+/// let plain = gate.mint(NewKey::new("script", "ops")).await?;
+/// assert!(!api.is_admin(&gate.verify(plain.key.expose()).await?));
+/// let bootstrap = gate.mint(NewKey::new("bootstrap", "ops").scopes(["admin"])).await?;
+/// assert!(api.is_admin(&gate.verify(bootstrap.key.expose()).await?));
+/// # Ok(()) }
 /// ```
 #[derive(Clone)]
 pub struct AdminApi {
     gate: Keygate,
-    is_admin: AdminPredicate,
+    permission: String,
 }
 
 impl fmt::Debug for AdminApi {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AdminApi")
             .field("gate", &self.gate)
-            .finish_non_exhaustive()
+            .field("permission", &self.permission)
+            .finish()
     }
 }
 
@@ -110,7 +188,35 @@ pub enum AdminRequest<'a> {
     },
 }
 
-/// An admin answer: status, body and its content type.
+impl AdminRequest<'_> {
+    /// The action's name in events: `list`, `create`, `get`, `update`, `delete`, `rotate`.
+    fn action(&self) -> &'static str {
+        match self {
+            AdminRequest::List { .. } => "list",
+            AdminRequest::Create { .. } => "create",
+            AdminRequest::Get { .. } => "get",
+            AdminRequest::Update { .. } => "update",
+            AdminRequest::Delete { .. } => "delete",
+            AdminRequest::Rotate { .. } => "rotate",
+        }
+    }
+
+    /// The key id named in the path, for events: `-` for the collection, `invalid` for a
+    /// segment that is no key id (never the raw text, which the caller chose).
+    fn target(&self) -> String {
+        match self {
+            AdminRequest::List { .. } | AdminRequest::Create { .. } => "-".to_owned(),
+            AdminRequest::Get { id }
+            | AdminRequest::Update { id, .. }
+            | AdminRequest::Delete { id }
+            | AdminRequest::Rotate { id, .. } => id
+                .parse::<KeyId>()
+                .map_or_else(|_| "invalid".to_owned(), |id| id.to_string()),
+        }
+    }
+}
+
+/// An admin answer: status, headers and body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminResponse {
     /// HTTP status.
@@ -121,6 +227,8 @@ pub struct AdminResponse {
     pub body: String,
     /// `Retry-After` seconds, for 503.
     pub retry_after: Option<u32>,
+    /// `WWW-Authenticate`, for a 403 refusal (`Bearer realm="…", error="insufficient_scope"`).
+    pub www_authenticate: Option<String>,
 }
 
 impl AdminResponse {
@@ -130,6 +238,7 @@ impl AdminResponse {
             content_type: "application/json",
             body: value.to_string(),
             retry_after: None,
+            www_authenticate: None,
         }
     }
 
@@ -144,18 +253,38 @@ impl AdminResponse {
     fn not_found() -> Self {
         Self::error(404, "not_found", "no API key with this id")
     }
+
+    fn internal(message: &str) -> Self {
+        Self::error(500, "internal", message)
+    }
+}
+
+/// Who is calling: the caller, for the refusal and change events.
+struct Call<'a> {
+    caller: &'a Principal,
+    action: &'static str,
 }
 
 impl AdminApi {
-    /// The admin API over `gate`; `is_admin` decides which verified callers may use it.
-    pub fn new(
-        gate: Keygate,
-        is_admin: impl Fn(&Principal) -> bool + Send + Sync + 'static,
-    ) -> Self {
+    /// The admin API over `gate`, for callers explicitly granted [`ADMIN_PERMISSION`].
+    pub fn new(gate: Keygate) -> Self {
         Self {
             gate,
-            is_admin: Arc::new(is_admin),
+            permission: ADMIN_PERMISSION.to_owned(),
         }
+    }
+
+    /// Makes `permission` the one that makes a caller admin, instead of
+    /// [`ADMIN_PERMISSION`] (e.g. `"keys:admin"`).
+    #[must_use]
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.permission = permission.into();
+        self
+    }
+
+    /// The permission that makes a caller admin.
+    pub fn admin_permission(&self) -> &str {
+        &self.permission
     }
 
     /// The gate it manages.
@@ -163,26 +292,90 @@ impl AdminApi {
         &self.gate
     }
 
-    /// Whether `caller` may use the admin API.
+    /// Whether `caller` may use the admin API: it is explicitly granted the admin
+    /// permission ([`Principal::grants`]).
     pub fn is_admin(&self, caller: &Principal) -> bool {
-        (self.is_admin)(caller)
+        caller.grants(&self.permission)
     }
 
     /// Handles one request from an already verified `caller`.
     pub async fn handle(&self, caller: &Principal, request: AdminRequest<'_>) -> AdminResponse {
+        let call = Call {
+            caller,
+            action: request.action(),
+        };
         if !self.is_admin(caller) {
-            tracing::info!(target: "keygate", key_id = %caller.key_id(), "admin API refused: caller is not admin");
-            return AdminResponse::error(403, "forbidden", "admin only");
+            tracing::info!(
+                target: "keygate",
+                action = call.action,
+                key_id = %request.target(),
+                actor_key_id = %caller.key_id(),
+                actor_owner = %caller.owner_id(),
+                reason = "not_admin",
+                "admin API refused"
+            );
+            return self.forbidden("not_admin", "admin only", Some(&self.permission));
         }
         let result = match request {
             AdminRequest::List { query } => self.list(query).await,
-            AdminRequest::Create { body } => self.create(caller, body).await,
+            AdminRequest::Create { body } => self.create(&call, body).await,
             AdminRequest::Get { id } => self.get(id).await,
-            AdminRequest::Update { id, body } => self.update(id, body).await,
-            AdminRequest::Delete { id } => self.delete(id).await,
-            AdminRequest::Rotate { id, body } => self.rotate(id, body).await,
+            AdminRequest::Update { id, body } => self.update(&call, id, body).await,
+            AdminRequest::Delete { id } => self.delete(&call, id).await,
+            AdminRequest::Rotate { id, body } => self.rotate(&call, id, body).await,
         };
         result.unwrap_or_else(|response| response)
+    }
+
+    /// A 403 with the `insufficient_scope` challenge; `scope` names the permission missing,
+    /// when there is one.
+    fn forbidden(&self, reason: &str, message: &str, scope: Option<&str>) -> AdminResponse {
+        // A scope that is not an RFC 6750 scope-token is left out of the challenge.
+        let required = scope.unwrap_or(" ").to_owned();
+        let challenge = VerifyError::InsufficientScope { required }
+            .http(self.gate.realm())
+            .www_authenticate;
+        let mut response = AdminResponse::json(
+            403,
+            json!({ "error": "forbidden", "reason": reason, "message": message }),
+        );
+        response.www_authenticate = challenge;
+        response
+    }
+
+    /// The authority rule ([`authority::check`]) for `call`: `owners` are the owners of
+    /// the keys touched (before and after), `result` the reach of the key produced or
+    /// widened. A refusal is logged and answered 403.
+    fn authorize(
+        &self,
+        call: &Call<'_>,
+        target: &str,
+        owners: &[(&str, &Permissions)],
+        result: Option<&Reach>,
+    ) -> Result<(), AdminResponse> {
+        let caller = call.caller;
+        let reach = Reach::new(
+            caller.owner_permissions(),
+            caller.scopes(),
+            caller.expires_at(),
+        );
+        let others: Vec<&Permissions> = owners
+            .iter()
+            .filter(|(owner, _)| *owner != caller.owner_id())
+            .map(|(_, permissions)| *permissions)
+            .collect();
+        authority::check(&reach, &others, result).map_err(|refusal: Refusal| {
+            tracing::warn!(
+                target: "keygate",
+                action = call.action,
+                key_id = %target,
+                actor_key_id = %caller.key_id(),
+                actor_owner = %caller.owner_id(),
+                reason = refusal.code(),
+                "admin API refused"
+            );
+            self.forbidden(refusal.code(), refusal.message(), None)
+        })
     }
 
     async fn list(&self, query: Option<&str>) -> Result<AdminResponse, AdminResponse> {
@@ -222,11 +415,8 @@ impl AdminApi {
         Ok(AdminResponse::json(200, body))
     }
 
-    async fn create(
-        &self,
-        caller: &Principal,
-        body: &[u8],
-    ) -> Result<AdminResponse, AdminResponse> {
+    async fn create(&self, call: &Call<'_>, body: &[u8]) -> Result<AdminResponse, AdminResponse> {
+        let caller = call.caller;
         let body: CreateBody = parse(body)?;
         let name = body
             .name
@@ -234,22 +424,29 @@ impl AdminApi {
         let user_id = body
             .user_id
             .ok_or_else(|| AdminResponse::bad_request("userId is required"))?;
-        self.require_user(&user_id).await?;
-        let mut new = NewKey::new(name, user_id)
+        let owner = self.require_user(&user_id).await?;
+        let mut new = NewKey::new(name, user_id.clone())
             .created_by(caller.owner_id())
             .active(body.is_active.unwrap_or(true))
             .format(body.format.unwrap_or_default());
-        match body.expires_in {
+        let expires_at = match body.expires_in {
             Some(secs) if secs.is_finite() && secs > 0.0 && secs < 1e11 => {
-                new = new.expires_in(TimeDelta::milliseconds((secs * 1000.0) as i64));
+                let now = request_time(caller)?;
+                let at = TimeDelta::try_milliseconds((secs * 1000.0) as i64)
+                    .and_then(|lifetime| now.checked_add_signed(lifetime))
+                    .ok_or_else(|| AdminResponse::bad_request("expiresIn: out of range"))?;
+                Some(at)
             }
             // Audiobookshelf: a falsy expiresIn (0, null, absent) means no expiry.
-            Some(0.0) | None => {}
+            Some(0.0) | None => None,
             Some(_) => {
                 return Err(AdminResponse::bad_request(
                     "expiresIn must be a positive number of seconds",
                 ))
             }
+        };
+        if let Some(at) = expires_at {
+            new = new.expires_at(at);
         }
         if let Some(description) = body.description {
             new = new.description(description);
@@ -260,37 +457,44 @@ impl AdminApi {
         if let Some(metadata) = body.metadata {
             new = new.metadata(metadata);
         }
+        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at);
+        self.authorize(call, "-", &[(&user_id, &owner)], Some(&result))?;
         let IssuedKey { record, key } = self.gate.mint(new).await.map_err(fail)?;
-        let mut view = serde_json::to_value(KeyView(&record)).expect("records serialize");
+        changed(call, record.id, &record.owner, None);
+        let mut view = view_of(&record)?;
         view["apiKey"] = Value::String(key.expose().to_owned());
         Ok(AdminResponse::json(200, json!({ "apiKey": view })))
     }
 
     async fn get(&self, id: &str) -> Result<AdminResponse, AdminResponse> {
         let id = parse_id(id)?;
-        let record = self
-            .gate
-            .get(id)
-            .await
-            .map_err(fail)?
-            .ok_or_else(AdminResponse::not_found)?;
+        let record = self.record(id).await?;
         Ok(AdminResponse::json(
             200,
             json!({ "apiKey": KeyView(&record) }),
         ))
     }
 
-    async fn update(&self, id: &str, body: &[u8]) -> Result<AdminResponse, AdminResponse> {
+    async fn update(
+        &self,
+        call: &Call<'_>,
+        id: &str,
+        body: &[u8],
+    ) -> Result<AdminResponse, AdminResponse> {
         let id = parse_id(id)?;
         let body: UpdateBody = parse(body)?;
         let mut patch = KeyPatch::new();
         if let Some(active) = body.is_active {
             patch = patch.active(active);
         }
-        if let Some(user_id) = body.user_id {
-            self.require_user(&user_id).await?;
-            patch = patch.owner(user_id);
-        }
+        let new_owner = match body.user_id {
+            Some(user_id) => {
+                let owner = self.require_user(&user_id).await?;
+                patch = patch.owner(user_id.clone());
+                Some((user_id, owner))
+            }
+            None => None,
+        };
         if let Some(name) = body.name {
             patch = patch.name(name);
         }
@@ -306,25 +510,54 @@ impl AdminApi {
         if let Some(expires_at) = body.expires_at {
             patch = patch.expires_at(expires_at);
         }
+
+        let before = self.record(id).await?;
+        let before_owner = self.owner_permissions(&before.owner).await?;
+        let mut after = before.clone();
+        patch.apply(&mut after);
+        let (after_id, after_owner) = match &new_owner {
+            Some((user_id, owner)) => (user_id.as_str(), owner),
+            None => (before.owner.as_str(), &before_owner),
+        };
+        let widened = authority::widens(&before, &before_owner, &after, after_owner);
+        let result = widened.then(|| Reach::of(&after, after_owner));
+        self.authorize(
+            call,
+            &id.to_string(),
+            &[(&before.owner, &before_owner), (after_id, after_owner)],
+            result.as_ref(),
+        )?;
+
         let record = self.gate.update(id, patch).await.map_err(fail)?;
+        changed(call, id, &record.owner, None);
         Ok(AdminResponse::json(
             200,
             json!({ "apiKey": KeyView(&record) }),
         ))
     }
 
-    async fn delete(&self, id: &str) -> Result<AdminResponse, AdminResponse> {
+    async fn delete(&self, call: &Call<'_>, id: &str) -> Result<AdminResponse, AdminResponse> {
         let id = parse_id(id)?;
+        let record = self.record(id).await?;
+        let owner = self.owner_permissions(&record.owner).await?;
+        self.authorize(call, &id.to_string(), &[(&record.owner, &owner)], None)?;
         self.gate.delete(id).await.map_err(fail)?;
+        changed(call, id, &record.owner, None);
         Ok(AdminResponse {
             status: 200,
             content_type: "text/plain; charset=utf-8",
             body: "OK".to_owned(),
             retry_after: None,
+            www_authenticate: None,
         })
     }
 
-    async fn rotate(&self, id: &str, body: &[u8]) -> Result<AdminResponse, AdminResponse> {
+    async fn rotate(
+        &self,
+        call: &Call<'_>,
+        id: &str,
+        body: &[u8],
+    ) -> Result<AdminResponse, AdminResponse> {
         let id = parse_id(id)?;
         let body: RotateBody = if body.iter().all(u8::is_ascii_whitespace) {
             RotateBody::default()
@@ -334,7 +567,8 @@ impl AdminApi {
         let grace = match body.grace_period {
             None => TimeDelta::zero(),
             Some(secs) if secs.is_finite() && (0.0..1e11).contains(&secs) => {
-                TimeDelta::milliseconds((secs * 1000.0) as i64)
+                TimeDelta::try_milliseconds((secs * 1000.0) as i64)
+                    .ok_or_else(|| AdminResponse::bad_request("gracePeriod: out of range"))?
             }
             Some(_) => {
                 return Err(AdminResponse::bad_request(
@@ -342,9 +576,49 @@ impl AdminApi {
                 ))
             }
         };
-        let IssuedKey { record, key } = self.gate.rotate(id, grace).await.map_err(fail)?;
+        let old = self.record(id).await?;
+        let owner = self.owner_permissions(&old.owner).await?;
+        // The new key keeps the old one's owner and scopes; its expiry is at most the old
+        // lifetime counted from now (later than that only if it overflows: then forever,
+        // which the rule judges most strictly).
+        let now = request_time(call.caller)?;
+        let until = match old.expires_at {
+            None => None,
+            Some(at) => {
+                let lifetime = at
+                    .signed_duration_since(old.created_at)
+                    .max(TimeDelta::seconds(1));
+                now.checked_add_signed(lifetime).map(|end| end.max(at))
+            }
+        };
+        let result = Reach::new(&owner, old.scopes.as_ref(), until);
+        self.authorize(
+            call,
+            &id.to_string(),
+            &[(&old.owner, &owner)],
+            Some(&result),
+        )?;
+        let IssuedKey { mut record, key } = self.gate.rotate(id, grace).await.map_err(fail)?;
+        // The gate counted the new lifetime from its clock, a little after the request
+        // time the check used: trim that sliver so the new key never outlives the caller.
+        if let (Some(limit), Some(at)) = (call.caller.expires_at(), record.expires_at) {
+            if at > limit {
+                let trim = KeyPatch::new().expires_at(Some(limit));
+                match self.gate.update(record.id, trim).await {
+                    Ok(trimmed) => record = trimmed,
+                    // The new key exists: losing its plaintext would be worse.
+                    Err(error) => tracing::warn!(
+                        target: "keygate",
+                        key_id = %record.id,
+                        error = %error,
+                        "admin API: could not trim the rotated key to the caller's expiry"
+                    ),
+                }
+            }
+        }
+        changed(call, id, &record.owner, Some(record.id));
         let previous = self.gate.get(id).await.map_err(fail)?;
-        let mut view = serde_json::to_value(KeyView(&record)).expect("records serialize");
+        let mut view = view_of(&record)?;
         view["apiKey"] = Value::String(key.expose().to_owned());
         Ok(AdminResponse::json(
             200,
@@ -352,13 +626,62 @@ impl AdminApi {
         ))
     }
 
-    async fn require_user(&self, user_id: &str) -> Result<(), AdminResponse> {
+    /// The record `id`, or 404.
+    async fn record(&self, id: KeyId) -> Result<KeyRecord, AdminResponse> {
+        self.gate
+            .get(id)
+            .await
+            .map_err(fail)?
+            .ok_or_else(AdminResponse::not_found)
+    }
+
+    /// The permissions of `user_id`, who must exist (400 otherwise): for a key about to
+    /// be minted for, or moved to, them.
+    async fn require_user(&self, user_id: &str) -> Result<Permissions, AdminResponse> {
         match self.gate.owner(user_id).await {
-            Ok(Some(_)) => Ok(()),
+            Ok(Some(owner)) => Ok(owner.permissions),
             Ok(None) => Err(AdminResponse::bad_request("userId: no such user")),
             Err(_) => Err(unavailable()),
         }
     }
+
+    /// The permissions of the owner of an existing key. One the directory no longer knows
+    /// counts as holding every permission: they may come back with any.
+    async fn owner_permissions(&self, user_id: &str) -> Result<Permissions, AdminResponse> {
+        match self.gate.owner(user_id).await {
+            Ok(Some(owner)) => Ok(owner.permissions),
+            Ok(None) => Ok(Permissions::All),
+            Err(_) => Err(unavailable()),
+        }
+    }
+}
+
+/// Logs one admin change: the action, the key acted on, the acting key and owner (and the
+/// new key of a rotate). Never a secret.
+fn changed(call: &Call<'_>, key_id: KeyId, owner: &str, new_key_id: Option<KeyId>) {
+    let new_key_id = new_key_id.map(|id| id.to_string());
+    tracing::info!(
+        target: "keygate",
+        action = call.action,
+        key_id = %key_id,
+        owner = %owner,
+        new_key_id = new_key_id.as_deref(),
+        actor_key_id = %call.caller.key_id(),
+        actor_owner = %call.caller.owner_id(),
+        "admin API change"
+    );
+}
+
+/// The request's "now": the gate's clock when the caller's key was accepted.
+fn request_time(caller: &Principal) -> Result<DateTime<Utc>, AdminResponse> {
+    caller
+        .verified_at()
+        .ok_or_else(|| AdminResponse::internal("clock out of range"))
+}
+
+fn view_of(record: &KeyRecord) -> Result<Value, AdminResponse> {
+    serde_json::to_value(KeyView(record))
+        .map_err(|_| AdminResponse::internal("record does not serialize"))
 }
 
 /// A record as the admin API shows it (camelCase, no hash).
@@ -520,6 +843,15 @@ mod tests {
         let body: UpdateBody =
             serde_json::from_str(r#"{"expiresAt":"2030-01-01T00:00:00Z"}"#).unwrap();
         assert!(matches!(body.expires_at, Some(Some(_))));
+    }
+
+    #[test]
+    fn events_name_a_parsed_id_never_the_raw_path() {
+        let id = KeyId::random().to_string();
+        assert_eq!(AdminRequest::Get { id: &id }.target(), id);
+        let forged = "x\nINFO keygate: admin API change";
+        assert_eq!(AdminRequest::Delete { id: forged }.target(), "invalid");
+        assert_eq!(AdminRequest::List { query: None }.target(), "-");
     }
 
     #[test]

@@ -40,7 +40,8 @@
 //! }
 //!
 //! fn app(gate: Keygate) -> Router {
-//!     let admin = keygate::admin::AdminApi::new(gate.clone(), |p| p.allows("admin"));
+//!     // Admins: keys whose owner the directory grants "admin" (or a key scoped to it).
+//!     let admin = keygate::admin::AdminApi::new(gate.clone());
 //!     Router::new()
 //!         .route("/api/me", get(me))
 //!         .route("/api/upload", axum::routing::post(upload))
@@ -227,6 +228,12 @@ impl IntoResponse for AdminResponse {
         if let Some(secs) = self.retry_after {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
+        if let Some(challenge) = self
+            .www_authenticate
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            headers.insert(WWW_AUTHENTICATE, challenge);
+        }
         response
     }
 }
@@ -234,7 +241,8 @@ impl IntoResponse for AdminResponse {
 /// The admin API ([`crate::admin`]) at `path` (e.g. `/api/api-keys`), as a router to
 /// [`merge`](Router::merge) into the application. Both `path` and `path/` serve the list
 /// and create routes, as Audiobookshelf's Express router does. Every route verifies the
-/// caller's key and requires [`AdminApi::is_admin`].
+/// caller's key and requires [`AdminApi::is_admin`] (the admin permission, explicitly
+/// granted); what an admin may do is bounded by its own key (see [`crate::admin`]).
 pub fn admin_routes<S>(path: &str, api: AdminApi) -> Router<S> {
     let path = path.trim_end_matches('/');
     Router::new()

@@ -583,7 +583,8 @@ impl Keygate {
     }
 
     /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
-    /// user exists, active, with all permissions.
+    /// user exists, active, with all permissions (implied, so not an explicit grant: see
+    /// [`Principal::grants`]).
     pub async fn owner(&self, user_id: &str) -> Result<Option<Owner>, crate::DirectoryError> {
         match &self.inner.users {
             None => Ok(Some(Owner::unrestricted())),
@@ -741,7 +742,7 @@ impl Keygate {
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(record, owner))
+        Ok(Principal::new(record, owner, inner.users.is_some(), now))
     }
 }
 

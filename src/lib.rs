@@ -44,6 +44,10 @@
 //! - [`UserDirectory`]: the host application's users (active? permissions?).
 //! - [`Principal`]: the verified caller; [`VerifyError`]: why not, with
 //!   [`VerifyError::http`] for the HTTP answer.
+//! - [`admin::AdminApi`]: the Audiobookshelf-style `/api/api-keys` API, for callers
+//!   *explicitly* granted `"admin"` ([`Principal::grants`]: by the directory, or by the
+//!   key's own scopes; never because there is no directory), and unable to mint or widen
+//!   a key beyond the calling key's own reach.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

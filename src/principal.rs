@@ -41,11 +41,32 @@ pub struct Principal {
     /// Shared, so cloning a principal (extractors keep one in request extensions) never
     /// copies the owner's permission set.
     owner: Arc<Owner>,
+    /// Whether `owner` came from a configured [`UserDirectory`](crate::UserDirectory), or is
+    /// the implicit all-permissions owner of a gate without one.
+    from_directory: bool,
+    /// The gate's clock when the key was accepted, in microseconds since the epoch.
+    verified_at: i64,
 }
 
 impl Principal {
-    pub(crate) fn new(record: Arc<KeyRecord>, owner: Arc<Owner>) -> Self {
-        Self { record, owner }
+    pub(crate) fn new(
+        record: Arc<KeyRecord>,
+        owner: Arc<Owner>,
+        from_directory: bool,
+        verified_at: i64,
+    ) -> Self {
+        Self {
+            record,
+            owner,
+            from_directory,
+            verified_at,
+        }
+    }
+
+    /// When the gate accepted the key (its clock), to the microsecond: the request's
+    /// "now" for the admin API. `None` only for a clock outside chrono's range.
+    pub(crate) fn verified_at(&self) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_micros(self.verified_at)
     }
 
     /// The key's id.
@@ -97,6 +118,44 @@ impl Principal {
                 .scopes
                 .as_ref()
                 .is_none_or(|scopes| scopes.contains(permission))
+    }
+
+    /// Whether `permission` was granted *explicitly*: [`allows`](Self::allows) it, and
+    /// either the owner's permissions come from a configured
+    /// [`UserDirectory`](crate::UserDirectory) (which lists `permission` or answers
+    /// [`Permissions::All`]), or the key's own scopes name `permission`.
+    ///
+    /// On a gate without a directory every owner implicitly holds all permissions, so
+    /// `allows` is true for any unscoped key; `grants` is not. Use it for powers that must
+    /// never follow from missing configuration, such as the admin API
+    /// ([`AdminApi`](crate::admin::AdminApi) does).
+    ///
+    /// ```
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+    ///
+    /// // No directory: every owner implicitly holds every permission.
+    /// let gate = Keygate::builder(MemoryStore::new())
+    ///     .pepper(Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+    ///     .build()?;
+    /// let plain = gate.mint(NewKey::new("script", "alice")).await?;
+    /// let plain = gate.verify(plain.key.expose()).await?;
+    /// assert!(plain.allows("admin")); // implied by the missing directory...
+    /// assert!(!plain.grants("admin")); // ...so not granted
+    ///
+    /// let bootstrap = gate.mint(NewKey::new("bootstrap", "alice").scopes(["admin"])).await?;
+    /// let bootstrap = gate.verify(bootstrap.key.expose()).await?;
+    /// assert!(bootstrap.grants("admin")); // named explicitly on the key
+    /// # Ok(()) }
+    /// ```
+    pub fn grants(&self, permission: &str) -> bool {
+        self.allows(permission)
+            && (self.from_directory
+                || self
+                    .record
+                    .scopes
+                    .as_ref()
+                    .is_some_and(|scopes| scopes.contains(permission)))
     }
 
     /// [`allows`](Self::allows) as a `Result`, for `?` in handlers:

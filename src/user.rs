@@ -30,8 +30,12 @@ impl Owner {
         }
     }
 
-    /// An active owner who may do everything (an admin, or any owner when the gate has no
-    /// directory).
+    /// An active owner who may do everything.
+    ///
+    /// Answered by a [`UserDirectory`], it grants everything explicitly, admin included
+    /// (see [`Principal::grants`](crate::Principal::grants)). A gate without a directory
+    /// treats every owner as this implicitly: their keys [`allow`](crate::Principal::allows)
+    /// everything, but are *granted* only what their own scopes name.
     pub fn unrestricted() -> Self {
         Self {
             active: true,

@@ -834,7 +834,7 @@ fn admin_app(
         InitError = (),
     >,
 > {
-    let api = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    let api = AdminApi::new(gate.clone());
     App::new()
         .service(admin_scope("/api/api-keys", api))
         .service(
@@ -1215,5 +1215,99 @@ fn admin_store_unavailable_is_503() {
         send(&app, as_admin(get("/api/api-keys"), &admin).to_request())
             .await
             .assert_row(503, None, BODY_UNAVAILABLE);
+    });
+}
+
+#[test]
+fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
+    run(async {
+        let fx = fixture();
+        // The admin's key scoped to key management only.
+        let (scoped_id, scoped) = fx
+            .mint_with(NewKey::new("keys only", "admin").scopes(["admin"]))
+            .await;
+        let (bob_id, _) = fx.mint("bob").await;
+        let app = test::init_service(admin_app(&fx.gate)).await;
+        let reply = send(&app, bearer(get("/api/api-keys"), &scoped).to_request()).await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        fx.gate.flush().await.unwrap();
+        let before = fx.gate.list(ListQuery::new()).await.unwrap().records;
+
+        let escalations = [
+            (
+                post_json("/api/api-keys", json!({"name": "x", "userId": "admin"})),
+                "wider_permissions",
+            ),
+            (
+                post_json(
+                    "/api/api-keys",
+                    json!({"name": "x", "userId": "bob", "scopes": ["library:read"]}),
+                ),
+                "owner_out_of_reach",
+            ),
+            (
+                patch_json(
+                    &format!("/api/api-keys/{scoped_id}"),
+                    json!({"scopes": null}),
+                ),
+                "wider_permissions",
+            ),
+            (
+                patch_json(
+                    &format!("/api/api-keys/{bob_id}"),
+                    json!({"userId": "admin"}),
+                ),
+                "owner_out_of_reach",
+            ),
+            (
+                post_json(&format!("/api/api-keys/{bob_id}/rotate"), json!({})),
+                "owner_out_of_reach",
+            ),
+        ];
+        for (req, reason) in escalations {
+            let reply = send(&app, bearer(req, &scoped).to_request()).await;
+            assert_eq!(reply.status, 403, "{reply:?}");
+            assert_eq!(
+                reply.www_authenticate.as_deref(),
+                Some(format!(r#"Bearer realm="{REALM}", error="insufficient_scope""#).as_str())
+            );
+            assert_eq!(reply.json()["error"], "forbidden");
+            assert_eq!(reply.json()["reason"], reason, "{reply:?}");
+        }
+        fx.gate.flush().await.unwrap();
+        assert_eq!(
+            fx.gate.list(ListQuery::new()).await.unwrap().records,
+            before
+        );
+
+        // The same calls from the admin's unscoped key are within its reach.
+        let (_, admin) = fx.mint("admin").await;
+        let reply = send(
+            &app,
+            as_admin(
+                post_json(
+                    "/api/api-keys",
+                    json!({"name": "x", "userId": "bob", "scopes": ["library:read"]}),
+                ),
+                &admin,
+            )
+            .to_request(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        let reply = send(
+            &app,
+            as_admin(
+                patch_json(
+                    &format!("/api/api-keys/{scoped_id}"),
+                    json!({"scopes": null}),
+                ),
+                &admin,
+            )
+            .to_request(),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{reply:?}");
+        assert_eq!(reply.json()["apiKey"]["scopes"], Value::Null);
     });
 }

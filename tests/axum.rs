@@ -166,7 +166,7 @@ async fn twice(first: Principal, Require(second, ..): Require<LibraryRead>) -> S
 }
 
 fn app(gate: Keygate) -> Router {
-    let admin = AdminApi::new(gate.clone(), |p| p.allows("admin"));
+    let admin = AdminApi::new(gate.clone());
     Router::new()
         .route("/open", get(|| async { "open" }))
         .route("/api/me", get(me))
@@ -1177,4 +1177,91 @@ async fn an_accepted_request_logs_no_refusal() {
         !lines.iter().any(|l| l.contains("refused")),
         "an accepted request was logged as refused: {lines:#?}"
     );
+}
+
+#[tokio::test]
+async fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
+    let f = fixture().await;
+    // root's key scoped to key management only, and alice's key.
+    let scoped = mint(&f.gate, NewKey::new("keys only", "root").scopes(["admin"])).await;
+    mint(&f.gate, NewKey::new("alice's", "alice")).await;
+    let records = all_records(&f.gate).await;
+    let id_of = |owner: &str, name: &str| {
+        records
+            .iter()
+            .find(|r| r.owner == owner && r.name == name)
+            .unwrap()
+            .id
+    };
+    let (scoped_id, alice_id) = (id_of("root", "keys only"), id_of("alice", "alice's"));
+    assert_eq!(
+        get_as(&f.app, "/api/api-keys", &scoped).await.status,
+        StatusCode::OK
+    );
+    f.gate.flush().await.unwrap();
+    let before = all_records(&f.gate).await;
+
+    let escalations = [
+        (
+            Method::POST,
+            "/api/api-keys".to_owned(),
+            json!({ "name": "x", "userId": "root" }),
+            "wider_permissions",
+        ),
+        (
+            Method::POST,
+            "/api/api-keys".to_owned(),
+            json!({ "name": "x", "userId": "alice", "scopes": ["library:read"] }),
+            "owner_out_of_reach",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/api-keys/{scoped_id}"),
+            json!({ "scopes": null, "expiresAt": null }),
+            "wider_permissions",
+        ),
+        (
+            Method::PATCH,
+            format!("/api/api-keys/{alice_id}"),
+            json!({ "userId": "root" }),
+            "owner_out_of_reach",
+        ),
+    ];
+    for (method, path, body, reason) in escalations {
+        let reply = call(&f.app, method.clone(), &path, &scoped, Some(body)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::FORBIDDEN,
+            "{method} {path}: {}",
+            reply.body
+        );
+        assert_eq!(
+            reply.challenge(),
+            Some(format!(r#"Bearer realm="{REALM}", error="insufficient_scope""#).as_str())
+        );
+        assert_eq!(reply.json()["error"], "forbidden");
+        assert_eq!(reply.json()["reason"], reason, "{}", reply.body);
+    }
+    f.gate.flush().await.unwrap();
+    assert_eq!(all_records(&f.gate).await, before);
+
+    // Within its reach the scoped key still works; root's unscoped key may do the rest.
+    let reply = call(
+        &f.app,
+        Method::POST,
+        "/api/api-keys",
+        &scoped,
+        Some(json!({ "name": "x", "userId": "root", "scopes": ["admin"] })),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = call(
+        &f.app,
+        Method::PATCH,
+        &format!("/api/api-keys/{alice_id}"),
+        &f.root_key,
+        Some(json!({ "userId": "root" })),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
 }

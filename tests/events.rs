@@ -278,3 +278,186 @@ async fn a_successful_verify_logs_nothing_secret() {
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
     assert_clean(&capture.lines(), &secrets);
 }
+
+#[tokio::test]
+async fn admin_changes_and_refusals_name_the_acting_key_and_owner() {
+    use keygate::admin::{AdminApi, AdminRequest};
+    use keygate::Owner;
+
+    let capture = Capture::default();
+    let _guard = tracing::subscriber::set_default(capture.clone());
+    let h = Harness::new();
+    h.users.set("root", Owner::unrestricted());
+    h.users.set("ops", Owner::active(["admin"]));
+    let api = AdminApi::new(h.gate.clone());
+    let root_key = h.gate.mint(NewKey::new("root", "root")).await.unwrap();
+    let root = h.gate.verify(root_key.key.expose()).await.unwrap();
+    let actor = format!(" actor_key_id={}", root.key_id());
+    let body_of = |response: &keygate::admin::AdminResponse| -> serde_json::Value {
+        assert_eq!(response.status, 200, "{}", response.body);
+        serde_json::from_str(&response.body).unwrap()
+    };
+    capture.take();
+
+    let created = body_of(
+        &api.handle(
+            &root,
+            AdminRequest::Create {
+                body: br#"{"name":"k","userId":"alice"}"#,
+            },
+        )
+        .await,
+    );
+    let id = created["apiKey"]["id"].as_str().unwrap().to_owned();
+    let plaintext = created["apiKey"]["apiKey"].as_str().unwrap().to_owned();
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "INFO keygate",
+                "admin API change",
+                "action=create",
+                &format!(" key_id={id}"),
+                &actor,
+                "actor_owner=root"
+            ]
+        ),
+        "{lines:#?}"
+    );
+
+    body_of(
+        &api.handle(
+            &root,
+            AdminRequest::Update {
+                id: &id,
+                body: br#"{"isActive":false}"#,
+            },
+        )
+        .await,
+    );
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "admin API change",
+                "action=update",
+                &format!(" key_id={id}"),
+                &actor,
+                "actor_owner=root"
+            ]
+        ),
+        "{lines:#?}"
+    );
+
+    let rotated = body_of(
+        &api.handle(&root, AdminRequest::Rotate { id: &id, body: b"" })
+            .await,
+    );
+    let new_id = rotated["apiKey"]["id"].as_str().unwrap().to_owned();
+    let new_plaintext = rotated["apiKey"]["apiKey"].as_str().unwrap().to_owned();
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "admin API change",
+                "action=rotate",
+                &format!(" key_id={id}"),
+                &format!("new_key_id={new_id}"),
+                &actor
+            ]
+        ),
+        "{lines:#?}"
+    );
+
+    assert_eq!(
+        api.handle(&root, AdminRequest::Delete { id: &id })
+            .await
+            .status,
+        200
+    );
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "admin API change",
+                "action=delete",
+                &format!(" key_id={id}"),
+                &actor,
+                "actor_owner=root"
+            ]
+        ),
+        "{lines:#?}"
+    );
+
+    // Refusals: not admin, and an escalation, each with the reason and the actor.
+    let alice_key = h
+        .gate
+        .mint(NewKey::new("a", "alice").scopes(["library:read"]))
+        .await
+        .unwrap();
+    let alice = h.gate.verify(alice_key.key.expose()).await.unwrap();
+    let ops_key = h.gate.mint(NewKey::new("o", "ops")).await.unwrap();
+    let ops = h.gate.verify(ops_key.key.expose()).await.unwrap();
+    capture.take();
+    assert_eq!(
+        api.handle(&alice, AdminRequest::List { query: None })
+            .await
+            .status,
+        403
+    );
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "admin API refused",
+                "action=list",
+                "reason=not_admin",
+                &format!("actor_key_id={}", alice.key_id()),
+                "actor_owner=alice"
+            ]
+        ),
+        "{lines:#?}"
+    );
+    let response = api
+        .handle(
+            &ops,
+            AdminRequest::Update {
+                id: &new_id,
+                body: br#"{"userId":"ops"}"#,
+            },
+        )
+        .await;
+    assert_eq!(response.status, 403, "{}", response.body);
+    let lines = capture.take();
+    assert!(
+        any_line(
+            &lines,
+            &[
+                "WARN keygate",
+                "admin API refused",
+                "action=update",
+                "reason=owner_out_of_reach",
+                &format!(" key_id={new_id}"),
+                &format!("actor_key_id={}", ops.key_id()),
+                "actor_owner=ops"
+            ]
+        ),
+        "{lines:#?}"
+    );
+
+    let keys = [
+        root_key.key.expose(),
+        alice_key.key.expose(),
+        ops_key.key.expose(),
+        plaintext.as_str(),
+        new_plaintext.as_str(),
+    ];
+    let mut secrets: Vec<&str> = keys.to_vec();
+    secrets.extend(keys.iter().map(|k| secret_part(k, PREFIX)));
+    assert_clean(&capture.lines(), &secrets);
+}
