@@ -90,13 +90,13 @@ pub use ::redis;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
 pub use gate::{IssuedKey, Keygate, KeygateBuilder, MAX_NAME_LEN, MAX_PAGE};
-pub use hash::{Pepper, SecretHash, MIN_PEPPER_LEN};
+pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
 pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
 pub use principal::{Permission, Principal};
-pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
+pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

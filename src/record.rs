@@ -6,8 +6,12 @@ use std::collections::BTreeSet;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::hash::SecretHash;
+use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
+
+/// Longest owner id a stored record may carry, in bytes. Owner ids are user ids (a UUID,
+/// an email address); anything longer is not one.
+pub const MAX_STORED_OWNER_LEN: usize = 1024;
 
 /// Free-form JSON metadata attached to a key.
 pub type Metadata = serde_json::Map<String, serde_json::Value>;
@@ -54,6 +58,89 @@ impl KeyRecord {
     /// Whether the key has expired at `now` (`now >= expires_at`).
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
+    }
+
+    /// The one check every record passes before keygate trusts it: the verify path applies
+    /// it to whatever any store returns (so a third-party store or a hand-made table
+    /// cannot fail open), and [`mint`](crate::Keygate::mint) and
+    /// [`import`](crate::Keygate::import) to what they are about to write.
+    ///
+    /// - the id is `expected`, the id that was asked for;
+    /// - the owner is not empty or blank, has no control characters and is at most
+    ///   [`MAX_STORED_OWNER_LEN`] bytes (an empty owner would otherwise act as a user the
+    ///   directory may not know, or, without a directory, as an unrestricted one);
+    /// - an opaque record has a hash; a JWT record's hash, if any, is of the
+    ///   [`HashScheme::Secret`] kind (binding is for opaque keys only);
+    /// - every instant lies in the years 1 to 9999 (what RFC 3339, SQL and JSON clients
+    ///   all represent), so no arithmetic or rendering on it can fail.
+    ///
+    /// The JSON fields need no check here: their types (a set of strings, a JSON object)
+    /// are what the stores' decoders must produce or refuse as
+    /// [`StoreError::Corrupt`](crate::StoreError::Corrupt).
+    pub(crate) fn check(&self, expected: KeyId) -> Result<(), InvalidRecord> {
+        if self.id != expected {
+            return Err(InvalidRecord::new("id", "is not the id asked for"));
+        }
+        check_stored_owner(&self.owner)?;
+        match (&self.format, &self.hash) {
+            (KeyFormat::Opaque, None) => {
+                return Err(InvalidRecord::new("hash", "an opaque record needs a hash"))
+            }
+            (KeyFormat::Jwt, Some(hash)) if hash.scheme != HashScheme::Secret => {
+                return Err(InvalidRecord::new(
+                    "hash",
+                    "a JWT record's hash is of its signature alone",
+                ))
+            }
+            _ => {}
+        }
+        let instants = [
+            ("created_at", Some(self.created_at)),
+            ("updated_at", Some(self.updated_at)),
+            ("expires_at", self.expires_at),
+            ("last_used_at", self.last_used_at),
+        ];
+        for (field, at) in instants {
+            if at.is_some_and(|at| !(1..=9999).contains(&chrono::Datelike::year(&at))) {
+                return Err(InvalidRecord::new(field, "outside the years 1 to 9999"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The owner rules of [`KeyRecord::check`].
+pub(crate) fn check_stored_owner(owner: &str) -> Result<(), InvalidRecord> {
+    if owner.trim().is_empty() {
+        return Err(InvalidRecord::new("owner", "must not be empty"));
+    }
+    if owner.len() > MAX_STORED_OWNER_LEN {
+        return Err(InvalidRecord::new("owner", "longer than 1024 bytes"));
+    }
+    if owner.chars().any(char::is_control) {
+        return Err(InvalidRecord::new(
+            "owner",
+            "must not contain control characters",
+        ));
+    }
+    Ok(())
+}
+
+/// Why a record failed [`KeyRecord::check`]: the field and what is wrong with it. As the
+/// source of a [`StoreError::Corrupt`](crate::StoreError::Corrupt) it names no value, so
+/// logging it leaks nothing from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid stored record: {field} {reason}")]
+pub struct InvalidRecord {
+    /// The offending field, e.g. `"owner"`.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+impl InvalidRecord {
+    fn new(field: &'static str, reason: &'static str) -> Self {
+        Self { field, reason }
     }
 }
 
@@ -305,6 +392,57 @@ mod tests {
             scopes: None,
             metadata: Metadata::new(),
         }
+    }
+
+    #[test]
+    fn records_are_checked_field_by_field() {
+        let mut r = record();
+        r.hash = Some(SecretHash {
+            version: 1,
+            digest: [1; 32],
+            scheme: HashScheme::Bound,
+        });
+        assert_eq!(r.check(r.id), Ok(()));
+        let field = |r: &KeyRecord| r.check(r.id).map_err(|e| e.field);
+        assert_eq!(r.check(KeyId::random()).map_err(|e| e.field), Err("id"));
+        for owner in ["", "  ", "a\u{1b}[2J", "nul\0"] {
+            let bad = KeyRecord {
+                owner: owner.into(),
+                ..r.clone()
+            };
+            assert_eq!(field(&bad), Err("owner"), "{owner:?}");
+        }
+        let long = KeyRecord {
+            owner: "x".repeat(MAX_STORED_OWNER_LEN + 1),
+            ..r.clone()
+        };
+        assert_eq!(field(&long), Err("owner"));
+        let unhashed = KeyRecord {
+            hash: None,
+            ..r.clone()
+        };
+        assert_eq!(field(&unhashed), Err("hash"));
+        // A JWT record: no hash is fine, a bound one is not.
+        let jwt = KeyRecord {
+            format: KeyFormat::Jwt,
+            ..unhashed.clone()
+        };
+        assert_eq!(field(&jwt), Ok(()));
+        let bound_jwt = KeyRecord {
+            format: KeyFormat::Jwt,
+            ..r.clone()
+        };
+        assert_eq!(field(&bound_jwt), Err("hash"));
+        let far = KeyRecord {
+            expires_at: Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).single(),
+            ..r.clone()
+        };
+        assert_eq!(field(&far), Err("expires_at"));
+        let early = KeyRecord {
+            created_at: Utc.with_ymd_and_hms(0, 12, 31, 0, 0, 0).unwrap(),
+            ..r
+        };
+        assert_eq!(field(&early), Err("created_at"));
     }
 
     #[test]

@@ -19,11 +19,18 @@ use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`SqliteStore::migrate`].
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "create keygate_keys",
-    include_str!("../../migrations/sqlite/0001_create_keys.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "create keygate_keys",
+        include_str!("../../migrations/sqlite/0001_create_keys.sql"),
+    ),
+    (
+        2,
+        "add keygate_keys.hash_scheme",
+        include_str!("../../migrations/sqlite/0002_hash_scheme.sql"),
+    ),
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (
     version     INTEGER PRIMARY KEY,
@@ -71,6 +78,10 @@ impl SqliteStore {
     /// nothing is created or migrated.
     ///
     /// File databases use the WAL journal, `synchronous = FULL` and a 5 s busy timeout.
+    /// On Unix a database file this creates is readable and writable by its owner only
+    /// (mode 0600, further narrowed by the umask), and so are its `-wal` and `-shm` files,
+    /// which SQLite creates with the database file's permissions; an existing file keeps
+    /// its mode.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let memory = is_memory(url);
         let read_only = url.starts_with("sqlite:") && has_param(url, "mode=ro");
@@ -84,6 +95,9 @@ impl SqliteStore {
             .create_if_missing(!read_only)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Full);
+        if !memory && !read_only {
+            create_private(options.get_filename())?;
+        }
         let pool = if memory {
             // An in-memory database lives as long as a connection to it: keep exactly one,
             // forever, so every caller sees the same data.
@@ -169,6 +183,30 @@ impl SqliteStore {
     }
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist, before SQLite opens it (SQLite
+/// would create it 0644 under the usual umask, readable by every local user). An empty
+/// file is an empty database to SQLite.
+#[cfg(unix)]
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::backend(e)),
+    }
+}
+
+/// Elsewhere the file inherits its directory's access rules.
+#[cfg(not(unix))]
+fn create_private(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 fn is_memory(url: &str) -> bool {
     let path = url
         .trim_start_matches("sqlite://")
@@ -229,6 +267,7 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         hash: sql::hash_from(
             row.try_get(2).map_err(get_err)?,
             row.try_get(3).map_err(get_err)?,
+            row.try_get(15).map_err(get_err)?,
         )?,
         name: row.try_get(4).map_err(get_err)?,
         description: row.try_get(5).map_err(get_err)?,
@@ -244,12 +283,12 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-/// Binds every column of `record` in [`key_columns`] order to `?1`..`?15`.
+/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`.
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     record: &'q KeyRecord,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let (hash_version, hash_digest) = sql::hash_to(record.hash.as_ref());
+    let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
     query
         .bind(record.id.to_string())
         .bind(record.format.as_str())
@@ -266,6 +305,7 @@ fn bind_record<'q>(
         .bind(record.active)
         .bind(scopes_to_json(record.scopes.as_ref()))
         .bind(metadata_to_json(&record.metadata))
+        .bind(hash_scheme)
 }
 
 #[async_trait]
@@ -274,7 +314,7 @@ impl KeyStore for SqliteStore {
         let query = sqlx::query(concat!(
             "INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ));
         match bind_record(query, &record).execute(&self.pool).await {
             Ok(_) => Ok(()),
@@ -322,7 +362,7 @@ impl KeyStore for SqliteStore {
             "UPDATE keygate_keys SET format = ?2, hash_version = ?3, hash_digest = ?4, \
              name = ?5, description = ?6, owner_id = ?7, created_by = ?8, created_at = ?9, \
              updated_at = ?10, expires_at = ?11, last_used_at = ?12, active = ?13, \
-             scopes = ?14, metadata = ?15 WHERE id = ?1",
+             scopes = ?14, metadata = ?15, hash_scheme = ?16 WHERE id = ?1",
         );
         bind_record(query, &record)
             .execute(&mut *tx)
