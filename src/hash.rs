@@ -45,7 +45,7 @@ pub struct SecretHash {
 ///   text. Binding adds nothing there: the HS256 signature already covers the `keyId`
 ///   claim, so a signature (and its digest) copied to another record's id belongs to no
 ///   token that can carry that id; the record only says *which* correctly signed token
-///   for its id it accepts. A JWT record with a `Bound` hash is refused as corrupt.
+///   for its id it accepts. A `Bound` hash on a JWT record matches no token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
