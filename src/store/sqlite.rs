@@ -248,13 +248,26 @@ fn metadata_from_json(json: &str) -> Result<Metadata, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
+/// A column that must not be NULL. SQLite decodes NULL as `""`, `0` or `false` into a
+/// plain `String`, `i64` or `bool`, so a table without keygate's `NOT NULL` constraints
+/// (see [`SqliteStore::from_pool`]) would pass a NULL owner as `""`: read through `Option`
+/// and refuse NULL as corrupt instead.
+fn required<'r, T>(row: &'r SqliteRow, index: usize) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get::<Option<T>, _>(index)
+        .map_err(store_error)?
+        .ok_or_else(|| sql::corrupt(format!("column {index} is NULL")))
+}
+
 fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let get_err = store_error;
-    let id: String = row.try_get(0).map_err(get_err)?;
+    let id: String = required(row, 0)?;
     let id = KeyId::from_str(&id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
-    let format: String = row.try_get(1).map_err(get_err)?;
+    let format: String = required(row, 1)?;
     let scopes: Option<String> = row.try_get(13).map_err(get_err)?;
-    let metadata: String = row.try_get(14).map_err(get_err)?;
+    let metadata: String = required(row, 14)?;
     let opt_instant = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
         row.try_get::<Option<i64>, _>(i)
             .map_err(get_err)?
@@ -269,15 +282,15 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
             row.try_get(3).map_err(get_err)?,
             row.try_get(15).map_err(get_err)?,
         )?,
-        name: row.try_get(4).map_err(get_err)?,
+        name: required(row, 4)?,
         description: row.try_get(5).map_err(get_err)?,
-        owner: row.try_get(6).map_err(get_err)?,
+        owner: required(row, 6)?,
         created_by: row.try_get(7).map_err(get_err)?,
-        created_at: instant(row.try_get(8).map_err(get_err)?)?,
-        updated_at: instant(row.try_get(9).map_err(get_err)?)?,
+        created_at: instant(required(row, 8)?)?,
+        updated_at: instant(required(row, 9)?)?,
         expires_at: opt_instant(10)?,
         last_used_at: opt_instant(11)?,
-        active: row.try_get(12).map_err(get_err)?,
+        active: required(row, 12)?,
         scopes: scopes_from_json(scopes.as_deref())?,
         metadata: metadata_from_json(&metadata)?,
     })
