@@ -92,12 +92,18 @@ impl KeyRecord {
             ("last_used_at", self.last_used_at),
         ];
         for (field, at) in instants {
-            if at.is_some_and(|at| !(1..=9999).contains(&chrono::Datelike::year(&at))) {
+            if at.is_some_and(|at| !in_stored_range(at)) {
                 return Err(InvalidRecord::new(field, "outside the years 1 to 9999"));
             }
         }
         Ok(())
     }
+}
+
+/// Whether `at` lies in the years 1 to 9999, the range a stored instant must be in (see
+/// [`KeyRecord::check`]); the SQL stores refuse others as they decode.
+pub(crate) fn in_stored_range(at: DateTime<Utc>) -> bool {
+    (1..=9999).contains(&chrono::Datelike::year(&at))
 }
 
 /// The owner rules of [`KeyRecord::check`].

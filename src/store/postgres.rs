@@ -15,7 +15,7 @@ use uuid::Uuid;
 use super::sql::{self, key_columns, store_error, Migration};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
 use crate::key::KeyId;
-use crate::record::{KeyPatch, KeyRecord, Metadata};
+use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`PostgresStore::migrate`].
 const MIGRATIONS: &[Migration] = &[
@@ -239,8 +239,9 @@ impl PostgresStore {
 
 /// A `TIMESTAMPTZ` read without panicking. sqlx's own decoding adds the value to its epoch
 /// with chrono's panicking `+`, so `'infinity'`, `'-infinity'` and years past chrono's
-/// range (PostgreSQL goes to 294276) would panic the reading task; here they are a decode
-/// error, i.e. [`StoreError::Corrupt`].
+/// range (PostgreSQL goes to 294276) would panic the reading task; here they, and any
+/// instant outside the years 1 to 9999 that keygate stores, are a decode error, i.e.
+/// [`StoreError::Corrupt`].
 struct PgInstant(DateTime<Utc>);
 
 /// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in Unix microseconds.
@@ -261,12 +262,17 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PgInstant {
                 micros
                     .checked_add(PG_EPOCH_UNIX_MICROS)
                     .and_then(DateTime::from_timestamp_micros)
+                    .filter(|at| in_stored_range(*at))
                     .map(PgInstant)
                     .ok_or_else(|| format!("timestamp out of range ({micros} µs)").into())
             }
             // Text is parsed, not computed: no arithmetic that could panic.
             sqlx::postgres::PgValueFormat::Text => {
-                <DateTime<Utc> as sqlx::Decode<sqlx::Postgres>>::decode(value).map(PgInstant)
+                let at = <DateTime<Utc> as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                if !in_stored_range(at) {
+                    return Err("timestamp out of range".into());
+                }
+                Ok(PgInstant(at))
             }
         }
     }

@@ -16,7 +16,7 @@ use sqlx::Row;
 use super::sql::{self, key_columns, store_error, Migration};
 use super::{KeyStore, ListQuery, StoreError};
 use crate::key::KeyId;
-use crate::record::{KeyPatch, KeyRecord, Metadata};
+use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`SqliteStore::migrate`].
 const MIGRATIONS: &[Migration] = &[
@@ -225,8 +225,10 @@ fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// Unix microseconds as an instant in the years 1 to 9999 (what keygate stores).
 fn instant(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(micros)
+        .filter(|at| in_stored_range(*at))
         .ok_or_else(|| sql::corrupt(format!("timestamp {micros} out of range")))
 }
 
