@@ -123,8 +123,15 @@ pub(crate) fn check_stored_owner(owner: &str) -> Result<(), InvalidRecord> {
     Ok(())
 }
 
-/// Why a record failed [`KeyRecord::check`]: the field and what is wrong with it. As the
-/// source of a [`StoreError::Corrupt`](crate::StoreError::Corrupt) it names no value, so
+/// Why a stored record was refused as corrupt on verify: the field and what is wrong with
+/// it. keygate checks every record a store returns before trusting it: the id is the one
+/// asked for; the owner is not empty or blank, has no control characters and is at most
+/// [`MAX_STORED_OWNER_LEN`] bytes; an opaque record has a hash; every instant lies in the
+/// years 1 to 9999. [`mint`](crate::Keygate::mint) and [`import`](crate::Keygate::import)
+/// refuse to write such records.
+///
+/// Found as the source of the [`StoreError::Corrupt`](crate::StoreError::Corrupt) inside
+/// [`VerifyError::StoreCorrupt`](crate::VerifyError::StoreCorrupt). It names no value, so
 /// logging it leaks nothing from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid stored record: {field} {reason}")]
