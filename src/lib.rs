@@ -32,7 +32,8 @@
 //! - **Opaque** (default): `abs_` + 71 base62 characters (key id, 256-bit secret, CRC32).
 //!   The public checksum lets [`SCANNER_REGEX`] + [`checksum_ok`] find leaked keys, and lets
 //!   the verifier refuse typos without a store read. At rest only
-//!   `HMAC-SHA256(pepper, secret)` is kept.
+//!   `HMAC-SHA256(pepper, key without its checksum)` is kept, bound to the key's prefix and
+//!   id ([`HashScheme`]).
 //! - **JWT**: HS256 tokens byte-compatible with Audiobookshelf 2.26+ API keys (enable with
 //!   [`KeygateBuilder::jwt_secret`]); see [`JwtSecret`] for what is refused.
 //!
