@@ -113,7 +113,7 @@ const CACHE_TTL: Duration = Duration::from_secs(3600);
 /// The `SELECT` both stores send for `get`, columns in the order they read them.
 const COLUMNS: &str = "id, format, hash_version, hash_digest, name, description, owner_id, \
                        created_by, created_at, updated_at, expires_at, last_used_at, active, \
-                       scopes, metadata";
+                       scopes, metadata, hash_scheme";
 
 /// Criterion samples per benchmark.
 const SAMPLES: usize = 50;

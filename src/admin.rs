@@ -798,6 +798,12 @@ fn fail(error: Error) -> AdminResponse {
         Error::Store(StoreError::Conflict(_)) => {
             AdminResponse::error(409, "conflict", "key id already exists")
         }
+        // A retry cannot fix a corrupt record: 500, no Retry-After.
+        Error::Store(e @ StoreError::Corrupt(_)) => {
+            let detail = std::error::Error::source(&e).map(ToString::to_string);
+            tracing::error!(target: "keygate", error = %e, detail = detail.as_deref().unwrap_or(""), "admin API: key store returned a corrupt record");
+            AdminResponse::error(500, "server_error", "a stored key record is unreadable")
+        }
         Error::Store(e) => {
             tracing::warn!(target: "keygate", error = %e, "admin API: key store failed");
             unavailable()

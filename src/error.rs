@@ -160,6 +160,14 @@ pub enum VerifyError {
     /// The key store failed or timed out (HTTP 503 with `Retry-After`).
     #[error("key store unavailable")]
     StoreUnavailable(#[source] StoreError),
+    /// The store returned a record that cannot be trusted: unreadable
+    /// ([`StoreError::Corrupt`] from the store), or one that fails keygate's record checks
+    /// (an empty owner, another id than asked for, an opaque record without a hash, …).
+    /// The key is refused, and the answer is HTTP 500 without `Retry-After`: retrying
+    /// cannot help until someone repairs the record. The source is always
+    /// [`StoreError::Corrupt`]; keygate logs it with the key id.
+    #[error("key store returned a corrupt record")]
+    StoreCorrupt(#[source] StoreError),
     /// The user directory failed (HTTP 503 with `Retry-After`).
     #[error("user directory unavailable")]
     DirectoryUnavailable(#[source] DirectoryError),
@@ -168,7 +176,7 @@ pub enum VerifyError {
 impl VerifyError {
     /// A stable machine-readable reason for logs: the [`Rejection`] or [`RequestError`]
     /// code, or `"missing_credentials"`, `"insufficient_scope"`, `"store_unavailable"`,
-    /// `"directory_unavailable"`.
+    /// `"store_corrupt"`, `"directory_unavailable"`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingCredentials => "missing_credentials",
@@ -176,6 +184,7 @@ impl VerifyError {
             VerifyError::InvalidKey(r) => r.as_str(),
             VerifyError::InsufficientScope { .. } => "insufficient_scope",
             VerifyError::StoreUnavailable(_) => "store_unavailable",
+            VerifyError::StoreCorrupt(_) => "store_corrupt",
             VerifyError::DirectoryUnavailable(_) => "directory_unavailable",
         }
     }
@@ -188,13 +197,20 @@ impl VerifyError {
         }
     }
 
-    /// Whether the failure is on the server's side (store or directory): retry later, and
-    /// do not count it against the client.
+    /// Whether the store or directory is unavailable: retry later, and do not count it
+    /// against the client. Not for [`StoreCorrupt`](Self::StoreCorrupt), which a retry
+    /// does not fix; see [`is_server_error`](Self::is_server_error).
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
             VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_)
         )
+    }
+
+    /// Whether the failure is on the server's side (HTTP 5xx): unavailable, or a corrupt
+    /// record. Never count it against the client.
+    pub fn is_server_error(&self) -> bool {
+        self.is_unavailable() || matches!(self, VerifyError::StoreCorrupt(_))
     }
 }
 

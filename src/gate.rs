@@ -8,7 +8,7 @@ use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{BuildError, Error, Rejection, VerifyError};
-use crate::hash::{Pepper, SecretHash};
+use crate::hash::{HashScheme, Pepper, SecretHash};
 use crate::http;
 use crate::jwt::{self, JwtSecret};
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
@@ -316,9 +316,10 @@ impl Keygate {
         let (token, hash) = match new.format {
             KeyFormat::Opaque => {
                 let token = OpaqueKey::generate(&inner.prefix, id);
-                let parsed = OpaqueKey::parse(&token, &inner.prefix)
-                    .expect("a freshly generated key parses");
-                let hash = inner.pepper.hash(parsed.secret);
+                // Bound to the prefix and id: see `HashScheme::Bound`.
+                let bound = without_checksum(&token)
+                    .ok_or(Error::invalid("prefix", "cannot form a key"))?;
+                let hash = inner.pepper.hash(HashScheme::Bound, bound);
                 (token, hash)
             }
             KeyFormat::Jwt => {
@@ -329,7 +330,10 @@ impl Keygate {
                     now.timestamp(),
                     expires_at.map(|at| at.timestamp()),
                 );
-                let hash = inner.pepper.hash(jwt::signature_of(&token));
+                // The signature covers `keyId`: binding would add nothing (`HashScheme`).
+                let hash = inner
+                    .pepper
+                    .hash(HashScheme::Secret, jwt::signature_of(&token));
                 (token, hash)
             }
         };
@@ -349,6 +353,10 @@ impl Keygate {
             scopes: new.scopes,
             metadata: new.metadata,
         };
+        // What verify will demand of the record, demanded before it is written.
+        record
+            .check(id)
+            .map_err(|e| Error::invalid(e.field, e.reason))?;
         inner.store.insert(record.clone()).await?;
         tracing::info!(target: "keygate", key_id = %id, owner = %record.owner, format = %record.format, "key minted");
         Ok(IssuedKey {
@@ -361,7 +369,12 @@ impl Keygate {
     /// Audiobookshelf's `apiKeys` table, whose JWT keys then verify unchanged.
     ///
     /// Names are taken as they are, as long as they are not empty (Audiobookshelf allows
-    /// control characters and any length). An opaque record must carry a hash. Never overwrites: an existing id is
+    /// control characters and any length). Everything else must pass the checks verify
+    /// applies to stored records (an owner without control characters, an opaque record
+    /// with a hash, instants in the years 1 to 9999, …), so that nothing imported is
+    /// refused later as corrupt. Opaque hashes may be of either [`HashScheme`]; those of
+    /// the older `Secret` kind are re-hashed as `Bound` after their first successful
+    /// verify. Never overwrites: an existing id is
     /// [`StoreError::Conflict`](crate::StoreError::Conflict).
     pub async fn import(&self, record: KeyRecord) -> Result<(), Error> {
         // Looser than `mint`: Audiobookshelf accepts any non-empty name, and a migrated row
@@ -370,12 +383,9 @@ impl Keygate {
             return Err(Error::invalid("name", "must not be empty"));
         }
         check_owner(&record.owner)?;
-        if record.format == KeyFormat::Opaque && record.hash.is_none() {
-            return Err(Error::invalid(
-                "hash",
-                "an opaque key record needs its hash",
-            ));
-        }
+        record
+            .check(record.id)
+            .map_err(|e| Error::invalid(e.field, e.reason))?;
         let id = record.id;
         self.inner.store.insert(record).await?;
         tracing::info!(target: "keygate", key_id = %id, "key imported");
@@ -657,7 +667,7 @@ impl Keygate {
             // Keys minted here are bound to their exact token; imported Audiobookshelf
             // keys have no hash and rest on the signature alone, as they do there.
             let rehash = match &record.hash {
-                Some(hash) => self.check_hash(claims.signature, hash, record.id)?,
+                Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
                 None => None,
             };
             self.accept(record, now, rehash).await
@@ -666,26 +676,37 @@ impl Keygate {
                 return Err(reject(Rejection::Malformed));
             }
             let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
+            // What a bound hash covers: the prefix, the id part and the secret part.
+            let bound = without_checksum(token).ok_or(reject(Rejection::Malformed))?;
             let record = self.lookup(key.id).await?;
-            let refusal = match record.as_deref() {
-                None => Some(Rejection::UnknownKey),
-                Some(r) if r.format != KeyFormat::Opaque => Some(Rejection::FormatMismatch),
-                // An opaque record without a hash can match nothing.
-                Some(r) if r.hash.is_none() => Some(Rejection::HashMismatch),
-                Some(_) => None,
+            let checked = match record.as_deref() {
+                Some(r) if r.format == KeyFormat::Opaque => r
+                    .hash
+                    .as_ref()
+                    .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
+                _ => None,
             };
-            let (Some(record), None) = (record, refusal) else {
-                // Same HMAC work as a real comparison: timing does not tell ids apart.
-                inner.pepper.burn(key.secret);
-                let reason = refusal.unwrap_or(Rejection::UnknownKey);
-                return Err(reject_key(reason, key.id));
-            };
-            let hash = record.hash.as_ref().expect("refused above when absent");
-            let rehash = self.check_hash(key.secret, hash, key.id)?;
-            self.accept(record, now, rehash).await
+            match (record, checked) {
+                (Some(record), Some(rehash)) => self.accept(record, now, rehash?).await,
+                (record, _) => {
+                    // Same HMAC work as a real comparison: timing does not tell ids apart.
+                    inner.pepper.burn(bound);
+                    let reason = match record {
+                        None => Rejection::UnknownKey,
+                        Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
+                        // An opaque record without a hash can match nothing (and fails
+                        // `KeyRecord::check` before it gets here).
+                        Some(_) => Rejection::HashMismatch,
+                    };
+                    Err(reject_key(reason, key.id))
+                }
+            }
         }
     }
 
+    /// The record for `id`, checked with [`KeyRecord::check`] whatever store it came
+    /// from: one that fails, or that the store could not read, is
+    /// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id.
     async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
         let lookup = self.inner.store.get(id);
         let result = match self.inner.store_timeout {
@@ -694,21 +715,38 @@ impl Keygate {
                 .await
                 .unwrap_or(Err(StoreError::Timeout)),
         };
-        result.map_err(VerifyError::StoreUnavailable)
+        match result {
+            Ok(Some(record)) => match record.check(id) {
+                Ok(()) => Ok(Some(record)),
+                Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
+            },
+            Ok(None) => Ok(None),
+            Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
+            Err(error) => Err(VerifyError::StoreUnavailable(error)),
+        }
     }
 
-    /// Constant-time hash check; on success, a re-hash if the record's pepper is old.
+    /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
+    /// without its checksum) against the record's hash. On success, a re-hash when the
+    /// hash is under an older pepper or, for an opaque key, of the older
+    /// [`HashScheme::Secret`] kind: it is written after the verify, like last-used.
     fn check_hash(
         &self,
         secret: &[u8],
+        bound: Option<&[u8]>,
         hash: &SecretHash,
         id: KeyId,
     ) -> Result<Option<SecretHash>, VerifyError> {
         let pepper = &self.inner.pepper;
-        if !pepper.matches(secret, hash) {
+        if !pepper.matches(hash, secret, bound) {
             return Err(reject_key(Rejection::HashMismatch, id));
         }
-        Ok((hash.version != pepper.current_version()).then(|| pepper.hash(secret)))
+        let (scheme, input) = match bound {
+            Some(bound) => (HashScheme::Bound, bound),
+            None => (HashScheme::Secret, secret),
+        };
+        let stale = hash.version != pepper.current_version() || hash.scheme != scheme;
+        Ok(stale.then(|| pepper.hash(scheme, input)))
     }
 
     async fn accept(
@@ -749,6 +787,21 @@ impl Keygate {
 /// The owner of every key on a gate without a directory, shared rather than rebuilt.
 static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
     std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));
+
+/// An opaque key without its checksum (`<prefix>_<id part><secret part>`), what a
+/// [`HashScheme::Bound`] hash covers; `None` only for a string too short to be a key.
+fn without_checksum(token: &str) -> Option<&[u8]> {
+    let end = token.len().checked_sub(key::CHECKSUM_LEN)?;
+    token.as_bytes().get(..end)
+}
+
+/// A corrupt record on the verify path: logged with its key id (never with the record's
+/// contents beyond what the error names), and refused as a server error.
+fn store_corrupt(id: KeyId, error: StoreError) -> VerifyError {
+    let detail = std::error::Error::source(&error).map(ToString::to_string);
+    tracing::error!(target: "keygate", key_id = %id, error = %error, detail = detail.as_deref().unwrap_or(""), "key store returned a corrupt record; key refused");
+    VerifyError::StoreCorrupt(error)
+}
 
 fn reject(rejection: Rejection) -> VerifyError {
     VerifyError::InvalidKey(rejection)

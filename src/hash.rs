@@ -1,4 +1,5 @@
-//! Keyed hashing at rest: `HMAC-SHA256(pepper[v], secret)` with a versioned pepper keyring.
+//! Keyed hashing at rest: `HMAC-SHA256(pepper[v], input)` with a versioned pepper keyring,
+//! where the input is named by the hash's [`HashScheme`].
 //!
 //! Keys carry 256 bits of randomness, so a slow password hash would add nothing but
 //! latency (DRF API Key's issue #173): one HMAC under a server-side pepper is what a leaked
@@ -14,21 +15,82 @@ use crate::error::BuildError;
 /// Shortest pepper accepted, in bytes.
 pub const MIN_PEPPER_LEN: usize = 32;
 
-/// What a record keeps of an opaque key: the pepper version and the HMAC under it.
+/// What a record keeps of a key: the pepper version, what was hashed, and the HMAC.
+///
+/// Self-describing, like a PHC string: [`version`](Self::version) names the pepper and
+/// [`scheme`](Self::scheme) the input, so older hashes keep verifying and are re-hashed
+/// to the current pepper and scheme after their next successful use.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SecretHash {
     /// Which pepper of the [`Pepper`] keyring produced [`digest`](Self::digest).
     pub version: u32,
-    /// `HMAC-SHA256(pepper[version], secret)`.
+    /// `HMAC-SHA256(pepper[version], input)`, the input given by [`scheme`](Self::scheme).
     #[serde(with = "hex32")]
     pub digest: [u8; 32],
+    /// What [`digest`](Self::digest) was computed over. Absent in serialized hashes
+    /// written before keygate had schemes, which were all [`HashScheme::Secret`].
+    #[serde(default)]
+    pub scheme: HashScheme,
 }
+
+/// What a [`SecretHash`]'s digest was computed over.
+///
+/// - Opaque keys are hashed as [`Bound`](Self::Bound): the whole key without its
+///   checksum, `<prefix>_<id part><secret part>`. A digest copied to another record (other
+///   id), or the same body under another prefix (another application sharing the store
+///   and pepper), then matches nothing. Opaque hashes from earlier versions are
+///   [`Secret`](Self::Secret) (the 43-character secret part alone): they still verify,
+///   and are re-hashed as `Bound` after their next successful verify.
+/// - JWT keys keygate minted are hashed as [`Secret`](Self::Secret) over their signature
+///   text. Binding adds nothing there: the HS256 signature already covers the `keyId`
+///   claim, so a signature (and its digest) copied to another record's id belongs to no
+///   token that can carry that id; the record only says *which* correctly signed token
+///   for its id it accepts. A `Bound` hash on a JWT record matches no token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HashScheme {
+    /// `HMAC(pepper, secret)`: the opaque secret part alone (legacy), or a JWT's signature.
+    #[default]
+    Secret,
+    /// `HMAC(pepper, "<prefix>_<id part><secret part>")`: an opaque key bound to its prefix
+    /// and id.
+    Bound,
+}
+
+impl HashScheme {
+    /// The stable text form stored in SQL columns and JSON: `"secret"` or `"bound"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HashScheme::Secret => "secret",
+            HashScheme::Bound => "bound",
+        }
+    }
+}
+
+impl std::str::FromStr for HashScheme {
+    type Err = UnknownScheme;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text {
+            "secret" => Ok(HashScheme::Secret),
+            "bound" => Ok(HashScheme::Bound),
+            _ => Err(UnknownScheme),
+        }
+    }
+}
+
+/// A hash scheme name keygate does not know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("unknown hash scheme")]
+pub struct UnknownScheme;
 
 impl fmt::Debug for SecretHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Not a secret, but nothing a log needs either.
         f.debug_struct("SecretHash")
             .field("version", &self.version)
+            .field("scheme", &self.scheme)
             .finish_non_exhaustive()
     }
 }
@@ -81,38 +143,54 @@ impl Pepper {
     }
 
     fn current_key(&self) -> &hmac::Key {
-        &self.keys[0].1
+        // `new` puts the current key first and nothing removes it; the fallback is never
+        // taken but keeps this free of indexing.
+        self.keys.first().map_or(&FALLBACK, |(_, k)| k)
     }
 
-    /// Hashes `secret` under the current pepper.
-    pub(crate) fn hash(&self, secret: &[u8]) -> SecretHash {
-        let tag = hmac::sign(self.current_key(), secret);
+    /// Hashes `input` under the current pepper, labelled with `scheme`.
+    pub(crate) fn hash(&self, scheme: HashScheme, input: &[u8]) -> SecretHash {
+        let tag = hmac::sign(self.current_key(), input);
         let mut digest = [0u8; 32];
-        digest.copy_from_slice(tag.as_ref());
+        for (out, byte) in digest.iter_mut().zip(tag.as_ref()) {
+            *out = *byte;
+        }
         SecretHash {
             version: self.current,
             digest,
+            scheme,
         }
     }
 
-    /// Checks `secret` against `stored` in constant time. An unknown version fails, after
-    /// the same HMAC work, so the answer's timing says nothing about the record.
-    pub(crate) fn matches(&self, secret: &[u8], stored: &SecretHash) -> bool {
+    /// Checks `stored` in constant time against the input its scheme names: `secret` for
+    /// [`HashScheme::Secret`], `bound` for [`HashScheme::Bound`] (`None` when the key has
+    /// no bound form, i.e. a JWT: then a `Bound` hash fails). An unknown version fails,
+    /// after the same HMAC work, so the answer's timing says nothing about the record.
+    pub(crate) fn matches(&self, stored: &SecretHash, secret: &[u8], bound: Option<&[u8]>) -> bool {
         let key = self
             .keys
             .iter()
             .find(|(v, _)| *v == stored.version)
             .map(|(_, k)| k);
-        let ok = hmac::verify(key.unwrap_or(self.current_key()), secret, &stored.digest).is_ok();
-        ok && key.is_some()
+        let (input, applicable) = match stored.scheme {
+            HashScheme::Secret => (secret, true),
+            HashScheme::Bound => (bound.unwrap_or(secret), bound.is_some()),
+        };
+        let ok = hmac::verify(key.unwrap_or(self.current_key()), input, &stored.digest).is_ok();
+        ok && key.is_some() && applicable
     }
 
     /// Spends the same work as [`matches`](Self::matches) on a key that has no record, so
     /// that unknown ids and wrong secrets cost the same.
-    pub(crate) fn burn(&self, secret: &[u8]) {
-        let _ = hmac::verify(self.current_key(), secret, &[0u8; 32]);
+    pub(crate) fn burn(&self, input: &[u8]) {
+        let _ = hmac::verify(self.current_key(), input, &[0u8; 32]);
     }
 }
+
+/// Never used to hash anything (see [`Pepper::current_key`]); a fixed key so that the
+/// unreachable fallback is not a panic.
+static FALLBACK: std::sync::LazyLock<hmac::Key> =
+    std::sync::LazyLock::new(|| hmac::Key::new(hmac::HMAC_SHA256, &[0u8; MIN_PEPPER_LEN]));
 
 fn key(secret: &[u8]) -> Result<hmac::Key, BuildError> {
     if secret.len() < MIN_PEPPER_LEN {
@@ -135,7 +213,7 @@ impl fmt::Debug for Pepper {
 }
 
 /// `[u8; 32]` as 64 lowercase hex characters in serialized records.
-mod hex32 {
+pub(crate) mod hex32 {
     use serde::{de::Error, Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
@@ -191,29 +269,30 @@ mod tests {
     #[test]
     fn hashes_verify_under_their_own_version_only() {
         let old = Pepper::new(1, [1u8; 32]).unwrap();
-        let hash = old.hash(b"secret");
+        let hash = old.hash(HashScheme::Secret, b"secret");
         let rotated = Pepper::new(2, [2u8; 32])
             .unwrap()
             .with_previous(1, [1u8; 32])
             .unwrap();
-        assert!(rotated.matches(b"secret", &hash));
-        assert!(!rotated.matches(b"secreT", &hash));
-        assert_eq!(rotated.hash(b"secret").version, 2);
+        assert!(rotated.matches(&hash, b"secret", None));
+        assert!(!rotated.matches(&hash, b"secreT", None));
+        assert_eq!(rotated.hash(HashScheme::Secret, b"secret").version, 2);
         // Once version 1 leaves the keyring its hashes stop verifying.
         let only_new = Pepper::new(2, [2u8; 32]).unwrap();
-        assert!(!only_new.matches(b"secret", &hash));
+        assert!(!only_new.matches(&hash, b"secret", None));
         // A forged version number pointing at the current key's digest does not help.
         let forged = SecretHash {
             version: 9,
-            digest: only_new.hash(b"secret").digest,
+            digest: only_new.hash(HashScheme::Secret, b"secret").digest,
+            scheme: HashScheme::Secret,
         };
-        assert!(!only_new.matches(b"secret", &forged));
+        assert!(!only_new.matches(&forged, b"secret", None));
     }
 
     #[test]
     fn debug_shows_versions_not_keys() {
         let pepper = Pepper::new(3, [0x41u8; 32]).unwrap();
-        let shown = format!("{pepper:?} {:?}", pepper.hash(b"x"));
+        let shown = format!("{pepper:?} {:?}", pepper.hash(HashScheme::Secret, b"x"));
         assert!(shown.contains("current: 3"));
         assert!(!shown.contains("AAAA") && !shown.contains("65, 65"));
         assert!(!shown.contains("digest"));
@@ -221,11 +300,39 @@ mod tests {
 
     #[test]
     fn hashes_round_trip_through_json_as_hex() {
-        let hash = Pepper::new(1, [1u8; 32]).unwrap().hash(b"s");
+        let hash = Pepper::new(1, [1u8; 32])
+            .unwrap()
+            .hash(HashScheme::Bound, b"s");
         let json = serde_json::to_string(&hash).unwrap();
         assert!(json.contains("\"version\":1"));
         let back: SecretHash = serde_json::from_str(&json).unwrap();
         assert_eq!(back, hash);
+        assert!(json.contains("\"scheme\":\"bound\""));
         assert!(serde_json::from_str::<SecretHash>(r#"{"version":1,"digest":"zz"}"#).is_err());
+        // Written before schemes existed: the secret alone.
+        let legacy = format!(r#"{{"version":1,"digest":"{}"}}"#, "ab".repeat(32));
+        let legacy: SecretHash = serde_json::from_str(&legacy).unwrap();
+        assert_eq!(legacy.scheme, HashScheme::Secret);
+    }
+
+    #[test]
+    fn each_scheme_checks_its_own_input() {
+        let pepper = Pepper::new(1, [1u8; 32]).unwrap();
+        let bound = pepper.hash(HashScheme::Bound, b"abs_IDSECRET");
+        assert!(pepper.matches(&bound, b"SECRET", Some(b"abs_IDSECRET")));
+        // Another id or prefix around the same secret: no match.
+        assert!(!pepper.matches(&bound, b"SECRET", Some(b"abs_ID2SECRET")));
+        assert!(!pepper.matches(&bound, b"SECRET", Some(b"xyz_IDSECRET")));
+        // No bound form (a JWT): a bound hash matches nothing, even its own input.
+        assert!(!pepper.matches(&bound, b"abs_IDSECRET", None));
+        let legacy = pepper.hash(HashScheme::Secret, b"SECRET");
+        assert!(pepper.matches(&legacy, b"SECRET", Some(b"abs_IDSECRET")));
+        assert!(!pepper.matches(&legacy, b"abs_IDSECRET", Some(b"SECRET")));
+        assert_eq!(
+            "bound".parse::<HashScheme>(),
+            Ok(HashScheme::Bound),
+            "text form"
+        );
+        assert!("Bound".parse::<HashScheme>().is_err());
     }
 }

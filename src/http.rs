@@ -8,6 +8,7 @@
 //! | bad, unknown, expired, revoked key; inactive owner | 401 | `… error="invalid_token"` |
 //! | valid key lacking a permission or scope | 403 | `… error="insufficient_scope"` |
 //! | store or directory unavailable | 503 | `Retry-After` |
+//! | store returned a corrupt record | 500 | none: retrying does not help |
 //!
 //! Every invalid-key reason gets the same body; the reason goes to logs only.
 
@@ -85,7 +86,7 @@ fn is_b64token(token: &str) -> bool {
 /// JSON body. Build one with [`VerifyError::http`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HttpOutcome {
-    /// The status code: 400, 401, 403 or 503.
+    /// The status code: 400, 401, 403, 500 or 503.
     pub status: u16,
     /// The `WWW-Authenticate` value, when there is one (not for 503).
     pub www_authenticate: Option<String>,
@@ -159,6 +160,12 @@ impl VerifyError {
                     body: r#"{"error":"insufficient_scope","error_description":"The API key lacks the required permission"}"#,
                 }
             }
+            VerifyError::StoreCorrupt(_) => HttpOutcome {
+                status: 500,
+                www_authenticate: None,
+                retry_after: None,
+                body: r#"{"error":"server_error","error_description":"Key verification failed on the server"}"#,
+            },
             VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_) => {
                 HttpOutcome {
                     status: 503,
@@ -259,6 +266,11 @@ mod tests {
             (
                 VerifyError::StoreUnavailable(StoreError::Timeout),
                 503,
+                None,
+            ),
+            (
+                VerifyError::StoreCorrupt(StoreError::Corrupt("bad row".into())),
+                500,
                 None,
             ),
         ];

@@ -32,7 +32,8 @@
 //! - **Opaque** (default): `abs_` + 71 base62 characters (key id, 256-bit secret, CRC32).
 //!   The public checksum lets [`SCANNER_REGEX`] + [`checksum_ok`] find leaked keys, and lets
 //!   the verifier refuse typos without a store read. At rest only
-//!   `HMAC-SHA256(pepper, secret)` is kept.
+//!   `HMAC-SHA256(pepper, key without its checksum)` is kept, bound to the key's prefix and
+//!   id ([`HashScheme`]).
 //! - **JWT**: HS256 tokens byte-compatible with Audiobookshelf 2.26+ API keys (enable with
 //!   [`KeygateBuilder::jwt_secret`]); see [`JwtSecret`] for what is refused.
 //!
@@ -95,13 +96,13 @@ pub use ::redis;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
 pub use gate::{IssuedKey, Keygate, KeygateBuilder, MAX_NAME_LEN, MAX_PAGE};
-pub use hash::{Pepper, SecretHash, MIN_PEPPER_LEN};
+pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
 pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
 pub use principal::{Permission, Principal};
-pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
+pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

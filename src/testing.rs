@@ -21,7 +21,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use serde_json::json;
 
-use crate::hash::SecretHash;
+use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
 use crate::record::{KeyPatch, KeyRecord, Metadata};
 use crate::store::{KeyStore, ListQuery, StoreError};
@@ -57,6 +57,7 @@ pub fn sample_record(owner: &str) -> KeyRecord {
                 .repeat(2)
                 .first_chunk()
                 .expect("32 bytes"),
+            scheme: HashScheme::Bound,
         }),
         name: "conformance key".to_owned(),
         description: Some("made by keygate::testing".to_owned()),
@@ -191,32 +192,69 @@ pub async fn not_found_is_none(store: &dyn KeyStore) {
     );
 }
 
-/// Hashes, hash versions and formats come back exactly; a JWT record without hash too.
+/// Hashes, hash versions, hash schemes and formats come back exactly; a JWT record with
+/// and without a hash too; and `get` and `list` return the same record, under the id asked
+/// for.
 pub async fn hash_and_format_round_trip(store: &dyn KeyStore) {
     let owner = unique_owner("formats");
     let mut opaque = sample_record(&owner);
     opaque.hash = Some(SecretHash {
         version: u32::MAX,
         digest: [0xA5; 32],
+        scheme: HashScheme::Bound,
+    });
+    // An opaque hash from before keygate bound hashes to the key.
+    let mut legacy = sample_record(&owner);
+    legacy.hash = Some(SecretHash {
+        version: 0,
+        digest: [0x5A; 32],
+        scheme: HashScheme::Secret,
     });
     let mut jwt = sample_record(&owner);
     jwt.format = KeyFormat::Jwt;
     jwt.hash = None;
-    for record in [opaque, jwt] {
+    let mut minted_jwt = sample_record(&owner);
+    minted_jwt.format = KeyFormat::Jwt;
+    minted_jwt.hash = Some(SecretHash {
+        version: 3,
+        digest: [0x3C; 32],
+        scheme: HashScheme::Secret,
+    });
+    let records = [opaque, legacy, jwt, minted_jwt];
+    for record in records.clone() {
         store.insert(record.clone()).await.expect("formats: insert");
         assert_eq!(
             must_get(store, record.id, "formats").await,
             record,
             "formats: round trip"
         );
+        assert_eq!(
+            store.get(record.id).await.ok().flatten().map(|r| r.id),
+            Some(record.id),
+            "formats: get returns the id asked for"
+        );
     }
-    // A re-hash (what keygate writes after a pepper rotation) lands whole.
+    let mut expected = records.to_vec();
+    expected.sort_by_key(|r| r.id);
+    let listed = store
+        .list(&ListQuery::new().owner(owner.clone()))
+        .await
+        .expect("formats: list");
+    assert_eq!(listed, expected, "formats: list returns what get does");
+    // A re-hash (what keygate writes after a pepper rotation, or to bind a legacy hash to
+    // its key) lands whole.
     let mut record = sample_record(&owner);
+    record.hash = Some(SecretHash {
+        version: 1,
+        digest: [9; 32],
+        scheme: HashScheme::Secret,
+    });
     store.insert(record.clone()).await.expect("formats: insert");
     let patch = KeyPatch {
         hash: Some(SecretHash {
             version: 2,
             digest: [7; 32],
+            scheme: HashScheme::Bound,
         }),
         ..KeyPatch::new()
     };

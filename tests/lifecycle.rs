@@ -72,9 +72,10 @@ async fn a_minted_key_is_stored_as_a_hash_with_every_field() {
     assert_eq!(stored.metadata, metadata());
     let hash = stored.hash.as_ref().unwrap();
     assert_eq!(hash.version, 1);
-    // HMAC-SHA256(pepper, secret part), as the design says.
+    // HMAC-SHA256(pepper, key without its checksum): bound to the prefix and id.
+    assert_eq!(hash.scheme, keygate::HashScheme::Bound);
     let pepper = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, PEPPER_V1);
-    let expected = ring::hmac::sign(&pepper, secret_part(key, PREFIX).as_bytes());
+    let expected = ring::hmac::sign(&pepper, &key.as_bytes()[..key.len() - CHECKSUM_LEN]);
     assert_eq!(&hash.digest[..], expected.as_ref());
 
     assert_eq!(h.store.len(), 1);

@@ -224,7 +224,7 @@ async fn a_record_of_the_other_format_is_a_format_mismatch() {
 }
 
 #[tokio::test]
-async fn an_opaque_record_without_a_hash_matches_nothing() {
+async fn an_opaque_record_without_a_hash_is_corrupt() {
     let h = Harness::new();
     let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
     // `import` refuses it; a store may still hold one (e.g. a botched migration).
@@ -247,7 +247,416 @@ async fn an_opaque_record_without_a_hash_matches_nothing() {
             ..record
         })
         .await;
-    h.assert_refused(&key, Rejection::HashMismatch).await;
+    assert_corrupt(&h.gate, &h.store, &key).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Records that fail validation: refused, as a server error (fail closed, never open)
+// ---------------------------------------------------------------------------------------
+
+/// Verifies `token` and asserts it is refused as a corrupt record: `StoreCorrupt` with a
+/// `Corrupt` source, HTTP 500 without `Retry-After` or a challenge, and nothing written.
+async fn assert_corrupt(gate: &Keygate, store: &CountingStore, token: &str) -> VerifyError {
+    settle().await;
+    let writes = store.calls().writes();
+    let records = store.all().await;
+    let err = gate.verify(token).await.unwrap_err();
+    assert!(
+        matches!(err, VerifyError::StoreCorrupt(StoreError::Corrupt(_))),
+        "{}: expected StoreCorrupt, got {err:?}",
+        show(token)
+    );
+    assert_eq!(err.reason(), "store_corrupt");
+    assert_eq!(err.rejection(), None);
+    assert!(
+        !err.is_unavailable(),
+        "retrying does not fix a corrupt record"
+    );
+    assert!(err.is_server_error());
+    let http = gate.http_outcome(&err);
+    assert_eq!(http.status, 500);
+    assert_eq!(http.retry_after, None);
+    assert_eq!(http.www_authenticate, None);
+    assert!(serde_json::from_str::<serde_json::Value>(http.body).is_ok());
+    settle().await;
+    assert_eq!(store.calls().writes(), writes, "a refused key wrote");
+    assert_eq!(store.all().await, records);
+    err
+}
+
+/// A gate over `h`'s store and clock with no user directory: every owner unrestricted, so
+/// a record's owner is all that stands between a key and every permission.
+fn without_directory(h: &Harness) -> Keygate {
+    builder(&h.store, &h.clock)
+        .jwt_secret(JWT_SECRET)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_record_that_fails_validation_is_a_500_never_accepted() {
+    let (good, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
+    let (good_jwt, jwt) = mint(
+        &Harness::new(),
+        NewKey::new("j", "alice").format(KeyFormat::Jwt),
+    )
+    .await;
+    let far = chrono::TimeZone::with_ymd_and_hms(&chrono::Utc, 10000, 1, 1, 0, 0, 0).unwrap();
+    type Edit = fn(&mut KeyRecord, chrono::DateTime<chrono::Utc>);
+    let cases: [(&str, Edit); 8] = [
+        ("empty owner", |r, _| r.owner = String::new()),
+        ("blank owner", |r, _| r.owner = " \t ".into()),
+        ("owner with an escape sequence", |r, _| {
+            r.owner = "alice\u{1b}]0;pwned\u{7}".into()
+        }),
+        ("owner with a NUL", |r, _| r.owner = "alice\0".into()),
+        ("2 KB owner", |r, _| r.owner = "a".repeat(2048)),
+        ("expiry in year 10000", |r, at| r.expires_at = Some(at)),
+        ("last use in year 10000", |r, at| r.last_used_at = Some(at)),
+        ("creation in year 10000", |r, at| r.created_at = at),
+    ];
+    for (what, edit) in cases {
+        for (record, token) in [(&good, &key), (&good_jwt, &jwt)] {
+            let h = Harness::new();
+            let mut bad = record.clone();
+            edit(&mut bad, far);
+            h.store.put(bad).await;
+            for gate in [&h.gate, &without_directory(&h)] {
+                let err = assert_corrupt(gate, &h.store, token).await;
+                let source = std::error::Error::source(&err).and_then(|s| s.source());
+                let invalid = source.and_then(|s| s.downcast_ref::<keygate::InvalidRecord>());
+                assert!(invalid.is_some(), "{what}: {source:?}");
+            }
+            assert_eq!(h.users.calls(), 0, "{what}: the owner was looked up");
+        }
+    }
+}
+
+/// A store that answers every `get` with one fixed result, whatever id was asked for: a
+/// third-party store with a bug, or a row under the wrong key.
+struct Fixed(Result<KeyRecord, fn() -> StoreError>);
+
+#[async_trait::async_trait]
+impl keygate::KeyStore for Fixed {
+    async fn insert(&self, _: KeyRecord) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn get(&self, _: KeyId) -> Result<Option<std::sync::Arc<KeyRecord>>, StoreError> {
+        match &self.0 {
+            Ok(record) => Ok(Some(std::sync::Arc::new(record.clone()))),
+            Err(error) => Err(error()),
+        }
+    }
+    async fn update(&self, _: KeyId, _: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+        Ok(None)
+    }
+    async fn delete(&self, _: KeyId) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    async fn list(&self, _: &keygate::ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(vec![])
+    }
+    async fn record_last_used(
+        &self,
+        _: &[(KeyId, chrono::DateTime<chrono::Utc>)],
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+fn fixed_gate(store: Fixed) -> Keygate {
+    Keygate::builder(store)
+        .prefix(PREFIX)
+        .pepper(Pepper::new(1, PEPPER_V1).unwrap())
+        .jwt_secret(JWT_SECRET)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_record_for_another_id_is_a_500() {
+    let h = Harness::new();
+    let (record, key) = mint(&h, NewKey::new("k", "alice")).await;
+    let (jwt_record, jwt) = mint(&h, NewKey::new("j", "alice").format(KeyFormat::Jwt)).await;
+    // The store answers with record X whatever it is asked; asked for X itself, fine.
+    for (record, token) in [(&record, &key), (&jwt_record, &jwt)] {
+        let gate = fixed_gate(Fixed(Ok(record.clone())));
+        assert_eq!(gate.verify(token).await.unwrap().key_id(), record.id);
+        // Asked for another id, with a key that really carries X's secret.
+        let other = KeyId::random();
+        let token = match record.format {
+            KeyFormat::Opaque => forge_opaque(PREFIX, other, secret_part(token, PREFIX)),
+            _ => jwt_with(&api_claims(other)),
+        };
+        let err = gate.verify(&token).await.unwrap_err();
+        assert!(matches!(err, VerifyError::StoreCorrupt(_)), "{err:?}");
+        let http = gate.http_outcome(&err);
+        assert_eq!((http.status, http.retry_after), (500, None));
+    }
+}
+
+#[tokio::test]
+async fn a_store_reporting_corruption_is_a_500_not_a_503() {
+    let gate = fixed_gate(Fixed(Err(|| StoreError::Corrupt("unreadable row".into()))));
+    let token = forge_opaque(PREFIX, KeyId::random(), &"c".repeat(SECRET_LEN));
+    let err = gate.verify(&token).await.unwrap_err();
+    assert!(
+        matches!(err, VerifyError::StoreCorrupt(StoreError::Corrupt(_))),
+        "{err:?}"
+    );
+    let http = gate.http_outcome(&err);
+    assert_eq!(http.status, 500);
+    assert_eq!(
+        http.retry_after, None,
+        "a retry cannot fix a corrupt record"
+    );
+    // Any other store failure stays 503 with Retry-After.
+    let gate = fixed_gate(Fixed(Err(|| StoreError::Timeout)));
+    let err = gate.verify(&token).await.unwrap_err();
+    assert_eq!(gate.http_outcome(&err).status, 503);
+}
+
+/// Keeps the text of every tracing event (fields as `name=value`).
+#[derive(Clone, Default)]
+struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+struct Fields(String);
+
+impl tracing::field::Visit for Fields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0.push_str(&format!(" {}={:?}", field.name(), value));
+    }
+}
+
+impl tracing::Subscriber for Events {
+    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+        true
+    }
+    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+        tracing::span::Id::from_u64(1)
+    }
+    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+    fn event(&self, event: &tracing::Event<'_>) {
+        let mut fields = Fields(event.metadata().level().to_string());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(fields.0);
+    }
+    fn enter(&self, _: &tracing::span::Id) {}
+    fn exit(&self, _: &tracing::span::Id) {}
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_corrupt_record_is_logged_as_an_error_with_its_key_id() {
+    let h = Harness::new();
+    let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
+    h.store
+        .put(KeyRecord {
+            owner: String::new(),
+            ..record.clone()
+        })
+        .await;
+    let events = Events::default();
+    let guard = tracing::subscriber::set_default(events.clone());
+    let _ = h.gate.verify(&key).await.unwrap_err();
+    drop(guard);
+    let lines = events.0.lock().unwrap().clone();
+    let id = record.id.to_string();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ERROR") && l.contains(&id) && l.contains("owner")),
+        "{lines:#?}"
+    );
+    let secret = secret_part(&key, PREFIX);
+    assert!(lines.iter().all(|l| !l.contains(secret)));
+}
+
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn axum_renders_a_corrupt_record_as_500() {
+    use axum::body::Body;
+    use axum::http::{header, Request};
+    use tower::ServiceExt;
+    let h = Harness::new();
+    let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
+    h.store
+        .put(KeyRecord {
+            owner: String::new(),
+            ..record
+        })
+        .await;
+    async fn me(principal: keygate::Principal) -> String {
+        principal.owner_id().to_owned()
+    }
+    let app = axum::Router::new()
+        .route("/me", axum::routing::get(me))
+        .with_state(without_directory(&h));
+    let request = Request::get("/me")
+        .header(header::AUTHORIZATION, format!("Bearer {key}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.oneshot(request).await.unwrap();
+    assert_eq!(response.status().as_u16(), 500);
+    assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
+}
+
+#[cfg(feature = "actix")]
+#[test]
+fn actix_renders_a_corrupt_record_as_500() {
+    actix_web::rt::System::new().block_on(actix_corrupt());
+}
+
+#[cfg(feature = "actix")]
+async fn actix_corrupt() {
+    use actix_web::{test, web, App};
+    let h = Harness::new();
+    let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
+    h.store
+        .put(KeyRecord {
+            owner: String::new(),
+            ..record
+        })
+        .await;
+    async fn me(principal: keygate::Principal) -> String {
+        principal.owner_id().to_owned()
+    }
+    let app = test::init_service(
+        App::new()
+            .app_data(web::Data::new(without_directory(&h)))
+            .route("/me", web::get().to(me)),
+    )
+    .await;
+    let request = test::TestRequest::get()
+        .uri("/me")
+        .insert_header(("Authorization", format!("Bearer {key}")))
+        .to_request();
+    let response = test::call_service(&app, request).await;
+    assert_eq!(response.status().as_u16(), 500);
+    assert!(response.headers().get("retry-after").is_none());
+    assert!(response.headers().get("www-authenticate").is_none());
+}
+
+// ---------------------------------------------------------------------------------------
+// The stored hash is bound to the key (prefix and id)
+// ---------------------------------------------------------------------------------------
+
+/// `HMAC-SHA256(pepper v1, input)`, computed here without keygate's code.
+fn hmac_v1(input: &[u8]) -> [u8; 32] {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, PEPPER_V1);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::hmac::sign(&key, input).as_ref());
+    out
+}
+
+/// The key without its 6-character checksum: what a bound hash covers.
+fn bound_part(key: &str) -> &str {
+    &key[..key.len() - CHECKSUM_LEN]
+}
+
+#[tokio::test]
+async fn a_digest_copied_to_another_row_authenticates_nothing() {
+    let h = Harness::new();
+    h.users.set("mallory", Owner::active(["library:read"]));
+    let (mine, my_key) = mint(&h, NewKey::new("mine", "mallory")).await;
+    let (theirs, their_key) = mint(&h, NewKey::new("root's", "alice")).await;
+    // Mallory, with a write primitive on the hash column only, copies her digest into
+    // alice's row and presents her own secret under alice's id.
+    let mut copy = KeyPatch::new();
+    copy.hash = mine.hash.clone();
+    keygate::KeyStore::update(&*h.store, theirs.id, &copy)
+        .await
+        .unwrap();
+    let transplanted = forge_opaque(PREFIX, theirs.id, secret_part(&my_key, PREFIX));
+    h.assert_refused(&transplanted, Rejection::HashMismatch)
+        .await;
+    // The digest is of mallory's whole key, so it does not fit alice's real key either.
+    h.assert_refused(&their_key, Rejection::HashMismatch).await;
+    h.gate.verify(&my_key).await.unwrap();
+    let stored = h.store.record(mine.id).await.unwrap().hash.unwrap();
+    assert_eq!(stored.scheme, keygate::HashScheme::Bound);
+    assert_eq!(stored.digest, hmac_v1(bound_part(&my_key).as_bytes()));
+}
+
+#[tokio::test]
+async fn the_same_body_under_another_prefix_is_refused() {
+    // Two applications sharing one store and pepper, with different prefixes.
+    let h = Harness::new();
+    let (_, key) = mint(&h, NewKey::new("k", "alice")).await;
+    let other_app = h.sibling(|b| b.prefix("xyz"));
+    let body = &key[PREFIX.len() + 1..];
+    let renamed = forge_raw("xyz", &body[..ID_LEN], &body[ID_LEN..ID_LEN + SECRET_LEN]);
+    assert!(keygate::checksum_ok(&renamed));
+    assert_refused_by(
+        &other_app,
+        &h.store,
+        &h.users,
+        &renamed,
+        Rejection::HashMismatch,
+    )
+    .await;
+    h.gate.verify(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_legacy_digest_verifies_once_and_is_stored_bound_afterwards() {
+    let h = Harness::new();
+    let (minted, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
+    // As keygate stored it before binding: HMAC of the secret part alone, no scheme.
+    let mut json = serde_json::to_value(&minted).unwrap();
+    json["hash"] = serde_json::json!({
+        "version": 1,
+        "digest": hmac_v1(secret_part(&key, PREFIX).as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>(),
+    });
+    let legacy: KeyRecord = serde_json::from_value(json).unwrap();
+    assert_eq!(
+        legacy.hash.as_ref().unwrap().scheme,
+        keygate::HashScheme::Secret
+    );
+    h.store.put(legacy.clone()).await;
+    h.gate.verify(&key).await.unwrap();
+    h.gate.flush().await.unwrap();
+    let stored = h.store.record(minted.id).await.unwrap();
+    let hash = stored.hash.clone().unwrap();
+    assert_eq!(hash.scheme, keygate::HashScheme::Bound);
+    assert_eq!(hash.version, 1);
+    assert_eq!(hash.digest, hmac_v1(bound_part(&key).as_bytes()));
+    // Only the hash changed (and the last use).
+    assert_eq!(
+        KeyRecord {
+            hash: legacy.hash.clone(),
+            last_used_at: None,
+            ..stored
+        },
+        legacy
+    );
+    h.gate.verify(&key).await.unwrap();
+    // No second re-hash: the hash is current now.
+    let updates = h.store.calls().update;
+    h.clock.advance(TimeDelta::hours(1));
+    h.gate.verify(&key).await.unwrap();
+    h.gate.flush().await.unwrap();
+    assert_eq!(h.store.calls().update, updates);
+    // A legacy digest under the old pepper comes over to the current pepper and scheme
+    // in one re-hash.
+    let rotated = Harness::with(|b| {
+        b.pepper(
+            Pepper::new(2, PEPPER_V2)
+                .unwrap()
+                .with_previous(1, PEPPER_V1)
+                .unwrap(),
+        )
+    });
+    rotated.store.put(legacy).await;
+    rotated.gate.verify(&key).await.unwrap();
+    rotated.gate.flush().await.unwrap();
+    let hash = rotated.store.record(minted.id).await.unwrap().hash.unwrap();
+    assert_eq!((hash.version, hash.scheme), (2, keygate::HashScheme::Bound));
+    rotated.gate.verify(&key).await.unwrap();
 }
 
 // ---------------------------------------------------------------------------------------

@@ -103,7 +103,13 @@ async fn concurrent_migrations_apply_once() {
             .fetch_all(stores[0].pool())
             .await
             .unwrap();
-    assert_eq!(versions, [(1, "create keygate_keys".to_owned())]);
+    assert_eq!(
+        versions,
+        [
+            (1, "create keygate_keys".to_owned()),
+            (2, "add keygate_keys.hash_scheme".to_owned())
+        ]
+    );
     let indexed: Option<String> = sqlx::query_scalar(
         "SELECT indexdef FROM pg_indexes WHERE indexname = 'keygate_keys_owner_id'",
     )
@@ -616,5 +622,177 @@ async fn the_feed_stops_when_its_cache_is_dropped() {
         }
         assert!(Instant::now() < deadline, "the feed outlived its cache");
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A store in a schema of its own (so no other test's listing meets its broken rows),
+/// with keygate's migrations or with `table` instead.
+async fn scratch_store(
+    url: &str,
+    label: &str,
+    table: Option<&'static str>,
+) -> (PostgresStore, String) {
+    let schema = support::unique(label).replace('-', "_");
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{schema}\"")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let options: sqlx::postgres::PgConnectOptions = url.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .connect_with(options.options([("search_path", schema.as_str())]))
+        .await
+        .unwrap();
+    let store = PostgresStore::from_pool(pool);
+    match table {
+        None => store.migrate().await.unwrap(),
+        Some(table) => {
+            sqlx::raw_sql(table).execute(store.pool()).await.unwrap();
+        }
+    }
+    (store, schema)
+}
+
+async fn drop_scratch(url: &str, store: PostgresStore, schema: &str) {
+    store.pool().close().await;
+    let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "DROP SCHEMA \"{schema}\" CASCADE"
+    )))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+}
+
+/// What `gate.verify(key)` answered, as `(status, Retry-After, corrupt?)`.
+async fn verify_outcome(gate: &Keygate, key: &str) -> (u16, Option<u32>, bool) {
+    match gate.verify(key).await {
+        Ok(_) => (200, None, false),
+        Err(err) => {
+            let http = gate.http_outcome(&err);
+            let corrupt = matches!(err, VerifyError::StoreCorrupt(StoreError::Corrupt(_)));
+            (http.status, http.retry_after, corrupt)
+        }
+    }
+}
+
+/// `keygate_keys` as an application might create it by hand: the right column types,
+/// no constraints.
+const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
+    id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
+    description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
+    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT
+)";
+
+#[tokio::test]
+async fn a_table_without_keygates_constraints_fails_closed() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let (store, schema) = scratch_store(&url, "kg_loose", Some(LOOSE_TABLE)).await;
+    // No directory: every owner unrestricted, so the owner column is all that matters.
+    let gate = gate(store.clone());
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let key = issued.key.expose();
+    let edits = [
+        ("empty owner", "SET owner_id = ''"),
+        ("blank owner", "SET owner_id = '  '"),
+        ("NULL owner", "SET owner_id = NULL"),
+        ("owner with an escape", "SET owner_id = E'a\\x1b[2J'"),
+        ("no hash", "SET hash_version = NULL, hash_digest = NULL"),
+        ("half a hash", "SET hash_digest = NULL"),
+        ("short digest", "SET hash_digest = '\\x00'"),
+        ("version out of range", "SET hash_version = 4294967296"),
+        ("unknown scheme", "SET hash_scheme = 'md5'"),
+        ("NULL scheme", "SET hash_scheme = NULL"),
+        ("unknown format", "SET format = 'paseto'"),
+        ("NULL created_at", "SET created_at = NULL"),
+        ("NULL active", "SET active = NULL"),
+        ("scopes not strings", "SET scopes = '[1, 2]'"),
+        ("scopes an object", "SET scopes = '{}'"),
+        ("scopes a string", "SET scopes = '\"admin\"'"),
+        ("metadata an array", "SET metadata = '[]'"),
+        ("metadata NULL", "SET metadata = NULL"),
+        (
+            "expiry in year 10000",
+            "SET expires_at = '10000-01-01T00:00:00Z'",
+        ),
+    ];
+    let mut outcomes = Vec::new();
+    for (case, edit) in edits {
+        sqlx::query("DELETE FROM keygate_keys")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.insert(issued.record.clone()).await.unwrap();
+        let before = verify_outcome(&gate, key).await;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("UPDATE keygate_keys {edit}")))
+            .execute(store.pool())
+            .await
+            .unwrap();
+        outcomes.push((case, before, verify_outcome(&gate, key).await));
+    }
+    drop_scratch(&url, store, &schema).await;
+    for (case, before, after) in outcomes {
+        assert_eq!(before, (200, None, false), "{case}: the good row");
+        assert_eq!(after, (500, None, true), "{case}");
+    }
+}
+
+#[tokio::test]
+async fn infinite_and_out_of_range_timestamps_are_corrupt_not_a_panic() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let (store, schema) = scratch_store(&url, "kg_time", None).await;
+    let gate = gate(store.clone());
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let key = issued.key.expose();
+    let id = *issued.record.id.as_uuid();
+    let mut outcomes = Vec::new();
+    for column in ["created_at", "updated_at", "expires_at", "last_used_at"] {
+        for value in [
+            "infinity",
+            "-infinity",
+            "200000-01-01T00:00:00Z",
+            "4713-01-01T00:00:00Z BC",
+        ] {
+            sqlx::query("DELETE FROM keygate_keys")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            store.insert(issued.record.clone()).await.unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "UPDATE keygate_keys SET {column} = '{value}'"
+            )))
+            .execute(store.pool())
+            .await
+            .unwrap();
+            // Each call in a task of its own: a panic is an outcome, not the end of the test.
+            let (s, l) = (store.clone(), store.clone());
+            let got = tokio::spawn(async move { s.get(keygate::KeyId::from(id)).await }).await;
+            let listed =
+                tokio::spawn(async move { l.list(&keygate::ListQuery::new()).await }).await;
+            let got = got.map(|r| matches!(r, Err(StoreError::Corrupt(_))));
+            let listed = listed.map(|r| matches!(r, Err(StoreError::Corrupt(_))));
+            let verified = verify_outcome(&gate, key).await;
+            outcomes.push((column, value, got.ok(), listed.ok(), verified));
+        }
+    }
+    drop_scratch(&url, store, &schema).await;
+    for (column, value, got, listed, verified) in outcomes {
+        let case = format!("{column} = {value}");
+        assert_eq!(
+            got,
+            Some(true),
+            "{case}: get must be Corrupt (None: it panicked)"
+        );
+        assert_eq!(
+            listed,
+            Some(true),
+            "{case}: list must be Corrupt (None: it panicked)"
+        );
+        assert_eq!(verified, (500, None, true), "{case}: verify");
     }
 }

@@ -772,3 +772,150 @@ async fn a_revoke_on_one_node_reaches_the_other_within_a_second() {
 
     drop((a, b, cache_a, cache_b));
 }
+
+/// `HMAC-SHA256` under the tests' pepper, as lowercase hex, computed without keygate.
+fn hmac_hex(input: &[u8]) -> String {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[7u8; 32]);
+    ring::hmac::sign(&key, input)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn hand_written_records_missing_a_field_are_corrupt() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let scratch = Scratch::new(&url);
+    let store = scratch.store().await;
+    let gate = gate(Arc::new(store.clone()));
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let key = issued.key.expose();
+    let id = issued.record.id;
+    let record_key = format!("{}key:{id}", scratch.namespace);
+    let mut conn = admin(&url).await;
+    let written: String = redis::cmd("GET")
+        .arg(&record_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let written: serde_json::Value = serde_json::from_str(&written).unwrap();
+    let fields: Vec<String> = written.as_object().unwrap().keys().cloned().collect();
+    assert_eq!(fields.len(), 14, "{fields:?}");
+    let mut cases: Vec<(String, serde_json::Value)> = fields
+        .iter()
+        .map(|field| {
+            let mut record = written.clone();
+            record.as_object_mut().unwrap().remove(field);
+            (format!("without {field}"), record)
+        })
+        .collect();
+    let mut edit = |what: &str, change: &dyn Fn(&mut serde_json::Value)| {
+        let mut record = written.clone();
+        change(&mut record);
+        cases.push((what.to_owned(), record));
+    };
+    edit("an unknown field", &|r| r["isAdmin"] = true.into());
+    edit("another record's id", &|r| {
+        r["id"] = KeyId::random().to_string().into()
+    });
+    edit("an empty owner", &|r| r["owner"] = "".into());
+    edit("a null hash", &|r| r["hash"] = serde_json::Value::Null);
+    edit("a hash without a digest", &|r| {
+        r["hash"].as_object_mut().unwrap().remove("digest");
+    });
+    edit("scopes of numbers", &|r| {
+        r["scopes"] = serde_json::json!([1])
+    });
+    edit("metadata an array", &|r| {
+        r["metadata"] = serde_json::json!([])
+    });
+    edit("a last_used_at in the JSON", &|r| {
+        r["last_used_at"] = "2026-01-01T00:00:00Z".into()
+    });
+    let mut outcomes = Vec::new();
+    for (case, record) in cases {
+        let _: () = redis::cmd("SET")
+            .arg(&record_key)
+            .arg(record.to_string())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let got = store.get(id).await;
+        let listed = store.list(&ListQuery::new().owner("alice")).await;
+        let verified = gate.verify(key).await;
+        let status = verified.as_ref().err().map(|e| gate.http_outcome(e));
+        outcomes.push((case, got, listed, verified.is_ok(), status));
+    }
+    for (case, got, listed, accepted, status) in outcomes {
+        // Whole JSON with a bad value (an empty owner, an opaque record without a hash)
+        // decodes; the gate's record check refuses it.
+        if !["an empty owner", "a null hash"].contains(&case.as_str()) {
+            assert!(
+                matches!(got, Err(StoreError::Corrupt(_))),
+                "{case}: get {got:?}"
+            );
+            assert!(
+                matches!(listed, Err(StoreError::Corrupt(_))),
+                "{case}: list {listed:?}"
+            );
+        }
+        assert!(!accepted, "{case}: accepted");
+        let status = status.unwrap();
+        assert_eq!((status.status, status.retry_after), (500, None), "{case}");
+    }
+    // The record as written verifies again.
+    let _: () = redis::cmd("SET")
+        .arg(&record_key)
+        .arg(written.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    gate.verify(key).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_record_written_before_binding_verifies_and_is_rehashed() {
+    let Some(url) = support::redis_url() else {
+        return;
+    };
+    let scratch = Scratch::new(&url);
+    let store = scratch.store().await;
+    let gate = gate(Arc::new(store.clone()));
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let key = issued.key.expose();
+    let record_key = format!("{}key:{}", scratch.namespace, issued.record.id);
+    let mut conn = admin(&url).await;
+    let written: String = redis::cmd("GET")
+        .arg(&record_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut old: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(old["hash"]["scheme"], "bound");
+    // As the previous release wrote it: no scheme, HMAC of the secret part alone.
+    let secret = &key["key_".len() + 22.."key_".len() + 22 + 43];
+    old["hash"] = serde_json::json!({"version": 1, "digest": hmac_hex(secret.as_bytes())});
+    let _: () = redis::cmd("SET")
+        .arg(&record_key)
+        .arg(old.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    gate.verify(key).await.unwrap();
+    gate.flush().await.unwrap();
+    let now: String = redis::cmd("GET")
+        .arg(&record_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let now: serde_json::Value = serde_json::from_str(&now).unwrap();
+    assert_eq!(now["hash"]["scheme"], "bound");
+    assert_eq!(
+        now["hash"]["digest"],
+        hmac_hex(&key.as_bytes()[..key.len() - 6]).as_str()
+    );
+    gate.verify(key).await.unwrap();
+}

@@ -9,9 +9,11 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use keygate::admin::{AdminApi, AdminRequest};
 use keygate::sqlx;
 use keygate::{
-    CacheConfig, CachedStore, KeyStore, Keygate, NewKey, Pepper, Rejection, SqliteStore, StoreError,
+    CacheConfig, CachedStore, HashScheme, KeyStore, Keygate, NewKey, Pepper, Rejection,
+    SqliteStore, StoreError, VerifyError,
 };
 
 fn pepper() -> Pepper {
@@ -146,7 +148,13 @@ async fn migrations_are_idempotent_and_keygates_own() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(versions, [(1, "create keygate_keys".to_owned())]);
+    assert_eq!(
+        versions,
+        [
+            (1, "create keygate_keys".to_owned()),
+            (2, "add keygate_keys.hash_scheme".to_owned())
+        ]
+    );
     // No `_sqlx_migrations`: an application's own sqlx migrator on the same file is safe.
     let tables: Vec<String> =
         sqlx::query_scalar("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
@@ -324,4 +332,277 @@ fn mint_until_killed(var: &str, db: &str) -> (Vec<String>, std::process::ExitSta
         }
     }
     (keys, status)
+}
+
+/// `keygate_keys` as an application might create it by hand: every column, no
+/// constraints at all (any type, NULLs, empty strings).
+const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
+    id, format, hash_version, hash_digest, name, description, owner_id, created_by,
+    created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme
+)";
+
+async fn loose_store() -> SqliteStore {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::raw_sql(LOOSE_TABLE).execute(&pool).await.unwrap();
+    SqliteStore::from_pool(pool)
+}
+
+/// Verifies `key` and asserts a corrupt-record refusal: 500, no `Retry-After`.
+async fn assert_corrupt(gate: &Keygate, key: &str, case: &str) {
+    let err = gate.verify(key).await.unwrap_err();
+    assert!(
+        matches!(err, VerifyError::StoreCorrupt(StoreError::Corrupt(_))),
+        "{case}: {err:?}"
+    );
+    let http = gate.http_outcome(&err);
+    assert_eq!((http.status, http.retry_after), (500, None), "{case}");
+}
+
+#[tokio::test]
+async fn a_table_without_keygates_constraints_fails_closed() {
+    let store = loose_store().await;
+    // No directory: every owner unrestricted, so the owner column is all that matters.
+    let gate = gate(store.clone());
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let key = issued.key.expose();
+    let id = issued.record.id.to_string();
+    gate.verify(key).await.unwrap();
+    let edits = [
+        (
+            "empty owner",
+            "UPDATE keygate_keys SET owner_id = '' WHERE id = ?1",
+        ),
+        (
+            "blank owner",
+            "UPDATE keygate_keys SET owner_id = '   ' WHERE id = ?1",
+        ),
+        (
+            "NULL owner",
+            "UPDATE keygate_keys SET owner_id = NULL WHERE id = ?1",
+        ),
+        (
+            "numeric owner",
+            "UPDATE keygate_keys SET owner_id = 7 WHERE id = ?1",
+        ),
+        (
+            "owner with a newline",
+            "UPDATE keygate_keys SET owner_id = 'a' || char(10) || 'b' WHERE id = ?1",
+        ),
+        (
+            "no hash",
+            "UPDATE keygate_keys SET hash_version = NULL, hash_digest = NULL WHERE id = ?1",
+        ),
+        (
+            "half a hash",
+            "UPDATE keygate_keys SET hash_digest = NULL WHERE id = ?1",
+        ),
+        (
+            "short digest",
+            "UPDATE keygate_keys SET hash_digest = x'00' WHERE id = ?1",
+        ),
+        (
+            "negative version",
+            "UPDATE keygate_keys SET hash_version = -1 WHERE id = ?1",
+        ),
+        (
+            "unknown scheme",
+            "UPDATE keygate_keys SET hash_scheme = 'md5' WHERE id = ?1",
+        ),
+        (
+            "NULL scheme",
+            "UPDATE keygate_keys SET hash_scheme = NULL WHERE id = ?1",
+        ),
+        (
+            "unknown format",
+            "UPDATE keygate_keys SET format = 'paseto' WHERE id = ?1",
+        ),
+        (
+            "text timestamp",
+            "UPDATE keygate_keys SET created_at = 'yesterday' WHERE id = ?1",
+        ),
+        (
+            "NULL timestamp",
+            "UPDATE keygate_keys SET updated_at = NULL WHERE id = ?1",
+        ),
+        (
+            "NULL active",
+            "UPDATE keygate_keys SET active = NULL WHERE id = ?1",
+        ),
+        (
+            "NULL name",
+            "UPDATE keygate_keys SET name = NULL WHERE id = ?1",
+        ),
+        (
+            "timestamp out of range",
+            "UPDATE keygate_keys SET expires_at = 9223372036854775807 WHERE id = ?1",
+        ),
+        (
+            "expiry in year 10000",
+            "UPDATE keygate_keys SET expires_at = 253402300800000000 WHERE id = ?1",
+        ),
+        (
+            "scopes not strings",
+            "UPDATE keygate_keys SET scopes = '[1, 2]' WHERE id = ?1",
+        ),
+        (
+            "scopes an object",
+            "UPDATE keygate_keys SET scopes = '{}' WHERE id = ?1",
+        ),
+        (
+            "scopes not JSON",
+            "UPDATE keygate_keys SET scopes = 'admin' WHERE id = ?1",
+        ),
+        (
+            "metadata an array",
+            "UPDATE keygate_keys SET metadata = '[]' WHERE id = ?1",
+        ),
+        (
+            "metadata NULL",
+            "UPDATE keygate_keys SET metadata = NULL WHERE id = ?1",
+        ),
+    ];
+    let original: Vec<(String,)> = sqlx::query_as("SELECT quote(owner_id) FROM keygate_keys")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(original.len(), 1);
+    for (case, edit) in edits {
+        // Start from the good row each time.
+        sqlx::query("DELETE FROM keygate_keys")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.insert(issued.record.clone()).await.unwrap();
+        gate.verify(key).await.unwrap();
+        sqlx::query(edit)
+            .bind(&id)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        assert_corrupt(&gate, key, case).await;
+    }
+}
+
+#[tokio::test]
+async fn admin_calls_on_an_unreadable_row_are_500() {
+    let store = loose_store().await;
+    let gate = gate(store.clone());
+    let admin = gate.mint(NewKey::new("bootstrap", "root")).await.unwrap();
+    let admin_id = admin.record.id;
+    let caller = gate.verify(admin.key.expose()).await.unwrap();
+    let api = AdminApi::new(gate.clone(), move |p| p.key_id() == admin_id);
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    sqlx::query("UPDATE keygate_keys SET owner_id = NULL WHERE id = ?1")
+        .bind(issued.record.id.to_string())
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let id = issued.record.id.to_string();
+    let response = api.handle(&caller, AdminRequest::Get { id: &id }).await;
+    assert_eq!(response.status, 500, "{}", response.body);
+    assert_eq!(response.retry_after, None);
+    assert!(!response.body.contains("alice"));
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_created_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let db = TempDb::new();
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let gate = gate(store.clone());
+    let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    gate.verify(issued.key.expose()).await.unwrap();
+    let mode = |suffix: &str| {
+        std::fs::metadata(format!("{}{suffix}", db.path()))
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or_else(|e| panic!("{suffix}: {e}"))
+    };
+    for suffix in ["", "-wal", "-shm"] {
+        assert_eq!(mode(suffix), 0o600, "{}{suffix}", db.path());
+    }
+    store.pool().close().await;
+    // A file that already exists keeps the mode its owner gave it.
+    let existing = TempDb::new();
+    std::fs::write(&existing.0, b"").unwrap();
+    std::fs::set_permissions(&existing.0, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let store = SqliteStore::open(existing.path()).await.unwrap();
+    store.migrate().await.unwrap();
+    let mode = std::fs::metadata(&existing.0).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+}
+
+/// HMAC-SHA256 under the tests' pepper, computed without keygate.
+fn hmac(input: &[u8]) -> Vec<u8> {
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[42u8; 32]);
+    ring::hmac::sign(&key, input).as_ref().to_vec()
+}
+
+#[tokio::test]
+async fn a_database_from_before_binding_upgrades_its_hashes_on_use() {
+    let db = TempDb::new();
+    // The schema as the previous release left it: migration 1 only, and a key hashed the
+    // old way (HMAC of the secret part alone).
+    let issued = gate(keygate::MemoryStore::new())
+        .mint(NewKey::new("old key", "alice"))
+        .await
+        .unwrap();
+    let key = issued.key.expose().to_owned();
+    let secret = &key[4 + 22..4 + 22 + 43];
+    {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(db.path())
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../migrations/sqlite/0001_create_keys.sql"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE keygate_migrations (version INTEGER PRIMARY KEY, \
+             description TEXT NOT NULL, applied_at TEXT NOT NULL DEFAULT 'then'); \
+             INSERT INTO keygate_migrations (version, description) VALUES (1, 'create keygate_keys')",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let r = &issued.record;
+        sqlx::query(
+            "INSERT INTO keygate_keys (id, format, hash_version, hash_digest, name, owner_id, \
+             created_at, updated_at, active, metadata) \
+             VALUES (?1, 'opaque', 1, ?2, ?3, ?4, ?5, ?5, 1, '{}')",
+        )
+        .bind(r.id.to_string())
+        .bind(hmac(secret.as_bytes()))
+        .bind(&r.name)
+        .bind(&r.owner)
+        .bind(r.created_at.timestamp_micros())
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::open(db.path()).await.unwrap();
+    let stored = store.get(issued.record.id).await.unwrap().unwrap();
+    assert_eq!(stored.hash.as_ref().unwrap().scheme, HashScheme::Secret);
+    let gate = gate(store.clone());
+    gate.verify(&key).await.unwrap();
+    gate.flush().await.unwrap();
+    let (scheme, digest): (String, Vec<u8>) =
+        sqlx::query_as("SELECT hash_scheme, hash_digest FROM keygate_keys WHERE id = ?1")
+            .bind(issued.record.id.to_string())
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(scheme, "bound");
+    assert_eq!(digest, hmac(&key.as_bytes()[..key.len() - 6]));
+    gate.verify(&key).await.unwrap();
 }

@@ -15,14 +15,21 @@ use uuid::Uuid;
 use super::sql::{self, key_columns, store_error, Migration};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
 use crate::key::KeyId;
-use crate::record::{KeyPatch, KeyRecord, Metadata};
+use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`PostgresStore::migrate`].
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "create keygate_keys",
-    include_str!("../../migrations/postgres/0001_create_keys.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "create keygate_keys",
+        include_str!("../../migrations/postgres/0001_create_keys.sql"),
+    ),
+    (
+        2,
+        "add keygate_keys.hash_scheme",
+        include_str!("../../migrations/postgres/0002_hash_scheme.sql"),
+    ),
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (
     version     BIGINT PRIMARY KEY,
@@ -230,26 +237,73 @@ impl PostgresStore {
     }
 }
 
+/// A `TIMESTAMPTZ` read without panicking. sqlx's own decoding adds the value to its epoch
+/// with chrono's panicking `+`, so `'infinity'`, `'-infinity'` and years past chrono's
+/// range (PostgreSQL goes to 294276) would panic the reading task; here they, and any
+/// instant outside the years 1 to 9999 that keygate stores, are a decode error, i.e.
+/// [`StoreError::Corrupt`].
+struct PgInstant(DateTime<Utc>);
+
+/// 2000-01-01T00:00:00Z, PostgreSQL's epoch, in Unix microseconds.
+const PG_EPOCH_UNIX_MICROS: i64 = 946_684_800_000_000;
+
+impl sqlx::Type<sqlx::Postgres> for PgInstant {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PgInstant {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        match value.format() {
+            sqlx::postgres::PgValueFormat::Binary => {
+                // Microseconds since PostgreSQL's epoch; the infinities are i64::MAX/MIN.
+                let micros = <i64 as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                micros
+                    .checked_add(PG_EPOCH_UNIX_MICROS)
+                    .and_then(DateTime::from_timestamp_micros)
+                    .filter(|at| in_stored_range(*at))
+                    .map(PgInstant)
+                    .ok_or_else(|| format!("timestamp out of range ({micros} µs)").into())
+            }
+            // Text is parsed, not computed: no arithmetic that could panic.
+            sqlx::postgres::PgValueFormat::Text => {
+                let at = <DateTime<Utc> as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                if !in_stored_range(at) {
+                    return Err("timestamp out of range".into());
+                }
+                Ok(PgInstant(at))
+            }
+        }
+    }
+}
+
 fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let id: Uuid = row.try_get(0).map_err(store_error)?;
     let format: String = row.try_get(1).map_err(store_error)?;
     let scopes: Option<Json<BTreeSet<String>>> = row.try_get(13).map_err(store_error)?;
     let metadata: Json<Metadata> = row.try_get(14).map_err(store_error)?;
+    let instant = |i: usize| row.try_get::<PgInstant, _>(i).map(|at| at.0);
+    let opt_instant = |i: usize| {
+        row.try_get::<Option<PgInstant>, _>(i)
+            .map(|at| at.map(|at| at.0))
+    };
     Ok(KeyRecord {
         id: KeyId::from(id),
         format: sql::format_from(&format)?,
         hash: sql::hash_from(
             row.try_get(2).map_err(store_error)?,
             row.try_get(3).map_err(store_error)?,
+            row.try_get(15).map_err(store_error)?,
         )?,
         name: row.try_get(4).map_err(store_error)?,
         description: row.try_get(5).map_err(store_error)?,
         owner: row.try_get(6).map_err(store_error)?,
         created_by: row.try_get(7).map_err(store_error)?,
-        created_at: row.try_get(8).map_err(store_error)?,
-        updated_at: row.try_get(9).map_err(store_error)?,
-        expires_at: row.try_get(10).map_err(store_error)?,
-        last_used_at: row.try_get(11).map_err(store_error)?,
+        created_at: instant(8).map_err(store_error)?,
+        updated_at: instant(9).map_err(store_error)?,
+        expires_at: opt_instant(10).map_err(store_error)?,
+        last_used_at: opt_instant(11).map_err(store_error)?,
         active: row.try_get(12).map_err(store_error)?,
         scopes: scopes.map(|s| s.0),
         metadata: metadata.0,
@@ -258,9 +312,9 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every column of `record` in [`key_columns`] order to `$1`..`$15`.
+/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`.
 fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
-    let (hash_version, hash_digest) = sql::hash_to(record.hash.as_ref());
+    let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
     query
         .bind(*record.id.as_uuid())
         .bind(record.format.as_str())
@@ -277,6 +331,7 @@ fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
         .bind(record.active)
         .bind(record.scopes.as_ref().map(Json))
         .bind(Json(&record.metadata))
+        .bind(hash_scheme)
 }
 
 #[async_trait]
@@ -285,7 +340,7 @@ impl KeyStore for PostgresStore {
         let query = sqlx::query(concat!(
             "WITH inserted AS (INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
              RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM inserted"
         ));
@@ -330,7 +385,8 @@ impl KeyStore for PostgresStore {
             "WITH updated AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
              hash_digest = $4, name = $5, description = $6, owner_id = $7, created_by = $8, \
              created_at = $9, updated_at = $10, expires_at = $11, last_used_at = $12, \
-             active = $13, scopes = $14, metadata = $15 WHERE id = $1 RETURNING id) \
+             active = $13, scopes = $14, metadata = $15, hash_scheme = $16 \
+             WHERE id = $1 RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM updated",
         );
         bind_record(query, &record)

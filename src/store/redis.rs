@@ -17,12 +17,13 @@ use ::redis::{
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
-use crate::key::KeyId;
-use crate::record::{KeyPatch, KeyRecord};
+use crate::hash::{HashScheme, SecretHash};
+use crate::key::{KeyFormat, KeyId};
+use crate::record::{KeyPatch, KeyRecord, Metadata};
 
 /// How often an idle change feed checks that its listener is still alive and PINGs the
 /// server (to notice a connection that died without closing).
@@ -133,7 +134,7 @@ impl Default for RedisConfig {
 ///
 /// | key | type | holds |
 /// |---|---|---|
-/// | `keygate:key:<id>` | string | the record as JSON, without `last_used_at` |
+/// | `keygate:key:<id>` | string | the record as JSON, without `last_used_at` (see below) |
 /// | `keygate:last_used` | hash | field `<id>`: `last_used_at` in Unix microseconds |
 /// | `keygate:ids` | sorted set | every id, all scores 0 (so lexical order is id order) |
 /// | `keygate:owner:<owner>` | sorted set | the owner's ids, likewise |
@@ -145,6 +146,15 @@ impl Default for RedisConfig {
 /// concurrent updates never lose each other. Last-used times live in their own hash so a
 /// batch never rewrites records; they are kept to the microsecond and publish no change
 /// notices.
+///
+/// A record's JSON has exactly the fields `id`, `format`, `hash` (`{"version", "digest",
+/// "scheme"}` or `null`), `name`, `description`, `owner`, `created_by`, `created_at`,
+/// `updated_at`, `expires_at`, `last_used_at` (always `null`), `active`, `scopes` and
+/// `metadata`, every one of them present (`null` where the record has none), and its `id`
+/// is the one in its key name; anything else (a missing or unknown field, another id) is
+/// [`StoreError::Corrupt`], never a default. Only `hash.scheme` may be absent: hashes
+/// written before keygate had schemes are of the
+/// [`HashScheme::Secret`](crate::HashScheme::Secret) kind.
 ///
 /// # Connections and failures
 ///
@@ -489,20 +499,145 @@ impl fmt::Display for BadLastUsed {
 
 impl StdError for BadLastUsed {}
 
+/// A record as written: the same JSON shape keygate always wrote (that of [`KeyRecord`]),
+/// with `last_used_at` always `null` (the time lives in the `last_used` hash).
+#[derive(Serialize)]
+struct StoredOut<'a> {
+    id: KeyId,
+    format: KeyFormat,
+    hash: Option<StoredHash>,
+    name: &'a str,
+    description: Option<&'a str>,
+    owner: &'a str,
+    created_by: Option<&'a str>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    expires_at: Option<DateTime<Utc>>,
+    last_used_at: (),
+    active: bool,
+    scopes: Option<&'a std::collections::BTreeSet<String>>,
+    metadata: &'a Metadata,
+}
+
+/// A record as read: every field required, `Option`s included (present, possibly
+/// `null`), and nothing else allowed. Deliberately not [`KeyRecord`]'s own serde shape,
+/// where a missing `scopes`, `expires_at` or `hash` would read as unscoped,
+/// never-expiring or signature-only: failing open.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredIn {
+    id: KeyId,
+    format: KeyFormat,
+    #[serde(deserialize_with = "Option::deserialize")]
+    hash: Option<StoredHash>,
+    name: String,
+    #[serde(deserialize_with = "Option::deserialize")]
+    description: Option<String>,
+    owner: String,
+    #[serde(deserialize_with = "Option::deserialize")]
+    created_by: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    expires_at: Option<DateTime<Utc>>,
+    /// Must be `null`.
+    #[allow(dead_code)]
+    last_used_at: (),
+    active: bool,
+    #[serde(deserialize_with = "Option::deserialize")]
+    scopes: Option<std::collections::BTreeSet<String>>,
+    metadata: Metadata,
+}
+
+/// A stored hash. `scheme` alone may be missing: records written before schemes existed
+/// hold hashes of the secret alone.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredHash {
+    version: u32,
+    #[serde(with = "crate::hash::hex32")]
+    digest: [u8; 32],
+    #[serde(default)]
+    scheme: HashScheme,
+}
+
+impl From<&SecretHash> for StoredHash {
+    fn from(hash: &SecretHash) -> Self {
+        Self {
+            version: hash.version,
+            digest: hash.digest,
+            scheme: hash.scheme,
+        }
+    }
+}
+
+/// A stored record whose `id` is not the one in its key name.
+#[derive(Debug)]
+struct MisplacedRecord;
+
+impl fmt::Display for MisplacedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("stored record's id is not the id it is stored under")
+    }
+}
+
+impl StdError for MisplacedRecord {}
+
 /// The record as stored: JSON without `last_used_at`.
 fn encode(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
-    if record.last_used_at.is_none() {
-        return serde_json::to_vec(record).map_err(StoreError::backend);
-    }
-    let mut stored = record.clone();
-    stored.last_used_at = None;
+    let stored = StoredOut {
+        id: record.id,
+        format: record.format,
+        hash: record.hash.as_ref().map(StoredHash::from),
+        name: &record.name,
+        description: record.description.as_deref(),
+        owner: &record.owner,
+        created_by: record.created_by.as_deref(),
+        created_at: record.created_at,
+        updated_at: record.updated_at,
+        expires_at: record.expires_at,
+        last_used_at: (),
+        active: record.active,
+        scopes: record.scopes.as_ref(),
+        metadata: &record.metadata,
+    };
     serde_json::to_vec(&stored).map_err(StoreError::backend)
 }
 
-fn decode(json: &[u8], last_used: Option<&[u8]>) -> Result<KeyRecord, StoreError> {
-    let mut record: KeyRecord = serde_json::from_slice(json).map_err(corrupt)?;
-    record.last_used_at = last_used.map(decode_micros).transpose()?;
-    Ok(record)
+/// The record stored under `id`, strictly: see [`StoredIn`].
+fn decode(id: KeyId, json: &[u8], last_used: Option<&[u8]>) -> Result<KeyRecord, StoreError> {
+    let stored: StoredIn = serde_json::from_slice(json).map_err(corrupt)?;
+    if stored.id != id {
+        return Err(corrupt(MisplacedRecord));
+    }
+    Ok(KeyRecord {
+        id: stored.id,
+        format: stored.format,
+        hash: stored.hash.map(|h| SecretHash {
+            version: h.version,
+            digest: h.digest,
+            scheme: h.scheme,
+        }),
+        name: stored.name,
+        description: stored.description,
+        owner: stored.owner,
+        created_by: stored.created_by,
+        created_at: stored.created_at,
+        updated_at: stored.updated_at,
+        expires_at: stored.expires_at,
+        last_used_at: last_used.map(decode_micros).transpose()?,
+        active: stored.active,
+        scopes: stored.scopes,
+        metadata: stored.metadata,
+    })
+}
+
+/// An id from a listing's index, which must be a key id.
+fn decode_id(raw: &[u8]) -> Result<KeyId, StoreError> {
+    std::str::from_utf8(raw)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt(MisplacedRecord))
 }
 
 fn decode_micros(raw: &[u8]) -> Result<DateTime<Utc>, StoreError> {
@@ -665,7 +800,7 @@ impl KeyStore for RedisStore {
             .await?;
         match json {
             None => Ok(None),
-            Some(json) => Ok(Some(Arc::new(decode(&json, last_used.as_deref())?))),
+            Some(json) => Ok(Some(Arc::new(decode(id, &json, last_used.as_deref())?))),
         }
     }
 
@@ -681,7 +816,7 @@ impl KeyStore for RedisStore {
                 let Some(json) = json else {
                     return Ok(None);
                 };
-                let mut record = decode(&json, last_used.as_deref())?;
+                let mut record = decode(id, &json, last_used.as_deref())?;
                 let old_owner = keys.owner(&record.owner);
                 patch.apply(&mut record);
                 let new_owner = keys.owner(&record.owner);
@@ -776,8 +911,8 @@ impl KeyStore for RedisStore {
         let mut records = Vec::with_capacity(rows.len() / 3);
         for row in rows.chunks(3) {
             // An id whose record is missing can only be left by a damaged index: skip it.
-            if let [_, Some(json), last_used] = row {
-                records.push(decode(json, last_used.as_deref())?);
+            if let [Some(id), Some(json), last_used] = row {
+                records.push(decode(decode_id(id)?, json, last_used.as_deref())?);
             }
         }
         Ok(records)
@@ -983,6 +1118,89 @@ mod tests {
         assert_eq!(sorted, texts);
     }
 
+    /// A record as the code before strict decoding wrote it (`KeyRecord`'s serde shape).
+    fn written_before(id: KeyId) -> serde_json::Value {
+        serde_json::json!({
+            "id": id.to_string(),
+            "format": "opaque",
+            "hash": {"version": 1, "digest": "ab".repeat(32)},
+            "name": "n",
+            "description": null,
+            "owner": "o",
+            "created_by": null,
+            "created_at": "2026-01-01T00:00:00Z",
+            "updated_at": "2026-01-01T00:00:00Z",
+            "expires_at": "2027-01-01T00:00:00Z",
+            "last_used_at": null,
+            "active": true,
+            "scopes": ["a:read"],
+            "metadata": {},
+        })
+    }
+
+    #[test]
+    fn records_written_before_still_decode_as_secret_hashes() {
+        let id = KeyId::random();
+        let json = serde_json::to_vec(&written_before(id)).unwrap();
+        let record = decode(id, &json, Some(b"1767225600000000")).unwrap();
+        let hash = record.hash.unwrap();
+        assert_eq!(hash.scheme, HashScheme::Secret);
+        assert_eq!(hash.digest, [0xab; 32]);
+        assert_eq!(record.scopes.unwrap().len(), 1);
+        assert!(record.expires_at.is_some() && record.last_used_at.is_some());
+    }
+
+    #[test]
+    fn a_missing_unknown_or_misplaced_field_is_corrupt() {
+        let id = KeyId::random();
+        let fields = [
+            "id",
+            "format",
+            "hash",
+            "name",
+            "description",
+            "owner",
+            "created_by",
+            "created_at",
+            "updated_at",
+            "expires_at",
+            "last_used_at",
+            "active",
+            "scopes",
+            "metadata",
+        ];
+        for field in fields {
+            let mut value = written_before(id);
+            value.as_object_mut().unwrap().remove(field);
+            let json = serde_json::to_vec(&value).unwrap();
+            assert!(
+                matches!(decode(id, &json, None), Err(StoreError::Corrupt(_))),
+                "without {field}"
+            );
+        }
+        let corrupt_with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut value = written_before(id);
+            edit(&mut value);
+            let json = serde_json::to_vec(&value).unwrap();
+            matches!(decode(id, &json, None), Err(StoreError::Corrupt(_)))
+        };
+        assert!(corrupt_with(&|v| v["extra"] = serde_json::json!(1)));
+        assert!(corrupt_with(&|v| v["hash"]["salt"] = serde_json::json!(1)));
+        assert!(corrupt_with(
+            &|v| v["hash"]["scheme"] = serde_json::json!("nope")
+        ));
+        assert!(corrupt_with(
+            &|v| v["last_used_at"] = serde_json::json!("2026-01-01T00:00:00Z")
+        ));
+        assert!(corrupt_with(&|v| v["scopes"] = serde_json::json!([1, 2])));
+        assert!(corrupt_with(&|v| v["scopes"] = serde_json::json!({})));
+        assert!(corrupt_with(&|v| v["metadata"] = serde_json::json!([])));
+        assert!(corrupt_with(
+            &|v| v["id"] = serde_json::json!(KeyId::random().to_string())
+        ));
+        assert!(!corrupt_with(&|_| {}));
+    }
+
     #[test]
     fn last_used_is_not_stored_in_the_json() {
         let now = Utc::now();
@@ -1003,7 +1221,7 @@ mod tests {
             metadata: crate::record::Metadata::new(),
         };
         let json = encode(&record).unwrap();
-        let back = decode(&json, None).unwrap();
+        let back = decode(record.id, &json, None).unwrap();
         assert_eq!(back.last_used_at, None);
         record.last_used_at = None;
         assert_eq!(back, record);

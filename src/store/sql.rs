@@ -1,7 +1,7 @@
 //! What the SQL stores share: the column list, error mapping, and the checks that turn
 //! column values back into a [`KeyRecord`]'s fields.
 
-use crate::hash::SecretHash;
+use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
 use crate::store::StoreError;
 
@@ -10,7 +10,8 @@ use crate::store::StoreError;
 macro_rules! key_columns {
     () => {
         "id, format, hash_version, hash_digest, name, description, owner_id, created_by, \
-         created_at, updated_at, expires_at, last_used_at, active, scopes, metadata"
+         created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, \
+         hash_scheme"
     };
 }
 pub(crate) use key_columns;
@@ -46,17 +47,24 @@ pub(crate) fn format_from(text: &str) -> Result<KeyFormat, StoreError> {
         .map_err(|_| corrupt(format!("unknown key format {text:?}")))
 }
 
-/// The hash columns of a record: `(hash_version, hash_digest)`, both or neither.
-pub(crate) fn hash_to(hash: Option<&SecretHash>) -> (Option<i64>, Option<&[u8]>) {
+/// The hash columns of a record: `(hash_version, hash_digest)`, both or neither, and
+/// `hash_scheme` (`'secret'` when there is no hash, the column's default).
+pub(crate) fn hash_to(hash: Option<&SecretHash>) -> (Option<i64>, Option<&[u8]>, &'static str) {
     match hash {
-        Some(h) => (Some(i64::from(h.version)), Some(&h.digest[..])),
-        None => (None, None),
+        Some(h) => (
+            Some(i64::from(h.version)),
+            Some(&h.digest[..]),
+            h.scheme.as_str(),
+        ),
+        None => (None, None, HashScheme::Secret.as_str()),
     }
 }
 
+/// A record's hash from its columns; the scheme only matters when there is a hash.
 pub(crate) fn hash_from(
     version: Option<i64>,
     digest: Option<Vec<u8>>,
+    scheme: Option<String>,
 ) -> Result<Option<SecretHash>, StoreError> {
     match (version, digest) {
         (None, None) => Ok(None),
@@ -66,7 +74,15 @@ pub(crate) fn hash_from(
             let digest: [u8; 32] = digest.try_into().map_err(|d: Vec<u8>| {
                 corrupt(format!("hash digest of {} bytes, expected 32", d.len()))
             })?;
-            Ok(Some(SecretHash { version, digest }))
+            let scheme = scheme
+                .as_deref()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| corrupt("unknown or missing hash scheme"))?;
+            Ok(Some(SecretHash {
+                version,
+                digest,
+                scheme,
+            }))
         }
         _ => Err(corrupt(
             "hash version and digest must be both set or both null",
@@ -83,25 +99,38 @@ mod tests {
 
     #[test]
     fn hashes_round_trip_and_bad_ones_are_corrupt() {
-        let hash = SecretHash {
-            version: u32::MAX,
-            digest: [3; 32],
-        };
-        let (v, d) = hash_to(Some(&hash));
-        assert_eq!(hash_from(v, d.map(<[u8]>::to_vec)).unwrap(), Some(hash));
-        assert!(hash_from(None, None).unwrap().is_none());
+        let secret = || Some("secret".to_owned());
+        for scheme in [HashScheme::Secret, HashScheme::Bound] {
+            let hash = SecretHash {
+                version: u32::MAX,
+                digest: [3; 32],
+                scheme,
+            };
+            let (v, d, s) = hash_to(Some(&hash));
+            assert_eq!(
+                hash_from(v, d.map(<[u8]>::to_vec), Some(s.to_owned())).unwrap(),
+                Some(hash)
+            );
+        }
+        assert!(hash_from(None, None, secret()).unwrap().is_none());
         assert!(matches!(
-            hash_from(Some(1), None),
+            hash_from(Some(1), None, secret()),
             Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(
-            hash_from(Some(1), Some(vec![0; 31])),
+            hash_from(Some(1), Some(vec![0; 31]), secret()),
             Err(StoreError::Corrupt(_))
         ));
         assert!(matches!(
-            hash_from(Some(-1), Some(vec![0; 32])),
+            hash_from(Some(-1), Some(vec![0; 32]), secret()),
             Err(StoreError::Corrupt(_))
         ));
+        for scheme in [None, Some("Bound".to_owned()), Some(String::new())] {
+            assert!(matches!(
+                hash_from(Some(1), Some(vec![0; 32]), scheme),
+                Err(StoreError::Corrupt(_))
+            ));
+        }
     }
 
     #[test]

@@ -16,14 +16,21 @@ use sqlx::Row;
 use super::sql::{self, key_columns, store_error, Migration};
 use super::{KeyStore, ListQuery, StoreError};
 use crate::key::KeyId;
-use crate::record::{KeyPatch, KeyRecord, Metadata};
+use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`SqliteStore::migrate`].
-const MIGRATIONS: &[Migration] = &[(
-    1,
-    "create keygate_keys",
-    include_str!("../../migrations/sqlite/0001_create_keys.sql"),
-)];
+const MIGRATIONS: &[Migration] = &[
+    (
+        1,
+        "create keygate_keys",
+        include_str!("../../migrations/sqlite/0001_create_keys.sql"),
+    ),
+    (
+        2,
+        "add keygate_keys.hash_scheme",
+        include_str!("../../migrations/sqlite/0002_hash_scheme.sql"),
+    ),
+];
 
 const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (
     version     INTEGER PRIMARY KEY,
@@ -71,6 +78,10 @@ impl SqliteStore {
     /// nothing is created or migrated.
     ///
     /// File databases use the WAL journal, `synchronous = FULL` and a 5 s busy timeout.
+    /// On Unix a database file this creates is readable and writable by its owner only
+    /// (mode 0600, further narrowed by the umask), and so are its `-wal` and `-shm` files,
+    /// which SQLite creates with the database file's permissions; an existing file keeps
+    /// its mode.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let memory = is_memory(url);
         let read_only = url.starts_with("sqlite:") && has_param(url, "mode=ro");
@@ -84,6 +95,9 @@ impl SqliteStore {
             .create_if_missing(!read_only)
             .busy_timeout(BUSY_TIMEOUT)
             .synchronous(SqliteSynchronous::Full);
+        if !memory && !read_only {
+            create_private(options.get_filename())?;
+        }
         let pool = if memory {
             // An in-memory database lives as long as a connection to it: keep exactly one,
             // forever, so every caller sees the same data.
@@ -169,6 +183,30 @@ impl SqliteStore {
     }
 }
 
+/// Creates `path` empty with mode 0600 if it does not exist, before SQLite opens it (SQLite
+/// would create it 0644 under the usual umask, readable by every local user). An empty
+/// file is an empty database to SQLite.
+#[cfg(unix)]
+fn create_private(path: &std::path::Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::backend(e)),
+    }
+}
+
+/// Elsewhere the file inherits its directory's access rules.
+#[cfg(not(unix))]
+fn create_private(_path: &std::path::Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
 fn is_memory(url: &str) -> bool {
     let path = url
         .trim_start_matches("sqlite://")
@@ -187,8 +225,10 @@ fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros()
 }
 
+/// Unix microseconds as an instant in the years 1 to 9999 (what keygate stores).
 fn instant(micros: i64) -> Result<DateTime<Utc>, StoreError> {
     DateTime::from_timestamp_micros(micros)
+        .filter(|at| in_stored_range(*at))
         .ok_or_else(|| sql::corrupt(format!("timestamp {micros} out of range")))
 }
 
@@ -210,13 +250,26 @@ fn metadata_from_json(json: &str) -> Result<Metadata, StoreError> {
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
+/// A column that must not be NULL. SQLite decodes NULL as `""`, `0` or `false` into a
+/// plain `String`, `i64` or `bool`, so a table without keygate's `NOT NULL` constraints
+/// (see [`SqliteStore::from_pool`]) would pass a NULL owner as `""`: read through `Option`
+/// and refuse NULL as corrupt instead.
+fn required<'r, T>(row: &'r SqliteRow, index: usize) -> Result<T, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get::<Option<T>, _>(index)
+        .map_err(store_error)?
+        .ok_or_else(|| sql::corrupt(format!("column {index} is NULL")))
+}
+
 fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let get_err = store_error;
-    let id: String = row.try_get(0).map_err(get_err)?;
+    let id: String = required(row, 0)?;
     let id = KeyId::from_str(&id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
-    let format: String = row.try_get(1).map_err(get_err)?;
+    let format: String = required(row, 1)?;
     let scopes: Option<String> = row.try_get(13).map_err(get_err)?;
-    let metadata: String = row.try_get(14).map_err(get_err)?;
+    let metadata: String = required(row, 14)?;
     let opt_instant = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
         row.try_get::<Option<i64>, _>(i)
             .map_err(get_err)?
@@ -229,27 +282,28 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         hash: sql::hash_from(
             row.try_get(2).map_err(get_err)?,
             row.try_get(3).map_err(get_err)?,
+            row.try_get(15).map_err(get_err)?,
         )?,
-        name: row.try_get(4).map_err(get_err)?,
+        name: required(row, 4)?,
         description: row.try_get(5).map_err(get_err)?,
-        owner: row.try_get(6).map_err(get_err)?,
+        owner: required(row, 6)?,
         created_by: row.try_get(7).map_err(get_err)?,
-        created_at: instant(row.try_get(8).map_err(get_err)?)?,
-        updated_at: instant(row.try_get(9).map_err(get_err)?)?,
+        created_at: instant(required(row, 8)?)?,
+        updated_at: instant(required(row, 9)?)?,
         expires_at: opt_instant(10)?,
         last_used_at: opt_instant(11)?,
-        active: row.try_get(12).map_err(get_err)?,
+        active: required(row, 12)?,
         scopes: scopes_from_json(scopes.as_deref())?,
         metadata: metadata_from_json(&metadata)?,
     })
 }
 
-/// Binds every column of `record` in [`key_columns`] order to `?1`..`?15`.
+/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`.
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     record: &'q KeyRecord,
 ) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
-    let (hash_version, hash_digest) = sql::hash_to(record.hash.as_ref());
+    let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
     query
         .bind(record.id.to_string())
         .bind(record.format.as_str())
@@ -266,6 +320,7 @@ fn bind_record<'q>(
         .bind(record.active)
         .bind(scopes_to_json(record.scopes.as_ref()))
         .bind(metadata_to_json(&record.metadata))
+        .bind(hash_scheme)
 }
 
 #[async_trait]
@@ -274,7 +329,7 @@ impl KeyStore for SqliteStore {
         let query = sqlx::query(concat!(
             "INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ));
         match bind_record(query, &record).execute(&self.pool).await {
             Ok(_) => Ok(()),
@@ -322,7 +377,7 @@ impl KeyStore for SqliteStore {
             "UPDATE keygate_keys SET format = ?2, hash_version = ?3, hash_digest = ?4, \
              name = ?5, description = ?6, owner_id = ?7, created_by = ?8, created_at = ?9, \
              updated_at = ?10, expires_at = ?11, last_used_at = ?12, active = ?13, \
-             scopes = ?14, metadata = ?15 WHERE id = ?1",
+             scopes = ?14, metadata = ?15, hash_scheme = ?16 WHERE id = ?1",
         );
         bind_record(query, &record)
             .execute(&mut *tx)
