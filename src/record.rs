@@ -336,27 +336,6 @@ impl KeyPatch {
         self
     }
 
-    /// The parts of [`KeyRecord::check`] a patch can break: a new owner and a new expiry.
-    /// [`Keygate::update`](crate::Keygate::update) should refuse a patch that fails it, so
-    /// that no update writes a record verify would refuse as corrupt (and SQL stores would
-    /// no longer read back). `update` belongs to another change under way; until it calls
-    /// this, only the unit tests do.
-    #[allow(dead_code)]
-    pub(crate) fn check(&self) -> Result<(), InvalidRecord> {
-        if let Some(owner) = &self.owner {
-            check_stored_owner(owner)?;
-        }
-        if let Some(Some(at)) = self.expires_at {
-            if !in_stored_range(at) {
-                return Err(InvalidRecord::new(
-                    "expires_at",
-                    "outside the years 1 to 9999",
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// Whether the patch changes nothing.
     pub fn is_empty(&self) -> bool {
         *self == Self::default()
@@ -464,21 +443,6 @@ mod tests {
             ..r
         };
         assert_eq!(field(&early), Err("created_at"));
-    }
-
-    #[test]
-    fn patches_are_checked_like_records() {
-        assert_eq!(KeyPatch::new().name("x").check(), Ok(()));
-        assert_eq!(
-            KeyPatch::new().owner("").check().map_err(|e| e.field),
-            Err("owner")
-        );
-        let far = Utc.with_ymd_and_hms(10000, 1, 1, 0, 0, 0).single();
-        assert_eq!(
-            KeyPatch::new().expires_at(far).check().map_err(|e| e.field),
-            Err("expires_at")
-        );
-        assert_eq!(KeyPatch::new().expires_at(None).check(), Ok(()));
     }
 
     #[test]

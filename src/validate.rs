@@ -193,10 +193,14 @@ pub(crate) fn metadata(metadata: &Metadata) -> Result<(), Error> {
         .map_err(|_| Error::invalid("metadata", "larger than 16384 bytes as JSON"))
 }
 
-/// An expiry date: no later than [`MAX_EXPIRY`].
+/// An expiry date: no later than [`MAX_EXPIRY`], and not before the year 1 (stores keep
+/// the years 1 to 9999 only).
 pub(crate) fn expiry(field: &'static str, at: DateTime<Utc>) -> Result<(), Error> {
     if at > MAX_EXPIRY {
         return Err(Error::invalid(field, "after 9999-12-31T23:59:59Z"));
+    }
+    if !crate::record::in_stored_range(at) {
+        return Err(Error::invalid(field, "before the year 1"));
     }
     Ok(())
 }
@@ -315,6 +319,11 @@ mod tests {
         assert_eq!(
             field_of(expiry("grace", DateTime::<Utc>::MAX_UTC)),
             Some("grace")
+        );
+        // Stores keep the years 1 to 9999: an update must not write what verify refuses.
+        assert_eq!(
+            field_of(expiry("expires_at", DateTime::<Utc>::MIN_UTC)),
+            Some("expires_at")
         );
     }
 }

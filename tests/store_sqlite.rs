@@ -491,10 +491,12 @@ async fn a_table_without_keygates_constraints_fails_closed() {
 async fn admin_calls_on_an_unreadable_row_are_500() {
     let store = loose_store().await;
     let gate = gate(store.clone());
-    let admin = gate.mint(NewKey::new("bootstrap", "root")).await.unwrap();
-    let admin_id = admin.record.id;
+    let admin = gate
+        .mint(NewKey::new("bootstrap", "root").scopes(["admin"]))
+        .await
+        .unwrap();
     let caller = gate.verify(admin.key.expose()).await.unwrap();
-    let api = AdminApi::new(gate.clone(), move |p| p.key_id() == admin_id);
+    let api = AdminApi::new(gate.clone());
     let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
     sqlx::query("UPDATE keygate_keys SET owner_id = NULL WHERE id = ?1")
         .bind(issued.record.id.to_string())
