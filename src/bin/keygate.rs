@@ -305,7 +305,9 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
         }
         Command::Verify => match gate.verify(&read_key()?).await {
             Ok(principal) => println!("{}", to_json(&principal)?),
-            Err(error) if error.is_unavailable() => {
+            // A store that is down or holds a corrupt record is the store's failure (3),
+            // never a refused key (1).
+            Err(error) if error.is_server_error() => {
                 return Err(Fail(3, format!("{}: {}", error, chain(&error))));
             }
             Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
