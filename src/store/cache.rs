@@ -478,6 +478,9 @@ mod tests {
         gets: AtomicUsize,
         gate: tokio::sync::Notify,
         hold: std::sync::atomic::AtomicBool,
+        /// Returned by the next held read instead of the store's copy (a read that
+        /// raced a write).
+        stale: std::sync::Mutex<Option<Option<Arc<KeyRecord>>>>,
     }
 
     #[async_trait]
@@ -489,6 +492,9 @@ mod tests {
             self.gets.fetch_add(1, Ordering::SeqCst);
             if self.hold.load(Ordering::SeqCst) {
                 self.gate.notified().await;
+                if let Some(stale) = self.stale.lock().unwrap().take() {
+                    return Ok(stale);
+                }
             }
             self.inner.get(id).await
         }
@@ -628,5 +634,261 @@ mod tests {
         cache.get(r.id).await.unwrap();
         assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 2);
         assert_eq!(cache.stats().resyncs, 1);
+    }
+
+    /// Whether a single-flight placeholder for `id` is still alive (someone is loading).
+    fn loading<S: KeyStore>(cache: &CachedStore<S>, id: KeyId) -> bool {
+        matches!(
+            cache
+                .state
+                .found
+                .entry(&id, Some(Duration::ZERO), |_, _| EntryAction::Retain(())),
+            EntryResult::Timeout
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_configurations_saturate_instead_of_panicking() {
+        for config in [
+            CacheConfig::new()
+                .ttl(Duration::MAX)
+                .negative_ttl(Duration::MAX),
+            CacheConfig::new().capacity(usize::MAX).negative_capacity(usize::MAX),
+            CacheConfig::new().capacity(0).negative_capacity(0),
+            CacheConfig::new().capacity(1).negative_capacity(1),
+            CacheConfig::new().ttl(Duration::ZERO).negative_ttl(Duration::ZERO),
+        ] {
+            let cache = CachedStore::new(Slow::default(), config);
+            let r = record();
+            cache.insert(r.clone()).await.unwrap();
+            let unknown = KeyId::random();
+            for _ in 0..3 {
+                assert_eq!(cache.get(r.id).await.unwrap().map(|r| r.id), Some(r.id));
+                assert!(cache.get(unknown).await.unwrap().is_none());
+            }
+            tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+            assert!(cache.get(r.id).await.unwrap().is_some());
+            let stats = cache.stats();
+            assert!(stats.entries <= config.capacity as u64);
+            assert!(stats.negative_entries <= config.negative_capacity as u64);
+        }
+        // A TTL that overflows the clock means "until invalidated".
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::MAX));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        cache.get(r.id).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_evicts_and_keeps_caching() {
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().capacity(1024));
+        let mut last = None;
+        for _ in 0..5000 {
+            let r = record();
+            cache.inner().inner.insert(r.clone()).await.unwrap();
+            cache.get(r.id).await.unwrap();
+            last = Some(r.id);
+        }
+        let stats = cache.stats();
+        assert!(stats.entries <= 1024, "{stats:?}");
+        assert!(stats.evictions >= 5000 - 1024, "{stats:?}");
+        // Still caching when full: the newest record is served from memory.
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        cache.get(last.unwrap()).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_unknown_ids_cannot_push_out_hot_records() {
+        let cache = CachedStore::new(
+            Slow::default(),
+            CacheConfig::new().capacity(256).negative_capacity(128),
+        );
+        let hot: Vec<KeyRecord> = (0..100).map(|_| record()).collect();
+        for r in &hot {
+            cache.inner().inner.insert(r.clone()).await.unwrap();
+            cache.get(r.id).await.unwrap();
+        }
+        for _ in 0..10_000 {
+            assert!(cache.get(KeyId::random()).await.unwrap().is_none());
+        }
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        for r in &hot {
+            assert!(cache.get(r.id).await.unwrap().is_some());
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads, "hot records reloaded");
+        // The negative cache keeps working, within its own bound.
+        let unknown = KeyId::random();
+        cache.get(unknown).await.unwrap();
+        cache.get(unknown).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 1);
+        let stats = cache.stats();
+        assert!(stats.negative_entries <= 128, "{stats:?}");
+        assert!(stats.negative_hits >= 1, "{stats:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_thousand_cancelled_loads_leave_nothing_behind() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let ids: Vec<KeyId> = (0..100_000).map(|_| KeyId::random()).collect();
+        for id in &ids {
+            // Polled once (it parks in the inner read), then dropped: a store timeout.
+            let cancelled = tokio::time::timeout(Duration::ZERO, cache.get(*id)).await;
+            assert!(cancelled.is_err());
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 100_000);
+        assert!(ids.iter().all(|id| !loading(&cache, *id)), "placeholder left");
+        assert_eq!(cache.stats().entries, 0);
+        assert_eq!(cache.stats().negative_entries, 0);
+        cache.inner().hold.store(false, Ordering::SeqCst);
+
+        // Still serves hits.
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert!(cache.get(r.id).await.unwrap().is_some());
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 1);
+        // A cancelled id loads afresh and is then cached as unknown.
+        cache.get(ids[0]).await.unwrap();
+        cache.get(ids[0]).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 2);
+
+        // Single flight still collapses concurrent misses into one read.
+        let r2 = record();
+        cache.inner().inner.insert(r2.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get(r2.id).await.unwrap().map(|r| r.id) })
+            })
+            .collect();
+        while cache.inner().gets.load(Ordering::SeqCst) == reads + 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Some(r2.id));
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 3);
+        assert!(!loading(&cache, r2.id));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_over_a_cancelled_load() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let first = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap().map(|r| r.id) })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1, "the waiter waits");
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        first.abort(); // the client went away mid-load
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(waiter.await.unwrap(), Some(r.id));
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 2);
+        assert!(!loading(&cache, r.id));
+    }
+
+    /// The fence: a fill that read the record before a revoke must not cache it after the
+    /// revoke, whichever of "insert" and "invalidate" runs first.
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_started_before_a_revoke_never_caches_the_stale_record() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        // Read the record (still active), then hold the read before it returns.
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Slow::get reads after the gate opens, so revoke in the inner store first and
+        // arrange for the held read to return the stale copy.
+        let stale = cache.inner().inner.get(r.id).await.unwrap().unwrap();
+        *cache.inner().stale.lock().unwrap() = Some(Some(stale));
+        cache
+            .update(r.id, &KeyPatch::new().active(false))
+            .await
+            .unwrap();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(loader.await.unwrap().unwrap().active, "the racing read saw the old copy");
+        // ...but it was not cached: every later read sees the revoke.
+        for _ in 0..3 {
+            assert!(!cache.get(r.id).await.unwrap().unwrap().active);
+        }
+        assert!(cache.stats().entries <= 1);
+    }
+
+    /// The fence on the negative side: a read that found nothing before a mint must not
+    /// leave a "no such key" behind that refuses the new key.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_read_before_an_insert_is_not_cached_after_it() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        *cache.inner().stale.lock().unwrap() = Some(None); // what the racing read saw
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        cache.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(loader.await.unwrap().is_none());
+        assert_eq!(cache.stats().negative_entries, 0);
+        assert!(cache.get(r.id).await.unwrap().is_some());
+    }
+
+    /// `clear` fences every id: a fill under way when the cache is cleared is not cached.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_read_before_a_clear_is_not_cached_after_it() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        *cache.inner().stale.lock().unwrap() = Some(None);
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        cache.state.resync();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(loader.await.unwrap().is_none());
+        assert!(cache.get(r.id).await.unwrap().is_some());
     }
 }
