@@ -333,7 +333,11 @@ mod tests {
         assert!(hashes.len() > 4000, "only {} distinct hashes", hashes.len());
         // Not one bucket chain: the low bits a table indexes by are spread too.
         let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
-        assert!(buckets.len() > 900, "only {} of 1024 buckets used", buckets.len());
+        assert!(
+            buckets.len() > 900,
+            "only {} of 1024 buckets used",
+            buckets.len()
+        );
     }
 
     #[test]

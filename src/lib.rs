@@ -65,6 +65,7 @@ mod jwt;
 mod key;
 mod principal;
 mod record;
+mod refusals;
 mod secret;
 mod store;
 #[cfg(feature = "testing")]
@@ -97,6 +98,7 @@ pub use key::{
 };
 pub use principal::{Permission, Principal};
 pub use record::{KeyPatch, KeyRecord, Metadata, NewKey};
+pub use refusals::RefusalCounts;
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -653,10 +653,14 @@ mod tests {
             CacheConfig::new()
                 .ttl(Duration::MAX)
                 .negative_ttl(Duration::MAX),
-            CacheConfig::new().capacity(usize::MAX).negative_capacity(usize::MAX),
+            CacheConfig::new()
+                .capacity(usize::MAX)
+                .negative_capacity(usize::MAX),
             CacheConfig::new().capacity(0).negative_capacity(0),
             CacheConfig::new().capacity(1).negative_capacity(1),
-            CacheConfig::new().ttl(Duration::ZERO).negative_ttl(Duration::ZERO),
+            CacheConfig::new()
+                .ttl(Duration::ZERO)
+                .negative_ttl(Duration::ZERO),
         ] {
             let cache = CachedStore::new(Slow::default(), config);
             let r = record();
@@ -719,7 +723,11 @@ mod tests {
         for r in &hot {
             assert!(cache.get(r.id).await.unwrap().is_some());
         }
-        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads, "hot records reloaded");
+        assert_eq!(
+            cache.inner().gets.load(Ordering::SeqCst),
+            reads,
+            "hot records reloaded"
+        );
         // The negative cache keeps working, within its own bound.
         let unknown = KeyId::random();
         cache.get(unknown).await.unwrap();
@@ -741,7 +749,10 @@ mod tests {
             assert!(cancelled.is_err());
         }
         assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 100_000);
-        assert!(ids.iter().all(|id| !loading(&cache, *id)), "placeholder left");
+        assert!(
+            ids.iter().all(|id| !loading(&cache, *id)),
+            "placeholder left"
+        );
         assert_eq!(cache.stats().entries, 0);
         assert_eq!(cache.stats().negative_entries, 0);
         cache.inner().hold.store(false, Ordering::SeqCst);
@@ -804,7 +815,11 @@ mod tests {
         for _ in 0..10 {
             tokio::task::yield_now().await;
         }
-        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1, "the waiter waits");
+        assert_eq!(
+            cache.inner().gets.load(Ordering::SeqCst),
+            1,
+            "the waiter waits"
+        );
         cache.inner().hold.store(false, Ordering::SeqCst);
         first.abort(); // the client went away mid-load
         assert!(first.await.unwrap_err().is_cancelled());
@@ -839,7 +854,10 @@ mod tests {
             .unwrap();
         cache.inner().hold.store(false, Ordering::SeqCst);
         cache.inner().gate.notify_waiters();
-        assert!(loader.await.unwrap().unwrap().active, "the racing read saw the old copy");
+        assert!(
+            loader.await.unwrap().unwrap().active,
+            "the racing read saw the old copy"
+        );
         // ...but it was not cached: every later read sees the revoke.
         for _ in 0..3 {
             assert!(!cache.get(r.id).await.unwrap().unwrap().active);
