@@ -172,12 +172,27 @@ struct State {
     /// caches only if the stripe did not move while it read the store.
     generations: [AtomicU64; STRIPES],
     stripe_hasher: RandomState,
-    hits: AtomicU64,
-    negative_hits: AtomicU64,
-    loads: AtomicU64,
+    // Each counter on its own cache line: hits (every verify) must not share one with the
+    // counters a flood of misses bumps.
+    hits: Padded,
+    negative_hits: Padded,
+    loads: Padded,
     invalidations: AtomicU64,
     evictions: Arc<AtomicU64>,
     resyncs: AtomicU64,
+}
+
+/// An atomic counter alone on its cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
 }
 
 /// A bounded cache of at most `capacity` entries (never more: the capacity is split
@@ -227,9 +242,9 @@ impl<S: KeyStore> CachedStore<S> {
                 missing: bounded(config.negative_capacity, &evictions),
                 generations: std::array::from_fn(|_| AtomicU64::new(0)),
                 stripe_hasher: RandomState::new(),
-                hits: AtomicU64::new(0),
-                negative_hits: AtomicU64::new(0),
-                loads: AtomicU64::new(0),
+                hits: Padded::default(),
+                negative_hits: Padded::default(),
+                loads: Padded::default(),
                 invalidations: AtomicU64::new(0),
                 evictions,
                 resyncs: AtomicU64::new(0),
@@ -345,25 +360,27 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         if let Some(answer) = state.cached(id) {
             return Ok(answer);
         }
-        // Single flight: the first caller gets the guard (a placeholder in the found
-        // cache); concurrent callers wait on it. Dropping the guard without a value (a
-        // miss, an error, or this future being dropped) removes the placeholder and hands
-        // the guard to one waiter.
+        // Single flight: the first caller gets the guard (a placeholder in the negative
+        // cache, so that unknown ids never write-lock the shards hot records live in);
+        // concurrent callers wait on it. Dropping the guard without a value (a found
+        // record, an error, or this future being dropped) removes the placeholder and
+        // hands the guard to one waiter.
         let now = Instant::now();
         let guard = match state
-            .found
-            .entry_async(&id, |_, found| {
-                if fresh(found.until, now) {
-                    EntryAction::Retain(found.record.clone())
+            .missing
+            .entry_async(&id, |_, until| {
+                if fresh(*until, now) {
+                    EntryAction::Retain(())
                 } else {
                     EntryAction::ReplaceWithGuard
                 }
             })
             .await
         {
-            EntryResult::Retained(record) => {
+            EntryResult::Retained(()) => {
                 state.hits.fetch_add(1, Ordering::Relaxed);
-                return Ok(Some(record));
+                state.negative_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
             }
             EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
             // Not produced by `entry_async`; read through uncached.
@@ -372,9 +389,12 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
                 return self.inner.get(id).await;
             }
         };
-        // The caller before us may have found nothing: that answer is in the other cache.
-        if state.cached_missing(id, Instant::now()) {
-            return Ok(None);
+        // The caller before us may have found the record: that answer is in the other cache.
+        if let Some(found) = state.found.get(&id) {
+            if fresh(found.until, Instant::now()) {
+                state.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(found.record));
+            }
         }
         let generation = state.generation(id);
         let before = generation.load(Ordering::SeqCst);
@@ -386,10 +406,14 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         match &value {
             Some(record) => {
                 let until = deadline(state.config.ttl);
-                let _ = guard.insert(Found {
-                    record: record.clone(),
-                    until,
-                });
+                state.found.insert(
+                    id,
+                    Found {
+                        record: record.clone(),
+                        until,
+                    },
+                );
+                drop(guard); // waiters now find the record
                 if generation.load(Ordering::SeqCst) != before {
                     state
                         .found
@@ -397,9 +421,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
                 }
             }
             None => {
-                let until = deadline(state.config.negative_ttl);
-                state.missing.insert(id, until);
-                drop(guard); // waiters now find the negative entry
+                let _ = guard.insert(deadline(state.config.negative_ttl));
                 if generation.load(Ordering::SeqCst) != before {
                     state.missing.remove(&id);
                 }
@@ -641,7 +663,7 @@ mod tests {
         matches!(
             cache
                 .state
-                .found
+                .missing
                 .entry(&id, Some(Duration::ZERO), |_, _| EntryAction::Retain(())),
             EntryResult::Timeout
         )
