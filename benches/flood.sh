@@ -9,13 +9,13 @@ cd "$(dirname "$0")/.."
 cargo bench --bench flood
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
-python3 - "$target_dir/criterion/flood/valid_verify" <<'PY'
+python3 - "$target_dir/criterion/flood" <<'PY'
 import json, os, sys
 root = sys.argv[1]
 def median(side):
     with open(os.path.join(root, side, "new", "estimates.json")) as fh:
         return json.load(fh)["median"]["point_estimate"]
-quiet, flood = median("no_flood"), median("under_flood")
+quiet, flood = median("valid_verify_no_flood"), median("valid_verify_under_flood")
 ratio = flood / quiet
 print(f"valid verify, median: no flood {quiet / 1e3:.2f} µs, under flood {flood / 1e3:.2f} µs, "
       f"ratio {ratio:.2f}x (target <= 2x: {'met' if ratio <= 2 else 'MISSED'})")
