@@ -101,7 +101,10 @@ fn bench(c: &mut Criterion) {
                     continue;
                 }
                 let refused = rt.block_on(gate.verify(&forged(n)));
-                assert_eq!(refused.unwrap_err().rejection(), Some(Rejection::UnknownKey));
+                assert_eq!(
+                    refused.unwrap_err().rejection(),
+                    Some(Rejection::UnknownKey)
+                );
                 sent.store(n, Ordering::Relaxed);
                 n += 1;
             }

@@ -28,7 +28,14 @@ trait Bench: Send + Sync + 'static {
     fn len(&self) -> u64;
 }
 
-struct Quick(quick_cache::sync::Cache<u128, Val, quick_cache::UnitWeighter, std::collections::hash_map::RandomState>);
+struct Quick(
+    quick_cache::sync::Cache<
+        u128,
+        Val,
+        quick_cache::UnitWeighter,
+        std::collections::hash_map::RandomState,
+    >,
+);
 struct Moka(moka::future::Cache<u128, Val>);
 
 impl Bench for Quick {
@@ -109,7 +116,9 @@ fn hit_latency(cache: &dyn Bench, hot: &[u128], batches: usize) -> f64 {
 
 fn seeded_ids(n: usize, seed: u64) -> Vec<u128> {
     let s = std::collections::hash_map::RandomState::new();
-    (0..n as u64).map(|i| u128::from(s.hash_one((seed, i))) << 64 | u128::from(i)).collect()
+    (0..n as u64)
+        .map(|i| u128::from(s.hash_one((seed, i))) << 64 | u128::from(i))
+        .collect()
 }
 
 fn measure(cache: Arc<dyn Bench>, rt: &tokio::runtime::Runtime) {
@@ -129,7 +138,9 @@ fn measure(cache: Arc<dyn Bench>, rt: &tokio::runtime::Runtime) {
     let flood = {
         let (cache, stop, misses) = (cache.clone(), stop.clone(), misses.clone());
         std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
             rt.block_on(async {
                 let mut n: u128 = 1 << 100;
                 while !stop.load(Ordering::Relaxed) {
@@ -152,7 +163,10 @@ fn measure(cache: Arc<dyn Bench>, rt: &tokio::runtime::Runtime) {
         flooded / quiet,
         rate
     );
-    println!("entries after the flood (capacity {CAPACITY})  : {}", cache.len());
+    println!(
+        "entries after the flood (capacity {CAPACITY})  : {}",
+        cache.len()
+    );
 
     // Cancellation: 100 000 loads dropped while their load is pending.
     let before = cache.len();
@@ -183,10 +197,13 @@ fn measure(cache: Arc<dyn Bench>, rt: &tokio::runtime::Runtime) {
             let cache = cache.clone();
             tokio::spawn(async move {
                 cache
-                    .load(id, Box::pin(async move {
-                        let _ = rx.await;
-                        value()
-                    }))
+                    .load(
+                        id,
+                        Box::pin(async move {
+                            let _ = rx.await;
+                            value()
+                        }),
+                    )
                     .await
             })
         };
@@ -197,7 +214,9 @@ fn measure(cache: Arc<dyn Bench>, rt: &tokio::runtime::Runtime) {
         };
         tokio::time::sleep(Duration::from_millis(20)).await;
         first.abort();
-        let ok = tokio::time::timeout(Duration::from_secs(1), waiter).await.is_ok();
+        let ok = tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .is_ok();
         drop(tx);
         ok
     });
