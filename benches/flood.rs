@@ -140,17 +140,29 @@ fn bench(c: &mut Criterion) {
         thread::sleep(Duration::from_millis(2));
         time_calls(&mut flooded);
     }
-    let median = |v: &mut Vec<u64>| {
+    // (median, p90, p99, mean) in ns.
+    let describe = |v: &mut Vec<u64>| {
         v.sort_unstable();
-        v[v.len() / 2] as f64
+        let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize] as f64;
+        let mean = v.iter().sum::<u64>() as f64 / v.len() as f64;
+        (at(0.5), at(0.9), at(0.99), mean)
     };
-    let (q, f) = (median(&mut quiet), median(&mut flooded));
+    let (q, f) = (describe(&mut quiet), describe(&mut flooded));
     println!(
         "paired per-call median of the valid verify: flood paused {:.2} µs, flood running {:.2} µs, ratio {:.2}x ({} calls each)",
-        q / 1e3,
-        f / 1e3,
-        f / q,
+        q.0 / 1e3,
+        f.0 / 1e3,
+        f.0 / q.0,
         quiet.len()
+    );
+    println!(
+        "paired per-call p90 / p99 / mean: flood paused {:.2} / {:.2} / {:.2} µs, flood running {:.2} / {:.2} / {:.2} µs",
+        q.1 / 1e3,
+        q.2 / 1e3,
+        q.3 / 1e3,
+        f.1 / 1e3,
+        f.2 / 1e3,
+        f.3 / 1e3
     );
     stop.store(true, Ordering::Relaxed);
     flood.join().unwrap();
