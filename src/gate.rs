@@ -14,6 +14,7 @@ use crate::jwt::{self, JwtSecret};
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
 use crate::principal::Principal;
 use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
+use crate::refusals::{RefusalCounts, Refusals};
 use crate::secret::Secret;
 use crate::store::{KeyStore, ListQuery, Page, StoreError};
 use crate::usage::{self, Usage};
@@ -70,6 +71,7 @@ struct Inner {
     usage: Arc<Usage>,
     store_timeout: Option<Duration>,
     realm: String,
+    refusals: Refusals,
 }
 
 impl Drop for Inner {
@@ -96,6 +98,7 @@ pub struct KeygateBuilder {
     last_used_interval: Duration,
     store_timeout: Option<Duration>,
     realm: String,
+    refusal_log_interval: Duration,
 }
 
 impl KeygateBuilder {
@@ -156,6 +159,15 @@ impl KeygateBuilder {
         self
     }
 
+    /// The least time between two log events of the same refusal reason (default 1 s, by
+    /// the gate's [`clock`](Self::clock)); refusals in between are only counted, and the
+    /// next event carries how many were `suppressed`. `Duration::ZERO` logs every refusal.
+    /// All refusals are counted in [`Keygate::refusal_counts`].
+    pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
+        self.refusal_log_interval = interval;
+        self
+    }
+
     /// The realm named in `WWW-Authenticate` challenges (default `"api"`). Characters that
     /// cannot appear in a quoted string are dropped.
     pub fn realm(mut self, realm: impl Into<String>) -> Self {
@@ -180,6 +192,9 @@ impl KeygateBuilder {
                 usage: Arc::new(Usage::new(interval)),
                 store_timeout: self.store_timeout,
                 realm: self.realm,
+                refusals: Refusals::new(
+                    i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
+                ),
             }),
         })
     }
@@ -194,6 +209,7 @@ impl fmt::Debug for KeygateBuilder {
             .field("users", &self.users.is_some())
             .field("last_used_interval", &self.last_used_interval)
             .field("store_timeout", &self.store_timeout)
+            .field("refusal_log_interval", &self.refusal_log_interval)
             .finish_non_exhaustive()
     }
 }
@@ -227,6 +243,7 @@ impl Keygate {
             last_used_interval: Duration::from_secs(60),
             store_timeout: None,
             realm: "api".to_owned(),
+            refusal_log_interval: Duration::from_secs(1),
         }
     }
 
@@ -625,9 +642,30 @@ impl Keygate {
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
         let result = self.check(token).await;
         if let Err(error) = &result {
-            log_refusal(error);
+            self.log_refusal(error);
         }
         result
+    }
+
+    /// How many verifications this gate refused so far, per reason code: lock-free
+    /// counters, for metrics. Refusal *log events* are rate-limited per reason (see
+    /// [`KeygateBuilder::refusal_log_interval`]); these counters see every refusal.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # use keygate::{Keygate, MemoryStore, Pepper};
+    /// # let gate = Keygate::builder(MemoryStore::new())
+    /// #     .pepper(Pepper::new(1, [7u8; 32]).unwrap()).build().unwrap();
+    /// let _ = gate.verify_header("Basic dXNlcjpwYXNz").await;
+    /// for (reason, count) in &gate.refusal_counts() {
+    ///     if count > 0 {
+    ///         println!("keygate_refusals_total{{reason=\"{reason}\"}} {count}");
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn refusal_counts(&self) -> RefusalCounts {
+        self.inner.refusals.counts()
     }
 
     /// Verifies the value of one `Authorization` header (`Bearer <key>`).
@@ -645,7 +683,7 @@ impl Keygate {
         match http::bearer_token(values) {
             Ok(token) => self.verify(token).await,
             Err(error) => {
-                log_refusal(&error);
+                self.log_refusal(&error);
                 Err(error)
             }
         }
@@ -659,10 +697,10 @@ impl Keygate {
             let claims = jwt.verify(token, now).map_err(reject)?;
             let record = self.lookup(claims.key_id).await?;
             let Some(record) = record else {
-                return Err(reject_key(Rejection::UnknownKey, claims.key_id));
+                return Err(self.reject_key(Rejection::UnknownKey, claims.key_id));
             };
             if record.format != KeyFormat::Jwt {
-                return Err(reject_key(Rejection::FormatMismatch, record.id));
+                return Err(self.reject_key(Rejection::FormatMismatch, record.id));
             }
             // Keys minted here are bound to their exact token; imported Audiobookshelf
             // keys have no hash and rest on the signature alone, as they do there.
@@ -698,7 +736,7 @@ impl Keygate {
                         // `KeyRecord::check` before it gets here).
                         Some(_) => Rejection::HashMismatch,
                     };
-                    Err(reject_key(reason, key.id))
+                    Err(self.reject_key(reason, key.id))
                 }
             }
         }
@@ -718,12 +756,44 @@ impl Keygate {
         match result {
             Ok(Some(record)) => match record.check(id) {
                 Ok(()) => Ok(Some(record)),
-                Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
+                Err(invalid) => Err(self.store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
             },
             Ok(None) => Ok(None),
-            Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
+            Err(error @ StoreError::Corrupt(_)) => Err(self.store_corrupt(id, error)),
             Err(error) => Err(VerifyError::StoreUnavailable(error)),
         }
+    }
+
+    /// A corrupt record on the verify path: a server error, counted and (rate-limited)
+    /// logged at error level with its key id, never with the record's contents.
+    fn store_corrupt(&self, id: KeyId, error: StoreError) -> VerifyError {
+        let error = VerifyError::StoreCorrupt(error);
+        let now = self.inner.clock.now_micros();
+        self.inner.refusals.record(&error, Some(id), now);
+        error
+    }
+
+    /// A refusal after the store lookup: counted and (rate-limited) logged with the key id.
+    fn reject_key(&self, rejection: Rejection, id: KeyId) -> VerifyError {
+        let error = VerifyError::InvalidKey(rejection);
+        let now = self.inner.clock.now_micros();
+        self.inner.refusals.record(&error, Some(id), now);
+        error
+    }
+
+    /// Counts and (rate-limited) logs a refusal, unless [`reject_key`](Self::reject_key)
+    /// already did with the key id. The reason code, never the token.
+    fn log_refusal(&self, error: &VerifyError) {
+        let logged_with_id = match error {
+            VerifyError::InvalidKey(r) => !r.is_offline(),
+            VerifyError::StoreCorrupt(_) => true,
+            _ => false,
+        };
+        if logged_with_id {
+            return;
+        }
+        let now = self.inner.clock.now_micros();
+        self.inner.refusals.record(error, None, now);
     }
 
     /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
@@ -739,7 +809,7 @@ impl Keygate {
     ) -> Result<Option<SecretHash>, VerifyError> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
-            return Err(reject_key(Rejection::HashMismatch, id));
+            return Err(self.reject_key(Rejection::HashMismatch, id));
         }
         let (scheme, input) = match bound {
             Some(bound) => (HashScheme::Bound, bound),
@@ -757,13 +827,13 @@ impl Keygate {
     ) -> Result<Principal, VerifyError> {
         let inner = &*self.inner;
         if !record.active {
-            return Err(reject_key(Rejection::Inactive, record.id));
+            return Err(self.reject_key(Rejection::Inactive, record.id));
         }
         if record
             .expires_at
             .is_some_and(|at| now >= at.timestamp_micros())
         {
-            return Err(reject_key(Rejection::Expired, record.id));
+            return Err(self.reject_key(Rejection::Expired, record.id));
         }
         let owner = match &inner.users {
             None => UNRESTRICTED.clone(),
@@ -772,10 +842,10 @@ impl Keygate {
                 .await
                 .map_err(VerifyError::DirectoryUnavailable)?
                 .map(Arc::new)
-                .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?,
+                .ok_or_else(|| self.reject_key(Rejection::OwnerUnknown, record.id))?,
         };
         if !owner.active {
-            return Err(reject_key(Rejection::OwnerInactive, record.id));
+            return Err(self.reject_key(Rejection::OwnerInactive, record.id));
         }
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
@@ -795,36 +865,8 @@ fn without_checksum(token: &str) -> Option<&[u8]> {
     token.as_bytes().get(..end)
 }
 
-/// A corrupt record on the verify path: logged with its key id (never with the record's
-/// contents beyond what the error names), and refused as a server error.
-fn store_corrupt(id: KeyId, error: StoreError) -> VerifyError {
-    let detail = std::error::Error::source(&error).map(ToString::to_string);
-    tracing::error!(target: "keygate", key_id = %id, error = %error, detail = detail.as_deref().unwrap_or(""), "key store returned a corrupt record; key refused");
-    VerifyError::StoreCorrupt(error)
-}
-
 fn reject(rejection: Rejection) -> VerifyError {
     VerifyError::InvalidKey(rejection)
-}
-
-fn reject_key(rejection: Rejection, id: KeyId) -> VerifyError {
-    tracing::info!(target: "keygate", key_id = %id, reason = rejection.as_str(), "key refused");
-    VerifyError::InvalidKey(rejection)
-}
-
-/// One event per refusal: the reason code, never the token. Refusals after the store
-/// lookup were logged with their key id by [`reject_key`].
-fn log_refusal(error: &VerifyError) {
-    match error {
-        VerifyError::InvalidKey(r) if !r.is_offline() => {}
-        VerifyError::StoreUnavailable(e) => {
-            tracing::warn!(target: "keygate", error = %e, "key store unavailable during verify")
-        }
-        VerifyError::DirectoryUnavailable(e) => {
-            tracing::warn!(target: "keygate", error = %e, "user directory unavailable during verify")
-        }
-        other => tracing::debug!(target: "keygate", reason = other.reason(), "verify refused"),
-    }
 }
 
 fn check_name(name: &str) -> Result<(), Error> {

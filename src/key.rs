@@ -81,18 +81,19 @@ pub fn checksum_ok(candidate: &str) -> bool {
 #[serde(transparent)]
 pub struct KeyId(Uuid);
 
-/// Feeds the id to a hasher as one 64-bit word (its halves folded): ids are random, so
-/// nothing is lost, and keygate's id hasher can hash it in one multiply.
+/// Feeds all 128 bits of the id to the hasher, so a keyed hasher (std's `RandomState`)
+/// spreads ids that an attacker chose to collide. Folding them first (as keygate once did)
+/// would make every id with the same `hi ^ lo` collide under any hasher.
 impl Hash for KeyId {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        let (hi, lo) = self.0.as_u64_pair();
-        state.write_u64(hi ^ lo);
+        state.write_u128(self.0.as_u128());
     }
 }
 
-/// A hasher for maps keyed by [`KeyId`] on the verify path. Not DoS-resistant by itself,
-/// and it need not be: only records that an admin stored (random v4 ids, or imported rows)
-/// and keys that verified are ever inserted; a requester's made-up ids are only looked up.
+/// A hasher for maps keyed by [`KeyId`] that only ever hold *trusted* ids: records an admin
+/// stored (random v4 ids, or imported rows) and keys that verified. It is not
+/// DoS-resistant (it folds the id into one multiply), so a map that can hold an id chosen
+/// by a requester (a cache of lookups, for one) must use a keyed hasher instead.
 #[derive(Default, Clone, Copy)]
 pub(crate) struct IdHasher(u64);
 
@@ -100,13 +101,21 @@ impl Hasher for IdHasher {
     fn write(&mut self, bytes: &[u8]) {
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
-            word[..chunk.len()].copy_from_slice(chunk);
+            if let Some(head) = word.get_mut(..chunk.len()) {
+                head.copy_from_slice(chunk);
+            }
             self.write_u64(u64::from_le_bytes(word));
         }
     }
 
     fn write_u64(&mut self, n: u64) {
         self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        // Fold the halves: one multiply for a random id (truncating casts intended).
+        let (hi, lo) = ((n >> 64) as u64, n as u64);
+        self.write_u64(hi ^ lo);
     }
 
     fn finish(&self) -> u64 {
@@ -306,6 +315,48 @@ pub(crate) fn fill_random(out: &mut [u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Ids an attacker forges so that `hi ^ lo` is the same for all of them.
+    fn colliding_ids(n: u64) -> Vec<KeyId> {
+        const FOLD: u64 = 0x5a5a_5a5a_1234_5678;
+        (0..n)
+            .map(|i| {
+                let hi = i.wrapping_mul(0x0123_4567_89ab_cdef) ^ 0xdead_beef;
+                KeyId::from(Uuid::from_u64_pair(hi, hi ^ FOLD))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn ids_sharing_their_folded_halves_hash_apart_under_random_state() {
+        use std::hash::BuildHasher;
+        let ids = colliding_ids(4096);
+        let state = std::collections::hash_map::RandomState::new();
+        let hashes: std::collections::HashSet<u64> =
+            ids.iter().map(|id| state.hash_one(id)).collect();
+        assert!(hashes.len() > 4000, "only {} distinct hashes", hashes.len());
+        // Not one bucket chain: the low bits a table indexes by are spread too.
+        let buckets: std::collections::HashSet<u64> = hashes.iter().map(|h| h & 1023).collect();
+        assert!(
+            buckets.len() > 900,
+            "only {} of 1024 buckets used",
+            buckets.len()
+        );
+    }
+
+    #[test]
+    fn the_trusted_id_hasher_still_folds_in_one_step() {
+        use std::hash::BuildHasher;
+        let build = BuildHasherDefault::<IdHasher>::default();
+        let id = KeyId::random();
+        let (hi, lo) = id.as_uuid().as_u64_pair();
+        let mut folded = IdHasher::default();
+        folded.write_u64(hi ^ lo);
+        assert_eq!(build.hash_one(id), folded.finish());
+        let mut map: IdMap<u8> = IdMap::default();
+        map.insert(id, 1);
+        assert_eq!(map.get(&id), Some(&1));
+    }
 
     #[test]
     fn generated_keys_parse_back_to_their_id() {

@@ -70,6 +70,7 @@ mod jwt;
 mod key;
 mod principal;
 mod record;
+mod refusals;
 mod secret;
 mod store;
 #[cfg(feature = "testing")]
@@ -103,6 +104,7 @@ pub use key::{
 };
 pub use principal::{Permission, Principal};
 pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
+pub use refusals::RefusalCounts;
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]

@@ -1,14 +1,20 @@
 //! [`CachedStore`]: a read-through cache in front of any [`KeyStore`].
+//!
+//! Built on [`quick_cache`]: sharded, bounded (S3-FIFO eviction), with cancel-safe
+//! single-flight placeholders. Keys are hashed with std's keyed SipHash over all 128 bits
+//! of the id, so a requester cannot choose ids that collide.
 
-use std::collections::HashMap;
+use std::collections::hash_map::RandomState;
 use std::fmt;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use tokio::sync::OnceCell;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
+use quick_cache::{Lifecycle, OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
 
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
@@ -21,23 +27,31 @@ use crate::record::{KeyPatch, KeyRecord};
 pub struct CacheConfig {
     /// How long a found record is served from memory. This bounds how long a revoke,
     /// update or delete made by *another* node can go unseen when no change feed is
-    /// connected; changes made through this cache are seen at once. Default 5 s.
+    /// connected; changes made through this cache are seen at once. Default 5 s. Any
+    /// value is accepted; one too large to add to the clock means "until evicted or
+    /// invalidated".
     pub ttl: Duration,
-    /// How long "no such key" is remembered, so garbage with valid checksums cannot
-    /// hammer the store. Default 1 s.
+    /// How long "no such key" is remembered for an id, so that the *same* unknown id
+    /// asked again costs no store read. Default 1 s. It does not stop a stream of
+    /// *distinct* made-up ids (anyone can compute the public checksum): each of those
+    /// costs one store read. Saturates like [`ttl`](Self::ttl).
     pub negative_ttl: Duration,
-    /// Most entries kept; past it, expired entries are dropped and, if still full, new
-    /// lookups are served without caching. Default 100 000.
+    /// Most found records kept; past it the least useful entries are evicted (S3-FIFO).
+    /// Default 100 000. Negative entries never count against it.
     pub capacity: usize,
+    /// Most "no such key" entries kept, in their own cache so that a flood of unknown ids
+    /// can only evict other unknown ids, never a hot record. Default 10 000.
+    pub negative_capacity: usize,
 }
 
 impl CacheConfig {
-    /// The defaults: 5 s TTL, 1 s negative TTL, 100 000 entries.
+    /// The defaults: 5 s TTL, 1 s negative TTL, 100 000 records, 10 000 unknown ids.
     pub fn new() -> Self {
         Self {
             ttl: Duration::from_secs(5),
             negative_ttl: Duration::from_secs(1),
             capacity: 100_000,
+            negative_capacity: 10_000,
         }
     }
 
@@ -58,6 +72,12 @@ impl CacheConfig {
         self.capacity = capacity;
         self
     }
+
+    /// Sets [`negative_capacity`](Self::negative_capacity).
+    pub fn negative_capacity(mut self, capacity: usize) -> Self {
+        self.negative_capacity = capacity;
+        self
+    }
 }
 
 impl Default for CacheConfig {
@@ -72,21 +92,34 @@ impl Default for CacheConfig {
 pub struct CacheStats {
     /// Lookups answered from memory (found or negative).
     pub hits: u64,
+    /// Of [`hits`](Self::hits), those answered "no such key" from the negative cache.
+    pub negative_hits: u64,
     /// Lookups that went to the inner store (one per collapsed group of concurrent misses).
     pub loads: u64,
     /// Entries dropped because of a change notice or a local write.
     pub invalidations: u64,
+    /// Entries (found or negative) evicted to stay within the capacities.
+    pub evictions: u64,
     /// Times the whole cache was dropped because the change feed reconnected.
     pub resyncs: u64,
+    /// Found records held now (at most [`CacheConfig::capacity`]).
+    pub entries: u64,
+    /// "No such key" entries held now (at most [`CacheConfig::negative_capacity`]).
+    pub negative_entries: u64,
 }
 
 /// A read-through cache of [`KeyStore::get`] in front of any store.
 ///
 /// - Found records live for [`CacheConfig::ttl`], missing ids for
-///   [`CacheConfig::negative_ttl`].
-/// - Concurrent misses for one id are collapsed into a single read of the inner store.
+///   [`CacheConfig::negative_ttl`], each kind in its own bounded cache with real
+///   eviction, so unknown ids cannot push out hot records.
+/// - Concurrent misses for one id are collapsed into a single read of the inner store. A
+///   read that is abandoned (its future dropped by a closed connection or a store
+///   timeout) leaves nothing behind; a waiting caller, if any, takes the read over.
 /// - Writes through this store (`insert`, `update`, `delete`) drop the entry at once, so a
-///   revoke through the same [`Keygate`](crate::Keygate) takes effect immediately.
+///   revoke through the same [`Keygate`](crate::Keygate) takes effect immediately. A read
+///   that started before such a write (or before [`invalidate`](Self::invalidate)) never
+///   caches what it read.
 /// - [`follow_changes`](Self::follow_changes) connects the inner store's change feed, so
 ///   writes made on other nodes drop entries here too; if the feed drops, entries still
 ///   expire after the TTL, and a reconnected feed clears the cache.
@@ -103,33 +136,117 @@ pub struct CachedStore<S> {
     state: Arc<State>,
 }
 
+/// Generation stripes of the fill fence (a power of two).
+const STRIPES: usize = 64;
+
+/// Shards of each cache at most (a power of two).
+const MAX_SHARDS: usize = 16;
+
+/// A found record and when it stops being served (`None`: never, the TTL overflowed).
+#[derive(Clone)]
+struct Found {
+    record: Arc<KeyRecord>,
+    until: Option<Instant>,
+}
+
+/// Counts evictions of either cache.
+#[derive(Clone)]
+struct CountEvictions(Arc<AtomicU64>);
+
+impl<K, V> Lifecycle<K, V> for CountEvictions {
+    type RequestState = ();
+
+    fn on_evict(&self, _: &mut (), _: K, _: V) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+type Found_ = Cache<KeyId, Found, UnitWeighter, RandomState, CountEvictions>;
+type Missing = Cache<KeyId, Option<Instant>, UnitWeighter, RandomState, CountEvictions>;
+
 struct State {
     config: CacheConfig,
-    slots: Mutex<HashMap<KeyId, Slot>>,
-    hits: AtomicU64,
-    loads: AtomicU64,
+    found: Found_,
+    missing: Missing,
+    /// Fill fence: `invalidate` bumps the id's stripe before removing its entry; a fill
+    /// caches only if the stripe did not move while it read the store.
+    generations: [AtomicU64; STRIPES],
+    stripe_hasher: RandomState,
+    // Each counter on its own cache line: hits (every verify) must not share one with the
+    // counters a flood of misses bumps.
+    hits: Padded,
+    negative_hits: Padded,
+    loads: Padded,
     invalidations: AtomicU64,
+    evictions: Arc<AtomicU64>,
     resyncs: AtomicU64,
 }
 
-type Loaded = Option<Arc<KeyRecord>>;
+/// An atomic counter alone on its cache line.
+#[derive(Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
 
-enum Slot {
-    Ready { value: Loaded, until: Instant },
-    Loading(Arc<OnceCell<Loaded>>),
+impl std::ops::Deref for Padded {
+    type Target = AtomicU64;
+
+    fn deref(&self) -> &AtomicU64 {
+        &self.0
+    }
+}
+
+/// A bounded cache of at most `capacity` entries (never more: the capacity is split
+/// evenly over the shards, rounded down).
+fn bounded<V: Clone>(
+    capacity: usize,
+    evictions: &Arc<AtomicU64>,
+) -> Cache<KeyId, V, UnitWeighter, RandomState, CountEvictions> {
+    // Enough shards for concurrency, each with room for at least 32 entries.
+    let mut shards = MAX_SHARDS;
+    while shards > 1 && capacity / shards < 32 {
+        shards /= 2;
+    }
+    let per_shard = capacity / shards;
+    let weight = u64::try_from(per_shard.saturating_mul(shards)).unwrap_or(u64::MAX);
+    let options = OptionsBuilder::new()
+        .shards(shards)
+        .estimated_items_capacity(per_shard.saturating_mul(shards).max(1))
+        .weight_capacity(weight)
+        .build();
+    let lifecycle = CountEvictions(evictions.clone());
+    match options {
+        Ok(options) => Cache::with_options(options, UnitWeighter, RandomState::new(), lifecycle),
+        // Unreachable (both required fields are set); fall back to a single small shard.
+        Err(_) => Cache::with(1, 0, UnitWeighter, RandomState::new(), lifecycle),
+    }
+}
+
+/// `now + ttl`, or `None` (never) when that overflows the clock.
+fn deadline(ttl: Duration) -> Option<Instant> {
+    Instant::now().checked_add(ttl)
+}
+
+fn fresh(until: Option<Instant>, now: Instant) -> bool {
+    until.is_none_or(|until| now < until)
 }
 
 impl<S: KeyStore> CachedStore<S> {
     /// Wraps `inner`.
     pub fn new(inner: S, config: CacheConfig) -> Self {
+        let evictions = Arc::new(AtomicU64::new(0));
         Self {
             inner,
             state: Arc::new(State {
                 config,
-                slots: Mutex::default(),
-                hits: AtomicU64::new(0),
-                loads: AtomicU64::new(0),
+                found: bounded(config.capacity, &evictions),
+                missing: bounded(config.negative_capacity, &evictions),
+                generations: std::array::from_fn(|_| AtomicU64::new(0)),
+                stripe_hasher: RandomState::new(),
+                hits: Padded::default(),
+                negative_hits: Padded::default(),
+                loads: Padded::default(),
                 invalidations: AtomicU64::new(0),
+                evictions,
                 resyncs: AtomicU64::new(0),
             }),
         }
@@ -147,14 +264,14 @@ impl<S: KeyStore> CachedStore<S> {
         &self.inner
     }
 
-    /// Drops the entry for `id`.
+    /// Drops the entry for `id`; a read of `id` under way will not cache its result.
     pub fn invalidate(&self, id: KeyId) {
         self.state.changed(id);
     }
 
-    /// Drops every entry.
+    /// Drops every entry; no read under way will cache its result.
     pub fn clear(&self) {
-        self.state.lock().clear();
+        self.state.clear();
     }
 
     /// The counters so far.
@@ -162,58 +279,69 @@ impl<S: KeyStore> CachedStore<S> {
         let s = &self.state;
         CacheStats {
             hits: s.hits.load(Ordering::Relaxed),
+            negative_hits: s.negative_hits.load(Ordering::Relaxed),
             loads: s.loads.load(Ordering::Relaxed),
             invalidations: s.invalidations.load(Ordering::Relaxed),
+            evictions: s.evictions.load(Ordering::Relaxed),
             resyncs: s.resyncs.load(Ordering::Relaxed),
+            entries: u64::try_from(s.found.len()).unwrap_or(u64::MAX),
+            negative_entries: u64::try_from(s.missing.len()).unwrap_or(u64::MAX),
         }
     }
 }
 
 impl State {
-    fn lock(&self) -> MutexGuard<'_, HashMap<KeyId, Slot>> {
-        self.slots.lock().unwrap_or_else(|e| e.into_inner())
+    fn generation(&self, id: KeyId) -> &AtomicU64 {
+        // Truncating the hash is intended: only its low bits pick the stripe.
+        let stripe = (self.stripe_hasher.hash_one(id) as usize) % STRIPES;
+        // `stripe < STRIPES`, so this never falls back.
+        self.generations.get(stripe).unwrap_or(&self.generations[0])
     }
 
-    /// Stores a finished load, unless the slot was invalidated or replaced meanwhile (then
-    /// the value may predate a write and must not be served later).
-    fn settle(&self, id: KeyId, cell: &Arc<OnceCell<Loaded>>, value: Option<&Loaded>) {
-        let mut slots = self.lock();
-        let ours = matches!(slots.get(&id), Some(Slot::Loading(c)) if Arc::ptr_eq(c, cell));
-        if !ours {
-            return;
+    fn clear(&self) {
+        for generation in &self.generations {
+            generation.fetch_add(1, Ordering::SeqCst);
         }
-        match value {
-            Some(value) => {
-                let ttl = if value.is_some() {
-                    self.config.ttl
-                } else {
-                    self.config.negative_ttl
-                };
-                let until = Instant::now() + ttl;
-                slots.insert(
-                    id,
-                    Slot::Ready {
-                        value: value.clone(),
-                        until,
-                    },
-                );
-            }
-            None => {
-                slots.remove(&id);
+        self.found.clear();
+        self.missing.clear();
+    }
+
+    /// A fresh cached answer: `Some(Some(record))` found, `Some(None)` known missing.
+    fn cached(&self, id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
+        let now = Instant::now();
+        if let Some(found) = self.found.get(&id) {
+            if fresh(found.until, now) {
+                self.hits.fetch_add(1, Ordering::Relaxed);
+                return Some(Some(found.record));
             }
         }
+        self.cached_missing(id, now).then_some(None)
+    }
+
+    fn cached_missing(&self, id: KeyId, now: Instant) -> bool {
+        let missing = self.missing.get(&id).is_some_and(|until| fresh(until, now));
+        if missing {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.negative_hits.fetch_add(1, Ordering::Relaxed);
+        }
+        missing
     }
 }
 
 impl ChangeListener for State {
     fn changed(&self, id: KeyId) {
-        if self.lock().remove(&id).is_some() {
+        // Fence first, then remove: a fill that read before this either sees the new
+        // generation and does not insert, or inserted already and is removed here.
+        self.generation(id).fetch_add(1, Ordering::SeqCst);
+        let found = self.found.remove(&id).is_some();
+        let missing = self.missing.remove(&id).is_some();
+        if found || missing {
             self.invalidations.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn resync(&self) {
-        self.lock().clear();
+        self.clear();
         self.resyncs.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -229,54 +357,77 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
 
     async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
         let state = &*self.state;
-        let cell = {
-            let mut slots = state.lock();
-            let now = Instant::now();
-            match slots.get(&id) {
-                Some(Slot::Ready { value, until }) if now < *until => {
-                    state.hits.fetch_add(1, Ordering::Relaxed);
-                    return Ok(value.clone());
+        if let Some(answer) = state.cached(id) {
+            return Ok(answer);
+        }
+        // Single flight: the first caller gets the guard (a placeholder in the negative
+        // cache, so that unknown ids never write-lock the shards hot records live in);
+        // concurrent callers wait on it. Dropping the guard without a value (a found
+        // record, an error, or this future being dropped) removes the placeholder and
+        // hands the guard to one waiter.
+        let now = Instant::now();
+        let guard = match state
+            .missing
+            .entry_async(&id, |_, until| {
+                if fresh(*until, now) {
+                    EntryAction::Retain(())
+                } else {
+                    EntryAction::ReplaceWithGuard
                 }
-                Some(Slot::Loading(cell)) => Some(cell.clone()),
-                _ => {
-                    if slots.len() >= state.config.capacity {
-                        slots.retain(|_, slot| match slot {
-                            Slot::Ready { until, .. } => now < *until,
-                            Slot::Loading(_) => true,
-                        });
-                    }
-                    if slots.len() >= state.config.capacity {
-                        None // full of live entries: serve this one uncached
-                    } else {
-                        let cell = Arc::new(OnceCell::new());
-                        slots.insert(id, Slot::Loading(cell.clone()));
-                        Some(cell)
-                    }
-                }
-            }
-        };
-        let Some(cell) = cell else {
-            state.loads.fetch_add(1, Ordering::Relaxed);
-            return self.inner.get(id).await;
-        };
-        // The first caller loads; concurrent callers for the same id wait on the same cell.
-        // If the loader fails (or is cancelled) a waiter takes over the load.
-        let result = cell
-            .get_or_try_init(|| async {
-                state.loads.fetch_add(1, Ordering::Relaxed);
-                self.inner.get(id).await
             })
-            .await;
-        match result {
-            Ok(value) => {
-                state.settle(id, &cell, Some(value));
-                Ok(value.clone())
+            .await
+        {
+            EntryResult::Retained(()) => {
+                state.hits.fetch_add(1, Ordering::Relaxed);
+                state.negative_hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(None);
             }
-            Err(error) => {
-                state.settle(id, &cell, None);
-                Err(error)
+            EntryResult::Vacant(guard) | EntryResult::Replaced(guard, _) => guard,
+            // Not produced by `entry_async`; read through uncached.
+            EntryResult::Removed(..) | EntryResult::Timeout => {
+                state.loads.fetch_add(1, Ordering::Relaxed);
+                return self.inner.get(id).await;
+            }
+        };
+        // The caller before us may have found the record: that answer is in the other cache.
+        if let Some(found) = state.found.get(&id) {
+            if fresh(found.until, Instant::now()) {
+                state.hits.fetch_add(1, Ordering::Relaxed);
+                return Ok(Some(found.record));
             }
         }
+        let generation = state.generation(id);
+        let before = generation.load(Ordering::SeqCst);
+        state.loads.fetch_add(1, Ordering::Relaxed);
+        let value = self.inner.get(id).await?;
+        if generation.load(Ordering::SeqCst) != before {
+            return Ok(value); // invalidated meanwhile: serve it to this caller only
+        }
+        match &value {
+            Some(record) => {
+                let until = deadline(state.config.ttl);
+                state.found.insert(
+                    id,
+                    Found {
+                        record: record.clone(),
+                        until,
+                    },
+                );
+                drop(guard); // waiters now find the record
+                if generation.load(Ordering::SeqCst) != before {
+                    state
+                        .found
+                        .remove_if(&id, |found| Arc::ptr_eq(&found.record, record));
+                }
+            }
+            None => {
+                let _ = guard.insert(deadline(state.config.negative_ttl));
+                if generation.load(Ordering::SeqCst) != before {
+                    state.missing.remove(&id);
+                }
+            }
+        }
+        Ok(value)
     }
 
     async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
@@ -300,18 +451,21 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
     async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
         self.inner.record_last_used(batch).await?;
         // Keep cached copies in step (without a reload): what `get` returns stays what
-        // the store holds.
-        let mut slots = self.state.lock();
+        // the store holds. Edited in place under the shard lock, so an entry removed
+        // meanwhile is not brought back.
         for (id, at) in batch {
-            if let Some(Slot::Ready {
-                value: Some(record),
-                ..
-            }) = slots.get_mut(id)
-            {
-                if record.last_used_at.is_none_or(|prev| prev < *at) {
-                    Arc::make_mut(record).last_used_at = Some(*at);
-                }
+            if self.state.found.peek(id).is_none() {
+                continue;
             }
+            let _ = self
+                .state
+                .found
+                .entry(id, Some(Duration::ZERO), |_, found| {
+                    if found.record.last_used_at.is_none_or(|prev| prev < *at) {
+                        Arc::make_mut(&mut found.record).last_used_at = Some(*at);
+                    }
+                    EntryAction::Retain(())
+                });
         }
         Ok(())
     }
@@ -326,7 +480,8 @@ impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
         f.debug_struct("CachedStore")
             .field("inner", &self.inner)
             .field("config", &self.state.config)
-            .field("entries", &self.state.lock().len())
+            .field("entries", &self.state.found.len())
+            .field("negative_entries", &self.state.missing.len())
             .finish()
     }
 }
@@ -345,6 +500,9 @@ mod tests {
         gets: AtomicUsize,
         gate: tokio::sync::Notify,
         hold: std::sync::atomic::AtomicBool,
+        /// Returned by the next held read instead of the store's copy (a read that
+        /// raced a write).
+        stale: std::sync::Mutex<Option<Option<Arc<KeyRecord>>>>,
     }
 
     #[async_trait]
@@ -356,6 +514,9 @@ mod tests {
             self.gets.fetch_add(1, Ordering::SeqCst);
             if self.hold.load(Ordering::SeqCst) {
                 self.gate.notified().await;
+                if let Some(stale) = self.stale.lock().unwrap().take() {
+                    return Ok(stale);
+                }
             }
             self.inner.get(id).await
         }
@@ -495,5 +656,279 @@ mod tests {
         cache.get(r.id).await.unwrap();
         assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 2);
         assert_eq!(cache.stats().resyncs, 1);
+    }
+
+    /// Whether a single-flight placeholder for `id` is still alive (someone is loading).
+    fn loading<S: KeyStore>(cache: &CachedStore<S>, id: KeyId) -> bool {
+        matches!(
+            cache
+                .state
+                .missing
+                .entry(&id, Some(Duration::ZERO), |_, _| EntryAction::Retain(())),
+            EntryResult::Timeout
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn extreme_configurations_saturate_instead_of_panicking() {
+        for config in [
+            CacheConfig::new()
+                .ttl(Duration::MAX)
+                .negative_ttl(Duration::MAX),
+            CacheConfig::new()
+                .capacity(usize::MAX)
+                .negative_capacity(usize::MAX),
+            CacheConfig::new().capacity(0).negative_capacity(0),
+            CacheConfig::new().capacity(1).negative_capacity(1),
+            CacheConfig::new()
+                .ttl(Duration::ZERO)
+                .negative_ttl(Duration::ZERO),
+        ] {
+            let cache = CachedStore::new(Slow::default(), config);
+            let r = record();
+            cache.insert(r.clone()).await.unwrap();
+            let unknown = KeyId::random();
+            for _ in 0..3 {
+                assert_eq!(cache.get(r.id).await.unwrap().map(|r| r.id), Some(r.id));
+                assert!(cache.get(unknown).await.unwrap().is_none());
+            }
+            tokio::time::advance(Duration::from_secs(365 * 24 * 3600)).await;
+            assert!(cache.get(r.id).await.unwrap().is_some());
+            let stats = cache.stats();
+            assert!(stats.entries <= config.capacity as u64);
+            assert!(stats.negative_entries <= config.negative_capacity as u64);
+        }
+        // A TTL that overflows the clock means "until invalidated".
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::MAX));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_secs(10 * 365 * 24 * 3600)).await;
+        cache.get(r.id).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_cache_evicts_and_keeps_caching() {
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().capacity(1024));
+        let mut last = None;
+        for _ in 0..5000 {
+            let r = record();
+            cache.inner().inner.insert(r.clone()).await.unwrap();
+            cache.get(r.id).await.unwrap();
+            last = Some(r.id);
+        }
+        let stats = cache.stats();
+        assert!(stats.entries <= 1024, "{stats:?}");
+        assert!(stats.evictions >= 5000 - 1024, "{stats:?}");
+        // Still caching when full: the newest record is served from memory.
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        cache.get(last.unwrap()).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_flood_of_unknown_ids_cannot_push_out_hot_records() {
+        let cache = CachedStore::new(
+            Slow::default(),
+            CacheConfig::new().capacity(256).negative_capacity(128),
+        );
+        let hot: Vec<KeyRecord> = (0..100).map(|_| record()).collect();
+        for r in &hot {
+            cache.inner().inner.insert(r.clone()).await.unwrap();
+            cache.get(r.id).await.unwrap();
+        }
+        for _ in 0..10_000 {
+            assert!(cache.get(KeyId::random()).await.unwrap().is_none());
+        }
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        for r in &hot {
+            assert!(cache.get(r.id).await.unwrap().is_some());
+        }
+        assert_eq!(
+            cache.inner().gets.load(Ordering::SeqCst),
+            reads,
+            "hot records reloaded"
+        );
+        // The negative cache keeps working, within its own bound.
+        let unknown = KeyId::random();
+        cache.get(unknown).await.unwrap();
+        cache.get(unknown).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 1);
+        let stats = cache.stats();
+        assert!(stats.negative_entries <= 128, "{stats:?}");
+        assert!(stats.negative_hits >= 1, "{stats:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hundred_thousand_cancelled_loads_leave_nothing_behind() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let ids: Vec<KeyId> = (0..100_000).map(|_| KeyId::random()).collect();
+        for id in &ids {
+            // Polled once (it parks in the inner read), then dropped: a store timeout.
+            let cancelled = tokio::time::timeout(Duration::ZERO, cache.get(*id)).await;
+            assert!(cancelled.is_err());
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 100_000);
+        assert!(
+            ids.iter().all(|id| !loading(&cache, *id)),
+            "placeholder left"
+        );
+        assert_eq!(cache.stats().entries, 0);
+        assert_eq!(cache.stats().negative_entries, 0);
+        cache.inner().hold.store(false, Ordering::SeqCst);
+
+        // Still serves hits.
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        let reads = cache.inner().gets.load(Ordering::SeqCst);
+        for _ in 0..10 {
+            assert!(cache.get(r.id).await.unwrap().is_some());
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 1);
+        // A cancelled id loads afresh and is then cached as unknown.
+        cache.get(ids[0]).await.unwrap();
+        cache.get(ids[0]).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 2);
+
+        // Single flight still collapses concurrent misses into one read.
+        let r2 = record();
+        cache.inner().inner.insert(r2.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = (0..20)
+            .map(|_| {
+                let cache = cache.clone();
+                tokio::spawn(async move { cache.get(r2.id).await.unwrap().map(|r| r.id) })
+            })
+            .collect();
+        while cache.inner().gets.load(Ordering::SeqCst) == reads + 2 {
+            tokio::task::yield_now().await;
+        }
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), Some(r2.id));
+        }
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), reads + 3);
+        assert!(!loading(&cache, r2.id));
+    }
+
+    #[tokio::test]
+    async fn a_waiter_takes_over_a_cancelled_load() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let first = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        let waiter = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap().map(|r| r.id) })
+        };
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(
+            cache.inner().gets.load(Ordering::SeqCst),
+            1,
+            "the waiter waits"
+        );
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        first.abort(); // the client went away mid-load
+        assert!(first.await.unwrap_err().is_cancelled());
+        assert_eq!(waiter.await.unwrap(), Some(r.id));
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 2);
+        assert!(!loading(&cache, r.id));
+    }
+
+    /// The fence: a fill that read the record before a revoke must not cache it after the
+    /// revoke, whichever of "insert" and "invalidate" runs first.
+    #[tokio::test(start_paused = true)]
+    async fn a_fill_started_before_a_revoke_never_caches_the_stale_record() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        // Read the record (still active), then hold the read before it returns.
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        // Slow::get reads after the gate opens, so revoke in the inner store first and
+        // arrange for the held read to return the stale copy.
+        let stale = cache.inner().inner.get(r.id).await.unwrap().unwrap();
+        *cache.inner().stale.lock().unwrap() = Some(Some(stale));
+        cache
+            .update(r.id, &KeyPatch::new().active(false))
+            .await
+            .unwrap();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(
+            loader.await.unwrap().unwrap().active,
+            "the racing read saw the old copy"
+        );
+        // ...but it was not cached: every later read sees the revoke.
+        for _ in 0..3 {
+            assert!(!cache.get(r.id).await.unwrap().unwrap().active);
+        }
+        assert!(cache.stats().entries <= 1);
+    }
+
+    /// The fence on the negative side: a read that found nothing before a mint must not
+    /// leave a "no such key" behind that refuses the new key.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_read_before_an_insert_is_not_cached_after_it() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        *cache.inner().stale.lock().unwrap() = Some(None); // what the racing read saw
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        cache.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(loader.await.unwrap().is_none());
+        assert_eq!(cache.stats().negative_entries, 0);
+        assert!(cache.get(r.id).await.unwrap().is_some());
+    }
+
+    /// `clear` fences every id: a fill under way when the cache is cleared is not cached.
+    #[tokio::test(start_paused = true)]
+    async fn a_miss_read_before_a_clear_is_not_cached_after_it() {
+        let cache = Arc::new(CachedStore::new(Slow::default(), CacheConfig::new()));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.inner().hold.store(true, Ordering::SeqCst);
+        *cache.inner().stale.lock().unwrap() = Some(None);
+        let loader = {
+            let cache = cache.clone();
+            tokio::spawn(async move { cache.get(r.id).await.unwrap() })
+        };
+        while cache.inner().gets.load(Ordering::SeqCst) == 0 {
+            tokio::task::yield_now().await;
+        }
+        cache.state.resync();
+        cache.inner().hold.store(false, Ordering::SeqCst);
+        cache.inner().gate.notify_waiters();
+        assert!(loader.await.unwrap().is_none());
+        assert!(cache.get(r.id).await.unwrap().is_some());
     }
 }
