@@ -302,6 +302,7 @@ mod tests {
         errors.push(VerifyError::DirectoryUnavailable(DirectoryError::new(
             std::fmt::Error,
         )));
+        errors.push(VerifyError::StoreCorrupt(StoreError::Timeout));
         assert_eq!(errors.len(), REASONS.len());
         for (i, error) in errors.iter().enumerate() {
             assert_eq!(slot(error), Some(i));
