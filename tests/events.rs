@@ -331,7 +331,7 @@ async fn admin_changes_and_refusals_name_the_acting_key_and_owner() {
             &root,
             AdminRequest::Update {
                 id: &id,
-                body: br#"{"isActive":false}"#,
+                body: br#"{"name":"renamed"}"#,
             },
         )
         .await,
