@@ -44,9 +44,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // A typo is refused by the checksum, before the store is asked.
     let mut typo = issued.key.expose().to_owned();
-    let last = typo.pop().expect("keys are not empty");
+    let last = typo.pop().ok_or("keys are not empty")?;
     typo.push(if last == 'a' { 'b' } else { 'a' });
-    let refused = gate.verify(&typo).await.unwrap_err();
+    let Err(refused) = gate.verify(&typo).await else {
+        return Err("a mistyped key must be refused".into());
+    };
     println!(
         "typo refused: {} (HTTP {})",
         refused.reason(),
@@ -54,7 +56,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     gate.revoke(issued.record.id).await?;
-    let refused = gate.verify_header(&header).await.unwrap_err();
+    let Err(refused) = gate.verify_header(&header).await else {
+        return Err("a revoked key must be refused".into());
+    };
     let http = refused.http("abs");
     println!(
         "after revoke: {} -> HTTP {} WWW-Authenticate: {}",

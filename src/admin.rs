@@ -95,7 +95,7 @@ use std::fmt;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use self::authority::{Reach, Refusal};
 use crate::error::{Error, VerifyError};
@@ -408,11 +408,12 @@ impl AdminApi {
         }
         let page = self.gate.list(list).await.map_err(fail)?;
         let keys: Vec<KeyView<'_>> = page.records.iter().map(KeyView).collect();
-        let mut body = json!({ "apiKeys": keys });
+        let mut body = Map::new();
+        body.insert("apiKeys".to_owned(), json!(keys));
         if let Some(next) = page.next {
-            body["next"] = json!(next);
+            body.insert("next".to_owned(), json!(next));
         }
-        Ok(AdminResponse::json(200, body))
+        Ok(AdminResponse::json(200, Value::Object(body)))
     }
 
     async fn create(&self, call: &Call<'_>, body: &[u8]) -> Result<AdminResponse, AdminResponse> {
@@ -462,7 +463,7 @@ impl AdminApi {
         let IssuedKey { record, key } = self.gate.mint(new).await.map_err(fail)?;
         changed(call, record.id, &record.owner, None);
         let mut view = view_of(&record)?;
-        view["apiKey"] = Value::String(key.expose().to_owned());
+        view.insert("apiKey".to_owned(), Value::String(key.expose().to_owned()));
         Ok(AdminResponse::json(200, json!({ "apiKey": view })))
     }
 
@@ -619,7 +620,7 @@ impl AdminApi {
         changed(call, id, &record.owner, Some(record.id));
         let previous = self.gate.get(id).await.map_err(fail)?;
         let mut view = view_of(&record)?;
-        view["apiKey"] = Value::String(key.expose().to_owned());
+        view.insert("apiKey".to_owned(), Value::String(key.expose().to_owned()));
         Ok(AdminResponse::json(
             200,
             json!({ "apiKey": view, "previous": previous.as_ref().map(KeyView) }),
@@ -679,9 +680,11 @@ fn request_time(caller: &Principal) -> Result<DateTime<Utc>, AdminResponse> {
         .ok_or_else(|| AdminResponse::internal("clock out of range"))
 }
 
-fn view_of(record: &KeyRecord) -> Result<Value, AdminResponse> {
-    serde_json::to_value(KeyView(record))
-        .map_err(|_| AdminResponse::internal("record does not serialize"))
+fn view_of(record: &KeyRecord) -> Result<Map<String, Value>, AdminResponse> {
+    match serde_json::to_value(KeyView(record)) {
+        Ok(Value::Object(view)) => Ok(view),
+        _ => Err(AdminResponse::internal("record does not serialize")),
+    }
 }
 
 /// A record as the admin API shows it (camelCase, no hash).
@@ -821,7 +824,8 @@ fn percent_decode(value: &str) -> Option<String> {
             b'%' => {
                 let hi = char::from(bytes.next()?).to_digit(16)?;
                 let lo = char::from(bytes.next()?).to_digit(16)?;
-                out.push((hi * 16 + lo) as u8);
+                // Two hex digits make at most 0xff, so these checks never fail.
+                out.push(u8::try_from(hi.checked_mul(16)?.checked_add(lo)?).ok()?);
             }
             _ => out.push(b),
         }

@@ -30,7 +30,9 @@ impl Clock for SystemClock {
         // No calendar arithmetic: this is on every verify.
         match std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
             Ok(since) => i64::try_from(since.as_micros()).unwrap_or(i64::MAX),
-            Err(before) => -i64::try_from(before.duration().as_micros()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_micros())
+                .unwrap_or(i64::MAX)
+                .saturating_neg(),
         }
     }
 }

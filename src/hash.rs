@@ -232,11 +232,12 @@ pub(crate) mod hex32 {
             return Err(D::Error::custom("expected 64 hex characters"));
         }
         let mut out = [0u8; 32];
-        for (i, pair) in text.chunks(2).enumerate() {
-            let hi = char::from(pair[0]).to_digit(16);
-            let lo = char::from(pair[1]).to_digit(16);
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => out[i] = (hi << 4 | lo) as u8,
+        for (slot, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
+            let &[hi, lo] = pair else {
+                return Err(D::Error::custom("expected 64 hex characters"));
+            };
+            match (char::from(hi).to_digit(16), char::from(lo).to_digit(16)) {
+                (Some(hi), Some(lo)) => *slot = (hi << 4 | lo) as u8,
                 _ => return Err(D::Error::custom("expected hex characters")),
             }
         }

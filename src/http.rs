@@ -59,9 +59,11 @@ pub fn parse_authorization(value: &[u8]) -> Result<&str, VerifyError> {
     if !value.iter().all(|b| (0x20..0x7f).contains(b)) {
         return bad(RequestError::InvalidCharacters);
     }
-    let value = std::str::from_utf8(value)
-        .expect("printable ASCII is UTF-8")
-        .trim_matches(' ');
+    // Printable ASCII is UTF-8, so the `else` is never taken.
+    let Ok(value) = std::str::from_utf8(value) else {
+        return bad(RequestError::InvalidCharacters);
+    };
+    let value = value.trim_matches(' ');
     let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(VerifyError::MissingCredentials);

@@ -81,6 +81,9 @@ impl JwtSecret {
     }
 
     /// Mints a token exactly as Audiobookshelf's `ApiKey.generateApiKey` does.
+    // `Claims` holds only strings and integers: serde_json's `to_vec` fails only for a map
+    // with non-string keys or a `Serialize` impl that errors, so its `expect` cannot fire.
+    #[allow(clippy::expect_used)]
     pub(crate) fn sign(&self, id: KeyId, name: &str, iat: i64, exp: Option<i64>) -> String {
         #[derive(Serialize)]
         struct Claims<'a> {
@@ -101,7 +104,10 @@ impl JwtSecret {
             exp,
         };
         let json = serde_json::to_vec(&claims).expect("claims always serialize");
-        let mut token = String::with_capacity(HEADER_B64.len() + json.len() * 4 / 3 + 48);
+        let capacity = (json.len().saturating_mul(4) / 3)
+            .saturating_add(HEADER_B64.len())
+            .saturating_add(48);
+        let mut token = String::with_capacity(capacity);
         token.push_str(HEADER_B64);
         token.push('.');
         URL_SAFE_NO_PAD.encode_string(&json, &mut token);
@@ -146,7 +152,10 @@ impl JwtSecret {
         {
             return Err(Rejection::JwtSignature);
         }
-        let signed = &token[..header_and_payload_len(token, signature)];
+        // Everything before the last '.', which is the one in front of `signature`.
+        let Some((signed, _)) = token.rsplit_once('.') else {
+            return Err(Rejection::Malformed);
+        };
         hmac::verify(&self.0, signed.as_bytes(), &tag).map_err(|_| Rejection::JwtSignature)?;
 
         let claims: Claims = decode_json(payload)?;
@@ -197,10 +206,6 @@ pub(crate) struct VerifiedJwt<'t> {
 /// The signature part of a token minted by [`JwtSecret::sign`].
 pub(crate) fn signature_of(token: &str) -> &[u8] {
     token.rsplit('.').next().unwrap_or_default().as_bytes()
-}
-
-fn header_and_payload_len(token: &str, signature: &str) -> usize {
-    token.len() - signature.len() - 1
 }
 
 /// One JSON object (header or claims). serde's derived structs also take a JSON array and

@@ -221,9 +221,8 @@ pub struct UnknownFormat;
 /// Checks an application's key prefix: `[a-z][a-z0-9]{0,15}`.
 pub(crate) fn validate_prefix(prefix: &str) -> Result<(), BuildError> {
     let bytes = prefix.as_bytes();
-    let ok = !bytes.is_empty()
-        && bytes.len() <= MAX_PREFIX_LEN
-        && bytes[0].is_ascii_lowercase()
+    let ok = bytes.len() <= MAX_PREFIX_LEN
+        && bytes.first().is_some_and(u8::is_ascii_lowercase)
         && bytes
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
@@ -254,10 +253,17 @@ impl<'a> OpaqueKey<'a> {
         else {
             return Err(Rejection::WrongPrefix);
         };
-        if body.len() != BODY_LEN || !base62::all_digits(body) {
+        // A fixed-size array from here on: its constant sub-ranges below need no bounds check.
+        let Ok(body) = <&'a [u8; BODY_LEN]>::try_from(body) else {
+            return Err(Rejection::Malformed);
+        };
+        if !base62::all_digits(body) {
             return Err(Rejection::Malformed);
         }
-        let (signed, checksum) = bytes.split_at(bytes.len() - CHECKSUM_LEN);
+        // `body` is a suffix of `bytes`, so this split always succeeds.
+        let Some((signed, checksum)) = bytes.split_last_chunk::<CHECKSUM_LEN>() else {
+            return Err(Rejection::Malformed);
+        };
         if base62::decode_fixed(checksum) != Some(u128::from(crc32fast::hash(signed))) {
             return Err(Rejection::BadChecksum);
         }
@@ -270,18 +276,19 @@ impl<'a> OpaqueKey<'a> {
 
     /// Builds a fresh key string for `id` with a new random secret.
     pub fn generate(prefix: &str, id: KeyId) -> String {
-        let mut out = Vec::with_capacity(prefix.len() + 1 + BODY_LEN);
-        out.extend_from_slice(prefix.as_bytes());
-        out.push(b'_');
+        let mut out = String::with_capacity(prefix.len().saturating_add(1 + BODY_LEN));
+        out.push_str(prefix);
+        out.push('_');
         let mut body = [0u8; BODY_LEN];
         base62::encode_fixed(id.0.as_u128(), &mut body[..ID_LEN]);
         random_base62(&mut body[ID_LEN..ID_LEN + SECRET_LEN]);
-        out.extend_from_slice(&body[..ID_LEN + SECRET_LEN]);
-        let crc = crc32fast::hash(&out);
+        // Base62 digits are ASCII, so byte-to-char is exact (and needs no UTF-8 check).
+        out.extend(body[..ID_LEN + SECRET_LEN].iter().copied().map(char::from));
+        let crc = crc32fast::hash(out.as_bytes());
         base62::encode_fixed(u128::from(crc), &mut body[ID_LEN + SECRET_LEN..]);
-        out.extend_from_slice(&body[ID_LEN + SECRET_LEN..]);
+        out.extend(body[ID_LEN + SECRET_LEN..].iter().copied().map(char::from));
         zeroize::Zeroize::zeroize(&mut body);
-        String::from_utf8(out).expect("prefix and base62 are ASCII")
+        out
     }
 }
 
@@ -289,24 +296,24 @@ impl<'a> OpaqueKey<'a> {
 /// are dropped so that `byte % 62` is unbiased).
 fn random_base62(out: &mut [u8]) {
     let mut pool = [0u8; 64];
-    let mut filled = 0;
-    while filled < out.len() {
+    let mut slots = out.iter_mut().peekable();
+    while slots.peek().is_some() {
         fill_random(&mut pool);
-        for &byte in pool.iter().filter(|&&b| b < 248) {
-            if filled == out.len() {
-                break;
-            }
-            out[filled] = base62::char_of(byte % 62);
-            filled += 1;
+        // Pool first: `zip` pulls from it before taking a slot, so no slot is skipped.
+        for (&byte, slot) in pool.iter().filter(|&&b| b < 248).zip(&mut slots) {
+            *slot = base62::char_of(byte % 62);
         }
     }
     zeroize::Zeroize::zeroize(&mut pool);
 }
 
 /// Fills `out` from the operating system's CSPRNG.
+// The one deliberate stop in the crate: `SystemRandom` only fails when the OS has no entropy
+// source at all (no getrandom syscall and no /dev/urandom); no key can be minted safely then,
+// and carrying on with a weak key would be worse than stopping. Making it a typed error would
+// make the public, infallible `KeyId::random` fallible for a case no supported OS reaches.
+#[allow(clippy::expect_used)]
 pub(crate) fn fill_random(out: &mut [u8]) {
-    // `SystemRandom` only fails when the OS has no entropy source at all; no key can be
-    // minted safely then, and carrying on with a weak key would be worse than stopping.
     SystemRandom::new()
         .fill(out)
         .expect("the operating system's random number generator failed");

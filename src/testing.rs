@@ -15,6 +15,16 @@
 //! so they can share one database with other tests, and they never delete records they
 //! did not create.
 
+// This module is a test suite: a failed check panics with a message, as `assert!` does in
+// `#[test]`s, and that panic is its report. Nothing here runs on a request path (it is only
+// compiled with the `testing` feature and only called by tests).
+#![allow(
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 

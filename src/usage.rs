@@ -66,7 +66,7 @@ impl Usage {
         let due = state
             .marked
             .get(&id)
-            .is_none_or(|at| now - *at >= self.interval);
+            .is_none_or(|at| now.saturating_sub(*at) >= self.interval);
         if due {
             state.marked.insert(id, now);
             state.used.push((id, now));
@@ -76,7 +76,9 @@ impl Usage {
         }
         let flush_due = !state.flushing
             && (!state.used.is_empty() || !state.rehash.is_empty())
-            && state.last_flush.is_none_or(|at| now - at >= self.interval);
+            && state
+                .last_flush
+                .is_none_or(|at| now.saturating_sub(at) >= self.interval);
         if !flush_due {
             return false;
         }
@@ -110,7 +112,9 @@ impl Usage {
     fn take(state: &mut State, now: Micros, interval: Micros) -> Batch {
         // Marks older than the interval no longer suppress anything: drop them so the map
         // holds only recently used keys.
-        state.marked.retain(|_, at| now - *at < interval);
+        state
+            .marked
+            .retain(|_, at| now.saturating_sub(*at) < interval);
         Batch {
             used: std::mem::take(&mut state.used),
             rehash: state.rehash.drain().collect(),
@@ -196,6 +200,8 @@ pub(crate) fn spawn_flush(usage: Arc<Usage>, store: Arc<dyn KeyStore>, now: Micr
 }
 
 #[cfg(test)]
+// Test fixtures: small fixed instants, far from overflow.
+#[allow(clippy::arithmetic_side_effects)]
 mod tests {
     use super::*;
     use crate::store::MemoryStore;

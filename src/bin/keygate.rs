@@ -312,7 +312,8 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             }
             Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
         },
-        Command::Migrate => unreachable!("handled before the gate is built"),
+        // `run` applied the migrations when it opened the store: nothing is left to do.
+        Command::Migrate => {}
     }
     Ok(())
 }
@@ -326,7 +327,7 @@ fn to_json(value: &impl serde::Serialize) -> Result<String, Fail> {
     if !json.chars().any(needs_escape) {
         return Ok(json);
     }
-    let mut out = String::with_capacity(json.len() + 16);
+    let mut out = String::with_capacity(json.len().saturating_add(16));
     for c in json.chars() {
         if needs_escape(c) {
             let _ = write!(out, "\\u{:04x}", u32::from(c));
@@ -349,7 +350,7 @@ fn escape(text: &str) -> Cow<'_, str> {
     if !text.chars().any(needs_escape) {
         return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len() + 16);
+    let mut out = String::with_capacity(text.len().saturating_add(16));
     for c in text.chars() {
         if needs_escape(c) {
             out.extend(c.escape_unicode());
@@ -482,15 +483,15 @@ fn throwaway() -> [u8; 32] {
 
 /// The URL without its password, for messages.
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
-                None => url.to_owned(),
-            }
-        }
-        _ => url.to_owned(),
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    match rest.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+            None => url.to_owned(),
+        },
+        None => url.to_owned(),
     }
 }
 

@@ -201,12 +201,14 @@ fn bounded<V: Clone>(
     capacity: usize,
     evictions: &Arc<AtomicU64>,
 ) -> Cache<KeyId, V, UnitWeighter, RandomState, CountEvictions> {
-    // Enough shards for concurrency, each with room for at least 32 entries.
+    // Enough shards for concurrency, each with room for at least 32 entries. `shards` only
+    // halves while it is > 1, so it never reaches 0 and the divisions never fail.
+    let per = |shards: usize| capacity.checked_div(shards).unwrap_or(0);
     let mut shards = MAX_SHARDS;
-    while shards > 1 && capacity / shards < 32 {
+    while shards > 1 && per(shards) < 32 {
         shards /= 2;
     }
-    let per_shard = capacity / shards;
+    let per_shard = per(shards);
     let weight = u64::try_from(per_shard.saturating_mul(shards)).unwrap_or(u64::MAX);
     let options = OptionsBuilder::new()
         .shards(shards)

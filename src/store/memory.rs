@@ -127,9 +127,11 @@ impl KeyStore for MemoryStore {
                     .collect()
             }
         };
+        // Every id came from `inner`'s own index under this lock, so none is skipped.
         Ok(ids
             .iter()
-            .map(|id| KeyRecord::clone(&inner.by_id[id]))
+            .filter_map(|id| inner.by_id.get(id))
+            .map(|record| KeyRecord::clone(record))
             .collect())
     }
 

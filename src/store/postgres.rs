@@ -569,7 +569,7 @@ async fn reconnect(pool: &PgPool, listener: &Weak<dyn ChangeListener>) -> Option
                 let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
                 tracing::warn!(target: "keygate", %error, retry_in_ms, "postgres change feed reconnect failed");
                 tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(FEED_MAX_BACKOFF);
+                delay = delay.saturating_mul(2).min(FEED_MAX_BACKOFF);
             }
         }
     }

@@ -247,7 +247,9 @@ impl RedisStore {
 
     /// Connects with a [`Client`] built by the caller (e.g. with TLS settings).
     pub async fn from_client(client: Client, config: RedisConfig) -> Result<Self, StoreError> {
-        let limit = config.connection_timeout + config.response_timeout;
+        let limit = config
+            .connection_timeout
+            .saturating_add(config.response_timeout);
         let probe_config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(config.connection_timeout))
             .set_response_timeout(Some(config.response_timeout));
@@ -332,7 +334,11 @@ impl RedisStore {
     fn timed_out(&self) {
         let config = &self.shared.config;
         let mut current = self.current();
-        if current.since.elapsed() < config.connection_timeout + config.response_timeout {
+        if current.since.elapsed()
+            < config
+                .connection_timeout
+                .saturating_add(config.response_timeout)
+        {
             return;
         }
         match ConnectionManager::new_lazy_with_config(
@@ -1071,7 +1077,9 @@ impl Feed {
 
     async fn reconnect(&self, listener: &Weak<dyn ChangeListener>) -> Option<FeedConnection> {
         let mut delay = FEED_BACKOFF_MIN;
-        let limit = self.connection_timeout + self.response_timeout;
+        let limit = self
+            .connection_timeout
+            .saturating_add(self.response_timeout);
         loop {
             if listener.strong_count() == 0 {
                 return None;
@@ -1086,7 +1094,7 @@ impl Feed {
                 }
             }
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(FEED_BACKOFF_MAX);
+            delay = delay.saturating_mul(2).min(FEED_BACKOFF_MAX);
         }
     }
 }

@@ -233,8 +233,10 @@ fn instant(micros: i64) -> Result<DateTime<Utc>, StoreError> {
 }
 
 /// Scopes as a JSON array (sorted, as a `BTreeSet` iterates), or `None`.
-fn scopes_to_json(scopes: Option<&BTreeSet<String>>) -> Option<String> {
-    scopes.map(|s| serde_json::to_string(s).expect("a set of strings serializes"))
+fn scopes_to_json(scopes: Option<&BTreeSet<String>>) -> Result<Option<String>, StoreError> {
+    scopes
+        .map(|s| serde_json::to_string(s).map_err(StoreError::backend))
+        .transpose()
 }
 
 fn scopes_from_json(json: Option<&str>) -> Result<Option<BTreeSet<String>>, StoreError> {
@@ -242,8 +244,8 @@ fn scopes_from_json(json: Option<&str>) -> Result<Option<BTreeSet<String>>, Stor
         .transpose()
 }
 
-fn metadata_to_json(metadata: &Metadata) -> String {
-    serde_json::to_string(metadata).expect("a JSON map serializes")
+fn metadata_to_json(metadata: &Metadata) -> Result<String, StoreError> {
+    serde_json::to_string(metadata).map_err(StoreError::backend)
 }
 
 fn metadata_from_json(json: &str) -> Result<Metadata, StoreError> {
@@ -302,9 +304,9 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     record: &'q KeyRecord,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments> {
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, StoreError> {
     let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
-    query
+    Ok(query
         .bind(record.id.to_string())
         .bind(record.format.as_str())
         .bind(hash_version)
@@ -318,9 +320,9 @@ fn bind_record<'q>(
         .bind(record.expires_at.map(micros))
         .bind(record.last_used_at.map(micros))
         .bind(record.active)
-        .bind(scopes_to_json(record.scopes.as_ref()))
-        .bind(metadata_to_json(&record.metadata))
-        .bind(hash_scheme)
+        .bind(scopes_to_json(record.scopes.as_ref())?)
+        .bind(metadata_to_json(&record.metadata)?)
+        .bind(hash_scheme))
 }
 
 #[async_trait]
@@ -331,7 +333,7 @@ impl KeyStore for SqliteStore {
             key_columns!(),
             ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
         ));
-        match bind_record(query, &record).execute(&self.pool).await {
+        match bind_record(query, &record)?.execute(&self.pool).await {
             Ok(_) => Ok(()),
             Err(e) if sql::is_unique_violation(&e) => Err(StoreError::Conflict(record.id)),
             Err(e) => Err(store_error(e)),
@@ -379,7 +381,7 @@ impl KeyStore for SqliteStore {
              updated_at = ?10, expires_at = ?11, last_used_at = ?12, active = ?13, \
              scopes = ?14, metadata = ?15, hash_scheme = ?16 WHERE id = ?1",
         );
-        bind_record(query, &record)
+        bind_record(query, &record)?
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
@@ -445,7 +447,7 @@ impl KeyStore for SqliteStore {
             .iter()
             .map(|(id, at)| (id.to_string(), micros(*at)))
             .collect();
-        let pairs = serde_json::to_string(&pairs).expect("pairs of strings and integers");
+        let pairs = serde_json::to_string(&pairs).map_err(StoreError::backend)?;
         sqlx::query(
             "UPDATE keygate_keys SET last_used_at = batch.at \
              FROM (SELECT json_extract(value, '$[0]') AS id, \
@@ -469,7 +471,7 @@ mod tests {
     #[test]
     fn scopes_and_metadata_round_trip() {
         let scopes = BTreeSet::from(["b".to_owned(), "a".to_owned()]);
-        let json = scopes_to_json(Some(&scopes)).unwrap();
+        let json = scopes_to_json(Some(&scopes)).unwrap().unwrap();
         assert_eq!(json, r#"["a","b"]"#);
         assert_eq!(scopes_from_json(Some(&json)).unwrap(), Some(scopes));
         assert_eq!(scopes_from_json(None).unwrap(), None);
@@ -477,7 +479,7 @@ mod tests {
         let mut metadata = Metadata::new();
         metadata.insert("k".into(), serde_json::json!([1, "two"]));
         assert_eq!(
-            metadata_from_json(&metadata_to_json(&metadata)).unwrap(),
+            metadata_from_json(&metadata_to_json(&metadata).unwrap()).unwrap(),
             metadata
         );
     }
