@@ -13,6 +13,14 @@
 //! bench also prints a paired figure: rounds that alternate "flood paused" and "flood
 //! running", timing each valid verify alone, and the ratio of the two per-call medians.
 
+// Benchmark harness: a failed setup step stops the run loudly, and fixtures index and
+// count over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 use std::hint::black_box;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,5 +1,8 @@
 //! The actix-web integration, through actix's own test harness: every row of the HTTP
 //! mapping table (DESIGN.md §3) via the extractors and the middleware, and the admin scope.
+
+// Test code: a panic is how a test reports a failure.
+#![allow(clippy::unwrap_used, clippy::panic)]
 #![cfg(feature = "actix")]
 
 use std::future::Future;

@@ -3,6 +3,16 @@
 //! beyond the calling key's own reach (review H2, M2). Every refusal is a 403 with the
 //! `insufficient_scope` challenge, names its reason, and writes nothing.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::sync::Arc;

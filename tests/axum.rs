@@ -5,6 +5,9 @@
 //! Each refusal is sent with a header that really reaches its branch: the reason is first
 //! confirmed on the gate itself (`verify_headers`), then the same bytes go through the
 //! router, and a counting store shows which refusals were decided without a store read.
+
+// Test code: a panic is how a test reports a failure.
+#![allow(clippy::unwrap_used, clippy::panic)]
 #![cfg(feature = "axum")]
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -1,5 +1,15 @@
 //! The operator CLI, run as a user would: the real binary, a real store, exit codes and
 //! what each stream carries.
+
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 #![cfg(feature = "cli")]
 
 mod support;

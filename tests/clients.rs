@@ -11,6 +11,16 @@
 //!
 //! A missing client tool is skipped with a note on stderr, unless `CI=true`: then it fails.
 //! The example binaries are built (or found up to date) with this test's own features.
+
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 #![cfg(all(feature = "sqlite", any(feature = "axum", feature = "actix")))]
 
 use std::io::{BufRead, BufReader, Read, Write};

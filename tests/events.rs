@@ -1,6 +1,16 @@
 //! Tracing events: management calls and refusals are reported with the key id and the
 //! reason code, and never with the plaintext key or any part of its secret.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::fmt;

@@ -2,6 +2,16 @@
 //! `CachedStore` leaves the valid key's verify correct, costs at most one store read per
 //! forged id, keeps the cache within its bounds, and cannot flood the log.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::fmt;

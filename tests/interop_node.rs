@@ -4,6 +4,15 @@
 //! Needs `node` and `npm ci` in `tests/fixtures/node`. Without them each test prints why to
 //! stderr and passes, except under `CI=true`, where a missing fixture is a failure.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::arithmetic_side_effects
+)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;

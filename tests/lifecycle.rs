@@ -1,6 +1,16 @@
 //! Key management: mint, import, get, list, update, revoke, delete, rotate, and what the
 //! store holds after each; the plaintext never appears outside `IssuedKey::key`.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,16 @@
 //! Permissions (design §3 step 5): a key inherits its owner's permissions at request time;
 //! scopes only narrow them; a deactivated owner takes all their keys down.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,16 @@
 //! insertion of a freshly minted opaque key is refused by its shape or checksum alone (no
 //! store read), and every one-character change of a JWT is refused before the store.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use common::*;

@@ -2,6 +2,16 @@
 //! read, no write, the typed reason and a 401; store and directory failures as 503, never
 //! as a bad key; expiry edges to the second with a manual clock.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use std::error::Error as _;

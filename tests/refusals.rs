@@ -1,6 +1,16 @@
 //! Refusals the token alone proves (design §3 step 2): each with its exact input and typed
 //! reason, a 401, and no store read or write. Also configuration refusals at build time.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 mod common;
 
 use common::*;

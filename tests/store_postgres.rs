@@ -3,6 +3,15 @@
 //!
 //! Needs `KEYGATE_TEST_POSTGRES_URL` (skipped without it, except on CI); the closed-port
 //! outage test needs no server.
+
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 #![cfg(all(feature = "postgres", feature = "testing"))]
 
 mod support;

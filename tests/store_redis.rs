@@ -4,6 +4,16 @@
 //!
 //! Needs `KEYGATE_TEST_REDIS_URL` (e.g. `redis://127.0.0.1:6379/`). Every test works in a
 //! random namespace and removes its keys at the end.
+
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
 #![cfg(all(feature = "redis", feature = "testing"))]
 
 mod support;

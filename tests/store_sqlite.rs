@@ -1,5 +1,8 @@
 //! `SqliteStore`: the conformance suite, schema and migrations, URL forms, and durability
 //! across `kill -9`.
+
+// Test code: a panic is how a test reports a failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 #![cfg(all(feature = "sqlite", feature = "testing"))]
 
 mod support;
