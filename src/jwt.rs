@@ -186,6 +186,7 @@ impl JwtSecret {
         Ok(VerifiedJwt {
             key_id,
             signature: signature.as_bytes(),
+            exp: claims.exp.map(|exp| exp.0),
         })
     }
 }
@@ -201,6 +202,9 @@ pub(crate) struct VerifiedJwt<'t> {
     pub key_id: KeyId,
     /// The signature as sent (base64url): what a record's hash binds to.
     pub signature: &'t [u8],
+    /// The token's own `exp`, in microseconds since the Unix epoch: the token stops then
+    /// whatever its record says.
+    pub exp: Option<i64>,
 }
 
 /// The signature part of a token minted by [`JwtSecret::sign`].
