@@ -1332,3 +1332,27 @@ async fn a_conditional_update_on_a_stale_copy_writes_nothing() {
         .unwrap();
     assert_eq!(renamed.name, "renamed");
 }
+
+/// F3: the old key's expiry is moved to now while a rotate is under way: the old key is
+/// expired, so the new key (which would bring it back) is deleted again.
+#[tokio::test]
+async fn an_expiry_racing_a_rotate_leaves_no_new_key() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let old_id = old.record.id;
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        store
+            .update(old_id, &KeyPatch::new().expires_at(Some(t0())))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let err = gate.rotate(old_id, TimeDelta::hours(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "id", .. }),
+        "{err:?}"
+    );
+    let all = h.store.all().await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].expires_at, Some(t0()));
+}
