@@ -782,7 +782,10 @@ where
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminResponse> {
-    serde_json::from_slice(body)
+    // A JSON object in UTF-8: serde would read an array into the body by position.
+    let text = crate::json::object_text(body)
+        .ok_or_else(|| AdminResponse::bad_request("the body must be a JSON object"))?;
+    serde_json::from_str(text)
         .map_err(|e| AdminResponse::bad_request(format!("invalid JSON body: {e}")))
 }
 

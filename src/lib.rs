@@ -66,6 +66,7 @@ mod error;
 mod gate;
 mod hash;
 pub mod http;
+mod json;
 mod jwt;
 mod key;
 mod principal;

@@ -814,3 +814,52 @@ async fn an_expiring_admin_can_rotate_a_key_that_expires_with_it() {
         Some(t(2))
     );
 }
+
+#[tokio::test]
+async fn bodies_must_be_utf8_json_objects() {
+    // serde reads a JSON array into a struct by position, and skips ignored members without
+    // checking their UTF-8: `[true,"root",…]` re-owned a key to root (found by fuzzing).
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let (_, root) = caller(&h.gate, NewKey::new("root key", "root")).await;
+    let target = mint(&h.gate, NewKey::new("k", "bob")).await;
+    let id = target.id.to_string();
+    let before = snapshot(&h).await;
+    let mut not_utf8 = br#"{"name":"n","userId":"bob","description":""#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\"}");
+    let requests: [(&str, AdminRequest<'_>); 5] = [
+        (
+            "create array",
+            AdminRequest::Create {
+                body: br#"["n","root",null,null,null,null,null,null]"#,
+            },
+        ),
+        ("create not UTF-8", AdminRequest::Create { body: &not_utf8 }),
+        (
+            "update array",
+            AdminRequest::Update {
+                id: &id,
+                body: br#"[true,"root",null,null,null,null]"#,
+            },
+        ),
+        (
+            "update not UTF-8",
+            AdminRequest::Update {
+                id: &id,
+                body: b"{\"name\":\"\xff\"}",
+            },
+        ),
+        (
+            "rotate array",
+            AdminRequest::Rotate {
+                id: &id,
+                body: b"[0]",
+            },
+        ),
+    ];
+    for (case, request) in requests {
+        let response = api.handle(&root, request).await;
+        assert_eq!(response.status, 400, "{case}: {}", response.body);
+    }
+    assert_unchanged(&h, &before).await;
+}
