@@ -48,7 +48,11 @@ fuzz_target!(|data: &[u8]| {
                 None => (String::from_utf8_lossy(&rest).into_owned(), Vec::new()),
             }
         };
-        let root = fx.gate.verify(&fx.keys[0].token).await.expect("root's key verifies");
+        let root = fx
+            .gate
+            .verify(&fx.keys[0].token)
+            .await
+            .expect("root's key verifies");
         assert!(root.allows("admin"));
         // The authority change of issue 7 replaces this with `AdminApi::new(fx.gate.clone())`
         // (admin = the directory's explicit "admin" permission, as root has here).
@@ -57,9 +61,17 @@ fuzz_target!(|data: &[u8]| {
         let query = String::from_utf8_lossy(&body).into_owned();
         let request = match op % 5 {
             0 => AdminRequest::Create { body: &body },
-            1 => AdminRequest::Update { id: &id_text, body: &body },
-            2 => AdminRequest::Rotate { id: &id_text, body: &body },
-            3 => AdminRequest::List { query: (!body.is_empty()).then_some(query.as_str()) },
+            1 => AdminRequest::Update {
+                id: &id_text,
+                body: &body,
+            },
+            2 => AdminRequest::Rotate {
+                id: &id_text,
+                body: &body,
+            },
+            3 => AdminRequest::List {
+                query: (!body.is_empty()).then_some(query.as_str()),
+            },
             _ => AdminRequest::Get { id: &id_text },
         };
         let before = records(&fx.gate).await;
@@ -80,7 +92,12 @@ fuzz_target!(|data: &[u8]| {
             "unexpected status: {context}"
         );
         let ok = (200..300).contains(&status);
-        if !ok || matches!(request, AdminRequest::List { .. } | AdminRequest::Get { .. }) {
+        if !ok
+            || matches!(
+                request,
+                AdminRequest::List { .. } | AdminRequest::Get { .. }
+            )
+        {
             assert!(before == after, "the store changed: {context}");
         }
         if ok {
@@ -88,7 +105,10 @@ fuzz_target!(|data: &[u8]| {
             assert!(answer.is_object(), "{context}");
         }
 
-        let known_id = id_text.parse::<KeyId>().ok().filter(|id| fx.key(*id).is_some());
+        let known_id = id_text
+            .parse::<KeyId>()
+            .ok()
+            .filter(|id| fx.key(*id).is_some());
         let id_request = matches!(
             request,
             AdminRequest::Update { .. } | AdminRequest::Rotate { .. } | AdminRequest::Get { .. }
@@ -116,10 +136,15 @@ fuzz_target!(|data: &[u8]| {
                     .as_str()
                     .and_then(|s| s.parse().ok())
                     .expect("the new key's id");
-                let token = answer["apiKey"]["apiKey"].as_str().expect("the plaintext key");
+                let token = answer["apiKey"]["apiKey"]
+                    .as_str()
+                    .expect("the plaintext key");
                 assert_eq!(after.len(), before.len() + 1, "{context}");
                 assert!(before.iter().all(|r| after.contains(r)), "{context}");
-                let record = after.iter().find(|r| r.id == id).expect("the new record is stored");
+                let record = after
+                    .iter()
+                    .find(|r| r.id == id)
+                    .expect("the new record is stored");
                 let expect = if !record.active {
                     Expect::Refused(Rejection::Inactive)
                 } else if record.owner == "mallory" {
@@ -131,7 +156,10 @@ fuzz_target!(|data: &[u8]| {
                 check_outcome(token, expect, &got);
             }
             AdminRequest::Update { .. } if ok => {
-                assert!(is_object(&body) || known_array, "2xx update for a non-object body: {context}");
+                assert!(
+                    is_object(&body) || known_array,
+                    "2xx update for a non-object body: {context}"
+                );
                 assert_eq!(after.len(), before.len(), "{context}");
                 let id = known_id.expect("2xx only for a known id");
                 for (b, a) in before.iter().zip(&after) {
@@ -140,7 +168,10 @@ fuzz_target!(|data: &[u8]| {
             }
             AdminRequest::Rotate { .. } if ok => {
                 let empty = body.iter().all(u8::is_ascii_whitespace);
-                assert!(empty || is_object(&body) || known_array, "2xx rotate for a non-object body: {context}");
+                assert!(
+                    empty || is_object(&body) || known_array,
+                    "2xx rotate for a non-object body: {context}"
+                );
                 assert_eq!(after.len(), before.len() + 1, "{context}");
             }
             _ => {}

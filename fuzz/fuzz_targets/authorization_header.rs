@@ -56,9 +56,9 @@ fn read(values: &[Vec<u8>]) -> Header<'_> {
     let token = rest.trim_start_matches(' ');
     let body = token.trim_end_matches('=');
     let b64token = !body.is_empty()
-        && body
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/'));
+        && body.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        });
     if b64token {
         Header::Token(token)
     } else {

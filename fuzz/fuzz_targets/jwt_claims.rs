@@ -171,7 +171,9 @@ fn claims_rules(fx: &Fixture, token: &str, claims: &[u8]) -> Outcomes {
     }
     outcomes.push(match fx.key(id) {
         None => Expect::Refused(Rejection::UnknownKey),
-        Some(k) if k.format != keygate::KeyFormat::Jwt => Expect::Refused(Rejection::FormatMismatch),
+        Some(k) if k.format != keygate::KeyFormat::Jwt => {
+            Expect::Refused(Rejection::FormatMismatch)
+        }
         Some(k) if k.hashed && k.token != token => Expect::Refused(Rejection::HashMismatch),
         Some(k) => k.outcome,
     });

@@ -28,9 +28,20 @@ enum Part {
 
 #[derive(Debug, Arbitrary)]
 enum Mutation {
-    Replace { part: Part, at: u8, byte: u8 },
-    Insert { part: Part, at: u8, byte: u8 },
-    Delete { part: Part, at: u8 },
+    Replace {
+        part: Part,
+        at: u8,
+        byte: u8,
+    },
+    Insert {
+        part: Part,
+        at: u8,
+        byte: u8,
+    },
+    Delete {
+        part: Part,
+        at: u8,
+    },
     /// Another prefix: a few meaningful ones, or fuzzer bytes.
     Prefix(PrefixChoice),
     /// The id part of another fixture key (opaque or JWT record).
@@ -78,7 +89,10 @@ fn part(parts: &mut [Vec<u8>; 5], part: Part) -> &mut Vec<u8> {
 
 fn split(token: &str) -> [Vec<u8>; 5] {
     let t = token.as_bytes();
-    let sep = t.iter().position(|&b| b == b'_').expect("opaque keys have a _");
+    let sep = t
+        .iter()
+        .position(|&b| b == b'_')
+        .expect("opaque keys have a _");
     let body = &t[sep + 1..];
     [
         t[..sep].to_vec(),

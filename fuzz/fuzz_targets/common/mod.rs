@@ -275,7 +275,11 @@ pub fn expand(fx: &Fixture, input: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < input.len() {
         let rest = &input[i..];
-        let digit = |n: usize| rest.get(n).filter(|b| b.is_ascii_digit()).map(|b| usize::from(b - b'0'));
+        let digit = |n: usize| {
+            rest.get(n)
+                .filter(|b| b.is_ascii_digit())
+                .map(|b| usize::from(b - b'0'))
+        };
         match (rest.first(), rest.get(1), digit(2)) {
             (Some(b'$'), Some(b'T'), Some(d)) if d < fx.keys.len() => {
                 out.extend_from_slice(fx.keys[d].token.as_bytes());
@@ -346,7 +350,11 @@ pub fn crc32(bytes: &[u8]) -> u32 {
     for &b in bytes {
         crc ^= u32::from(b);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -356,7 +364,9 @@ pub fn crc32(bytes: &[u8]) -> u32 {
 pub fn prefix_grammar_ok(prefix: &[u8]) -> bool {
     matches!(prefix.first(), Some(b'a'..=b'z'))
         && prefix.len() <= 16
-        && prefix.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        && prefix
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
 }
 
 /// What `keygate::checksum_ok` must say: prefix grammar, `_`, 71 base62, right CRC, and
@@ -392,7 +402,10 @@ pub fn opaque_expectation(fx: &Fixture, token: &str) -> Expect {
     if t.len() > MAX_OPAQUE_LEN || !t.contains(&b'_') {
         return Expect::Refused(Rejection::Malformed);
     }
-    let Some(body) = t.strip_prefix(PREFIX.as_bytes()).and_then(|r| r.strip_prefix(b"_")) else {
+    let Some(body) = t
+        .strip_prefix(PREFIX.as_bytes())
+        .and_then(|r| r.strip_prefix(b"_"))
+    else {
         return Expect::Refused(Rejection::WrongPrefix);
     };
     if body.len() != BODY_LEN || !body.iter().all(|&b| b62_value(b).is_some()) {
