@@ -85,7 +85,10 @@ fuzz_target!(|data: &[u8]| {
         );
         let array_body = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
         // Known on 79e7651: serde reads a JSON array body by position as the struct.
-        let known_array = array_body && known("admin_arrays");
+        // Found by this target on 79e7651: bytes that are not UTF-8 inside a member the
+        // body type ignores pass unchecked (RFC 8259 §8.1: JSON text is UTF-8).
+        let known_array = (array_body && known("admin_arrays"))
+            || (std::str::from_utf8(&body).is_err() && known("body_utf8"));
 
         assert!(
             matches!(status, 200 | 201 | 400 | 403 | 404 | 409),
@@ -176,5 +179,10 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {}
         }
+        // Let the last-used flush that dropping the gate queued run now: a current-thread
+        // `block_on` whose future never yields would leave it, and the store it holds,
+        // queued forever.
+        drop((api, root, fx));
+        tokio::task::yield_now().await;
     });
 });

@@ -180,6 +180,10 @@ fn claims_rules(fx: &Fixture, token: &str, claims: &[u8]) -> Outcomes {
     outcomes
 }
 
+fn header_typ_null(header: &[u8]) -> bool {
+    Members::parse(header).is_some_and(|h| matches!(h.get("typ"), Some(Value::Null)))
+}
+
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase hex.
 fn canonical_uuid(s: &str) -> bool {
     s.len() == 36
@@ -222,7 +226,14 @@ fuzz_target!(|data: &[u8]| {
         let is_array = |b: &[u8]| b.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
         // Known on 79e7651 (fixed by the JWT change of issue 7): a JSON array is read by
         // position as the header or the claims.
-        let known_gap = (is_array(&header) || is_array(&claims)) && known("jwt_arrays");
+        let known_gap = ((is_array(&header) || is_array(&claims)) && known("jwt_arrays"))
+            // Found by this target on 79e7651: bytes that are not UTF-8 inside a member
+            // keygate ignores pass (serde skips them unchecked); RFC 7519 §7.2 wants the
+            // whole part to be UTF-8 JSON.
+            || ((std::str::from_utf8(&header).is_err() || std::str::from_utf8(&claims).is_err())
+                && known("jwt_utf8"))
+            // Found on 79e7651: `"typ": null` in the header is taken for an absent `typ`.
+            || (header_typ_null(&header) && known("jwt_typ_null"));
         assert!(
             known_gap,
             "header {:?} claims {:?}: expected one of {expected:?}, got {:?}",
