@@ -28,48 +28,10 @@ mod common;
 use common::*;
 use keygate::{KeyId, Rejection};
 use libfuzzer_sys::fuzz_target;
-use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::Value;
 
-/// A top-level JSON object as its members in order, duplicates kept.
-struct Members(Vec<(String, Value)>);
-
-impl<'de> serde::Deserialize<'de> for Members {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Members;
-            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
-                let mut out = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
-                    out.push(entry);
-                }
-                Ok(Members(out))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-impl Members {
-    fn parse(bytes: &[u8]) -> Option<Self> {
-        serde_json::from_slice(bytes).ok()
-    }
-
-    /// `None` when a member keygate reads is there twice (ambiguous: refused).
-    fn unique(&self, names: &[&str]) -> bool {
-        names
-            .iter()
-            .all(|n| self.0.iter().filter(|(k, _)| k == n).count() <= 1)
-    }
-
-    fn get(&self, name: &str) -> Option<&Value> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
-    }
-}
+const HEADER_READ: &[&str] = &["alg", "typ", "crit"];
+const CLAIMS_READ: &[&str] = &["keyId", "type", "userId", "username", "exp", "nbf", "iat"];
 
 /// Acceptable outcomes (more than one only at the sub-microsecond date boundary).
 type Outcomes = Vec<Expect>;
@@ -79,8 +41,8 @@ fn refused(r: Rejection) -> Outcomes {
 }
 
 fn header_rules(header: &[u8]) -> Result<(), Rejection> {
-    let h = Members::parse(header).ok_or(Rejection::JwtMalformed)?;
-    if !h.unique(&["alg", "typ", "crit"]) {
+    let h = members(header, HEADER_READ).ok_or(Rejection::JwtMalformed)?;
+    if !h.unique() {
         return Err(Rejection::JwtMalformed);
     }
     let alg = match h.get("alg") {
@@ -117,11 +79,10 @@ fn date_cmp(date: f64, holds: impl Fn(f64, f64) -> bool) -> Option<bool> {
 }
 
 fn claims_rules(fx: &Fixture, token: &str, claims: &[u8]) -> Outcomes {
-    let Some(c) = Members::parse(claims) else {
+    let Some(c) = members(claims, CLAIMS_READ) else {
         return refused(Rejection::JwtMalformed);
     };
-    let read = ["keyId", "type", "userId", "username", "exp", "nbf", "iat"];
-    if !c.unique(&read) {
+    if !c.unique() {
         return refused(Rejection::JwtMalformed);
     }
     let string_or_null = |n| matches!(c.get(n), None | Some(Value::String(_)) | Some(Value::Null));
@@ -181,7 +142,7 @@ fn claims_rules(fx: &Fixture, token: &str, claims: &[u8]) -> Outcomes {
 }
 
 fn header_typ_null(header: &[u8]) -> bool {
-    Members::parse(header).is_some_and(|h| matches!(h.get("typ"), Some(Value::Null)))
+    members(header, HEADER_READ).is_some_and(|h| matches!(h.get("typ"), Some(Value::Null)))
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase hex.

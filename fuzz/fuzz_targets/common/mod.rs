@@ -16,6 +16,8 @@ use keygate::{
     NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError, MAX_PAGE,
 };
 use ring::hmac;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
 
 /// The gate's opaque prefix.
 pub const PREFIX: &str = "kg";
@@ -463,4 +465,55 @@ pub fn known(name: &str) -> bool {
         })
         .iter()
         .any(|k| k == name)
+}
+
+/// A top-level JSON object: the members keygate reads, in order, duplicates kept. Other
+/// members only have to be valid JSON (any number, however large, is grammatical).
+pub struct Members(pub Vec<(String, Value)>);
+
+/// Parses `bytes` as a JSON object; `None` for anything else, and for text that is not UTF-8
+/// (RFC 8259 §8.1).
+pub fn members(bytes: &[u8], read: &'static [&'static str]) -> Option<Members> {
+    struct Seed(&'static [&'static str]);
+    impl<'de> DeserializeSeed<'de> for Seed {
+        type Value = Members;
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Members, D::Error> {
+            d.deserialize_map(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Seed {
+        type Value = Members;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Members, A::Error> {
+            let mut out = Vec::new();
+            while let Some(name) = map.next_key::<String>()? {
+                if self.0.contains(&name.as_str()) {
+                    out.push((name, map.next_value::<Value>()?));
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(Members(out))
+        }
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Seed(read).deserialize(&mut de).ok()?;
+    de.end().ok()?;
+    Some(parsed)
+}
+
+impl Members {
+    /// Whether each member keygate reads appears at most once (twice is ambiguous: refused).
+    pub fn unique(&self) -> bool {
+        self.0
+            .iter()
+            .all(|(n, _)| self.0.iter().filter(|(k, _)| k == n).count() == 1)
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+    }
 }
