@@ -55,9 +55,8 @@ fuzz_target!(|data: &[u8]| {
             .await
             .expect("root's key verifies");
         assert!(root.allows("admin"));
-        // The authority change of issue 7 replaces this with `AdminApi::new(fx.gate.clone())`
-        // (admin = the directory's explicit "admin" permission, as root has here).
-        let api = AdminApi::new(fx.gate.clone(), |p| p.allows("admin"));
+        // Admin = the directory's explicit "admin" permission, as root has here.
+        let api = AdminApi::new(fx.gate.clone());
 
         let query = String::from_utf8_lossy(&body).into_owned();
         let request = match op % 5 {
