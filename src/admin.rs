@@ -1044,4 +1044,66 @@ mod tests {
         assert!(parse::<UpdateBody>(br#"{"isActive":"yes"}"#).is_err());
         assert!(parse::<CreateBody>(br#"{"format":"pgp"}"#).is_err());
     }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        for (result, field) in [
+            (
+                parse::<CreateBody>(br#"{"name":"x","expires_in":60}"#).map(|_| ()),
+                "expires_in",
+            ),
+            (
+                parse::<UpdateBody>(br#"{"isActive":true,"owner":"x"}"#).map(|_| ()),
+                "owner",
+            ),
+            (
+                parse::<RotateBody>(br#"{"grace_period":5}"#).map(|_| ()),
+                "grace_period",
+            ),
+        ] {
+            let response = result.unwrap_err();
+            assert_eq!(response.status, 400);
+            assert!(response.body.contains(field), "{}", response.body);
+        }
+    }
+
+    #[test]
+    fn the_route_table() {
+        let id = "abc";
+        assert_eq!(AdminRoute::resolve("GET", ""), Ok(AdminRoute::List));
+        assert_eq!(AdminRoute::resolve("POST", "/"), Ok(AdminRoute::Create));
+        assert_eq!(
+            AdminRoute::resolve("PATCH", "/abc"),
+            Ok(AdminRoute::Update { id })
+        );
+        assert_eq!(
+            AdminRoute::resolve("DELETE", "/abc"),
+            Ok(AdminRoute::Delete { id })
+        );
+        assert_eq!(
+            AdminRoute::resolve("POST", "/abc/rotate"),
+            Ok(AdminRoute::Rotate { id })
+        );
+        for (method, path, allow) in [
+            ("HEAD", "/", "GET, POST"),
+            ("PUT", "/abc", "GET, PATCH, DELETE"),
+            ("DELETE", "/abc/rotate", "POST"),
+        ] {
+            let answer = AdminRoute::resolve(method, path).unwrap_err();
+            assert_eq!((answer.status, answer.allow), (405, Some(allow)), "{path}");
+        }
+        for path in [
+            "abc",
+            "//",
+            "//rotate",
+            "/abc/",
+            "/abc/rotate/",
+            "/abc/x",
+            "/a/b/c",
+        ] {
+            let answer = AdminRoute::resolve("GET", path).unwrap_err();
+            assert_eq!(answer.status, 404, "{path}");
+        }
+        assert!(!AdminRoute::List.reads_body() && AdminRoute::Create.reads_body());
+    }
 }

@@ -1627,3 +1627,21 @@ async fn admin_bodies_with_unknown_fields_are_400_naming_the_field() {
     // Nothing was minted, changed or rotated.
     assert_eq!(all_records(&f.gate).await, before);
 }
+
+/// `admin_router` under `Router::nest` routes through the same table.
+#[tokio::test]
+async fn the_nested_admin_router_serves_the_same_routes() {
+    let f = fixture().await;
+    let app: Router = Router::new().nest(
+        "/api/api-keys",
+        keygate::axum::admin_router(AdminApi::new(f.gate.clone())),
+    );
+    let id = all_records(&f.gate).await[0].id;
+    let reply = get_as(&app, "/api/api-keys", &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = get_as(&app, &format!("/api/api-keys/{id}"), &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["apiKey"]["id"], id.to_string());
+    let reply = get_as(&app, &format!("/api/api-keys/{id}/rotate"), &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+}
