@@ -287,6 +287,11 @@ fn realm_for(req: &HttpRequest) -> String {
     gate_for(req).map_or_else(|| DEFAULT_REALM.to_owned(), |g| g.realm().to_owned())
 }
 
+/// Left in the extensions by an optional [`Authenticate`] that found no credentials, so
+/// the extractors behind it do not read (and count) the absent header again.
+#[derive(Clone, Copy)]
+struct Anonymous;
+
 /// The request's principal: from the extensions, else verified (once) and cached there.
 async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
     let cached = req.extensions().get::<Principal>().cloned();
@@ -296,6 +301,9 @@ async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
     let Some(gate) = gate_for(req) else {
         return Err(AuthError::unconfigured());
     };
+    if req.extensions().get::<Anonymous>().is_some() {
+        return Err(AuthError::new(VerifyError::MissingCredentials, &gate));
+    }
     let values = req
         .headers()
         .get_all(AUTHORIZATION)
@@ -482,7 +490,10 @@ impl Authenticate {
                         req.extensions_mut().insert(principal.clone());
                         principal
                     }
-                    Err(VerifyError::MissingCredentials) if self.optional => return Ok(()),
+                    Err(VerifyError::MissingCredentials) if self.optional => {
+                        req.extensions_mut().insert(Anonymous);
+                        return Ok(());
+                    }
                     Err(error) => return Err(error),
                 }
             }

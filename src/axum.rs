@@ -181,9 +181,17 @@ fn outcome_response(outcome: &HttpOutcome) -> Response {
     response
 }
 
+/// Left in the extensions by an optional [`Authenticate`] layer that found no credentials,
+/// so the extractors behind it do not read (and count) the absent header again.
+#[derive(Clone, Copy)]
+struct Anonymous;
+
 async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, AuthRejection> {
     if let Some(principal) = parts.extensions.get::<Principal>() {
         return Ok(principal.clone());
+    }
+    if parts.extensions.get::<Anonymous>().is_some() {
+        return Err(AuthRejection::new(VerifyError::MissingCredentials, gate));
     }
     let values = parts
         .headers
@@ -355,7 +363,10 @@ impl Authenticate {
                 request.extensions_mut().insert(principal);
                 Ok(())
             }
-            Err(VerifyError::MissingCredentials) if self.optional => Ok(()),
+            Err(VerifyError::MissingCredentials) if self.optional => {
+                request.extensions_mut().insert(Anonymous);
+                Ok(())
+            }
             Err(error) => Err(error),
         }
     }

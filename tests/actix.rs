@@ -1475,3 +1475,20 @@ fn admin_bodies_with_unknown_fields_are_400_naming_the_field() {
         );
     });
 }
+
+/// An anonymous request through an optional middleware is one refusal, not one per
+/// extractor.
+#[test]
+fn an_anonymous_request_behind_the_optional_middleware_counts_once() {
+    run(async {
+        let fx = fixture();
+        let app = test::init_service(middleware_app(&fx.gate)).await;
+        let before = fx.gate.refusal_counts().get("missing_credentials");
+        let reply = send(&app, get("/optional/extract").to_request()).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "anonymous"));
+        assert_eq!(
+            fx.gate.refusal_counts().get("missing_credentials") - before,
+            1
+        );
+    });
+}

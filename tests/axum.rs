@@ -1645,3 +1645,23 @@ async fn the_nested_admin_router_serves_the_same_routes() {
     let reply = get_as(&app, &format!("/api/api-keys/{id}/rotate"), &f.root_key).await;
     assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// An anonymous request through an optional layer is one refusal, not one per extractor.
+#[tokio::test]
+async fn an_anonymous_request_behind_the_optional_layer_counts_once() {
+    let f = fixture().await;
+    let app = Router::new()
+        .route("/hello", get(hello))
+        .layer(Authenticate::optional(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let before = f.gate.refusal_counts().get("missing_credentials");
+    let reply = send(&app, request(Method::GET, "/hello", &[], None)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "hello stranger")
+    );
+    assert_eq!(
+        f.gate.refusal_counts().get("missing_credentials") - before,
+        1
+    );
+}
