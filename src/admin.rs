@@ -154,7 +154,8 @@ impl fmt::Debug for AdminApi {
     }
 }
 
-/// One admin request, already routed: the adapters map method and path onto these.
+/// One admin request, already routed ([`AdminRoute::request`] builds it from the route
+/// table's answer, the query string and the body).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum AdminRequest<'a> {
