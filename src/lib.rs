@@ -66,6 +66,7 @@ mod error;
 mod gate;
 mod hash;
 pub mod http;
+mod json;
 mod jwt;
 mod key;
 mod principal;
@@ -103,7 +104,9 @@ pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
 pub use principal::{Permission, Principal};
-pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
+pub use record::{
+    InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition, MAX_STORED_OWNER_LEN,
+};
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]

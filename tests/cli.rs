@@ -554,3 +554,22 @@ fn the_example_pepper_file_is_git_ignored() {
         }
     }
 }
+
+/// A password given as a query parameter (`?password=`, as libpq and sqlx accept) is
+/// masked in the "cannot open" message like one in `user:password@`.
+#[test]
+fn a_password_in_the_query_string_is_not_printed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let cli = Cli {
+        db: format!("postgres://postgres@127.0.0.1:{port}/test?password=hunter2&sslmode=disable"),
+        prefix: "clitest".into(),
+    };
+    let out = cli.run(&["list"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot open"), "{err}");
+    assert!(err.contains("password=***"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}
