@@ -102,14 +102,11 @@ use actix_web::{
     Scope,
 };
 
-use crate::admin::{AdminApi, AdminRequest, AdminResponse};
+use crate::admin::{AdminApi, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
-use crate::http::HttpOutcome;
+use crate::http::{HttpOutcome, DEFAULT_REALM};
 use crate::principal::{Permission, Principal};
-
-/// The realm used when no gate is at hand (`VerifyError` rendered on its own).
-const DEFAULT_REALM: &str = "api";
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
@@ -122,6 +119,8 @@ pub struct AuthError {
     /// `None`: no [`Keygate`] was configured for the request (500).
     error: Option<VerifyError>,
     outcome: HttpOutcome,
+    /// Rendered with the default realm, no gate at hand: [`Authenticate`] re-renders it.
+    default_realm: bool,
 }
 
 impl AuthError {
@@ -131,6 +130,7 @@ impl AuthError {
         Self {
             error: Some(error),
             outcome,
+            default_realm: false,
         }
     }
 
@@ -139,6 +139,7 @@ impl AuthError {
         Self {
             error: Some(error),
             outcome,
+            default_realm: false,
         }
     }
 
@@ -157,6 +158,7 @@ impl AuthError {
                 retry_after: None,
                 body: r#"{"error":"server_error","error_description":"API key verification is not configured"}"#,
             },
+            default_realm: false,
         }
     }
 
@@ -172,10 +174,14 @@ impl AuthError {
     }
 }
 
-/// Renders with the default realm `"api"`.
+/// Renders with the default realm `"api"`; an [`Authenticate`] middleware around the
+/// handler replaces it with its gate's realm.
 impl From<VerifyError> for AuthError {
     fn from(error: VerifyError) -> Self {
-        Self::with_realm(error, DEFAULT_REALM)
+        Self {
+            default_realm: true,
+            ..Self::with_realm(error, DEFAULT_REALM)
+        }
     }
 }
 
@@ -207,7 +213,9 @@ impl ResponseError for AuthError {
 }
 
 /// Renders with the default realm `"api"` (see [`VerifyError::http`]), so handlers can
-/// `?` a [`Principal::require`]; the extractors and middleware use the gate's own realm.
+/// `?` a [`Principal::require`]; an [`Authenticate`] middleware around the handler
+/// replaces it with its gate's realm. The extractors and the middleware's own refusals
+/// always use the gate's realm.
 impl ResponseError for VerifyError {
     fn status_code(&self) -> StatusCode {
         status(self.http(DEFAULT_REALM).status)
@@ -216,6 +224,29 @@ impl ResponseError for VerifyError {
     fn error_response(&self) -> HttpResponse {
         outcome_response(&self.http(DEFAULT_REALM))
     }
+}
+
+/// Re-renders the challenge of a [`VerifyError`] a handler answered with the default
+/// realm (on its own, or as an [`AuthError`] made with `From`), now that `gate` is known.
+fn with_realm<B>(mut response: ServiceResponse<B>, gate: &Keygate) -> ServiceResponse<B> {
+    let outcome = response.response().error().and_then(|error| {
+        if let Some(error) = error.as_error::<VerifyError>() {
+            Some(gate.http_outcome(error))
+        } else {
+            error
+                .as_error::<AuthError>()
+                .filter(|auth| auth.default_realm)
+                .and_then(|auth| auth.error.as_ref())
+                .map(|error| gate.http_outcome(error))
+        }
+    });
+    if let Some(challenge) = outcome
+        .and_then(|outcome| outcome.www_authenticate)
+        .and_then(|v| HeaderValue::from_str(&v).ok())
+    {
+        response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 fn status(code: u16) -> StatusCode {
@@ -256,6 +287,11 @@ fn realm_for(req: &HttpRequest) -> String {
     gate_for(req).map_or_else(|| DEFAULT_REALM.to_owned(), |g| g.realm().to_owned())
 }
 
+/// Left in the extensions by an optional [`Authenticate`] that found no credentials, so
+/// the extractors behind it do not read (and count) the absent header again.
+#[derive(Clone, Copy)]
+struct Anonymous;
+
 /// The request's principal: from the extensions, else verified (once) and cached there.
 async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
     let cached = req.extensions().get::<Principal>().cloned();
@@ -265,6 +301,9 @@ async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
     let Some(gate) = gate_for(req) else {
         return Err(AuthError::unconfigured());
     };
+    if req.extensions().get::<Anonymous>().is_some() {
+        return Err(AuthError::new(VerifyError::MissingCredentials, &gate));
+    }
     let values = req
         .headers()
         .get_all(AUTHORIZATION)
@@ -386,6 +425,10 @@ impl<P: Permission> FromRequest for Require<P> {
 ///   (403 `insufficient_scope`). With `optional`, it is checked on requests that carry a
 ///   key; anonymous requests still pass.
 ///
+/// A [`VerifyError`] a handler behind the middleware returns (`principal.require("x")?`)
+/// is answered with this gate's realm; wrap the whole `App` in
+/// [`Authenticate::optional`] to have every answer name your realm.
+///
 /// ```
 /// use actix_web::{web, App, HttpResponse};
 /// use keygate::actix::Authenticate;
@@ -447,7 +490,10 @@ impl Authenticate {
                         req.extensions_mut().insert(principal.clone());
                         principal
                     }
-                    Err(VerifyError::MissingCredentials) if self.optional => return Ok(()),
+                    Err(VerifyError::MissingCredentials) if self.optional => {
+                        req.extensions_mut().insert(Anonymous);
+                        return Ok(());
+                    }
                     Err(error) => return Err(error),
                 }
             }
@@ -508,7 +554,10 @@ where
         let config = Rc::clone(&self.config);
         Box::pin(async move {
             match config.check(&req).await {
-                Ok(()) => service.call(req).await.map(|r| r.map_into_left_body()),
+                Ok(()) => service
+                    .call(req)
+                    .await
+                    .map(|r| with_realm(r, &config.gate).map_into_left_body()),
                 Err(error) => {
                     let response = AuthError::new(error, &config.gate).error_response();
                     Ok(req.into_response(response).map_into_right_body())
@@ -518,19 +567,14 @@ where
     }
 }
 
-/// Renders an admin answer: its status, content type, body, `Retry-After` and
-/// `WWW-Authenticate`.
+/// Renders an admin answer: its status, body and [headers](AdminResponse::headers).
 impl Responder for AdminResponse {
     type Body = BoxBody;
 
     fn respond_to(self, _req: &HttpRequest) -> HttpResponse<Self::Body> {
         let mut response = HttpResponse::build(status(self.status));
-        response.insert_header((CONTENT_TYPE, self.content_type));
-        if let Some(secs) = self.retry_after {
-            response.insert_header((RETRY_AFTER, secs));
-        }
-        if let Some(challenge) = self.www_authenticate {
-            response.insert_header((WWW_AUTHENTICATE, challenge));
+        for (name, value) in self.headers() {
+            response.insert_header((name, value));
         }
         response.body(self.body)
     }
@@ -541,6 +585,10 @@ impl Responder for AdminResponse {
 /// verifies the caller's key with the admin API's gate (so the app need not register
 /// one) and requires [`AdminApi::is_admin`] (the admin permission, explicitly granted);
 /// what an admin may do is bounded by its own key (see [`crate::admin`]).
+///
+/// One handler serves every path under `path`: [`AdminRoute::resolve`] routes it (404 and
+/// 405 before the key is verified), then the key is verified, then the body is read
+/// (actix's [`PayloadConfig`](web::PayloadConfig) applies; 413 beyond its limit).
 ///
 /// ```
 /// use actix_web::App;
@@ -555,70 +603,32 @@ pub fn admin_scope(path: &str, api: AdminApi) -> Scope {
     web::scope(path.trim_end_matches('/'))
         .app_data(web::Data::new(api.gate().clone()))
         .app_data(web::Data::new(api))
-        .service(
-            web::resource(["", "/"])
-                .route(web::get().to(list))
-                .route(web::post().to(create)),
-        )
-        .service(
-            web::resource("/{id}")
-                .route(web::get().to(show))
-                .route(web::patch().to(update))
-                .route(web::delete().to(delete)),
-        )
-        .service(web::resource("/{id}/rotate").route(web::post().to(rotate)))
+        .default_service(web::to(admin))
 }
 
-async fn list(api: web::Data<AdminApi>, caller: Principal, req: HttpRequest) -> AdminResponse {
+/// The one admin handler: route, verify, read the body, handle.
+async fn admin(req: HttpRequest, payload: web::Payload, api: web::Data<AdminApi>) -> HttpResponse {
+    let route = match AdminRoute::resolve(req.method().as_str(), req.match_info().unprocessed()) {
+        Ok(route) => route,
+        Err(answer) => return answer.respond_to(&req),
+    };
+    let caller = match principal_from(&req).await {
+        Ok(caller) => caller,
+        Err(error) => return error.error_response(),
+    };
+    let body = if route.reads_body() {
+        match web::Bytes::from_request(&req, &mut payload.into_inner()).await {
+            Ok(body) => body,
+            Err(error) => {
+                let status = error.as_response_error().status_code().as_u16();
+                return AdminResponse::unreadable_body(status).respond_to(&req);
+            }
+        }
+    } else {
+        web::Bytes::new()
+    };
     let query = Some(req.query_string()).filter(|q| !q.is_empty());
-    api.handle(&caller, AdminRequest::List { query }).await
-}
-
-async fn create(api: web::Data<AdminApi>, caller: Principal, body: web::Bytes) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Create { body: &body })
+    api.handle(&caller, route.request(query, &body))
         .await
-}
-
-async fn show(api: web::Data<AdminApi>, caller: Principal, id: web::Path<String>) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Get { id: &id }).await
-}
-
-async fn update(
-    api: web::Data<AdminApi>,
-    caller: Principal,
-    id: web::Path<String>,
-    body: web::Bytes,
-) -> AdminResponse {
-    api.handle(
-        &caller,
-        AdminRequest::Update {
-            id: &id,
-            body: &body,
-        },
-    )
-    .await
-}
-
-async fn delete(
-    api: web::Data<AdminApi>,
-    caller: Principal,
-    id: web::Path<String>,
-) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Delete { id: &id }).await
-}
-
-async fn rotate(
-    api: web::Data<AdminApi>,
-    caller: Principal,
-    id: web::Path<String>,
-    body: web::Bytes,
-) -> AdminResponse {
-    api.handle(
-        &caller,
-        AdminRequest::Rotate {
-            id: &id,
-            body: &body,
-        },
-    )
-    .await
+        .respond_to(&req)
 }

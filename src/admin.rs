@@ -1,5 +1,7 @@
 //! The admin API, compatible with Audiobookshelf's `/api/api-keys`, independent of any web
-//! framework. The `axum` and `actix` integrations mount it; both are thin adapters over
+//! framework. The `axum` and `actix` integrations mount it; both are thin adapters: one
+//! catch-all handler each routes with [`AdminRoute::resolve`] (the route table below; 404
+//! and 405 are answered there), verifies the caller, reads the body and calls
 //! [`AdminApi::handle`].
 //!
 //! | method and path | body | answer |
@@ -14,8 +16,11 @@
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
 //! "createdByUserId","createdAt","updatedAt","scopes","metadata","format"}` (camelCase,
 //! timestamps RFC 3339, like Audiobookshelf's). Statuses: 400 bad input (including an
-//! unknown `userId`), 403 refused (see below), 404 unknown id, 409 the key changed while
-//! the request was checked (see below), 503 store or directory unavailable.
+//! unknown `userId`, and a body field the route does not know: `{"expires_in":60}` is
+//! refused, not ignored), 403 refused (see below), 404 unknown id or route, 405 another
+//! method (with `Allow`), 409 the key changed while the request was checked (see below),
+//! 413 body too large, 503 store or directory unavailable. Errors have keygate's
+//! [one error shape](crate::http#one-error-shape): `{"error": code, "error_description": text}`.
 //!
 //! # Who may do what
 //!
@@ -26,8 +31,8 @@
 //! [`Permissions::All`] there), or the key's own scopes name it
 //! (a bootstrap key minted with `.scopes(["admin"])`). On a gate without a directory every
 //! owner implicitly holds every permission, but that never makes a key admin: an unscoped
-//! key there is refused. Anyone else gets `403` `{"error":"forbidden","reason":"not_admin"}`
-//! before the body is read.
+//! key there is refused. Anyone else gets `403`
+//! `{"error":"insufficient_scope","reason":"not_admin",…}` before the body is parsed.
 //!
 //! **No escalation.** No admin call produces or changes a key so that it can do more than
 //! the calling key. A key's *reach* is its owner's permissions (the directory's answer now;
@@ -50,7 +55,7 @@
 //!   revoke a leaked key.
 //!
 //! A refusal is `403` with `WWW-Authenticate: Bearer realm="…", error="insufficient_scope"`
-//! and `{"error":"forbidden","reason":…,"message":…}`, `reason` one of `not_admin`,
+//! and `{"error":"insufficient_scope","error_description":…,"reason":…}`, `reason` one of `not_admin`,
 //! `owner_out_of_reach`, `wider_permissions`, `longer_lifetime`; nothing is written.
 //! Reading (`GET`) is open to every admin: records hold no secret.
 //!
@@ -67,7 +72,7 @@
 //! The checks read the record, then write the change *conditionally* on it
 //! ([`KeyPatch::if_unchanged`]; a rotate likewise runs only on the record it checked): if
 //! another request changed the key's owner, scopes, active flag or expiry in between, the
-//! call writes nothing and answers `409` `{"error":"conflict","message":…}`; read the key
+//! call writes nothing and answers `409` `{"error":"conflict","error_description":…}`; read the key
 //! again and retry. So two requests that are each allowed cannot combine into a key
 //! neither could have made. (A delete is not conditional: it only narrows, but if the key
 //! was moved to an owner out of the caller's reach in between, it is deleted all the
@@ -88,8 +93,9 @@
 //! - An omitted `isActive` on create means **active** (Audiobookshelf: inactive). A key
 //!   that silently does not work is the worse surprise for a script; send
 //!   `"isActive": false` to mint one switched off.
-//! - Error answers carry a JSON body `{"error","message"}` naming the offending field
-//!   (Audiobookshelf sends a bare status text).
+//! - Error answers carry a JSON body `{"error","error_description"}` naming the offending
+//!   field (Audiobookshelf sends a bare status text), and unknown body fields are refused
+//!   (Audiobookshelf ignores them).
 //! - Keys carry no expanded `user`/`createdByUser` objects (keygate knows user ids, not
 //!   usernames), and no `permissions` object: keys inherit their owner's permissions,
 //!   narrowed by `scopes`.
@@ -157,7 +163,8 @@ impl fmt::Debug for AdminApi {
     }
 }
 
-/// One admin request, already routed: the adapters map method and path onto these.
+/// One admin request, already routed ([`AdminRoute::request`] builds it from the route
+/// table's answer, the query string and the body).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
 pub enum AdminRequest<'a> {
@@ -226,7 +233,11 @@ impl AdminRequest<'_> {
 }
 
 /// An admin answer: status, headers and body.
+///
+/// Error bodies have the one shape every keygate HTTP error has (see [`crate::http`]):
+/// `{"error": code, "error_description": text}`, plus `reason` on a 403 refusal.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct AdminResponse {
     /// HTTP status.
     pub status: u16,
@@ -238,6 +249,8 @@ pub struct AdminResponse {
     pub retry_after: Option<u32>,
     /// `WWW-Authenticate`, for a 403 refusal (`Bearer realm="…", error="insufficient_scope"`).
     pub www_authenticate: Option<String>,
+    /// `Allow`, for a 405 (e.g. `GET, POST`).
+    pub allow: Option<&'static str>,
 }
 
 impl AdminResponse {
@@ -248,15 +261,28 @@ impl AdminResponse {
             body: value.to_string(),
             retry_after: None,
             www_authenticate: None,
+            allow: None,
         }
     }
 
-    fn error(status: u16, error: &str, message: impl Into<String>) -> Self {
-        Self::json(status, json!({ "error": error, "message": message.into() }))
+    fn text(status: u16, body: &str) -> Self {
+        Self {
+            content_type: "text/plain; charset=utf-8",
+            body: body.to_owned(),
+            ..Self::json(status, Value::Null)
+        }
+    }
+
+    /// The error shape of [`crate::http`]: `{"error": code, "error_description": text}`.
+    fn error(status: u16, error: &str, description: impl Into<String>) -> Self {
+        Self::json(
+            status,
+            json!({ "error": error, "error_description": description.into() }),
+        )
     }
 
     fn bad_request(message: impl Into<String>) -> Self {
-        Self::error(400, "bad_request", message)
+        Self::error(400, "invalid_request", message)
     }
 
     fn not_found() -> Self {
@@ -264,7 +290,161 @@ impl AdminResponse {
     }
 
     fn internal(message: &str) -> Self {
-        Self::error(500, "internal", message)
+        Self::error(500, "server_error", message)
+    }
+
+    /// No admin route has this path.
+    pub(crate) fn no_route() -> Self {
+        Self::error(404, "not_found", "no such admin API route")
+    }
+
+    /// The path is a route, the method is not one of `allow`.
+    fn method_not_allowed(allow: &'static str) -> Self {
+        let mut response = Self::error(
+            405,
+            "method_not_allowed",
+            format!("this route accepts {allow}"),
+        );
+        response.allow = Some(allow);
+        response
+    }
+
+    /// The body could not be read: 413 when the framework's limit refused it (`status`
+    /// 413), 400 otherwise. For the framework adapters.
+    pub(crate) fn unreadable_body(status: u16) -> Self {
+        if status == 413 {
+            Self::error(413, "payload_too_large", "request body too large")
+        } else {
+            Self::bad_request("request body could not be read")
+        }
+    }
+
+    /// Every header to send besides the status: `Content-Type`, then `Retry-After`,
+    /// `WWW-Authenticate` and `Allow` when set. Names are lowercase.
+    pub fn headers(&self) -> impl Iterator<Item = (&'static str, String)> + '_ {
+        let content_type = Some(("content-type", self.content_type.to_owned()));
+        let retry_after = self
+            .retry_after
+            .map(|secs| ("retry-after", secs.to_string()));
+        let challenge = self
+            .www_authenticate
+            .clone()
+            .map(|challenge| ("www-authenticate", challenge));
+        let allow = self.allow.map(|allow| ("allow", allow.to_owned()));
+        [content_type, retry_after, challenge, allow]
+            .into_iter()
+            .flatten()
+    }
+}
+
+/// The admin API's route table: which request a method and a path name, decided before
+/// the caller is verified or the body is read. The framework adapters call
+/// [`resolve`](Self::resolve) from one catch-all handler, so 404 and 405 are answered
+/// here, identically for every framework.
+///
+/// | method | path after the mount point | route |
+/// |---|---|---|
+/// | `GET`, `POST` | `` or `/` | [`List`](Self::List), [`Create`](Self::Create) |
+/// | `GET`, `PATCH`, `DELETE` | `/{id}` | [`Get`](Self::Get), [`Update`](Self::Update), [`Delete`](Self::Delete) |
+/// | `POST` | `/{id}/rotate` | [`Rotate`](Self::Rotate) |
+///
+/// Any other path is 404 `not_found`; another method on a known path is 405
+/// `method_not_allowed` with `Allow`. An `{id}` that is no key id is routed, and answered
+/// 404 after the caller is verified, as an unknown id is.
+///
+/// ```
+/// use keygate::admin::{AdminRequest, AdminRoute};
+///
+/// let route = AdminRoute::resolve("POST", "/0b5c/rotate").unwrap();
+/// assert_eq!(route, AdminRoute::Rotate { id: "0b5c" });
+/// assert!(matches!(route.request(None, b"{}"), AdminRequest::Rotate { id: "0b5c", .. }));
+/// assert_eq!(AdminRoute::resolve("PUT", "/").unwrap_err().status, 405);
+/// assert_eq!(AdminRoute::resolve("GET", "/a/b").unwrap_err().status, 404);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AdminRoute<'a> {
+    /// `GET /`.
+    List,
+    /// `POST /`.
+    Create,
+    /// `GET /{id}`.
+    Get {
+        /// The id path segment, as sent.
+        id: &'a str,
+    },
+    /// `PATCH /{id}`.
+    Update {
+        /// The id path segment, as sent.
+        id: &'a str,
+    },
+    /// `DELETE /{id}`.
+    Delete {
+        /// The id path segment, as sent.
+        id: &'a str,
+    },
+    /// `POST /{id}/rotate`.
+    Rotate {
+        /// The id path segment, as sent.
+        id: &'a str,
+    },
+}
+
+impl<'a> AdminRoute<'a> {
+    /// Routes `method` (e.g. `"GET"`) and `path`, the request path after the mount point
+    /// (`""` or `"/"` for the collection, `"/{id}"`, `"/{id}/rotate"`).
+    ///
+    /// # Errors
+    ///
+    /// The answer to send: 404 for a path that is no route, 405 (with
+    /// [`allow`](AdminResponse::allow)) for a method the route does not take.
+    pub fn resolve(method: &str, path: &'a str) -> Result<Self, AdminResponse> {
+        if path.is_empty() || path == "/" {
+            return match method {
+                "GET" => Ok(Self::List),
+                "POST" => Ok(Self::Create),
+                _ => Err(AdminResponse::method_not_allowed("GET, POST")),
+            };
+        }
+        let rest = path.strip_prefix('/').ok_or_else(AdminResponse::no_route)?;
+        let (id, tail) = match rest.split_once('/') {
+            Some((id, tail)) => (id, Some(tail)),
+            None => (rest, None),
+        };
+        if id.is_empty() {
+            return Err(AdminResponse::no_route());
+        }
+        match (tail, method) {
+            (None, "GET") => Ok(Self::Get { id }),
+            (None, "PATCH") => Ok(Self::Update { id }),
+            (None, "DELETE") => Ok(Self::Delete { id }),
+            (None, _) => Err(AdminResponse::method_not_allowed("GET, PATCH, DELETE")),
+            (Some("rotate"), "POST") => Ok(Self::Rotate { id }),
+            (Some("rotate"), _) => Err(AdminResponse::method_not_allowed("POST")),
+            (Some(_), _) => Err(AdminResponse::no_route()),
+        }
+    }
+
+    /// Whether the route reads a request body (create, update, rotate). The adapters
+    /// read none for the others.
+    pub fn reads_body(self) -> bool {
+        matches!(
+            self,
+            Self::Create | Self::Update { .. } | Self::Rotate { .. }
+        )
+    }
+
+    /// The request for [`AdminApi::handle`], with the raw query string (without `?`)
+    /// and the body (ignored by routes that read none).
+    pub fn request(self, query: Option<&'a str>, body: &'a [u8]) -> AdminRequest<'a> {
+        match self {
+            Self::List => AdminRequest::List { query },
+            Self::Create => AdminRequest::Create { body },
+            Self::Get { id } => AdminRequest::Get { id },
+            Self::Update { id } => AdminRequest::Update { id, body },
+            Self::Delete { id } => AdminRequest::Delete { id },
+            Self::Rotate { id } => AdminRequest::Rotate { id, body },
+        }
     }
 }
 
@@ -346,7 +526,7 @@ impl AdminApi {
             .www_authenticate;
         let mut response = AdminResponse::json(
             403,
-            json!({ "error": "forbidden", "reason": reason, "message": message }),
+            json!({ "error": "insufficient_scope", "error_description": message, "reason": reason }),
         );
         response.www_authenticate = challenge;
         response
@@ -559,13 +739,7 @@ impl AdminApi {
         self.authorize(call, &id.to_string(), &[(&record.owner, &owner)], None)?;
         self.gate.delete(id).await.map_err(fail)?;
         changed(call, id, &record.owner, None);
-        Ok(AdminResponse {
-            status: 200,
-            content_type: "text/plain; charset=utf-8",
-            body: "OK".to_owned(),
-            retry_after: None,
-            www_authenticate: None,
-        })
+        Ok(AdminResponse::text(200, "OK"))
     }
 
     async fn rotate(
@@ -739,7 +913,7 @@ impl Serialize for KeyView<'_> {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct CreateBody {
     name: Option<String>,
     user_id: Option<String>,
@@ -752,7 +926,7 @@ struct CreateBody {
 }
 
 #[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct UpdateBody {
     is_active: Option<bool>,
     user_id: Option<String>,
@@ -767,7 +941,7 @@ struct UpdateBody {
 }
 
 #[derive(Deserialize, Default)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct RotateBody {
     grace_period: Option<f64>,
 }
@@ -887,5 +1061,67 @@ mod tests {
         assert!(parse::<CreateBody>(br#"{"expiresIn":"10"}"#).is_err());
         assert!(parse::<UpdateBody>(br#"{"isActive":"yes"}"#).is_err());
         assert!(parse::<CreateBody>(br#"{"format":"pgp"}"#).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        for (result, field) in [
+            (
+                parse::<CreateBody>(br#"{"name":"x","expires_in":60}"#).map(|_| ()),
+                "expires_in",
+            ),
+            (
+                parse::<UpdateBody>(br#"{"isActive":true,"owner":"x"}"#).map(|_| ()),
+                "owner",
+            ),
+            (
+                parse::<RotateBody>(br#"{"grace_period":5}"#).map(|_| ()),
+                "grace_period",
+            ),
+        ] {
+            let response = result.unwrap_err();
+            assert_eq!(response.status, 400);
+            assert!(response.body.contains(field), "{}", response.body);
+        }
+    }
+
+    #[test]
+    fn the_route_table() {
+        let id = "abc";
+        assert_eq!(AdminRoute::resolve("GET", ""), Ok(AdminRoute::List));
+        assert_eq!(AdminRoute::resolve("POST", "/"), Ok(AdminRoute::Create));
+        assert_eq!(
+            AdminRoute::resolve("PATCH", "/abc"),
+            Ok(AdminRoute::Update { id })
+        );
+        assert_eq!(
+            AdminRoute::resolve("DELETE", "/abc"),
+            Ok(AdminRoute::Delete { id })
+        );
+        assert_eq!(
+            AdminRoute::resolve("POST", "/abc/rotate"),
+            Ok(AdminRoute::Rotate { id })
+        );
+        for (method, path, allow) in [
+            ("HEAD", "/", "GET, POST"),
+            ("PUT", "/abc", "GET, PATCH, DELETE"),
+            ("DELETE", "/abc/rotate", "POST"),
+        ] {
+            let answer = AdminRoute::resolve(method, path).unwrap_err();
+            assert_eq!((answer.status, answer.allow), (405, Some(allow)), "{path}");
+        }
+        for path in [
+            "abc",
+            "//",
+            "//rotate",
+            "/abc/",
+            "/abc/rotate/",
+            "/abc/x",
+            "/a/b/c",
+        ] {
+            let answer = AdminRoute::resolve("GET", path).unwrap_err();
+            assert_eq!(answer.status, 404, "{path}");
+        }
+        assert!(!AdminRoute::List.reads_body() && AdminRoute::Create.reads_body());
     }
 }

@@ -1,5 +1,5 @@
-//! axum integration: [`Principal`] as an extractor, [`Require`] guards, and the admin API
-//! as a [`Router`].
+//! axum integration: [`Principal`] as an extractor, [`Require`] guards, the
+//! [`Authenticate`] layer for whole routers, and the admin API as a [`Router`].
 //!
 //! The [`Keygate`] is reached through the router state with [`FromRef`], so any state that
 //! holds one works:
@@ -50,22 +50,56 @@
 //!         .with_state(AppState { gate })
 //! }
 //! ```
+//!
+//! ## Protecting a whole router
+//!
+//! [`Authenticate`] is a tower layer with the options of actix's middleware: every request
+//! through it is verified (once; the extractors behind it reuse the [`Principal`] it puts
+//! in the request extensions), and refused before any handler runs.
+//!
+//! ```
+//! use axum::{routing::get, Extension, Router};
+//! use keygate::axum::Authenticate;
+//! use keygate::{Keygate, Principal};
+//!
+//! async fn stats(Extension(principal): Extension<Principal>) -> String {
+//!     format!("stats for {}", principal.owner_id())
+//! }
+//!
+//! fn app(gate: Keygate) -> Router {
+//!     let stats_routes = Router::new()
+//!         .route("/api/stats", get(stats))
+//!         .layer(Authenticate::required(gate.clone()).permission("stats:read"));
+//!     Router::new()
+//!         .route("/hello", get(|| async { "open" }))
+//!         .merge(stats_routes)
+//! }
+//! ```
+//!
+//! The layer also renders, with its gate's realm, a [`VerifyError`] that a handler behind
+//! it returns (`principal.require("x")?`); without a layer such an error has no gate at
+//! hand and names the default realm `"api"`. Wrap the whole application in
+//! [`Authenticate::optional`] to have every answer name your realm.
 
+use std::future::Future;
 use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::body::Bytes;
-use axum::extract::{FromRef, FromRequestParts, OptionalFromRequestParts, Path, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderValue, StatusCode, Uri};
+use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::any;
 use axum::Router;
 
-use crate::admin::{AdminApi, AdminRequest, AdminResponse};
+use crate::admin::{AdminApi, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
-use crate::http::HttpOutcome;
+use crate::http::{HttpOutcome, DEFAULT_REALM};
 use crate::principal::{Permission, Principal};
 
 /// Why the extractor refused a request; renders the RFC 6750 answer with the gate's realm.
@@ -93,16 +127,45 @@ impl IntoResponse for AuthRejection {
     }
 }
 
-/// Renders with the default realm `"api"`; the extractors use the gate's own realm.
+/// A [`VerifyError`] rendered without a gate at hand, kept in the response extensions so
+/// that an [`Authenticate`] layer around the handler can name its gate's realm instead.
+#[derive(Clone)]
+struct DefaultRealm(Arc<VerifyError>);
+
+/// Renders with the default realm `"api"`, for `?` on [`Principal::require`] in handlers;
+/// an [`Authenticate`] layer around the handler replaces it with its gate's realm. The
+/// extractors always use the gate's own realm.
 impl IntoResponse for VerifyError {
     fn into_response(self) -> Response {
-        outcome_response(&self.http("api"))
+        let mut response = outcome_response(&self.http(DEFAULT_REALM));
+        response
+            .extensions_mut()
+            .insert(DefaultRealm(Arc::new(self)));
+        response
     }
 }
 
+/// Re-renders the challenge of a [`VerifyError`] answered with the default realm, now that
+/// `gate` is known.
+fn with_realm(mut response: Response, gate: &Keygate) -> Response {
+    if let Some(DefaultRealm(error)) = response.extensions_mut().remove::<DefaultRealm>() {
+        let challenge = gate
+            .http_outcome(&error)
+            .www_authenticate
+            .and_then(|v| HeaderValue::from_str(&v).ok());
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(WWW_AUTHENTICATE, challenge);
+        }
+    }
+    response
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
 fn outcome_response(outcome: &HttpOutcome) -> Response {
-    let status = StatusCode::from_u16(outcome.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    let mut response = (status, outcome.body).into_response();
+    let mut response = (status(outcome.status), outcome.body).into_response();
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if let Some(challenge) = outcome
@@ -118,9 +181,17 @@ fn outcome_response(outcome: &HttpOutcome) -> Response {
     response
 }
 
+/// Left in the extensions by an optional [`Authenticate`] layer that found no credentials,
+/// so the extractors behind it do not read (and count) the absent header again.
+#[derive(Clone, Copy)]
+struct Anonymous;
+
 async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, AuthRejection> {
     if let Some(principal) = parts.extensions.get::<Principal>() {
         return Ok(principal.clone());
+    }
+    if parts.extensions.get::<Anonymous>().is_some() {
+        return Err(AuthRejection::new(VerifyError::MissingCredentials, gate));
     }
     let values = parts
         .headers
@@ -136,7 +207,8 @@ async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, Au
 }
 
 /// `Principal` as an extractor: 401, 400 or 503 (see [`crate::http`]) unless the request
-/// carries a valid key. Verified once per request, even when extracted several times.
+/// carries a valid key. Verified once per request, even when extracted several times or
+/// behind an [`Authenticate`] layer.
 impl<S> FromRequestParts<S> for Principal
 where
     Keygate: FromRef<S>,
@@ -213,29 +285,182 @@ where
     }
 }
 
+/// A tower layer that verifies every request before it reaches the wrapped routes, and
+/// puts the [`Principal`] in the request extensions (for the [`Principal`] extractor,
+/// [`Require`], or `axum::Extension<Principal>` in routers whose state holds no gate).
+/// The same options as [`keygate::actix::Authenticate`](https://docs.rs/keygate/latest/keygate/actix/struct.Authenticate.html):
+///
+/// - [`required`](Self::required): every request needs a valid key; otherwise the
+///   answer of [`crate::http`] (401/400/503, with the gate's realm) is sent and the
+///   routes are not called.
+/// - [`optional`](Self::optional): requests without any bearer credentials pass through
+///   without a principal; a bad key is still refused.
+/// - [`permission`](Self::permission): a verified key must also be allowed this (403
+///   `insufficient_scope`). With `optional`, it is checked on requests that carry a key;
+///   anonymous requests still pass.
+///
+/// A [`VerifyError`] a handler behind the layer returns is answered with this gate's
+/// realm.
+///
+/// ```
+/// use axum::{routing::post, Router};
+/// use keygate::axum::Authenticate;
+///
+/// # fn demo(gate: keygate::Keygate) {
+/// let app: Router = Router::new()
+///     .route("/api/library/upload", post(|| async { "stored" }))
+///     .layer(Authenticate::required(gate).permission("library:write"));
+/// # let _ = app; }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    gate: Keygate,
+    optional: bool,
+    permissions: Vec<String>,
+}
+
+impl Authenticate {
+    /// Every request must carry a valid key.
+    pub fn required(gate: Keygate) -> Self {
+        Self {
+            gate,
+            optional: false,
+            permissions: Vec::new(),
+        }
+    }
+
+    /// Requests without bearer credentials pass through anonymously; a key that is there
+    /// must be valid.
+    pub fn optional(gate: Keygate) -> Self {
+        Self {
+            optional: true,
+            ..Self::required(gate)
+        }
+    }
+
+    /// Also requires `permission` of a verified key ([`Principal::allows`]); 403
+    /// `insufficient_scope` otherwise. Calling it again requires each permission given.
+    #[must_use]
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.permissions.push(permission.into());
+        self
+    }
+
+    /// Verifies `request` (once: a principal already in its extensions is reused) and
+    /// checks the permissions; on success the principal is in the extensions.
+    async fn admit<B>(&self, request: &mut Request<B>) -> Result<(), VerifyError> {
+        if let Some(principal) = request.extensions().get::<Principal>() {
+            return self.permits(principal);
+        }
+        let values = request
+            .headers()
+            .get_all(AUTHORIZATION)
+            .iter()
+            .map(HeaderValue::as_bytes);
+        match self.gate.verify_headers(values).await {
+            Ok(principal) => {
+                self.permits(&principal)?;
+                request.extensions_mut().insert(principal);
+                Ok(())
+            }
+            Err(VerifyError::MissingCredentials) if self.optional => {
+                request.extensions_mut().insert(Anonymous);
+                Ok(())
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    fn permits(&self, principal: &Principal) -> Result<(), VerifyError> {
+        self.permissions
+            .iter()
+            .try_for_each(|permission| principal.require(permission))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for Authenticate {
+    type Service = AuthenticateService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthenticateService {
+            inner,
+            config: Arc::new(self.clone()),
+        }
+    }
+}
+
+/// The service [`Authenticate`] wraps around the routes; not used directly.
+#[derive(Clone)]
+pub struct AuthenticateService<S> {
+    inner: S,
+    config: Arc<Authenticate>,
+}
+
+impl<S> std::fmt::Debug for AuthenticateService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuthenticateService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> tower_service::Service<Request<B>> for AuthenticateService<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        // The ready service answers this request; a fresh clone takes its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let config = Arc::clone(&self.config);
+        Box::pin(async move {
+            if let Err(error) = config.admit(&mut request).await {
+                return Ok(AuthRejection::new(error, &config.gate).into_response());
+            }
+            let response = inner.call(request).await?;
+            Ok(with_realm(response, &config.gate))
+        })
+    }
+}
+
 impl FromRef<AdminApi> for Keygate {
     fn from_ref(api: &AdminApi) -> Self {
         api.gate().clone()
     }
 }
 
+/// Renders an admin answer: its status, body and [headers](AdminResponse::headers).
 impl IntoResponse for AdminResponse {
     fn into_response(self) -> Response {
-        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        let mut response = (status, self.body).into_response();
-        let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static(self.content_type));
-        if let Some(secs) = self.retry_after {
-            headers.insert(RETRY_AFTER, HeaderValue::from(secs));
+        let mut response = status(self.status).into_response();
+        for (name, value) in self.headers() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
         }
-        if let Some(challenge) = self
-            .www_authenticate
-            .and_then(|c| HeaderValue::from_str(&c).ok())
-        {
-            headers.insert(WWW_AUTHENTICATE, challenge);
-        }
+        *response.body_mut() = Body::from(self.body);
         response
     }
+}
+
+/// The admin API and where it is mounted, for the catch-all handler.
+#[derive(Clone)]
+struct Mounted {
+    api: AdminApi,
+    /// The mount path without a trailing slash (`""` under [`Router::nest`]).
+    mount: Arc<str>,
 }
 
 /// The admin API ([`crate::admin`]) at `path` (e.g. `/api/api-keys`), as a router to
@@ -243,84 +468,62 @@ impl IntoResponse for AdminResponse {
 /// and create routes, as Audiobookshelf's Express router does. Every route verifies the
 /// caller's key and requires [`AdminApi::is_admin`] (the admin permission, explicitly
 /// granted); what an admin may do is bounded by its own key (see [`crate::admin`]).
+///
+/// One handler serves every path under `path`: [`AdminRoute::resolve`] routes it (404 and
+/// 405 before the key is verified), then the key is verified, then the body is read
+/// (axum's [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit) applies; 413 beyond it).
 pub fn admin_routes<S>(path: &str, api: AdminApi) -> Router<S> {
-    let path = path.trim_end_matches('/');
-    Router::new()
-        .route(path, get(list).post(create))
-        .route(&format!("{path}/"), get(list).post(create))
-        .route(
-            &format!("{path}/{{id}}"),
-            get(show).patch(update).delete(delete),
-        )
-        .route(&format!("{path}/{{id}}/rotate"), post(rotate))
-        .with_state(api)
+    let mount = path.trim_end_matches('/');
+    let state = Mounted {
+        api,
+        mount: Arc::from(mount),
+    };
+    let router = if mount.is_empty() {
+        Router::new()
+    } else {
+        Router::new().route(mount, any(admin))
+    };
+    router
+        .route(&format!("{mount}/"), any(admin))
+        .route(&format!("{mount}/{{*rest}}"), any(admin))
+        .with_state(state)
 }
 
 /// The admin API as a router to [`nest`](Router::nest). Note that axum 0.8's `nest` does
 /// not serve the collection with a trailing slash (`/api/api-keys/`); prefer
 /// [`admin_routes`], which does.
 pub fn admin_router<S>(api: AdminApi) -> Router<S> {
-    Router::new()
-        .route("/", get(list).post(create))
-        .route("/{id}", get(show).patch(update).delete(delete))
-        .route("/{id}/rotate", post(rotate))
-        .with_state(api)
+    admin_routes("", api)
 }
 
-async fn list(State(api): State<AdminApi>, caller: Principal, uri: Uri) -> AdminResponse {
-    api.handle(&caller, AdminRequest::List { query: uri.query() })
+/// The one admin handler: route, verify, read the body, handle.
+async fn admin(State(mounted): State<Mounted>, request: Request<Body>) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let uri = parts.uri.clone();
+    let Some(path) = uri.path().strip_prefix(&*mounted.mount) else {
+        return AdminResponse::no_route().into_response();
+    };
+    let route = match AdminRoute::resolve(parts.method.as_str(), path) {
+        Ok(route) => route,
+        Err(answer) => return answer.into_response(),
+    };
+    let caller = match verify_parts(&mut parts, mounted.api.gate()).await {
+        Ok(caller) => caller,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let body = if route.reads_body() {
+        match Bytes::from_request(Request::from_parts(parts, body), &()).await {
+            Ok(body) => body,
+            Err(rejection) => {
+                return AdminResponse::unreadable_body(rejection.status().as_u16()).into_response()
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    mounted
+        .api
+        .handle(&caller, route.request(uri.query(), &body))
         .await
-}
-
-async fn create(State(api): State<AdminApi>, caller: Principal, body: Bytes) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Create { body: &body })
-        .await
-}
-
-async fn show(
-    State(api): State<AdminApi>,
-    caller: Principal,
-    Path(id): Path<String>,
-) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Get { id: &id }).await
-}
-
-async fn update(
-    State(api): State<AdminApi>,
-    caller: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> AdminResponse {
-    api.handle(
-        &caller,
-        AdminRequest::Update {
-            id: &id,
-            body: &body,
-        },
-    )
-    .await
-}
-
-async fn delete(
-    State(api): State<AdminApi>,
-    caller: Principal,
-    Path(id): Path<String>,
-) -> AdminResponse {
-    api.handle(&caller, AdminRequest::Delete { id: &id }).await
-}
-
-async fn rotate(
-    State(api): State<AdminApi>,
-    caller: Principal,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> AdminResponse {
-    api.handle(
-        &caller,
-        AdminRequest::Rotate {
-            id: &id,
-            body: &body,
-        },
-    )
-    .await
+        .into_response()
 }

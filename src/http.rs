@@ -11,11 +11,47 @@
 //! | store returned a corrupt record | 500 | none: retrying does not help |
 //!
 //! Every invalid-key reason gets the same body; the reason goes to logs only.
+//!
+//! # One error shape
+//!
+//! Every error keygate answers over HTTP, from the extractors, guards and middleware and
+//! from the [admin API](crate::admin) alike, is a JSON object in the style of RFC 6750
+//! §3.1:
+//!
+//! ```json
+//! {"error": "insufficient_scope", "error_description": "The API key lacks the required permission"}
+//! ```
+//!
+//! `error` is a stable code to branch on, `error_description` a sentence for people (it may
+//! change). Some answers add members: the admin API's refusals carry `reason`
+//! (`not_admin`, `owner_out_of_reach`, `wider_permissions`, `longer_lifetime`). The codes:
+//!
+//! | `error` | status | when |
+//! |---|---|---|
+//! | `unauthorized` | 401 | no bearer credentials |
+//! | `invalid_request` | 400 | malformed `Authorization` header; admin API: a body or query it cannot accept (bad JSON, an unknown field, a bad value; the description names the field) |
+//! | `invalid_token` | 401 | bad, unknown, expired or revoked key; inactive owner |
+//! | `insufficient_scope` | 403 | a permission or scope is missing; the admin API's refusals (with `reason`) |
+//! | `not_found` | 404 | admin API: no such key, or no such route |
+//! | `method_not_allowed` | 405 | admin API: the route does not take this method (`Allow` lists those it does) |
+//! | `conflict` | 409 | admin API: the change conflicts with the stored state |
+//! | `payload_too_large` | 413 | admin API: the body exceeds the framework's limit |
+//! | `server_error` | 500 | a corrupt stored record; no gate configured (actix) |
+//! | `temporarily_unavailable` | 503 | store or directory unavailable (`Retry-After`) |
+//!
+//! The challenge names the gate's realm ([`KeygateBuilder::realm`](crate::KeygateBuilder::realm)):
+//! always in the extractors, guards, middleware and admin API; for a `VerifyError` a
+//! handler returns (`principal.require("x")?`) when an `Authenticate` layer or middleware
+//! of the gate surrounds the handler (otherwise the default realm `"api"`).
 
 use crate::error::{RequestError, VerifyError};
 
 /// Longest `Authorization` header value read; longer is refused before any crypto.
 pub const MAX_HEADER_LEN: usize = 8192 + 64;
+
+/// The realm a [`VerifyError`] names when rendered with no gate at hand (and a gate's
+/// default, see [`KeygateBuilder::realm`](crate::KeygateBuilder::realm)).
+pub(crate) const DEFAULT_REALM: &str = "api";
 
 /// Seconds suggested in `Retry-After` when the store is unavailable.
 pub const RETRY_AFTER_SECS: u32 = 5;
@@ -94,8 +130,8 @@ pub struct HttpOutcome {
     pub www_authenticate: Option<String>,
     /// The `Retry-After` value in seconds, for 503.
     pub retry_after: Option<u32>,
-    /// A JSON body, `{"error":"…","error_description":"…"}`; the same for every
-    /// invalid-key reason.
+    /// A JSON body, `{"error":"…","error_description":"…"}` (the [one error
+    /// shape](self#one-error-shape)); the same for every invalid-key reason.
     pub body: &'static str,
 }
 

@@ -187,19 +187,33 @@ impl Principal {
     }
 }
 
-/// Serializes as `{"keyId", "keyName", "userId", "format", "permissions", "scopes",
-/// "expiresAt"}`, with `permissions` either `"*"` (all) or a list, and `expiresAt`
-/// [`Principal::expires_at`]. No secret is included.
+/// Serializes as `{"keyId", "keyName", "userId", "format", "permissions",
+/// "allPermissions", "scopes", "expiresAt"}`. `permissions` (the owner's, before the key's
+/// scopes narrow them) is always an array: the owner's permissions, sorted, or `["*"]`
+/// when the owner holds every permission ([`Permissions::All`]), which `allPermissions`
+/// (always present) says unambiguously. `expiresAt` is [`Principal::expires_at`]. No
+/// secret is included.
+///
+/// ```json
+/// {"keyId":"…","keyName":"Backup Script","userId":"user-1","format":"opaque",
+///  "permissions":["*"],"allPermissions":true,"scopes":["library:read"],"expiresAt":null}
+/// ```
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("Principal", 7)?;
+        let mut s = serializer.serialize_struct("Principal", 8)?;
         s.serialize_field("keyId", &self.record.id)?;
         s.serialize_field("keyName", &self.record.name)?;
         s.serialize_field("userId", &self.record.owner)?;
         s.serialize_field("format", &self.record.format)?;
         match &self.owner.permissions {
-            Permissions::All => s.serialize_field("permissions", "*")?,
-            Permissions::Only(set) => s.serialize_field("permissions", set)?,
+            Permissions::All => {
+                s.serialize_field("permissions", &["*"])?;
+                s.serialize_field("allPermissions", &true)?;
+            }
+            Permissions::Only(set) => {
+                s.serialize_field("permissions", set)?;
+                s.serialize_field("allPermissions", &false)?;
+            }
         }
         s.serialize_field("scopes", &self.record.scopes)?;
         s.serialize_field("expiresAt", &self.expires_at())?;

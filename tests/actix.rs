@@ -1001,7 +1001,7 @@ fn admin_patch_deactivates_and_refuses_unknown_users() {
         )
         .await;
         assert_eq!(reply.status, 400, "{reply:?}");
-        assert_eq!(reply.json()["error"], "bad_request");
+        assert_eq!(reply.json()["error"], "invalid_request");
         assert_eq!(fx.gate.get(id).await.unwrap().unwrap().owner, "alice");
 
         let reply = send(
@@ -1144,7 +1144,7 @@ fn admin_refuses_non_admins_bad_json_and_unknown_ids() {
         for req in forbidden {
             let reply = send(&app, bearer(req, &reader).to_request()).await;
             assert_eq!(reply.status, 403, "{reply:?}");
-            assert_eq!(reply.json()["error"], "forbidden");
+            assert_eq!(reply.json()["error"], "insufficient_scope");
         }
         let record = fx.gate.get(id).await.unwrap().unwrap();
         assert!(record.active, "nothing changed");
@@ -1160,7 +1160,7 @@ fn admin_refuses_non_admins_bad_json_and_unknown_ids() {
             .set_payload("{not json");
         let reply = send(&app, as_admin(bad, &admin).to_request()).await;
         assert_eq!(reply.status, 400, "{reply:?}");
-        assert_eq!(reply.json()["error"], "bad_request");
+        assert_eq!(reply.json()["error"], "invalid_request");
         let reply = send(
             &app,
             as_admin(
@@ -1274,7 +1274,7 @@ fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
                 reply.www_authenticate.as_deref(),
                 Some(format!(r#"Bearer realm="{REALM}", error="insufficient_scope""#).as_str())
             );
-            assert_eq!(reply.json()["error"], "forbidden");
+            assert_eq!(reply.json()["error"], "insufficient_scope");
             assert_eq!(reply.json()["reason"], reason, "{reply:?}");
         }
         fx.gate.flush().await.unwrap();
@@ -1312,5 +1312,183 @@ fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
         .await;
         assert_eq!(reply.status, 200, "{reply:?}");
         assert_eq!(reply.json()["apiKey"]["scopes"], Value::Null);
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// The gate's realm for handler errors, /me, the route table, unknown body fields
+
+/// `?` on a `VerifyError`, made an `AuthError` on the way (`From`).
+async fn needs_admin_as_auth_error(principal: Principal) -> Result<String, AuthError> {
+    principal.require("admin")?;
+    Ok("admin".to_owned())
+}
+
+#[test]
+fn a_verify_error_from_a_handler_names_the_gates_realm_behind_the_middleware() {
+    run(async {
+        let fx = fixture();
+        let (_, reader) = fx.mint("alice").await;
+        let (_, admin) = fx.mint("admin").await;
+        // The realm "test" is not the default "api".
+        let want = format!(r#"Bearer realm="{REALM}", error="insufficient_scope", scope="admin""#);
+        let app = test::init_service(
+            App::new()
+                .wrap(Authenticate::optional(fx.gate.clone()))
+                .route("/needs-admin", web::get().to(needs_admin))
+                .route("/auth-error", web::get().to(needs_admin_as_auth_error)),
+        )
+        .await;
+        for path in ["/needs-admin", "/auth-error"] {
+            send(&app, bearer(get(path), &reader).to_request())
+                .await
+                .assert_row(403, Some(&want), BODY_INSUFFICIENT);
+            let reply = send(&app, bearer(get(path), &admin).to_request()).await;
+            assert_eq!(
+                (reply.status, reply.body.as_str()),
+                (200, "admin"),
+                "{path}"
+            );
+            assert_eq!(reply.www_authenticate, None);
+        }
+    });
+}
+
+#[test]
+fn me_lists_permissions_as_an_array_also_for_all() {
+    run(async {
+        // No directory: every owner holds every permission.
+        let gate = Keygate::builder(MemoryStore::new())
+            .pepper(pepper())
+            .build()
+            .unwrap();
+        let key = gate.mint(NewKey::new("k", "anyone")).await.unwrap().key;
+        let app = test::init_service(
+            App::new()
+                .app_data(web::Data::new(gate.clone()))
+                .route("/me", web::get().to(me)),
+        )
+        .await;
+        let me = send(&app, bearer(get("/me"), key.expose()).to_request())
+            .await
+            .json();
+        assert_eq!(me["permissions"], json!(["*"]));
+        assert_eq!(me["allPermissions"], json!(true));
+
+        let fx = fixture();
+        let (_, reader) = fx.mint("alice").await;
+        let app = test::init_service(extractor_app(&fx.gate)).await;
+        let me = send(&app, bearer(get("/me"), &reader).to_request())
+            .await
+            .json();
+        assert_eq!(me["permissions"], json!(["library:read"]));
+        assert_eq!(me["allPermissions"], json!(false));
+    });
+}
+
+#[test]
+fn the_admin_route_table_answers_404_and_405_itself() {
+    run(async {
+        let fx = fixture();
+        let (_, admin) = fx.mint("admin").await;
+        let (id, _) = fx.mint("alice").await;
+        let app = test::init_service(admin_app(&fx.gate)).await;
+        let item = format!("/api/api-keys/{id}");
+        let rotate = format!("{item}/rotate");
+        use actix_web::http::Method;
+        let cases = [
+            (Method::PUT, "/api/api-keys".to_owned(), Some("GET, POST")),
+            (
+                Method::DELETE,
+                "/api/api-keys/".to_owned(),
+                Some("GET, POST"),
+            ),
+            (Method::POST, item.clone(), Some("GET, PATCH, DELETE")),
+            (Method::GET, rotate.clone(), Some("POST")),
+            (Method::GET, format!("{rotate}/x"), None),
+            (Method::GET, format!("{item}/nope"), None),
+        ];
+        for (method, uri, allow) in cases {
+            for with_key in [true, false] {
+                let mut again = TestRequest::default().method(method.clone()).uri(&uri);
+                if with_key {
+                    again = as_admin(again, &admin);
+                }
+                let response = test::call_service(&app, again.to_request()).await;
+                let got_allow = response
+                    .headers()
+                    .get("allow")
+                    .map(|v| v.to_str().unwrap().to_owned());
+                let status = response.status().as_u16();
+                let body: Value = test::read_body_json(response).await;
+                let (want_status, code) = match allow {
+                    Some(_) => (405, "method_not_allowed"),
+                    None => (404, "not_found"),
+                };
+                assert_eq!(status, want_status, "{method} {uri}: {body}");
+                assert_eq!(got_allow.as_deref(), allow);
+                assert_eq!(body["error"], code);
+                assert!(body["error_description"].is_string());
+            }
+        }
+        assert_eq!(
+            fx.gate.list(ListQuery::new()).await.unwrap().records.len(),
+            2
+        );
+    });
+}
+
+#[test]
+fn admin_bodies_with_unknown_fields_are_400_naming_the_field() {
+    run(async {
+        let fx = fixture();
+        let (_, admin) = fx.mint("admin").await;
+        let (id, _) = fx.mint("alice").await;
+        let app = test::init_service(admin_app(&fx.gate)).await;
+        let before = fx.gate.list(ListQuery::new()).await.unwrap().records;
+        let item = format!("/api/api-keys/{id}");
+        let cases = [
+            (
+                post_json(
+                    "/api/api-keys",
+                    json!({"name": "forever", "userId": "alice", "expires_in": 60}),
+                ),
+                "expires_in",
+            ),
+            (patch_json(&item, json!({"is_active": false})), "is_active"),
+            (
+                post_json(&format!("{item}/rotate"), json!({"grace": 60})),
+                "grace",
+            ),
+        ];
+        for (req, field) in cases {
+            let reply = send(&app, as_admin(req, &admin).to_request()).await;
+            assert_eq!(reply.status, 400, "{reply:?}");
+            let body = reply.json();
+            assert_eq!(body["error"], "invalid_request");
+            let description = body["error_description"].as_str().unwrap();
+            assert!(description.contains(field), "{description}");
+        }
+        assert_eq!(
+            fx.gate.list(ListQuery::new()).await.unwrap().records,
+            before
+        );
+    });
+}
+
+/// An anonymous request through an optional middleware is one refusal, not one per
+/// extractor.
+#[test]
+fn an_anonymous_request_behind_the_optional_middleware_counts_once() {
+    run(async {
+        let fx = fixture();
+        let app = test::init_service(middleware_app(&fx.gate)).await;
+        let before = fx.gate.refusal_counts().get("missing_credentials");
+        let reply = send(&app, get("/optional/extract").to_request()).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "anonymous"));
+        assert_eq!(
+            fx.gate.refusal_counts().get("missing_credentials") - before,
+            1
+        );
     });
 }

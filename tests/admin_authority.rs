@@ -103,7 +103,8 @@ fn body(response: &AdminResponse) -> Value {
 fn assert_forbidden(response: &AdminResponse, reason: &str) {
     assert_eq!(response.status, 403, "{}", response.body);
     let body = body(response);
-    assert_eq!(body["error"], "forbidden", "{body}");
+    assert_eq!(body["error"], "insufficient_scope", "{body}");
+    assert!(body["error_description"].is_string(), "{body}");
     assert_eq!(body["reason"], reason, "{body}");
     let challenge = response.www_authenticate.as_deref().unwrap_or_default();
     assert!(

@@ -23,7 +23,7 @@ use axum::{Json, Router};
 use chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use http_body_util::BodyExt;
 use keygate::admin::AdminApi;
-use keygate::axum::{admin_routes, Require};
+use keygate::axum::{admin_routes, Authenticate, Require};
 use keygate::http::MAX_HEADER_LEN;
 use keygate::{
     DirectoryError, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, ListQuery,
@@ -775,7 +775,10 @@ async fn admin_create_list_get_patch_delete() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
-    assert!(reply.json()["message"].as_str().unwrap().contains("userId"));
+    assert!(reply.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .contains("userId"));
     let record = f.gate.get(id.parse().unwrap()).await.unwrap().unwrap();
     assert_eq!(record.owner, "alice");
     // ...a known one takes over, and the key inherits the new owner's permissions.
@@ -926,7 +929,7 @@ async fn admin_refuses_non_admins_and_changes_nothing() {
     for (method, path, body) in requests {
         let reply = call(&f.app, method.clone(), path, &alice, body.clone()).await;
         assert_eq!(reply.status, StatusCode::FORBIDDEN, "{method} {path}");
-        assert_eq!(reply.json()["error"], "forbidden");
+        assert_eq!(reply.json()["error"], "insufficient_scope");
         // No key at all: the usual bare challenge.
         let body = body.map(|b| b.to_string());
         let reply = send(&f.app, request(method.clone(), path, &[], body.as_deref())).await;
@@ -983,7 +986,7 @@ async fn admin_bad_input_is_400_and_writes_nothing() {
             "{body}: {}",
             reply.body
         );
-        assert_eq!(reply.json()["error"], "bad_request", "{body}");
+        assert_eq!(reply.json()["error"], "invalid_request", "{body}");
     }
     let id = before[0].id;
     let reply = send(
@@ -1242,7 +1245,7 @@ async fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
             reply.challenge(),
             Some(format!(r#"Bearer realm="{REALM}", error="insufficient_scope""#).as_str())
         );
-        assert_eq!(reply.json()["error"], "forbidden");
+        assert_eq!(reply.json()["error"], "insufficient_scope");
         assert_eq!(reply.json()["reason"], reason, "{}", reply.body);
     }
     f.gate.flush().await.unwrap();
@@ -1267,4 +1270,398 @@ async fn admin_escalation_is_403_insufficient_scope_and_writes_nothing() {
     )
     .await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+}
+
+// ---------------------------------------------------------------------------------------
+// The Authenticate layer: a whole router behind one check
+// ---------------------------------------------------------------------------------------
+
+/// Reads the principal the layer left in the extensions (no `Keygate` in this router's
+/// state), or says there is none.
+async fn who(principal: Option<axum::Extension<Principal>>) -> String {
+    match principal {
+        Some(axum::Extension(p)) => format!("key of {}", p.owner_id()),
+        None => "anonymous".to_owned(),
+    }
+}
+
+/// A router with no state and no extractor that knows the gate: only the layer guards it.
+fn layered(layer: Authenticate) -> Router {
+    Router::new()
+        .route("/a", get(who))
+        .route("/b", post(who))
+        .layer(layer)
+}
+
+#[tokio::test]
+async fn the_required_layer_guards_every_route_of_a_router() {
+    let f = fixture().await;
+    let app = layered(Authenticate::required(f.gate.clone()));
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+
+    for (method, path) in [(Method::GET, "/a"), (Method::POST, "/b")] {
+        // No key: 401 with the gate's realm, and the route never ran.
+        let reply = send(&app, request(method.clone(), path, &[], None)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{method} {path}");
+        let bare = format!(r#"Bearer realm="{REALM}""#);
+        assert_eq!(reply.challenge(), Some(bare.as_str()));
+        assert_eq!(reply.json()["error"], "unauthorized");
+        assert!(reply.json()["error_description"].is_string());
+
+        // A key: 200, and the handler sees its principal.
+        let reply = send(
+            &app,
+            request(method.clone(), path, &[&bearer(&alice)], None),
+        )
+        .await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "key of alice"),
+            "{method} {path}"
+        );
+        assert_eq!(reply.challenge(), None);
+    }
+
+    // Every other row of the mapping comes from the same table.
+    let reply = send(
+        &app,
+        request(Method::GET, "/a", &[&bearer(&alice), &bearer(&alice)], None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        reply.challenge(),
+        Some(challenge("invalid_request").as_str())
+    );
+    let reply = send(
+        &app,
+        request(Method::GET, "/a", &[b"Bearer abs_nope"], None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.challenge(), Some(challenge("invalid_token").as_str()));
+    f.store.fail_reads.store(true, Ordering::SeqCst);
+    let reply = get_as(&app, "/a", &alice).await;
+    assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(reply.header(RETRY_AFTER), Some("5"));
+}
+
+#[tokio::test]
+async fn the_layer_permission_is_403_insufficient_scope() {
+    let f = fixture().await;
+    let app = layered(Authenticate::required(f.gate.clone()).permission("library:read"));
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let scoped = mint(
+        &f.gate,
+        NewKey::new("scoped", "root").scopes(["library:write"]),
+    )
+    .await;
+
+    let reply = get_as(&app, "/a", &alice).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "key of alice")
+    );
+    // root may do everything, but this key is scoped away from library:read.
+    let reply = get_as(&app, "/a", &scoped).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.challenge(),
+        Some(
+            format!(r#"Bearer realm="{REALM}", error="insufficient_scope", scope="library:read""#)
+                .as_str()
+        )
+    );
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+
+    // Every permission given is required.
+    let app = layered(
+        Authenticate::required(f.gate.clone())
+            .permission("library:read")
+            .permission("library:write"),
+    );
+    assert_eq!(
+        get_as(&app, "/a", &alice).await.status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(get_as(&app, "/a", &f.root_key).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_optional_layer_lets_anonymous_requests_through_but_not_bad_keys() {
+    let f = fixture().await;
+    let app = layered(Authenticate::optional(f.gate.clone()).permission("library:read"));
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let scoped = mint(
+        &f.gate,
+        NewKey::new("scoped", "root").scopes(["library:write"]),
+    )
+    .await;
+
+    for auth in [vec![], vec![b"Basic dXNlcjpwYXNz".to_vec()]] {
+        let auth: Vec<&[u8]> = auth.iter().map(Vec::as_slice).collect();
+        let reply = send(&app, request(Method::GET, "/a", &auth, None)).await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (StatusCode::OK, "anonymous")
+        );
+        assert_eq!(reply.challenge(), None);
+    }
+    let reply = get_as(&app, "/a", &alice).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "key of alice")
+    );
+    // A key that is there is checked: bad is 401, lacking the permission is 403.
+    let reply = send(
+        &app,
+        request(Method::GET, "/a", &[b"Bearer abs_nope"], None),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(reply.challenge(), Some(challenge("invalid_token").as_str()));
+    let reply = get_as(&app, "/a", &scoped).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert!(reply
+        .challenge()
+        .unwrap()
+        .starts_with(&challenge("insufficient_scope")));
+}
+
+/// The layer verifies once; the gate-aware extractors behind it reuse its principal.
+#[tokio::test]
+async fn extractors_behind_the_layer_reuse_its_principal() {
+    let f = fixture().await;
+    let app = Router::new()
+        .route("/twice", get(twice))
+        .route("/me", get(me))
+        .layer(Authenticate::required(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let before = f.store.gets();
+    let reply = get_as(&app, "/twice", &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(f.store.gets() - before, 1);
+}
+
+// ---------------------------------------------------------------------------------------
+// The gate's realm, also for a VerifyError a handler returns
+// ---------------------------------------------------------------------------------------
+
+/// A dynamic permission check, `?` on `Principal::require`.
+async fn dynamic(principal: Principal) -> Result<String, keygate::VerifyError> {
+    principal.require("library:write")?;
+    Ok("written".to_owned())
+}
+
+#[tokio::test]
+async fn a_verify_error_from_a_handler_names_the_gates_realm_behind_the_layer() {
+    let f = fixture().await;
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let want =
+        format!(r#"Bearer realm="{REALM}", error="insufficient_scope", scope="library:write""#);
+
+    let app = Router::new()
+        .route("/dynamic", get(dynamic))
+        .layer(Authenticate::optional(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let reply = get_as(&app, "/dynamic", &alice).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(reply.challenge(), Some(want.as_str()));
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+    // The handler's own answers are untouched.
+    assert_eq!(get_as(&app, "/dynamic", &f.root_key).await.body, "written");
+
+    // Without a layer the error has no gate at hand: the default realm.
+    let bare = Router::new()
+        .route("/dynamic", get(dynamic))
+        .with_state(f.gate.clone());
+    let reply = get_as(&bare, "/dynamic", &alice).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        reply.challenge(),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="library:write""#)
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// /api/me, the route table, one error shape, unknown body fields
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn me_lists_permissions_as_an_array_also_for_all() {
+    let f = fixture().await;
+    let me = get_as(&f.app, "/api/me", &f.root_key).await.json();
+    assert_eq!(me["permissions"], json!(["*"]));
+    assert_eq!(me["allPermissions"], json!(true));
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let me = get_as(&f.app, "/api/me", &alice).await.json();
+    assert_eq!(me["permissions"], json!(["library:read"]));
+    assert_eq!(me["allPermissions"], json!(false));
+}
+
+#[tokio::test]
+async fn the_admin_route_table_answers_404_and_405_itself() {
+    let f = fixture().await;
+    let id = all_records(&f.gate).await[0].id;
+    let item = format!("/api/api-keys/{id}");
+    let rotate = format!("{item}/rotate");
+    let cases = [
+        (Method::PUT, "/api/api-keys".to_owned(), Some("GET, POST")),
+        (
+            Method::DELETE,
+            "/api/api-keys/".to_owned(),
+            Some("GET, POST"),
+        ),
+        (Method::POST, item.clone(), Some("GET, PATCH, DELETE")),
+        (Method::PUT, item.clone(), Some("GET, PATCH, DELETE")),
+        (Method::GET, rotate.clone(), Some("POST")),
+        (Method::GET, format!("{rotate}/x"), None),
+        (Method::GET, format!("{item}/nope"), None),
+        (Method::GET, "/api/api-keys//rotate".to_owned(), None),
+    ];
+    for (method, path, allow) in cases {
+        // With an admin key, and without any: the route is judged first.
+        for auth in [vec![bearer(&f.root_key)], vec![]] {
+            let auth: Vec<&[u8]> = auth.iter().map(Vec::as_slice).collect();
+            let reply = send(&f.app, request(method.clone(), &path, &auth, None)).await;
+            let (status, code) = match allow {
+                Some(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+                None => (StatusCode::NOT_FOUND, "not_found"),
+            };
+            assert_eq!(reply.status, status, "{method} {path}: {}", reply.body);
+            assert_eq!(
+                reply.header(axum::http::header::ALLOW),
+                allow,
+                "{method} {path}"
+            );
+            assert_eq!(reply.json()["error"], code);
+            assert!(reply.json()["error_description"].is_string());
+        }
+    }
+    assert_eq!(all_records(&f.gate).await.len(), 1);
+}
+
+/// Auth refusals and admin errors share `{"error","error_description"}`.
+#[tokio::test]
+async fn auth_and_admin_errors_have_one_shape() {
+    let f = fixture().await;
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let replies = [
+        send(&f.app, request(Method::GET, "/api/me", &[], None)).await,
+        call(&f.app, Method::POST, "/api/upload", &alice, None).await,
+        get_as(&f.app, "/api/api-keys", &alice).await,
+        create(&f, json!({ "name": "x" })).await,
+        get_as(
+            &f.app,
+            &format!("/api/api-keys/{}", KeyId::random()),
+            &f.root_key,
+        )
+        .await,
+    ];
+    for reply in replies {
+        let body = reply.json();
+        let object = body.as_object().unwrap();
+        assert!(object["error"].is_string(), "{body}");
+        assert!(object["error_description"].is_string(), "{body}");
+        assert!(!object.contains_key("message"), "{body}");
+    }
+    let refused = get_as(&f.app, "/api/api-keys", &alice).await.json();
+    assert_eq!(refused["error"], "insufficient_scope");
+    assert_eq!(refused["reason"], "not_admin");
+}
+
+#[tokio::test]
+async fn admin_bodies_with_unknown_fields_are_400_naming_the_field() {
+    let f = fixture().await;
+    let created = create(&f, json!({ "name": "Sync", "userId": "alice" }))
+        .await
+        .json();
+    let id = created["apiKey"]["id"].as_str().unwrap().to_owned();
+    let before = all_records(&f.gate).await;
+
+    // Audiobookshelf-style camelCase is required: snake_case is refused, not ignored.
+    let reply = create(
+        &f,
+        json!({ "name": "forever", "userId": "alice", "expires_in": 60 }),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    assert_eq!(reply.json()["error"], "invalid_request");
+    let description = reply.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(description.contains("expires_in"), "{description}");
+
+    let item = format!("/api/api-keys/{id}");
+    let reply = call(
+        &f.app,
+        Method::PATCH,
+        &item,
+        &f.root_key,
+        Some(json!({ "is_active": false })),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let description = reply.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(description.contains("is_active"), "{description}");
+
+    let reply = call(
+        &f.app,
+        Method::POST,
+        &format!("{item}/rotate"),
+        &f.root_key,
+        Some(json!({ "grace": 60 })),
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{}", reply.body);
+    let description = reply.json()["error_description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(description.contains("grace"), "{description}");
+
+    // Nothing was minted, changed or rotated.
+    assert_eq!(all_records(&f.gate).await, before);
+}
+
+/// `admin_router` under `Router::nest` routes through the same table.
+#[tokio::test]
+async fn the_nested_admin_router_serves_the_same_routes() {
+    let f = fixture().await;
+    let app: Router = Router::new().nest(
+        "/api/api-keys",
+        keygate::axum::admin_router(AdminApi::new(f.gate.clone())),
+    );
+    let id = all_records(&f.gate).await[0].id;
+    let reply = get_as(&app, "/api/api-keys", &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = get_as(&app, &format!("/api/api-keys/{id}"), &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.json()["apiKey"]["id"], id.to_string());
+    let reply = get_as(&app, &format!("/api/api-keys/{id}/rotate"), &f.root_key).await;
+    assert_eq!(reply.status, StatusCode::METHOD_NOT_ALLOWED);
+}
+
+/// An anonymous request through an optional layer is one refusal, not one per extractor.
+#[tokio::test]
+async fn an_anonymous_request_behind_the_optional_layer_counts_once() {
+    let f = fixture().await;
+    let app = Router::new()
+        .route("/hello", get(hello))
+        .layer(Authenticate::optional(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let before = f.gate.refusal_counts().get("missing_credentials");
+    let reply = send(&app, request(Method::GET, "/hello", &[], None)).await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (StatusCode::OK, "hello stranger")
+    );
+    assert_eq!(
+        f.gate.refusal_counts().get("missing_credentials") - before,
+        1
+    );
 }
