@@ -82,16 +82,28 @@ impl Rejection {
 
     /// Whether the token alone proved this, with no store or directory read.
     pub fn is_offline(&self) -> bool {
-        !matches!(
-            self,
+        // Exhaustive on purpose: a new reason must be placed on one side or the other.
+        match self {
+            Rejection::Malformed
+            | Rejection::WrongPrefix
+            | Rejection::BadChecksum
+            | Rejection::JwtMalformed
+            | Rejection::JwtAlgorithm
+            | Rejection::JwtSignature
+            | Rejection::JwtType
+            | Rejection::JwtSessionToken
+            | Rejection::JwtCritical
+            | Rejection::JwtExpired
+            | Rejection::JwtNotYetValid
+            | Rejection::JwtDisabled => true,
             Rejection::UnknownKey
-                | Rejection::FormatMismatch
-                | Rejection::HashMismatch
-                | Rejection::Inactive
-                | Rejection::Expired
-                | Rejection::OwnerUnknown
-                | Rejection::OwnerInactive
-        )
+            | Rejection::FormatMismatch
+            | Rejection::HashMismatch
+            | Rejection::Inactive
+            | Rejection::Expired
+            | Rejection::OwnerUnknown
+            | Rejection::OwnerInactive => false,
+        }
     }
 }
 

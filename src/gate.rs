@@ -458,12 +458,6 @@ impl Keygate {
         if let Some(Some(at)) = patch.expires_at {
             validate::expiry("expires_at", at)?;
         }
-        if patch.hash.is_some() || patch.updated_at.is_some() {
-            return Err(Error::invalid(
-                "patch",
-                "hash and updated_at are set by keygate",
-            ));
-        }
         if patch.is_empty() {
             let record = self.get(id).await?.ok_or(Error::NotFound(id))?;
             if !patch.precondition_holds(&record) {

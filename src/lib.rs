@@ -83,12 +83,18 @@ mod usage;
 mod user;
 mod validate;
 
+/// The crates that appear in keygate's public signatures, re-exported so an application
+/// names the same versions: `async_trait` (to implement [`KeyStore`] and [`UserDirectory`]),
+/// `chrono` (timestamps), `serde_json` ([`Metadata`]) and `uuid` ([`KeyId`]).
+pub use async_trait;
 pub use chrono;
+pub use serde_json;
 /// The `sqlx` driver the SQL stores use, re-exported so an application can build the pool
 /// it hands to a store's `from_pool` (or share the store's) without a version clash.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
 pub use sqlx;
+pub use uuid;
 
 /// The `redis` driver crate keygate was built with (feature `redis`), for building a
 /// [`redis::Client`] or [`redis::aio::ConnectionManager`] to hand to [`RedisStore`].

@@ -283,10 +283,12 @@ pub struct KeyPatch {
     pub scopes: Option<Option<BTreeSet<String>>>,
     /// New metadata, replacing the old.
     pub metadata: Option<Metadata>,
-    /// A re-hash under a newer pepper; set by keygate only.
-    pub hash: Option<SecretHash>,
-    /// The new `updated_at`; set by keygate from its clock.
-    pub updated_at: Option<DateTime<Utc>>,
+    /// A re-hash under a newer pepper or hash scheme: set by keygate only (read it with
+    /// [`KeyPatch::new_hash`]).
+    pub(crate) hash: Option<SecretHash>,
+    /// The new `updated_at`: set by keygate from its clock (read it with
+    /// [`KeyPatch::new_updated_at`]).
+    pub(crate) updated_at: Option<DateTime<Utc>>,
     /// Applies only if the record still matches this; see
     /// [`if_unchanged`](Self::if_unchanged).
     pub precondition: Option<Precondition>,

@@ -573,11 +573,12 @@ async fn a_digest_copied_to_another_row_authenticates_nothing() {
     let (theirs, their_key) = mint(&h, NewKey::new("root's", "alice")).await;
     // Mallory, with a write primitive on the hash column only, copies her digest into
     // alice's row and presents her own secret under alice's id.
-    let mut copy = KeyPatch::new();
+    let mut copy = theirs.clone();
     copy.hash = mine.hash.clone();
-    keygate::KeyStore::update(&*h.store, theirs.id, &copy)
+    assert!(keygate::KeyStore::delete(&*h.store, theirs.id)
         .await
-        .unwrap();
+        .unwrap());
+    keygate::KeyStore::insert(&*h.store, copy).await.unwrap();
     let transplanted = forge_opaque(PREFIX, theirs.id, secret_part(&my_key, PREFIX));
     h.assert_refused(&transplanted, Rejection::HashMismatch)
         .await;
