@@ -10,7 +10,6 @@
     clippy::indexing_slicing,
     clippy::arithmetic_side_effects
 )]
-#![cfg(feature = "cli")]
 
 mod support;
 
@@ -531,26 +530,4 @@ fn unreachable_store_is_one_line_and_exit_3() {
         stderr(&out)
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(15));
-}
-
-/// The example servers write their pepper to `<db>.pepper` (default `keygate.db.pepper`,
-/// in the working directory): `git add -A` in a checkout must not pick it up.
-#[test]
-fn the_example_pepper_file_is_git_ignored() {
-    let gitignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore"))
-        .expect(".gitignore is readable");
-    assert!(
-        gitignore.lines().any(|line| line.trim() == "*.pepper"),
-        "{gitignore}"
-    );
-    for path in ["keygate.db.pepper", "data/keys.db.pepper"] {
-        let ignored = Command::new("git")
-            .args(["check-ignore", "-q", path])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status();
-        if let Ok(status) = ignored {
-            // 0: ignored; 1: not ignored; 128: not a git checkout (a packaged crate).
-            assert_ne!(status.code(), Some(1), "{path} is not ignored");
-        }
-    }
 }
