@@ -68,6 +68,7 @@ mod hash;
 pub mod http;
 mod jwt;
 mod key;
+mod pepper_source;
 mod principal;
 mod record;
 mod refusals;
@@ -102,6 +103,7 @@ pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
+pub use pepper_source::PepperError;
 pub use principal::{Permission, Principal};
 pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
 pub use refusals::RefusalCounts;
