@@ -158,7 +158,11 @@ impl Server {
             .current_dir(dir)
             .env("KEYGATE_ADDR", format!("127.0.0.1:{port}"))
             .env("KEYGATE_DB", db)
+            // The CLI's variable: the examples read it too.
+            .env("KEYGATE_PREFIX", "abs")
             .env_remove("KEYGATE_PEPPER")
+            .env_remove("KEYGATE_PEPPER_FILE")
+            .env_remove("KEYGATE_PEPPER_VERSION")
             .env_remove("KEYGATE_JWT_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
