@@ -226,7 +226,11 @@ async fn shutdown_signal() {
 /// the database, created on the first start.
 async fn load_pepper(db: &str, store: &SqliteStore) -> Result<Pepper, BoxError> {
     if let Some(pepper) = Pepper::from_default_env()? {
-        eprintln!("keygate example: pepper from {} / {}", Pepper::ENV, Pepper::ENV_FILE);
+        eprintln!(
+            "keygate example: pepper from {} / {}",
+            Pepper::ENV,
+            Pepper::ENV_FILE
+        );
         return Ok(pepper);
     }
     let Some(path) = pepper_file(db) else {
