@@ -14,8 +14,8 @@
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
 //! "createdByUserId","createdAt","updatedAt","scopes","metadata","format"}` (camelCase,
 //! timestamps RFC 3339, like Audiobookshelf's). Statuses: 400 bad input (including an
-//! unknown `userId`), 403 refused (see below), 404 unknown id, 503 store or directory
-//! unavailable.
+//! unknown `userId`), 403 refused (see below), 404 unknown id, 409 the key changed while
+//! the request was checked (see below), 503 store or directory unavailable.
 //!
 //! # Who may do what
 //!
@@ -35,13 +35,16 @@
 //!
 //! - acting on a key of another owner (patch, delete, rotate), minting for another owner,
 //!   or moving a key to another owner needs the caller's reach to cover **every**
-//!   permission of that owner (an owner the directory no longer knows counts as holding
-//!   all). The caller's own owner needs nothing more;
+//!   permission of that owner (an owner the directory no longer knows, or that is
+//!   deactivated, counts as holding all: they may come back with any, and a key minted
+//!   for them would wake up with it). The caller's own owner needs nothing more;
 //! - the key a call produces (create, the new key of a rotate), and a key a patch widens
 //!   (switched back on with `isActive: true`, given another owner, more scopes or
 //!   `scopes: null`, a later expiry or `expiresAt: null`), must end with permissions within
 //!   the caller's and an expiry no later than the calling key's: an expiring key cannot
-//!   mint a never-expiring one;
+//!   mint a never-expiring one. The calling key's expiry is
+//!   [`Principal::expires_at`]: for a JWT key, the earlier of its record's and its
+//!   token's `exp`;
 //! - narrowing changes (`isActive: false`, delete, rename, description, metadata, fewer
 //!   scopes, an earlier expiry) need only the first rule, so an expiring admin key can still
 //!   revoke a leaked key.
@@ -58,11 +61,17 @@
 //! every permission they should be able to hand out.
 //!
 //! Times are those of the request (the gate's clock when the caller's key was accepted):
-//! `expiresIn` counts from then, and a rotated key's lifetime is judged from then (should
-//! the gate's clock have moved on when it mints the new key, that key's expiry is trimmed
-//! to the calling key's). The checks read the record, then write the change; the store
-//! offers no compare-and-swap, so a concurrent change by another admin lands between them
-//! unchecked against this caller.
+//! `expiresIn` counts from then. A rotated key is judged as what
+//! [`Keygate::rotate`] mints: the old key's owner, scopes and `expires_at`.
+//!
+//! The checks read the record, then write the change *conditionally* on it
+//! ([`KeyPatch::if_unchanged`]; a rotate likewise runs only on the record it checked): if
+//! another request changed the key's owner, scopes, active flag or expiry in between, the
+//! call writes nothing and answers `409` `{"error":"conflict","message":…}`; read the key
+//! again and retry. So two requests that are each allowed cannot combine into a key
+//! neither could have made. (A delete is not conditional: it only narrows, but if the key
+//! was moved to an owner out of the caller's reach in between, it is deleted all the
+//! same.)
 //!
 //! Every change (create, update, delete, rotate) logs one INFO event (target `keygate`,
 //! message `admin API change`) with `action`, `key_id`, `actor_key_id` and `actor_owner`;
@@ -515,7 +524,10 @@ impl AdminApi {
         let before = self.record(id).await?;
         let before_owner = self.owner_permissions(&before.owner).await?;
         let mut after = before.clone();
-        patch.apply(&mut after);
+        // No precondition on it yet: this cannot fail.
+        patch
+            .apply(&mut after)
+            .map_err(|_| fail(Error::Changed(id)))?;
         let (after_id, after_owner) = match &new_owner {
             Some((user_id, owner)) => (user_id.as_str(), owner),
             None => (before.owner.as_str(), &before_owner),
@@ -529,6 +541,9 @@ impl AdminApi {
             result.as_ref(),
         )?;
 
+        // Written only onto the record checked above: a change landing in between (another
+        // PATCH, a rotate) makes this a 409 and writes nothing.
+        let patch = patch.if_unchanged(&before);
         let record = self.gate.update(id, patch).await.map_err(fail)?;
         changed(call, id, &record.owner, None);
         Ok(AdminResponse::json(
@@ -579,44 +594,21 @@ impl AdminApi {
         };
         let old = self.record(id).await?;
         let owner = self.owner_permissions(&old.owner).await?;
-        // The new key keeps the old one's owner and scopes; its expiry is at most the old
-        // lifetime counted from now (later than that only if it overflows: then forever,
-        // which the rule judges most strictly).
-        let now = request_time(call.caller)?;
-        let until = match old.expires_at {
-            None => None,
-            Some(at) => {
-                let lifetime = at
-                    .signed_duration_since(old.created_at)
-                    .max(TimeDelta::seconds(1));
-                now.checked_add_signed(lifetime).map(|end| end.max(at))
-            }
-        };
-        let result = Reach::new(&owner, old.scopes.as_ref(), until);
+        // The new key is exactly what `rotate` mints from this record: the old owner,
+        // scopes and `expires_at` (it only ever cuts that shorter). The rotation runs only
+        // if the record still has them (else 409), so the check judges what is written.
+        let result = Reach::of(&old, &owner);
         self.authorize(
             call,
             &id.to_string(),
             &[(&old.owner, &owner)],
             Some(&result),
         )?;
-        let IssuedKey { mut record, key } = self.gate.rotate(id, grace).await.map_err(fail)?;
-        // The gate counted the new lifetime from its clock, a little after the request
-        // time the check used: trim that sliver so the new key never outlives the caller.
-        if let (Some(limit), Some(at)) = (call.caller.expires_at(), record.expires_at) {
-            if at > limit {
-                let trim = KeyPatch::new().expires_at(Some(limit));
-                match self.gate.update(record.id, trim).await {
-                    Ok(trimmed) => record = trimmed,
-                    // The new key exists: losing its plaintext would be worse.
-                    Err(error) => tracing::warn!(
-                        target: "keygate",
-                        key_id = %record.id,
-                        error = %error,
-                        "admin API: could not trim the rotated key to the caller's expiry"
-                    ),
-                }
-            }
-        }
+        let IssuedKey { record, key } = self
+            .gate
+            .rotate_from(id, grace, Some(&old))
+            .await
+            .map_err(fail)?;
         changed(call, id, &record.owner, Some(record.id));
         let previous = self.gate.get(id).await.map_err(fail)?;
         let mut view = view_of(&record)?;
@@ -637,23 +629,39 @@ impl AdminApi {
     }
 
     /// The permissions of `user_id`, who must exist (400 otherwise): for a key about to
-    /// be minted for, or moved to, them.
+    /// be minted for, or moved to, them. A deactivated user counts as holding every
+    /// permission (see [`owner_permissions`](Self::owner_permissions)).
     async fn require_user(&self, user_id: &str) -> Result<Permissions, AdminResponse> {
         match self.gate.owner(user_id).await {
-            Ok(Some(owner)) => Ok(owner.permissions),
+            Ok(Some(owner)) => Ok(authority_of(owner)),
             Ok(None) => Err(AdminResponse::bad_request("userId: no such user")),
             Err(_) => Err(unavailable()),
         }
     }
 
-    /// The permissions of the owner of an existing key. One the directory no longer knows
-    /// counts as holding every permission: they may come back with any.
+    /// The permissions of the owner of an existing key. One the directory no longer knows,
+    /// or that is deactivated, counts as holding every permission: they may come back with
+    /// any.
     async fn owner_permissions(&self, user_id: &str) -> Result<Permissions, AdminResponse> {
         match self.gate.owner(user_id).await {
-            Ok(Some(owner)) => Ok(owner.permissions),
+            Ok(Some(owner)) => Ok(authority_of(owner)),
             Ok(None) => Ok(Permissions::All),
             Err(_) => Err(unavailable()),
         }
+    }
+}
+
+/// The permissions the authority rule holds `owner` to. A deactivated owner's listed
+/// permissions say nothing about what their keys can do once they are active again
+/// (a directory commonly answers [`Owner::inactive`](crate::Owner::inactive), with none):
+/// counted as none, every caller would cover them, and could mint, rotate or re-activate
+/// keys that wake up with everything when they return. So they count as holding all, like
+/// an owner the directory does not know.
+fn authority_of(owner: crate::Owner) -> Permissions {
+    if owner.active {
+        owner.permissions
+    } else {
+        Permissions::All
     }
 }
 
@@ -774,7 +782,10 @@ where
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminResponse> {
-    serde_json::from_slice(body)
+    // A JSON object in UTF-8: serde would read an array into the body by position.
+    let text = crate::json::object_text(body)
+        .ok_or_else(|| AdminResponse::bad_request("the body must be a JSON object"))?;
+    serde_json::from_str(text)
         .map_err(|e| AdminResponse::bad_request(format!("invalid JSON body: {e}")))
 }
 
@@ -795,6 +806,12 @@ fn fail(error: Error) -> AdminResponse {
             AdminResponse::bad_request(format!("{field}: {reason}"))
         }
         Error::NotFound(_) => AdminResponse::not_found(),
+        Error::Changed(_) => AdminResponse::error(
+            409,
+            "conflict",
+            "the key changed while this request was checked; nothing was written: read it \
+             again and retry",
+        ),
         Error::JwtDisabled => {
             AdminResponse::bad_request("format: JWT keys are not enabled on this server")
         }

@@ -230,6 +230,11 @@ pub enum Error {
     /// No key with this id.
     #[error("no API key with id {0}")]
     NotFound(KeyId),
+    /// A conditional change ([`KeyPatch::if_unchanged`](crate::KeyPatch::if_unchanged)) met
+    /// a record whose owner, scopes, active flag or expiry changed since it was read:
+    /// nothing was written. Read the record again and decide anew.
+    #[error("API key {0} changed since it was read; nothing was written")]
+    Changed(KeyId),
     /// A JWT-format key was asked for, but the gate has no JWT secret.
     #[error("JWT keys are not enabled: build the gate with a JWT secret")]
     JwtDisabled,

@@ -434,6 +434,11 @@ impl Keygate {
     /// The fields a patch sets are held to [`mint`](Self::mint)'s rules (name, owner,
     /// description, scopes, metadata, an expiry no later than
     /// [`MAX_EXPIRY`](crate::MAX_EXPIRY)); a refused patch writes nothing.
+    ///
+    /// A patch made conditional with [`KeyPatch::if_unchanged`] that meets a record whose
+    /// owner, scopes, active flag or expiry changed since it was read writes nothing and
+    /// is [`Error::Changed`] (the store checks it inside its atomic update). An empty
+    /// conditional patch is checked against the record it returns.
     pub async fn update(&self, id: KeyId, patch: KeyPatch) -> Result<KeyRecord, Error> {
         if let Some(name) = &patch.name {
             check_name(name)?;
@@ -460,18 +465,22 @@ impl Keygate {
             ));
         }
         if patch.is_empty() {
-            return self.get(id).await?.ok_or(Error::NotFound(id));
+            let record = self.get(id).await?.ok_or(Error::NotFound(id))?;
+            if !patch.precondition_holds(&record) {
+                return Err(Error::Changed(id));
+            }
+            return Ok(record);
         }
         let mut patch = patch;
         patch.updated_at = Some(self.inner.clock.now().trunc_subsecs(6));
         // Stores keep microseconds; so does every timestamp keygate writes.
         patch.expires_at = patch.expires_at.map(|at| at.map(|at| at.trunc_subsecs(6)));
-        let record = self
-            .inner
-            .store
-            .update(id, &patch)
-            .await?
-            .ok_or(Error::NotFound(id))?;
+        let record = match self.inner.store.update(id, &patch).await {
+            Ok(Some(record)) => record,
+            Ok(None) => return Err(Error::NotFound(id)),
+            Err(StoreError::Changed(changed)) => return Err(Error::Changed(changed)),
+            Err(error) => return Err(error.into()),
+        };
         tracing::info!(target: "keygate", key_id = %id, active = record.active, "key updated");
         Ok(record)
     }
@@ -508,15 +517,35 @@ impl Keygate {
     /// (`min(expires_at, now + grace)`), so retrying a rotate neither extends it nor
     /// shortens it again (with the same `grace`).
     ///
-    /// The new key is written first, then the old key's expiry. If that second write
-    /// fails, or the old key was deleted meanwhile, the new key (whose plaintext nobody
-    /// will see) is deleted again, best-effort, and the error returned: retrying is safe.
-    /// If the old key was revoked while this ran, the new key is revoked too and an
-    /// [`Error::InvalidInput`] for `"id"` says so: a revoke that races a rotate leaves
-    /// no key working. (Two rotates of one key racing each other may leave the old key
-    /// with the later-written end of the two; stores offer no compare-and-set on
-    /// `expires_at`.)
+    /// The new key is written first, then the old key's end, conditionally
+    /// ([`KeyPatch::if_unchanged`]) on the old record as read. If the old key changed in
+    /// between, it is read again and the rotation adapts, a few times at most:
+    ///
+    /// - revoked meanwhile: the new key is revoked too, and an [`Error::InvalidInput`] for
+    ///   `"id"` says so: a revoke that races a rotate leaves no key working;
+    /// - expired, or deleted ([`Error::NotFound`]) meanwhile: the new key is deleted again;
+    /// - given another owner or other scopes meanwhile: the new key (minted with the old
+    ///   ones) is deleted again and the answer is [`Error::Changed`]: rotate again;
+    /// - its expiry changed meanwhile: the old key's end is computed again from the new
+    ///   expiry (so a concurrent shortening stands), and the new key is cut to the new
+    ///   expiry if that is earlier.
+    ///
+    /// Whenever the rotation fails after the new key was written, that key (whose
+    /// plaintext nobody will see) is deleted again, best-effort, and the error returned:
+    /// retrying is safe.
     pub async fn rotate(&self, id: KeyId, grace: TimeDelta) -> Result<IssuedKey, Error> {
+        self.rotate_from(id, grace, None).await
+    }
+
+    /// [`rotate`](Self::rotate), refused with [`Error::Changed`] before anything is written
+    /// when the old record no longer holds the [`Precondition`](crate::Precondition) of
+    /// `expected`, the copy a caller decided on (the admin API's authority check).
+    pub(crate) async fn rotate_from(
+        &self,
+        id: KeyId,
+        grace: TimeDelta,
+        expected: Option<&KeyRecord>,
+    ) -> Result<IssuedKey, Error> {
         if grace < TimeDelta::zero() {
             return Err(Error::invalid("grace", "must not be negative"));
         }
@@ -529,6 +558,9 @@ impl Keygate {
                 "too long: it would end after 9999-12-31T23:59:59Z",
             ))?;
         let old = self.inner.store.get(id).await?.ok_or(Error::NotFound(id))?;
+        if expected.is_some_and(|expected| !crate::Precondition::of(expected).holds(&old)) {
+            return Err(Error::Changed(id));
+        }
         if !old.active {
             return Err(Error::invalid(
                 "id",
@@ -554,32 +586,109 @@ impl Keygate {
         // had it: do not hold it to `mint`'s stricter rules.
         let issued = self.mint_checked(new).await?;
         let new_id = issued.record.id;
-        let old_end = old.expires_at.map_or(grace_end, |at| at.min(grace_end));
-        let stored = match self
-            .update(id, KeyPatch::new().expires_at(Some(old_end)))
-            .await
-        {
-            Ok(stored) => stored,
-            Err(error) => {
-                self.discard(new_id).await;
-                return Err(error);
-            }
-        };
-        if !stored.active {
-            // A revoke landed between our read and our write: its intent covers the
-            // replacement too.
-            if let Err(error) = self.update(new_id, KeyPatch::new().active(false)).await {
-                tracing::warn!(target: "keygate", key_id = %id, new_key_id = %new_id, error = %error, "rotate raced a revoke and could not revoke the new key; deleting it");
-                self.discard(new_id).await;
-            }
-            tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, "rotate raced a revoke: new key revoked too");
-            return Err(Error::invalid(
-                "id",
-                "the key was revoked during the rotation; the new key was revoked too",
-            ));
-        }
+        let issued = self
+            .end_old_key(id, Arc::unwrap_or_clone(old), grace_end, issued)
+            .await?;
         tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, grace_secs = grace.num_seconds(), "key rotated");
         Ok(issued)
+    }
+
+    /// The second half of a rotation: writes the old key's end
+    /// (`min(expires_at, grace_end)`) conditionally on `old`, the record as read; when it
+    /// changed meanwhile, reads it again and adapts (see [`rotate`](Self::rotate)). On an
+    /// error the new key is revoked (the old one was revoked meanwhile) or deleted.
+    async fn end_old_key(
+        &self,
+        id: KeyId,
+        old: KeyRecord,
+        grace_end: DateTime<Utc>,
+        issued: IssuedKey,
+    ) -> Result<IssuedKey, Error> {
+        let new_id = issued.record.id;
+        match self.try_end_old_key(id, old, grace_end, issued).await {
+            Ok(issued) => Ok(issued),
+            Err((error, Ending::Revoked)) => Err(error),
+            Err((error, Ending::Failed)) => {
+                self.discard(new_id).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// [`end_old_key`](Self::end_old_key) short of deleting the new key on failure.
+    async fn try_end_old_key(
+        &self,
+        id: KeyId,
+        old: KeyRecord,
+        grace_end: DateTime<Utc>,
+        mut issued: IssuedKey,
+    ) -> Result<IssuedKey, (Error, Ending)> {
+        let failed = |error: Error| (error, Ending::Failed);
+        /// Writes of the old key's end before giving up on a key that keeps changing.
+        const ATTEMPTS: usize = 3;
+        let new_id = issued.record.id;
+        let mut current = old;
+        for _ in 0..ATTEMPTS {
+            let old_end = current.expires_at.map_or(grace_end, |at| at.min(grace_end));
+            let patch = KeyPatch::new()
+                .expires_at(Some(old_end))
+                .if_unchanged(&current);
+            match self.update(id, patch).await {
+                Ok(_) => return Ok(issued),
+                Err(Error::Changed(_)) => {}
+                Err(error) => return Err(failed(error)),
+            }
+            current = self
+                .inner
+                .store
+                .get(id)
+                .await
+                .map_err(|e| failed(e.into()))?
+                .map(Arc::unwrap_or_clone)
+                .ok_or_else(|| failed(Error::NotFound(id)))?;
+            if !current.active {
+                // A revoke landed between our read and our write: its intent covers the
+                // replacement too.
+                if let Err(error) = self.update(new_id, KeyPatch::new().active(false)).await {
+                    tracing::warn!(target: "keygate", key_id = %id, new_key_id = %new_id, error = %error, "rotate raced a revoke and could not revoke the new key; deleting it");
+                    self.discard(new_id).await;
+                }
+                tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, "rotate raced a revoke: new key revoked too");
+                return Err((
+                    Error::invalid(
+                        "id",
+                        "the key was revoked during the rotation; the new key was revoked too",
+                    ),
+                    Ending::Revoked,
+                ));
+            }
+            if current.is_expired_at(self.inner.clock.now()) {
+                return Err(failed(Error::invalid(
+                    "id",
+                    "the key expired during the rotation; the new key was deleted",
+                )));
+            }
+            if current.owner != issued.record.owner || current.scopes != issued.record.scopes {
+                tracing::info!(target: "keygate", key_id = %id, new_key_id = %new_id, "rotate raced a change of owner or scopes: new key deleted");
+                return Err(failed(Error::Changed(id)));
+            }
+            let ends_earlier = match (current.expires_at, issued.record.expires_at) {
+                (Some(now_ends), Some(new_ends)) => now_ends < new_ends,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if ends_earlier {
+                // The new key must not outlive what the old one is now allowed.
+                let mut cut = current.expires_at;
+                if issued.record.format == KeyFormat::Jwt {
+                    // A JWT carries whole seconds; round down, never up.
+                    cut = cut.map(|at| at.trunc_subsecs(0));
+                }
+                let trim = KeyPatch::new().expires_at(cut).if_unchanged(&issued.record);
+                issued.record = self.update(new_id, trim).await.map_err(failed)?;
+            }
+        }
+        Err(failed(Error::Changed(id)))
     }
 
     /// Deletes a key that was minted but will never be handed out; failing that, revokes
@@ -708,7 +817,7 @@ impl Keygate {
                 Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
                 None => None,
             };
-            self.accept(record, now, rehash).await
+            self.accept(record, now, rehash, claims.exp).await
         } else {
             if token.len() > key::MAX_OPAQUE_LEN {
                 return Err(reject(Rejection::Malformed));
@@ -725,7 +834,7 @@ impl Keygate {
                 _ => None,
             };
             match (record, checked) {
-                (Some(record), Some(rehash)) => self.accept(record, now, rehash?).await,
+                (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
                 (record, _) => {
                     // Same HMAC work as a real comparison: timing does not tell ids apart.
                     inner.pepper.burn(bound);
@@ -819,11 +928,15 @@ impl Keygate {
         Ok(stale.then(|| pepper.hash(scheme, input)))
     }
 
+    /// The record-side checks (active, expiry, owner) of a key whose token checked out;
+    /// `token_exp` is a JWT's own `exp` (microseconds), which bounds the principal's
+    /// lifetime as much as the record's `expires_at` does.
     async fn accept(
         &self,
         record: Arc<KeyRecord>,
         now: usage::Micros,
         rehash: Option<SecretHash>,
+        token_exp: Option<usage::Micros>,
     ) -> Result<Principal, VerifyError> {
         let inner = &*self.inner;
         if !record.active {
@@ -850,8 +963,22 @@ impl Keygate {
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(record, owner, inner.users.is_some(), now))
+        Ok(Principal::new(
+            record,
+            owner,
+            inner.users.is_some(),
+            now,
+            token_exp,
+        ))
     }
+}
+
+/// How a rotation that failed after minting left the new key.
+enum Ending {
+    /// Revoked with the old key, which was revoked meanwhile: keep its record.
+    Revoked,
+    /// To be deleted: nobody will see its plaintext.
+    Failed,
 }
 
 /// The owner of every key on a gate without a directory, shared rather than rebuilt.

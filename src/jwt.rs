@@ -186,6 +186,7 @@ impl JwtSecret {
         Ok(VerifiedJwt {
             key_id,
             signature: signature.as_bytes(),
+            exp: claims.exp.map(|exp| exp.0),
         })
     }
 }
@@ -201,6 +202,9 @@ pub(crate) struct VerifiedJwt<'t> {
     pub key_id: KeyId,
     /// The signature as sent (base64url): what a record's hash binds to.
     pub signature: &'t [u8],
+    /// The token's own `exp`, in microseconds since the Unix epoch: the token stops then
+    /// whatever its record says.
+    pub exp: Option<i64>,
 }
 
 /// The signature part of a token minted by [`JwtSecret::sign`].
@@ -216,18 +220,16 @@ fn decode_json<T: DeserializeOwned>(part: &str) -> Result<T, Rejection> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| Rejection::JwtMalformed)?;
-    let first = bytes
-        .iter()
-        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
-    if first != Some(&b'{') {
-        return Err(Rejection::JwtMalformed);
-    }
-    serde_json::from_slice(&bytes).map_err(|_| Rejection::JwtMalformed)
+    // An object (not an array read by position), UTF-8 throughout (RFC 7519 §7.2).
+    let text = crate::json::object_text(&bytes).ok_or(Rejection::JwtMalformed)?;
+    serde_json::from_str(text).map_err(|_| Rejection::JwtMalformed)
 }
 
 #[derive(Deserialize)]
 struct Header {
     alg: String,
+    /// Absent, or a string (`null` is refused, not read as absent).
+    #[serde(default, deserialize_with = "string")]
     typ: Option<String>,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
@@ -256,6 +258,11 @@ struct Claims {
 /// ±292 000 years, far past any clock).
 #[derive(Clone, Copy)]
 struct Micros(i64);
+
+/// A present field must be a string; `null` is an error, not "absent".
+fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(d).map(Some)
+}
 
 /// `true` whenever the field is there at all, even as `null`.
 fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {

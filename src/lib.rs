@@ -66,6 +66,7 @@ mod error;
 mod gate;
 mod hash;
 pub mod http;
+mod json;
 mod jwt;
 mod key;
 mod pepper_source;
@@ -105,7 +106,9 @@ pub use key::{
 };
 pub use pepper_source::PepperError;
 pub use principal::{Permission, Principal};
-pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, MAX_STORED_OWNER_LEN};
+pub use record::{
+    InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition, MAX_STORED_OWNER_LEN,
+};
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]

@@ -46,6 +46,9 @@ pub struct Principal {
     from_directory: bool,
     /// The gate's clock when the key was accepted, in microseconds since the epoch.
     verified_at: i64,
+    /// A JWT's own `exp`, in microseconds since the epoch: the token stops then, whatever
+    /// its record says.
+    token_expires_at: Option<i64>,
 }
 
 impl Principal {
@@ -54,12 +57,14 @@ impl Principal {
         owner: Arc<Owner>,
         from_directory: bool,
         verified_at: i64,
+        token_expires_at: Option<i64>,
     ) -> Self {
         Self {
             record,
             owner,
             from_directory,
             verified_at,
+            token_expires_at,
         }
     }
 
@@ -94,9 +99,20 @@ impl Principal {
         self.record.scopes.as_ref()
     }
 
-    /// When the key expires.
+    /// When this credential stops working: the earlier of the record's `expires_at` and,
+    /// for a JWT key, the token's own `exp` (a token whose record expiry was lifted or
+    /// moved later still stops at its `exp`). `None`: neither ends. The admin API judges
+    /// the calling key's lifetime by this. The record's own value is
+    /// [`record().expires_at`](Self::record).
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
-        self.record.expires_at
+        // An `exp` beyond chrono's range (over 260 000 years away) bounds nothing.
+        let token = self
+            .token_expires_at
+            .and_then(DateTime::from_timestamp_micros);
+        match (self.record.expires_at, token) {
+            (Some(record), Some(token)) => Some(record.min(token)),
+            (record, token) => record.or(token),
+        }
     }
 
     /// The key's format.
@@ -172,7 +188,8 @@ impl Principal {
 }
 
 /// Serializes as `{"keyId", "keyName", "userId", "format", "permissions", "scopes",
-/// "expiresAt"}`, with `permissions` either `"*"` (all) or a list. No secret is included.
+/// "expiresAt"}`, with `permissions` either `"*"` (all) or a list, and `expiresAt`
+/// [`Principal::expires_at`]. No secret is included.
 impl Serialize for Principal {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("Principal", 7)?;
@@ -185,7 +202,7 @@ impl Serialize for Principal {
             Permissions::Only(set) => s.serialize_field("permissions", set)?,
         }
         s.serialize_field("scopes", &self.record.scopes)?;
-        s.serialize_field("expiresAt", &self.record.expires_at)?;
+        s.serialize_field("expiresAt", &self.expires_at())?;
         s.end()
     }
 }

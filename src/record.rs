@@ -257,6 +257,11 @@ impl NewKey {
 /// stores receive it in [`KeyStore::update`](crate::KeyStore::update) and apply it
 /// atomically, most simply with [`KeyPatch::apply`].
 ///
+/// A patch decided on a copy of the record read earlier (an authority check, a computed
+/// expiry) should carry that copy's state with [`if_unchanged`](Self::if_unchanged): it
+/// then applies only if the record still is what the decision saw, and otherwise writes
+/// nothing and fails with [`StoreError::Changed`](crate::StoreError::Changed).
+///
 /// ```
 /// let patch = keygate::KeyPatch::new().active(false).name("old backup key");
 /// # let _ = patch;
@@ -282,6 +287,44 @@ pub struct KeyPatch {
     pub hash: Option<SecretHash>,
     /// The new `updated_at`; set by keygate from its clock.
     pub updated_at: Option<DateTime<Utc>>,
+    /// Applies only if the record still matches this; see
+    /// [`if_unchanged`](Self::if_unchanged).
+    pub precondition: Option<Precondition>,
+}
+
+/// What a record must still hold for a conditional [`KeyPatch`] to apply: the fields that
+/// decide what a key can do (owner, scopes, active, expiry), as they were in the copy the
+/// patch was decided on. Made by [`KeyPatch::if_unchanged`].
+///
+/// Other fields (name, description, metadata, `last_used_at`, `updated_at`, the hash) may
+/// change meanwhile without failing it: renames and last-used writes must not make every
+/// conditional patch fail, and they change nothing a decision about authority rests on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Precondition {
+    owner: String,
+    scopes: Option<BTreeSet<String>>,
+    active: bool,
+    expires_at: Option<DateTime<Utc>>,
+}
+
+impl Precondition {
+    /// The state of `record` that a conditional patch requires to be unchanged.
+    pub fn of(record: &KeyRecord) -> Self {
+        Self {
+            owner: record.owner.clone(),
+            scopes: record.scopes.clone(),
+            active: record.active,
+            expires_at: record.expires_at,
+        }
+    }
+
+    /// Whether `record` still has the owner, scopes, active flag and expiry this requires.
+    pub fn holds(&self, record: &KeyRecord) -> bool {
+        self.owner == record.owner
+            && self.scopes == record.scopes
+            && self.active == record.active
+            && self.expires_at == record.expires_at
+    }
 }
 
 impl KeyPatch {
@@ -336,13 +379,79 @@ impl KeyPatch {
         self
     }
 
-    /// Whether the patch changes nothing.
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
+    /// Makes the patch conditional on `record`, the copy of the record it was decided on
+    /// (checked against, or computed from): it applies only if the stored record's owner,
+    /// scopes, active flag and expiry are still those of `record` (see [`Precondition`]).
+    /// Otherwise [`apply`](Self::apply), and so every store's
+    /// [`update`](crate::KeyStore::update), writes nothing and fails with
+    /// [`StoreError::Changed`](crate::StoreError::Changed), which
+    /// [`Keygate::update`](crate::Keygate::update) reports as
+    /// [`Error::Changed`](crate::Error::Changed): read the record again and decide anew.
+    ///
+    /// This is the compare-and-set that closes the window between reading a record and
+    /// writing a change decided on it: without it, a concurrent change lands in between
+    /// and the patch is applied to a record nobody checked it against.
+    ///
+    /// ```
+    /// # async fn demo(gate: keygate::Keygate, id: keygate::KeyId) -> Result<(), keygate::Error> {
+    /// use keygate::{Error, KeyPatch};
+    ///
+    /// let before = gate.get(id).await?.ok_or(Error::NotFound(id))?;
+    /// // ... decide, from `before`, that the caller may give the key these scopes ...
+    /// let patch = KeyPatch::new().scopes(Some(["library:read"])).if_unchanged(&before);
+    /// match gate.update(id, patch).await {
+    ///     Ok(_) => {}
+    ///     Err(Error::Changed(_)) => { /* changed meanwhile: nothing written; re-read */ }
+    ///     Err(other) => return Err(other),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn if_unchanged(mut self, record: &KeyRecord) -> Self {
+        self.precondition = Some(Precondition::of(record));
+        self
     }
 
-    /// Applies the patch to `record` in place.
-    pub fn apply(&self, record: &mut KeyRecord) {
+    /// Whether the patch changes nothing (a [`precondition`](Self::if_unchanged) alone
+    /// changes nothing).
+    pub fn is_empty(&self) -> bool {
+        let Self {
+            name,
+            description,
+            owner,
+            active,
+            expires_at,
+            scopes,
+            metadata,
+            hash,
+            updated_at,
+            precondition: _,
+        } = self;
+        name.is_none()
+            && description.is_none()
+            && owner.is_none()
+            && active.is_none()
+            && expires_at.is_none()
+            && scopes.is_none()
+            && metadata.is_none()
+            && hash.is_none()
+            && updated_at.is_none()
+    }
+
+    /// Whether the patch's [precondition](Self::if_unchanged), if any, holds for `record`.
+    pub fn precondition_holds(&self, record: &KeyRecord) -> bool {
+        self.precondition.as_ref().is_none_or(|p| p.holds(record))
+    }
+
+    /// Applies the patch to `record` in place, if its
+    /// [precondition](Self::if_unchanged) holds for it. If not, `record` is left as it was
+    /// and the result is [`StoreError::Changed`](crate::StoreError::Changed) with the
+    /// record's id: a store must then write nothing and return that error.
+    #[must_use = "a patch whose precondition fails must not be written"]
+    pub fn apply(&self, record: &mut KeyRecord) -> Result<(), crate::StoreError> {
+        if !self.precondition_holds(record) {
+            return Err(crate::StoreError::Changed(record.id));
+        }
         if let Some(name) = &self.name {
             record.name.clone_from(name);
         }
@@ -370,6 +479,7 @@ impl KeyPatch {
         if let Some(updated_at) = self.updated_at {
             record.updated_at = updated_at;
         }
+        Ok(())
     }
 }
 
@@ -450,8 +560,9 @@ mod tests {
         let mut r = record();
         let before = r.clone();
         assert!(KeyPatch::new().is_empty());
-        KeyPatch::new().apply(&mut r);
+        KeyPatch::new().apply(&mut r).unwrap();
         assert_eq!(r, before);
+        assert!(KeyPatch::new().if_unchanged(&before).is_empty());
     }
 
     #[test]
@@ -463,13 +574,57 @@ mod tests {
             .description(None)
             .expires_at(None)
             .scopes(Some(["a", "b"]))
-            .apply(&mut r);
+            .apply(&mut r)
+            .unwrap();
         assert!(!r.active);
         assert_eq!(r.owner, "u2");
         assert_eq!(r.description, None);
         assert_eq!(r.expires_at, None);
         assert_eq!(r.scopes.unwrap().len(), 2);
         assert_eq!(r.name, "n");
+    }
+
+    #[test]
+    fn a_conditional_patch_applies_only_to_the_record_it_was_decided_on() {
+        let read = record();
+        let patch = KeyPatch::new().name("renamed").if_unchanged(&read);
+        // Fields outside the precondition may change meanwhile.
+        let mut renamed = KeyRecord {
+            name: "other".into(),
+            metadata: Metadata::from_iter([("a".to_owned(), 1.into())]),
+            last_used_at: read.expires_at,
+            ..read.clone()
+        };
+        patch.apply(&mut renamed).unwrap();
+        assert_eq!(renamed.name, "renamed");
+        // Any of owner, scopes, active, expiry changed: nothing applied, typed error.
+        let changed = [
+            KeyRecord {
+                owner: "u2".into(),
+                ..read.clone()
+            },
+            KeyRecord {
+                scopes: Some(BTreeSet::new()),
+                ..read.clone()
+            },
+            KeyRecord {
+                active: false,
+                ..read.clone()
+            },
+            KeyRecord {
+                expires_at: None,
+                ..read.clone()
+            },
+        ];
+        for mut current in changed {
+            let untouched = current.clone();
+            let refused = patch.apply(&mut current);
+            assert!(
+                matches!(refused, Err(crate::StoreError::Changed(id)) if id == read.id),
+                "{refused:?}"
+            );
+            assert_eq!(current, untouched);
+        }
     }
 
     #[test]

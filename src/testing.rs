@@ -49,7 +49,9 @@ pub async fn run_all(store: Arc<dyn KeyStore>) {
     large_metadata(&*store).await;
     concurrent_inserts(store.clone()).await;
     concurrent_colliding_inserts(store.clone()).await;
-    concurrent_updates_are_atomic(store).await;
+    conditional_updates(&*store).await;
+    concurrent_updates_are_atomic(store.clone()).await;
+    concurrent_conditional_updates(store).await;
 }
 
 /// A fresh opaque record for `owner`, with timestamps at microsecond precision (what
@@ -132,7 +134,9 @@ pub async fn crud(store: &dyn KeyStore) {
         .expect("crud: update")
         .expect("crud: update found the record");
     let mut expected = record.clone();
-    patch.apply(&mut expected);
+    patch
+        .apply(&mut expected)
+        .expect("crud: an unconditional patch applies");
     assert_eq!(updated, expected, "crud: update returns the patched record");
     assert_eq!(
         must_get(store, record.id, "crud").await,
@@ -273,7 +277,9 @@ pub async fn hash_and_format_round_trip(store: &dyn KeyStore) {
         .await
         .expect("formats: rehash")
         .expect("formats: found");
-    patch.apply(&mut record);
+    patch
+        .apply(&mut record)
+        .expect("formats: an unconditional patch applies");
     assert_eq!(
         must_get(store, record.id, "formats").await,
         record,
@@ -553,6 +559,122 @@ pub async fn concurrent_colliding_inserts(store: Arc<dyn KeyStore>) {
         must_get(&*store, id, "race").await,
         winners[0],
         "race: the winner's record is stored"
+    );
+}
+
+/// A patch made conditional with [`KeyPatch::if_unchanged`] applies while the record's
+/// owner, scopes, active flag and expiry are those it was decided on, and otherwise writes
+/// nothing and is [`StoreError::Changed`].
+pub async fn conditional_updates(store: &dyn KeyStore) {
+    let record = sample_record(&unique_owner("conditional"));
+    store
+        .insert(record.clone())
+        .await
+        .expect("conditional: insert");
+    // Holds: applied. A rename is outside the precondition, so it does not spoil it.
+    let renamed = store
+        .update(
+            record.id,
+            &KeyPatch::new().name("renamed").if_unchanged(&record),
+        )
+        .await
+        .expect("conditional: update on an unchanged record")
+        .expect("conditional: found");
+    assert_eq!(renamed.name, "renamed", "conditional: applied");
+    let scoped = store
+        .update(
+            record.id,
+            &KeyPatch::new()
+                .scopes(Some(["a:read"]))
+                .if_unchanged(&record),
+        )
+        .await
+        .expect("conditional: a rename does not fail the precondition")
+        .expect("conditional: found");
+    // Each authority field changed behind the patch's back: refused, nothing written.
+    let later = now() + TimeDelta::days(1);
+    let changes = [
+        KeyPatch::new().owner(unique_owner("conditional-moved")),
+        KeyPatch::new().scopes(Some(["b:write"])),
+        KeyPatch::new().active(false),
+        KeyPatch::new().expires_at(Some(later)),
+    ];
+    let mut read = scoped;
+    for change in changes {
+        let current = store
+            .update(record.id, &change)
+            .await
+            .expect("conditional: unconditional change")
+            .expect("conditional: found");
+        let stale = KeyPatch::new()
+            .name("stale write")
+            .scopes(None::<Vec<String>>)
+            .active(true)
+            .if_unchanged(&read);
+        match store.update(record.id, &stale).await {
+            Err(StoreError::Changed(id)) => {
+                assert_eq!(id, record.id, "conditional: Changed names the record")
+            }
+            other => {
+                panic!("conditional: a stale patch ({change:?}) must be Changed, got {other:?}")
+            }
+        }
+        assert_eq!(
+            must_get(store, record.id, "conditional").await,
+            current,
+            "conditional: a refused patch wrote something"
+        );
+        read = current;
+    }
+    // A precondition on a record that does not exist: not found, as ever.
+    assert!(
+        matches!(
+            store
+                .update(
+                    KeyId::random(),
+                    &KeyPatch::new().active(false).if_unchanged(&record)
+                )
+                .await,
+            Ok(None)
+        ),
+        "conditional: not found is Ok(None)"
+    );
+}
+
+/// Many writers racing conditional patches decided on the same read: the check and the
+/// write are one atomic step, so exactly one applies and every other is
+/// [`StoreError::Changed`].
+pub async fn concurrent_conditional_updates(store: Arc<dyn KeyStore>) {
+    let record = sample_record(&unique_owner("cas"));
+    store.insert(record.clone()).await.expect("cas: insert");
+    let tasks: Vec<_> = (0..8)
+        .map(|i| {
+            let (store, record) = (store.clone(), record.clone());
+            tokio::spawn(async move {
+                let patch = KeyPatch::new()
+                    .scopes(Some([format!("scope:{i}")]))
+                    .if_unchanged(&record);
+                store.update(record.id, &patch).await
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    for task in tasks {
+        match task.await.expect("cas: task") {
+            Ok(Some(updated)) => winners.push(updated),
+            Err(StoreError::Changed(_)) => {}
+            other => panic!("cas: expected Ok(Some) or Changed, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "cas: exactly one conditional patch applies"
+    );
+    assert_eq!(
+        must_get(&*store, record.id, "cas").await,
+        winners[0],
+        "cas: the winner's record is stored"
     );
 }
 

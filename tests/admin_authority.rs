@@ -15,13 +15,17 @@
 
 mod common;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use common::*;
 use keygate::admin::{AdminApi, AdminRequest, AdminResponse, ADMIN_PERMISSION};
-use keygate::{KeyRecord, Keygate, ManualClock, NewKey, Owner, Principal};
+use keygate::{
+    DirectoryError, KeyFormat, KeyRecord, Keygate, ManualClock, NewKey, Owner, Principal,
+    UserDirectory,
+};
 use serde_json::{json, Value};
+use tokio::sync::oneshot;
 
 /// A harness whose directory knows `root` (everything), `ops` (`admin` only), `lead`
 /// (`admin` and `library:read`) and `bob` (`library:read`), plus the harness's `alice`
@@ -537,4 +541,325 @@ async fn a_rotated_key_never_outlives_an_expiring_caller() {
     let stored = h.gate.get(new_id).await.unwrap().unwrap();
     assert!(stored.expires_at.is_some_and(|at| at <= t(2)), "{stored:?}");
     assert_eq!(rotated["apiKey"]["expiresAt"], json!(stored.expires_at));
+}
+
+// ---------------------------------------------------------------------------------------
+// Races and lifetimes (security review of the issue-7 work: F1, F2, F4, rotate check)
+// ---------------------------------------------------------------------------------------
+
+/// A directory that holds the *first* lookup of one user open until released, to put
+/// another request deterministically between an admin call's check and its write.
+#[derive(Clone)]
+struct Held {
+    inner: Directory,
+    armed: Arc<Mutex<Option<Hold>>>,
+}
+
+type Hold = (String, oneshot::Sender<()>, oneshot::Receiver<()>);
+
+impl Held {
+    fn new(inner: Directory) -> Self {
+        Self {
+            inner,
+            armed: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// Holds the next lookup of `user`: the first receiver fires once it is reached, the
+    /// second sender releases it.
+    fn arm(&self, user: &str) -> (oneshot::Receiver<()>, oneshot::Sender<()>) {
+        let (reached_tx, reached_rx) = oneshot::channel();
+        let (release_tx, release_rx) = oneshot::channel();
+        *self.armed.lock().unwrap() = Some((user.to_owned(), reached_tx, release_rx));
+        (reached_rx, release_tx)
+    }
+}
+
+#[async_trait::async_trait]
+impl UserDirectory for Held {
+    async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+        let hold = {
+            let mut armed = self.armed.lock().unwrap();
+            match armed.as_ref() {
+                Some((user, _, _)) if user == user_id => armed.take(),
+                _ => None,
+            }
+        };
+        if let Some((_, reached, release)) = hold {
+            let _ = reached.send(());
+            let _ = release.await;
+        }
+        self.inner.owner(user_id).await
+    }
+}
+
+/// A gate over a counting store whose directory is [`Held`]: `lead` holds `admin`,
+/// `library:read` and `library:write`, `ops` only `admin`.
+fn held_gate() -> (Keygate, Held, Arc<CountingStore>) {
+    let store = CountingStore::new();
+    let clock = Arc::new(ManualClock::new(t0()));
+    let dir = Directory::new();
+    dir.set(
+        "lead",
+        Owner::active(["admin", "library:read", "library:write"]),
+    );
+    dir.set("ops", Owner::active(["admin"]));
+    let held = Held::new(dir);
+    let gate = builder(&store, &clock).users(held.clone()).build().unwrap();
+    (gate, held, store)
+}
+
+#[track_caller]
+fn assert_conflict(response: &AdminResponse) {
+    assert_eq!(response.status, 409, "{}", response.body);
+    let body = body(response);
+    assert_eq!(body["error"], "conflict", "{body}");
+    assert!(!response.body.contains("apiKey"), "{}", response.body);
+}
+
+/// F1: two PATCHes from one limited admin, each allowed against the record it read, must
+/// not combine into a key wider than the caller. P2 `{"scopes": null}` reads the key (ops,
+/// unscoped: a no-op, so unchecked) and waits; P1 moves it to lead narrowed to `admin`;
+/// P2 must then not write `scopes = null` onto (lead, ["admin"]).
+#[tokio::test]
+async fn racing_patches_cannot_combine_into_a_key_wider_than_the_caller() {
+    let (gate, held, store) = held_gate();
+    let api = AdminApi::new(gate.clone());
+    // The caller: lead's key narrowed to ["admin"].
+    let (_, me) = caller(&gate, NewKey::new("me", "lead").scopes(["admin"])).await;
+    let k = assert_ok(&create(&api, &me, json!({ "name": "k", "userId": "ops" })).await);
+    let plaintext = k["apiKey"]["apiKey"].as_str().unwrap().to_owned();
+    let id: keygate::KeyId = k["apiKey"]["id"].as_str().unwrap().parse().unwrap();
+
+    let (reached, release) = held.arm("ops");
+    let p2 = {
+        let (api, me) = (api.clone(), me.clone());
+        tokio::spawn(async move { patch(&api, &me, id, json!({ "scopes": null })).await })
+    };
+    reached.await.unwrap(); // P2 has read the record and is checking it
+    let p1 = patch(
+        &api,
+        &me,
+        id,
+        json!({ "userId": "lead", "scopes": ["admin"] }),
+    )
+    .await;
+    assert_ok(&p1);
+    let after_p1 = store.record(id).await.unwrap();
+    release.send(()).unwrap();
+    let p2 = p2.await.unwrap();
+    assert_conflict(&p2);
+
+    // Nothing of P2 was written; the key is no wider than the caller.
+    assert_eq!(store.record(id).await.unwrap(), after_p1);
+    let key = gate.verify(&plaintext).await.unwrap();
+    assert_eq!(key.owner_id(), "lead");
+    assert!(!me.allows("library:write"));
+    assert!(!key.allows("library:write"), "{:?}", key.scopes());
+}
+
+/// The rotate check judges the record it read; if the key changes (here: moved to `lead`,
+/// who holds `library:write`, and unscoped, by another request) before the gate rotates
+/// it, the rotation is refused, not run on the wider record.
+#[tokio::test]
+async fn a_rotate_checked_on_a_record_that_changed_is_refused() {
+    let (gate, held, store) = held_gate();
+    let api = AdminApi::new(gate.clone());
+    let (_, me) = caller(&gate, NewKey::new("me", "lead").scopes(["admin"])).await;
+    let k = mint(&gate, NewKey::new("k", "ops").scopes(["admin"])).await;
+    let (reached, release) = held.arm("ops");
+    let rotation = {
+        let (api, me) = (api.clone(), me.clone());
+        tokio::spawn(async move { rotate(&api, &me, k.id).await })
+    };
+    reached.await.unwrap(); // the rotate read the scoped record and is checking it
+    let moved = keygate::KeyPatch::new()
+        .owner("lead")
+        .scopes(None::<Vec<String>>);
+    gate.update(k.id, moved).await.unwrap();
+    release.send(()).unwrap();
+    assert_conflict(&rotation.await.unwrap());
+    // No new key was minted from the wider record: only the caller's and k remain.
+    let all = store.all().await;
+    assert_eq!(all.len(), 2, "{all:?}");
+    assert!(all.iter().any(|r| r.id == k.id), "{all:?}");
+    assert!(!me.allows("library:write"));
+}
+
+/// F2: a deactivated owner (`Owner::inactive()`, no permissions listed) counts as holding
+/// everything: a limited admin cannot mint for, rotate for, move a key to, or switch back
+/// on a key of a suspended root, keys that would wake up with everything when root returns.
+#[tokio::test]
+async fn an_inactive_owner_counts_as_holding_everything() {
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let (_, lead) = caller(&h.gate, NewKey::new("lead", "lead")).await;
+    let (_, alice) = caller(&h.gate, NewKey::new("alice", "alice")).await;
+    let root_key = mint(&h.gate, NewKey::new("root", "root")).await;
+    let root_off = mint(&h.gate, NewKey::new("root off", "root").active(false)).await;
+    let bob_key = mint(&h.gate, NewKey::new("bob", "bob")).await;
+    h.users.set("root", Owner::inactive());
+    let before = snapshot(&h).await;
+    assert_forbidden(
+        &create(&api, &lead, json!({ "name": "backdoor", "userId": "root" })).await,
+        "owner_out_of_reach",
+    );
+    assert_forbidden(
+        &rotate(&api, &lead, root_key.id).await,
+        "owner_out_of_reach",
+    );
+    assert_forbidden(
+        &patch(&api, &lead, root_off.id, json!({ "isActive": true })).await,
+        "owner_out_of_reach",
+    );
+    assert_forbidden(
+        &patch(&api, &lead, bob_key.id, json!({ "userId": "root" })).await,
+        "owner_out_of_reach",
+    );
+    assert_unchanged(&h, &before).await;
+    // An admin holding everything still may.
+    assert_ok(&create(&api, &alice, json!({ "name": "k", "userId": "root" })).await);
+    assert_ok(&patch(&api, &alice, root_off.id, json!({ "isActive": true })).await);
+}
+
+/// F4: a JWT admin key's lifetime is its token's `exp`, even when its record's expiry was
+/// lifted later: it cannot mint a never-expiring key.
+#[tokio::test]
+async fn a_jwt_callers_lifetime_ends_at_its_token_exp() {
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let jwt = h
+        .gate
+        .mint(
+            NewKey::new("ci", "ops")
+                .format(KeyFormat::Jwt)
+                .expires_in(TimeDelta::hours(1)),
+        )
+        .await
+        .unwrap();
+    // Some admin lifts the record's expiry; the token still says exp = t0 + 1 h.
+    h.gate
+        .update(jwt.record.id, keygate::KeyPatch::new().expires_at(None))
+        .await
+        .unwrap();
+    let me = h.gate.verify(jwt.key.expose()).await.unwrap();
+    assert_eq!(me.expires_at(), Some(t(1)));
+    assert_eq!(me.record().expires_at, None);
+    assert_eq!(serde_json::to_value(&me).unwrap()["expiresAt"], json!(t(1)));
+    let before = snapshot(&h).await;
+    assert_forbidden(
+        &create(&api, &me, json!({ "name": "forever", "userId": "ops" })).await,
+        "longer_lifetime",
+    );
+    assert_forbidden(
+        &create(
+            &api,
+            &me,
+            json!({ "name": "later", "userId": "ops", "expiresIn": 7200 }),
+        )
+        .await,
+        "longer_lifetime",
+    );
+    assert_unchanged(&h, &before).await;
+    let ok = assert_ok(
+        &create(
+            &api,
+            &me,
+            json!({ "name": "short", "userId": "ops", "expiresIn": 3600 }),
+        )
+        .await,
+    );
+    assert_eq!(ok["apiKey"]["expiresAt"], json!(t(1)));
+    // A record expiry earlier than the token's exp still wins.
+    h.gate
+        .update(
+            jwt.record.id,
+            keygate::KeyPatch::new().expires_at(Some(t0() + TimeDelta::minutes(30))),
+        )
+        .await
+        .unwrap();
+    let me = h.gate.verify(jwt.key.expose()).await.unwrap();
+    assert_eq!(me.expires_at(), Some(t0() + TimeDelta::minutes(30)));
+}
+
+/// The rotate check judges exactly what `rotate` mints, a key with the old key's own
+/// `expires_at`: an admin expiring at T may rotate a key expiring at T, whenever.
+#[tokio::test]
+async fn an_expiring_admin_can_rotate_a_key_that_expires_with_it() {
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let me = h
+        .gate
+        .mint(
+            NewKey::new("me", "alice")
+                .scopes(["admin"])
+                .expires_in(TimeDelta::hours(2)),
+        )
+        .await
+        .unwrap();
+    let k = mint(
+        &h.gate,
+        NewKey::new("k", "alice")
+            .scopes(["admin"])
+            .expires_in(TimeDelta::hours(2)),
+    )
+    .await;
+    h.clock.advance(TimeDelta::hours(1));
+    let me = h.gate.verify(me.key.expose()).await.unwrap();
+    let rotated = assert_ok(&rotate(&api, &me, k.id).await);
+    assert_eq!(rotated["apiKey"]["expiresAt"], json!(t(2)));
+    let new_id: keygate::KeyId = rotated["apiKey"]["id"].as_str().unwrap().parse().unwrap();
+    assert_eq!(
+        h.gate.get(new_id).await.unwrap().unwrap().expires_at,
+        Some(t(2))
+    );
+}
+
+#[tokio::test]
+async fn bodies_must_be_utf8_json_objects() {
+    // serde reads a JSON array into a struct by position, and skips ignored members without
+    // checking their UTF-8: `[true,"root",…]` re-owned a key to root (found by fuzzing).
+    let h = harness();
+    let api = AdminApi::new(h.gate.clone());
+    let (_, root) = caller(&h.gate, NewKey::new("root key", "root")).await;
+    let target = mint(&h.gate, NewKey::new("k", "bob")).await;
+    let id = target.id.to_string();
+    let before = snapshot(&h).await;
+    let mut not_utf8 = br#"{"name":"n","userId":"bob","description":""#.to_vec();
+    not_utf8.extend_from_slice(b"\xff\"}");
+    let requests: [(&str, AdminRequest<'_>); 5] = [
+        (
+            "create array",
+            AdminRequest::Create {
+                body: br#"["n","root",null,null,null,null,null,null]"#,
+            },
+        ),
+        ("create not UTF-8", AdminRequest::Create { body: &not_utf8 }),
+        (
+            "update array",
+            AdminRequest::Update {
+                id: &id,
+                body: br#"[true,"root",null,null,null,null]"#,
+            },
+        ),
+        (
+            "update not UTF-8",
+            AdminRequest::Update {
+                id: &id,
+                body: b"{\"name\":\"\xff\"}",
+            },
+        ),
+        (
+            "rotate array",
+            AdminRequest::Rotate {
+                id: &id,
+                body: b"[0]",
+            },
+        ),
+    ];
+    for (case, request) in requests {
+        let response = api.handle(&root, request).await;
+        assert_eq!(response.status, 400, "{case}: {}", response.body);
+    }
+    assert_unchanged(&h, &before).await;
 }

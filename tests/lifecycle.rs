@@ -1235,3 +1235,124 @@ async fn the_plaintext_never_appears_in_debug_or_serialized_output() {
         assert_eq!(json["hash"]["version"], json!(1));
     }
 }
+
+/// F3: an operator shortens a key's expiry (to stop it soon) while a rotate of it with a
+/// long grace is under way. The rotate's write of the old key's end must not put the old
+/// key's life back, and the new key must not outlive the shortened expiry either.
+#[tokio::test]
+async fn a_shortening_racing_a_rotate_stands() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let old_id = old.record.id;
+    let stop = t0() + TimeDelta::minutes(1);
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        // After rotate read the old key (never expiring) and minted the new one.
+        store
+            .update(old_id, &KeyPatch::new().expires_at(Some(stop)))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let issued = gate.rotate(old_id, TimeDelta::days(30)).await.unwrap();
+    let after = h.gate.get(old_id).await.unwrap().unwrap();
+    assert_eq!(after.expires_at, Some(stop));
+    assert_eq!(issued.record.expires_at, Some(stop));
+    assert_eq!(
+        h.store.record(issued.record.id).await.unwrap(),
+        issued.record
+    );
+    h.clock.advance(TimeDelta::minutes(2));
+    h.assert_refused(old.key.expose(), Rejection::Expired).await;
+    h.assert_refused(issued.key.expose(), Rejection::Expired)
+        .await;
+}
+
+/// F3: a change of the old key's scopes (or owner) during a rotate: the new key, minted
+/// with the old scopes, is deleted again and the answer is `Error::Changed`; the old key
+/// keeps its end (nothing of the rotate was written to it).
+#[tokio::test]
+async fn a_scope_change_racing_a_rotate_leaves_no_new_key() {
+    let h = Harness::new();
+    let old = h
+        .gate
+        .mint(NewKey::new("k", "alice").scopes(["library:read", "library:write"]))
+        .await
+        .unwrap();
+    let old_id = old.record.id;
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        store
+            .update(old_id, &KeyPatch::new().scopes(Some(["library:read"])))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let err = gate.rotate(old_id, TimeDelta::hours(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Changed(id) if id == old_id), "{err:?}");
+    let all = h.store.all().await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].expires_at, None);
+    assert_eq!(
+        all[0].scopes,
+        Some(BTreeSet::from(["library:read".to_owned()]))
+    );
+    h.gate.verify(old.key.expose()).await.unwrap();
+}
+
+/// `Keygate::update` with a patch made conditional on a copy that is no longer current:
+/// `Error::Changed`, nothing written; on the current copy it applies.
+#[tokio::test]
+async fn a_conditional_update_on_a_stale_copy_writes_nothing() {
+    let h = Harness::new();
+    let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let id = issued.record.id;
+    let read = h.gate.get(id).await.unwrap().unwrap();
+    let current = h
+        .gate
+        .update(id, KeyPatch::new().scopes(Some(["library:read"])))
+        .await
+        .unwrap();
+    let before = h.store.all().await;
+    for stale in [
+        KeyPatch::new()
+            .scopes(None::<Vec<String>>)
+            .if_unchanged(&read),
+        KeyPatch::new().if_unchanged(&read),
+    ] {
+        let err = h.gate.update(id, stale).await.unwrap_err();
+        assert!(
+            matches!(err, Error::Changed(changed) if changed == id),
+            "{err:?}"
+        );
+        assert_eq!(h.store.all().await, before);
+    }
+    let renamed = h
+        .gate
+        .update(id, KeyPatch::new().name("renamed").if_unchanged(&current))
+        .await
+        .unwrap();
+    assert_eq!(renamed.name, "renamed");
+}
+
+/// F3: the old key's expiry is moved to now while a rotate is under way: the old key is
+/// expired, so the new key (which would bring it back) is deleted again.
+#[tokio::test]
+async fn an_expiry_racing_a_rotate_leaves_no_new_key() {
+    let h = Harness::new();
+    let old = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
+    let old_id = old.record.id;
+    let gate = interfered(&h, move |store: Arc<CountingStore>| async move {
+        store
+            .update(old_id, &KeyPatch::new().expires_at(Some(t0())))
+            .await
+            .unwrap()
+            .unwrap();
+    });
+    let err = gate.rotate(old_id, TimeDelta::hours(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { field: "id", .. }),
+        "{err:?}"
+    );
+    let all = h.store.all().await;
+    assert_eq!(all.len(), 1, "{all:?}");
+    assert_eq!(all[0].expires_at, Some(t0()));
+}

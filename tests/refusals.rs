@@ -437,6 +437,8 @@ async fn jwt_header_and_claims_must_be_json_objects() {
         (header, array_claims.as_str()),
         (r#"["HS256"]"#, array_claims.as_str()),
         (header, "\"api\""),
+        // `typ` may be absent or "JWT"; `null` is not "absent".
+        (r#"{"alg":"HS256","typ":null}"#, claims.as_str()),
     ] {
         h.assert_refused(
             &sign_jwt_raw(JWT_SECRET, header, claims),
@@ -444,6 +446,14 @@ async fn jwt_header_and_claims_must_be_json_objects() {
         )
         .await;
     }
+    // Not UTF-8 inside a member keygate ignores (RFC 7519 §7.2): serde would skip it.
+    let mut not_utf8 = format!(r#"{{"keyId":"{id}","type":"api","note":""#).into_bytes();
+    not_utf8.extend_from_slice(b"\xff\"}");
+    h.assert_refused(
+        &sign_jwt_bytes(JWT_SECRET, header.as_bytes(), &not_utf8),
+        Rejection::JwtMalformed,
+    )
+    .await;
 }
 
 #[tokio::test]

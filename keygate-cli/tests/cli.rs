@@ -657,3 +657,22 @@ fn pepper_misconfigurations_are_exit_2_and_never_print_the_pepper() {
     let listed = cli.ok(&["list", "--json"]);
     assert!(listed.is_empty(), "{listed}");
 }
+
+/// A password given as a query parameter (`?password=`, as libpq and sqlx accept) is
+/// masked in the "cannot open" message like one in `user:password@`.
+#[test]
+fn a_password_in_the_query_string_is_not_printed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let cli = Cli {
+        db: format!("postgres://postgres@127.0.0.1:{port}/test?password=hunter2&sslmode=disable"),
+        prefix: "clitest".into(),
+    };
+    let out = cli.run(&["list"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot open"), "{err}");
+    assert!(err.contains("password=***"), "{err}");
+    assert!(!err.contains("hunter2"), "the password leaked: {err}");
+}

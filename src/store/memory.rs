@@ -80,7 +80,7 @@ impl KeyStore for MemoryStore {
             return Ok(None);
         };
         let mut updated = KeyRecord::clone(current);
-        patch.apply(&mut updated);
+        patch.apply(&mut updated)?;
         if updated.owner != current.owner {
             let old_owner = current.owner.clone();
             inner.by_owner.remove(&(old_owner, id));

@@ -38,7 +38,13 @@ pub use url::open_store;
 ///   means the backend failed, and keygate reports it as "unavailable", never as a bad key.
 /// - [`insert`](KeyStore::insert) never overwrites: an existing id is
 ///   [`StoreError::Conflict`].
-/// - [`update`](KeyStore::update) is atomic per record.
+/// - [`update`](KeyStore::update) is atomic per record: the record the patch is applied
+///   to is the one the write replaces, with no other write in between. A patch with a
+///   precondition ([`KeyPatch::if_unchanged`]) is checked against that same record inside
+///   the atomic section; if it does not hold, nothing is written and the answer is
+///   [`StoreError::Changed`]. [`KeyPatch::apply`] does both the check and the change, so
+///   a store that reads, applies and writes back under one lock or transaction (as every
+///   built-in store does) honours this by propagating its error with `?`.
 /// - [`record_last_used`](KeyStore::record_last_used) is one round trip per batch, skips
 ///   ids that no longer exist, and never moves `last_used_at` backwards.
 /// - No plaintext key ever reaches a store; records hold hashes only.
@@ -53,7 +59,9 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record with this id.
     async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
-    /// Applies `patch` atomically and returns the updated record.
+    /// Applies `patch` atomically and returns the updated record; `Ok(None)` if there is
+    /// no such record. A patch whose [precondition](KeyPatch::if_unchanged) fails on the
+    /// current record writes nothing and is [`StoreError::Changed`].
     async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError>;
 
     /// Removes the record; `Ok(false)` if there was none.
@@ -154,6 +162,11 @@ pub enum StoreError {
     /// [`KeyStore::insert`] with an id that exists.
     #[error("a key with id {0} already exists")]
     Conflict(KeyId),
+    /// [`KeyStore::update`] with a patch made conditional by [`KeyPatch::if_unchanged`]:
+    /// the record changed since it was read (its owner, scopes, active flag or expiry are
+    /// no longer those the patch was decided on); nothing was written.
+    #[error("the record of key {0} changed since it was read; nothing was written")]
+    Changed(KeyId),
     /// The backend did not answer in time.
     #[error("key store timed out")]
     Timeout,

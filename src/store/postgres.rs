@@ -380,7 +380,7 @@ impl KeyStore for PostgresStore {
             return Ok(None); // dropping the transaction rolls it back
         };
         let mut record = decode(&row)?;
-        patch.apply(&mut record);
+        patch.apply(&mut record)?; // an error drops (rolls back) the transaction
         let query = sqlx::query(
             "WITH updated AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
              hash_digest = $4, name = $5, description = $6, owner_id = $7, created_by = $8, \

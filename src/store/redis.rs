@@ -824,7 +824,8 @@ impl KeyStore for RedisStore {
                 };
                 let mut record = decode(id, &json, last_used.as_deref())?;
                 let old_owner = keys.owner(&record.owner);
-                patch.apply(&mut record);
+                // Checked on the copy the CAS below writes over only if unchanged.
+                patch.apply(&mut record)?;
                 let new_owner = keys.owner(&record.owner);
                 let written: i64 = UPDATE
                     .key(keys.record(&id_str))

@@ -489,7 +489,12 @@ pub fn b64(bytes: &[u8]) -> String {
 
 /// `b64(header).b64(claims).b64(HMAC-SHA256(secret, signing input))` from raw JSON text.
 pub fn sign_jwt_raw(secret: &[u8], header: &str, claims: &str) -> String {
-    let input = format!("{}.{}", b64(header.as_bytes()), b64(claims.as_bytes()));
+    sign_jwt_bytes(secret, header.as_bytes(), claims.as_bytes())
+}
+
+/// [`sign_jwt_raw`] for parts that need not be UTF-8.
+pub fn sign_jwt_bytes(secret: &[u8], header: &[u8], claims: &[u8]) -> String {
+    let input = format!("{}.{}", b64(header), b64(claims));
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret);
     let tag = ring::hmac::sign(&key, input.as_bytes());
     format!("{input}.{}", b64(tag.as_ref()))
