@@ -9,22 +9,26 @@
 //! once, as the only line on stdout: `admin API key: <key>`. Everything else goes to stderr.
 //!
 //! ```text
-//! KEY=abs_...   # the printed key
+//! KEY=key_...   # the printed key
 //! curl -H "Authorization: Bearer $KEY" localhost:3000/api/me
 //! curl -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
 //!      -d '{"name":"Backup Script","userId":"user","expiresIn":86400}' localhost:3000/api/api-keys
 //! ```
 //!
-//! Environment:
+//! Environment (the same variables as the `keygate` CLI, so both work on one database):
 //! - `KEYGATE_ADDR`: listen address (default `127.0.0.1:3000`).
 //! - `KEYGATE_DB`: the SQLite database, as `sqlite://path`, `sqlite:path` or a plain path
 //!   (default `sqlite://keygate.db` in the working directory).
-//! - `KEYGATE_PEPPER`: the pepper keys are hashed under (32+ bytes). If unset, a random one
-//!   is generated on the first start and kept in `<database>.pepper` (mode 0600), beside
-//!   the database. Keep it out of backups of the database, and never lose it: without it
-//!   no stored key verifies.
+//! - `KEYGATE_PREFIX`: the prefix of opaque keys (default `key`).
+//! - `KEYGATE_PEPPER` or `KEYGATE_PEPPER_FILE` (with `KEYGATE_PEPPER_VERSION`, default 1):
+//!   the pepper keys are hashed under (32+ bytes), read by `Pepper::from_default_env`. If
+//!   neither is set, a random one is generated on the first start and kept in
+//!   `<database>.pepper` (mode 0600), beside the database. Keep it out of backups of the
+//!   database, and never lose it: without it no stored key verifies.
 //! - `KEYGATE_JWT_SECRET`: optional (32+ bytes); enables Audiobookshelf-style JWT keys
 //!   (`"format":"jwt"` on create).
+//! - `RUST_LOG`: what is logged to stderr (default `info,keygate=debug`: refusal reasons
+//!   included).
 //!
 //! Routes:
 //! - `GET /healthz`: no auth, `ok`.
@@ -131,8 +135,10 @@ fn app(gate: Keygate) -> Router {
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    init_logging();
     let addr = env_or("KEYGATE_ADDR", "127.0.0.1:3000");
     let db = env_or("KEYGATE_DB", "sqlite://keygate.db");
+    let prefix = env_or("KEYGATE_PREFIX", "key");
 
     let sqlite = SqliteStore::open(&db)
         .await
@@ -142,7 +148,7 @@ async fn main() -> Result<(), BoxError> {
     // (revoke, delete, update) drop the cached entry at once.
     let store = CachedStore::new(sqlite, CacheConfig::new());
     let mut builder = Keygate::builder(store)
-        .prefix("abs")
+        .prefix(prefix)
         .pepper(pepper)
         .users(DemoUsers::new())
         .realm("keygate example");
@@ -215,43 +221,42 @@ async fn shutdown_signal() {
     eprintln!("keygate example: shutting down");
 }
 
-/// The pepper: `KEYGATE_PEPPER`, else the file beside the database, created on first start.
+/// The pepper, read as the `keygate` CLI reads it (`KEYGATE_PEPPER` or
+/// `KEYGATE_PEPPER_FILE`, version `KEYGATE_PEPPER_VERSION`); without those, the file beside
+/// the database, created on the first start.
 async fn load_pepper(db: &str, store: &SqliteStore) -> Result<Pepper, BoxError> {
-    if let Ok(pepper) = std::env::var("KEYGATE_PEPPER") {
-        eprintln!("keygate example: pepper from KEYGATE_PEPPER");
-        return Ok(Pepper::new(1, pepper.as_bytes())?);
+    if let Some(pepper) = Pepper::from_default_env()? {
+        eprintln!(
+            "keygate example: pepper from {} / {}",
+            Pepper::ENV,
+            Pepper::ENV_FILE
+        );
+        return Ok(pepper);
     }
     let Some(path) = pepper_file(db) else {
         eprintln!("keygate example: in-memory database: using a throwaway pepper");
-        return Ok(Pepper::new(1, random_pepper()?)?);
+        return Ok(Pepper::generate(1)?);
     };
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
-            warn_if_readable_by_others(&path);
-            eprintln!("keygate example: pepper from {}", path.display());
-            Ok(Pepper::new(1, text.trim().as_bytes())?)
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            // A new pepper for a database that already holds hashes would lock every key out.
-            if !store.list(&ListQuery::new().limit(1)).await?.is_empty() {
-                return Err(format!(
-                    "{} is missing but {db} already holds keys: restore the pepper file \
-                     or set KEYGATE_PEPPER",
-                    path.display()
-                )
-                .into());
-            }
-            let pepper = random_pepper()?;
-            write_private(&path, &pepper)?;
-            eprintln!(
-                "keygate example: generated a new pepper in {} (mode 0600); keep it with \
-                 the database but out of its backups",
-                path.display()
-            );
-            Ok(Pepper::new(1, pepper.as_bytes())?)
-        }
-        Err(e) => Err(format!("cannot read {}: {e}", path.display()).into()),
+    // A new pepper for a database that already holds hashes would lock every key out.
+    if !path.exists() && !store.list(&ListQuery::new().limit(1)).await?.is_empty() {
+        return Err(format!(
+            "{} is missing but {db} already holds keys: restore the pepper file or set \
+             KEYGATE_PEPPER_FILE",
+            path.display()
+        )
+        .into());
     }
+    let (pepper, created) = Pepper::load_or_create(&path, 1)?;
+    if created {
+        eprintln!(
+            "keygate example: generated a new pepper in {} (mode 0600); keep it with the \
+             database but out of its backups",
+            path.display()
+        );
+    } else {
+        eprintln!("keygate example: pepper from {}", path.display());
+    }
+    Ok(pepper)
 }
 
 /// `<database file>.pepper`, or `None` for an in-memory database.
@@ -271,44 +276,14 @@ fn pepper_file(db: &str) -> Option<PathBuf> {
     Some(file.into())
 }
 
-/// 32 random bytes, hex-encoded: the pepper is the file's text, so it can be copied into
-/// `KEYGATE_PEPPER` as it is.
-fn random_pepper() -> Result<String, BoxError> {
-    use ring::rand::{SecureRandom, SystemRandom};
-    let mut bytes = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| "no system randomness")?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
-}
-
-fn write_private(path: &std::path::Path, pepper: &str) -> Result<(), BoxError> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
-    file.write_all(format!("{pepper}\n").as_bytes())?;
-    file.sync_all()?;
-    Ok(())
-}
-
-fn warn_if_readable_by_others(path: &std::path::Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if let Ok(meta) = std::fs::metadata(path) {
-            if meta.permissions().mode() & 0o077 != 0 {
-                eprintln!(
-                    "keygate example: warning: {} is readable by others (chmod 600 it)",
-                    path.display()
-                );
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = path;
+/// Logs to stderr (stdout carries only the first start's admin key): by default `info`,
+/// and keygate's `debug` events, which say why each refused request was refused
+/// (`verify refused reason=…`); `RUST_LOG` overrides it (e.g. `RUST_LOG=warn`).
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,keygate=debug"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }

@@ -69,6 +69,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+mod pepper_source;
 mod principal;
 mod record;
 mod refusals;
@@ -109,6 +110,7 @@ pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
 };
+pub use pepper_source::PepperError;
 pub use principal::{Permission, Principal};
 pub use record::{
     InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition, MAX_STORED_OWNER_LEN,

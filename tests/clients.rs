@@ -51,7 +51,6 @@ fn feature_args() -> Vec<String> {
         ("sqlite", cfg!(feature = "sqlite")),
         ("postgres", cfg!(feature = "postgres")),
         ("redis", cfg!(feature = "redis")),
-        ("cli", cfg!(feature = "cli")),
         ("testing", cfg!(feature = "testing")),
     ];
     if all.iter().all(|(_, on)| *on) {
@@ -159,7 +158,11 @@ impl Server {
             .current_dir(dir)
             .env("KEYGATE_ADDR", format!("127.0.0.1:{port}"))
             .env("KEYGATE_DB", db)
+            // The CLI's variable: the examples read it too.
+            .env("KEYGATE_PREFIX", "abs")
             .env_remove("KEYGATE_PEPPER")
+            .env_remove("KEYGATE_PEPPER_FILE")
+            .env_remove("KEYGATE_PEPPER_VERSION")
             .env_remove("KEYGATE_JWT_SECRET")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -662,4 +665,26 @@ fn axum_server_with_curl_python_and_node() {
 #[test]
 fn actix_server_with_curl_python_and_node() {
     clients_against("actix_server");
+}
+
+/// The example servers write their pepper to `<db>.pepper` (default `keygate.db.pepper`,
+/// in the working directory): `git add -A` in a checkout must not pick it up.
+#[test]
+fn the_example_pepper_file_is_git_ignored() {
+    let gitignore = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/.gitignore"))
+        .expect(".gitignore is readable");
+    assert!(
+        gitignore.lines().any(|line| line.trim() == "*.pepper"),
+        "{gitignore}"
+    );
+    for path in ["keygate.db.pepper", "data/keys.db.pepper"] {
+        let ignored = Command::new("git")
+            .args(["check-ignore", "-q", path])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status();
+        if let Ok(status) = ignored {
+            // 0: ignored; 1: not ignored; 128: not a git checkout (a packaged crate).
+            assert_ne!(status.code(), Some(1), "{path} is not ignored");
+        }
+    }
 }

@@ -9,13 +9,16 @@
 //!
 //! Secrets come from the environment, files or stdin, never from arguments (arguments end
 //! up in shell history and `ps`): `KEYGATE_PEPPER` / `KEYGATE_PEPPER_FILE` (with
-//! `KEYGATE_PEPPER_VERSION`, default 1), `KEYGATE_JWT_SECRET` / `KEYGATE_JWT_SECRET_FILE`,
+//! `KEYGATE_PEPPER_VERSION`, default 1; read by `keygate::Pepper::from_default_env`, as
+//! the example servers read them), `KEYGATE_JWT_SECRET` / `KEYGATE_JWT_SECRET_FILE`,
 //! and the key `verify` checks: the first line of stdin, or `KEYGATE_KEY`.
 //! stdout carries only the result (a key, JSON); everything else goes to stderr. Text from
 //! the store (names, owners, descriptions) is printed with control and bidi control
 //! characters escaped (`\u{1b}`), so a record cannot drive the operator's terminal.
-//! Exit codes: 0 success, 1 `verify` refused the key, 2 bad input or configuration,
-//! 3 store failure.
+//! Exit codes: 0 success, 1 `verify` refused the key, 2 bad input or configuration
+//! (arguments, secrets, a store URL that does not parse or names no known store), 3 store
+//! failure (unreachable, refused, timed out). Errors are one `keygate: error: …` line with
+//! each cause said once; argument errors are clap's full message.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
@@ -26,7 +29,7 @@ use chrono::TimeDelta;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
-use keygate::{Error, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper};
+use keygate::{Error, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError};
 
 #[derive(Parser)]
 #[command(name = "keygate", version, about = "Manage keygate API keys", long_about = None)]
@@ -111,21 +114,62 @@ enum Format {
 /// A failure with its exit code.
 struct Fail(u8, String);
 
+/// Exit code for bad input or configuration.
+const CONFIG: u8 = 2;
+/// Exit code for a store failure.
+const STORE: u8 = 3;
+
 impl From<Error> for Fail {
     fn from(error: Error) -> Self {
         match error {
-            Error::Store(e) => Fail(3, format!("store: {}", chain(&e))),
-            other => Fail(2, other.to_string()),
+            Error::Store(e) => Fail(store_exit_code(&e), format!("store: {}", chain(&e))),
+            other => Fail(CONFIG, chain(&other)),
         }
     }
 }
 
+/// A store error is the store's failure (3), unless it says the URL or the driver's
+/// configuration is wrong: then it is the operator's configuration (2).
+fn store_exit_code(error: &StoreError) -> u8 {
+    if is_config_error(error) {
+        CONFIG
+    } else {
+        STORE
+    }
+}
+
+fn is_config_error(error: &StoreError) -> bool {
+    if matches!(error, StoreError::InvalidUrl(_)) {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<keygate::sqlx::Error>(),
+            Some(keygate::sqlx::Error::Configuration(_))
+        ) || e
+            .downcast_ref::<keygate::redis::RedisError>()
+            .is_some_and(|e| e.kind() == keygate::redis::ErrorKind::InvalidClientConfig)
+        {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// `error` and its causes, `: `-separated, each said once: drivers often repeat their
+/// cause in their own message (`error communicating with database: Connection refused`,
+/// then the `Connection refused` I/O error as its source).
 fn chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(e) = source {
-        text.push_str(": ");
-        text.push_str(&e.to_string());
+        let cause = e.to_string();
+        if !cause.is_empty() && !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
         source = e.source();
     }
     text
@@ -149,13 +193,12 @@ fn main() -> ExitCode {
                 "keygate: unexpected argument{shown} (keys are never taken as arguments: \
                  `verify` reads the key from stdin or KEYGATE_KEY; see keygate --help)"
             );
-            return ExitCode::from(2);
+            return ExitCode::from(CONFIG);
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("keygate: {} (see keygate --help)", escape(first));
-            return ExitCode::from(2);
+            // clap's whole message: what is wrong, the usage line, where to find help.
+            eprint!("{}", escape_keeping_lines(&e.to_string()));
+            return ExitCode::from(CONFIG);
         }
     };
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -165,7 +208,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("keygate: error: cannot start the runtime: {e}");
-            return ExitCode::from(2);
+            return ExitCode::from(CONFIG);
         }
     };
     match runtime.block_on(run(cli)) {
@@ -182,12 +225,32 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         cli.command,
         Command::Mint { .. } | Command::Rotate { .. } | Command::Verify
     );
-    let store = keygate::open_store(&cli.db).await.map_err(|e| {
-        Fail(
-            3,
-            format!("cannot open {}: {}", redact_url(&cli.db), chain(&e)),
-        )
-    })?;
+    // Configuration first: a missing or bad secret is said before any network wait.
+    let pepper = if needs_secrets {
+        pepper()?
+    } else {
+        // list/show/revoke/activate/delete never hash: a throwaway pepper keeps them
+        // usable without the secret.
+        Pepper::generate(0).map_err(|e| Fail(CONFIG, chain(&e)))?
+    };
+    let jwt_secret = if needs_secrets {
+        secret("KEYGATE_JWT_SECRET")?
+    } else {
+        None
+    };
+    let store = match keygate::open_store(&cli.db).await {
+        Ok(store) => store,
+        Err(e) => {
+            let mut message = format!("cannot open {}: {}", redact_url(&cli.db), chain(&e));
+            if matches!(e, StoreError::Timeout) {
+                if let Some(cause) = connect_failure(&cli.db).await {
+                    message.push_str(": ");
+                    message.push_str(&cause);
+                }
+            }
+            return Err(Fail(store_exit_code(&e), message));
+        }
+    };
     if let Command::Migrate = cli.command {
         eprintln!(
             "keygate: migrations applied to {}",
@@ -195,20 +258,13 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         );
         return Ok(());
     }
-    let mut builder = Keygate::builder_shared(store).prefix(&cli.prefix);
-    builder = builder.pepper(if needs_secrets {
-        pepper()?
-    } else {
-        // list/show/revoke/activate/delete never hash: a throwaway pepper keeps them
-        // usable without the secret.
-        Pepper::new(0, throwaway()).map_err(|e| Fail(2, e.to_string()))?
-    });
-    if needs_secrets {
-        if let Some(secret) = secret("KEYGATE_JWT_SECRET")? {
-            builder = builder.jwt_secret(secret);
-        }
+    let mut builder = Keygate::builder_shared(store)
+        .prefix(&cli.prefix)
+        .pepper(pepper);
+    if let Some(secret) = jwt_secret {
+        builder = builder.jwt_secret(secret);
     }
-    let gate = builder.build().map_err(|e| Fail(2, e.to_string()))?;
+    let gate = builder.build().map_err(|e| Fail(CONFIG, chain(&e)))?;
     let result = command(&gate, cli.command).await;
     // Verify records last use; write it before exiting.
     let _ = gate.flush().await;
@@ -308,7 +364,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             // A store that is down or holds a corrupt record is the store's failure (3),
             // never a refused key (1).
             Err(error) if error.is_server_error() => {
-                return Err(Fail(3, format!("{}: {}", error, chain(&error))));
+                return Err(Fail(STORE, chain(&error)));
             }
             Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
         },
@@ -322,8 +378,8 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
 /// controls (U+0080–U+009F, which some terminals obey) and bidi controls raw; those are
 /// escaped here too, as `\uXXXX`, which is the same JSON string.
 fn to_json(value: &impl serde::Serialize) -> Result<String, Fail> {
-    let json =
-        serde_json::to_string(value).map_err(|e| Fail(2, format!("cannot render JSON: {e}")))?;
+    let json = serde_json::to_string(value)
+        .map_err(|e| Fail(CONFIG, format!("cannot render JSON: {e}")))?;
     if !json.chars().any(needs_escape) {
         return Ok(json);
     }
@@ -361,6 +417,20 @@ fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape`], but line breaks stay: for multi-line messages such as clap's.
+fn escape_keeping_lines(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for piece in text.split_inclusive('\n') {
+        let (line, newline) = match piece.strip_suffix('\n') {
+            Some(line) => (line, "\n"),
+            None => (piece, ""),
+        };
+        out.push_str(&escape(line));
+        out.push_str(newline);
+    }
+    out
+}
+
 /// `--name` or `-n`: a flag name without a value, safe to repeat in a message.
 fn is_flag_name(arg: &str) -> bool {
     arg.starts_with('-')
@@ -385,7 +455,7 @@ fn read_key() -> Result<String, Fail> {
                 .lock()
                 .take(MAX_KEY_INPUT + 1)
                 .read_until(b'\n', &mut line)
-                .map_err(|e| Fail(2, format!("cannot read the key from stdin: {e}")))?;
+                .map_err(|e| Fail(CONFIG, format!("cannot read the key from stdin: {e}")))?;
             if u64::try_from(line.len()).unwrap_or(u64::MAX) > MAX_KEY_INPUT {
                 return Err(Fail(1, "key refused: malformed".into()));
             }
@@ -407,7 +477,7 @@ fn read_key() -> Result<String, Fail> {
 
 fn parse_id(text: &str) -> Result<KeyId, Fail> {
     text.parse()
-        .map_err(|_| Fail(2, format!("{text:?} is not a key id (a UUID)")))
+        .map_err(|_| Fail(CONFIG, format!("{text:?} is not a key id (a UUID)")))
 }
 
 /// `90s`, `15m`, `24h`, `30d`, `2w`; a bare number is seconds.
@@ -458,27 +528,40 @@ fn secret(name: &str) -> Result<Option<Vec<u8>>, Fail> {
     Ok(Some(bytes))
 }
 
+/// The pepper from `KEYGATE_PEPPER` or `KEYGATE_PEPPER_FILE`, as the library reads it.
 fn pepper() -> Result<Pepper, Fail> {
-    let secret = secret("KEYGATE_PEPPER")?.ok_or_else(|| {
-        Fail(
-            2,
-            "no pepper: set KEYGATE_PEPPER or KEYGATE_PEPPER_FILE (32+ bytes)".into(),
-        )
-    })?;
-    let version = match std::env::var("KEYGATE_PEPPER_VERSION") {
-        Ok(v) => v
-            .parse()
-            .map_err(|_| Fail(2, format!("KEYGATE_PEPPER_VERSION: {v:?} is not a number")))?,
-        Err(_) => 1,
-    };
-    Pepper::new(version, secret).map_err(|e| Fail(2, format!("KEYGATE_PEPPER: {e}")))
+    Pepper::from_default_env()
+        .map_err(|e| Fail(CONFIG, chain(&e)))?
+        .ok_or_else(|| {
+            Fail(
+                CONFIG,
+                format!(
+                    "no pepper: set {} or {} (32+ bytes)",
+                    Pepper::ENV,
+                    Pepper::ENV_FILE
+                ),
+            )
+        })
 }
 
-fn throwaway() -> [u8; 32] {
-    let mut bytes = [0u8; 32];
-    bytes[..16].copy_from_slice(KeyId::random().as_uuid().as_bytes());
-    bytes[16..].copy_from_slice(KeyId::random().as_uuid().as_bytes());
-    bytes
+/// Longest wait for the diagnostic connection of [`connect_failure`].
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Why a PostgreSQL store could not be reached: its pool reports only that it timed out
+/// waiting for a connection, so one direct connection attempt says what went wrong
+/// (refused, unknown host, authentication). `None` for other stores, or when the attempt
+/// succeeds or says nothing in time.
+async fn connect_failure(url: &str) -> Option<String> {
+    use keygate::sqlx::ConnectOptions as _;
+    let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
+    if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
+        return None;
+    }
+    let options: keygate::sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
+        Ok(Err(error)) => Some(chain(&error)),
+        Ok(Ok(_)) | Err(_) => None,
+    }
 }
 
 /// The URL without its secrets, for messages: the password of `user:password@` and the
