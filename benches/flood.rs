@@ -67,11 +67,13 @@ fn runtime() -> Runtime {
 fn bench(c: &mut Criterion) {
     let rt = runtime();
     let cache = CachedStore::new(MemoryStore::new(), CacheConfig::new());
-    let gate = Keygate::builder(cache)
-        .prefix(PREFIX)
-        .pepper(Pepper::new(1, b"a bench pepper of 32 bytes or more!!").unwrap())
-        .build()
-        .unwrap();
+    let gate = Keygate::builder(
+        cache,
+        Pepper::new(1, b"a bench pepper of 32 bytes or more!!").unwrap(),
+    )
+    .prefix(PREFIX)
+    .build()
+    .unwrap();
     let valid = rt
         .block_on(gate.mint(NewKey::new("valid", "alice")))
         .unwrap()

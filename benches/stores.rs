@@ -310,9 +310,8 @@ struct Keys {
 
 impl Keys {
     fn build(rt: &Runtime) -> Self {
-        let memory = Keygate::builder(MemoryStore::new())
+        let memory = Keygate::builder(MemoryStore::new(), pepper())
             .prefix(PREFIX)
-            .pepper(pepper())
             .last_used_interval(Duration::from_secs(60))
             .build()
             .expect("gate");
@@ -363,9 +362,8 @@ impl<S: KeyStore> Backend<S> {
     /// and verifies every token once.
     fn new(rt: &Runtime, store: S, keys: &Keys, name: &str, import: bool) -> Self {
         let cache = Arc::new(CachedStore::new(store, CacheConfig::new().ttl(CACHE_TTL)));
-        let gate = Keygate::builder_shared(cache.clone())
+        let gate = Keygate::builder(cache.clone(), pepper())
             .prefix(PREFIX)
-            .pepper(pepper())
             .last_used_interval(Duration::from_secs(60))
             .build()
             .expect("gate");
@@ -789,10 +787,9 @@ fn last_used_run(interval: Duration, pattern: Pattern) -> String {
         clock: clock.clone(),
         log: Mutex::default(),
     });
-    let gate = Keygate::builder_shared(store.clone())
+    let gate = Keygate::builder(store.clone(), pepper())
         .prefix(PREFIX)
-        .pepper(pepper())
-        .shared_clock(clock.clone())
+        .clock(clock.clone())
         .last_used_interval(interval)
         .build()
         .expect("gate");

@@ -68,7 +68,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{signature, Algorithm, DecodingKey, EncodingKey, Validation};
-use keygate::{KeyFormat, Keygate, MemoryStore, NewKey, Pepper};
+use keygate::{JwtSecret, KeyFormat, Keygate, MemoryStore, NewKey, Pepper};
 use ring::hmac;
 use tokio::runtime::Runtime;
 use uuid::Uuid;
@@ -156,12 +156,12 @@ impl Fixture {
     /// tokens, picked at random. The floor map gets an entry for every key.
     fn build(rt: &Runtime, format: KeyFormat, n: usize, sample: usize) -> Self {
         let started = Instant::now();
-        let mut builder = Keygate::builder(MemoryStore::new())
-            .prefix(PREFIX)
-            .pepper(Pepper::new(1, PEPPER).expect("pepper"))
-            .last_used_interval(Duration::from_secs(60));
+        let mut builder =
+            Keygate::builder(MemoryStore::new(), Pepper::new(1, PEPPER).expect("pepper"))
+                .prefix(PREFIX)
+                .last_used_interval(Duration::from_secs(60));
         if format == KeyFormat::Jwt {
-            builder = builder.jwt_secret(JWT_SECRET);
+            builder = builder.jwt_secret(JwtSecret::new(JWT_SECRET).expect("jwt secret"));
         }
         let gate = builder.build().expect("gate");
         let pepper = hmac::Key::new(hmac::HMAC_SHA256, PEPPER);
@@ -638,10 +638,9 @@ const MINT_STORE_CAP: usize = 100_000;
 
 fn mint_gate() -> (Keygate, Arc<MemoryStore>) {
     let store = Arc::new(MemoryStore::new());
-    let gate = Keygate::builder_shared(store.clone())
+    let gate = Keygate::builder(store.clone(), Pepper::new(1, PEPPER).expect("pepper"))
         .prefix(PREFIX)
-        .pepper(Pepper::new(1, PEPPER).expect("pepper"))
-        .jwt_secret(JWT_SECRET)
+        .jwt_secret(JwtSecret::new(JWT_SECRET).expect("jwt secret"))
         .build()
         .expect("gate");
     (gate, store)

@@ -11,10 +11,12 @@ use keygate::{Keygate, MemoryStore, NewKey, Pepper};
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // In a real server the pepper comes from a secret store or the environment, never
     // from the database that holds the hashes.
-    let gate = Keygate::builder(MemoryStore::new())
-        .prefix("abs")
-        .pepper(Pepper::new(1, b"quickstart pepper: replace me, 32+ bytes")?)
-        .build()?;
+    let gate = Keygate::builder(
+        MemoryStore::new(),
+        Pepper::new(1, b"quickstart pepper: replace me, 32+ bytes")?,
+    )
+    .prefix("abs")
+    .build()?;
 
     // An admin mints a key for a user. The plaintext is shown this once.
     let issued = gate

@@ -51,8 +51,8 @@ use axum::{Json, Router};
 use keygate::admin::AdminApi;
 use keygate::axum::{admin_routes, Require};
 use keygate::{
-    CacheConfig, CachedStore, DirectoryError, KeyStore, Keygate, ListQuery, NewKey, Owner, Pepper,
-    Permission, Principal, SqliteStore, UserDirectory,
+    CacheConfig, CachedStore, DirectoryError, JwtSecret, KeyStore, Keygate, ListQuery, NewKey,
+    Owner, Pepper, Permission, Principal, SqliteStore, UserDirectory,
 };
 use serde_json::{json, Value};
 
@@ -147,13 +147,12 @@ async fn main() -> Result<(), BoxError> {
     // The verify path reads through a cache (5 s TTL); writes through this gate
     // (revoke, delete, update) drop the cached entry at once.
     let store = CachedStore::new(sqlite, CacheConfig::new());
-    let mut builder = Keygate::builder(store)
+    let mut builder = Keygate::builder(store, pepper)
         .prefix(prefix)
-        .pepper(pepper)
         .users(DemoUsers::new())
         .realm("keygate example");
     if let Ok(secret) = std::env::var("KEYGATE_JWT_SECRET") {
-        builder = builder.jwt_secret(secret);
+        builder = builder.jwt_secret(JwtSecret::new(secret)?);
         eprintln!("keygate example: JWT keys enabled");
     }
     let gate = builder.build()?;

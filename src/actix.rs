@@ -56,8 +56,8 @@
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! actix_web::rt::System::new().block_on(async {
-//!     let gate = Keygate::builder(MemoryStore::new())
-//!         .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+//!     let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+//!
 //!         .build()?;
 //!     let key = gate.mint(NewKey::new("Backup Script", "user-1")).await?.key;
 //!

@@ -136,8 +136,8 @@ pub const ADMIN_PERMISSION: &str = "admin";
 /// use keygate::admin::AdminApi;
 /// use keygate::{Keygate, MemoryStore, NewKey, Pepper};
 ///
-/// let gate = Keygate::builder(MemoryStore::new())
-///     .pepper(Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+/// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+///
 ///     .build()?;
 /// let api = AdminApi::new(gate.clone()); // or .permission("keys:admin")
 ///

@@ -1,7 +1,7 @@
 //! Injectable time, so expiry edges can be tested to the second.
 
 use std::fmt;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, TimeDelta, Utc};
 
@@ -14,6 +14,17 @@ pub trait Clock: Send + Sync + 'static {
     /// The default derives it from [`now`](Self::now); override it when that is cheaper.
     fn now_micros(&self) -> i64 {
         self.now().timestamp_micros()
+    }
+}
+
+/// A shared clock is a clock: keep one handle and give the gate another.
+impl<C: Clock + ?Sized> Clock for Arc<C> {
+    fn now(&self) -> DateTime<Utc> {
+        (**self).now()
+    }
+
+    fn now_micros(&self) -> i64 {
+        (**self).now_micros()
     }
 }
 

@@ -280,9 +280,6 @@ pub enum BuildError {
     /// The same pepper version twice in one keyring.
     #[error("pepper version {0} given twice")]
     DuplicatePepperVersion(u32),
-    /// No pepper: keygate will not hash keys under a made-up one.
-    #[error("no pepper configured: call .pepper(...)")]
-    MissingPepper,
     /// A JWT secret shorter than the minimum.
     #[error("JWT secret too short: {got} bytes, need at least {min}")]
     JwtSecretTooShort {

@@ -42,9 +42,9 @@ pub struct IssuedKey {
 /// use keygate::{Keygate, MemoryStore, NewKey, Pepper, Rejection};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let gate = Keygate::builder(MemoryStore::new())
+/// let pepper = Pepper::new(1, b"a pepper of at least thirty-two bytes!")?;
+/// let gate = Keygate::builder(MemoryStore::new(), pepper)
 ///     .prefix("abs")
-///     .pepper(Pepper::new(1, b"a pepper of at least thirty-two bytes!")?)
 ///     .build()?;
 ///
 /// let issued = gate.mint(NewKey::new("Backup Script", "user-1")).await?;
@@ -91,8 +91,8 @@ impl Drop for Inner {
 pub struct KeygateBuilder {
     store: Arc<dyn KeyStore>,
     prefix: String,
-    pepper: Option<Pepper>,
-    jwt: Option<Result<JwtSecret, BuildError>>,
+    pepper: Pepper,
+    jwt: Option<JwtSecret>,
     users: Option<Arc<dyn UserDirectory>>,
     clock: Arc<dyn Clock>,
     last_used_interval: Duration,
@@ -109,16 +109,10 @@ impl KeygateBuilder {
         self
     }
 
-    /// The pepper keyring keys are hashed under at rest. Required.
-    pub fn pepper(mut self, pepper: Pepper) -> Self {
-        self.pepper = Some(pepper);
-        self
-    }
-
-    /// Enables JWT-format keys signed with `secret` (Audiobookshelf's `TokenSecret`, as
-    /// given). At least 32 bytes; [`build`](Self::build) fails otherwise.
-    pub fn jwt_secret(mut self, secret: impl AsRef<[u8]>) -> Self {
-        self.jwt = Some(JwtSecret::new(secret));
+    /// Enables JWT-format keys signed with `secret` (Audiobookshelf's `TokenSecret`,
+    /// checked by [`JwtSecret::new`]).
+    pub fn jwt_secret(mut self, secret: JwtSecret) -> Self {
+        self.jwt = Some(secret);
         self
     }
 
@@ -130,15 +124,12 @@ impl KeygateBuilder {
         self
     }
 
-    /// The clock (default [`SystemClock`]).
+    /// The clock (default [`SystemClock`]). To keep a handle to it (a [`ManualClock`] in
+    /// tests), pass an `Arc` and keep a clone: `Arc<C>` is a [`Clock`] too.
+    ///
+    /// [`ManualClock`]: crate::ManualClock
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
-        self
-    }
-
-    /// [`clock`](Self::clock), sharing a clock the caller keeps a handle to.
-    pub fn shared_clock(mut self, clock: Arc<dyn Clock>) -> Self {
-        self.clock = clock;
         self
     }
 
@@ -178,15 +169,13 @@ impl KeygateBuilder {
     /// Checks the configuration and builds the gate.
     pub fn build(self) -> Result<Keygate, BuildError> {
         key::validate_prefix(&self.prefix)?;
-        let pepper = self.pepper.ok_or(BuildError::MissingPepper)?;
-        let jwt = self.jwt.transpose()?;
         let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         Ok(Keygate {
             inner: Arc::new(Inner {
                 store: self.store,
                 prefix: self.prefix,
-                pepper,
-                jwt,
+                pepper: self.pepper,
+                jwt: self.jwt,
                 users: self.users,
                 clock: self.clock,
                 usage: Arc::new(Usage::new(interval)),
@@ -226,17 +215,16 @@ impl fmt::Debug for Keygate {
 }
 
 impl Keygate {
-    /// Starts configuring a gate over `store`.
-    pub fn builder(store: impl KeyStore) -> KeygateBuilder {
-        Self::builder_shared(Arc::new(store))
-    }
-
-    /// [`builder`](Self::builder) for a store the caller keeps a handle to.
-    pub fn builder_shared(store: Arc<dyn KeyStore>) -> KeygateBuilder {
+    /// Starts configuring a gate over `store`, hashing keys at rest under `pepper`.
+    ///
+    /// To keep a handle to the store (to read a [`CachedStore`](crate::CachedStore)'s
+    /// stats, say), pass an `Arc` of it and keep a clone: `Arc<S>` and `Arc<dyn KeyStore>`
+    /// are key stores too.
+    pub fn builder(store: impl KeyStore, pepper: Pepper) -> KeygateBuilder {
         KeygateBuilder {
-            store,
+            store: Arc::new(store),
             prefix: "key".to_owned(),
-            pepper: None,
+            pepper,
             jwt: None,
             users: None,
             clock: Arc::new(SystemClock),
@@ -757,8 +745,9 @@ impl Keygate {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # use keygate::{Keygate, MemoryStore, Pepper};
-    /// # let gate = Keygate::builder(MemoryStore::new())
-    /// #     .pepper(Pepper::new(1, [7u8; 32]).unwrap()).build().unwrap();
+    /// # let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).unwrap())
+    /// #     .build()
+    /// #     .unwrap();
     /// let _ = gate.verify_header("Basic dXNlcjpwYXNz").await;
     /// for (reason, count) in &gate.refusal_counts() {
     ///     if count > 0 {

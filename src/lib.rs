@@ -11,9 +11,9 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! // Once, at startup.
-//! let gate = Keygate::builder(MemoryStore::new())
+//! let pepper = Pepper::new(1, b"load me from a secret store, 32+ bytes")?;
+//! let gate = Keygate::builder(MemoryStore::new(), pepper)
 //!     .prefix("abs")
-//!     .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
 //!     .build()?;
 //!
 //! // An admin mints a key on behalf of a user; the plaintext is returned exactly once.
@@ -35,7 +35,8 @@
 //!   `HMAC-SHA256(pepper, key without its checksum)` is kept, bound to the key's prefix and
 //!   id ([`HashScheme`]).
 //! - **JWT**: HS256 tokens byte-compatible with Audiobookshelf 2.26+ API keys (enable with
-//!   [`KeygateBuilder::jwt_secret`]); see [`JwtSecret`] for what is refused.
+//!   [`KeygateBuilder::jwt_secret`] and a [`JwtSecret`]); see [`JwtSecret`] for what is
+//!   refused.
 //!
 //! ## Pieces
 //!

@@ -151,8 +151,8 @@ impl Principal {
     /// use keygate::{Keygate, MemoryStore, NewKey, Pepper};
     ///
     /// // No directory: every owner implicitly holds every permission.
-    /// let gate = Keygate::builder(MemoryStore::new())
-    ///     .pepper(Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
+    ///
     ///     .build()?;
     /// let plain = gate.mint(NewKey::new("script", "alice")).await?;
     /// let plain = gate.verify(plain.key.expose()).await?;

@@ -205,8 +205,8 @@ fn log(error: &VerifyError, key_id: Option<KeyId>, suppressed: u64) {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// use keygate::{Keygate, MemoryStore, Pepper};
 ///
-/// let gate = Keygate::builder(MemoryStore::new())
-///     .pepper(Pepper::new(1, [7u8; 32]).unwrap())
+/// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).unwrap())
+///
 ///     .build()
 ///     .unwrap();
 /// let _ = gate.verify("not-a-key").await;

@@ -121,10 +121,9 @@ fn fixture() -> Fx {
         gets: AtomicUsize::new(0),
     });
     let clock = Arc::new(ManualClock::new(Utc::now()));
-    let gate = Keygate::builder_shared(store.clone())
-        .pepper(pepper())
+    let gate = Keygate::builder(store.clone(), pepper())
         .users(Users)
-        .shared_clock(clock.clone())
+        .clock(clock.clone())
         .realm(REALM)
         .build()
         .unwrap();
@@ -405,8 +404,7 @@ fn every_bad_key_is_one_401_invalid_token() {
         let (_, inactive_owner) = fx.mint("mallory").await;
         let (_, unknown_owner) = fx.mint("ghost").await;
         // Same prefix and pepper, but minted into another store: the id is unknown here.
-        let other = Keygate::builder(MemoryStore::new())
-            .pepper(pepper())
+        let other = Keygate::builder(MemoryStore::new(), pepper())
             .build()
             .unwrap();
         let unknown = other
@@ -1358,8 +1356,7 @@ fn a_verify_error_from_a_handler_names_the_gates_realm_behind_the_middleware() {
 fn me_lists_permissions_as_an_array_also_for_all() {
     run(async {
         // No directory: every owner holds every permission.
-        let gate = Keygate::builder(MemoryStore::new())
-            .pepper(pepper())
+        let gate = Keygate::builder(MemoryStore::new(), pepper())
             .build()
             .unwrap();
         let key = gate.mint(NewKey::new("k", "anyone")).await.unwrap().key;

@@ -26,7 +26,7 @@ use keygate::admin::AdminApi;
 use keygate::axum::{admin_routes, Authenticate, Require};
 use keygate::http::MAX_HEADER_LEN;
 use keygate::{
-    DirectoryError, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, ListQuery,
+    DirectoryError, JwtSecret, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, ListQuery,
     ManualClock, MemoryStore, NewKey, Owner, Pepper, Permission, Principal, StoreError,
     UserDirectory,
 };
@@ -203,12 +203,11 @@ async fn fixture_with(
 ) -> Fixture {
     let store = Arc::new(Flaky::new());
     let clock = Arc::new(ManualClock::new(start()));
-    let builder = Keygate::builder_shared(store.clone())
+    let builder = Keygate::builder(store.clone(), Pepper::new(1, PEPPER).unwrap())
         .prefix("abs")
-        .pepper(Pepper::new(1, PEPPER).unwrap())
-        .jwt_secret(JWT_SECRET)
+        .jwt_secret(JwtSecret::new(JWT_SECRET).unwrap())
         .users(Users)
-        .shared_clock(clock.clone())
+        .clock(clock.clone())
         .realm(REALM);
     let gate = configure(builder).build().unwrap();
     let root_key = mint(&gate, NewKey::new("root key", "root")).await;
@@ -414,20 +413,21 @@ async fn every_invalid_key_reason_is_one_identical_401() {
     bad_checksum.push(if last == 'A' { 'B' } else { 'A' });
 
     // Keys from another application: same shape, but this gate never minted them.
-    let other = Keygate::builder(MemoryStore::new())
-        .prefix("abs")
-        .pepper(Pepper::new(1, b"another application's pepper, 32+ bytes").unwrap())
-        .build()
-        .unwrap();
+    let other = Keygate::builder(
+        MemoryStore::new(),
+        Pepper::new(1, b"another application's pepper, 32+ bytes").unwrap(),
+    )
+    .prefix("abs")
+    .build()
+    .unwrap();
     let unknown = mint(&other, NewKey::new("elsewhere", "alice")).await;
     // Its record imported here: the id is known but the secret hashes differently.
     let foreign = other.mint(NewKey::new("imported", "alice")).await.unwrap();
     f.gate.import(foreign.record.clone()).await.unwrap();
     let hash_mismatch = foreign.key.expose().to_owned();
     let wrong_prefix = mint(
-        &Keygate::builder(MemoryStore::new())
+        &Keygate::builder(MemoryStore::new(), Pepper::new(1, PEPPER).unwrap())
             .prefix("xyz")
-            .pepper(Pepper::new(1, PEPPER).unwrap())
             .build()
             .unwrap(),
         NewKey::new("x", "alice"),
@@ -641,9 +641,8 @@ async fn optional_principal_is_none_only_without_credentials() {
 
     // A bad key is refused, never downgraded to anonymous.
     let unknown = mint(
-        &Keygate::builder(MemoryStore::new())
+        &Keygate::builder(MemoryStore::new(), Pepper::new(1, PEPPER).unwrap())
             .prefix("abs")
-            .pepper(Pepper::new(1, PEPPER).unwrap())
             .build()
             .unwrap(),
         NewKey::new("elsewhere", "alice"),

@@ -146,11 +146,13 @@ async fn a_flood_of_forged_keys_through_a_cached_store_stays_bounded() {
     let counting = CountingStore::new();
     let config = CacheConfig::new().capacity(1_000).negative_capacity(512);
     let cache = Arc::new(CachedStore::new(counting.clone(), config));
-    let gate = Keygate::builder_shared(cache.clone() as Arc<dyn KeyStore>)
-        .prefix(PREFIX)
-        .pepper(Pepper::new(1, PEPPER_V1).unwrap())
-        .build()
-        .unwrap();
+    let gate = Keygate::builder(
+        cache.clone() as Arc<dyn KeyStore>,
+        Pepper::new(1, PEPPER_V1).unwrap(),
+    )
+    .prefix(PREFIX)
+    .build()
+    .unwrap();
     let issued = gate.mint(NewKey::new("valid", "alice")).await.unwrap();
     let valid = issued.key.expose().to_owned();
 

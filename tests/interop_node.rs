@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use keygate::chrono::{DateTime, SubsecRound, TimeDelta, TimeZone, Utc};
 use keygate::{
-    KeyFormat, KeyId, KeyRecord, Keygate, ManualClock, MemoryStore, Metadata, NewKey, Pepper,
-    Principal, Rejection, VerifyError,
+    JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, ManualClock, MemoryStore, Metadata, NewKey,
+    Pepper, Principal, Rejection, VerifyError,
 };
 
 /// The gate's `TokenSecret` (what Audiobookshelf keeps in its settings).
@@ -149,11 +149,10 @@ struct Setup {
 fn setup(now: DateTime<Utc>) -> Setup {
     let store = Arc::new(MemoryStore::new());
     let clock = Arc::new(ManualClock::new(now));
-    let gate = Keygate::builder_shared(store.clone())
+    let gate = Keygate::builder(store.clone(), Pepper::new(1, [7u8; 32]).unwrap())
         .prefix("abs")
-        .pepper(Pepper::new(1, [7u8; 32]).unwrap())
-        .jwt_secret(SECRET)
-        .shared_clock(clock.clone())
+        .jwt_secret(JwtSecret::new(SECRET).unwrap())
+        .clock(clock.clone())
         .build()
         .unwrap();
     Setup { store, clock, gate }

@@ -1099,13 +1099,15 @@ where
     F: FnOnce(Arc<CountingStore>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    keygate::Keygate::builder(Interfering {
-        inner: h.store.clone(),
-        hook: std::sync::Mutex::new(Some(hook)),
-    })
+    keygate::Keygate::builder(
+        Interfering {
+            inner: h.store.clone(),
+            hook: std::sync::Mutex::new(Some(hook)),
+        },
+        keygate::Pepper::new(1, PEPPER_V1).unwrap(),
+    )
     .prefix(PREFIX)
-    .pepper(keygate::Pepper::new(1, PEPPER_V1).unwrap())
-    .shared_clock(h.clock.clone())
+    .clock(h.clock.clone())
     .build()
     .unwrap()
 }
@@ -1207,7 +1209,7 @@ async fn the_plaintext_never_appears_in_debug_or_serialized_output() {
         let configured = format!(
             "{:?} {:?}",
             h.gate,
-            builder(&h.store, &h.clock).jwt_secret(JWT_SECRET)
+            builder(&h.store, &h.clock).jwt_secret(jwt_secret())
         );
         for secret in [PEPPER_V1, JWT_SECRET] {
             let text = std::str::from_utf8(secret).unwrap();

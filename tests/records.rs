@@ -124,9 +124,10 @@ async fn a_record_hashed_under_another_pepper_is_a_hash_mismatch() {
     // number) differs.
     let a = Harness::new();
     let (record, key) = mint(&a, NewKey::new("k", "alice")).await;
-    let b = Harness::with(|b| {
-        b.pepper(Pepper::new(1, b"a completely different pepper, 32+ bytes").unwrap())
-    });
+    let b = Harness::with_pepper(
+        Pepper::new(1, b"a completely different pepper, 32+ bytes").unwrap(),
+        |b| b,
+    );
     b.gate.import(record.clone()).await.unwrap();
     assert_eq!(b.store.record(record.id).await.unwrap(), record);
     b.assert_refused(&key, Rejection::HashMismatch).await;
@@ -298,7 +299,7 @@ async fn assert_corrupt(gate: &Keygate, store: &CountingStore, token: &str) -> V
 /// a record's owner is all that stands between a key and every permission.
 fn without_directory(h: &Harness) -> Keygate {
     builder(&h.store, &h.clock)
-        .jwt_secret(JWT_SECRET)
+        .jwt_secret(jwt_secret())
         .build()
         .unwrap()
 }
@@ -375,10 +376,9 @@ impl keygate::KeyStore for Fixed {
 }
 
 fn fixed_gate(store: Fixed) -> Keygate {
-    Keygate::builder(store)
+    Keygate::builder(store, Pepper::new(1, PEPPER_V1).unwrap())
         .prefix(PREFIX)
-        .pepper(Pepper::new(1, PEPPER_V1).unwrap())
-        .jwt_secret(JWT_SECRET)
+        .jwt_secret(jwt_secret())
         .build()
         .unwrap()
 }
@@ -654,14 +654,13 @@ async fn a_legacy_digest_verifies_once_and_is_stored_bound_afterwards() {
     assert_eq!(h.store.calls().update, updates);
     // A legacy digest under the old pepper comes over to the current pepper and scheme
     // in one re-hash.
-    let rotated = Harness::with(|b| {
-        b.pepper(
-            Pepper::new(2, PEPPER_V2)
-                .unwrap()
-                .with_previous(1, PEPPER_V1)
-                .unwrap(),
-        )
-    });
+    let rotated = Harness::with_pepper(
+        Pepper::new(2, PEPPER_V2)
+            .unwrap()
+            .with_previous(1, PEPPER_V1)
+            .unwrap(),
+        |b| b,
+    );
     rotated.store.put(legacy).await;
     rotated.gate.verify(&key).await.unwrap();
     rotated.gate.flush().await.unwrap();
@@ -784,9 +783,8 @@ async fn a_hanging_store_times_out_as_unavailable() {
             Ok(())
         }
     }
-    let gate = Keygate::builder(Hanging)
+    let gate = Keygate::builder(Hanging, Pepper::new(1, PEPPER_V1).unwrap())
         .prefix(PREFIX)
-        .pepper(Pepper::new(1, PEPPER_V1).unwrap())
         .store_timeout(std::time::Duration::from_millis(50))
         .build()
         .unwrap();

@@ -32,17 +32,15 @@ fn pepper() -> Pepper {
 }
 
 fn gate(store: impl KeyStore) -> Keygate {
-    Keygate::builder(store)
+    Keygate::builder(store, pepper())
         .prefix("dur")
-        .pepper(pepper())
         .build()
         .unwrap()
 }
 
 fn shared_gate(store: Arc<dyn KeyStore>) -> Keygate {
-    Keygate::builder_shared(store)
+    Keygate::builder(store, pepper())
         .prefix("dur")
-        .pepper(pepper())
         .build()
         .unwrap()
 }
@@ -239,9 +237,8 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&url)
         .unwrap();
-    let gate = Keygate::builder(PostgresStore::from_pool(pool))
+    let gate = Keygate::builder(PostgresStore::from_pool(pool), pepper())
         .prefix("dur")
-        .pepper(pepper())
         .store_timeout(Duration::from_secs(1))
         .build()
         .unwrap();
@@ -262,9 +259,8 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
         .acquire_timeout(Duration::from_secs(30))
         .connect_lazy(&url)
         .unwrap();
-    let gate = Keygate::builder(PostgresStore::from_pool(pool))
+    let gate = Keygate::builder(PostgresStore::from_pool(pool), pepper())
         .prefix("dur")
-        .pepper(pepper())
         .store_timeout(Duration::from_millis(200))
         .build()
         .unwrap();
@@ -300,9 +296,8 @@ async fn killed_connections_are_unavailable_or_fine_and_recover() {
     )
     .await
     .unwrap();
-    let gate = Keygate::builder(store)
+    let gate = Keygate::builder(store, pepper())
         .prefix("dur")
-        .pepper(pepper())
         .store_timeout(Duration::from_secs(2))
         .build()
         .unwrap();

@@ -40,10 +40,7 @@ fn pepper() -> Pepper {
 }
 
 fn gate(store: Arc<dyn KeyStore>) -> Keygate {
-    Keygate::builder_shared(store)
-        .pepper(pepper())
-        .build()
-        .unwrap()
+    Keygate::builder(store, pepper()).build().unwrap()
 }
 
 /// A random namespace; every key under it is removed when the test ends.
@@ -534,8 +531,8 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
         RedisStore::connect_with(proxy.url(), config.clone())
             .await
             .unwrap(),
+        pepper(),
     )
-    .pepper(pepper())
     .store_timeout(Duration::from_millis(100))
     .build()
     .unwrap();

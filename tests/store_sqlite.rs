@@ -24,9 +24,8 @@ fn pepper() -> Pepper {
 }
 
 fn gate(store: impl KeyStore) -> Keygate {
-    Keygate::builder(store)
+    Keygate::builder(store, pepper())
         .prefix("dur")
-        .pepper(pepper())
         .build()
         .unwrap()
 }

@@ -298,9 +298,8 @@ async fn keys_hashed_under_an_old_pepper_verify_and_are_rehashed() {
     }
 
     // A gate with only the new pepper refuses them.
-    let only_v2 = h.sibling(|b| {
-        b.pepper(Pepper::new(2, PEPPER_V2).unwrap())
-            .jwt_secret(JWT_SECRET)
+    let only_v2 = h.sibling_with_pepper(Pepper::new(2, PEPPER_V2).unwrap(), |b| {
+        b.jwt_secret(jwt_secret())
     });
     for issued in [&opaque, &jwt] {
         assert_refused_by(
@@ -314,15 +313,7 @@ async fn keys_hashed_under_an_old_pepper_verify_and_are_rehashed() {
     }
 
     // The rotated keyring verifies them and re-hashes them under v2.
-    let rotated = h.sibling(|b| {
-        b.pepper(
-            Pepper::new(2, PEPPER_V2)
-                .unwrap()
-                .with_previous(1, PEPPER_V1)
-                .unwrap(),
-        )
-        .jwt_secret(JWT_SECRET)
-    });
+    let rotated = h.sibling_with_pepper(rotated_pepper(), |b| b.jwt_secret(jwt_secret()));
     for issued in [&opaque, &jwt] {
         rotated.verify(issued.key.expose()).await.unwrap();
     }
@@ -370,14 +361,7 @@ async fn a_refused_attempt_never_rehashes() {
     let h = Harness::new();
     let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
     h.gate.revoke(issued.record.id).await.unwrap();
-    let rotated = h.sibling(|b| {
-        b.pepper(
-            Pepper::new(2, PEPPER_V2)
-                .unwrap()
-                .with_previous(1, PEPPER_V1)
-                .unwrap(),
-        )
-    });
+    let rotated = h.sibling_with_pepper(rotated_pepper(), |b| b);
     assert_refused_by(
         &rotated,
         &h.store,
@@ -404,14 +388,7 @@ async fn a_refused_attempt_never_rehashes() {
 async fn a_failed_rehash_is_retried_and_the_key_keeps_working() {
     let h = Harness::new();
     let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
-    let rotated = h.sibling(|b| {
-        b.pepper(
-            Pepper::new(2, PEPPER_V2)
-                .unwrap()
-                .with_previous(1, PEPPER_V1)
-                .unwrap(),
-        )
-    });
+    let rotated = h.sibling_with_pepper(rotated_pepper(), |b| b);
     h.store.fail(Op::Update, Failure::Backend);
     rotated.verify(issued.key.expose()).await.unwrap();
     settle().await;
@@ -510,4 +487,12 @@ fn a_use_whose_background_write_was_cancelled_is_written_by_the_next_flush() {
         Some(t0()),
         "the cancelled background write's batch was lost"
     );
+}
+
+/// Pepper v2, still accepting keys hashed under v1.
+fn rotated_pepper() -> Pepper {
+    Pepper::new(2, PEPPER_V2)
+        .unwrap()
+        .with_previous(1, PEPPER_V1)
+        .unwrap()
 }

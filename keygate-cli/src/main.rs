@@ -29,7 +29,9 @@ use chrono::TimeDelta;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
-use keygate::{Error, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError};
+use keygate::{
+    Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
+};
 
 #[derive(Parser)]
 #[command(name = "keygate", version, about = "Manage keygate API keys", long_about = None)]
@@ -234,7 +236,11 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         Pepper::generate(0).map_err(|e| Fail(CONFIG, chain(&e)))?
     };
     let jwt_secret = if needs_secrets {
+        // Checked before the store is opened: a short secret is a configuration error.
         secret("KEYGATE_JWT_SECRET")?
+            .map(JwtSecret::new)
+            .transpose()
+            .map_err(|e| Fail(CONFIG, chain(&e)))?
     } else {
         None
     };
@@ -258,9 +264,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         );
         return Ok(());
     }
-    let mut builder = Keygate::builder_shared(store)
-        .prefix(&cli.prefix)
-        .pepper(pepper);
+    let mut builder = Keygate::builder(store, pepper).prefix(&cli.prefix);
     if let Some(secret) = jwt_secret {
         builder = builder.jwt_secret(secret);
     }

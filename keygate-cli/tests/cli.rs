@@ -16,7 +16,7 @@ mod support;
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use keygate::{KeyId, Keygate, ListQuery, Pepper};
+use keygate::{JwtSecret, KeyId, Keygate, ListQuery, Pepper};
 
 const PEPPER: &str = "cli test pepper: thirty-two bytes or more";
 const JWT_SECRET: &str = "cli test JWT secret, also 32+ bytes long";
@@ -103,10 +103,9 @@ impl Cli {
 
     async fn gate(&self) -> Keygate {
         let store = keygate::open_store(&self.db).await.expect("store opens");
-        Keygate::builder_shared(store)
+        Keygate::builder(store, Pepper::new(1, PEPPER).unwrap())
             .prefix(&self.prefix)
-            .pepper(Pepper::new(1, PEPPER).unwrap())
-            .jwt_secret(JWT_SECRET)
+            .jwt_secret(JwtSecret::new(JWT_SECRET).unwrap())
             .build()
             .unwrap()
     }

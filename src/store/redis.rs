@@ -122,8 +122,8 @@ impl Default for RedisConfig {
 /// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
 /// let store = CachedStore::new(store, CacheConfig::new().ttl(Duration::from_secs(30)));
 /// assert!(store.follow_changes().await?); // revokes on other nodes reach this cache
-/// let gate = Keygate::builder(store)
-///     .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+/// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+///
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
 /// ```

@@ -57,8 +57,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = SqliteStore::open("sqlite://keys.db").await?;
-/// let gate = Keygate::builder(store)
-///     .pepper(Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+/// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+///
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
 /// ```

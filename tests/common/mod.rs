@@ -17,7 +17,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use chrono::{DateTime, TimeZone, Utc};
 use keygate::{
-    Clock, DirectoryError, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, KeygateBuilder,
+    DirectoryError, JwtSecret, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, KeygateBuilder,
     ListQuery, ManualClock, MemoryStore, Owner, Pepper, Principal, Rejection, StoreError,
     UserDirectory, VerifyError,
 };
@@ -287,13 +287,21 @@ impl Harness {
 
     /// [`new`](Self::new), with extra builder settings.
     pub fn with(configure: impl FnOnce(KeygateBuilder) -> KeygateBuilder) -> Self {
+        Self::with_pepper(pepper_v1(), configure)
+    }
+
+    /// [`with`](Self::with), hashing under `pepper` instead of pepper v1.
+    pub fn with_pepper(
+        pepper: Pepper,
+        configure: impl FnOnce(KeygateBuilder) -> KeygateBuilder,
+    ) -> Self {
         let store = CountingStore::new();
         let clock = Arc::new(ManualClock::new(t0()));
         let users = Directory::new();
         users.set("alice", Owner::unrestricted());
         let gate = configure(
-            builder(&store, &clock)
-                .jwt_secret(JWT_SECRET)
+            builder_with_pepper(&store, &clock, pepper)
+                .jwt_secret(jwt_secret())
                 .users(users.clone()),
         )
         .build()
@@ -309,7 +317,16 @@ impl Harness {
     /// Another gate over the same store, clock and directory (no JWT secret unless
     /// `configure` adds one).
     pub fn sibling(&self, configure: impl FnOnce(KeygateBuilder) -> KeygateBuilder) -> Keygate {
-        configure(builder(&self.store, &self.clock).users(self.users.clone()))
+        self.sibling_with_pepper(pepper_v1(), configure)
+    }
+
+    /// [`sibling`](Self::sibling), hashing under `pepper` instead of pepper v1.
+    pub fn sibling_with_pepper(
+        &self,
+        pepper: Pepper,
+        configure: impl FnOnce(KeygateBuilder) -> KeygateBuilder,
+    ) -> Keygate {
+        configure(builder_with_pepper(&self.store, &self.clock, pepper).users(self.users.clone()))
             .build()
             .expect("sibling gate builds")
     }
@@ -329,10 +346,28 @@ impl Default for Harness {
 
 /// A builder over `store` with prefix `abs`, pepper v1 and the shared `clock`.
 pub fn builder(store: &Arc<CountingStore>, clock: &Arc<ManualClock>) -> KeygateBuilder {
-    Keygate::builder(store.clone())
+    builder_with_pepper(store, clock, pepper_v1())
+}
+
+/// [`builder`], hashing under `pepper`.
+pub fn builder_with_pepper(
+    store: &Arc<CountingStore>,
+    clock: &Arc<ManualClock>,
+    pepper: Pepper,
+) -> KeygateBuilder {
+    Keygate::builder(store.clone(), pepper)
         .prefix(PREFIX)
-        .pepper(Pepper::new(1, PEPPER_V1).unwrap())
-        .shared_clock(clock.clone() as Arc<dyn Clock>)
+        .clock(clock.clone())
+}
+
+/// Pepper v1, the test gates' default.
+pub fn pepper_v1() -> Pepper {
+    Pepper::new(1, PEPPER_V1).unwrap()
+}
+
+/// The test gates' JWT secret, [`JWT_SECRET`].
+pub fn jwt_secret() -> JwtSecret {
+    JwtSecret::new(JWT_SECRET).unwrap()
 }
 
 /// See [`Harness::assert_refused`].
