@@ -1,4 +1,6 @@
-//! [`Keygate`], the facade: configuration, key management and verification.
+//! [`Keygate`], the facade, and its key management: mint, import, read, list, update,
+//! revoke, delete, rotate. Configuration is in `builder.rs`, verification in
+//! `verify.rs`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -6,15 +8,14 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 
-use crate::clock::{Clock, SystemClock};
-use crate::error::{BuildError, Error, Rejection, VerifyError};
-use crate::hash::{HashScheme, Pepper, SecretHash};
+use crate::clock::Clock;
+use crate::error::{Error, VerifyError};
+use crate::hash::{HashScheme, Pepper};
 use crate::http;
 use crate::jwt::{self, JwtSecret};
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
-use crate::principal::Principal;
 use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
-use crate::refusals::{RefusalCounts, Refusals};
+use crate::refusals::Refusals;
 use crate::secret::Secret;
 use crate::store::{KeyStore, ListQuery, Page, StoreError};
 use crate::usage::{self, Usage};
@@ -58,20 +59,22 @@ pub struct IssuedKey {
 /// ```
 #[derive(Clone)]
 pub struct Keygate {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
-struct Inner {
-    store: Arc<dyn KeyStore>,
-    prefix: String,
-    pepper: Pepper,
-    jwt: Option<JwtSecret>,
-    users: Option<Arc<dyn UserDirectory>>,
-    clock: Arc<dyn Clock>,
-    usage: Arc<Usage>,
-    store_timeout: Option<Duration>,
-    realm: String,
-    refusals: Refusals,
+/// What a [`Keygate`] holds: set once by [`KeygateBuilder::build`](crate::KeygateBuilder::build), read by key
+/// management here and by the verify path (`verify.rs`).
+pub(crate) struct Inner {
+    pub(crate) store: Arc<dyn KeyStore>,
+    pub(crate) prefix: String,
+    pub(crate) pepper: Pepper,
+    pub(crate) jwt: Option<JwtSecret>,
+    pub(crate) users: Option<Arc<dyn UserDirectory>>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) usage: Arc<Usage>,
+    pub(crate) store_timeout: Option<Duration>,
+    pub(crate) realm: String,
+    pub(crate) refusals: Refusals,
 }
 
 impl Drop for Inner {
@@ -87,122 +90,6 @@ impl Drop for Inner {
     }
 }
 
-/// Configures a [`Keygate`]; start with [`Keygate::builder`].
-pub struct KeygateBuilder {
-    store: Arc<dyn KeyStore>,
-    prefix: String,
-    pepper: Pepper,
-    jwt: Option<JwtSecret>,
-    users: Option<Arc<dyn UserDirectory>>,
-    clock: Arc<dyn Clock>,
-    last_used_interval: Duration,
-    store_timeout: Option<Duration>,
-    realm: String,
-    refusal_log_interval: Duration,
-}
-
-impl KeygateBuilder {
-    /// The prefix of opaque keys, `[a-z][a-z0-9]{0,15}` (default `"key"`): keys look like
-    /// `<prefix>_…`. Pick one per application so scanners can tell whose key leaked.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Enables JWT-format keys signed with `secret` (Audiobookshelf's `TokenSecret`,
-    /// checked by [`JwtSecret::new`]).
-    pub fn jwt_secret(mut self, secret: JwtSecret) -> Self {
-        self.jwt = Some(secret);
-        self
-    }
-
-    /// The directory that says whether a key's owner exists and is active, and what they
-    /// may do. Without one every owner counts as active with all permissions, so only a
-    /// key's scopes restrict it.
-    pub fn users(mut self, users: impl UserDirectory) -> Self {
-        self.users = Some(Arc::new(users));
-        self
-    }
-
-    /// The clock (default [`SystemClock`]). To keep a handle to it (a [`ManualClock`] in
-    /// tests), pass an `Arc` and keep a clone: `Arc<C>` is a [`Clock`] too.
-    ///
-    /// [`ManualClock`]: crate::ManualClock
-    pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
-        self
-    }
-
-    /// How often at most a key's `last_used_at` is written (default 60 s). Also the spacing
-    /// of background flushes, so the store sees at most one last-used batch per interval.
-    pub fn last_used_interval(mut self, interval: Duration) -> Self {
-        self.last_used_interval = interval;
-        self
-    }
-
-    /// Gives up on a verify's store lookup after `timeout` and answers
-    /// [`VerifyError::StoreUnavailable`] with [`StoreError::Timeout`](crate::StoreError::Timeout)
-    /// (HTTP 503), instead of holding the request while the store hangs. Off by default;
-    /// needs a Tokio runtime with its timer enabled (`#[tokio::main]`, axum and actix-web
-    /// all have one).
-    pub fn store_timeout(mut self, timeout: Duration) -> Self {
-        self.store_timeout = Some(timeout);
-        self
-    }
-
-    /// The least time between two log events of the same refusal reason (default 1 s, by
-    /// the gate's [`clock`](Self::clock)); refusals in between are only counted, and the
-    /// next event carries how many were `suppressed`. `Duration::ZERO` logs every refusal.
-    /// All refusals are counted in [`Keygate::refusal_counts`].
-    pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
-        self.refusal_log_interval = interval;
-        self
-    }
-
-    /// The realm named in `WWW-Authenticate` challenges (default `"api"`). Characters that
-    /// cannot appear in a quoted string are dropped.
-    pub fn realm(mut self, realm: impl Into<String>) -> Self {
-        self.realm = realm.into();
-        self
-    }
-
-    /// Checks the configuration and builds the gate.
-    pub fn build(self) -> Result<Keygate, BuildError> {
-        key::validate_prefix(&self.prefix)?;
-        let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
-        Ok(Keygate {
-            inner: Arc::new(Inner {
-                store: self.store,
-                prefix: self.prefix,
-                pepper: self.pepper,
-                jwt: self.jwt,
-                users: self.users,
-                clock: self.clock,
-                usage: Arc::new(Usage::new(interval)),
-                store_timeout: self.store_timeout,
-                realm: self.realm,
-                refusals: Refusals::new(
-                    i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
-                ),
-            }),
-        })
-    }
-}
-
-impl fmt::Debug for KeygateBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KeygateBuilder")
-            .field("prefix", &self.prefix)
-            .field("pepper", &self.pepper)
-            .field("jwt", &self.jwt.as_ref().map(|_| "[redacted]"))
-            .field("users", &self.users.is_some())
-            .field("last_used_interval", &self.last_used_interval)
-            .field("store_timeout", &self.store_timeout)
-            .field("refusal_log_interval", &self.refusal_log_interval)
-            .finish_non_exhaustive()
-    }
-}
-
 impl fmt::Debug for Keygate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keygate")
@@ -215,26 +102,6 @@ impl fmt::Debug for Keygate {
 }
 
 impl Keygate {
-    /// Starts configuring a gate over `store`, hashing keys at rest under `pepper`.
-    ///
-    /// To keep a handle to the store (to read a [`CachedStore`](crate::CachedStore)'s
-    /// stats, say), pass an `Arc` of it and keep a clone: `Arc<S>` and `Arc<dyn KeyStore>`
-    /// are key stores too.
-    pub fn builder(store: impl KeyStore, pepper: Pepper) -> KeygateBuilder {
-        KeygateBuilder {
-            store: Arc::new(store),
-            prefix: "key".to_owned(),
-            pepper,
-            jwt: None,
-            users: None,
-            clock: Arc::new(SystemClock),
-            last_used_interval: Duration::from_secs(60),
-            store_timeout: None,
-            realm: "api".to_owned(),
-            refusal_log_interval: Duration::from_secs(1),
-        }
-    }
-
     /// The opaque-key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
@@ -322,7 +189,7 @@ impl Keygate {
             KeyFormat::Opaque => {
                 let token = OpaqueKey::generate(&inner.prefix, id);
                 // Bound to the prefix and id: see `HashScheme::Bound`.
-                let bound = without_checksum(&token)
+                let bound = key::without_checksum(&token)
                     .ok_or(Error::invalid("prefix", "cannot form a key"))?;
                 let hash = inner.pepper.hash(HashScheme::Bound, bound);
                 (token, hash)
@@ -702,7 +569,7 @@ impl Keygate {
 
     /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
     /// user exists, active, with all permissions (implied, so not an explicit grant: see
-    /// [`Principal::grants`]).
+    /// [`Principal::grants`](crate::Principal::grants)).
     pub async fn owner(&self, user_id: &str) -> Result<Option<Owner>, crate::DirectoryError> {
         match &self.inner.users {
             None => Ok(Some(Owner::unrestricted())),
@@ -713,7 +580,7 @@ impl Keygate {
     /// Writes queued last-used times and re-hashes now, after any background write under
     /// way has finished. Call it at shutdown. Otherwise they are written in the
     /// background, at most once per
-    /// [`last_used_interval`](KeygateBuilder::last_used_interval): by a task that the
+    /// [`last_used_interval`](crate::KeygateBuilder::last_used_interval): by a task that the
     /// first accepted verify after the interval starts (there is no timer, so under sparse
     /// traffic a use can wait for the next verify), and when the last `Keygate` clone is
     /// dropped inside a Tokio runtime.
@@ -723,236 +590,6 @@ impl Keygate {
             .usage
             .flush(&*inner.store, inner.clock.now_micros())
             .await?)
-    }
-
-    /// Verifies a bearer token (the key itself, without `Bearer `).
-    ///
-    /// Order: shape and checksum (or JWT header, signature and claims) with no store
-    /// access; then the record by id (format, hash in constant time, active, expiry); then
-    /// the owner. A store failure is [`VerifyError::StoreUnavailable`], never a bad key.
-    pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
-        let result = self.check(token).await;
-        if let Err(error) = &result {
-            self.log_refusal(error);
-        }
-        result
-    }
-
-    /// How many verifications this gate refused so far, per reason code: lock-free
-    /// counters, for metrics. Refusal *log events* are rate-limited per reason (see
-    /// [`KeygateBuilder::refusal_log_interval`]); these counters see every refusal.
-    ///
-    /// ```
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-    /// # use keygate::{Keygate, MemoryStore, Pepper};
-    /// # let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).unwrap())
-    /// #     .build()
-    /// #     .unwrap();
-    /// let _ = gate.verify_header("Basic dXNlcjpwYXNz").await;
-    /// for (reason, count) in &gate.refusal_counts() {
-    ///     if count > 0 {
-    ///         println!("keygate_refusals_total{{reason=\"{reason}\"}} {count}");
-    ///     }
-    /// }
-    /// # }
-    /// ```
-    pub fn refusal_counts(&self) -> RefusalCounts {
-        self.inner.refusals.counts()
-    }
-
-    /// Verifies the value of one `Authorization` header (`Bearer <key>`).
-    /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
-    pub async fn verify_header(&self, value: &str) -> Result<Principal, VerifyError> {
-        self.verify_headers([value.as_bytes()]).await
-    }
-
-    /// Verifies a request from all of its `Authorization` header values: none is
-    /// [`VerifyError::MissingCredentials`], more than one an invalid request.
-    pub async fn verify_headers<'a, I>(&self, values: I) -> Result<Principal, VerifyError>
-    where
-        I: IntoIterator<Item = &'a [u8]>,
-    {
-        match http::bearer_token(values) {
-            Ok(token) => self.verify(token).await,
-            Err(error) => {
-                self.log_refusal(&error);
-                Err(error)
-            }
-        }
-    }
-
-    async fn check(&self, token: &str) -> Result<Principal, VerifyError> {
-        let inner = &*self.inner;
-        let now = inner.clock.now_micros();
-        if token.as_bytes().contains(&b'.') {
-            let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-            let claims = jwt.verify(token, now).map_err(reject)?;
-            let record = self.lookup(claims.key_id).await?;
-            let Some(record) = record else {
-                return Err(self.reject_key(Rejection::UnknownKey, claims.key_id));
-            };
-            if record.format != KeyFormat::Jwt {
-                return Err(self.reject_key(Rejection::FormatMismatch, record.id));
-            }
-            // Keys minted here are bound to their exact token; imported Audiobookshelf
-            // keys have no hash and rest on the signature alone, as they do there.
-            let rehash = match &record.hash {
-                Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
-                None => None,
-            };
-            self.accept(record, now, rehash, claims.exp).await
-        } else {
-            if token.len() > key::MAX_OPAQUE_LEN {
-                return Err(reject(Rejection::Malformed));
-            }
-            let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
-            // What a bound hash covers: the prefix, the id part and the secret part.
-            let bound = without_checksum(token).ok_or(reject(Rejection::Malformed))?;
-            let record = self.lookup(key.id).await?;
-            let checked = match record.as_deref() {
-                Some(r) if r.format == KeyFormat::Opaque => r
-                    .hash
-                    .as_ref()
-                    .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
-                _ => None,
-            };
-            match (record, checked) {
-                (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
-                (record, _) => {
-                    // Same HMAC work as a real comparison: timing does not tell ids apart.
-                    inner.pepper.burn(bound);
-                    let reason = match record {
-                        None => Rejection::UnknownKey,
-                        Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
-                        // An opaque record without a hash can match nothing (and fails
-                        // `KeyRecord::check` before it gets here).
-                        Some(_) => Rejection::HashMismatch,
-                    };
-                    Err(self.reject_key(reason, key.id))
-                }
-            }
-        }
-    }
-
-    /// The record for `id`, checked with [`KeyRecord::check`] whatever store it came
-    /// from: one that fails, or that the store could not read, is
-    /// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id.
-    async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
-        let lookup = self.inner.store.get(id);
-        let result = match self.inner.store_timeout {
-            None => lookup.await,
-            Some(limit) => tokio::time::timeout(limit, lookup)
-                .await
-                .unwrap_or(Err(StoreError::Timeout)),
-        };
-        match result {
-            Ok(Some(record)) => match record.check(id) {
-                Ok(()) => Ok(Some(record)),
-                Err(invalid) => Err(self.store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
-            },
-            Ok(None) => Ok(None),
-            Err(error @ StoreError::Corrupt(_)) => Err(self.store_corrupt(id, error)),
-            Err(error) => Err(VerifyError::StoreUnavailable(error)),
-        }
-    }
-
-    /// A corrupt record on the verify path: a server error, counted and (rate-limited)
-    /// logged at error level with its key id, never with the record's contents.
-    fn store_corrupt(&self, id: KeyId, error: StoreError) -> VerifyError {
-        let error = VerifyError::StoreCorrupt(error);
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(&error, Some(id), now);
-        error
-    }
-
-    /// A refusal after the store lookup: counted and (rate-limited) logged with the key id.
-    fn reject_key(&self, rejection: Rejection, id: KeyId) -> VerifyError {
-        let error = VerifyError::InvalidKey(rejection);
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(&error, Some(id), now);
-        error
-    }
-
-    /// Counts and (rate-limited) logs a refusal, unless [`reject_key`](Self::reject_key)
-    /// already did with the key id. The reason code, never the token.
-    fn log_refusal(&self, error: &VerifyError) {
-        let logged_with_id = match error {
-            VerifyError::InvalidKey(r) => !r.is_offline(),
-            VerifyError::StoreCorrupt(_) => true,
-            _ => false,
-        };
-        if logged_with_id {
-            return;
-        }
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(error, None, now);
-    }
-
-    /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
-    /// without its checksum) against the record's hash. On success, a re-hash when the
-    /// hash is under an older pepper or, for an opaque key, of the older
-    /// [`HashScheme::Secret`] kind: it is written after the verify, like last-used.
-    fn check_hash(
-        &self,
-        secret: &[u8],
-        bound: Option<&[u8]>,
-        hash: &SecretHash,
-        id: KeyId,
-    ) -> Result<Option<SecretHash>, VerifyError> {
-        let pepper = &self.inner.pepper;
-        if !pepper.matches(hash, secret, bound) {
-            return Err(self.reject_key(Rejection::HashMismatch, id));
-        }
-        let (scheme, input) = match bound {
-            Some(bound) => (HashScheme::Bound, bound),
-            None => (HashScheme::Secret, secret),
-        };
-        let stale = hash.version != pepper.current_version() || hash.scheme != scheme;
-        Ok(stale.then(|| pepper.hash(scheme, input)))
-    }
-
-    /// The record-side checks (active, expiry, owner) of a key whose token checked out;
-    /// `token_exp` is a JWT's own `exp` (microseconds), which bounds the principal's
-    /// lifetime as much as the record's `expires_at` does.
-    async fn accept(
-        &self,
-        record: Arc<KeyRecord>,
-        now: usage::Micros,
-        rehash: Option<SecretHash>,
-        token_exp: Option<usage::Micros>,
-    ) -> Result<Principal, VerifyError> {
-        let inner = &*self.inner;
-        if !record.active {
-            return Err(self.reject_key(Rejection::Inactive, record.id));
-        }
-        if record
-            .expires_at
-            .is_some_and(|at| now >= at.timestamp_micros())
-        {
-            return Err(self.reject_key(Rejection::Expired, record.id));
-        }
-        let owner = match &inner.users {
-            None => UNRESTRICTED.clone(),
-            Some(users) => users
-                .owner(&record.owner)
-                .await
-                .map_err(VerifyError::DirectoryUnavailable)?
-                .map(Arc::new)
-                .ok_or_else(|| self.reject_key(Rejection::OwnerUnknown, record.id))?,
-        };
-        if !owner.active {
-            return Err(self.reject_key(Rejection::OwnerInactive, record.id));
-        }
-        if inner.usage.mark(record.id, now, rehash) {
-            usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
-        }
-        Ok(Principal::new(
-            record,
-            owner,
-            inner.users.is_some(),
-            now,
-            token_exp,
-        ))
     }
 }
 
@@ -964,60 +601,10 @@ enum Ending {
     Failed,
 }
 
-/// The owner of every key on a gate without a directory, shared rather than rebuilt.
-static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
-    std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));
-
-/// An opaque key without its checksum (`<prefix>_<id part><secret part>`), what a
-/// [`HashScheme::Bound`] hash covers; `None` only for a string too short to be a key.
-fn without_checksum(token: &str) -> Option<&[u8]> {
-    let end = token.len().checked_sub(key::CHECKSUM_LEN)?;
-    token.as_bytes().get(..end)
-}
-
-fn reject(rejection: Rejection) -> VerifyError {
-    VerifyError::InvalidKey(rejection)
-}
-
 fn check_name(name: &str) -> Result<(), Error> {
     validate::name(name)
 }
 
 fn check_owner(owner: &str) -> Result<(), Error> {
     validate::owner(owner)
-}
-
-#[async_trait::async_trait]
-impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
-    async fn insert(&self, record: KeyRecord) -> Result<(), crate::StoreError> {
-        (**self).insert(record).await
-    }
-    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, crate::StoreError> {
-        (**self).get(id).await
-    }
-    async fn update(
-        &self,
-        id: KeyId,
-        patch: &KeyPatch,
-    ) -> Result<Option<KeyRecord>, crate::StoreError> {
-        (**self).update(id, patch).await
-    }
-    async fn delete(&self, id: KeyId) -> Result<bool, crate::StoreError> {
-        (**self).delete(id).await
-    }
-    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, crate::StoreError> {
-        (**self).list(query).await
-    }
-    async fn record_last_used(
-        &self,
-        batch: &[(KeyId, DateTime<Utc>)],
-    ) -> Result<(), crate::StoreError> {
-        (**self).record_last_used(batch).await
-    }
-    async fn subscribe(
-        &self,
-        listener: std::sync::Weak<dyn crate::ChangeListener>,
-    ) -> Result<bool, crate::StoreError> {
-        (**self).subscribe(listener).await
-    }
 }

@@ -319,6 +319,14 @@ pub(crate) fn fill_random(out: &mut [u8]) {
         .expect("the operating system's random number generator failed");
 }
 
+/// An opaque key without its checksum (`<prefix>_<id part><secret part>`), what a
+/// [`HashScheme::Bound`](crate::HashScheme::Bound) hash covers; `None` only for a string
+/// too short to be a key.
+pub(crate) fn without_checksum(token: &str) -> Option<&[u8]> {
+    let end = token.len().checked_sub(CHECKSUM_LEN)?;
+    token.as_bytes().get(..end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -62,6 +62,7 @@ pub mod admin;
 #[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub mod axum;
 mod base62;
+mod builder;
 mod clock;
 mod error;
 mod gate;
@@ -84,6 +85,7 @@ mod testing_support;
 mod usage;
 mod user;
 mod validate;
+mod verify;
 
 /// The crates that appear in keygate's public signatures, re-exported so an application
 /// names the same versions: `async_trait` (to implement [`KeyStore`] and [`UserDirectory`]),
@@ -103,9 +105,10 @@ pub use uuid;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use ::redis;
+pub use builder::KeygateBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
-pub use gate::{IssuedKey, Keygate, KeygateBuilder, MAX_NAME_LEN, MAX_PAGE};
+pub use gate::{IssuedKey, Keygate, MAX_NAME_LEN, MAX_PAGE};
 pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
 pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{

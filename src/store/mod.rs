@@ -1,6 +1,8 @@
 //! The [`KeyStore`] trait and the built-in [`MemoryStore`].
 
 use std::error::Error as StdError;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -51,6 +53,11 @@ pub use url::open_store;
 ///
 /// Records come back in an [`Arc`] so that in-memory stores and caches hand them out on the
 /// verify path without copying.
+///
+/// A method added to this trait must also be forwarded by the `impl KeyStore for Arc<T>`
+/// below (clippy's `missing_trait_methods` fails the build until it is, even when the new
+/// method has a default body) and listed in that impl's test, `arc_forwards_every_method`.
+/// Wrappers such as [`CachedStore`] must decide for each method too.
 #[async_trait]
 pub trait KeyStore: Send + Sync + 'static {
     /// Adds a new record; [`StoreError::Conflict`] if the id exists.
@@ -185,5 +192,187 @@ impl StoreError {
     /// Wraps a backend error, keeping it as the source.
     pub fn backend(error: impl StdError + Send + Sync + 'static) -> Self {
         StoreError::Backend(Box::new(error))
+    }
+}
+
+/// A boxed future of a [`KeyStore`] method, as `#[async_trait]` declares them.
+type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+/// A shared store is a store, so `Keygate::builder(arc.clone(), pepper)` keeps a handle.
+///
+/// Every method forwards to the inner store, including those with a default body: a
+/// forgotten one would silently answer with the default instead (as `subscribe` once
+/// did, so a shared `CachedStore` never heard of changes). The
+/// `clippy::missing_trait_methods` lint below fails the build (clippy runs with
+/// `-D warnings`) when a trait method is not written out here, and
+/// `tests::arc_forwards_every_method` checks that each one reaches the inner store.
+///
+/// Written without `#[async_trait]` so that a call returns the inner store's future as it
+/// is instead of boxing it a second time: the verify path calls [`get`](KeyStore::get)
+/// through here on every request.
+#[deny(clippy::missing_trait_methods)]
+impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
+    fn insert<'s, 'f>(&'s self, record: KeyRecord) -> StoreFuture<'f, ()>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).insert(record)
+    }
+
+    fn get<'s, 'f>(&'s self, id: KeyId) -> StoreFuture<'f, Option<Arc<KeyRecord>>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).get(id)
+    }
+
+    fn update<'s, 'p, 'f>(
+        &'s self,
+        id: KeyId,
+        patch: &'p KeyPatch,
+    ) -> StoreFuture<'f, Option<KeyRecord>>
+    where
+        's: 'f,
+        'p: 'f,
+        Self: 'f,
+    {
+        (**self).update(id, patch)
+    }
+
+    fn delete<'s, 'f>(&'s self, id: KeyId) -> StoreFuture<'f, bool>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).delete(id)
+    }
+
+    fn list<'s, 'q, 'f>(&'s self, query: &'q ListQuery) -> StoreFuture<'f, Vec<KeyRecord>>
+    where
+        's: 'f,
+        'q: 'f,
+        Self: 'f,
+    {
+        (**self).list(query)
+    }
+
+    fn record_last_used<'s, 'b, 'f>(
+        &'s self,
+        batch: &'b [(KeyId, DateTime<Utc>)],
+    ) -> StoreFuture<'f, ()>
+    where
+        's: 'f,
+        'b: 'f,
+        Self: 'f,
+    {
+        (**self).record_last_used(batch)
+    }
+
+    fn subscribe<'s, 'f>(&'s self, listener: Weak<dyn ChangeListener>) -> StoreFuture<'f, bool>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).subscribe(listener)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::key::KeyFormat;
+    use crate::testing_support::record;
+
+    /// Every [`KeyStore`] method, in the order [`call_every_method`] calls them. A new
+    /// trait method belongs here and in both.
+    const METHODS: [&str; 7] = [
+        "insert",
+        "get",
+        "update",
+        "delete",
+        "list",
+        "record_last_used",
+        "subscribe",
+    ];
+
+    /// A store that notes each call, and answers `subscribe` unlike the default body.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<&'static str>>);
+
+    impl Recorder {
+        fn note(&self, method: &'static str) {
+            self.0.lock().unwrap().push(method);
+        }
+    }
+
+    #[async_trait]
+    impl KeyStore for Recorder {
+        async fn insert(&self, _: KeyRecord) -> Result<(), StoreError> {
+            self.note("insert");
+            Ok(())
+        }
+        async fn get(&self, _: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+            self.note("get");
+            Ok(None)
+        }
+        async fn update(&self, _: KeyId, _: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+            self.note("update");
+            Ok(None)
+        }
+        async fn delete(&self, _: KeyId) -> Result<bool, StoreError> {
+            self.note("delete");
+            Ok(false)
+        }
+        async fn list(&self, _: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+            self.note("list");
+            Ok(Vec::new())
+        }
+        async fn record_last_used(&self, _: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
+            self.note("record_last_used");
+            Ok(())
+        }
+        async fn subscribe(&self, _: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
+            self.note("subscribe");
+            Ok(true)
+        }
+    }
+
+    struct Deaf;
+
+    impl ChangeListener for Deaf {
+        fn changed(&self, _: KeyId) {}
+        fn resync(&self) {}
+    }
+
+    async fn call_every_method(store: &impl KeyStore) {
+        let id = KeyId::random();
+        store.insert(record(KeyFormat::Opaque)).await.unwrap();
+        store.get(id).await.unwrap();
+        store.update(id, &KeyPatch::default()).await.unwrap();
+        store.delete(id).await.unwrap();
+        store.list(&ListQuery::new()).await.unwrap();
+        store.record_last_used(&[(id, Utc::now())]).await.unwrap();
+        let listener: Weak<dyn ChangeListener> = Weak::<Deaf>::new();
+        assert!(
+            store.subscribe(listener).await.unwrap(),
+            "subscribe answered with the default body"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn arc_forwards_every_method() {
+        let inner = Arc::new(Recorder::default());
+        call_every_method(&inner).await;
+        assert_eq!(*inner.0.lock().unwrap(), METHODS);
+
+        // Unsized too: what a gate holds.
+        let inner = Arc::new(Recorder::default());
+        let shared: Arc<dyn KeyStore> = inner.clone();
+        call_every_method(&shared).await;
+        assert_eq!(*inner.0.lock().unwrap(), METHODS);
     }
 }

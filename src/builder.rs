@@ -1,0 +1,154 @@
+//! [`KeygateBuilder`]: a [`Keygate`]'s configuration, checked once at build.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::BuildError;
+use crate::gate::{Inner, Keygate};
+use crate::hash::Pepper;
+use crate::jwt::JwtSecret;
+use crate::key;
+use crate::refusals::Refusals;
+use crate::store::KeyStore;
+use crate::usage::Usage;
+use crate::user::UserDirectory;
+
+impl Keygate {
+    /// Starts configuring a gate over `store`, hashing keys at rest under `pepper`.
+    ///
+    /// To keep a handle to the store (to read a [`CachedStore`](crate::CachedStore)'s
+    /// stats, say), pass an `Arc` of it and keep a clone: `Arc<S>` and `Arc<dyn KeyStore>`
+    /// are key stores too.
+    pub fn builder(store: impl KeyStore, pepper: Pepper) -> KeygateBuilder {
+        KeygateBuilder {
+            store: Arc::new(store),
+            prefix: "key".to_owned(),
+            pepper,
+            jwt: None,
+            users: None,
+            clock: Arc::new(SystemClock),
+            last_used_interval: Duration::from_secs(60),
+            store_timeout: None,
+            realm: "api".to_owned(),
+            refusal_log_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Configures a [`Keygate`]; start with [`Keygate::builder`].
+pub struct KeygateBuilder {
+    store: Arc<dyn KeyStore>,
+    prefix: String,
+    pepper: Pepper,
+    jwt: Option<JwtSecret>,
+    users: Option<Arc<dyn UserDirectory>>,
+    clock: Arc<dyn Clock>,
+    last_used_interval: Duration,
+    store_timeout: Option<Duration>,
+    realm: String,
+    refusal_log_interval: Duration,
+}
+
+impl KeygateBuilder {
+    /// The prefix of opaque keys, `[a-z][a-z0-9]{0,15}` (default `"key"`): keys look like
+    /// `<prefix>_…`. Pick one per application so scanners can tell whose key leaked.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Enables JWT-format keys signed with `secret` (Audiobookshelf's `TokenSecret`,
+    /// checked by [`JwtSecret::new`]).
+    pub fn jwt_secret(mut self, secret: JwtSecret) -> Self {
+        self.jwt = Some(secret);
+        self
+    }
+
+    /// The directory that says whether a key's owner exists and is active, and what they
+    /// may do. Without one every owner counts as active with all permissions, so only a
+    /// key's scopes restrict it.
+    pub fn users(mut self, users: impl UserDirectory) -> Self {
+        self.users = Some(Arc::new(users));
+        self
+    }
+
+    /// The clock (default [`SystemClock`]). To keep a handle to it (a [`ManualClock`] in
+    /// tests), pass an `Arc` and keep a clone: `Arc<C>` is a [`Clock`] too.
+    ///
+    /// [`ManualClock`]: crate::ManualClock
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How often at most a key's `last_used_at` is written (default 60 s). Also the spacing
+    /// of background flushes, so the store sees at most one last-used batch per interval.
+    pub fn last_used_interval(mut self, interval: Duration) -> Self {
+        self.last_used_interval = interval;
+        self
+    }
+
+    /// Gives up on a verify's store lookup after `timeout` and answers
+    /// [`VerifyError::StoreUnavailable`](crate::VerifyError::StoreUnavailable) with [`StoreError::Timeout`](crate::StoreError::Timeout)
+    /// (HTTP 503), instead of holding the request while the store hangs. Off by default;
+    /// needs a Tokio runtime with its timer enabled (`#[tokio::main]`, axum and actix-web
+    /// all have one).
+    pub fn store_timeout(mut self, timeout: Duration) -> Self {
+        self.store_timeout = Some(timeout);
+        self
+    }
+
+    /// The least time between two log events of the same refusal reason (default 1 s, by
+    /// the gate's [`clock`](Self::clock)); refusals in between are only counted, and the
+    /// next event carries how many were `suppressed`. `Duration::ZERO` logs every refusal.
+    /// All refusals are counted in [`Keygate::refusal_counts`].
+    pub fn refusal_log_interval(mut self, interval: Duration) -> Self {
+        self.refusal_log_interval = interval;
+        self
+    }
+
+    /// The realm named in `WWW-Authenticate` challenges (default `"api"`). Characters that
+    /// cannot appear in a quoted string are dropped.
+    pub fn realm(mut self, realm: impl Into<String>) -> Self {
+        self.realm = realm.into();
+        self
+    }
+
+    /// Checks the configuration and builds the gate.
+    pub fn build(self) -> Result<Keygate, BuildError> {
+        key::validate_prefix(&self.prefix)?;
+        let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
+        Ok(Keygate {
+            inner: Arc::new(Inner {
+                store: self.store,
+                prefix: self.prefix,
+                pepper: self.pepper,
+                jwt: self.jwt,
+                users: self.users,
+                clock: self.clock,
+                usage: Arc::new(Usage::new(interval)),
+                store_timeout: self.store_timeout,
+                realm: self.realm,
+                refusals: Refusals::new(
+                    i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
+                ),
+            }),
+        })
+    }
+}
+
+impl fmt::Debug for KeygateBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KeygateBuilder")
+            .field("prefix", &self.prefix)
+            .field("pepper", &self.pepper)
+            .field("jwt", &self.jwt.as_ref().map(|_| "[redacted]"))
+            .field("users", &self.users.is_some())
+            .field("last_used_interval", &self.last_used_interval)
+            .field("store_timeout", &self.store_timeout)
+            .field("refusal_log_interval", &self.refusal_log_interval)
+            .finish_non_exhaustive()
+    }
+}
