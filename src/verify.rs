@@ -1,6 +1,8 @@
-//! The verify path, top to bottom: [`Keygate::verify_headers`] and
-//! [`Keygate::verify`], then the offline checks of the token, the store lookup, the
-//! hash, and the record-side checks.
+//! The verify path, top to bottom: the entry points ([`Keygate::verify_header`],
+//! [`Keygate::verify_headers`], [`Keygate::verify`]); the token's offline checks and the
+//! store lookup ([`check`](Keygate::check)); the hash; the record-side checks; and, at
+//! the end of every refusal, [`refuse`](Keygate::refuse), the one place that counts and
+//! logs it (through [`Refusals`](crate::refusals::Refusals)).
 
 use std::sync::Arc;
 
@@ -17,22 +19,48 @@ use crate::usage;
 use crate::user::Owner;
 
 impl Keygate {
+    /// Verifies the value of one `Authorization` header (`Bearer <key>`).
+    /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
+    pub async fn verify_header(&self, value: &str) -> Result<Principal, VerifyError> {
+        self.verify_headers([value.as_bytes()]).await
+    }
+
+    /// Verifies a request from all of its `Authorization` header values: none is
+    /// [`VerifyError::MissingCredentials`], more than one an invalid request.
+    pub async fn verify_headers<'a, I>(&self, values: I) -> Result<Principal, VerifyError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
+        let result = match http::bearer_token(values) {
+            Ok(token) => self.check(token).await,
+            Err(error) => Err(error.into()),
+        };
+        result.map_err(|refused| self.refuse(refused))
+    }
+
     /// Verifies a bearer token (the key itself, without `Bearer `).
     ///
     /// Order: shape and checksum (or JWT header, signature and claims) with no store
     /// access; then the record by id (format, hash in constant time, active, expiry); then
     /// the owner. A store failure is [`VerifyError::StoreUnavailable`], never a bad key.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
-        let result = self.check(token).await;
-        if let Err(error) = &result {
-            self.log_refusal(error);
-        }
-        result
+        self.check(token)
+            .await
+            .map_err(|refused| self.refuse(refused))
+    }
+
+    /// Every refusal ends here: counted, and logged (rate-limited per reason) with its
+    /// reason code and, when the store lookup found it, the key id. Never the token.
+    fn refuse(&self, refused: Refused) -> VerifyError {
+        let now = self.inner.clock.now_micros();
+        self.inner.refusals.record(&refused.error, refused.key, now);
+        refused.error
     }
 
     /// How many verifications this gate refused so far, per reason code: lock-free
     /// counters, for metrics. Refusal *log events* are rate-limited per reason (see
-    /// [`KeygateBuilder::refusal_log_interval`](crate::KeygateBuilder::refusal_log_interval)); these counters see every refusal.
+    /// [`KeygateBuilder::refusal_log_interval`](crate::KeygateBuilder::refusal_log_interval));
+    /// these counters see every refusal.
     ///
     /// ```
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -52,28 +80,7 @@ impl Keygate {
         self.inner.refusals.counts()
     }
 
-    /// Verifies the value of one `Authorization` header (`Bearer <key>`).
-    /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
-    pub async fn verify_header(&self, value: &str) -> Result<Principal, VerifyError> {
-        self.verify_headers([value.as_bytes()]).await
-    }
-
-    /// Verifies a request from all of its `Authorization` header values: none is
-    /// [`VerifyError::MissingCredentials`], more than one an invalid request.
-    pub async fn verify_headers<'a, I>(&self, values: I) -> Result<Principal, VerifyError>
-    where
-        I: IntoIterator<Item = &'a [u8]>,
-    {
-        match http::bearer_token(values) {
-            Ok(token) => self.verify(token).await,
-            Err(error) => {
-                self.log_refusal(&error);
-                Err(error)
-            }
-        }
-    }
-
-    async fn check(&self, token: &str) -> Result<Principal, VerifyError> {
+    async fn check(&self, token: &str) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         if token.as_bytes().contains(&b'.') {
@@ -81,10 +88,10 @@ impl Keygate {
             let claims = jwt.verify(token, now).map_err(reject)?;
             let record = self.lookup(claims.key_id).await?;
             let Some(record) = record else {
-                return Err(self.reject_key(Rejection::UnknownKey, claims.key_id));
+                return Err(reject_key(Rejection::UnknownKey, claims.key_id));
             };
             if record.format != KeyFormat::Jwt {
-                return Err(self.reject_key(Rejection::FormatMismatch, record.id));
+                return Err(reject_key(Rejection::FormatMismatch, record.id));
             }
             // Keys minted here are bound to their exact token; imported Audiobookshelf
             // keys have no hash and rest on the signature alone, as they do there.
@@ -120,7 +127,7 @@ impl Keygate {
                         // `KeyRecord::check` before it gets here).
                         Some(_) => Rejection::HashMismatch,
                     };
-                    Err(self.reject_key(reason, key.id))
+                    Err(reject_key(reason, key.id))
                 }
             }
         }
@@ -129,7 +136,8 @@ impl Keygate {
     /// The record for `id`, checked with [`KeyRecord::check`] whatever store it came
     /// from: one that fails, or that the store could not read, is
     /// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id.
-    async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, VerifyError> {
+    /// A store failure is [`VerifyError::StoreUnavailable`], logged without one.
+    async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, Refused> {
         let lookup = self.inner.store.get(id);
         let result = match self.inner.store_timeout {
             None => lookup.await,
@@ -140,44 +148,12 @@ impl Keygate {
         match result {
             Ok(Some(record)) => match record.check(id) {
                 Ok(()) => Ok(Some(record)),
-                Err(invalid) => Err(self.store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
+                Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
             },
             Ok(None) => Ok(None),
-            Err(error @ StoreError::Corrupt(_)) => Err(self.store_corrupt(id, error)),
-            Err(error) => Err(VerifyError::StoreUnavailable(error)),
+            Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
+            Err(error) => Err(VerifyError::StoreUnavailable(error).into()),
         }
-    }
-
-    /// A corrupt record on the verify path: a server error, counted and (rate-limited)
-    /// logged at error level with its key id, never with the record's contents.
-    fn store_corrupt(&self, id: KeyId, error: StoreError) -> VerifyError {
-        let error = VerifyError::StoreCorrupt(error);
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(&error, Some(id), now);
-        error
-    }
-
-    /// A refusal after the store lookup: counted and (rate-limited) logged with the key id.
-    fn reject_key(&self, rejection: Rejection, id: KeyId) -> VerifyError {
-        let error = VerifyError::InvalidKey(rejection);
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(&error, Some(id), now);
-        error
-    }
-
-    /// Counts and (rate-limited) logs a refusal, unless [`reject_key`](Self::reject_key)
-    /// already did with the key id. The reason code, never the token.
-    fn log_refusal(&self, error: &VerifyError) {
-        let logged_with_id = match error {
-            VerifyError::InvalidKey(r) => !r.is_offline(),
-            VerifyError::StoreCorrupt(_) => true,
-            _ => false,
-        };
-        if logged_with_id {
-            return;
-        }
-        let now = self.inner.clock.now_micros();
-        self.inner.refusals.record(error, None, now);
     }
 
     /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
@@ -190,10 +166,10 @@ impl Keygate {
         bound: Option<&[u8]>,
         hash: &SecretHash,
         id: KeyId,
-    ) -> Result<Option<SecretHash>, VerifyError> {
+    ) -> Result<Option<SecretHash>, Refused> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
-            return Err(self.reject_key(Rejection::HashMismatch, id));
+            return Err(reject_key(Rejection::HashMismatch, id));
         }
         let (scheme, input) = match bound {
             Some(bound) => (HashScheme::Bound, bound),
@@ -212,16 +188,16 @@ impl Keygate {
         now: usage::Micros,
         rehash: Option<SecretHash>,
         token_exp: Option<usage::Micros>,
-    ) -> Result<Principal, VerifyError> {
+    ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         if !record.active {
-            return Err(self.reject_key(Rejection::Inactive, record.id));
+            return Err(reject_key(Rejection::Inactive, record.id));
         }
         if record
             .expires_at
             .is_some_and(|at| now >= at.timestamp_micros())
         {
-            return Err(self.reject_key(Rejection::Expired, record.id));
+            return Err(reject_key(Rejection::Expired, record.id));
         }
         let owner = match &inner.users {
             None => UNRESTRICTED.clone(),
@@ -230,10 +206,10 @@ impl Keygate {
                 .await
                 .map_err(VerifyError::DirectoryUnavailable)?
                 .map(Arc::new)
-                .ok_or_else(|| self.reject_key(Rejection::OwnerUnknown, record.id))?,
+                .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?,
         };
         if !owner.active {
-            return Err(self.reject_key(Rejection::OwnerInactive, record.id));
+            return Err(reject_key(Rejection::OwnerInactive, record.id));
         }
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
@@ -248,10 +224,42 @@ impl Keygate {
     }
 }
 
+/// A refusal on its way to [`Keygate::refuse`]: the error, and the key id to log with it.
+struct Refused {
+    error: VerifyError,
+    /// Set once the store lookup has tied the token to a key.
+    key: Option<KeyId>,
+}
+
+/// A refusal without a key id: the request, the token's offline checks, the backends.
+impl From<VerifyError> for Refused {
+    fn from(error: VerifyError) -> Self {
+        Refused { error, key: None }
+    }
+}
+
+/// A refusal of the token alone, before any store access.
+fn reject(rejection: Rejection) -> Refused {
+    VerifyError::InvalidKey(rejection).into()
+}
+
+/// A refusal after the store lookup, logged with the key id.
+fn reject_key(rejection: Rejection, id: KeyId) -> Refused {
+    Refused {
+        error: VerifyError::InvalidKey(rejection),
+        key: Some(id),
+    }
+}
+
+/// A corrupt record on the verify path: a server error, logged at error level with its key
+/// id, never with the record's contents.
+fn store_corrupt(id: KeyId, error: StoreError) -> Refused {
+    Refused {
+        error: VerifyError::StoreCorrupt(error),
+        key: Some(id),
+    }
+}
+
 /// The owner of every key on a gate without a directory, shared rather than rebuilt.
 static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
     std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));
-
-fn reject(rejection: Rejection) -> VerifyError {
-    VerifyError::InvalidKey(rejection)
-}
