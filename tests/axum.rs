@@ -1150,11 +1150,11 @@ impl Capture {
     }
 }
 
-/// With a user directory, `Keygate::accept` builds its "owner unknown" refusal with
-/// `ok_or(reject_key(..))`, which runs `reject_key` (and its INFO "key refused" event) on
-/// every *successful* verify too: with an INFO subscriber, each accepted request logs a
-/// false `reason=owner_unknown` refusal. Fix: `ok_or_else(|| reject_key(..))` in
-/// src/gate.rs.
+/// With a user directory, `Keygate::accept` once built its "owner unknown" refusal with
+/// `ok_or(reject_key(..))`, which ran `reject_key` (and its INFO "key refused" event) on
+/// every *successful* verify too: with an INFO subscriber, each accepted request logged a
+/// false `reason=owner_unknown` refusal. Refusals are now logged only by
+/// `Keygate::refuse` (src/verify.rs), for the refusal a verify returns.
 #[tokio::test]
 async fn an_accepted_request_logs_no_refusal() {
     let capture = Capture::default();
