@@ -12,8 +12,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use keygate::chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keygate::{
-    DirectoryError, JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, ListQuery, ManualClock, MemoryStore,
-    NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError, MAX_PAGE,
+    DirectoryError, JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, ListQuery, ManualClock,
+    MemoryStore, NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError, MAX_PAGE,
 };
 use ring::hmac;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -142,13 +142,16 @@ pub fn fixture() -> &'static Fixture {
 /// A new gate and store with the fixture keys (for targets that write).
 pub async fn build_fixture() -> Fixture {
     let clock = Arc::new(ManualClock::new(now() - TimeDelta::seconds(100)));
-    let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).expect("pepper"))
-        .prefix(PREFIX)
-        .jwt_secret(JwtSecret::new(JWT_SECRET).expect("jwt secret"))
-        .users(Directory)
-        .clock(clock.clone())
-        .build()
-        .expect("fixture gate");
+    let gate = Keygate::builder(
+        MemoryStore::new(),
+        Pepper::new(1, [7u8; 32]).expect("pepper"),
+    )
+    .prefix(PREFIX)
+    .jwt_secret(JwtSecret::new(JWT_SECRET).expect("jwt secret"))
+    .users(Directory)
+    .clock(clock.clone())
+    .build()
+    .expect("fixture gate");
     let mut keys = Vec::new();
     let mint = |new: NewKey, outcome: Option<Rejection>| {
         let gate = gate.clone();
