@@ -311,6 +311,7 @@ impl AdminResponse {
 
     /// The body could not be read: 413 when the framework's limit refused it (`status`
     /// 413), 400 otherwise. For the framework adapters.
+    #[cfg(any(feature = "axum", feature = "actix"))]
     pub(crate) fn unreadable_body(status: u16) -> Self {
         if status == 413 {
             Self::error(413, "payload_too_large", "request body too large")
@@ -481,10 +482,13 @@ impl AdminApi {
         &self.gate
     }
 
-    /// Whether `caller` may use the admin API: it is explicitly granted the admin
-    /// permission ([`Principal::grants`]).
+    /// Whether `caller` may use the admin API: this API's gate verified it
+    /// ([`Keygate::verified`]) and it is explicitly granted the admin permission
+    /// ([`Principal::grants`]).
     pub fn is_admin(&self, caller: &Principal) -> bool {
-        caller.grants(&self.permission)
+        // A principal another gate verified (another store, pepper or directory) is no
+        // caller of this one, whatever it may do there.
+        self.gate.verified(caller) && caller.grants(&self.permission)
     }
 
     /// Handles one request from an already verified `caller`.

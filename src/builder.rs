@@ -1,6 +1,7 @@
 //! [`KeygateBuilder`]: a [`Keygate`]'s configuration, checked once at build.
 
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +12,10 @@ use crate::hash::Pepper;
 use crate::jwt::JwtSecret;
 use crate::key;
 use crate::refusals::Refusals;
+
+/// The id of the next gate built in this process: a [`Principal`](crate::Principal) remembers
+/// the gate that verified it, so another gate's admin API does not take it.
+static NEXT_GATE_ID: AtomicU64 = AtomicU64::new(1);
 use crate::store::KeyStore;
 use crate::usage::Usage;
 use crate::user::UserDirectory;
@@ -122,6 +127,7 @@ impl KeygateBuilder {
         let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         Ok(Keygate {
             inner: Arc::new(Inner {
+                id: NEXT_GATE_ID.fetch_add(1, Ordering::Relaxed),
                 store: self.store,
                 prefix: self.prefix,
                 pepper: self.pepper,

@@ -65,6 +65,8 @@ pub struct Keygate {
 /// What a [`Keygate`] holds: set once by [`KeygateBuilder::build`](crate::KeygateBuilder::build), read by key
 /// management here and by the verify path (`verify.rs`).
 pub(crate) struct Inner {
+    /// Unique among the gates of this process (see [`Keygate::verified`]).
+    pub(crate) id: u64,
     pub(crate) store: Arc<dyn KeyStore>,
     pub(crate) prefix: String,
     pub(crate) pepper: Pepper,
@@ -105,6 +107,13 @@ impl Keygate {
     /// The opaque-key prefix.
     pub fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    /// Whether this gate verified `principal` (and not another [`Keygate`] of the process,
+    /// which may have another store, pepper or directory). The admin API admits only
+    /// principals its own gate verified.
+    pub fn verified(&self, principal: &crate::Principal) -> bool {
+        principal.gate_id() == self.inner.id
     }
 
     /// The realm for `WWW-Authenticate` challenges.

@@ -51,6 +51,7 @@ pub const MAX_HEADER_LEN: usize = 8192 + 64;
 
 /// The realm a [`VerifyError`] names when rendered with no gate at hand (and a gate's
 /// default, see [`KeygateBuilder::realm`](crate::KeygateBuilder::realm)).
+#[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) const DEFAULT_REALM: &str = "api";
 
 /// Seconds suggested in `Retry-After` when the store is unavailable.

@@ -49,6 +49,9 @@ pub struct Principal {
     /// A JWT's own `exp`, in microseconds since the epoch: the token stops then, whatever
     /// its record says.
     token_expires_at: Option<i64>,
+    /// Which [`Keygate`](crate::Keygate) verified it (see
+    /// [`Keygate::verified`](crate::Keygate::verified)).
+    gate: u64,
 }
 
 impl Principal {
@@ -58,6 +61,7 @@ impl Principal {
         from_directory: bool,
         verified_at: i64,
         token_expires_at: Option<i64>,
+        gate: u64,
     ) -> Self {
         Self {
             record,
@@ -65,7 +69,13 @@ impl Principal {
             from_directory,
             verified_at,
             token_expires_at,
+            gate,
         }
+    }
+
+    /// The id of the gate that verified this principal.
+    pub(crate) fn gate_id(&self) -> u64 {
+        self.gate
     }
 
     /// When the gate accepted the key (its clock), to the microsecond: the request's

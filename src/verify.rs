@@ -220,6 +220,7 @@ impl Keygate {
             inner.users.is_some(),
             now,
             token_exp,
+            inner.id,
         ))
     }
 }

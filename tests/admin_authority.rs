@@ -864,3 +864,29 @@ async fn bodies_must_be_utf8_json_objects() {
     }
     assert_unchanged(&h, &before).await;
 }
+
+#[tokio::test]
+async fn a_principal_from_another_gate_is_not_admin_here() {
+    // Review I5: both adapters reuse a Principal already in the request, so one verified
+    // by gate A (its own store, pepper, directory) must not drive gate B's admin API.
+    let a = harness();
+    let b = harness();
+    let (_, root_of_a) = caller(&a.gate, NewKey::new("root key", "root")).await;
+    assert!(a.gate.verified(&root_of_a));
+    assert!(!b.gate.verified(&root_of_a));
+    let before = snapshot(&b).await;
+    let foreign = AdminApi::new(b.gate.clone());
+    assert_forbidden(&list(&foreign, &root_of_a).await, "not_admin");
+    assert_forbidden(
+        &create(
+            &foreign,
+            &root_of_a,
+            json!({ "name": "x", "userId": "root" }),
+        )
+        .await,
+        "not_admin",
+    );
+    assert_unchanged(&b, &before).await;
+    // On its own gate it is admin.
+    assert_ok(&list(&AdminApi::new(a.gate.clone()), &root_of_a).await);
+}
