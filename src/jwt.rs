@@ -139,7 +139,11 @@ impl JwtSecret {
         if header.alg != "HS256" {
             return Err(Rejection::JwtAlgorithm);
         }
-        if header.typ.as_deref().is_some_and(|t| t != "JWT") {
+        if header
+            .typ
+            .as_ref()
+            .is_some_and(|typ| typ.as_deref() != Some("JWT"))
+        {
             return Err(Rejection::JwtMalformed);
         }
         if header.crit {
@@ -228,9 +232,10 @@ fn decode_json<T: DeserializeOwned>(part: &str) -> Result<T, Rejection> {
 #[derive(Deserialize)]
 struct Header {
     alg: String,
-    /// Absent, or a string (`null` is refused, not read as absent).
-    #[serde(default, deserialize_with = "string")]
-    typ: Option<String>,
+    /// `None` when absent; `Some(None)` for `null`, which is refused as any value other
+    /// than `"JWT"` is (after `alg`), not read as absent.
+    #[serde(default, deserialize_with = "present_value")]
+    typ: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
     crit: bool,
 }
@@ -259,9 +264,9 @@ struct Claims {
 #[derive(Clone, Copy)]
 struct Micros(i64);
 
-/// A present field must be a string; `null` is an error, not "absent".
-fn string<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    String::deserialize(d).map(Some)
+/// A present field, `null` included, is `Some`: `null` is not "absent".
+fn present_value<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
 }
 
 /// `true` whenever the field is there at all, even as `null`.
