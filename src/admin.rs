@@ -590,11 +590,10 @@ impl AdminApi {
                         .ok_or_else(|| AdminResponse::bad_request("limit must be 1 to 1000"))?
                 }
                 "after" => {
-                    list.after = Some(
-                        value
-                            .parse()
-                            .map_err(|_| AdminResponse::bad_request("after must be a key id"))?,
-                    )
+                    list.after =
+                        Some(value.parse().map_err(|_| {
+                            AdminResponse::bad_request("after must be a next cursor")
+                        })?)
                 }
                 _ => {}
             }
@@ -604,7 +603,7 @@ impl AdminApi {
         let mut body = Map::new();
         body.insert("apiKeys".to_owned(), json!(keys));
         if let Some(next) = page.next {
-            body.insert("next".to_owned(), json!(next));
+            body.insert("next".to_owned(), json!(next.to_string()));
         }
         Ok(AdminResponse::json(200, Value::Object(body)))
     }

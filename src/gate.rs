@@ -17,7 +17,7 @@ use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
 use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
 use crate::refusals::Refusals;
 use crate::secret::Secret;
-use crate::store::{KeyStore, ListQuery, Page, StoreError};
+use crate::store::{Cursor, KeyStore, ListQuery, Page, StoreError};
 use crate::usage::{self, Usage};
 use crate::user::{Owner, UserDirectory};
 use crate::validate;
@@ -278,7 +278,8 @@ impl Keygate {
         Ok(self.inner.store.get(id).await?.map(Arc::unwrap_or_clone))
     }
 
-    /// One page of records ordered by id (at most [`MAX_PAGE`]), optionally one owner's.
+    /// One page of records in creation order (at most [`MAX_PAGE`]), optionally one
+    /// owner's; [`Page::next`] continues it.
     pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
         if query.limit == 0 {
             return Err(Error::invalid("limit", "must be at least 1"));
@@ -287,7 +288,7 @@ impl Keygate {
         query.limit = query.limit.min(MAX_PAGE);
         let records = self.inner.store.list(&query).await?;
         let next = (records.len() == query.limit)
-            .then(|| records.last().map(|r| r.id))
+            .then(|| records.last().map(Cursor::of))
             .flatten();
         Ok(Page { records, next })
     }

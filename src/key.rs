@@ -127,6 +127,9 @@ impl Hasher for IdHasher {
 pub(crate) type IdMap<V> = HashMap<KeyId, V, BuildHasherDefault<IdHasher>>;
 
 impl KeyId {
+    /// The all-zero id, before every other in order.
+    pub(crate) const NIL: Self = Self(Uuid::nil());
+
     /// A new random (version 4) id.
     pub fn random() -> Self {
         let mut bytes = [0u8; 16];

@@ -125,8 +125,8 @@ pub use secret::Secret;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::SqliteStore;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, KeyStore, ListQuery,
-    MemoryStore, Page, StoreError,
+    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
+    KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

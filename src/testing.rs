@@ -34,7 +34,7 @@ use serde_json::json;
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
 use crate::record::{KeyPatch, KeyRecord, Metadata};
-use crate::store::{KeyStore, ListQuery, StoreError};
+use crate::store::{Cursor, KeyStore, ListQuery, StoreError};
 
 /// Runs every check below, in order.
 pub async fn run_all(store: Arc<dyn KeyStore>) {
@@ -249,7 +249,7 @@ pub async fn hash_and_format_round_trip(store: &dyn KeyStore) {
         );
     }
     let mut expected = records.to_vec();
-    expected.sort_by_key(|r| r.id);
+    expected.sort_by_key(Cursor::of);
     let listed = store
         .list(&ListQuery::new().owner(owner.clone()))
         .await
@@ -350,22 +350,27 @@ pub async fn unicode_round_trip(store: &dyn KeyStore) {
     assert_eq!(page[0], record, "unicode: listed record");
 }
 
-/// Listing by owner in pages: id order, `after` exclusive, no duplicates or gaps.
+/// Listing by owner in pages: creation order (`created_at`, then id, as [`Cursor`] orders
+/// them), `after` exclusive, no duplicates or gaps; keys created in the same microsecond
+/// and keys inserted out of creation order included.
 pub async fn paging(store: &dyn KeyStore) {
     let owner = unique_owner("paging");
     let other = unique_owner("paging-other");
-    let mut ids = Vec::new();
-    for i in 0..25 {
+    let base = now();
+    let mut cursors = Vec::new();
+    for i in 0..25i64 {
         let mut record = sample_record(&owner);
         record.name = format!("key {i}");
-        ids.push(record.id);
+        // Five distinct instants, inserted out of order, five keys sharing each.
+        record.created_at = base - TimeDelta::seconds((i * 7) % 5);
+        cursors.push(Cursor::of(&record));
         store.insert(record).await.expect("paging: insert");
         store
             .insert(sample_record(&other))
             .await
             .expect("paging: insert other");
     }
-    ids.sort();
+    cursors.sort();
     let mut seen = Vec::new();
     let mut after = None;
     loop {
@@ -380,29 +385,30 @@ pub async fn paging(store: &dyn KeyStore) {
         if page.is_empty() {
             break;
         }
-        after = page.last().map(|r| r.id);
-        seen.extend(page.iter().map(|r| r.id));
+        after = page.last().map(Cursor::of);
+        seen.extend(page.iter().map(Cursor::of));
         if page.len() < 10 {
             break;
         }
     }
     assert_eq!(
-        seen, ids,
-        "paging: pages must cover every key once, in id order"
+        seen, cursors,
+        "paging: pages must cover every key once, in creation order"
     );
-    // Unfiltered listing is id-ordered too and honours the cursor.
-    let start = ids[0];
+    // Unfiltered listing is in creation order too and honours the cursor.
+    let start = cursors[0];
     let page = store
         .list(&ListQuery::new().after(start).limit(50))
         .await
         .expect("paging: unfiltered list");
     assert!(page.len() <= 50, "paging: unfiltered limit");
     assert!(
-        page.iter().all(|r| r.id > start),
+        page.iter().all(|r| Cursor::of(r) > start),
         "paging: cursor is exclusive"
     );
     assert!(
-        page.windows(2).all(|w| w[0].id < w[1].id),
+        page.windows(2)
+            .all(|w| Cursor::of(&w[0]) < Cursor::of(&w[1])),
         "paging: unfiltered order"
     );
 }
@@ -514,7 +520,7 @@ pub async fn concurrent_inserts(store: Arc<dyn KeyStore>) {
                         .insert(record.clone())
                         .await
                         .expect("concurrent: insert");
-                    ids.push(record.id);
+                    ids.push(Cursor::of(&record));
                 }
                 ids
             })
@@ -529,7 +535,7 @@ pub async fn concurrent_inserts(store: Arc<dyn KeyStore>) {
         .list(&ListQuery::new().owner(owner).limit(1000))
         .await
         .expect("concurrent: list");
-    let listed: Vec<KeyId> = listed.iter().map(|r| r.id).collect();
+    let listed: Vec<Cursor> = listed.iter().map(Cursor::of).collect();
     assert_eq!(listed, expected, "concurrent: lost or duplicated records");
 }
 

@@ -20,8 +20,8 @@ use common::*;
 use std::sync::Arc;
 
 use keygate::{
-    Error, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, ListQuery, Metadata, NewKey, Rejection,
-    StoreError, MAX_NAME_LEN,
+    Cursor, Error, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, ListQuery, Metadata, NewKey,
+    Rejection, StoreError, MAX_NAME_LEN,
 };
 use serde_json::json;
 
@@ -488,10 +488,10 @@ async fn list_pages_through_one_owners_keys_without_gaps_or_repeats() {
         let page = h.gate.list(query.clone()).await.unwrap();
         sizes.push(page.records.len());
         assert!(page.records.iter().all(|r| r.owner == "carol"));
-        seen.extend(page.records.iter().map(|r| r.id));
+        seen.extend(page.records.iter().map(Cursor::of));
         match page.next {
             Some(next) => {
-                assert_eq!(Some(next), page.records.last().map(|r| r.id));
+                assert_eq!(Some(next), page.records.last().map(Cursor::of));
                 query = ListQuery::new().owner("carol").limit(5).after(next);
             }
             None => break,
@@ -500,8 +500,8 @@ async fn list_pages_through_one_owners_keys_without_gaps_or_repeats() {
     assert_eq!(sizes, vec![5, 5, 5, 5, 3]);
     let mut sorted = seen.clone();
     sorted.sort();
-    assert_eq!(seen, sorted, "pages come in id order");
-    let unique: BTreeSet<KeyId> = seen.iter().copied().collect();
+    assert_eq!(seen, sorted, "pages come in creation order");
+    let unique: BTreeSet<KeyId> = seen.iter().map(Cursor::id).collect();
     assert_eq!(unique.len(), seen.len(), "no key listed twice");
     assert_eq!(unique, carols, "every key listed");
 }

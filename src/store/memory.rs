@@ -4,7 +4,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
-use super::{KeyStore, ListQuery, StoreError};
+use super::{Cursor, KeyStore, ListQuery, StoreError};
 use crate::key::{IdMap, KeyId};
 use crate::record::{KeyPatch, KeyRecord};
 
@@ -26,8 +26,8 @@ pub struct MemoryStore {
 #[derive(Debug, Default)]
 struct Inner {
     by_id: IdMap<Arc<KeyRecord>>,
-    ids: BTreeSet<KeyId>,
-    by_owner: BTreeSet<(String, KeyId)>,
+    order: BTreeSet<Cursor>,
+    by_owner: BTreeSet<(String, Cursor)>,
 }
 
 impl MemoryStore {
@@ -64,8 +64,10 @@ impl KeyStore for MemoryStore {
         if inner.by_id.contains_key(&record.id) {
             return Err(StoreError::Conflict(record.id));
         }
-        inner.ids.insert(record.id);
-        inner.by_owner.insert((record.owner.clone(), record.id));
+        inner.order.insert(Cursor::of(&record));
+        inner
+            .by_owner
+            .insert((record.owner.clone(), Cursor::of(&record)));
         inner.by_id.insert(record.id, Arc::new(record));
         Ok(())
     }
@@ -81,10 +83,13 @@ impl KeyStore for MemoryStore {
         };
         let mut updated = KeyRecord::clone(current);
         patch.apply(&mut updated)?;
-        if updated.owner != current.owner {
+        let (before, after) = (Cursor::of(current), Cursor::of(&updated));
+        if updated.owner != current.owner || before != after {
             let old_owner = current.owner.clone();
-            inner.by_owner.remove(&(old_owner, id));
-            inner.by_owner.insert((updated.owner.clone(), id));
+            inner.by_owner.remove(&(old_owner, before));
+            inner.by_owner.insert((updated.owner.clone(), after));
+            inner.order.remove(&before);
+            inner.order.insert(after);
         }
         inner.by_id.insert(id, Arc::new(updated.clone()));
         Ok(Some(updated))
@@ -95,8 +100,10 @@ impl KeyStore for MemoryStore {
         let Some(record) = inner.by_id.remove(&id) else {
             return Ok(false);
         };
-        inner.ids.remove(&id);
-        inner.by_owner.remove(&(record.owner.clone(), id));
+        inner.order.remove(&Cursor::of(&record));
+        inner
+            .by_owner
+            .remove(&(record.owner.clone(), Cursor::of(&record)));
         Ok(true)
     }
 
@@ -107,23 +114,23 @@ impl KeyStore for MemoryStore {
             None => {
                 let start = query.after.map_or(Unbounded, Excluded);
                 inner
-                    .ids
+                    .order
                     .range((start, Unbounded))
                     .take(query.limit)
-                    .copied()
+                    .map(Cursor::id)
                     .collect()
             }
             Some(owner) => {
                 let start = match query.after {
                     Some(after) => Excluded((owner.clone(), after)),
-                    None => Included((owner.clone(), KeyId::from(uuid::Uuid::nil()))),
+                    None => Included((owner.clone(), Cursor::FIRST)),
                 };
                 inner
                     .by_owner
                     .range((start, Unbounded))
                     .take_while(|(o, _)| o == owner)
                     .take(query.limit)
-                    .map(|(_, id)| *id)
+                    .map(|(_, cursor)| cursor.id())
                     .collect()
             }
         };

@@ -74,8 +74,8 @@ pub trait KeyStore: Send + Sync + 'static {
     /// Removes the record; `Ok(false)` if there was none.
     async fn delete(&self, id: KeyId) -> Result<bool, StoreError>;
 
-    /// Records ordered by id, optionally one owner's, starting after `query.after`, at most
-    /// `query.limit` of them.
+    /// Records in creation order (by `created_at`, then by id), optionally one owner's,
+    /// starting after `query.after` ([`Cursor`] order), at most `query.limit` of them.
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError>;
 
     /// Sets `last_used_at` for each `(id, at)` where `at` is later than what is stored.
@@ -109,8 +109,8 @@ pub trait ChangeListener: Send + Sync + 'static {
 pub struct ListQuery {
     /// Only this owner's keys.
     pub owner: Option<String>,
-    /// Only ids strictly greater than this one (the cursor of the previous page).
-    pub after: Option<KeyId>,
+    /// Only records after this position (the [`Page::next`] of the previous page).
+    pub after: Option<Cursor>,
     /// At most this many records.
     pub limit: usize,
 }
@@ -134,9 +134,9 @@ impl ListQuery {
         self
     }
 
-    /// Continue after `id` (a [`Page::next`]).
-    pub fn after(mut self, id: KeyId) -> Self {
-        self.after = Some(id);
+    /// Continue after `cursor` (a [`Page::next`]).
+    pub fn after(mut self, cursor: Cursor) -> Self {
+        self.after = Some(cursor);
         self
     }
 
@@ -153,13 +153,101 @@ impl Default for ListQuery {
     }
 }
 
+/// A position in creation order: the `created_at` and id of a record. Lists are ordered
+/// by this pair, so a page boundary stays put while keys are minted or deleted around it.
+///
+/// Its text form (`<microseconds since the epoch>-<id>`, as the admin API's `next` and
+/// `after` carry it) round-trips through [`Display`](std::fmt::Display) and
+/// [`FromStr`](std::str::FromStr).
+///
+/// ```
+/// use keygate::{Cursor, KeyId};
+/// use keygate::chrono::{TimeZone, Utc};
+///
+/// let at = Utc.timestamp_opt(1_700_000_000, 123_456_000).unwrap();
+/// let cursor = Cursor::new(at, KeyId::random());
+/// assert_eq!(cursor.to_string().parse::<Cursor>(), Ok(cursor));
+/// assert!("not a cursor".parse::<Cursor>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Cursor {
+    created_at: DateTime<Utc>,
+    id: KeyId,
+}
+
+impl Cursor {
+    /// Before every record.
+    pub(crate) const FIRST: Self = Self {
+        created_at: DateTime::<Utc>::MIN_UTC,
+        id: KeyId::NIL,
+    };
+
+    /// The position of a record created at `created_at` (kept to the microsecond, as
+    /// stores keep it) with id `id`.
+    pub fn new(created_at: DateTime<Utc>, id: KeyId) -> Self {
+        let created_at =
+            DateTime::from_timestamp_micros(created_at.timestamp_micros()).unwrap_or(created_at);
+        Self { created_at, id }
+    }
+
+    /// The position of `record`.
+    pub fn of(record: &KeyRecord) -> Self {
+        Self::new(record.created_at, record.id)
+    }
+
+    /// The creation time part.
+    pub fn created_at(&self) -> DateTime<Utc> {
+        self.created_at
+    }
+
+    /// The id part.
+    pub fn id(&self) -> KeyId {
+        self.id
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.created_at.timestamp_micros(), self.id)
+    }
+}
+
+/// A string that is not a [`Cursor`]'s text form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a list cursor (expected <microseconds>-<key id>)")]
+pub struct InvalidCursor;
+
+impl std::str::FromStr for Cursor {
+    type Err = InvalidCursor;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        // The microseconds may be negative, so split at the first '-' after the first byte.
+        let split = s
+            .char_indices()
+            .skip(1)
+            .find(|&(_, c)| c == '-')
+            .map(|(i, _)| i)
+            .ok_or(InvalidCursor)?;
+        let (micros, id) = s.split_at(split);
+        let micros: i64 = micros.parse().map_err(|_| InvalidCursor)?;
+        let id: KeyId = id
+            .get(1..)
+            .ok_or(InvalidCursor)?
+            .parse()
+            .map_err(|_| InvalidCursor)?;
+        let created_at = DateTime::from_timestamp_micros(micros).ok_or(InvalidCursor)?;
+        Ok(Self { created_at, id })
+    }
+}
+
 /// One page of [`Keygate::list`](crate::Keygate::list).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Page {
-    /// The records, ordered by id.
+    /// The records, in creation order ([`Cursor`] order).
     pub records: Vec<KeyRecord>,
     /// Pass to [`ListQuery::after`] for the next page; `None` on the last page.
-    pub next: Option<KeyId>,
+    pub next: Option<Cursor>,
 }
 
 /// A store failure. Never means "not found".

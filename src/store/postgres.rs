@@ -411,7 +411,7 @@ impl KeyStore for PostgresStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = query.after.map(|id| *id.as_uuid());
+        let after = query.after.map(|cursor| *cursor.id().as_uuid());
         let rows = match (&query.owner, after) {
             (None, None) => sqlx::query(concat!(
                 "SELECT ",

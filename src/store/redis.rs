@@ -899,7 +899,7 @@ impl KeyStore for RedisStore {
         };
         let min = query
             .after
-            .map_or_else(|| "-".to_owned(), |after| format!("({after}"));
+            .map_or_else(|| "-".to_owned(), |after| format!("({}", after.id()));
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
         let rows: Vec<Option<Vec<u8>>> = self
             .read(|mut conn| {

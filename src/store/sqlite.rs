@@ -400,7 +400,7 @@ impl KeyStore for SqliteStore {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
         let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = query.after.map(|id| id.to_string());
+        let after = query.after.map(|cursor| cursor.id().to_string());
         let rows = match (&query.owner, after) {
             (None, None) => sqlx::query(concat!(
                 "SELECT ",
