@@ -61,8 +61,8 @@ struct DemoUsers {
 impl DemoUsers {
     fn new() -> Self {
         Self {
-            admin: Owner::active(["admin", "library:read"]),
-            user: Owner::active(["library:read"]),
+            admin: Owner::with_permissions(["admin", "library:read"]),
+            user: Owner::with_permissions(["library:read"]),
         }
     }
 }
@@ -91,7 +91,7 @@ async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
 }
 
-async fn libraries(Require(principal, ..): Require<LibraryRead>) -> HttpResponse {
+async fn libraries(principal: Require<LibraryRead>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "libraries": [
             { "id": "lib-books", "name": "Audiobooks", "mediaType": "book" },

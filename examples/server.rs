@@ -69,8 +69,8 @@ struct DemoUsers {
 impl DemoUsers {
     fn new() -> Self {
         Self {
-            admin: Owner::active(["admin", "library:read"]),
-            user: Owner::active(["library:read"]),
+            admin: Owner::with_permissions(["admin", "library:read"]),
+            user: Owner::with_permissions(["library:read"]),
         }
     }
 }
@@ -99,7 +99,7 @@ async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
 }
 
-async fn libraries(Require(principal, ..): Require<LibraryRead>) -> Json<Value> {
+async fn libraries(principal: Require<LibraryRead>) -> Json<Value> {
     Json(json!({
         "libraries": [
             { "id": "lib-books", "name": "Audiobooks", "mediaType": "book" },
