@@ -108,17 +108,13 @@ pub use ::redis;
 pub use builder::KeygateBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
-pub use gate::{IssuedKey, Keygate, MAX_NAME_LEN, MAX_PAGE};
-pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
-pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
-pub use key::{
-    checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
-};
+pub use gate::{IssuedKey, Keygate};
+pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme};
+pub use jwt::JwtSecret;
+pub use key::{checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, SCANNER_REGEX};
 pub use pepper_source::PepperError;
 pub use principal::{Permission, Principal};
-pub use record::{
-    InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition, MAX_STORED_OWNER_LEN,
-};
+pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition};
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 #[cfg(feature = "sqlite")]
@@ -135,9 +131,26 @@ pub use store::{PostgresOptions, PostgresStore};
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
-pub use validate::{
-    MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,
-};
+
+/// The limits keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
+/// admin API accept, on stored records, on tokens, and on secrets.
+///
+/// ```
+/// use keygate::limits::{MAX_NAME_LEN, MIN_PEPPER_LEN};
+///
+/// assert!(MAX_NAME_LEN > 0 && MIN_PEPPER_LEN == 32);
+/// ```
+pub mod limits {
+    pub use crate::gate::MAX_PAGE;
+    pub use crate::hash::MIN_PEPPER_LEN;
+    pub use crate::jwt::MIN_JWT_SECRET_LEN;
+    pub use crate::key::MAX_OPAQUE_LEN;
+    pub use crate::record::MAX_STORED_OWNER_LEN;
+    pub use crate::validate::{
+        MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,
+        MAX_SCOPE_LEN,
+    };
+}
 
 /// The README's snippets, compiled and run as doctests (with the web features on, as
 /// `cargo test --all-features` has them).

@@ -210,21 +210,10 @@ pub async fn build_fixture() -> Fixture {
     ] {
         let id = KeyId::random();
         let at = now() - TimeDelta::seconds(1000);
-        gate.import(KeyRecord {
-            id,
-            format: KeyFormat::Jwt,
-            hash: None,
-            name: format!("imported {owner}"),
-            description: None,
-            owner: owner.to_owned(),
-            created_by: None,
-            created_at: at,
-            updated_at: at,
-            expires_at: None,
-            last_used_at: None,
-            active,
-            scopes: None,
-            metadata: Default::default(),
+        gate.import({
+            let mut record = KeyRecord::new(id, KeyFormat::Jwt, format!("imported {owner}"), owner.to_owned(), at);
+            record.active = active;
+            record
         })
         .await
         .expect("import");
