@@ -332,7 +332,6 @@ impl Authenticate {
 }
 
 /// [`Authenticate`] as actix-web middleware: `wrap(Authenticate::required(gate))`.
-
 impl<S, B> Transform<S, ServiceRequest> for Authenticate
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,

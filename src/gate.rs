@@ -141,6 +141,8 @@ impl Keygate {
 
     /// Mints a key. The plaintext in the result is the only copy: keygate stores a hash.
     ///
+    /// # Errors
+    ///
     /// Refused before anything is written, with [`Error::InvalidInput`] naming the field:
     ///
     /// - `name`: blank, over [`MAX_NAME_LEN`](crate::limits::MAX_NAME_LEN) characters, or holding control characters or
@@ -159,7 +161,8 @@ impl Keygate {
     /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::limits::MAX_METADATA_BYTES) as compact JSON.
     /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY).
     ///
-    /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`].
+    /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
+    /// failure is [`Error::Store`].
     pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
         check_name(&new.name)?;
         if let Some(description) = &new.description {
@@ -265,6 +268,12 @@ impl Keygate {
     /// the older `Secret` kind are re-hashed as `Bound` after their first successful
     /// verify. Never overwrites: an existing id is
     /// [`StoreError::Conflict`](crate::StoreError::Conflict).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field (`name`, `owner`, `hash`, an instant) when the
+    /// record is refused; [`Error::Store`] with [`StoreError::Conflict`](crate::StoreError::Conflict)
+    /// when the id exists, or with the store's failure.
     pub async fn import(&self, record: KeyRecord) -> Result<(), Error> {
         // Looser than `mint`: Audiobookshelf accepts any non-empty name, and a migrated row
         // must come over as it is (the name is display text; no token carries it as truth).
@@ -282,12 +291,20 @@ impl Keygate {
     }
 
     /// The record with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store fails. An unknown id is `Ok(None)`.
     pub async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, Error> {
         Ok(self.inner.store.get(id).await?.map(Arc::unwrap_or_clone))
     }
 
     /// One page of records in creation order (at most [`MAX_PAGE`]), optionally one
     /// owner's; [`Page::next`] continues it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a `limit` of 0; [`Error::Store`] if the store fails.
     pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
         if query.limit == 0 {
             return Err(Error::invalid("limit", "must be at least 1"));
@@ -312,6 +329,12 @@ impl Keygate {
     /// owner, scopes, active flag or expiry changed since it was read writes nothing and
     /// is [`Error::Changed`] (the store checks it inside its atomic update). An empty
     /// conditional patch is checked against the record it returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field the patch sets against [`mint`](Self::mint)'s
+    /// rules; [`Error::NotFound`] for an unknown id; [`Error::Changed`] when a conditional
+    /// patch's record changed; [`Error::Store`] if the store fails.
     pub async fn update(&self, id: KeyId, patch: KeyPatch) -> Result<KeyRecord, Error> {
         if let Some(name) = &patch.name {
             check_name(name)?;
@@ -354,6 +377,11 @@ impl Keygate {
 
     /// Deactivates a key: every later verify refuses it. [`update`](Self::update) with
     /// `active(true)` brings it back.
+    ///
+    /// # Errors
+    ///
+    /// As [`update`](Self::update): [`Error::NotFound`] for an unknown id, [`Error::Store`] if
+    /// the store fails.
     pub async fn revoke(&self, id: KeyId) -> Result<KeyRecord, Error> {
         let record = self.update(id, KeyPatch::new().active(false)).await?;
         tracing::info!(target: "keygate", key_id = %id, "key revoked");
@@ -361,6 +389,10 @@ impl Keygate {
     }
 
     /// Deletes a key's record; nothing else is touched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown id; [`Error::Store`] if the store fails.
     pub async fn delete(&self, id: KeyId) -> Result<(), Error> {
         if !self.inner.store.delete(id).await? {
             return Err(Error::NotFound(id));
@@ -400,6 +432,13 @@ impl Keygate {
     /// Whenever the rotation fails after the new key was written, that key (whose
     /// plaintext nobody will see) is deleted again, best-effort, and the error returned:
     /// retrying is safe.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad `grace` or an old key that is revoked or expired (see
+    /// above); [`Error::NotFound`] for an unknown id (or one deleted meanwhile);
+    /// [`Error::Changed`] when the old key's owner or scopes changed meanwhile; [`Error::Store`]
+    /// if the store fails. Nothing is left written in any of these cases.
     pub async fn rotate(&self, id: KeyId, grace: TimeDelta) -> Result<IssuedKey, Error> {
         self.rotate_from(id, grace, None).await
     }
@@ -588,6 +627,11 @@ impl Keygate {
     /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
     /// user exists, active, with all permissions (implied, so not an explicit grant: see
     /// [`Principal::grants`](crate::Principal::grants)).
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError`](crate::DirectoryError) when the directory could not be asked. An
+    /// unknown user is `Ok(None)`.
     pub async fn owner(&self, user_id: &str) -> Result<Option<Owner>, crate::DirectoryError> {
         match &self.inner.users {
             None => Ok(Some(Owner::unrestricted())),
@@ -602,6 +646,11 @@ impl Keygate {
     /// first accepted verify after the interval starts (there is no timer, so under sparse
     /// traffic a use can wait for the next verify), and when the last `Keygate` clone is
     /// dropped inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store refused a write; what could not be written stays queued
+    /// for the next flush.
     pub async fn flush(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         Ok(inner

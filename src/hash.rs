@@ -137,7 +137,10 @@ pub struct Pepper {
 
 impl Pepper {
     /// A keyring whose current pepper is `secret` under `version`.
-    /// Fails if `secret` is shorter than [`MIN_PEPPER_LEN`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::PepperTooShort`] for a secret shorter than [`MIN_PEPPER_LEN`] bytes.
     pub fn new(version: u32, secret: impl AsRef<[u8]>) -> Result<Self, BuildError> {
         Ok(Self {
             current: version,
@@ -147,6 +150,11 @@ impl Pepper {
 
     /// Adds an older pepper that stored hashes may still use.
     /// Fails on a short secret or a version already in the keyring.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::PepperTooShort`] for a short secret; [`BuildError::DuplicatePepperVersion`]
+    /// when `version` is already in the keyring.
     pub fn with_previous(
         mut self,
         version: u32,

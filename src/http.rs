@@ -78,6 +78,11 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 ///     Err(VerifyError::InvalidRequest(RequestError::MultipleHeaders))
 /// ));
 /// ```
+///
+/// # Errors
+///
+/// [`VerifyError::MissingCredentials`] without an `Authorization` header or with another
+/// scheme; [`VerifyError::InvalidRequest`] for two headers or an unreadable one.
 pub fn bearer_token<'a, I>(values: I) -> Result<&'a str, VerifyError>
 where
     I: IntoIterator<Item = &'a [u8]>,
@@ -94,6 +99,12 @@ where
 ///
 /// Another scheme (`Basic …`) counts as no bearer credentials (401 with a bare challenge);
 /// a header that is there but unreadable is [`VerifyError::InvalidRequest`] (400).
+///
+/// # Errors
+///
+/// [`VerifyError::MissingCredentials`] for another scheme; [`VerifyError::InvalidRequest`]
+/// for an oversize value, characters outside printable ASCII, or a token that is not a
+/// `b64token`.
 pub fn parse_authorization(value: &[u8]) -> Result<&str, VerifyError> {
     let bad = |e| Err(VerifyError::InvalidRequest(e));
     if value.len() > MAX_HEADER_LEN {

@@ -178,6 +178,7 @@ pub(crate) fn check_stored_owner(owner: &str) -> Result<(), InvalidRecord> {
 /// logging it leaks nothing from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid stored record: {field} {reason}")]
+#[non_exhaustive]
 pub struct InvalidRecord {
     /// The offending field, e.g. `"owner"`.
     pub field: &'static str,
@@ -492,6 +493,10 @@ impl KeyPatch {
     /// [precondition](Self::if_unchanged) holds for it. If not, `record` is left as it was
     /// and the result is [`StoreError::Changed`](crate::StoreError::Changed) with the
     /// record's id: a store must then write nothing and return that error.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Changed`](crate::StoreError::Changed) when the precondition fails.
     #[must_use = "a patch whose precondition fails must not be written"]
     pub fn apply(&self, record: &mut KeyRecord) -> Result<(), crate::StoreError> {
         if !self.precondition_holds(record) {
