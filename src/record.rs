@@ -29,7 +29,7 @@ pub type Metadata = serde_json::Map<String, serde_json::Value>;
 /// use keygate::{KeyFormat, KeyId, KeyRecord};
 ///
 /// let now = Utc::now();
-/// let mut record = KeyRecord::new(KeyId::new(), KeyFormat::Jwt, "Backup Script", "user-1", now);
+/// let mut record = KeyRecord::new(KeyId::random(), KeyFormat::Jwt, "Backup Script", "user-1", now);
 /// record.expires_at = Some(now + TimeDelta::days(30));
 /// assert!(record.active && record.hash.is_none());
 /// ```
