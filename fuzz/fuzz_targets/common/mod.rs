@@ -13,7 +13,7 @@ use base64::Engine;
 use keygate::chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keygate::{
     DirectoryError, JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, ListQuery, ManualClock,
-    MemoryStore, NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError, MAX_PAGE,
+    MemoryStore, NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError,
 };
 use ring::hmac;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -108,7 +108,7 @@ impl Fixture {
 
 /// Every record the gate's store holds, ordered by id.
 pub async fn records(gate: &Keygate) -> Vec<KeyRecord> {
-    gate.list(ListQuery::new().limit(MAX_PAGE))
+    gate.list(ListQuery::new().limit(keygate::limits::MAX_PAGE))
         .await
         .expect("MemoryStore lists")
         .records
@@ -211,7 +211,13 @@ pub async fn build_fixture() -> Fixture {
         let id = KeyId::random();
         let at = now() - TimeDelta::seconds(1000);
         gate.import({
-            let mut record = KeyRecord::new(id, KeyFormat::Jwt, format!("imported {owner}"), owner.to_owned(), at);
+            let mut record = KeyRecord::new(
+                id,
+                KeyFormat::Jwt,
+                format!("imported {owner}"),
+                owner.to_owned(),
+                at,
+            );
             record.active = active;
             record
         })
