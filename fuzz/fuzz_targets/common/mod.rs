@@ -40,8 +40,8 @@ pub struct Directory;
 impl UserDirectory for Directory {
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
         Ok(match user_id {
-            "root" => Some(Owner::active(["admin", "read"])),
-            "alice" => Some(Owner::active(["read"])),
+            "root" => Some(Owner::with_permissions(["admin", "read"])),
+            "alice" => Some(Owner::with_permissions(["read"])),
             "mallory" => Some(Owner::inactive()),
             _ => None,
         })
