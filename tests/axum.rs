@@ -1484,6 +1484,39 @@ async fn a_verify_error_from_a_handler_names_the_gates_realm_behind_the_layer() 
     );
 }
 
+/// The same check, answered as the shared `keygate::http::AuthError` (made with `From`).
+async fn dynamic_auth_error(principal: Principal) -> Result<String, keygate::http::AuthError> {
+    principal.require("library:write")?;
+    Ok("written".to_owned())
+}
+
+/// `keygate::http::AuthError` is axum's rejection and a handler's error alike; made from a
+/// `VerifyError` in a handler, the layer gives it the gate's realm, as for a bare one.
+#[tokio::test]
+async fn an_auth_error_from_a_handler_names_the_gates_realm_behind_the_layer() {
+    let f = fixture().await;
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let app = Router::new()
+        .route("/dynamic", get(dynamic_auth_error))
+        .layer(Authenticate::optional(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let reply = get_as(&app, "/dynamic", &alice).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let want =
+        format!(r#"Bearer realm="{REALM}", error="insufficient_scope", scope="library:write""#);
+    assert_eq!(reply.challenge(), Some(want.as_str()));
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+
+    let bare = Router::new()
+        .route("/dynamic", get(dynamic_auth_error))
+        .with_state(f.gate.clone());
+    let reply = get_as(&bare, "/dynamic", &alice).await;
+    assert_eq!(
+        reply.challenge(),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="library:write""#)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // /api/me, the route table, one error shape, unknown body fields
 // ---------------------------------------------------------------------------------------
