@@ -1,6 +1,9 @@
 //! What the SQL stores share: the column list, error mapping, and the checks that turn
 //! column values back into a [`KeyRecord`]'s fields.
 
+use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSafeStr, Type};
+
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
 use crate::store::StoreError;
@@ -90,8 +93,130 @@ pub(crate) fn hash_from(
     }
 }
 
-/// One embedded migration: `(version, description, SQL)`.
-pub(crate) type Migration = (i64, &'static str, &'static str);
+/// One embedded schema migration (a file under `migrations/<backend>/`).
+pub(crate) struct Script {
+    pub(crate) version: i64,
+    pub(crate) description: &'static str,
+    pub(crate) sql: &'static str,
+}
+
+/// The table that records applied migrations, in sqlx's layout (`version`, `description`,
+/// `installed_on`, `success`, `checksum`, `execution_time`). keygate keeps its own table,
+/// so it never meets an application's `_sqlx_migrations` on the same database.
+pub(crate) const MIGRATIONS_TABLE: &str = "keygate_migrations";
+
+/// sqlx's [`Migrator`] over `scripts`, recording in [`MIGRATIONS_TABLE`]: applied
+/// migrations are checked against their SHA-384 checksum (an edited migration is
+/// refused), and a migration recorded by a newer keygate is refused too.
+///
+/// Its own locking is off: the caller runs it inside one transaction that already holds
+/// the backend's lock (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite, where
+/// sqlx's lock does nothing), so the legacy upgrade, every migration and its bookkeeping
+/// commit together or not at all.
+pub(crate) fn migrator(scripts: &[Script]) -> Migrator {
+    let migrations = scripts
+        .iter()
+        .map(|script| {
+            Migration::new(
+                script.version,
+                script.description.into(),
+                MigrationType::Simple,
+                script.sql.into_sql_str(),
+                false,
+            )
+        })
+        .collect();
+    let mut migrator = Migrator::with_migrations(migrations);
+    migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
+    migrator.set_locking(false);
+    migrator
+}
+
+/// Runs `migrator` on `conn` (the caller's locked transaction): [`Migrator::run`] without
+/// its `Acquire` bound, whose higher-ranked lifetime makes the futures of callers such as
+/// `SqliteStore::connect` not provably `Send` (so they
+/// could not be spawned). `run_direct` is what `run` calls, and sqlx keeps it public for
+/// this reason; sqlx is pinned to 0.9 by keygate's `Cargo.toml`.
+pub(crate) async fn run<C: Migrate>(migrator: &Migrator, conn: &mut C) -> Result<(), StoreError> {
+    migrator
+        .run_direct(None, conn, false)
+        .await
+        .map_err(migrate_error)
+}
+
+/// A [`MigrateError`] as a [`StoreError`]: database errors map as [`store_error`] does
+/// (a pool timeout stays [`StoreError::Timeout`]); the rest (an edited or unknown applied
+/// migration, a failed script) is [`StoreError::Backend`] with the `MigrateError` as its
+/// source.
+pub(crate) fn migrate_error(error: MigrateError) -> StoreError {
+    match error {
+        MigrateError::Execute(e) => store_error(e),
+        other => StoreError::backend(other),
+    }
+}
+
+/// The migrations table of keygate's first runner, which had no checksums: `version`,
+/// `description`, `applied_at`. The SQL that finds and upgrades it, per backend.
+pub(crate) struct LegacyTable {
+    /// One row, one boolean: whether `keygate_migrations` has an `applied_at` column.
+    pub(crate) detect: &'static str,
+    /// Turns that table into sqlx's layout in place: `applied_at` becomes `installed_on`,
+    /// and `success`, `checksum` and `execution_time` are added with defaults (so that
+    /// the first runner, should one still run, can insert rows with no checksum).
+    pub(crate) upgrade: &'static str,
+    /// Sets the checksum (bind 1) of migration `version` (bind 2) if it has none.
+    pub(crate) adopt: &'static str,
+}
+
+/// Brings a migrations table written by keygate's first runner into sqlx's layout, and
+/// gives every row without a checksum the checksum of the embedded migration of that
+/// version: the first runner applied exactly these scripts, it just did not record their
+/// checksums. Versions keygate does not know are left for the migrator to refuse.
+///
+/// Runs inside the caller's locked migration transaction, before [`Migrator::run`]; costs
+/// two small queries when there is nothing to do.
+pub(crate) async fn upgrade_legacy<DB>(
+    conn: &mut DB::Connection,
+    migrator: &Migrator,
+    legacy: &LegacyTable,
+) -> Result<(), MigrateError>
+where
+    DB: Database,
+    DB::Connection: Migrate,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    DB::Arguments: IntoArguments<DB>,
+    usize: ColumnIndex<DB::Row>,
+{
+    // A no-op on an existing table, old layout or new.
+    conn.ensure_migrations_table(MIGRATIONS_TABLE).await?;
+    let is_legacy: bool = sqlx::query_scalar(legacy.detect)
+        .fetch_one(&mut *conn)
+        .await?;
+    if is_legacy {
+        sqlx::raw_sql(legacy.upgrade).execute(&mut *conn).await?;
+        tracing::info!(target: "keygate", table = MIGRATIONS_TABLE, "migrations table upgraded to checksummed records");
+    }
+    let unchecked: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM keygate_migrations WHERE length(checksum) = 0)",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !unchecked {
+        return Ok(());
+    }
+    for migration in migrator.iter() {
+        sqlx::query(legacy.adopt)
+            .bind(&*migration.checksum)
+            .bind(migration.version)
+            .execute(&mut *conn)
+            .await?;
+    }
+    tracing::info!(target: "keygate", table = MIGRATIONS_TABLE, "checksums recorded for migrations applied by the first runner");
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
