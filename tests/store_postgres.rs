@@ -193,6 +193,18 @@ fn migrate_error(opened: Result<PostgresStore, StoreError>) -> sqlx::migrate::Mi
     }
 }
 
+/// Adds a row for migration `version` to `keygate_migrations`, as another keygate would.
+async fn record_migration(store: &PostgresStore, version: i64) {
+    sqlx::query(
+        "INSERT INTO keygate_migrations (version, description, success, checksum, \
+         execution_time) VALUES ($1, 'not this build''s', TRUE, '\\x01', 0)",
+    )
+    .bind(version)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn an_edited_or_unknown_migration_is_refused() {
     let Some(url) = support::postgres_url() else {
@@ -208,19 +220,20 @@ async fn an_edited_or_unknown_migration_is_refused() {
         .unwrap();
     let edited = migrate_error(PostgresStore::connect(&schema.url).await);
     let again = store.migrate().await;
-    // Restored, plus a migration this keygate does not know: a newer keygate's database.
     sqlx::query("UPDATE keygate_migrations SET checksum = $1 WHERE version = 2")
         .bind(&sums[1].1)
         .execute(store.pool())
         .await
         .unwrap();
-    sqlx::query(
-        "INSERT INTO keygate_migrations (version, description, success, checksum, \
-         execution_time) VALUES (99, 'from the future', TRUE, '\\x01', 0)",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    // A migration newer than this build's: a newer keygate migrated the database (a
+    // rolling upgrade); this one keeps working.
+    record_migration(&store, 99).await;
+    let newer = PostgresStore::connect(&schema.url).await;
+    if let Ok(newer) = &newer {
+        newer.pool().close().await;
+    }
+    // An unknown migration among the known ones is no database of keygate's.
+    record_migration(&store, 0).await;
     let unknown = migrate_error(PostgresStore::connect(&schema.url).await);
     store.pool().close().await;
     schema.drop().await;
@@ -229,8 +242,9 @@ async fn an_edited_or_unknown_migration_is_refused() {
         "{edited:?}"
     );
     assert!(matches!(again, Err(StoreError::Backend(_))), "{again:?}");
+    assert!(newer.is_ok(), "{newer:?}");
     assert!(
-        matches!(unknown, sqlx::migrate::MigrateError::VersionMissing(99)),
+        matches!(unknown, sqlx::migrate::MigrateError::VersionMissing(0)),
         "{unknown:?}"
     );
 }
@@ -1014,4 +1028,26 @@ async fn infinite_and_out_of_range_timestamps_are_corrupt_not_a_panic() {
         );
         assert_eq!(verified, (500, None, true), "{case}: verify");
     }
+}
+
+#[tokio::test]
+async fn cursors_outside_the_stored_years_list_all_or_nothing() {
+    use keygate::chrono::{DateTime, Utc};
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let store = connect(&url, &support::unique("kg-extreme")).await;
+    let owner = support::unique("extreme-cursors");
+    let record = keygate::testing::sample_record(&owner);
+    store.insert(record.clone()).await.unwrap();
+    let after = |at| {
+        keygate::ListQuery::new()
+            .owner(owner.clone())
+            .after(keygate::Cursor::new(at, keygate::KeyId::random()))
+    };
+    // Years PostgreSQL cannot hold (before 4713 BC): every record, not an error.
+    let all = store.list(&after(DateTime::<Utc>::MIN_UTC)).await.unwrap();
+    assert_eq!(all, [record]);
+    let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
+    assert!(none.is_empty());
 }

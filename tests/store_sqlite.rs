@@ -211,10 +211,27 @@ fn migrate_error(opened: Result<SqliteStore, StoreError>) -> sqlx::migrate::Migr
     }
 }
 
+/// Adds a row for migration `version` to `keygate_migrations`, as another keygate would.
+async fn record_migration(store: &SqliteStore, version: i64) {
+    sqlx::query(
+        "INSERT INTO keygate_migrations (version, description, success, checksum, \
+         execution_time) VALUES (?1, 'not this build''s', TRUE, x'01', 0)",
+    )
+    .bind(version)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
 #[tokio::test]
 async fn an_edited_or_unknown_migration_is_refused() {
     let db = TempDb::new();
     let store = SqliteStore::connect(db.path()).await.unwrap();
+    let checksum: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM keygate_migrations WHERE version = 2")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
     // As if migration 2's script had been edited after this database applied it.
     sqlx::query("UPDATE keygate_migrations SET checksum = x'00' WHERE version = 2")
         .execute(store.pool())
@@ -225,24 +242,25 @@ async fn an_edited_or_unknown_migration_is_refused() {
         sqlx::migrate::MigrateError::VersionMismatch(2)
     ));
     assert!(matches!(store.migrate().await, Err(StoreError::Backend(_))));
-    // A migration this keygate does not know: the database is a newer keygate's.
-    sqlx::query(
-        "UPDATE keygate_migrations SET checksum = (SELECT checksum FROM keygate_migrations \
-         WHERE version = 1) WHERE version = 2",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO keygate_migrations (version, description, success, checksum, \
-         execution_time) VALUES (99, 'from the future', TRUE, x'01', 0)",
-    )
-    .execute(store.pool())
-    .await
-    .unwrap();
+    sqlx::query("UPDATE keygate_migrations SET checksum = ?1 WHERE version = 2")
+        .bind(checksum)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // A migration newer than this build's: a newer keygate migrated the database (a
+    // rolling upgrade); this one keeps working.
+    record_migration(&store, 99).await;
+    let reopened = SqliteStore::connect(db.path()).await.unwrap();
+    assert!(reopened
+        .list(&keygate::ListQuery::new())
+        .await
+        .unwrap()
+        .is_empty());
+    // An unknown migration among the known ones is no database of keygate's.
+    record_migration(&store, 0).await;
     assert!(matches!(
         migrate_error(SqliteStore::connect(db.path()).await),
-        sqlx::migrate::MigrateError::VersionMissing(99)
+        sqlx::migrate::MigrateError::VersionMissing(0)
     ));
 }
 
@@ -782,4 +800,21 @@ async fn a_database_from_before_binding_upgrades_its_hashes_on_use() {
     assert_eq!(scheme, "bound");
     assert_eq!(digest, hmac(&key.as_bytes()[..key.len() - 6]));
     gate.verify(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn cursors_outside_the_stored_years_list_all_or_nothing() {
+    use keygate::chrono::{DateTime, Utc};
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    let record = keygate::testing::sample_record("extreme-cursors");
+    store.insert(record.clone()).await.unwrap();
+    let after = |at| {
+        keygate::ListQuery::new()
+            .owner("extreme-cursors")
+            .after(keygate::Cursor::new(at, keygate::KeyId::random()))
+    };
+    let all = store.list(&after(DateTime::<Utc>::MIN_UTC)).await.unwrap();
+    assert_eq!(all, [record]);
+    let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
+    assert!(none.is_empty());
 }

@@ -4,9 +4,12 @@
 use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
 use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSafeStr, Type};
 
+use chrono::Datelike;
+
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
-use crate::store::StoreError;
+use crate::record::in_stored_range;
+use crate::store::{Cursor, StoreError};
 
 /// The columns of `keygate_keys`, in the order every `SELECT` lists them and
 /// the row decoders read them.
@@ -30,6 +33,29 @@ pub(crate) fn store_error(error: sqlx::Error) -> StoreError {
         | sqlx::Error::ColumnNotFound(_)
         | sqlx::Error::ColumnIndexOutOfBounds { .. } => StoreError::Corrupt(Box::new(error)),
         other => StoreError::backend(other),
+    }
+}
+
+/// Where a list starts, as the SQL query needs it.
+pub(crate) enum Start {
+    /// No lower bound.
+    First,
+    /// After this cursor, exclusive.
+    After(Cursor),
+    /// After every record: the answer is empty.
+    End,
+}
+
+/// Where a list with `after` starts. Stored instants lie in the years 1 to 9999, so a
+/// cursor outside them (which an admin API client can send) admits every record or none;
+/// deciding that here keeps such instants away from the database (PostgreSQL refuses
+/// years before 4713 BC as an error).
+pub(crate) fn start(after: Option<Cursor>) -> Start {
+    match after {
+        None => Start::First,
+        Some(cursor) if in_stored_range(cursor.created_at()) => Start::After(cursor),
+        Some(cursor) if cursor.created_at().year() < 1 => Start::First,
+        Some(_) => Start::End,
     }
 }
 
@@ -107,7 +133,7 @@ pub(crate) const MIGRATIONS_TABLE: &str = "keygate_migrations";
 
 /// sqlx's [`Migrator`] over `scripts`, recording in [`MIGRATIONS_TABLE`]: applied
 /// migrations are checked against their SHA-384 checksum (an edited migration is
-/// refused), and a migration recorded by a newer keygate is refused too.
+/// refused). Versions it does not know are left to [`prepare`].
 ///
 /// Its own locking is off: the caller runs it inside one transaction that already holds
 /// the backend's lock (an advisory lock on PostgreSQL, `BEGIN IMMEDIATE` on SQLite, where
@@ -129,6 +155,8 @@ pub(crate) fn migrator(scripts: &[Script]) -> Migrator {
     let mut migrator = Migrator::with_migrations(migrations);
     migrator.dangerous_set_table_name(MIGRATIONS_TABLE);
     migrator.set_locking(false);
+    // `prepare` judges versions this keygate does not know; the migrator would refuse all.
+    migrator.set_ignore_missing(true);
     migrator
 }
 
@@ -168,14 +196,19 @@ pub(crate) struct LegacyTable {
     pub(crate) adopt: &'static str,
 }
 
-/// Brings a migrations table written by keygate's first runner into sqlx's layout, and
-/// gives every row without a checksum the checksum of the embedded migration of that
-/// version: the first runner applied exactly these scripts, it just did not record their
-/// checksums. Versions keygate does not know are left for the migrator to refuse.
+/// Readies `keygate_migrations` for [`Migrator::run`], inside the caller's locked
+/// migration transaction:
 ///
-/// Runs inside the caller's locked migration transaction, before [`Migrator::run`]; costs
-/// two small queries when there is nothing to do.
-pub(crate) async fn upgrade_legacy<DB>(
+/// - A table written by keygate's first runner is brought into sqlx's layout, and every
+///   row without a checksum gets the checksum of the embedded migration of that version:
+///   the first runner applied exactly these scripts, it just did not record checksums.
+/// - Versions this keygate does not know are judged: one newer than every embedded
+///   migration means a newer keygate migrated the database (as during a rolling upgrade),
+///   which keygate's additive migrations allow, so it is logged and accepted; an unknown
+///   version below the newest known one is [`MigrateError::VersionMissing`].
+///
+/// Costs three small queries when there is nothing to do.
+pub(crate) async fn prepare<DB>(
     conn: &mut DB::Connection,
     migrator: &Migrator,
     legacy: &LegacyTable,
@@ -185,6 +218,7 @@ where
     DB::Connection: Migrate,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
     for<'r> bool: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB>,
     for<'q> i64: Encode<'q, DB> + Type<DB>,
     for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
     DB::Arguments: IntoArguments<DB>,
@@ -204,17 +238,36 @@ where
     )
     .fetch_one(&mut *conn)
     .await?;
-    if !unchecked {
-        return Ok(());
+    if unchecked {
+        for migration in migrator.iter() {
+            sqlx::query(legacy.adopt)
+                .bind(&*migration.checksum)
+                .bind(migration.version)
+                .execute(&mut *conn)
+                .await?;
+        }
+        tracing::info!(target: "keygate", table = MIGRATIONS_TABLE, "checksums recorded for migrations applied by the first runner");
     }
-    for migration in migrator.iter() {
-        sqlx::query(legacy.adopt)
-            .bind(&*migration.checksum)
-            .bind(migration.version)
-            .execute(&mut *conn)
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM keygate_migrations ORDER BY version")
+            .fetch_all(&mut *conn)
             .await?;
+    let newest = migrator.iter().map(|m| m.version).max().unwrap_or(0);
+    let unknown: Vec<i64> = applied
+        .into_iter()
+        .filter(|&version| !migrator.version_exists(version))
+        .collect();
+    if let Some(&gap) = unknown.iter().find(|&&version| version < newest) {
+        return Err(MigrateError::VersionMissing(gap));
     }
-    tracing::info!(target: "keygate", table = MIGRATIONS_TABLE, "checksums recorded for migrations applied by the first runner");
+    if !unknown.is_empty() {
+        tracing::warn!(
+            target: "keygate",
+            ?unknown,
+            newest_known = newest,
+            "the database has keygate migrations newer than this build: a newer keygate migrated it; continuing"
+        );
+    }
     Ok(())
 }
 

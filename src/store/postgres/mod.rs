@@ -231,8 +231,11 @@ impl PostgresStore {
     /// [`StoreError::Timeout`] if no connection could be had in time;
     /// [`StoreError::Backend`] if the database fails, or refuses the migration: its source
     /// is then sqlx's `MigrateError`, e.g. `VersionMismatch(n)` when applied migration `n`
-    /// differs from the embedded one, or `VersionMissing(n)` when the database records a
-    /// migration this keygate does not know (a newer keygate migrated it).
+    /// differs from the embedded one, or `VersionMissing(n)` when the database records an
+    /// unknown migration `n` older than the newest this keygate knows. Migrations newer
+    /// than every embedded one (a newer keygate migrated the database, as in a rolling
+    /// upgrade) are accepted with a warning: keygate's migrations are written so that older
+    /// keygates keep working.
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(store_error)?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -241,7 +244,7 @@ impl PostgresStore {
             .await
             .map_err(store_error)?;
         let migrator = sql::migrator(MIGRATIONS);
-        sql::upgrade_legacy::<sqlx::Postgres>(&mut tx, &migrator, &LEGACY)
+        sql::prepare::<sqlx::Postgres>(&mut tx, &migrator, &LEGACY)
             .await
             .map_err(sql::migrate_error)?;
         sql::run(&migrator, &mut *tx).await?;
@@ -430,25 +433,31 @@ impl KeyStore for PostgresStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        let mut sql = QueryBuilder::<sqlx::Postgres>::new(concat!(
+        let mut select = QueryBuilder::<sqlx::Postgres>::new(concat!(
             "SELECT ",
             key_columns!(),
             " FROM keygate_keys WHERE TRUE"
         ));
         if let Some(owner) = &query.owner {
-            sql.push(" AND owner_id = ").push_bind(owner.as_str());
+            select.push(" AND owner_id = ").push_bind(owner.as_str());
         }
-        if let Some(after) = query.after {
+        match sql::start(query.after) {
+            sql::Start::First => {}
             // Creation order: the cursor is an exclusive lower bound on (created_at, id).
-            sql.push(" AND (created_at, id) > (")
-                .push_bind(after.created_at())
-                .push(", ")
-                .push_bind(*after.id().as_uuid())
-                .push(")");
+            sql::Start::After(after) => {
+                select
+                    .push(" AND (created_at, id) > (")
+                    .push_bind(after.created_at())
+                    .push(", ")
+                    .push_bind(*after.id().as_uuid())
+                    .push(")");
+            }
+            sql::Start::End => return Ok(Vec::new()),
         }
-        sql.push(" ORDER BY created_at, id LIMIT ")
+        select
+            .push(" ORDER BY created_at, id LIMIT ")
             .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
-        let rows = sql
+        let rows = select
             .build()
             .fetch_all(&self.pool)
             .await
