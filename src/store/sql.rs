@@ -1,10 +1,10 @@
-//! What the SQL stores share: the column list, error mapping, and the checks that turn
-//! column values back into a [`KeyRecord`]'s fields.
-
-use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
-use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSafeStr, Type};
+//! What the SQL stores share: the column list, error mapping, the migration runner (sqlx's
+//! `Migrator`, plus the upgrade of the first runner's table), where a list starts, and the
+//! checks that turn column values back into a [`KeyRecord`]'s fields.
 
 use chrono::Datelike;
+use sqlx::migrate::{Migrate, MigrateError, Migration, MigrationType, Migrator};
+use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSafeStr, Type};
 
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
@@ -162,9 +162,9 @@ pub(crate) fn migrator(scripts: &[Script]) -> Migrator {
 
 /// Runs `migrator` on `conn` (the caller's locked transaction): [`Migrator::run`] without
 /// its `Acquire` bound, whose higher-ranked lifetime makes the futures of callers such as
-/// `SqliteStore::connect` not provably `Send` (so they
-/// could not be spawned). `run_direct` is what `run` calls, and sqlx keeps it public for
-/// this reason; sqlx is pinned to 0.9 by keygate's `Cargo.toml`.
+/// `SqliteStore::connect` not provably `Send` (so they could not be spawned). `run_direct`
+/// is what `run` calls, and sqlx keeps it public for this reason (it is `doc(hidden)`, so
+/// a sqlx upgrade must check it is still there).
 pub(crate) async fn run<C: Migrate>(migrator: &Migrator, conn: &mut C) -> Result<(), StoreError> {
     migrator
         .run_direct(None, conn, false)
@@ -204,7 +204,7 @@ pub(crate) struct LegacyTable {
 ///   the first runner applied exactly these scripts, it just did not record checksums.
 /// - Versions this keygate does not know are judged: one newer than every embedded
 ///   migration means a newer keygate migrated the database (as during a rolling upgrade),
-///   which keygate's additive migrations allow, so it is logged and accepted; an unknown
+///   which keygate's migrations are written to allow, so it is logged and accepted; an unknown
 ///   version below the newest known one is [`MigrateError::VersionMissing`].
 ///
 /// Costs three small queries when there is nothing to do.
