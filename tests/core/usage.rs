@@ -1,5 +1,5 @@
-//! Last-used bookkeeping (design §3 step 6: off the request path, coalesced, never for a
-//! rejected attempt) and pepper rotation (old hashes verify and are re-hashed).
+//! Last-used bookkeeping (after a verify succeeds: off the request path, coalesced, never
+//! for a rejected attempt) and pepper rotation (old hashes verify and are re-hashed).
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
 // over small known values.
@@ -11,12 +11,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use chrono::TimeDelta;
-use common::*;
 use keygate::{Error, KeyFormat, NewKey, Pepper, Rejection, StoreError};
 
 #[tokio::test]

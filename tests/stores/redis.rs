@@ -16,7 +16,7 @@
 )]
 #![cfg(all(feature = "redis", feature = "testing"))]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -152,10 +152,12 @@ async fn kill_client(conn: &mut MultiplexedConnection, id: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn redis_store_conforms() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     keygate::testing::run_all(Arc::new(scratch.store().await)).await;
     let cached = CachedStore::new(scratch.store().await, CacheConfig::new());
@@ -201,10 +203,12 @@ impl Recorder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn layout_and_change_notices() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let ns = scratch.namespace.clone();
@@ -505,10 +509,12 @@ async fn unavailable(gate: &Keygate, key: &str, bound: Duration) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn outages_are_unavailable_and_heal_by_themselves() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let proxy = Proxy::start(upstream(&url)).await;
@@ -600,10 +606,12 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn a_killed_connection_heals_by_itself() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let mut handle = store.connection();
@@ -698,10 +706,12 @@ async fn revoke_reaches(a: &Keygate, b: &Keygate, id: KeyId, key: &str) -> (Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn a_revoke_on_one_node_reaches_the_other_within_a_second() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let mut conn = admin(&url).await;
@@ -791,10 +801,12 @@ fn hmac_hex(input: &[u8]) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn hand_written_records_missing_a_field_are_corrupt() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let gate = gate(Arc::new(store.clone()));
@@ -884,10 +896,12 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn a_record_written_before_binding_verifies_and_is_rehashed() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let gate = gate(Arc::new(store.clone()));

@@ -14,7 +14,7 @@
 )]
 #![cfg(all(feature = "postgres", feature = "testing"))]
 
-mod support;
+use crate::support;
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
@@ -67,19 +67,23 @@ async fn terminate(url: &str, app: &str) -> i64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn postgres_store_conforms() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let store = connect(&url, &support::unique("kg-conform")).await;
     keygate::testing::run_all(Arc::new(store)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn cached_postgres_store_following_changes_conforms() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let store = connect(&url, &support::unique("kg-conform-cached")).await;
     let cached = CachedStore::new(store, CacheConfig::new());
     assert!(cached.follow_changes().await.unwrap());
@@ -87,10 +91,12 @@ async fn cached_postgres_store_following_changes_conforms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn concurrent_migrations_apply_once() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let opens: Vec<_> = (0..4)
         .map(|_| {
             let url = url.clone();
@@ -127,10 +133,12 @@ async fn concurrent_migrations_apply_once() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn no_plaintext_reaches_the_database() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let store = connect(&url, &support::unique("kg-plain")).await;
     let gate = gate(store.clone());
     let issued = gate.mint(NewKey::new("plain?", "owner-1")).await.unwrap();
@@ -147,10 +155,12 @@ async fn no_plaintext_reaches_the_database() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn unreadable_rows_are_corrupt_not_missing() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     // In a schema of its own, so other tests' listings never meet the broken row.
     let schema = support::unique("kg_corrupt").replace('-', "_");
     let mut admin = sqlx::PgConnection::connect(&url).await.unwrap();
@@ -283,10 +293,12 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn killed_connections_are_unavailable_or_fine_and_recover() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let app = support::unique("kg-outage");
     let store = PostgresStore::connect_with(
         &url,
@@ -351,8 +363,10 @@ const CHILD_DB: &str = "KEYGATE_CHILD_POSTGRES_DB";
 const CHILD_OWNER: &str = "KEYGATE_CHILD_POSTGRES_OWNER";
 
 /// The child half of `minted_keys_survive_kill_9`: mints keys until killed, printing each
-/// only after the mint returned `Ok`. Does nothing in a normal test run.
+/// only after the mint returned `Ok`. An entry point, not a test: ignored in a normal run,
+/// the parent runs it with `--ignored` (and does nothing without the parent's variables).
 #[tokio::test]
+#[ignore = "entry point of minted_keys_survive_kill_9's child process"]
 async fn durability_child() {
     let (Ok(url), Ok(owner)) = (std::env::var(CHILD_DB), std::env::var(CHILD_OWNER)) else {
         return;
@@ -374,10 +388,12 @@ async fn durability_child() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn minted_keys_survive_kill_9() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let owner = support::unique("durability");
     let (keys, status) = {
         let (url, owner) = (url.clone(), owner.clone());
@@ -399,13 +415,20 @@ async fn minted_keys_survive_kill_9() {
     );
 }
 
+/// `durability_child`'s name as the test binary lists it (its path without the crate).
+fn child_test_name() -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, path)| path);
+    format!("{module}::durability_child")
+}
+
 /// Runs `durability_child` in a child process, reads 50 keys, kills it (SIGKILL), and
 /// returns every key it printed.
 fn mint_until_killed(url: &str, owner: &str) -> (Vec<String>, std::process::ExitStatus) {
     let mut child = Command::new(std::env::current_exe().unwrap())
         .args([
+            "--ignored",
             "--exact",
-            "durability_child",
+            child_test_name().as_str(),
             "--nocapture",
             "--test-threads=1",
         ])
@@ -512,10 +535,12 @@ fn distribution(label: &str, mut samples: Vec<Duration>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn a_revoke_reaches_the_other_node_within_a_second() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let ttl = Duration::from_secs(30);
     let a = node(&url, &support::unique("kg-node-a"), ttl, true).await;
     let b = node(&url, &support::unique("kg-node-b"), ttl, true).await;
@@ -531,10 +556,12 @@ async fn a_revoke_reaches_the_other_node_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let ttl = Duration::from_secs(30);
     let a = node(&url, &support::unique("kg-feed-a"), ttl, true).await;
     let b_app = support::unique("kg-feed-b");
@@ -579,10 +606,12 @@ async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn without_a_feed_the_ttl_bounds_staleness() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let ttl = Duration::from_millis(300);
     let a = node(&url, &support::unique("kg-ttl-a"), ttl, false).await;
     let b = node(&url, &support::unique("kg-ttl-b"), ttl, false).await;
@@ -597,10 +626,12 @@ async fn without_a_feed_the_ttl_bounds_staleness() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn the_feed_stops_when_its_cache_is_dropped() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let app = support::unique("kg-feed-drop");
     let listener_app = format!("{app}-listener");
     let cache = CachedStore::new(connect(&url, &app).await, CacheConfig::new());
@@ -690,10 +721,12 @@ const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
 )";
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn a_table_without_keygates_constraints_fails_closed() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let (store, schema) = scratch_store(&url, "kg_loose", Some(LOOSE_TABLE)).await;
     // No directory: every owner unrestricted, so the owner column is all that matters.
     let gate = gate(store.clone());
@@ -745,10 +778,12 @@ async fn a_table_without_keygates_constraints_fails_closed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
 async fn infinite_and_out_of_range_timestamps_are_corrupt_not_a_panic() {
-    let Some(url) = support::postgres_url() else {
-        return;
-    };
+    let url = support::postgres_url();
     let (store, schema) = scratch_store(&url, "kg_time", None).await;
     let gate = gate(store.clone());
     let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();

@@ -1,0 +1,20 @@
+//! The gate itself, framework- and backend-free: key management, verification and its
+//! refusals, permissions, last-used bookkeeping, tracing events, floods, the admin API's
+//! authority rules, and interop with Audiobookshelf's Node `jsonwebtoken`.
+//!
+//! One test binary with a module per topic (one link instead of one per file); shared
+//! doubles and helpers live in `tests/support`.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod admin_authority;
+mod events;
+mod flood;
+mod interop_node;
+mod lifecycle;
+mod permissions;
+mod property;
+mod records;
+mod refusals;
+mod usage;
