@@ -232,24 +232,21 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
         .await
         .unwrap_err();
     let connect_took = started.elapsed();
-    assert!(
-        connect_took < acquire + Duration::from_millis(1000),
-        "{connect_took:?}"
-    );
+    assert!(connect_took < support::bound(acquire), "{connect_took:?}");
     assert!(
         matches!(error, StoreError::Timeout | StoreError::Backend(_)),
         "{error:?}"
     );
 
     // A lazy pool (the app started while the database was down): verify answers
-    // StoreUnavailable within the pool's acquire timeout ...
+    // StoreUnavailable within the pool's acquire timeout (the gate's is far longer) ...
     let pool = PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(300))
         .connect_lazy(&url)
         .unwrap();
     let gate = Keygate::builder(PostgresStore::from_pool(pool), pepper())
         .prefix("dur")
-        .store_timeout(Duration::from_secs(1))
+        .store_timeout(Duration::from_secs(60))
         .build()
         .unwrap();
     let started = Instant::now();
@@ -260,13 +257,13 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
         "{error:?}"
     );
     assert!(
-        pool_timeout_took < Duration::from_millis(300 + 500),
+        pool_timeout_took < support::bound(Duration::from_millis(300)),
         "{pool_timeout_took:?}"
     );
 
-    // ... or within the gate's store timeout when that is shorter.
+    // ... or within the gate's store timeout when that is shorter (the pool's is far longer).
     let pool = PgPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(30))
+        .acquire_timeout(Duration::from_secs(60))
         .connect_lazy(&url)
         .unwrap();
     let gate = Keygate::builder(PostgresStore::from_pool(pool), pepper())
@@ -282,7 +279,7 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
         "{error:?}"
     );
     assert!(
-        store_timeout_took < Duration::from_millis(200 + 300),
+        store_timeout_took < support::bound(Duration::from_millis(200)),
         "{store_timeout_took:?}"
     );
     eprintln!(
@@ -539,14 +536,15 @@ fn distribution(label: &str, mut samples: Vec<Duration>) {
     not(keygate_test_postgres),
     ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
 )]
-async fn a_revoke_reaches_the_other_node_within_a_second() {
+async fn a_revoke_reaches_the_other_node_through_the_feed() {
     let url = support::postgres_url();
     let ttl = Duration::from_secs(30);
     let a = node(&url, &support::unique("kg-node-a"), ttl, true).await;
     let b = node(&url, &support::unique("kg-node-b"), ttl, true).await;
     let mut samples = Vec::new();
     for _ in 0..50 {
-        samples.push(revocation_latency(&a, &b, Duration::from_secs(1)).await);
+        // Well inside the TTL: only the feed can have told `b`.
+        samples.push(revocation_latency(&a, &b, ttl / 3).await);
     }
     assert!(b.cache.stats().invalidations >= 50);
     distribution(
@@ -582,7 +580,7 @@ async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
             Err(other) => panic!("unexpected refusal: {other:?}"),
         }
         assert!(
-            revoked.elapsed() < Duration::from_secs(2),
+            revoked.elapsed() < ttl / 3,
             "the reconnected feed did not resync"
         );
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -599,7 +597,8 @@ async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
     // And notices flow again.
     let mut samples = Vec::new();
     for _ in 0..5 {
-        samples.push(revocation_latency(&a, &b, Duration::from_secs(1)).await);
+        // Well inside the TTL: only the feed can have told `b`.
+        samples.push(revocation_latency(&a, &b, ttl / 3).await);
     }
     eprintln!("revoke while b's feed was down: refused on b after {missed_revoke:?}");
     distribution("cross-node revocation after the feed reconnected", samples);
@@ -617,7 +616,7 @@ async fn without_a_feed_the_ttl_bounds_staleness() {
     let b = node(&url, &support::unique("kg-ttl-b"), ttl, false).await;
     let mut samples = Vec::new();
     for _ in 0..3 {
-        samples.push(revocation_latency(&a, &b, ttl + Duration::from_millis(200)).await);
+        samples.push(revocation_latency(&a, &b, support::bound(ttl)).await);
     }
     distribution(
         "cross-node revocation without a feed (cache TTL 300 ms)",

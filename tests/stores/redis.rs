@@ -381,7 +381,10 @@ async fn a_closed_port_fails_fast() {
         matches!(result, Err(StoreError::Backend(_) | StoreError::Timeout)),
         "{result:?}"
     );
-    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(
+        elapsed < support::bound(Duration::from_millis(500)),
+        "took {elapsed:?}"
+    );
     // A wrong URL is an error too, not a panic.
     assert!(RedisStore::connect("definitely not a url").await.is_err());
 }
@@ -519,7 +522,7 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
     let scratch = Scratch::new(&url);
     let proxy = Proxy::start(upstream(&url)).await;
     let timeout = Duration::from_millis(300);
-    let bound = timeout + Duration::from_millis(300);
+    let bound = support::bound(timeout);
     let config = scratch
         .config()
         .connection_timeout(timeout)
@@ -562,7 +565,7 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
         let mut times = Vec::new();
         for _ in 0..3 {
             times.push(unavailable(&gate, key, bound).await);
-            unavailable(&impatient, key, Duration::from_millis(300)).await;
+            unavailable(&impatient, key, support::bound(Duration::from_millis(100))).await;
         }
         // Writes fail cleanly too.
         let started = Instant::now();
@@ -684,7 +687,8 @@ async fn cached_on(gate: &Keygate, cache: &CachedStore<RedisStore>, key: &str) {
 /// Revokes `id` on `a` and polls `b` (which has it cached) every millisecond until it is
 /// refused. Returns (from revoke start, from revoke return).
 async fn revoke_reaches(a: &Keygate, b: &Keygate, id: KeyId, key: &str) -> (Duration, Duration) {
-    let limit = Duration::from_secs(1);
+    // A third of the caches' 30 s TTL: only the feed can have told `b` this soon.
+    let limit = Duration::from_secs(10);
     let started = Instant::now();
     a.revoke(id).await.unwrap();
     let returned = Instant::now();
@@ -710,7 +714,7 @@ async fn revoke_reaches(a: &Keygate, b: &Keygate, id: KeyId, key: &str) -> (Dura
     not(keygate_test_redis),
     ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
 )]
-async fn a_revoke_on_one_node_reaches_the_other_within_a_second() {
+async fn a_revoke_on_one_node_reaches_the_other_through_the_feed() {
     let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);

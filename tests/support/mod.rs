@@ -42,6 +42,14 @@ fn service_url(var: &str, service: &str) -> String {
     }
 }
 
+/// How long a test lets something take that must happen within `timeout` (a configured
+/// timeout or TTL) before calling it a failure: ten times `timeout`, at least 5 s. A loaded
+/// machine does not fail the test; a missing timeout (a hang) still does. Where a test must
+/// tell two timeouts apart, the other one is set far beyond this bound.
+pub fn bound(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout * 10).max(std::time::Duration::from_secs(5))
+}
+
 /// A path for an SQLite database in the temp directory that does not exist yet. The
 /// caller removes it (with [`remove_sqlite`]) when done.
 pub fn sqlite_temp_path() -> PathBuf {
