@@ -5,6 +5,16 @@
 //! One test binary with a module per topic (one link instead of one per file); shared
 //! doubles and helpers live in `tests/support`.
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values (the modules and `support` included).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 #[path = "../support/mod.rs"]
 mod support;
 

@@ -3,6 +3,16 @@
 //! revocation). PostgreSQL and Redis tests need `KEYGATE_TEST_POSTGRES_URL` /
 //! `KEYGATE_TEST_REDIS_URL` and show as ignored without them (see `build.rs`).
 
+// Test code: a panic is how a test reports a failure, and fixtures index and count
+// over small known values (the modules and `support` included).
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    clippy::arithmetic_side_effects
+)]
+
 #[path = "../support/mod.rs"]
 mod support;
 
