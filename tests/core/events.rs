@@ -211,7 +211,6 @@ async fn a_successful_verify_logs_nothing_secret() {
         secrets.push(key);
     }
     h.gate.flush().await.unwrap();
-    settle().await;
     drop(h);
     settle().await;
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();
