@@ -1,7 +1,7 @@
 //! `PostgresStore`: the conformance suite, migrations, outages, durability across
 //! `kill -9`, and cross-node revocation through `LISTEN/NOTIFY`.
 //!
-//! Needs `KEYGATE_TEST_POSTGRES_URL` (skipped without it, except on CI); the closed-port
+//! Needs `KEYGATE_TEST_POSTGRES_URL` (ignored without it, a failure on CI); the closed-port
 //! outage test needs no server.
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
