@@ -204,12 +204,6 @@ async fn a_bad_url_is_invalid_url_and_does_not_echo_it() {
     }
 }
 
-/// A port nothing listens on.
-fn closed_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap().port()
-}
-
 /// A syntactically valid key for a gate with `gate`'s prefix and pepper, whose record lives
 /// elsewhere.
 async fn some_key() -> String {
@@ -222,7 +216,8 @@ async fn some_key() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
-    let url = format!("postgres://postgres@127.0.0.1:{}/test", closed_port());
+    let (_closed, port) = support::closed_port();
+    let url = format!("postgres://postgres@127.0.0.1:{port}/test");
     let key = some_key().await;
 
     // Connecting fails within the acquire timeout.

@@ -363,10 +363,7 @@ async fn layout_and_change_notices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_fails_fast() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let (_closed, port) = support::closed_port();
     let config = RedisConfig::new()
         .connection_timeout(Duration::from_millis(500))
         .response_timeout(Duration::from_millis(500));

@@ -50,6 +50,16 @@ pub fn bound(timeout: std::time::Duration) -> std::time::Duration {
     (timeout * 10).max(std::time::Duration::from_secs(5))
 }
 
+/// A local port nothing listens on, held for as long as the returned socket lives: it is
+/// bound but never listening, so a connection to it is refused and no other process can
+/// take the port meanwhile (binding a listener and dropping it leaves that window open).
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
+}
+
 /// A path for an SQLite database in the temp directory that does not exist yet. The
 /// caller removes it (with [`remove_sqlite`]) when done.
 pub fn sqlite_temp_path() -> PathBuf {
