@@ -133,7 +133,7 @@ pub use store::{
 pub use store::{PostgresOptions, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+pub use store::{RedisConfig, RedisStore};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 pub use validate::{
     MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,
