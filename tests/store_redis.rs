@@ -459,6 +459,29 @@ async fn two_stores_list_in_creation_order_and_hear_each_others_writes() {
         left[..2]
     );
     assert_eq!(all_pages(&b, ListQuery::new(), 2).await, left);
+
+    // A record whose created_at was edited by hand is not where the index has it: listing
+    // it there would page wrongly, so the listing is Corrupt (the record still reads).
+    let edited = left[0];
+    let record_key = format!("{}v1:key:{}", scratch.namespace, edited.id());
+    let json: String = redis::cmd("GET")
+        .arg(&record_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value["created_at"] = "2030-01-01T00:00:00Z".into();
+    let _: () = redis::cmd("SET")
+        .arg(&record_key)
+        .arg(value.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.list(&ListQuery::new()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(b.get(edited.id()).await.unwrap().is_some());
     drop(listener);
 }
 

@@ -282,6 +282,12 @@ impl fmt::Debug for RedisStore {
 #[error("record {0} changed during {MAX_CAS_ATTEMPTS} read-modify-write attempts in a row")]
 struct Contention(KeyId);
 
+/// A listed record whose `created_at` or owner is not the one its index entry was made
+/// for.
+#[derive(Debug, thiserror::Error)]
+#[error("record {0} is not where the index has it (its created_at or owner was changed outside keygate)")]
+struct OutOfPlace(KeyId);
+
 /// Where `record` is indexed.
 fn entry(record: &KeyRecord) -> Entry {
     Entry::new(&record.owner, record.created_at, record.id)
@@ -424,11 +430,18 @@ impl KeyStore for RedisStore {
         for (member, json, last_used) in rows {
             let raw_id = scripts::position_id(&member).unwrap_or_default();
             let record = stored::decode(stored::decode_id(raw_id)?, &json, last_used.as_deref())?;
-            // A member left behind by deleting a damaged record, whose id was then used
-            // again, is not where that record is now: list the record at its own place.
-            if scripts::position(record.created_at, record.id).as_bytes() == member.as_slice() {
-                records.push(record);
+            // Only a record changed behind keygate's back (its `created_at` or owner edited
+            // by hand) is not where the index has it; listing it there would page wrongly.
+            let in_place = scripts::position(record.created_at, record.id).as_bytes()
+                == member.as_slice()
+                && query
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| *owner == record.owner);
+            if !in_place {
+                return Err(StoreError::Corrupt(Box::new(OutOfPlace(record.id))));
             }
+            records.push(record);
         }
         Ok(records)
     }

@@ -314,8 +314,8 @@ pub(super) async fn record_last_used(
 // ARGV: lower bound ("-", or "(" and an exclusive position), limit, record key prefix.
 // Returns position, json, last-used for each of the first `limit` members past the bound
 // whose record exists, from one consistent snapshot. A member whose record is gone (left
-// by deleting a record too damaged to name its index) is passed over, so a page is only
-// short at the end of the index.
+// by deleting a record too damaged to say where it is indexed) is passed over, so a page
+// is only short at the end of the index.
 static LIST: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
