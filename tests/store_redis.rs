@@ -507,7 +507,10 @@ async fn a_closed_port_fails_fast() {
     );
     assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
     // A wrong URL is an error too, not a panic.
-    assert!(RedisStore::connect("definitely not a url").await.is_err());
+    assert!(matches!(
+        RedisStore::connect("definitely not a url").await,
+        Err(StoreError::InvalidUrl(_))
+    ));
 }
 
 /// How the [`Proxy`] treats connections.

@@ -18,7 +18,7 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{Client, IntoConnectionInfo};
+use ::redis::{Client, ErrorKind, IntoConnectionInfo};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -188,10 +188,7 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::Backend`] if `url` is not a Redis URL or the server refuses the
-    /// connection (a wrong password, say); [`StoreError::Timeout`] if it cannot be reached
-    /// within [`RedisConfig::connection_timeout`] plus one response timeout. It fails
-    /// rather than waiting for the server.
+    /// As [`connect_with`](Self::connect_with).
     pub async fn connect(url: impl IntoConnectionInfo) -> Result<Self, StoreError> {
         Self::connect_with(url, RedisConfig::new()).await
     }
@@ -212,12 +209,20 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`connect`](Self::connect).
+    /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
+    /// URL, which may hold a password); otherwise as [`from_client`](Self::from_client).
     pub async fn connect_with(
         url: impl IntoConnectionInfo,
         config: RedisConfig,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(backend)?;
+        let client = Client::open(url).map_err(|e| {
+            if e.kind() == ErrorKind::InvalidClientConfig {
+                // The driver's messages name the problem, never the URL.
+                StoreError::InvalidUrl(format!("invalid Redis URL: {e}"))
+            } else {
+                backend(e)
+            }
+        })?;
         Self::from_client(client, config).await
     }
 
@@ -225,7 +230,10 @@ impl RedisStore {
     ///
     /// # Errors
     ///
-    /// As [`connect`](Self::connect), except that the URL was already checked.
+    /// [`StoreError::Timeout`] if the server cannot be reached within
+    /// [`RedisConfig::connection_timeout`] plus one response timeout (it fails rather than
+    /// waiting for the server); [`StoreError::Backend`] if it refuses the connection (a
+    /// wrong password, say) or connecting fails otherwise.
     pub async fn from_client(client: Client, config: RedisConfig) -> Result<Self, StoreError> {
         let manager = conn::connect(&client, &config).await?;
         Ok(Self::from_manager(client, manager, config))
