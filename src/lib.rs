@@ -245,8 +245,11 @@
 //! outcome to an RFC 6750 answer: the table is in [`http`]. [`VerifyError::reason`] and
 //! [`Rejection::as_str`] give stable codes for logs and metrics (`bad_checksum`,
 //! `hash_mismatch`, `inactive`, …); [`Keygate::refusal_counts`] counts every refusal per
-//! reason, while refusal log events are rate-limited per reason
-//! ([`KeygateBuilder::refusal_log_interval`]).
+//! reason. Refusals are logged (target `keygate`, the key id and the reason, never the
+//! key) at most once per reason per [`KeygateBuilder::refusal_log_interval`], with a
+//! `suppressed` count: at INFO once the store lookup has tied the token to a key, at DEBUG
+//! for refusals the token alone proves (garbage, typos, missing credentials), at WARN for
+//! an unavailable store or directory and at ERROR for a corrupt record.
 //!
 //! # Stores
 //!
