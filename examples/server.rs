@@ -140,7 +140,7 @@ async fn main() -> Result<(), BoxError> {
     let db = env_or("KEYGATE_DB", "sqlite://keygate.db");
     let prefix = env_or("KEYGATE_PREFIX", "key");
 
-    let sqlite = SqliteStore::open(&db)
+    let sqlite = SqliteStore::connect(&db)
         .await
         .map_err(|e| format!("cannot open {db}: {e}"))?;
     let pepper = load_pepper(&db, &sqlite).await?;

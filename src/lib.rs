@@ -273,14 +273,19 @@
 //!
 //! **Schema and migrations.** SQL stores keep everything in one table, `keygate_keys`: `id`
 //! (UUID primary key), `format`, `hash_version` + `hash_digest` + `hash_scheme` (the HMAC and
-//! what it covers, never the key), `name`, `description`, `owner_id` (indexed), `created_by`,
+//! what it covers, never the key), `name`, `description`, `owner_id`, `created_by`,
 //! `created_at`, `updated_at`, `expires_at`, `last_used_at` (microsecond precision),
-//! `active`, `scopes` and `metadata` (JSON). The DDL is in the repository's `migrations/`.
-//! Migrations run when a store opens and on demand (`migrate()`, `keygate migrate`); they
-//! are recorded in keygate's own `keygate_migrations` table, so an application's own sqlx
-//! migrations on the same database are not disturbed, and concurrent openers are
-//! serialized. SQLite runs in WAL mode with `synchronous = FULL`: a mint that returned `Ok`
-//! survives `kill -9`. The Redis layout is in [`RedisStore`]'s docs.
+//! `active`, `scopes` and `metadata` (JSON), indexed for lists in creation order, overall
+//! and per owner. The DDL is in the repository's `migrations/`. Stores are opened with
+//! `connect(url)`, `connect_with(url, config)` ([`SqliteConfig`], [`PostgresConfig`]) or
+//! `from_pool(pool)`. Migrations run when a store connects (unless the config turns them
+//! off) and on demand ([`PostgresStore::migrate`], [`SqliteStore::migrate`],
+//! `keygate migrate`), with sqlx's migrator (checksums, in one locked transaction) but in
+//! keygate's own `keygate_migrations` table, so an application's own sqlx migrations on the
+//! same database are not disturbed. A database a newer keygate migrated opens with a
+//! warning (rolling upgrades); an applied migration that differs from keygate's is refused.
+//! SQLite runs in WAL mode with `synchronous = FULL`: a mint that returned `Ok` survives
+//! `kill -9`. The Redis layout is in [`RedisStore`]'s docs.
 //!
 //! **Caching and several nodes.** [`CachedStore`] serves lookups from memory: found records
 //! for [`CacheConfig::ttl`] (default 5 s), unknown ids for [`CacheConfig::negative_ttl`]
@@ -435,19 +440,19 @@ pub use record::{
 };
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use store::SqliteStore;
 pub use store::{
     open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
     KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use store::{PostgresOptions, PostgresStore};
+pub use store::{PostgresConfig, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::{SqliteConfig, SqliteStore};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 pub use validate::{
     MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,
