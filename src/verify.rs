@@ -16,7 +16,6 @@ use crate::record::KeyRecord;
 use crate::refusals::RefusalCounts;
 use crate::store::StoreError;
 use crate::usage;
-use crate::user::Owner;
 
 impl Keygate {
     /// Verifies the value of one `Authorization` header (`Bearer <key>`).
@@ -83,60 +82,87 @@ impl Keygate {
     async fn check(&self, token: &str) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        if token.as_bytes().contains(&b'.') {
-            let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-            let claims = jwt.verify(token, now).map_err(reject)?;
-            let record = self.lookup(claims.key_id).await?;
-            let Some(record) = record else {
-                return Err(reject_key(Rejection::UnknownKey, claims.key_id));
-            };
-            if record.format != KeyFormat::Jwt {
-                return Err(reject_key(Rejection::FormatMismatch, record.id));
-            }
-            // Keys minted here are bound to their exact token; imported Audiobookshelf
-            // keys have no hash and rest on the signature alone, as they do there.
-            let rehash = match &record.hash {
-                Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
-                None => None,
-            };
-            self.accept(record, now, rehash, claims.exp).await
-        } else {
-            if token.len() > key::MAX_OPAQUE_LEN {
-                return Err(reject(Rejection::Malformed));
-            }
-            let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
-            // What a bound hash covers: the prefix, the id part and the secret part.
-            let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
-            let record = self.lookup(key.id).await?;
-            let checked = match record.as_deref() {
-                Some(r) if r.format == KeyFormat::Opaque => r
-                    .hash
-                    .as_ref()
-                    .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
-                _ => None,
-            };
-            match (record, checked) {
-                (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
-                (record, _) => {
-                    // Same HMAC work as a real comparison: timing does not tell ids apart.
-                    inner.pepper.burn(bound);
-                    let reason = match record {
-                        None => Rejection::UnknownKey,
-                        Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
-                        // An opaque record without a hash can match nothing (and fails
-                        // `KeyRecord::check` before it gets here).
-                        Some(_) => Rejection::HashMismatch,
-                    };
-                    Err(reject_key(reason, key.id))
+        // A well-formed opaque key of this gate is told from a JWT by its prefix and length
+        // alone: its characters (prefix, `_`, base62) include no `.`. Anything else, and
+        // any shaped token the parse refuses, takes the general route below, which decides
+        // exactly as it always did.
+        let parsed = match opaque_shaped(token, &inner.prefix)
+            .then(|| OpaqueKey::parse(token, &inner.prefix))
+        {
+            Some(Ok(key)) => Some(key),
+            // A shaped token whose body is all base62 has no `.`: the general route would
+            // parse it again to the same answer.
+            Some(Err(Rejection::BadChecksum)) => return Err(reject(Rejection::BadChecksum)),
+            _ => None,
+        };
+        let key = match parsed {
+            Some(key) => key,
+            None if token.as_bytes().contains(&b'.') => return self.check_jwt(token, now).await,
+            None => {
+                if token.len() > key::MAX_OPAQUE_LEN {
+                    return Err(reject(Rejection::Malformed));
                 }
+                OpaqueKey::parse(token, &inner.prefix).map_err(reject)?
+            }
+        };
+        // What a bound hash covers: the prefix, the id part and the secret part.
+        let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
+        let record = match inner.store.get_now(key.id) {
+            Some(answer) => checked(key.id, answer)?,
+            // Boxed: a store read (and its timeout) would more than double the size of
+            // every verify future, while only a read that waits on the store needs it.
+            None => Box::pin(self.lookup(key.id)).await?,
+        };
+        let checked = match record.as_deref() {
+            Some(r) if r.format == KeyFormat::Opaque => r
+                .hash
+                .as_ref()
+                .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
+            _ => None,
+        };
+        match (record, checked) {
+            (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
+            (record, _) => {
+                // Same HMAC work as a real comparison: timing does not tell ids apart.
+                inner.pepper.burn(bound);
+                let reason = match record {
+                    None => Rejection::UnknownKey,
+                    Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
+                    // An opaque record without a hash can match nothing (and fails
+                    // `KeyRecord::check` before it gets here).
+                    Some(_) => Rejection::HashMismatch,
+                };
+                Err(reject_key(reason, key.id))
             }
         }
     }
 
-    /// The record for `id`, checked with [`KeyRecord::check`] whatever store it came
-    /// from: one that fails, or that the store could not read, is
-    /// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id.
-    /// A store failure is [`VerifyError::StoreUnavailable`], logged without one.
+    /// [`check`](Self::check) of a token with a `.`: a JWT.
+    async fn check_jwt(&self, token: &str, now: usage::Micros) -> Result<Principal, Refused> {
+        let inner = &*self.inner;
+        let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
+        let claims = jwt.verify(token, now).map_err(reject)?;
+        let record = match inner.store.get_now(claims.key_id) {
+            Some(answer) => checked(claims.key_id, answer)?,
+            None => Box::pin(self.lookup(claims.key_id)).await?,
+        };
+        let Some(record) = record else {
+            return Err(reject_key(Rejection::UnknownKey, claims.key_id));
+        };
+        if record.format != KeyFormat::Jwt {
+            return Err(reject_key(Rejection::FormatMismatch, record.id));
+        }
+        // Keys minted here are bound to their exact token; imported Audiobookshelf
+        // keys have no hash and rest on the signature alone, as they do there.
+        let rehash = match &record.hash {
+            Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
+            None => None,
+        };
+        self.accept(record, now, rehash, claims.exp).await
+    }
+
+    /// The record for `id` from the store's [`get`](crate::KeyStore::get), within the
+    /// store timeout, then [`checked`].
     async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, Refused> {
         let lookup = self.inner.store.get(id);
         let result = match self.inner.store_timeout {
@@ -145,15 +171,7 @@ impl Keygate {
                 .await
                 .unwrap_or(Err(StoreError::Timeout)),
         };
-        match result {
-            Ok(Some(record)) => match record.check(id) {
-                Ok(()) => Ok(Some(record)),
-                Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
-            },
-            Ok(None) => Ok(None),
-            Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
-            Err(error) => Err(VerifyError::StoreUnavailable(error).into()),
-        }
+        checked(id, result)
     }
 
     /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
@@ -199,29 +217,53 @@ impl Keygate {
         {
             return Err(reject_key(Rejection::Expired, record.id));
         }
+        // Without a directory every owner is active and holds every permission: nothing
+        // to look up or share.
         let owner = match &inner.users {
-            None => UNRESTRICTED.clone(),
-            Some(users) => users
-                .owner(&record.owner)
-                .await
-                .map_err(VerifyError::DirectoryUnavailable)?
-                .map(Arc::new)
-                .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?,
+            None => None,
+            Some(users) => {
+                let owner = users
+                    .owner(&record.owner)
+                    .await
+                    .map_err(VerifyError::DirectoryUnavailable)?
+                    .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?;
+                if !owner.active {
+                    return Err(reject_key(Rejection::OwnerInactive, record.id));
+                }
+                Some(Arc::new(owner))
+            }
         };
-        if !owner.active {
-            return Err(reject_key(Rejection::OwnerInactive, record.id));
-        }
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(
-            record,
-            owner,
-            inner.users.is_some(),
-            now,
-            token_exp,
-            inner.id,
-        ))
+        Ok(Principal::new(record, owner, now, token_exp, inner.id))
+    }
+}
+
+/// Whether `token` has the length and `<prefix>_` start of one of this gate's opaque keys.
+fn opaque_shaped(token: &str, prefix: &str) -> bool {
+    let bytes = token.as_bytes();
+    bytes.len() == prefix.len().saturating_add(1 + key::BODY_LEN)
+        && bytes.starts_with(prefix.as_bytes())
+        && bytes.get(prefix.len()) == Some(&b'_')
+}
+
+/// A store's answer for `id`, checked with [`KeyRecord::check`] whatever store it came
+/// from: a record that fails, or that the store could not read, is
+/// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id. A
+/// store failure is [`VerifyError::StoreUnavailable`], logged without one.
+fn checked(
+    id: KeyId,
+    answer: Result<Option<Arc<KeyRecord>>, StoreError>,
+) -> Result<Option<Arc<KeyRecord>>, Refused> {
+    match answer {
+        Ok(Some(record)) => match record.check(id) {
+            Ok(()) => Ok(Some(record)),
+            Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
+        },
+        Ok(None) => Ok(None),
+        Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
+        Err(error) => Err(VerifyError::StoreUnavailable(error).into()),
     }
 }
 
@@ -260,7 +302,3 @@ fn store_corrupt(id: KeyId, error: StoreError) -> Refused {
         key: Some(id),
     }
 }
-
-/// The owner of every key on a gate without a directory, shared rather than rebuilt.
-static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
-    std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));
