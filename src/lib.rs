@@ -227,8 +227,8 @@
 //!
 //! 1. Header: `Bearer` matched case-insensitively, one or more spaces, exactly one
 //!    `Authorization` header, length-capped, printable ASCII only, before any crypto.
-//! 2. Format and checksum, or JWT header, signature and claims. A refusal here reads nothing
-//!    ([`Rejection::is_offline`]).
+//! 2. Format and checksum, or JWT header, signature and claims. A refusal here reads nothing:
+//!    the token alone proves it.
 //! 3. Store lookup by key id (never by secret). A store failure is
 //!    [`VerifyError::StoreUnavailable`], not a bad key.
 //! 4. Record: valid (a record that fails keygate's checks is [`VerifyError::StoreCorrupt`],
@@ -345,10 +345,10 @@
 //!   re-hashed as `bound` after their next successful verify. To see what is left:
 //!   `SELECT count(*) FROM keygate_keys WHERE format = 'opaque' AND hash_scheme = 'secret'`.
 //! - Records fail closed: every record a store returns is checked before it is trusted (the
-//!   id asked for, a non-empty owner without control characters and at most
-//!   [`MAX_STORED_OWNER_LEN`] bytes, a hash for opaque keys, instants in the years 1 to
-//!   9999), whatever the store, so a hand-made table or a third-party store cannot turn an
-//!   empty owner into an unrestricted key.
+//!   id asked for, a non-empty owner without control characters and at most 1024 bytes, a
+//!   hash for opaque keys, instants in the years 1 to 9999), whatever the store, so a
+//!   hand-made table or a third-party store cannot turn an empty owner into an
+//!   unrestricted key.
 //! - SQLite database files keygate creates are mode 0600 on Unix; an existing file keeps its
 //!   mode.
 //! - Last-used writes can fail without failing a verify; they are retried on the next flush.
