@@ -1,4 +1,5 @@
-//! The [`KeyStore`] trait and the built-in [`MemoryStore`].
+//! Where key records live: the [`KeyStore`] trait (and its forwarding through `Arc`), the
+//! built-in stores, [`CachedStore`] and [`open_store`].
 
 use std::error::Error as StdError;
 use std::future::Future;
@@ -24,7 +25,7 @@ mod sqlite;
 mod url;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+pub use self::redis::{RedisConfig, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
