@@ -71,6 +71,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+mod pepper_check;
 mod pepper_source;
 mod principal;
 mod record;
@@ -109,7 +110,7 @@ pub use builder::KeygateBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
 pub use gate::{IssuedKey, Keygate, MAX_NAME_LEN, MAX_PAGE};
-pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
+pub use hash::{HashScheme, Pepper, PepperFingerprint, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
 pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
 pub use key::{
     checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,

@@ -96,7 +96,10 @@ impl Keygate {
             // Keys minted here are bound to their exact token; imported Audiobookshelf
             // keys have no hash and rest on the signature alone, as they do there.
             let rehash = match &record.hash {
-                Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
+                Some(hash) => {
+                    self.check_hash(claims.signature, None, hash, record.id)
+                        .await?
+                }
                 None => None,
             };
             self.accept(record, now, rehash, claims.exp).await
@@ -109,10 +112,11 @@ impl Keygate {
             let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
             let record = self.lookup(key.id).await?;
             let checked = match record.as_deref() {
-                Some(r) if r.format == KeyFormat::Opaque => r
-                    .hash
-                    .as_ref()
-                    .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
+                Some(KeyRecord {
+                    format: KeyFormat::Opaque,
+                    hash: Some(hash),
+                    ..
+                }) => Some(self.check_hash(key.secret, Some(bound), hash, key.id).await),
                 _ => None,
             };
             match (record, checked) {
@@ -160,7 +164,11 @@ impl Keygate {
     /// without its checksum) against the record's hash. On success, a re-hash when the
     /// hash is under an older pepper or, for an opaque key, of the older
     /// [`HashScheme::Secret`] kind: it is written after the verify, like last-used.
-    fn check_hash(
+    ///
+    /// A mismatch asks whether the gate's pepper of the hash's version is the wrong one
+    /// ([`Keygate::check_pepper`], run once per gate): then it is
+    /// [`VerifyError::PepperMismatch`], not a bad key.
+    async fn check_hash(
         &self,
         secret: &[u8],
         bound: Option<&[u8]>,
@@ -169,6 +177,15 @@ impl Keygate {
     ) -> Result<Option<SecretHash>, Refused> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
+            // Boxed: the cold path's future stays out of every verify's.
+            if Box::pin(self.pepper_mismatched(hash.version)).await {
+                return Err(Refused {
+                    error: VerifyError::PepperMismatch {
+                        version: hash.version,
+                    },
+                    key: Some(id),
+                });
+            }
             return Err(reject_key(Rejection::HashMismatch, id));
         }
         let (scheme, input) = match bound {

@@ -27,8 +27,11 @@ use keygate::{
     PostgresStore, Rejection, StoreError, VerifyError,
 };
 
+/// Under a pepper version of this file's own: the store remembers one pepper per version
+/// (`keygate_peppers`), and the test database is shared with other suites (the CLI's,
+/// the store benchmark) whose peppers differ.
 fn pepper() -> Pepper {
-    Pepper::new(1, [42u8; 32]).unwrap()
+    Pepper::new(101, [42u8; 32]).unwrap()
 }
 
 fn gate(store: impl KeyStore) -> Keygate {
@@ -114,7 +117,8 @@ async fn concurrent_migrations_apply_once() {
         versions,
         [
             (1, "create keygate_keys".to_owned()),
-            (2, "add keygate_keys.hash_scheme".to_owned())
+            (2, "add keygate_keys.hash_scheme".to_owned()),
+            (4, "create keygate_peppers".to_owned())
         ]
     );
     let indexed: Option<String> = sqlx::query_scalar(
@@ -681,13 +685,14 @@ async fn verify_outcome(gate: &Keygate, key: &str) -> (u16, Option<u32>, bool) {
 }
 
 /// `keygate_keys` as an application might create it by hand: the right column types,
-/// no constraints.
+/// no constraints (and the pepper fingerprints' table, which mint needs).
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
     description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
     active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT
-)";
+);
+CREATE TABLE keygate_peppers (version BIGINT PRIMARY KEY, fingerprint BYTEA)";
 
 #[tokio::test]
 async fn a_table_without_keygates_constraints_fails_closed() {

@@ -154,7 +154,8 @@ async fn migrations_are_idempotent_and_keygates_own() {
         versions,
         [
             (1, "create keygate_keys".to_owned()),
-            (2, "add keygate_keys.hash_scheme".to_owned())
+            (2, "add keygate_keys.hash_scheme".to_owned()),
+            (4, "create keygate_peppers".to_owned())
         ]
     );
     // No `_sqlx_migrations`: an application's own sqlx migrator on the same file is safe.
@@ -163,7 +164,10 @@ async fn migrations_are_idempotent_and_keygates_own() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(tables, ["keygate_keys", "keygate_migrations"]);
+    assert_eq!(
+        tables,
+        ["keygate_keys", "keygate_migrations", "keygate_peppers"]
+    );
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'keygate_keys' \
          AND name NOT LIKE 'sqlite_autoindex%'",
@@ -337,11 +341,13 @@ fn mint_until_killed(var: &str, db: &str) -> (Vec<String>, std::process::ExitSta
 }
 
 /// `keygate_keys` as an application might create it by hand: every column, no
-/// constraints at all (any type, NULLs, empty strings).
+/// constraints at all (any type, NULLs, empty strings); and the pepper fingerprints'
+/// table, which mint needs.
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id, format, hash_version, hash_digest, name, description, owner_id, created_by,
     created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme
-)";
+);
+CREATE TABLE keygate_peppers (version INTEGER PRIMARY KEY, fingerprint BLOB)";
 
 async fn loose_store() -> SqliteStore {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()

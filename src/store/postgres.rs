@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::sql::{self, key_columns, store_error, Migration};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
@@ -28,6 +29,11 @@ const MIGRATIONS: &[Migration] = &[
         2,
         "add keygate_keys.hash_scheme",
         include_str!("../../migrations/postgres/0002_hash_scheme.sql"),
+    ),
+    (
+        4,
+        "create keygate_peppers",
+        include_str!("../../migrations/postgres/0004_pepper_fingerprints.sql"),
     ),
 ];
 
@@ -491,6 +497,46 @@ impl KeyStore for PostgresStore {
         tokio::spawn(follow(pool, feed, listener));
         Ok(true)
     }
+
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        remember_pepper(&self.pool, version, fingerprint).await
+    }
+}
+
+/// [`KeyStore::remember_pepper`]: insert unless the version has a row, then read the row
+/// that stopped the insert (a statement of its own, so it sees a row committed meanwhile).
+async fn remember_pepper(
+    pool: &PgPool,
+    version: u32,
+    fingerprint: PepperFingerprint,
+) -> Result<Option<PepperFingerprint>, StoreError> {
+    let version = i64::from(version);
+    let inserted = sqlx::query(
+        "INSERT INTO keygate_peppers (version, fingerprint) VALUES ($1, $2) \
+         ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(&fingerprint.as_bytes()[..])
+    .execute(pool)
+    .await
+    .map_err(store_error)?;
+    if inserted.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let known: Vec<u8> =
+        sqlx::query_scalar("SELECT fingerprint FROM keygate_peppers WHERE version = $1")
+            .bind(version)
+            .fetch_one(pool)
+            .await
+            .map_err(store_error)?;
+    let known: [u8; 32] = known
+        .try_into()
+        .map_err(|_| sql::corrupt("a pepper fingerprint is not 32 bytes"))?;
+    Ok(Some(PepperFingerprint::from_bytes(known)))
 }
 
 async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
-use crate::hash::{HashScheme, SecretHash};
+use crate::hash::{HashScheme, PepperFingerprint, SecretHash};
 use crate::key::{KeyFormat, KeyId};
 use crate::record::{KeyPatch, KeyRecord, Metadata};
 
@@ -139,6 +139,7 @@ impl Default for RedisConfig {
 /// | `keygate:ids` | sorted set | every id, all scores 0 (so lexical order is id order) |
 /// | `keygate:owner:<owner>` | sorted set | the owner's ids, likewise |
 /// | `keygate:changes` | pub/sub channel | the id of every inserted, updated or deleted record |
+/// | `keygate:peppers` | hash | field `<version>`: that pepper version's [`PepperFingerprint`] (32 bytes) |
 ///
 /// Ids are hyphenated lowercase UUIDs. Every write that touches more than one key is one
 /// Lua script, so it is atomic; [`update`](KeyStore::update) reads the record, applies the
@@ -963,7 +964,42 @@ impl KeyStore for RedisStore {
         tokio::spawn(feed.run(connection, listener));
         Ok(true)
     }
+
+    /// `HSETNX` then `HGET` on `<namespace>peppers`, in one `MULTI`.
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        let key = format!("{}{PEPPERS}", self.namespace());
+        let (inserted, known): (i64, Option<Vec<u8>>) = self
+            .bounded(async {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg(version)
+                    .arg(&fingerprint.as_bytes()[..])
+                    .cmd("HGET")
+                    .arg(&key)
+                    .arg(version)
+                    .query_async(&mut self.conn())
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let known: [u8; 32] = known
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt("a pepper fingerprint is not 32 bytes".into()))?;
+        Ok(Some(PepperFingerprint::from_bytes(known)))
+    }
 }
+
+/// The hash of pepper fingerprints, after the namespace (see [`KeyStore::remember_pepper`]).
+const PEPPERS: &str = "peppers";
 
 /// The change feed of one subscription.
 struct Feed {
