@@ -276,8 +276,8 @@ pub enum Error {
     /// see [`Keygate::check_pepper`](crate::Keygate::check_pepper).
     #[error(
         "wrong pepper: pepper version {version} does not match the fingerprint the key store \
-         recorded for it; configure the pepper this store's keys were made with (a new pepper \
-         needs a new version number)"
+         recorded for it; configure the pepper this store's keys were made with, or give a new \
+         pepper a new version number"
     )]
     PepperMismatch {
         /// The pepper version that does not match.

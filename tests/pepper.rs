@@ -183,7 +183,10 @@ async fn mint_with_the_wrong_pepper_fails_and_writes_nothing() {
         "{err:?}"
     );
     // Only the right gate's key is stored, unchanged; the fingerprint is not replaced.
-    assert_eq!(all_records(&store).await, [kept.record.clone()]);
+    assert_eq!(
+        all_records(&store).await,
+        std::slice::from_ref(&kept.record)
+    );
     right.check_pepper().await.unwrap();
     gate(&store, pepper(1, RIGHT)).check_pepper().await.unwrap();
 }

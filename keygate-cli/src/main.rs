@@ -139,7 +139,7 @@ impl From<Error> for Fail {
 /// A pepper mismatch, and where the CLI's pepper comes from.
 fn wrong_pepper(error: &dyn std::error::Error) -> String {
     format!(
-        "{} (check {} or {}, and {})",
+        "{}; check {} or {}, and {}",
         chain(error),
         Pepper::ENV,
         Pepper::ENV_FILE,
