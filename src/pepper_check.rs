@@ -75,8 +75,18 @@ impl Keygate {
         }
     }
 
+    /// [`pepper_mismatched`](Self::pepper_mismatched) once the check has run (`None`
+    /// before), without waiting.
+    pub(crate) fn known_pepper_mismatch(&self, version: u32) -> Option<bool> {
+        self.inner
+            .pepper_check
+            .get()
+            .map(|verdict| verdict.mismatched.contains(&version))
+    }
+
     /// Whether the store recorded another fingerprint for pepper `version` than this
-    /// gate's: why a hash did not match. `false` if the store cannot be asked.
+    /// gate's: why a hash did not match. Runs the check if it has not run yet; `false`
+    /// if the store cannot be asked.
     pub(crate) async fn pepper_mismatched(&self, version: u32) -> bool {
         self.pepper_verdict()
             .await

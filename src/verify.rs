@@ -177,8 +177,13 @@ impl Keygate {
     ) -> Result<Option<SecretHash>, Refused> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
-            // Boxed: the cold path's future stays out of every verify's.
-            if Box::pin(self.pepper_mismatched(hash.version)).await {
+            let wrong_pepper = match self.known_pepper_mismatch(hash.version) {
+                Some(known) => known,
+                // This gate's first mismatch runs the check, boxed: its future stays out
+                // of every verify's.
+                None => Box::pin(self.pepper_mismatched(hash.version)).await,
+            };
+            if wrong_pepper {
                 return Err(Refused {
                     error: VerifyError::PepperMismatch {
                         version: hash.version,
