@@ -38,6 +38,7 @@ struct Store {
     remembers: AtomicUsize,
     others: AtomicUsize,
     failing: AtomicBool,
+    hanging: AtomicBool,
 }
 
 impl Store {
@@ -93,6 +94,9 @@ impl KeyStore for Store {
         fingerprint: PepperFingerprint,
     ) -> Result<Option<PepperFingerprint>, StoreError> {
         self.remembers.fetch_add(1, Ordering::SeqCst);
+        if self.hanging.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         if self.failing.load(Ordering::SeqCst) {
             return Err(StoreError::backend(std::io::Error::other(
                 "database is down",
@@ -304,6 +308,23 @@ async fn a_store_failure_is_reported_and_not_remembered() {
     assert_eq!(store.other_calls(), 0, "nothing was written");
     store.failing.store(false, Ordering::SeqCst);
     g.check_pepper().await.unwrap();
+    g.mint(NewKey::new("k", "alice")).await.unwrap();
+}
+
+/// The check is bounded by the gate's store timeout like any store call (paused time:
+/// the runtime jumps to the deadline).
+#[tokio::test(start_paused = true)]
+async fn a_hanging_store_times_the_check_out() {
+    let store = Store::new();
+    store.hanging.store(true, Ordering::SeqCst);
+    let g = Keygate::builder(store.clone(), pepper(1, RIGHT))
+        .store_timeout(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let err = g.mint(NewKey::new("k", "alice")).await.unwrap_err();
+    assert!(matches!(err, Error::Store(StoreError::Timeout)), "{err:?}");
+    assert_eq!(store.other_calls(), 0, "nothing was written");
+    store.hanging.store(false, Ordering::SeqCst);
     g.mint(NewKey::new("k", "alice")).await.unwrap();
 }
 
