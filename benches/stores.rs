@@ -6,7 +6,7 @@
 //! postgres,sqlite`) and prints the table. The PostgreSQL rows need
 //! `KEYGATE_TEST_POSTGRES_URL` (e.g. `postgres://postgres@127.0.0.1:5432/test`); without it
 //! they are skipped with a message. The SQLite rows use a database file in the temp
-//! directory (WAL, `synchronous = FULL`, as `SqliteStore::open` sets up), removed at the
+//! directory (WAL, `synchronous = FULL`, as `SqliteStore::connect` sets up), removed at the
 //! end; the PostgreSQL rows insert 1000 keys into `keygate_keys` under an owner unique to
 //! the run and delete them at the end.
 //!
@@ -945,7 +945,7 @@ fn main() {
     let sqlite_file = sqlite_path();
     let sqlite = Lazy::new(|| {
         let path = sqlite_file.to_str().expect("UTF-8 temp path");
-        let store = rt.block_on(SqliteStore::open(path)).expect("open");
+        let store = rt.block_on(SqliteStore::connect(path)).expect("open");
         Backend::new(&rt, store, &keys, "SQLite", true)
     });
     let connection = Lazy::new(|| {

@@ -122,19 +122,19 @@ pub use record::{
 };
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
-#[cfg(feature = "sqlite")]
-#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
-pub use store::SqliteStore;
 pub use store::{
     open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
     KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
-pub use store::{PostgresOptions, PostgresStore};
+pub use store::{PostgresConfig, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::{SqliteConfig, SqliteStore};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 pub use validate::{
     MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,

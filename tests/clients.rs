@@ -533,7 +533,7 @@ fn last_used_at(db: &str, id: &str) -> Option<chrono::DateTime<chrono::Utc>> {
         .unwrap();
     runtime.block_on(async {
         use keygate::KeyStore;
-        let store = keygate::SqliteStore::open(&format!("{db}?mode=ro"))
+        let store = keygate::SqliteStore::connect(&format!("{db}?mode=ro"))
             .await
             .expect("open the database read-only");
         let record = store

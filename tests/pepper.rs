@@ -372,11 +372,11 @@ async fn an_sqlite_file_remembers_its_pepper_across_opens() {
     std::fs::create_dir_all(&dir).unwrap();
     let url = format!("sqlite://{}", dir.join("keys.db").display());
     let issued = {
-        let store = keygate::SqliteStore::open(&url).await.unwrap();
+        let store = keygate::SqliteStore::connect(&url).await.unwrap();
         let gate = Keygate::builder(store, pepper(1, RIGHT)).build().unwrap();
         gate.mint(NewKey::new("k", "alice")).await.unwrap()
     };
-    let store = keygate::SqliteStore::open(&url).await.unwrap();
+    let store = keygate::SqliteStore::connect(&url).await.unwrap();
     let wrong = Keygate::builder(store.clone(), pepper(1, WRONG))
         .build()
         .unwrap();
@@ -410,8 +410,11 @@ async fn memory_store_remembers_peppers() {
 #[cfg(all(feature = "sqlite", feature = "testing"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_store_remembers_peppers() {
-    let store: Arc<dyn KeyStore> =
-        Arc::new(keygate::SqliteStore::open("sqlite::memory:").await.unwrap());
+    let store: Arc<dyn KeyStore> = Arc::new(
+        keygate::SqliteStore::connect("sqlite::memory:")
+            .await
+            .unwrap(),
+    );
     keygate::testing::pepper_fingerprints(&*store).await;
     keygate::testing::concurrent_pepper_fingerprints(store).await;
 }

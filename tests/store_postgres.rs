@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use keygate::sqlx::{self, postgres::PgPoolOptions, Connection};
 use keygate::{
-    CacheConfig, CachedStore, KeyStore, Keygate, MemoryStore, NewKey, Pepper, PostgresOptions,
+    CacheConfig, CachedStore, KeyStore, Keygate, MemoryStore, NewKey, Pepper, PostgresConfig,
     PostgresStore, Rejection, StoreError, VerifyError,
 };
 
@@ -49,7 +49,7 @@ fn shared_gate(store: Arc<dyn KeyStore>) -> Keygate {
 }
 
 async fn connect(url: &str, app: &str) -> PostgresStore {
-    PostgresStore::connect_with(url, PostgresOptions::new().application_name(app))
+    PostgresStore::connect_with(url, PostgresConfig::new().application_name(app))
         .await
         .unwrap()
 }
@@ -89,14 +89,63 @@ async fn cached_postgres_store_following_changes_conforms() {
     keygate::testing::run_all(Arc::new(cached)).await;
 }
 
+/// A schema of its own for a test that inspects or tampers with the migrations table,
+/// so the shared database's tables are never touched. `url` points into it.
+struct Schema {
+    name: String,
+    url: String,
+    admin: sqlx::PgConnection,
+}
+
+impl Schema {
+    async fn new(base: &str, label: &str) -> Self {
+        let name = support::unique(label).replace('-', "_");
+        let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE SCHEMA \"{name}\"")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        let url = format!("{base}{separator}options=-csearch_path%3D{name}");
+        Self { name, url, admin }
+    }
+
+    async fn drop(mut self) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{}\" CASCADE",
+            self.name
+        )))
+        .execute(&mut self.admin)
+        .await
+        .unwrap();
+    }
+}
+
+/// `(version, description)` of the applied migrations.
+async fn migrations(store: &PostgresStore) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT version, description FROM keygate_migrations ORDER BY version")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
+/// `(version, checksum)` of the applied migrations.
+async fn checksums(store: &PostgresStore) -> Vec<(i64, Vec<u8>)> {
+    sqlx::query_as("SELECT version, checksum FROM keygate_migrations ORDER BY version")
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_migrations_apply_once() {
     let Some(url) = support::postgres_url() else {
         return;
     };
+    let schema = Schema::new(&url, "kg_migrate").await;
     let opens: Vec<_> = (0..4)
         .map(|_| {
-            let url = url.clone();
+            let url = schema.url.clone();
             tokio::spawn(async move {
                 let store = PostgresStore::connect(&url).await?;
                 store.migrate().await?;
@@ -108,26 +157,206 @@ async fn concurrent_migrations_apply_once() {
     for open in opens {
         stores.push(open.await.unwrap().expect("a concurrent connect failed"));
     }
-    let versions: Vec<(i64, String)> =
-        sqlx::query_as("SELECT version, description FROM keygate_migrations ORDER BY version")
-            .fetch_all(stores[0].pool())
-            .await
-            .unwrap();
+    let versions = migrations(&stores[0]).await;
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() \
+         AND tablename = 'keygate_keys' AND indexname <> 'keygate_keys_pkey' ORDER BY indexname",
+    )
+    .fetch_all(stores[0].pool())
+    .await
+    .unwrap();
+    for store in stores {
+        store.pool().close().await;
+    }
+    schema.drop().await;
     assert_eq!(
         versions,
         [
             (1, "create keygate_keys".to_owned()),
             (2, "add keygate_keys.hash_scheme".to_owned()),
-            (4, "create keygate_peppers".to_owned())
+            (3, "index keygate_keys in creation order".to_owned()),
+            (4, "create keygate_peppers".to_owned()),
         ]
     );
-    let indexed: Option<String> = sqlx::query_scalar(
-        "SELECT indexdef FROM pg_indexes WHERE indexname = 'keygate_keys_owner_id'",
+    assert_eq!(indexes.len(), 2, "{indexes:?}");
+    assert!(indexes[0].contains("keygate_keys_created") && indexes[0].contains("(created_at, id)"));
+    assert!(
+        indexes[1].contains("(owner_id, created_at, id)"),
+        "{indexes:?}"
+    );
+}
+
+/// The migration error behind a failed connect: sqlx's `MigrateError`, as the source of
+/// `StoreError::Backend`.
+fn migrate_error(opened: Result<PostgresStore, StoreError>) -> sqlx::migrate::MigrateError {
+    match opened {
+        Err(StoreError::Backend(source)) => {
+            *source.downcast::<sqlx::migrate::MigrateError>().unwrap()
+        }
+        other => panic!("expected a migration failure, got {other:?}"),
+    }
+}
+
+/// Adds a row for migration `version` to `keygate_migrations`, as another keygate would.
+async fn record_migration(store: &PostgresStore, version: i64) {
+    sqlx::query(
+        "INSERT INTO keygate_migrations (version, description, success, checksum, \
+         execution_time) VALUES ($1, 'not this build''s', TRUE, '\\x01', 0)",
     )
-    .fetch_optional(stores[0].pool())
+    .bind(version)
+    .execute(store.pool())
     .await
     .unwrap();
-    assert!(indexed.is_some_and(|def| def.contains("(owner_id, id)")));
+}
+
+#[tokio::test]
+async fn an_edited_or_unknown_migration_is_refused() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let schema = Schema::new(&url, "kg_checksum").await;
+    let store = PostgresStore::connect(&schema.url).await.unwrap();
+    let sums = checksums(&store).await;
+    // As if migration 2's script had been edited after this database applied it.
+    sqlx::query("UPDATE keygate_migrations SET checksum = '\\x00' WHERE version = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let edited = migrate_error(PostgresStore::connect(&schema.url).await);
+    let again = store.migrate().await;
+    sqlx::query("UPDATE keygate_migrations SET checksum = $1 WHERE version = 2")
+        .bind(&sums[1].1)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // A migration newer than this build's: a newer keygate migrated the database (a
+    // rolling upgrade); this one keeps working.
+    record_migration(&store, 99).await;
+    let newer = PostgresStore::connect(&schema.url).await;
+    if let Ok(newer) = &newer {
+        newer.pool().close().await;
+    }
+    // An unknown migration among the known ones is no database of keygate's.
+    record_migration(&store, 0).await;
+    let unknown = migrate_error(PostgresStore::connect(&schema.url).await);
+    store.pool().close().await;
+    schema.drop().await;
+    assert!(
+        matches!(edited, sqlx::migrate::MigrateError::VersionMismatch(2)),
+        "{edited:?}"
+    );
+    assert!(matches!(again, Err(StoreError::Backend(_))), "{again:?}");
+    assert!(newer.is_ok(), "{newer:?}");
+    assert!(
+        matches!(unknown, sqlx::migrate::MigrateError::VersionMissing(0)),
+        "{unknown:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_migrations_table_from_the_first_runner_is_upgraded() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    // The reference: checksums as a fresh database records them.
+    let fresh = Schema::new(&url, "kg_fresh").await;
+    let store = PostgresStore::connect(&fresh.url).await.unwrap();
+    let expected = checksums(&store).await;
+    store.pool().close().await;
+    fresh.drop().await;
+
+    // Migrations 1 and 2 applied by the first runner, whose table had no checksums.
+    let schema = Schema::new(&url, "kg_legacy").await;
+    let record = keygate::testing::sample_record("first-runner");
+    {
+        let mut conn = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+        sqlx::raw_sql(include_str!("../migrations/postgres/0001_create_keys.sql"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../migrations/postgres/0002_hash_scheme.sql"))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE keygate_migrations (
+                 version     BIGINT PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at  TIMESTAMPTZ NOT NULL DEFAULT '2026-01-02T03:04:05Z'
+             );
+             INSERT INTO keygate_migrations (version, description)
+                 VALUES (1, 'create keygate_keys'), (2, 'add keygate_keys.hash_scheme');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        conn.close().await.unwrap();
+        let pool = PgPoolOptions::new().connect(&schema.url).await.unwrap();
+        PostgresStore::from_pool(pool.clone())
+            .insert(record.clone())
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = PostgresStore::connect(&schema.url).await.unwrap();
+    let upgraded = checksums(&store).await;
+    let got = store.get(record.id).await.unwrap();
+    let kept: String =
+        sqlx::query_scalar("SELECT installed_on::text FROM keygate_migrations WHERE version = 1")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    // A row the first runner might still add (it names two columns): its checksum is
+    // adopted too.
+    sqlx::query("UPDATE keygate_migrations SET checksum = '' WHERE version = 3")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let again = PostgresStore::connect(&schema.url).await;
+    let readopted = checksums(&store).await;
+    store.pool().close().await;
+    if let Ok(again) = &again {
+        again.pool().close().await;
+    }
+    schema.drop().await;
+    assert_eq!(expected.len(), 4);
+    assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
+    assert_eq!(upgraded, expected);
+    assert_eq!(got.as_deref(), Some(&record));
+    assert!(kept.starts_with("2026-01-02"), "installed_on: {kept}");
+    assert!(again.is_ok(), "{again:?}");
+    assert_eq!(readopted, expected);
+}
+
+#[tokio::test]
+async fn config_is_honoured() {
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let schema = Schema::new(&url, "kg_config").await;
+    let config = PostgresConfig::new()
+        .max_connections(3)
+        .application_name("kg-config")
+        .migrate(false);
+    let store = PostgresStore::connect_with(&schema.url, config)
+        .await
+        .unwrap();
+    let max = store.pool().options().get_max_connections();
+    let tables: Vec<String> = sqlx::query_scalar(
+        "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema()",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap();
+    let name: String = sqlx::query_scalar("SELECT current_setting('application_name')")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    store.pool().close().await;
+    schema.drop().await;
+    assert_eq!(max, 3);
+    assert!(tables.is_empty(), "migrate(false) created {tables:?}");
+    assert_eq!(name, "kg-config");
 }
 
 #[tokio::test]
@@ -222,7 +451,7 @@ async fn a_dead_server_is_unavailable_fast_never_a_bad_key() {
     // Connecting fails within the acquire timeout.
     let acquire = Duration::from_millis(500);
     let started = Instant::now();
-    let error = PostgresStore::connect_with(&url, PostgresOptions::new().acquire_timeout(acquire))
+    let error = PostgresStore::connect_with(&url, PostgresConfig::new().acquire_timeout(acquire))
         .await
         .unwrap_err();
     let connect_took = started.elapsed();
@@ -294,7 +523,7 @@ async fn killed_connections_are_unavailable_or_fine_and_recover() {
     let app = support::unique("kg-outage");
     let store = PostgresStore::connect_with(
         &url,
-        PostgresOptions::new()
+        PostgresConfig::new()
             .application_name(&app)
             .acquire_timeout(Duration::from_secs(1)),
     )
@@ -804,4 +1033,26 @@ async fn infinite_and_out_of_range_timestamps_are_corrupt_not_a_panic() {
         );
         assert_eq!(verified, (500, None, true), "{case}: verify");
     }
+}
+
+#[tokio::test]
+async fn cursors_outside_the_stored_years_list_all_or_nothing() {
+    use keygate::chrono::{DateTime, Utc};
+    let Some(url) = support::postgres_url() else {
+        return;
+    };
+    let store = connect(&url, &support::unique("kg-extreme")).await;
+    let owner = support::unique("extreme-cursors");
+    let record = keygate::testing::sample_record(&owner);
+    store.insert(record.clone()).await.unwrap();
+    let after = |at| {
+        keygate::ListQuery::new()
+            .owner(owner.clone())
+            .after(keygate::Cursor::new(at, keygate::KeyId::random()))
+    };
+    // Years PostgreSQL cannot hold (before 4713 BC): every record, not an error.
+    let all = store.list(&after(DateTime::<Utc>::MIN_UTC)).await.unwrap();
+    assert_eq!(all, [record]);
+    let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
+    assert!(none.is_empty());
 }

@@ -52,7 +52,7 @@ impl Drop for TempDb {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_store_conforms() {
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     keygate::testing::run_all(Arc::new(store.clone())).await;
     let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
         .fetch_one(store.pool())
@@ -69,7 +69,7 @@ async fn file_store_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cached_file_store_conforms() {
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let cached = CachedStore::new(store, CacheConfig::new());
     assert!(
         !cached.follow_changes().await.unwrap(),
@@ -80,7 +80,7 @@ async fn cached_file_store_conforms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_store_conforms_and_is_one_database() {
-    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     keygate::testing::run_all(Arc::new(store.clone())).await;
     // Every clone and every connection sees the same data.
     let record = keygate::testing::sample_record("memory-owner");
@@ -91,7 +91,7 @@ async fn memory_store_conforms_and_is_one_database() {
         .unwrap();
     assert_eq!(got.as_deref(), Some(&record));
     // A second `open` is a different, empty database.
-    let other = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let other = SqliteStore::connect("sqlite::memory:").await.unwrap();
     assert!(other.get(record.id).await.unwrap().is_none());
 }
 
@@ -102,14 +102,14 @@ async fn every_url_form_opens_the_same_file() {
     let record = keygate::testing::sample_record("url-forms");
     // Created on first use.
     assert!(!db.0.exists());
-    let store = SqliteStore::open(&format!("sqlite://{path}"))
+    let store = SqliteStore::connect(&format!("sqlite://{path}"))
         .await
         .unwrap();
     assert!(db.0.exists());
     store.insert(record.clone()).await.unwrap();
     store.pool().close().await;
     for url in [format!("sqlite:{path}"), path.to_owned()] {
-        let store = SqliteStore::open(&url).await.unwrap();
+        let store = SqliteStore::connect(&url).await.unwrap();
         assert_eq!(
             store.get(record.id).await.unwrap().as_deref(),
             Some(&record),
@@ -118,7 +118,7 @@ async fn every_url_form_opens_the_same_file() {
         store.pool().close().await;
     }
     // Read-only: readable, nothing written.
-    let ro = SqliteStore::open(&format!("sqlite://{path}?mode=ro"))
+    let ro = SqliteStore::connect(&format!("sqlite://{path}?mode=ro"))
         .await
         .unwrap();
     assert_eq!(ro.get(record.id).await.unwrap().as_deref(), Some(&record));
@@ -130,7 +130,7 @@ async fn every_url_form_opens_the_same_file() {
 
 #[tokio::test]
 async fn a_bad_url_is_invalid_url() {
-    let opened = SqliteStore::open("sqlite://keys.db?bogus=1").await;
+    let opened = SqliteStore::connect("sqlite://keys.db?bogus=1").await;
     assert!(
         matches!(opened, Err(StoreError::InvalidUrl(_))),
         "{opened:?}"
@@ -140,11 +140,11 @@ async fn a_bad_url_is_invalid_url() {
 #[tokio::test]
 async fn migrations_are_idempotent_and_keygates_own() {
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     store.migrate().await.unwrap();
     store.migrate().await.unwrap();
     drop(store);
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let versions: Vec<(i64, String)> =
         sqlx::query_as("SELECT version, description FROM keygate_migrations ORDER BY version")
             .fetch_all(store.pool())
@@ -155,7 +155,8 @@ async fn migrations_are_idempotent_and_keygates_own() {
         [
             (1, "create keygate_keys".to_owned()),
             (2, "add keygate_keys.hash_scheme".to_owned()),
-            (4, "create keygate_peppers".to_owned())
+            (3, "index keygate_keys in creation order".to_owned()),
+            (4, "create keygate_peppers".to_owned()),
         ]
     );
     // No `_sqlx_migrations`: an application's own sqlx migrator on the same file is safe.
@@ -175,7 +176,197 @@ async fn migrations_are_idempotent_and_keygates_own() {
     .fetch_all(store.pool())
     .await
     .unwrap();
-    assert_eq!(indexes, ["keygate_keys_owner_id"]);
+    assert_eq!(
+        indexes,
+        ["keygate_keys_created", "keygate_keys_owner_created"]
+    );
+    // Lists walk the creation-order indexes instead of sorting.
+    for (filter, index) in [
+        ("owner_id = 'o' AND", "keygate_keys_owner_created"),
+        ("", "keygate_keys_created"),
+    ] {
+        let plan: Vec<(i64, i64, i64, String)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "EXPLAIN QUERY PLAN SELECT * FROM keygate_keys \
+             WHERE {filter} (created_at, id) > (1, 'x') ORDER BY created_at, id LIMIT 10"
+        )))
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(
+            plan.iter().any(|step| step.contains(index)),
+            "{filter}: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+            "{filter}: {plan:?}"
+        );
+    }
+}
+
+/// The migration error behind a failed open: sqlx's `MigrateError`, as the source of
+/// `StoreError::Backend`.
+fn migrate_error(opened: Result<SqliteStore, StoreError>) -> sqlx::migrate::MigrateError {
+    match opened {
+        Err(StoreError::Backend(source)) => *source
+            .downcast::<sqlx::migrate::MigrateError>()
+            .expect("the source is the migrator's error"),
+        other => panic!("expected a migration failure, got {other:?}"),
+    }
+}
+
+/// Adds a row for migration `version` to `keygate_migrations`, as another keygate would.
+async fn record_migration(store: &SqliteStore, version: i64) {
+    sqlx::query(
+        "INSERT INTO keygate_migrations (version, description, success, checksum, \
+         execution_time) VALUES (?1, 'not this build''s', TRUE, x'01', 0)",
+    )
+    .bind(version)
+    .execute(store.pool())
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_edited_or_unknown_migration_is_refused() {
+    let db = TempDb::new();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
+    let checksum: Vec<u8> =
+        sqlx::query_scalar("SELECT checksum FROM keygate_migrations WHERE version = 2")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    // As if migration 2's script had been edited after this database applied it.
+    sqlx::query("UPDATE keygate_migrations SET checksum = x'00' WHERE version = 2")
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(matches!(
+        migrate_error(SqliteStore::connect(db.path()).await),
+        sqlx::migrate::MigrateError::VersionMismatch(2)
+    ));
+    assert!(matches!(store.migrate().await, Err(StoreError::Backend(_))));
+    sqlx::query("UPDATE keygate_migrations SET checksum = ?1 WHERE version = 2")
+        .bind(checksum)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    // A migration newer than this build's: a newer keygate migrated the database (a
+    // rolling upgrade); this one keeps working.
+    record_migration(&store, 99).await;
+    let reopened = SqliteStore::connect(db.path()).await.unwrap();
+    assert!(reopened
+        .list(&keygate::ListQuery::new())
+        .await
+        .unwrap()
+        .is_empty());
+    // An unknown migration among the known ones is no database of keygate's.
+    record_migration(&store, 0).await;
+    assert!(matches!(
+        migrate_error(SqliteStore::connect(db.path()).await),
+        sqlx::migrate::MigrateError::VersionMissing(0)
+    ));
+}
+
+#[tokio::test]
+async fn a_migrations_table_from_the_first_runner_is_upgraded() {
+    // The reference: checksums as a fresh database records them.
+    let fresh = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    let checksums = |store: SqliteStore| async move {
+        sqlx::query_as::<_, (i64, Vec<u8>)>(
+            "SELECT version, checksum FROM keygate_migrations ORDER BY version",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    let expected = checksums(fresh).await;
+    assert_eq!(expected.len(), 4);
+    assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
+
+    // Migrations 1 and 2 applied by the first runner: its table had no checksums.
+    let db = TempDb::new();
+    let record = keygate::testing::sample_record("first-runner");
+    {
+        let pool = sqlx::sqlite::SqlitePoolOptions::new()
+            .connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(db.path())
+                    .create_if_missing(true),
+            )
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../migrations/sqlite/0001_create_keys.sql"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(include_str!("../migrations/sqlite/0002_hash_scheme.sql"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE keygate_migrations (
+                 version     INTEGER PRIMARY KEY,
+                 description TEXT NOT NULL,
+                 applied_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+             );
+             INSERT INTO keygate_migrations (version, description)
+                 VALUES (1, 'create keygate_keys'), (2, 'add keygate_keys.hash_scheme');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        SqliteStore::from_pool(pool.clone())
+            .insert(record.clone())
+            .await
+            .unwrap();
+        pool.close().await;
+    }
+    let store = SqliteStore::connect(db.path()).await.unwrap();
+    assert_eq!(checksums(store.clone()).await, expected);
+    assert_eq!(*store.get(record.id).await.unwrap().unwrap(), record);
+    let (description, installed_on): (String, String) = sqlx::query_as(
+        "SELECT description, installed_on FROM keygate_migrations WHERE version = 1",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(description, "create keygate_keys");
+    assert!(
+        installed_on.ends_with('Z'),
+        "the first runner's date is kept"
+    );
+    // Upgraded once: opening again finds nothing to do, and nothing to refuse.
+    drop(store);
+    let store = SqliteStore::connect(db.path()).await.unwrap();
+    assert_eq!(checksums(store).await, expected);
+}
+
+#[tokio::test]
+async fn config_is_honoured() {
+    let db = TempDb::new();
+    let config = keygate::SqliteConfig::new()
+        .busy_timeout(Duration::from_millis(250))
+        .max_connections(2)
+        .migrate(false);
+    let store = SqliteStore::connect_with(db.path(), config).await.unwrap();
+    assert_eq!(store.pool().options().get_max_connections(), 2);
+    let tables: Vec<String> = sqlx::query_scalar("SELECT name FROM sqlite_master")
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+    assert!(tables.is_empty(), "migrate(false) created {tables:?}");
+    let busy: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(busy, 250);
+    store.migrate().await.unwrap();
+    assert!(store
+        .list(&keygate::ListQuery::new())
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -185,7 +376,7 @@ async fn concurrent_first_opens_all_succeed() {
     let opens: Vec<_> = (0..4)
         .map(|_| {
             let path = path.clone();
-            tokio::spawn(async move { SqliteStore::open(&path).await })
+            tokio::spawn(async move { SqliteStore::connect(&path).await })
         })
         .collect();
     for open in opens {
@@ -196,7 +387,7 @@ async fn concurrent_first_opens_all_succeed() {
 #[tokio::test]
 async fn no_plaintext_reaches_the_file() {
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let gate = gate(store.clone());
     let issued = gate.mint(NewKey::new("plain?", "owner-1")).await.unwrap();
     let key = issued.key.expose().to_owned();
@@ -219,7 +410,7 @@ async fn no_plaintext_reaches_the_file() {
 
 #[tokio::test]
 async fn unreadable_rows_are_corrupt_not_missing() {
-    let store = SqliteStore::open("sqlite::memory:").await.unwrap();
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
     let record = keygate::testing::sample_record("corrupt");
     store.insert(record.clone()).await.unwrap();
     sqlx::query("UPDATE keygate_keys SET scopes = '[1, 2]' WHERE id = ?1")
@@ -238,7 +429,7 @@ async fn unreadable_rows_are_corrupt_not_missing() {
 #[tokio::test]
 async fn keygate_over_sqlite_end_to_end() {
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let gate = gate(CachedStore::new(store, CacheConfig::new()));
     let issued = gate
         .mint(NewKey::new("Backup Script", "user-1").scopes(["library:read"]))
@@ -251,7 +442,7 @@ async fn keygate_over_sqlite_end_to_end() {
     assert_eq!(refused.rejection(), Some(Rejection::Inactive));
     drop(gate);
     // The revoke is on disk.
-    let gate = self::gate(SqliteStore::open(db.path()).await.unwrap());
+    let gate = self::gate(SqliteStore::connect(db.path()).await.unwrap());
     let refused = gate.verify(issued.key.expose()).await.unwrap_err();
     assert_eq!(refused.rejection(), Some(Rejection::Inactive));
 }
@@ -265,7 +456,7 @@ async fn durability_child() {
     let Ok(path) = std::env::var(CHILD_DB) else {
         return;
     };
-    let gate = gate(SqliteStore::open(&path).await.unwrap());
+    let gate = gate(SqliteStore::connect(&path).await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(30); // never outlive a lost parent
     let mut stdout = std::io::stdout();
     for i in 0.. {
@@ -284,14 +475,14 @@ async fn durability_child() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minted_keys_survive_kill_9() {
     let db = TempDb::new();
-    SqliteStore::open(db.path()).await.unwrap(); // created and migrated up front
+    SqliteStore::connect(db.path()).await.unwrap(); // created and migrated up front
     let path = db.path().to_owned();
     let (keys, status) = tokio::task::spawn_blocking(move || mint_until_killed(CHILD_DB, &path))
         .await
         .unwrap();
     assert!(!status.success(), "the child was killed, not finished");
     assert!(keys.len() >= 50);
-    let gate = gate(SqliteStore::open(db.path()).await.unwrap());
+    let gate = gate(SqliteStore::connect(db.path()).await.unwrap());
     for key in &keys {
         if let Err(e) = gate.verify(key).await {
             panic!("a key minted before the kill does not verify: {e:?}");
@@ -523,7 +714,7 @@ async fn admin_calls_on_an_unreadable_row_are_500() {
 async fn database_files_are_created_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let db = TempDb::new();
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let gate = gate(store.clone());
     let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
     gate.verify(issued.key.expose()).await.unwrap();
@@ -540,7 +731,7 @@ async fn database_files_are_created_owner_only() {
     let existing = TempDb::new();
     std::fs::write(&existing.0, b"").unwrap();
     std::fs::set_permissions(&existing.0, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let store = SqliteStore::open(existing.path()).await.unwrap();
+    let store = SqliteStore::connect(existing.path()).await.unwrap();
     store.migrate().await.unwrap();
     let mode = std::fs::metadata(&existing.0).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o640);
@@ -600,7 +791,7 @@ async fn a_database_from_before_binding_upgrades_its_hashes_on_use() {
         .unwrap();
         pool.close().await;
     }
-    let store = SqliteStore::open(db.path()).await.unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
     let stored = store.get(issued.record.id).await.unwrap().unwrap();
     assert_eq!(stored.hash.as_ref().unwrap().scheme, HashScheme::Secret);
     let gate = gate(store.clone());
@@ -615,4 +806,21 @@ async fn a_database_from_before_binding_upgrades_its_hashes_on_use() {
     assert_eq!(scheme, "bound");
     assert_eq!(digest, hmac(&key.as_bytes()[..key.len() - 6]));
     gate.verify(&key).await.unwrap();
+}
+
+#[tokio::test]
+async fn cursors_outside_the_stored_years_list_all_or_nothing() {
+    use keygate::chrono::{DateTime, Utc};
+    let store = SqliteStore::connect("sqlite::memory:").await.unwrap();
+    let record = keygate::testing::sample_record("extreme-cursors");
+    store.insert(record.clone()).await.unwrap();
+    let after = |at| {
+        keygate::ListQuery::new()
+            .owner("extreme-cursors")
+            .after(keygate::Cursor::new(at, keygate::KeyId::random()))
+    };
+    let all = store.list(&after(DateTime::<Utc>::MIN_UTC)).await.unwrap();
+    assert_eq!(all, [record]);
+    let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
+    assert!(none.is_empty());
 }

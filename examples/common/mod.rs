@@ -95,7 +95,7 @@ impl Permission for LibraryRead {
 /// is returned: the wrong one is an error that says so.
 pub async fn open_gate(config: &Config) -> Result<Keygate, BoxError> {
     let db = &config.db;
-    let sqlite = SqliteStore::open(db)
+    let sqlite = SqliteStore::connect(db)
         .await
         .map_err(|e| format!("cannot open {db}: {e}"))?;
     let pepper = load_pepper(db, &sqlite).await?;

@@ -29,9 +29,9 @@ pub use self::redis::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
-pub use postgres::{PostgresOptions, PostgresStore};
+pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStore;
+pub use sqlite::{SqliteConfig, SqliteStore};
 pub use url::open_store;
 
 /// Where key records live.

@@ -11,49 +11,120 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
     SqliteSynchronous,
 };
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 
-use super::sql::{self, key_columns, store_error, Migration};
+use super::sql::{self, key_columns, store_error, LegacyTable, Script};
 use super::{KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 /// The schema migrations, in order. Applied by [`SqliteStore::migrate`].
-const MIGRATIONS: &[Migration] = &[
-    (
-        1,
-        "create keygate_keys",
-        include_str!("../../migrations/sqlite/0001_create_keys.sql"),
-    ),
-    (
-        2,
-        "add keygate_keys.hash_scheme",
-        include_str!("../../migrations/sqlite/0002_hash_scheme.sql"),
-    ),
-    (
-        4,
-        "create keygate_peppers",
-        include_str!("../../migrations/sqlite/0004_pepper_fingerprints.sql"),
-    ),
+const MIGRATIONS: &[Script] = &[
+    Script {
+        version: 1,
+        description: "create keygate_keys",
+        sql: include_str!("../../migrations/sqlite/0001_create_keys.sql"),
+    },
+    Script {
+        version: 2,
+        description: "add keygate_keys.hash_scheme",
+        sql: include_str!("../../migrations/sqlite/0002_hash_scheme.sql"),
+    },
+    Script {
+        version: 3,
+        description: "index keygate_keys in creation order",
+        sql: include_str!("../../migrations/sqlite/0003_creation_order.sql"),
+    },
+    Script {
+        version: 4,
+        description: "create keygate_peppers",
+        sql: include_str!("../../migrations/sqlite/0004_pepper_fingerprints.sql"),
+    },
 ];
 
-const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (
-    version     INTEGER PRIMARY KEY,
-    description TEXT NOT NULL,
-    applied_at  TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
-)";
+/// The first runner's `keygate_migrations` (see [`LegacyTable`]), in SQLite.
+const LEGACY: LegacyTable = LegacyTable {
+    detect: "SELECT EXISTS (SELECT 1 FROM pragma_table_info('keygate_migrations') \
+             WHERE name = 'applied_at')",
+    upgrade: "ALTER TABLE keygate_migrations RENAME COLUMN applied_at TO installed_on;
+              ALTER TABLE keygate_migrations ADD COLUMN success BOOLEAN NOT NULL DEFAULT TRUE;
+              ALTER TABLE keygate_migrations ADD COLUMN checksum BLOB NOT NULL DEFAULT x'';
+              ALTER TABLE keygate_migrations
+                  ADD COLUMN execution_time BIGINT NOT NULL DEFAULT -1;",
+    adopt: "UPDATE keygate_migrations SET checksum = ?1 \
+            WHERE version = ?2 AND length(checksum) = 0",
+};
 
-/// How long a connection waits for another writer before failing.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How [`SqliteStore::connect_with`] opens its database.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate::SqliteConfig;
+///
+/// let config = SqliteConfig::new()
+///     .busy_timeout(Duration::from_secs(10))
+///     .max_connections(8);
+/// # let _ = config;
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SqliteConfig {
+    /// How long a connection waits for another writer (another connection or process)
+    /// before failing. Default 5 s.
+    pub busy_timeout: Duration,
+    /// Most connections the pool opens to a database file. Default 4. An in-memory
+    /// database always has exactly one, since it lives as long as its connection.
+    pub max_connections: u32,
+    /// Whether [`connect_with`](SqliteStore::connect_with) applies pending migrations
+    /// (never with `?mode=ro`). Default `true`.
+    pub migrate: bool,
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+impl SqliteConfig {
+    /// The defaults: 5 s busy timeout, 4 connections, migrations on connect.
+    pub fn new() -> Self {
+        Self {
+            busy_timeout: Duration::from_secs(5),
+            max_connections: 4,
+            migrate: true,
+        }
+    }
+
+    /// Sets [`busy_timeout`](Self::busy_timeout).
+    pub fn busy_timeout(mut self, timeout: Duration) -> Self {
+        self.busy_timeout = timeout;
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn max_connections(mut self, max: u32) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// Sets [`migrate`](Self::migrate).
+    pub fn migrate(mut self, migrate: bool) -> Self {
+        self.migrate = migrate;
+        self
+    }
+}
+
+impl Default for SqliteConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// A [`KeyStore`] in SQLite: the embedded default for single-server deployments and
 /// examples.
 ///
-/// [`open`](Self::open) takes a file path or URL, creates the database on first use, sets
-/// it up for durability (WAL journal, `synchronous = FULL`: a write that returned `Ok`
-/// survives the process being killed) and applies the schema migrations. Records hold
-/// hashes only, never a plaintext key.
+/// [`connect`](Self::connect) takes a file path or URL, creates the database on first
+/// use, sets it up for durability (WAL journal, `synchronous = FULL`: a write that
+/// returned `Ok` survives the process being killed) and applies the schema migrations.
+/// Records hold hashes only, never a plaintext key.
 ///
 /// SQLite has no change feed, so [`KeyStore::subscribe`] answers `Ok(false)`: one
 /// process owns the file, and its [`CachedStore`](crate::CachedStore) sees its own writes.
@@ -62,7 +133,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// use keygate::{Keygate, Pepper, SqliteStore};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let store = SqliteStore::open("sqlite://keys.db").await?;
+/// let store = SqliteStore::connect("sqlite://keys.db").await?;
 /// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
 ///
 ///     .build()?;
@@ -75,20 +146,37 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating it if missing) the database at `url` and applies pending
-    /// migrations.
+    /// Opens (creating it if missing) the database at `url` with the default
+    /// [`SqliteConfig`] and applies pending migrations.
     ///
     /// `url` is `sqlite://path`, `sqlite:path`, a plain file path, or `sqlite::memory:` for
     /// a private in-memory database (one per call, gone when the store is dropped; every
     /// clone of this store shares it). URL query parameters are honoured; with `?mode=ro`
     /// nothing is created or migrated.
     ///
-    /// File databases use the WAL journal, `synchronous = FULL` and a 5 s busy timeout.
-    /// On Unix a database file this creates is readable and writable by its owner only
-    /// (mode 0600, further narrowed by the umask), and so are its `-wal` and `-shm` files,
-    /// which SQLite creates with the database file's permissions; an existing file keeps
-    /// its mode.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// File databases use the WAL journal and `synchronous = FULL`. On Unix a database
+    /// file this creates is readable and writable by its owner only (mode 0600, further
+    /// narrowed by the umask), and so are its `-wal` and `-shm` files, which SQLite
+    /// creates with the database file's permissions; an existing file keeps its mode.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with(url, SqliteConfig::new()).await
+    }
+
+    /// Opens the database at `url` (as [`connect`](Self::connect) reads it) with
+    /// `config`; applies pending migrations unless [`SqliteConfig::migrate`] is off or
+    /// the URL says `?mode=ro`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if `url` does not parse; [`StoreError::Backend`] if the
+    /// file cannot be created or opened (or another process holds the write lock for
+    /// longer than the busy timeout), or if the migrations fail as described under
+    /// [`migrate`](Self::migrate).
+    pub async fn connect_with(url: &str, config: SqliteConfig) -> Result<Self, StoreError> {
         let memory = is_memory(url);
         let read_only = url.starts_with("sqlite:") && has_param(url, "mode=ro");
         let options = if url.starts_with("sqlite:") || memory {
@@ -99,7 +187,7 @@ impl SqliteStore {
         };
         let options = options
             .create_if_missing(!read_only)
-            .busy_timeout(BUSY_TIMEOUT)
+            .busy_timeout(config.busy_timeout)
             .synchronous(SqliteSynchronous::Full);
         if !memory && !read_only {
             create_private(options.get_filename())?;
@@ -116,18 +204,18 @@ impl SqliteStore {
                 .await
         } else if read_only {
             SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(config.max_connections)
                 .connect_with(options)
                 .await
         } else {
             SqlitePoolOptions::new()
-                .max_connections(4)
+                .max_connections(config.max_connections)
                 .connect_with(options.journal_mode(SqliteJournalMode::Wal))
                 .await
         }
         .map_err(store_error)?;
         let store = Self { pool };
-        if !read_only {
+        if config.migrate && !read_only {
             store.migrate().await?;
         }
         Ok(store)
@@ -135,7 +223,7 @@ impl SqliteStore {
 
     /// A store over an existing pool, e.g. one the application also uses. Migrations are
     /// *not* applied: call [`migrate`](Self::migrate). For durability configure the pool
-    /// as [`open`](Self::open) does (WAL, `synchronous = FULL`).
+    /// as [`connect`](Self::connect) does (WAL, `synchronous = FULL`).
     pub fn from_pool(pool: SqlitePool) -> Self {
         Self { pool }
     }
@@ -145,47 +233,39 @@ impl SqliteStore {
         &self.pool
     }
 
-    /// Applies the schema migrations that are not applied yet, each in its own
-    /// `BEGIN IMMEDIATE` transaction, recording them in the table `keygate_migrations`.
-    /// Idempotent, and safe to run from several processes at once.
+    /// Applies the schema migrations that are not applied yet, with sqlx's
+    /// [`Migrator`](sqlx::migrate::Migrator), recording them in the table
+    /// `keygate_migrations`. Idempotent, and safe to run from several processes at once:
+    /// everything happens in one `BEGIN IMMEDIATE` transaction, which holds SQLite's write
+    /// lock (sqlx's own migration lock does nothing on SQLite).
     ///
-    /// keygate keeps its own migrations table, so it never conflicts with an
-    /// application's `sqlx` migrations on the same database.
+    /// Applied migrations are checked against their checksums. keygate keeps its own
+    /// migrations table, so it never conflicts with an application's `sqlx` migrations on
+    /// the same database. A `keygate_migrations` table written by keygate's first,
+    /// checksum-less runner is upgraded in place.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Backend`] if the database fails, or refuses the migration: its source
+    /// is then sqlx's `MigrateError`, e.g. `VersionMismatch(n)` when applied migration `n`
+    /// differs from the embedded one, or `VersionMissing(n)` when the database records an
+    /// unknown migration `n` older than the newest this keygate knows. Migrations newer
+    /// than every embedded one (a newer keygate migrated the database, as in a rolling
+    /// upgrade) are accepted with a warning: keygate's migrations are written so that older
+    /// keygates keep working. Nothing is
+    /// changed on error.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        for &(version, description, script) in MIGRATIONS {
-            let mut tx = self
-                .pool
-                .begin_with("BEGIN IMMEDIATE")
-                .await
-                .map_err(store_error)?;
-            sqlx::raw_sql(CREATE_MIGRATIONS_TABLE)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM keygate_migrations WHERE version = ?1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            if applied.is_none() {
-                sqlx::raw_sql(script)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                sqlx::query(
-                    "INSERT INTO keygate_migrations (version, description) VALUES (?1, ?2)",
-                )
-                .bind(version)
-                .bind(description)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-                tracing::info!(target: "keygate", version, description, "sqlite migration applied");
-            }
-            tx.commit().await.map_err(store_error)?;
-        }
-        Ok(())
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(store_error)?;
+        let migrator = sql::migrator(MIGRATIONS);
+        sql::prepare::<sqlx::Sqlite>(&mut tx, &migrator, &LEGACY)
+            .await
+            .map_err(sql::migrate_error)?;
+        sql::run(&migrator, &mut *tx).await?;
+        tx.commit().await.map_err(store_error)
     }
 }
 
@@ -262,51 +342,52 @@ fn metadata_from_json(json: &str) -> Result<Metadata, StoreError> {
 /// plain `String`, `i64` or `bool`, so a table without keygate's `NOT NULL` constraints
 /// (see [`SqliteStore::from_pool`]) would pass a NULL owner as `""`: read through `Option`
 /// and refuse NULL as corrupt instead.
-fn required<'r, T>(row: &'r SqliteRow, index: usize) -> Result<T, StoreError>
+fn required<'r, T>(row: &'r SqliteRow, column: &str) -> Result<T, StoreError>
 where
     T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
 {
-    row.try_get::<Option<T>, _>(index)
-        .map_err(store_error)?
-        .ok_or_else(|| sql::corrupt(format!("column {index} is NULL")))
+    optional(row, column)?.ok_or_else(|| sql::corrupt(format!("column {column} is NULL")))
+}
+
+/// A nullable column.
+fn optional<'r, T>(row: &'r SqliteRow, column: &str) -> Result<Option<T>, StoreError>
+where
+    T: sqlx::Decode<'r, sqlx::Sqlite> + sqlx::Type<sqlx::Sqlite>,
+{
+    row.try_get::<Option<T>, _>(column).map_err(store_error)
 }
 
 fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
-    let get_err = store_error;
-    let id: String = required(row, 0)?;
+    let id: String = required(row, "id")?;
     let id = KeyId::from_str(&id).map_err(|e| StoreError::Corrupt(Box::new(e)))?;
-    let format: String = required(row, 1)?;
-    let scopes: Option<String> = row.try_get(13).map_err(get_err)?;
-    let metadata: String = required(row, 14)?;
-    let opt_instant = |i: usize| -> Result<Option<DateTime<Utc>>, StoreError> {
-        row.try_get::<Option<i64>, _>(i)
-            .map_err(get_err)?
-            .map(instant)
-            .transpose()
-    };
+    let format: String = required(row, "format")?;
+    let scopes: Option<String> = optional(row, "scopes")?;
+    let metadata: String = required(row, "metadata")?;
+    let opt_instant = |column: &str| optional::<i64>(row, column)?.map(instant).transpose();
     Ok(KeyRecord {
         id,
         format: sql::format_from(&format)?,
         hash: sql::hash_from(
-            row.try_get(2).map_err(get_err)?,
-            row.try_get(3).map_err(get_err)?,
-            row.try_get(15).map_err(get_err)?,
+            optional(row, "hash_version")?,
+            optional(row, "hash_digest")?,
+            optional(row, "hash_scheme")?,
         )?,
-        name: required(row, 4)?,
-        description: row.try_get(5).map_err(get_err)?,
-        owner: required(row, 6)?,
-        created_by: row.try_get(7).map_err(get_err)?,
-        created_at: instant(required(row, 8)?)?,
-        updated_at: instant(required(row, 9)?)?,
-        expires_at: opt_instant(10)?,
-        last_used_at: opt_instant(11)?,
-        active: required(row, 12)?,
+        name: required(row, "name")?,
+        description: optional(row, "description")?,
+        owner: required(row, "owner_id")?,
+        created_by: optional(row, "created_by")?,
+        created_at: instant(required(row, "created_at")?)?,
+        updated_at: instant(required(row, "updated_at")?)?,
+        expires_at: opt_instant("expires_at")?,
+        last_used_at: opt_instant("last_used_at")?,
+        active: required(row, "active")?,
         scopes: scopes_from_json(scopes.as_deref())?,
         metadata: metadata_from_json(&metadata)?,
     })
 }
 
-/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`.
+/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`, as the
+/// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
     record: &'q KeyRecord,
@@ -405,41 +486,35 @@ impl KeyStore for SqliteStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = query.after.map(|cursor| cursor.id().to_string());
-        let rows = match (&query.owner, after) {
-            (None, None) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys ORDER BY id LIMIT ?1"
-            ))
-            .bind(limit),
-            (None, Some(after)) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE id > ?2 ORDER BY id LIMIT ?1"
-            ))
-            .bind(limit)
-            .bind(after),
-            (Some(owner), None) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE owner_id = ?2 ORDER BY id LIMIT ?1"
-            ))
-            .bind(limit)
-            .bind(owner.as_str()),
-            (Some(owner), Some(after)) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE owner_id = ?2 AND id > ?3 ORDER BY id LIMIT ?1"
-            ))
-            .bind(limit)
-            .bind(owner.as_str())
-            .bind(after),
+        let mut select = QueryBuilder::<sqlx::Sqlite>::new(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keygate_keys WHERE TRUE"
+        ));
+        if let Some(owner) = &query.owner {
+            select.push(" AND owner_id = ").push_bind(owner.as_str());
         }
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        match sql::start(query.after) {
+            sql::Start::First => {}
+            // Creation order: the cursor is an exclusive lower bound on (created_at, id).
+            sql::Start::After(after) => {
+                select
+                    .push(" AND (created_at, id) > (")
+                    .push_bind(micros(after.created_at()))
+                    .push(", ")
+                    .push_bind(after.id().to_string())
+                    .push(")");
+            }
+            sql::Start::End => return Ok(Vec::new()),
+        }
+        select
+            .push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = select
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         rows.iter().map(decode).collect()
     }
 

@@ -12,8 +12,15 @@ use super::{KeyStore, StoreError};
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` | `postgres` |
 /// | `redis://…`, `rediss://…`, `redis+unix://…` | `RedisStore` | `redis` |
 ///
-/// SQL stores apply their migrations on open. A scheme whose feature is off, or an
-/// unknown one, is [`StoreError::InvalidUrl`].
+/// Each store opens with its `connect(url)` and default config (`SqliteConfig`,
+/// `PostgresConfig`, `RedisConfig`); SQL stores apply their migrations on open. For other
+/// settings call that store's `connect_with(url, config)` instead.
+///
+/// # Errors
+///
+/// [`StoreError::InvalidUrl`] for an unknown scheme or one whose feature is off; otherwise
+/// whatever that store's `connect` answers (an unparsable URL, an unreachable server, a
+/// failed migration).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -38,7 +45,7 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
 
 #[cfg(feature = "sqlite")]
 async fn sqlite(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::SqliteStore::open(url).await?))
+    Ok(Arc::new(crate::SqliteStore::connect(url).await?))
 }
 
 #[cfg(not(feature = "sqlite"))]

@@ -1,70 +1,83 @@
-//! [`PostgresStore`]: key records in PostgreSQL, with a `LISTEN/NOTIFY` change feed.
+//! [`PostgresStore`]: key records in PostgreSQL, with a `LISTEN/NOTIFY` change feed
+//! (in [`feed`]).
 
 use std::collections::BTreeSet;
 use std::str::FromStr;
 use std::sync::{Arc, Weak};
+
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions, PgRow};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::types::Json;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
-use super::sql::{self, key_columns, store_error, Migration};
+use super::sql::{self, key_columns, store_error, LegacyTable, Script};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
+mod feed;
+
 /// The schema migrations, in order. Applied by [`PostgresStore::migrate`].
-const MIGRATIONS: &[Migration] = &[
-    (
-        1,
-        "create keygate_keys",
-        include_str!("../../migrations/postgres/0001_create_keys.sql"),
-    ),
-    (
-        2,
-        "add keygate_keys.hash_scheme",
-        include_str!("../../migrations/postgres/0002_hash_scheme.sql"),
-    ),
-    (
-        4,
-        "create keygate_peppers",
-        include_str!("../../migrations/postgres/0004_pepper_fingerprints.sql"),
-    ),
+const MIGRATIONS: &[Script] = &[
+    Script {
+        version: 1,
+        description: "create keygate_keys",
+        sql: include_str!("../../../migrations/postgres/0001_create_keys.sql"),
+    },
+    Script {
+        version: 2,
+        description: "add keygate_keys.hash_scheme",
+        sql: include_str!("../../../migrations/postgres/0002_hash_scheme.sql"),
+    },
+    Script {
+        version: 3,
+        description: "index keygate_keys in creation order",
+        sql: include_str!("../../../migrations/postgres/0003_creation_order.sql"),
+    },
+    Script {
+        version: 4,
+        description: "create keygate_peppers",
+        sql: include_str!("../../../migrations/postgres/0004_pepper_fingerprints.sql"),
+    },
 ];
 
-const CREATE_MIGRATIONS_TABLE: &str = "CREATE TABLE IF NOT EXISTS keygate_migrations (
-    version     BIGINT PRIMARY KEY,
-    description TEXT NOT NULL,
-    applied_at  TIMESTAMPTZ NOT NULL DEFAULT now()
-)";
+/// The first runner's `keygate_migrations` (see [`LegacyTable`]), in PostgreSQL. The
+/// table is the one `keygate_migrations` resolves to on the `search_path`.
+const LEGACY: LegacyTable = LegacyTable {
+    detect: "SELECT EXISTS (SELECT 1 FROM pg_attribute \
+             WHERE attrelid = to_regclass('keygate_migrations') \
+               AND attname = 'applied_at' AND NOT attisdropped)",
+    upgrade: "ALTER TABLE keygate_migrations RENAME COLUMN applied_at TO installed_on;
+              ALTER TABLE keygate_migrations
+                  ADD COLUMN success BOOLEAN NOT NULL DEFAULT TRUE,
+                  ADD COLUMN checksum BYTEA NOT NULL DEFAULT ''::bytea,
+                  ADD COLUMN execution_time BIGINT NOT NULL DEFAULT -1;",
+    adopt: "UPDATE keygate_migrations SET checksum = $1 \
+            WHERE version = $2 AND length(checksum) = 0",
+};
 
 /// The advisory lock that serializes concurrent migrators (`"keygate\0"` in ASCII).
 const MIGRATION_LOCK: i64 = 0x6B65_7967_6174_6500;
-
-/// How often an idle change feed checks whether its listener is still alive.
-const FEED_IDLE_CHECK: Duration = Duration::from_secs(1);
-/// Longest pause between reconnection attempts of the change feed.
-const FEED_MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// How [`PostgresStore::connect_with`] sets up its connection pool.
 ///
 /// ```
 /// use std::time::Duration;
-/// let options = keygate::PostgresOptions::new()
+/// let config = keygate::PostgresConfig::new()
 ///     .max_connections(20)
 ///     .acquire_timeout(Duration::from_secs(1))
 ///     .application_name("billing-api");
-/// # let _ = options;
+/// # let _ = config;
 /// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct PostgresOptions {
+pub struct PostgresConfig {
     /// Most connections the pool opens. Default 10.
     pub max_connections: u32,
     /// How long an operation waits for a connection (including connecting) before
@@ -79,7 +92,7 @@ pub struct PostgresOptions {
     pub migrate: bool,
 }
 
-impl PostgresOptions {
+impl PostgresConfig {
     /// The defaults: 10 connections, 2 s acquire timeout, migrations on connect.
     pub fn new() -> Self {
         Self {
@@ -115,7 +128,7 @@ impl PostgresOptions {
     }
 }
 
-impl Default for PostgresOptions {
+impl Default for PostgresConfig {
     fn default() -> Self {
         Self::new()
     }
@@ -153,33 +166,44 @@ impl PostgresStore {
     /// The channel every insert, update and delete notifies, with the key id as payload.
     pub const CHANGES_CHANNEL: &'static str = "keygate_changes";
 
-    /// Connects with the default [`PostgresOptions`] and applies pending migrations.
+    /// Connects to `url` (`postgres://user:password@host/database?…`, as
+    /// [`PgConnectOptions`] reads it) with the default [`PostgresConfig`] and applies
+    /// pending migrations.
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        Self::connect_with(url, PostgresOptions::new()).await
+        Self::connect_with(url, PostgresConfig::new()).await
     }
 
-    /// Connects with `options`; applies pending migrations unless
-    /// [`PostgresOptions::migrate`] is off. Fails with [`StoreError::InvalidUrl`] if `url`
-    /// does not parse, and with [`StoreError::Timeout`] if no connection could be made
-    /// within the acquire timeout.
-    pub async fn connect_with(url: &str, options: PostgresOptions) -> Result<Self, StoreError> {
+    /// Connects to `url` with `config`; applies pending migrations unless
+    /// [`PostgresConfig::migrate`] is off.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
+    /// URL, which may hold a password); [`StoreError::Timeout`] if no connection could be
+    /// made within the acquire timeout; [`StoreError::Backend`] if connecting fails
+    /// otherwise, or the migrations fail as described under [`migrate`](Self::migrate).
+    pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
         // The message names the problem, never the URL (it may hold a password).
         let mut connect = PgConnectOptions::from_str(url)
             .map_err(|e| StoreError::InvalidUrl(format!("invalid PostgreSQL URL: {e}")))?;
-        let name = options
+        let name = config
             .application_name
             .clone()
             .or_else(|| connect.get_application_name().map(str::to_owned))
             .unwrap_or_else(|| "keygate".to_owned());
         connect = connect.application_name(&name);
         let pool = PgPoolOptions::new()
-            .max_connections(options.max_connections)
-            .acquire_timeout(options.acquire_timeout)
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
             .connect_with(connect)
             .await
             .map_err(store_error)?;
         let store = Self { pool };
-        if options.migrate {
+        if config.migrate {
             store.migrate().await?;
         }
         Ok(store)
@@ -197,49 +221,40 @@ impl PostgresStore {
         &self.pool
     }
 
-    /// Applies the schema migrations that are not applied yet, each in its own
-    /// transaction holding a transaction-level advisory lock, so concurrent callers (many
-    /// app servers starting at once) apply each exactly once. Recorded in the table
-    /// `keygate_migrations`. Idempotent.
+    /// Applies the schema migrations that are not applied yet, with sqlx's
+    /// [`Migrator`](sqlx::migrate::Migrator), recording them in the table
+    /// `keygate_migrations`. Idempotent: everything happens in one transaction holding a
+    /// transaction-level advisory lock, so concurrent callers (many app servers starting
+    /// at once) apply each migration exactly once, and a failure changes nothing.
     ///
-    /// keygate keeps its own migrations table, so it never conflicts with an
-    /// application's `sqlx` migrations on the same database.
+    /// Applied migrations are checked against their checksums. keygate keeps its own
+    /// migrations table, so it never conflicts with an application's `sqlx` migrations on
+    /// the same database. A `keygate_migrations` table written by keygate's first,
+    /// checksum-less runner is upgraded in place.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Timeout`] if no connection could be had in time;
+    /// [`StoreError::Backend`] if the database fails, or refuses the migration: its source
+    /// is then sqlx's `MigrateError`, e.g. `VersionMismatch(n)` when applied migration `n`
+    /// differs from the embedded one, or `VersionMissing(n)` when the database records an
+    /// unknown migration `n` older than the newest this keygate knows. Migrations newer
+    /// than every embedded one (a newer keygate migrated the database, as in a rolling
+    /// upgrade) are accepted with a warning: keygate's migrations are written so that older
+    /// keygates keep working.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        for &(version, description, script) in MIGRATIONS {
-            let mut tx = self.pool.begin().await.map_err(store_error)?;
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(MIGRATION_LOCK)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            sqlx::raw_sql(CREATE_MIGRATIONS_TABLE)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-            let applied: Option<i64> =
-                sqlx::query_scalar("SELECT version FROM keygate_migrations WHERE version = $1")
-                    .bind(version)
-                    .fetch_optional(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-            if applied.is_none() {
-                sqlx::raw_sql(script)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(store_error)?;
-                sqlx::query(
-                    "INSERT INTO keygate_migrations (version, description) VALUES ($1, $2)",
-                )
-                .bind(version)
-                .bind(description)
-                .execute(&mut *tx)
-                .await
-                .map_err(store_error)?;
-                tracing::info!(target: "keygate", version, description, "postgres migration applied");
-            }
-            tx.commit().await.map_err(store_error)?;
-        }
-        Ok(())
+        let mut tx = self.pool.begin().await.map_err(store_error)?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let migrator = sql::migrator(MIGRATIONS);
+        sql::prepare::<sqlx::Postgres>(&mut tx, &migrator, &LEGACY)
+            .await
+            .map_err(sql::migrate_error)?;
+        sql::run(&migrator, &mut *tx).await?;
+        tx.commit().await.map_err(store_error)
     }
 }
 
@@ -285,40 +300,48 @@ impl<'r> sqlx::Decode<'r, sqlx::Postgres> for PgInstant {
 }
 
 fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
-    let id: Uuid = row.try_get(0).map_err(store_error)?;
-    let format: String = row.try_get(1).map_err(store_error)?;
-    let scopes: Option<Json<BTreeSet<String>>> = row.try_get(13).map_err(store_error)?;
-    let metadata: Json<Metadata> = row.try_get(14).map_err(store_error)?;
-    let instant = |i: usize| row.try_get::<PgInstant, _>(i).map(|at| at.0);
-    let opt_instant = |i: usize| {
-        row.try_get::<Option<PgInstant>, _>(i)
+    let get = |column: &str| row.try_get::<PgInstant, _>(column).map(|at| at.0);
+    let get_opt = |column: &str| {
+        row.try_get::<Option<PgInstant>, _>(column)
             .map(|at| at.map(|at| at.0))
     };
+    let id: Uuid = row.try_get("id").map_err(store_error)?;
+    let format: String = row.try_get("format").map_err(store_error)?;
+    let scopes: Option<Json<BTreeSet<String>>> = row.try_get("scopes").map_err(store_error)?;
+    let metadata: Json<Metadata> = row.try_get("metadata").map_err(store_error)?;
     Ok(KeyRecord {
         id: KeyId::from(id),
         format: sql::format_from(&format)?,
         hash: sql::hash_from(
-            row.try_get(2).map_err(store_error)?,
-            row.try_get(3).map_err(store_error)?,
-            row.try_get(15).map_err(store_error)?,
+            row.try_get("hash_version").map_err(store_error)?,
+            row.try_get("hash_digest").map_err(store_error)?,
+            row.try_get("hash_scheme").map_err(store_error)?,
         )?,
-        name: row.try_get(4).map_err(store_error)?,
-        description: row.try_get(5).map_err(store_error)?,
-        owner: row.try_get(6).map_err(store_error)?,
-        created_by: row.try_get(7).map_err(store_error)?,
-        created_at: instant(8).map_err(store_error)?,
-        updated_at: instant(9).map_err(store_error)?,
-        expires_at: opt_instant(10).map_err(store_error)?,
-        last_used_at: opt_instant(11).map_err(store_error)?,
-        active: row.try_get(12).map_err(store_error)?,
+        name: row.try_get("name").map_err(store_error)?,
+        description: row.try_get("description").map_err(store_error)?,
+        owner: row.try_get("owner_id").map_err(store_error)?,
+        created_by: row.try_get("created_by").map_err(store_error)?,
+        created_at: get("created_at").map_err(store_error)?,
+        updated_at: get("updated_at").map_err(store_error)?,
+        expires_at: get_opt("expires_at").map_err(store_error)?,
+        last_used_at: get_opt("last_used_at").map_err(store_error)?,
+        active: row.try_get("active").map_err(store_error)?,
         scopes: scopes.map(|s| s.0),
         metadata: metadata.0,
     })
 }
 
+/// `at` cut to whole microseconds, rounding down as [`Cursor`](crate::Cursor) and the
+/// SQLite store do (sqlx would round towards 2000-01-01, i.e. up before it), so that a
+/// stored instant and a cursor made from it compare equal.
+fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap_or(at)
+}
+
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`.
+/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`, as the
+/// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
     let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
     query
@@ -330,10 +353,10 @@ fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
         .bind(&record.description)
         .bind(&record.owner)
         .bind(&record.created_by)
-        .bind(record.created_at)
-        .bind(record.updated_at)
-        .bind(record.expires_at)
-        .bind(record.last_used_at)
+        .bind(micros(record.created_at))
+        .bind(micros(record.updated_at))
+        .bind(record.expires_at.map(micros))
+        .bind(record.last_used_at.map(micros))
         .bind(record.active)
         .bind(record.scopes.as_ref().map(Json))
         .bind(Json(&record.metadata))
@@ -416,41 +439,35 @@ impl KeyStore for PostgresStore {
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
-        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
-        let after = query.after.map(|cursor| *cursor.id().as_uuid());
-        let rows = match (&query.owner, after) {
-            (None, None) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys ORDER BY id LIMIT $1"
-            ))
-            .bind(limit),
-            (None, Some(after)) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE id > $2 ORDER BY id LIMIT $1"
-            ))
-            .bind(limit)
-            .bind(after),
-            (Some(owner), None) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE owner_id = $2 ORDER BY id LIMIT $1"
-            ))
-            .bind(limit)
-            .bind(owner.as_str()),
-            (Some(owner), Some(after)) => sqlx::query(concat!(
-                "SELECT ",
-                key_columns!(),
-                " FROM keygate_keys WHERE owner_id = $2 AND id > $3 ORDER BY id LIMIT $1"
-            ))
-            .bind(limit)
-            .bind(owner.as_str())
-            .bind(after),
+        let mut select = QueryBuilder::<sqlx::Postgres>::new(concat!(
+            "SELECT ",
+            key_columns!(),
+            " FROM keygate_keys WHERE TRUE"
+        ));
+        if let Some(owner) = &query.owner {
+            select.push(" AND owner_id = ").push_bind(owner.as_str());
         }
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
+        match sql::start(query.after) {
+            sql::Start::First => {}
+            // Creation order: the cursor is an exclusive lower bound on (created_at, id).
+            sql::Start::After(after) => {
+                select
+                    .push(" AND (created_at, id) > (")
+                    .push_bind(after.created_at())
+                    .push(", ")
+                    .push_bind(*after.id().as_uuid())
+                    .push(")");
+            }
+            sql::Start::End => return Ok(Vec::new()),
+        }
+        select
+            .push(" ORDER BY created_at, id LIMIT ")
+            .push_bind(i64::try_from(query.limit).unwrap_or(i64::MAX));
+        let rows = select
+            .build()
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
         rows.iter().map(decode).collect()
     }
 
@@ -460,8 +477,10 @@ impl KeyStore for PostgresStore {
         }
         // One statement for the whole batch: two arrays, the latest instant per id wins,
         // and only later instants are written.
-        let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) =
-            batch.iter().map(|(id, at)| (*id.as_uuid(), *at)).unzip();
+        let (ids, ats): (Vec<Uuid>, Vec<DateTime<Utc>>) = batch
+            .iter()
+            .map(|(id, at)| (*id.as_uuid(), micros(*at)))
+            .unzip();
         sqlx::query(
             "UPDATE keygate_keys AS k SET last_used_at = batch.at \
              FROM (SELECT id, max(at) AS at FROM unnest($1::uuid[], $2::timestamptz[]) AS t(id, at) \
@@ -479,23 +498,13 @@ impl KeyStore for PostgresStore {
     /// Follows `NOTIFY keygate_changes` on a dedicated connection (application name
     /// `<name>-listener`). If that connection drops, the feed reconnects with backoff and
     /// then calls [`ChangeListener::resync`]; it stops once `listener` is dropped.
-    /// Fails if the first connection cannot be made.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Timeout`] or [`StoreError::Backend`] if the first connection cannot
+    /// be made or `LISTEN` fails.
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
-        let connect = PgConnectOptions::clone(&self.pool.connect_options());
-        let name = format!(
-            "{}-listener",
-            connect.get_application_name().unwrap_or("keygate")
-        );
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .acquire_timeout(self.pool.options().get_acquire_timeout())
-            .connect_lazy_with(connect.application_name(&name));
-        let feed = listen(&pool).await.map_err(store_error)?;
-        tokio::spawn(follow(pool, feed, listener));
-        Ok(true)
+        feed::subscribe(&self.pool, listener).await
     }
 
     async fn remember_pepper(
@@ -537,86 +546,4 @@ async fn remember_pepper(
         .try_into()
         .map_err(|_| sql::corrupt("a pepper fingerprint is not 32 bytes"))?;
     Ok(Some(PepperFingerprint::from_bytes(known)))
-}
-
-async fn listen(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let mut feed = PgListener::connect_with(pool).await?;
-    // A lost connection ends `try_recv` with `Ok(None)`; `follow` reconnects itself.
-    feed.eager_reconnect(false);
-    feed.listen(PostgresStore::CHANGES_CHANNEL).await?;
-    Ok(feed)
-}
-
-/// The change feed's task: relays notices to `listener` until it is dropped.
-async fn follow(pool: PgPool, mut feed: PgListener, listener: Weak<dyn ChangeListener>) {
-    loop {
-        let listener_gone = relay(&mut feed, &listener).await;
-        drop(feed); // hands the connection back, so `pool.close` below does not wait on it
-        if listener_gone {
-            break;
-        }
-        // Notices sent while reconnecting are lost: once listening again, forget everything.
-        let Some(next) = reconnect(&pool, &listener).await else {
-            break;
-        };
-        feed = next;
-        let Some(listener) = listener.upgrade() else {
-            break;
-        };
-        listener.resync();
-        tracing::info!(target: "keygate", "postgres change feed reconnected; cache cleared");
-    }
-    pool.close().await;
-}
-
-/// Relays notices until the connection is lost (`false`) or the listener is gone (`true`).
-async fn relay(feed: &mut PgListener, listener: &Weak<dyn ChangeListener>) -> bool {
-    loop {
-        // `try_recv` is cancel-safe; the timeout only lets an idle feed notice that its
-        // listener is gone.
-        match tokio::time::timeout(FEED_IDLE_CHECK, feed.try_recv()).await {
-            Err(_idle) => {
-                if listener.strong_count() == 0 {
-                    return true;
-                }
-            }
-            Ok(Ok(Some(notice))) => {
-                let Some(listener) = listener.upgrade() else {
-                    return true;
-                };
-                match notice.payload().parse::<KeyId>() {
-                    Ok(id) => listener.changed(id),
-                    // Not ours to interpret: the safe answer is to forget everything.
-                    Err(_) => listener.resync(),
-                }
-            }
-            Ok(Ok(None)) => {
-                tracing::warn!(target: "keygate", "postgres change feed lost its connection");
-                return false;
-            }
-            Ok(Err(error)) => {
-                tracing::warn!(target: "keygate", %error, "postgres change feed failed");
-                return false;
-            }
-        }
-    }
-}
-
-/// Listens again, retrying with backoff; `None` once the listener is gone.
-async fn reconnect(pool: &PgPool, listener: &Weak<dyn ChangeListener>) -> Option<PgListener> {
-    let mut delay = Duration::from_millis(50);
-    loop {
-        if listener.strong_count() == 0 {
-            return None;
-        }
-        match listen(pool).await {
-            Ok(feed) => return Some(feed),
-            Err(error) => {
-                let retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-                tracing::warn!(target: "keygate", %error, retry_in_ms, "postgres change feed reconnect failed");
-                tokio::time::sleep(delay).await;
-                delay = delay.saturating_mul(2).min(FEED_MAX_BACKOFF);
-            }
-        }
-    }
 }
