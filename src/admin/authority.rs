@@ -1,4 +1,4 @@
-//! The admin API's one authority rule (DESIGN.md §4a), as pure functions over what a key
+//! The admin API's one authority rule, as pure functions over what a key
 //! can do, so that every admin route asks the same question and the answer is unit-tested.
 //!
 //! A key's *reach* is its owner's permissions (from the directory; all of them on a gate

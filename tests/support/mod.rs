@@ -1,34 +1,63 @@
-//! Where the integration tests find their services, and scratch paths.
+//! Shared by every integration-test binary (`tests/core`, `tests/stores`, `tests/http`):
 //!
-//! A service URL comes from the environment. When it is unset the test is skipped with a
-//! message, except on CI (`CI=true`), where a missing service is an error: CI must run
-//! every store's tests.
+//! - [`doubles`]: test doubles (`CountingStore`, `Directory`), the `Harness`, and
+//!   hand-written token forgers; re-exported here.
+//! - [`capture`]: a tracing subscriber that keeps every event as a line of text.
+//! - Below: where the tests find their services, and scratch paths.
+//!
+//! A service URL comes from the environment. A test that needs a service is marked
+//! `#[cfg_attr(not(keygate_test_postgres), ignore = "...")]` (and likewise for Redis and
+//! Node): `build.rs` sets the cfg when the service is configured, or when `CI=true`, so
+//! without the service the test shows as ignored, and on CI a missing service is an error.
 #![allow(dead_code)] // each test binary uses some of these
+
+pub mod capture;
+pub mod doubles;
+
+#[allow(unused_imports)] // each test binary uses some of these
+pub use capture::Capture;
+#[allow(unused_imports)]
+pub use doubles::*;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `KEYGATE_TEST_POSTGRES_URL`, e.g. `postgres://postgres@127.0.0.1:5432/test`.
-pub fn postgres_url() -> Option<String> {
+pub fn postgres_url() -> String {
     service_url("KEYGATE_TEST_POSTGRES_URL", "PostgreSQL")
 }
 
 /// `KEYGATE_TEST_REDIS_URL`, e.g. `redis://127.0.0.1:6379/`.
-pub fn redis_url() -> Option<String> {
+pub fn redis_url() -> String {
     service_url("KEYGATE_TEST_REDIS_URL", "Redis")
 }
 
-fn service_url(var: &str, service: &str) -> Option<String> {
+/// The service's URL. A test that asks for it runs only when the URL was set at build time
+/// or under `CI=true` (otherwise it is ignored), so an unset URL here is a failure: CI
+/// without the service, or `--ignored` without the URL.
+fn service_url(var: &str, service: &str) -> String {
     match std::env::var(var) {
-        Ok(url) if !url.trim().is_empty() => Some(url),
-        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{var} is not set: CI must run the {service} tests against a live {service}")
-        }
-        _ => {
-            eprintln!("skipping: set {var} to run this test against a live {service}");
-            None
-        }
+        Ok(url) if !url.trim().is_empty() => url,
+        _ => panic!("{var} is not set: this test needs a live {service}"),
     }
+}
+
+/// How long a test lets something take that must happen within `timeout` (a configured
+/// timeout or TTL) before calling it a failure: ten times `timeout`, at least 5 s. A loaded
+/// machine does not fail the test; a missing timeout (a hang) still does. Where a test must
+/// tell two timeouts apart, the other one is set far beyond this bound.
+pub fn bound(timeout: std::time::Duration) -> std::time::Duration {
+    (timeout * 10).max(std::time::Duration::from_secs(5))
+}
+
+/// A local port nothing listens on, held for as long as the returned socket lives: it is
+/// bound but never listening, so a connection to it is refused and no other process can
+/// take the port meanwhile (binding a listener and dropping it leaves that window open).
+pub fn closed_port() -> (tokio::net::TcpSocket, u16) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 1], 0).into()).unwrap();
+    let port = socket.local_addr().unwrap().port();
+    (socket, port)
 }
 
 /// A path for an SQLite database in the temp directory that does not exist yet. The

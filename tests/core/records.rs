@@ -1,6 +1,7 @@
-//! Refusals decided by the store's record and the owner (design §3 steps 3-5): one store
-//! read, no write, the typed reason and a 401; store and directory failures as 503, never
-//! as a bad key; expiry edges to the second with a manual clock.
+//! Refusals decided by the store's record and the owner (after the token checks: the store
+//! lookup, the record's own checks, the owner): one store read, no write, the typed reason
+//! and a 401; store and directory failures as 503, never as a bad key; expiry edges to the
+//! second with a manual clock.
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
 // over small known values.
@@ -12,12 +13,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::error::Error as _;
 
+use crate::support::*;
 use chrono::TimeDelta;
-use common::*;
 use keygate::{
     KeyFormat, KeyId, KeyPatch, KeyRecord, Keygate, NewKey, Owner, Pepper, Rejection, StoreError,
     VerifyError,
@@ -433,36 +432,6 @@ async fn a_store_reporting_corruption_is_a_500_not_a_503() {
     assert_eq!(gate.http_outcome(&err).status, 503);
 }
 
-/// Keeps the text of every tracing event (fields as `name=value`).
-#[derive(Clone, Default)]
-struct Events(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
-
-struct Fields(String);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Events {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Fields(event.metadata().level().to_string());
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn a_corrupt_record_is_logged_as_an_error_with_its_key_id() {
     let h = Harness::new();
@@ -473,11 +442,11 @@ async fn a_corrupt_record_is_logged_as_an_error_with_its_key_id() {
             ..record.clone()
         })
         .await;
-    let events = Events::default();
+    let events = Capture::default();
     let guard = tracing::subscriber::set_default(events.clone());
     let _ = h.gate.verify(&key).await.unwrap_err();
     drop(guard);
-    let lines = events.0.lock().unwrap().clone();
+    let lines = events.lines();
     let id = record.id.to_string();
     assert!(
         lines

@@ -11,80 +11,9 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
-use std::fmt;
-use std::sync::{Arc, Mutex};
-
+use crate::support::*;
 use chrono::TimeDelta;
-use common::*;
 use keygate::{KeyFormat, NewKey, Rejection};
-use tracing::field::{Field, Visit};
-use tracing::metadata::LevelFilter;
-use tracing::span::{Attributes, Id, Record};
-use tracing::subscriber::Interest;
-use tracing::{Event, Metadata, Subscriber};
-
-/// A subscriber that keeps every event (and span field) as one line of text.
-#[derive(Clone, Default)]
-struct Capture(Arc<Mutex<Vec<String>>>);
-
-struct Line(String);
-
-impl Visit for Line {
-    fn record_str(&mut self, field: &Field, value: &str) {
-        self.0.push_str(&format!(" {}={}", field.name(), value));
-    }
-    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl Capture {
-    fn lines(&self) -> Vec<String> {
-        self.0.lock().unwrap().clone()
-    }
-
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-
-    fn push(&self, line: String) {
-        self.0.lock().unwrap().push(line);
-    }
-}
-
-impl Subscriber for Capture {
-    fn register_callsite(&self, _: &'static Metadata<'static>) -> Interest {
-        Interest::always()
-    }
-    fn max_level_hint(&self) -> Option<LevelFilter> {
-        Some(LevelFilter::TRACE)
-    }
-    fn enabled(&self, _: &Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, span: &Attributes<'_>) -> Id {
-        let mut line = Line(format!("span {}:", span.metadata().name()));
-        span.record(&mut line);
-        self.push(line.0);
-        Id::from_u64(1)
-    }
-    fn record(&self, _: &Id, values: &Record<'_>) {
-        let mut line = Line("span record:".to_owned());
-        values.record(&mut line);
-        self.push(line.0);
-    }
-    fn record_follows_from(&self, _: &Id, _: &Id) {}
-    fn event(&self, event: &Event<'_>) {
-        let meta = event.metadata();
-        let mut line = Line(format!("{} {}:", meta.level(), meta.target()));
-        event.record(&mut line);
-        self.push(line.0);
-    }
-    fn enter(&self, _: &Id) {}
-    fn exit(&self, _: &Id) {}
-}
 
 /// Asserts no captured line holds any of `secrets`.
 fn assert_clean(lines: &[String], secrets: &[&str]) {
@@ -282,7 +211,6 @@ async fn a_successful_verify_logs_nothing_secret() {
         secrets.push(key);
     }
     h.gate.flush().await.unwrap();
-    settle().await;
     drop(h);
     settle().await;
     let secrets: Vec<&str> = secrets.iter().map(String::as_str).collect();

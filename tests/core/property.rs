@@ -12,9 +12,7 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use keygate::{KeyFormat, NewKey, Rejection};
 
 /// The characters substituted and inserted: the base62 alphabet plus `_` and `-`.

@@ -1,5 +1,5 @@
-//! Last-used bookkeeping (design §3 step 6: off the request path, coalesced, never for a
-//! rejected attempt) and pepper rotation (old hashes verify and are re-hashed).
+//! Last-used bookkeeping (after a verify succeeds: off the request path, coalesced, never
+//! for a rejected attempt) and pepper rotation (old hashes verify and are re-hashed).
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
 // over small known values.
@@ -11,12 +11,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::time::Duration;
 
+use crate::support::*;
 use chrono::TimeDelta;
-use common::*;
 use keygate::{Error, KeyFormat, NewKey, Pepper, Rejection, StoreError};
 
 #[tokio::test]
@@ -26,7 +24,6 @@ async fn last_used_is_recorded_for_an_accepted_key() {
     h.clock.advance(TimeDelta::seconds(5));
     h.gate.verify(issued.key.expose()).await.unwrap();
     h.gate.flush().await.unwrap();
-    settle().await;
     let record = h.store.record(issued.record.id).await.unwrap();
     assert_eq!(record.last_used_at, Some(t0() + TimeDelta::seconds(5)));
     // Last use is not a change to the record.
@@ -62,7 +59,6 @@ async fn refused_attempts_never_record_last_use() {
     assert!(h.gate.verify(key).await.is_err());
 
     h.gate.flush().await.unwrap();
-    settle().await;
     assert_eq!(h.store.record(id).await.unwrap().last_used_at, None);
     assert_eq!(h.store.calls().record_last_used, 0);
     assert!(h.store.last_used_batches().is_empty());
@@ -79,7 +75,6 @@ async fn a_thousand_verifies_in_one_interval_make_one_write() {
         h.gate.verify(issued.key.expose()).await.unwrap();
     }
     h.gate.flush().await.unwrap();
-    settle().await;
     let calls = h.store.calls();
     assert_eq!(
         calls.record_last_used,
@@ -95,7 +90,6 @@ async fn a_thousand_verifies_in_one_interval_make_one_write() {
     h.clock.set(t0() + TimeDelta::seconds(60));
     h.gate.verify(issued.key.expose()).await.unwrap();
     h.gate.flush().await.unwrap();
-    settle().await;
     assert_eq!(h.store.calls().record_last_used, 2);
     assert_eq!(
         h.store.record(id).await.unwrap().last_used_at,
@@ -107,7 +101,6 @@ async fn a_thousand_verifies_in_one_interval_make_one_write() {
         h.gate.verify(issued.key.expose()).await.unwrap();
     }
     h.gate.flush().await.unwrap();
-    settle().await;
     assert_eq!(h.store.calls().record_last_used, 2);
 }
 
@@ -183,7 +176,6 @@ async fn many_keys_share_one_batch() {
         h.gate.verify(key.key.expose()).await.unwrap();
     }
     h.gate.flush().await.unwrap();
-    settle().await;
     // The first use starts a background write; the rest are queued for the next one (here
     // the explicit flush, if the background write has not taken them already). Each use is
     // written once, in at most two round trips.
@@ -233,7 +225,6 @@ async fn a_failing_last_used_write_never_fails_a_verify_and_is_retried() {
     h.store.heal();
     h.clock.advance(TimeDelta::seconds(1));
     h.gate.flush().await.unwrap();
-    settle().await;
     assert_eq!(h.store.record(id).await.unwrap().last_used_at, Some(t0()));
     let batches = h.store.last_used_batches();
     assert_eq!(batches.last().unwrap(), &vec![(id, t0())]);
@@ -254,7 +245,6 @@ async fn a_deleted_keys_queued_use_is_dropped() {
     h.gate.verify(second.key.expose()).await.unwrap();
     h.gate.delete(second.record.id).await.unwrap();
     h.gate.flush().await.unwrap();
-    settle().await;
     for batch in h.store.last_used_batches() {
         assert!(
             batch.iter().all(|(id, _)| *id != second.record.id),
@@ -318,7 +308,6 @@ async fn keys_hashed_under_an_old_pepper_verify_and_are_rehashed() {
         rotated.verify(issued.key.expose()).await.unwrap();
     }
     rotated.flush().await.unwrap();
-    settle().await;
     for issued in [&opaque, &jwt] {
         let stored = h.store.record(issued.record.id).await.unwrap();
         let hash = stored.hash.as_ref().unwrap();
@@ -352,7 +341,6 @@ async fn keys_hashed_under_an_old_pepper_verify_and_are_rehashed() {
         rotated.verify(issued.key.expose()).await.unwrap();
     }
     rotated.flush().await.unwrap();
-    settle().await;
     assert_eq!(h.store.calls().update, updates);
 }
 
@@ -371,7 +359,6 @@ async fn a_refused_attempt_never_rehashes() {
     )
     .await;
     rotated.flush().await.unwrap();
-    settle().await;
     assert_eq!(
         h.store
             .record(issued.record.id)
@@ -406,7 +393,6 @@ async fn a_failed_rehash_is_retried_and_the_key_keeps_working() {
     rotated.verify(issued.key.expose()).await.unwrap();
     h.store.heal();
     rotated.flush().await.unwrap();
-    settle().await;
     assert_eq!(
         h.store
             .record(issued.record.id)
@@ -477,7 +463,6 @@ fn a_use_whose_background_write_was_cancelled_is_written_by_the_next_flush() {
     // the one use it had.
     runtime().block_on(async {
         h.gate.flush().await.unwrap();
-        settle().await;
     });
     assert_eq!(
         runtime()

@@ -1,5 +1,6 @@
 //! The actix-web integration, through actix's own test harness: every row of the HTTP
-//! mapping table (DESIGN.md §3) via the extractors and the middleware, and the admin scope.
+//! mapping in `keygate::http` (status, `WWW-Authenticate`, `Retry-After`) via the
+//! extractors and the middleware, and the admin scope.
 
 // Test code: a panic is how a test reports a failure.
 #![allow(clippy::unwrap_used, clippy::panic)]

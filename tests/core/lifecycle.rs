@@ -11,12 +11,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::collections::BTreeSet;
 
+use crate::support::*;
 use chrono::TimeDelta;
-use common::*;
 use std::sync::Arc;
 
 use keygate::{

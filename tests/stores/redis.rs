@@ -16,7 +16,7 @@
 )]
 #![cfg(all(feature = "redis", feature = "testing"))]
 
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -152,10 +152,12 @@ async fn kill_client(conn: &mut MultiplexedConnection, id: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn redis_store_conforms() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     keygate::testing::run_all(Arc::new(scratch.store().await)).await;
     let cached = CachedStore::new(scratch.store().await, CacheConfig::new());
@@ -201,10 +203,12 @@ impl Recorder {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn layout_and_change_notices() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let ns = scratch.namespace.clone();
@@ -359,10 +363,7 @@ async fn layout_and_change_notices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_fails_fast() {
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
-    };
+    let (_closed, port) = support::closed_port();
     let config = RedisConfig::new()
         .connection_timeout(Duration::from_millis(500))
         .response_timeout(Duration::from_millis(500));
@@ -377,7 +378,10 @@ async fn a_closed_port_fails_fast() {
         matches!(result, Err(StoreError::Backend(_) | StoreError::Timeout)),
         "{result:?}"
     );
-    assert!(elapsed < Duration::from_secs(1), "took {elapsed:?}");
+    assert!(
+        elapsed < support::bound(Duration::from_millis(500)),
+        "took {elapsed:?}"
+    );
     // A wrong URL is an error too, not a panic.
     assert!(RedisStore::connect("definitely not a url").await.is_err());
 }
@@ -505,15 +509,17 @@ async fn unavailable(gate: &Keygate, key: &str, bound: Duration) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn outages_are_unavailable_and_heal_by_themselves() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let proxy = Proxy::start(upstream(&url)).await;
     let timeout = Duration::from_millis(300);
-    let bound = timeout + Duration::from_millis(300);
+    let bound = support::bound(timeout);
     let config = scratch
         .config()
         .connection_timeout(timeout)
@@ -556,7 +562,7 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
         let mut times = Vec::new();
         for _ in 0..3 {
             times.push(unavailable(&gate, key, bound).await);
-            unavailable(&impatient, key, Duration::from_millis(300)).await;
+            unavailable(&impatient, key, support::bound(Duration::from_millis(100))).await;
         }
         // Writes fail cleanly too.
         let started = Instant::now();
@@ -600,10 +606,12 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn a_killed_connection_heals_by_itself() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let mut handle = store.connection();
@@ -676,7 +684,8 @@ async fn cached_on(gate: &Keygate, cache: &CachedStore<RedisStore>, key: &str) {
 /// Revokes `id` on `a` and polls `b` (which has it cached) every millisecond until it is
 /// refused. Returns (from revoke start, from revoke return).
 async fn revoke_reaches(a: &Keygate, b: &Keygate, id: KeyId, key: &str) -> (Duration, Duration) {
-    let limit = Duration::from_secs(1);
+    // A third of the caches' 30 s TTL: only the feed can have told `b` this soon.
+    let limit = Duration::from_secs(10);
     let started = Instant::now();
     a.revoke(id).await.unwrap();
     let returned = Instant::now();
@@ -698,10 +707,12 @@ async fn revoke_reaches(a: &Keygate, b: &Keygate, id: KeyId, key: &str) -> (Dura
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revoke_on_one_node_reaches_the_other_within_a_second() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
+async fn a_revoke_on_one_node_reaches_the_other_through_the_feed() {
+    let url = support::redis_url();
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let mut conn = admin(&url).await;
@@ -791,10 +802,12 @@ fn hmac_hex(input: &[u8]) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn hand_written_records_missing_a_field_are_corrupt() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let gate = gate(Arc::new(store.clone()));
@@ -884,10 +897,12 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
 async fn a_record_written_before_binding_verifies_and_is_rehashed() {
-    let Some(url) = support::redis_url() else {
-        return;
-    };
+    let url = support::redis_url();
     let scratch = Scratch::new(&url);
     let store = scratch.store().await;
     let gate = gate(Arc::new(store.clone()));

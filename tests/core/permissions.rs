@@ -1,5 +1,5 @@
-//! Permissions (design §3 step 5): a key inherits its owner's permissions at request time;
-//! scopes only narrow them; a deactivated owner takes all their keys down.
+//! Permissions (the owner check, after the record checks): a key inherits its owner's
+//! permissions at request time; scopes only narrow them; a deactivated owner takes all their keys down.
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
 // over small known values.
@@ -11,11 +11,9 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::*;
+use crate::support::*;
 use keygate::{KeyFormat, KeyPatch, Keygate, NewKey, Owner, Permissions, Rejection, VerifyError};
 
 fn set(items: &[&str]) -> BTreeSet<String> {

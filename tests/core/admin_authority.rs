@@ -13,12 +13,10 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 
+use crate::support::*;
 use chrono::{DateTime, TimeDelta, Utc};
-use common::*;
 use keygate::admin::{AdminApi, AdminRequest, AdminResponse, ADMIN_PERMISSION};
 use keygate::{
     DirectoryError, KeyFormat, KeyRecord, Keygate, ManualClock, NewKey, Owner, Principal,

@@ -1,5 +1,5 @@
-//! Refusals the token alone proves (design §3 step 2): each with its exact input and typed
-//! reason, a 401, and no store read or write. Also configuration refusals at build time.
+//! Refusals the token alone proves (its format and checksum, or its JWT signature and
+//! claims): each with its exact input and typed reason, a 401, and no store read or write. Also configuration refusals at build time.
 
 // Test code: a panic is how a test reports a failure, and fixtures index and count
 // over small known values.
@@ -11,9 +11,7 @@
     clippy::arithmetic_side_effects
 )]
 
-mod common;
-
-use common::*;
+use crate::support::*;
 use keygate::{
     BuildError, KeyFormat, KeyId, Keygate, MemoryStore, NewKey, Pepper, Rejection, MAX_OPAQUE_LEN,
 };
@@ -702,7 +700,7 @@ fn bad_prefixes_are_refused_at_build() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Authorization header (design §3 step 1)
+// Authorization header (the first check: scheme, spacing, length)
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]

@@ -33,6 +33,8 @@ use keygate::{
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+use crate::support::Capture;
+
 const REALM: &str = "keygate test";
 const PEPPER: &[u8] = b"axum test pepper, at least 32 bytes long";
 const JWT_SECRET: &[u8] = b"axum test JWT secret, at least 32 bytes";
@@ -1121,42 +1123,6 @@ async fn admin_collection_path_with_trailing_slash() {
 // ---------------------------------------------------------------------------------------
 // Events: a successful request must not be reported as a refusal
 // ---------------------------------------------------------------------------------------
-
-/// Keeps every event as `field=value …`, at every level.
-#[derive(Clone, Default)]
-struct Capture(Arc<std::sync::Mutex<Vec<String>>>);
-
-struct Fields(String);
-
-impl tracing::field::Visit for Fields {
-    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-        self.0.push_str(&format!(" {}={:?}", field.name(), value));
-    }
-}
-
-impl tracing::Subscriber for Capture {
-    fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
-        true
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        let mut fields = Fields(String::new());
-        event.record(&mut fields);
-        self.0.lock().unwrap().push(fields.0);
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-impl Capture {
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
 
 /// With a user directory, `Keygate::accept` once built its "owner unknown" refusal with
 /// `ok_or(reject_key(..))`, which ran `reject_key` (and its INFO "key refused" event) on

@@ -458,7 +458,8 @@ pub fn rejection_of(result: Result<Principal, VerifyError>) -> Rejection {
 }
 
 // ---------------------------------------------------------------------------------------
-// Opaque keys, written by hand from the design (§2)
+// Opaque keys, written by hand from the format (`<prefix>_` + 22 base62 id + 43 secret
+// + 6 base62 CRC-32 chars), not with keygate's own encoder
 // ---------------------------------------------------------------------------------------
 
 pub const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";

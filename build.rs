@@ -1,0 +1,46 @@
+//! Tells the integration tests which outside services they may use, so that a test whose
+//! service is absent shows as *ignored* in `cargo test`'s summary instead of passing
+//! without having run. Nothing here affects the library itself: it only sets `cfg`s that
+//! `tests/` reads.
+//!
+//! - `keygate_test_postgres`: `KEYGATE_TEST_POSTGRES_URL` is set.
+//! - `keygate_test_redis`: `KEYGATE_TEST_REDIS_URL` is set.
+//! - `keygate_test_node`: the Node interop fixture is installed (`npm ci` in
+//!   `tests/fixtures/node`).
+//!
+//! Under `CI=true` all three are set: CI runs every test, and one whose service is missing
+//! fails.
+
+use std::path::Path;
+
+fn main() {
+    println!("cargo::rerun-if-changed=build.rs");
+    println!("cargo::rerun-if-env-changed=CI");
+    let ci = std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1");
+
+    for (cfg, var) in [
+        ("keygate_test_postgres", "KEYGATE_TEST_POSTGRES_URL"),
+        ("keygate_test_redis", "KEYGATE_TEST_REDIS_URL"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={var}");
+        let set = std::env::var(var).is_ok_and(|url| !url.trim().is_empty());
+        if set || ci {
+            println!("cargo::rustc-cfg={cfg}");
+        }
+    }
+
+    println!("cargo::rustc-check-cfg=cfg(keygate_test_node)");
+    let fixture = Path::new("tests/fixtures/node");
+    if fixture.is_dir() {
+        // A directory is rescanned for changes: `npm ci` creating `node_modules` reruns this.
+        println!("cargo::rerun-if-changed=tests/fixtures/node");
+    }
+    if ci
+        || fixture
+            .join("node_modules/jsonwebtoken/package.json")
+            .is_file()
+    {
+        println!("cargo::rustc-cfg=keygate_test_node");
+    }
+}
