@@ -842,3 +842,32 @@ async fn cursors_outside_the_stored_years_list_all_or_nothing() {
     let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
     assert!(none.is_empty());
 }
+
+/// The pepper fingerprint lives in the database file: a process opening it later with
+/// another pepper under the same version mints nothing and reports `pepper_mismatch`,
+/// while the right pepper still verifies.
+#[tokio::test]
+async fn the_file_remembers_its_pepper_across_opens() {
+    let db = TempDb::new();
+    let issued = gate(SqliteStore::connect(db.path()).await.unwrap())
+        .mint(NewKey::new("k", "alice"))
+        .await
+        .unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
+    let wrong = Keygate::builder(store.clone(), Pepper::new(1, [43u8; 32]).unwrap())
+        .prefix("dur")
+        .build()
+        .unwrap();
+    assert!(matches!(
+        wrong.mint(NewKey::new("k", "bob")).await,
+        Err(keygate::Error::PepperMismatch { version: 1 })
+    ));
+    assert!(matches!(
+        wrong.verify(issued.key.expose()).await,
+        Err(VerifyError::PepperMismatch { version: 1 })
+    ));
+    let right = gate(store);
+    right.verify(issued.key.expose()).await.unwrap();
+    let keys = right.list(keygate::ListQuery::new()).await.unwrap().records;
+    assert_eq!(keys, [issued.record], "the wrong gate wrote nothing");
+}

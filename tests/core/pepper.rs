@@ -3,17 +3,7 @@
 //! the wrong pepper, and `verify` reports a key that fails under the wrong pepper as
 //! `pepper_mismatch` (HTTP 500) instead of a bad key.
 
-// Test code: a panic is how a test reports a failure, and fixtures index and count
-// over small known values.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::panic,
-    clippy::indexing_slicing,
-    clippy::arithmetic_side_effects
-)]
-
-mod common;
+use crate::support;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
@@ -233,8 +223,8 @@ async fn verify_under_the_wrong_pepper_says_so_and_is_a_server_error() {
     // The right gate is unaffected, and still refuses a wrong secret as a bad key.
     right.verify(opaque.key.expose()).await.unwrap();
     right.verify(jwt.key.expose()).await.unwrap();
-    let secret = common::secret_part(opaque.key.expose(), "pep");
-    let forged = common::forge_opaque("pep", opaque.record.id, &common::other_secret(secret));
+    let secret = support::secret_part(opaque.key.expose(), "pep");
+    let forged = support::forge_opaque("pep", opaque.record.id, &support::other_secret(secret));
     assert!(keygate::checksum_ok(&forged));
     let err = right.verify(&forged).await.unwrap_err();
     assert_eq!(err.rejection(), Some(Rejection::HashMismatch), "{err:?}");
@@ -363,103 +353,4 @@ async fn a_store_with_keys_but_no_fingerprint_trusts_the_first_pepper() {
         second.check_pepper().await,
         Err(Error::PepperMismatch { version: 1 })
     ));
-}
-
-#[cfg(feature = "sqlite")]
-#[tokio::test]
-async fn an_sqlite_file_remembers_its_pepper_across_opens() {
-    let dir = std::env::temp_dir().join(format!("keygate-pepper-{}", KeyId::random()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}", dir.join("keys.db").display());
-    let issued = {
-        let store = keygate::SqliteStore::connect(&url).await.unwrap();
-        let gate = Keygate::builder(store, pepper(1, RIGHT)).build().unwrap();
-        gate.mint(NewKey::new("k", "alice")).await.unwrap()
-    };
-    let store = keygate::SqliteStore::connect(&url).await.unwrap();
-    let wrong = Keygate::builder(store.clone(), pepper(1, WRONG))
-        .build()
-        .unwrap();
-    assert!(matches!(
-        wrong.mint(NewKey::new("k", "bob")).await,
-        Err(Error::PepperMismatch { version: 1 })
-    ));
-    assert!(matches!(
-        wrong.verify(issued.key.expose()).await,
-        Err(VerifyError::PepperMismatch { version: 1 })
-    ));
-    let right = Keygate::builder(store, pepper(1, RIGHT)).build().unwrap();
-    right.verify(issued.key.expose()).await.unwrap();
-    assert_eq!(right.list(ListQuery::new()).await.unwrap().records.len(), 1);
-    drop(right);
-    drop(wrong);
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
-// The conformance suite's pepper checks against each backend (`keygate::testing::run_all`
-// runs them too, after its other checks).
-
-#[cfg(feature = "testing")]
-#[tokio::test]
-async fn memory_store_remembers_peppers() {
-    let store: Arc<dyn KeyStore> = Arc::new(MemoryStore::new());
-    keygate::testing::pepper_fingerprints(&*store).await;
-    keygate::testing::concurrent_pepper_fingerprints(store).await;
-}
-
-#[cfg(all(feature = "sqlite", feature = "testing"))]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sqlite_store_remembers_peppers() {
-    let store: Arc<dyn KeyStore> = Arc::new(
-        keygate::SqliteStore::connect("sqlite::memory:")
-            .await
-            .unwrap(),
-    );
-    keygate::testing::pepper_fingerprints(&*store).await;
-    keygate::testing::concurrent_pepper_fingerprints(store).await;
-}
-
-#[cfg(all(feature = "postgres", feature = "testing"))]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_store_remembers_peppers() {
-    let Ok(url) = std::env::var("KEYGATE_TEST_POSTGRES_URL") else {
-        eprintln!("skipping: set KEYGATE_TEST_POSTGRES_URL");
-        return;
-    };
-    let store: Arc<dyn KeyStore> = Arc::new(keygate::PostgresStore::connect(&url).await.unwrap());
-    keygate::testing::pepper_fingerprints(&*store).await;
-    keygate::testing::concurrent_pepper_fingerprints(store).await;
-}
-
-#[cfg(all(feature = "redis", feature = "testing"))]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_store_remembers_peppers() {
-    let Ok(url) = std::env::var("KEYGATE_TEST_REDIS_URL") else {
-        eprintln!("skipping: set KEYGATE_TEST_REDIS_URL");
-        return;
-    };
-    let namespace = format!("keygate-test:{}:", KeyId::random().as_uuid().simple());
-    let store = keygate::RedisStore::connect_with(
-        url.as_str(),
-        keygate::RedisConfig::new().namespace(namespace.clone()),
-    )
-    .await
-    .unwrap();
-    let shared: Arc<dyn KeyStore> = Arc::new(store.clone());
-    keygate::testing::pepper_fingerprints(&*shared).await;
-    keygate::testing::concurrent_pepper_fingerprints(shared).await;
-    // One hash under the namespace holds them all.
-    let mut conn = store.connection();
-    let key = format!("{namespace}peppers");
-    let fields: i64 = keygate::redis::cmd("HLEN")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(fields, 3);
-    let _: i64 = keygate::redis::cmd("DEL")
-        .arg(&key)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
 }
