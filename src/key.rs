@@ -270,7 +270,10 @@ impl<'a> OpaqueKey<'a> {
         if base62::decode_fixed(checksum) != Some(u128::from(crc32fast::hash(signed))) {
             return Err(Rejection::BadChecksum);
         }
-        let id = base62::decode_fixed(&body[..ID_LEN]).ok_or(Rejection::Malformed)?;
+        let id = body
+            .first_chunk::<ID_LEN>()
+            .and_then(base62::decode_fixed)
+            .ok_or(Rejection::Malformed)?;
         Ok(Self {
             id: KeyId(Uuid::from_u128(id)),
             secret: &body[ID_LEN..ID_LEN + SECRET_LEN],

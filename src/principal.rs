@@ -25,6 +25,9 @@ pub trait Permission: Send + Sync + 'static {
     const NAME: &'static str;
 }
 
+/// The permissions of every owner on a gate without a directory.
+static ALL_PERMISSIONS: Permissions = Permissions::All;
+
 /// The outcome of a successful verify: the key, its owner, and the owner's permissions as
 /// they were at request time, narrowed by the key's scopes.
 ///
@@ -38,12 +41,11 @@ pub trait Permission: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct Principal {
     record: Arc<KeyRecord>,
-    /// Shared, so cloning a principal (extractors keep one in request extensions) never
-    /// copies the owner's permission set.
-    owner: Arc<Owner>,
-    /// Whether `owner` came from a configured [`UserDirectory`](crate::UserDirectory), or is
-    /// the implicit all-permissions owner of a gate without one.
-    from_directory: bool,
+    /// The owner as a configured [`UserDirectory`](crate::UserDirectory) gave it; `None`
+    /// on a gate without one, whose owners all implicitly hold every permission. Shared,
+    /// so cloning a principal (extractors keep one in request extensions) never copies
+    /// the owner's permission set.
+    owner: Option<Arc<Owner>>,
     /// The gate's clock when the key was accepted, in microseconds since the epoch.
     verified_at: i64,
     /// A JWT's own `exp`, in microseconds since the epoch: the token stops then, whatever
@@ -57,8 +59,7 @@ pub struct Principal {
 impl Principal {
     pub(crate) fn new(
         record: Arc<KeyRecord>,
-        owner: Arc<Owner>,
-        from_directory: bool,
+        owner: Option<Arc<Owner>>,
         verified_at: i64,
         token_expires_at: Option<i64>,
         gate: u64,
@@ -66,7 +67,6 @@ impl Principal {
         Self {
             record,
             owner,
-            from_directory,
             verified_at,
             token_expires_at,
             gate,
@@ -101,7 +101,9 @@ impl Principal {
 
     /// The owner's permissions at request time (before the key's scopes narrow them).
     pub fn owner_permissions(&self) -> &Permissions {
-        &self.owner.permissions
+        self.owner
+            .as_deref()
+            .map_or(&ALL_PERMISSIONS, |owner| &owner.permissions)
     }
 
     /// The key's scopes; `None` when the key carries all of its owner's permissions.
@@ -138,7 +140,7 @@ impl Principal {
     /// Whether the key may do `permission`: its owner has it and, if the key is scoped,
     /// the key's scopes list it.
     pub fn allows(&self, permission: &str) -> bool {
-        self.owner.permissions.allows(permission)
+        self.owner_permissions().allows(permission)
             && self
                 .record
                 .scopes
@@ -176,7 +178,7 @@ impl Principal {
     /// ```
     pub fn grants(&self, permission: &str) -> bool {
         self.allows(permission)
-            && (self.from_directory
+            && (self.owner.is_some()
                 || self
                     .record
                     .scopes
@@ -215,7 +217,7 @@ impl Serialize for Principal {
         s.serialize_field("keyName", &self.record.name)?;
         s.serialize_field("userId", &self.record.owner)?;
         s.serialize_field("format", &self.record.format)?;
-        match &self.owner.permissions {
+        match self.owner_permissions() {
             Permissions::All => {
                 s.serialize_field("permissions", &["*"])?;
                 s.serialize_field("allPermissions", &true)?;

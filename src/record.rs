@@ -103,11 +103,38 @@ impl KeyRecord {
 /// Whether `at` lies in the years 1 to 9999, the range a stored instant must be in (see
 /// [`KeyRecord::check`]); the SQL stores refuse others as they decode.
 pub(crate) fn in_stored_range(at: DateTime<Utc>) -> bool {
-    (1..=9999).contains(&chrono::Datelike::year(&at))
+    // Two comparisons rather than a calendar computation: this runs on every verify.
+    (FIRST_STORED..=LAST_STORED).contains(&at.naive_utc())
 }
+
+/// 0001-01-01T00:00:00Z, the first instant [`in_stored_range`] accepts.
+const FIRST_STORED: chrono::NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(1, 1, 1) {
+    Some(date) => date.and_time(chrono::NaiveTime::MIN),
+    None => chrono::NaiveDateTime::MIN,
+};
+
+/// 9999-12-31T23:59:60.999999999Z (a leap second), the last instant [`in_stored_range`] accepts.
+const LAST_STORED: chrono::NaiveDateTime = match chrono::NaiveDate::from_ymd_opt(9999, 12, 31) {
+    // A leap second's nanoseconds run past 10^9: those instants are still in the year 9999.
+    Some(date) => match chrono::NaiveTime::from_hms_nano_opt(23, 59, 59, 1_999_999_999) {
+        Some(time) => date.and_time(time),
+        None => chrono::NaiveDateTime::MAX,
+    },
+    None => chrono::NaiveDateTime::MAX,
+};
 
 /// The owner rules of [`KeyRecord::check`].
 pub(crate) fn check_stored_owner(owner: &str) -> Result<(), InvalidRecord> {
+    // The usual owner, printable ASCII and not all spaces, passes in one pass over its
+    // bytes (this runs on every verify): it has no control character, and `trim` could
+    // only remove spaces from it.
+    let bytes = owner.as_bytes();
+    let printable = bytes
+        .iter()
+        .fold(true, |ok, &b| ok & (0x20..0x7f).contains(&b));
+    if printable && bytes.len() <= MAX_STORED_OWNER_LEN && bytes.iter().any(|&b| b != b' ') {
+        return Ok(());
+    }
     if owner.trim().is_empty() {
         return Err(InvalidRecord::new("owner", "must not be empty"));
     }
@@ -508,6 +535,63 @@ mod tests {
             active: true,
             scopes: None,
             metadata: Metadata::new(),
+        }
+    }
+
+    #[test]
+    fn the_stored_range_is_the_years_1_to_9999() {
+        let by_year = |at: DateTime<Utc>| (1..=9999).contains(&chrono::Datelike::year(&at));
+        let edge = |y, mo, d, h, mi, s, nano| {
+            chrono::NaiveDate::from_ymd_opt(y, mo, d)
+                .unwrap()
+                .and_hms_nano_opt(h, mi, s, nano)
+                .unwrap()
+                .and_utc()
+        };
+        let micro = TimeDelta::microseconds(1);
+        for at in [
+            edge(1, 1, 1, 0, 0, 0, 0),
+            edge(9999, 12, 31, 23, 59, 59, 999_999_999),
+            edge(9999, 12, 31, 23, 59, 59, 1_999_999_999), // leap second
+            edge(2026, 6, 30, 23, 59, 59, 1_500_000_000),
+            DateTime::<Utc>::MIN_UTC,
+            DateTime::<Utc>::MAX_UTC,
+            Utc.timestamp_opt(0, 0).unwrap(),
+        ] {
+            let near = [at.checked_sub_signed(micro), at.checked_add_signed(micro)];
+            for at in near.into_iter().flatten().chain([at]) {
+                assert_eq!(in_stored_range(at), by_year(at), "{at:?}");
+            }
+        }
+        assert!(!in_stored_range(edge(1, 1, 1, 0, 0, 0, 0) - micro));
+        assert!(!in_stored_range(edge(10000, 1, 1, 0, 0, 0, 0)));
+    }
+
+    #[test]
+    fn owners_are_checked_alike_on_the_fast_path() {
+        let slow = |owner: &str| {
+            !owner.trim().is_empty()
+                && owner.len() <= MAX_STORED_OWNER_LEN
+                && !owner.chars().any(char::is_control)
+        };
+        let long = "u".repeat(MAX_STORED_OWNER_LEN + 1);
+        for owner in [
+            "u1",
+            " ",
+            "   ",
+            "",
+            " u ",
+            "a\tb",
+            "\u{85}",
+            "é",
+            " \u{3000} ",
+            "\u{3000}",
+            "x\u{7f}",
+            "~",
+            long.as_str(),
+            &long[1..],
+        ] {
+            assert_eq!(check_stored_owner(owner).is_ok(), slow(owner), "{owner:?}");
         }
     }
 

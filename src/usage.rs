@@ -7,12 +7,14 @@
 //! marked. Re-hashes of keys still under an old pepper ride along with the same flush.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
+use std::sync::atomic::{fence, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use chrono::DateTime;
 
 use crate::hash::SecretHash;
-use crate::key::{IdMap, KeyId};
+use crate::key::{IdHasher, IdMap, KeyId};
 use crate::record::KeyPatch;
 use crate::store::{KeyStore, StoreError};
 
@@ -23,6 +25,9 @@ pub(crate) type Micros = i64;
 pub(crate) struct Usage {
     interval: Micros,
     state: Mutex<State>,
+    /// Recent marks readable without the lock: [`mark`](Usage::mark) takes `state`'s lock
+    /// only when its answer could differ from "nothing to do" (see [`Recent`]).
+    recent: Recent,
     /// Held by whoever takes queued work and writes it, so that [`Usage::flush`] waits
     /// for a background write under way, and a background task that starts after a flush
     /// finds nothing left to write.
@@ -51,17 +56,33 @@ impl Usage {
         Self {
             interval,
             state: Mutex::default(),
+            recent: Recent::new(),
             writer: tokio::sync::Mutex::new(()),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> Guard<'_> {
+        Guard {
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            usage: self,
+        }
     }
 
     /// Notes an accepted use of `id` at `now`, and a re-hash if one is due. Returns `true`
     /// when a background flush should start now (see [`spawn_flush`]).
+    ///
+    /// A key marked less than the interval ago, with no re-hash and no flush due, changes
+    /// nothing: that answer (most verifies) is read from [`Recent`] without the lock.
     pub fn mark(&self, id: KeyId, now: Micros, rehash: Option<SecretHash>) -> bool {
+        if rehash.is_none()
+            && now < self.recent.flush_from.load(Ordering::Relaxed)
+            && self
+                .recent
+                .marked_at(id)
+                .is_some_and(|at| now.saturating_sub(at) < self.interval)
+        {
+            return false;
+        }
         let mut state = self.lock();
         let due = state
             .marked
@@ -70,6 +91,7 @@ impl Usage {
         if due {
             state.marked.insert(id, now);
             state.used.push((id, now));
+            self.recent.set(id, Some(now));
         }
         if let Some(hash) = rehash {
             state.rehash.entry(id).or_insert(hash);
@@ -93,7 +115,7 @@ impl Usage {
         if !state.used.is_empty() || !state.rehash.is_empty() {
             state.last_flush = Some(now);
         }
-        Self::take(&mut state, now, self.interval)
+        self.take(&mut state, now)
     }
 
     /// Whether anything is queued.
@@ -109,12 +131,17 @@ impl Usage {
         self.write(store, batch).await
     }
 
-    fn take(state: &mut State, now: Micros, interval: Micros) -> Batch {
+    fn take(&self, state: &mut State, now: Micros) -> Batch {
         // Marks older than the interval no longer suppress anything: drop them so the map
-        // holds only recently used keys.
-        state
-            .marked
-            .retain(|_, at| now.saturating_sub(*at) < interval);
+        // holds only recently used keys (and from `recent`, which must not outlive them).
+        let interval = self.interval;
+        state.marked.retain(|id, at| {
+            let keep = now.saturating_sub(*at) < interval;
+            if !keep {
+                self.recent.forget(*id);
+            }
+            keep
+        });
         Batch {
             used: std::mem::take(&mut state.used),
             rehash: state.rehash.drain().collect(),
@@ -134,6 +161,7 @@ impl Usage {
     pub fn forget(&self, id: KeyId) {
         let mut state = self.lock();
         state.marked.remove(&id);
+        self.recent.forget(id);
         state.used.retain(|(k, _)| *k != id);
         state.rehash.remove(&id);
     }
@@ -177,6 +205,147 @@ impl Usage {
         }
         result
     }
+}
+
+/// The state's lock; on release it publishes, for [`Usage::mark`]'s lock-free answer,
+/// from when a flush could be due.
+struct Guard<'a> {
+    state: MutexGuard<'a, State>,
+    usage: &'a Usage,
+}
+
+impl std::ops::Deref for Guard<'_> {
+    type Target = State;
+
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl std::ops::DerefMut for Guard<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Guard<'_> {
+    fn drop(&mut self) {
+        let state = &*self.state;
+        // When `mark`'s `flush_due` could first hold: never while a flush runs or nothing
+        // is queued; else once the interval since the last flush is over.
+        let from = if state.flushing || (state.used.is_empty() && state.rehash.is_empty()) {
+            Micros::MAX
+        } else {
+            state
+                .last_flush
+                .map_or(Micros::MIN, |at| at.saturating_add(self.usage.interval))
+        };
+        self.usage.recent.flush_from.store(from, Ordering::Relaxed);
+    }
+}
+
+/// Slots of [`Recent`] (a power of two).
+const RECENT_SLOTS: usize = 1024;
+
+/// A lock-free, direct-mapped copy of recent entries of `State::marked`, so that the
+/// common verify (a key used again within the interval) reads shared memory instead of
+/// taking a lock that every request of every thread would otherwise write.
+///
+/// Written only under `Usage::state`'s lock, so writers never race one another; each slot
+/// is a sequence lock, so a reader sees a whole entry or retries on the slow path. A slot
+/// holds at most one id; another id hashed there replaces it, so a miss only means "ask
+/// under the lock". An entry is never younger than the one in `marked` (both are set
+/// together, and removed together), so its answer is the one `marked` would give.
+#[derive(Debug)]
+struct Recent {
+    slots: Box<[Slot]>,
+    /// The clock reading from which a flush could be due (see [`Guard`]'s `Drop`).
+    flush_from: AtomicI64,
+}
+
+#[derive(Debug, Default)]
+struct Slot {
+    /// Odd while a writer is changing the slot.
+    seq: AtomicU64,
+    hi: AtomicU64,
+    lo: AtomicU64,
+    /// When the id was marked; `Micros::MIN` for an empty slot (a nil id never verifies).
+    at: AtomicI64,
+}
+
+impl Recent {
+    fn new() -> Self {
+        Self {
+            slots: (0..RECENT_SLOTS).map(|_| Slot::empty()).collect(),
+            flush_from: AtomicI64::new(Micros::MAX),
+        }
+    }
+
+    fn slot(&self, id: KeyId) -> Option<&Slot> {
+        // Only verified ids reach here (keys whose hash matched), so the cheap hasher is
+        // enough; truncating the hash is intended.
+        let hash = BuildHasherDefault::<IdHasher>::default().hash_one(id) as usize;
+        self.slots.get(hash % RECENT_SLOTS)
+    }
+
+    /// When `id` was last marked, if its slot holds it and no writer is in the way.
+    fn marked_at(&self, id: KeyId) -> Option<Micros> {
+        let slot = self.slot(id)?;
+        let seq = slot.seq.load(Ordering::Acquire);
+        if seq % 2 == 1 {
+            return None;
+        }
+        let (hi, lo) = split(id);
+        let entry = (
+            slot.hi.load(Ordering::Relaxed),
+            slot.lo.load(Ordering::Relaxed),
+            slot.at.load(Ordering::Relaxed),
+        );
+        fence(Ordering::Acquire);
+        if slot.seq.load(Ordering::Relaxed) != seq || (entry.0, entry.1) != (hi, lo) {
+            return None;
+        }
+        (entry.2 != Micros::MIN).then_some(entry.2)
+    }
+
+    /// Sets `id`'s slot to `at` (`None`: empties it if it holds `id`). Callers hold the
+    /// state's lock, which serializes writers.
+    fn set(&self, id: KeyId, at: Option<Micros>) {
+        let Some(slot) = self.slot(id) else {
+            return;
+        };
+        let (hi, lo) = split(id);
+        let holds = slot.hi.load(Ordering::Relaxed) == hi && slot.lo.load(Ordering::Relaxed) == lo;
+        if at.is_none() && !holds {
+            return;
+        }
+        let seq = slot.seq.load(Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(1), Ordering::Relaxed);
+        fence(Ordering::Release);
+        slot.hi.store(hi, Ordering::Relaxed);
+        slot.lo.store(lo, Ordering::Relaxed);
+        slot.at.store(at.unwrap_or(Micros::MIN), Ordering::Relaxed);
+        slot.seq.store(seq.wrapping_add(2), Ordering::Release);
+    }
+
+    fn forget(&self, id: KeyId) {
+        self.set(id, None);
+    }
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Self {
+            at: AtomicI64::new(Micros::MIN),
+            ..Self::default()
+        }
+    }
+}
+
+/// An id's two 64-bit halves (truncating casts intended).
+fn split(id: KeyId) -> (u64, u64) {
+    let n = id.as_uuid().as_u128();
+    ((n >> 64) as u64, n as u64)
 }
 
 /// Starts a background flush on the current Tokio runtime. Without a runtime the work
@@ -237,6 +406,100 @@ mod tests {
         assert!(!usage.mark(KeyId::random(), t(2), None));
         assert!(usage.mark(KeyId::random(), t(10), None), "window open");
         assert_eq!(usage.take_all(t(10)).used.len(), 3);
+    }
+
+    /// The lock-free answer of `mark` is the one the locked state gives: checked against a
+    /// plain model of the locked algorithm over random uses of many keys (more than
+    /// `Recent` has slots, so that slots are shared), flushes, forgets and re-hashes, with
+    /// a clock that sometimes steps back.
+    #[test]
+    fn lock_free_marks_answer_as_the_locked_state_does() {
+        #[derive(Default)]
+        struct Model {
+            marked: HashMap<KeyId, Micros>,
+            used: Vec<(KeyId, Micros)>,
+            rehash: HashMap<KeyId, ()>,
+            last_flush: Option<Micros>,
+            flushing: bool,
+        }
+        let interval = 10;
+        let usage = Usage::new(interval);
+        let mut model = Model::default();
+        let ids: Vec<KeyId> = (0..3 * RECENT_SLOTS).map(|_| KeyId::random()).collect();
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let hash = crate::hash::Pepper::new(1, [1u8; 32])
+            .unwrap()
+            .hash(crate::HashScheme::Bound, b"x");
+        let mut now: Micros = 1_000;
+        for step in 0..200_000 {
+            now += match next(100) {
+                0 => -3,
+                1..=20 => 1,
+                _ => 0,
+            };
+            // A few hot keys and many cold ones.
+            let id = if next(4) == 0 {
+                ids[next(ids.len() as u64) as usize]
+            } else {
+                ids[next(8) as usize]
+            };
+            match next(1000) {
+                0..=4 => {
+                    let batch = usage.take_all(now);
+                    if !model.used.is_empty() || !model.rehash.is_empty() {
+                        model.last_flush = Some(now);
+                    }
+                    model
+                        .marked
+                        .retain(|_, at| now.saturating_sub(*at) < interval);
+                    assert_eq!(batch.used, std::mem::take(&mut model.used), "step {step}");
+                    assert_eq!(batch.rehash.len(), model.rehash.drain().count());
+                }
+                5..=9 => {
+                    usage.lock().flushing = false;
+                    model.flushing = false;
+                }
+                10 => {
+                    usage.forget(id);
+                    model.marked.remove(&id);
+                    model.used.retain(|(k, _)| *k != id);
+                    model.rehash.remove(&id);
+                }
+                roll => {
+                    let rehash = (roll == 11).then(|| hash.clone());
+                    let want = {
+                        let m = &mut model;
+                        let due = m
+                            .marked
+                            .get(&id)
+                            .is_none_or(|at| now.saturating_sub(*at) >= interval);
+                        if due {
+                            m.marked.insert(id, now);
+                            m.used.push((id, now));
+                        }
+                        if rehash.is_some() {
+                            m.rehash.entry(id).or_insert(());
+                        }
+                        let flush_due = !m.flushing
+                            && (!m.used.is_empty() || !m.rehash.is_empty())
+                            && m.last_flush
+                                .is_none_or(|at| now.saturating_sub(at) >= interval);
+                        if flush_due {
+                            m.flushing = true;
+                            m.last_flush = Some(now);
+                        }
+                        flush_due
+                    };
+                    assert_eq!(usage.mark(id, now, rehash), want, "step {step}");
+                }
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,6 @@ use crate::record::KeyRecord;
 use crate::refusals::RefusalCounts;
 use crate::store::StoreError;
 use crate::usage;
-use crate::user::Owner;
 
 impl Keygate {
     /// Verifies the value of one `Authorization` header (`Bearer <key>`).
@@ -31,11 +30,22 @@ impl Keygate {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        let result = match http::bearer_token(values) {
-            Ok(token) => self.check(token).await,
-            Err(error) => Err(error.into()),
+        let settle = {
+            let refused = match http::bearer_token(values) {
+                Ok(token) => match self.check(token).await {
+                    Ok(principal) => return Ok(principal),
+                    Err(refused) => refused,
+                },
+                Err(error) => error.into(),
+            };
+            if !self.unsettled(&refused) {
+                return Err(self.refuse(refused));
+            }
+            // Rare (a gate's first hash mismatch): boxed, and out of scope of everything
+            // the check above held, so that it adds nothing to this future.
+            Box::pin(self.settle(refused))
         };
-        result.map_err(|refused| self.refuse(refused))
+        Err(settle.await)
     }
 
     /// Verifies a bearer token (the key itself, without `Bearer `).
@@ -44,9 +54,18 @@ impl Keygate {
     /// access; then the record by id (format, hash in constant time, active, expiry); then
     /// the owner. A store failure is [`VerifyError::StoreUnavailable`], never a bad key.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
-        self.check(token)
-            .await
-            .map_err(|refused| self.refuse(refused))
+        let settle = {
+            let refused = match self.check(token).await {
+                Ok(principal) => return Ok(principal),
+                Err(refused) => refused,
+            };
+            if !self.unsettled(&refused) {
+                return Err(self.refuse(refused));
+            }
+            // As in `verify_headers`: boxed and out of the check's scope.
+            Box::pin(self.settle(refused))
+        };
+        Err(settle.await)
     }
 
     /// Every refusal ends here: counted, and logged (rate-limited per reason) with its
@@ -83,64 +102,87 @@ impl Keygate {
     async fn check(&self, token: &str) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        if token.as_bytes().contains(&b'.') {
-            let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-            let claims = jwt.verify(token, now).map_err(reject)?;
-            let record = self.lookup(claims.key_id).await?;
-            let Some(record) = record else {
-                return Err(reject_key(Rejection::UnknownKey, claims.key_id));
-            };
-            if record.format != KeyFormat::Jwt {
-                return Err(reject_key(Rejection::FormatMismatch, record.id));
-            }
-            // Keys minted here are bound to their exact token; imported Audiobookshelf
-            // keys have no hash and rest on the signature alone, as they do there.
-            let rehash = match &record.hash {
-                Some(hash) => {
-                    self.check_hash(claims.signature, None, hash, record.id)
-                        .await?
+        // A well-formed opaque key of this gate is told from a JWT by its prefix and length
+        // alone: its characters (prefix, `_`, base62) include no `.`. Anything else, and
+        // any shaped token the parse refuses, takes the general route below, which decides
+        // exactly as it always did.
+        let parsed = match opaque_shaped(token, &inner.prefix)
+            .then(|| OpaqueKey::parse(token, &inner.prefix))
+        {
+            Some(Ok(key)) => Some(key),
+            // A shaped token whose body is all base62 has no `.`: the general route would
+            // parse it again to the same answer.
+            Some(Err(Rejection::BadChecksum)) => return Err(reject(Rejection::BadChecksum)),
+            _ => None,
+        };
+        let key = match parsed {
+            Some(key) => key,
+            None if token.as_bytes().contains(&b'.') => return self.check_jwt(token, now).await,
+            None => {
+                if token.len() > key::MAX_OPAQUE_LEN {
+                    return Err(reject(Rejection::Malformed));
                 }
-                None => None,
-            };
-            self.accept(record, now, rehash, claims.exp).await
-        } else {
-            if token.len() > key::MAX_OPAQUE_LEN {
-                return Err(reject(Rejection::Malformed));
+                OpaqueKey::parse(token, &inner.prefix).map_err(reject)?
             }
-            let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
-            // What a bound hash covers: the prefix, the id part and the secret part.
-            let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
-            let record = self.lookup(key.id).await?;
-            let checked = match record.as_deref() {
-                Some(KeyRecord {
-                    format: KeyFormat::Opaque,
-                    hash: Some(hash),
-                    ..
-                }) => Some(self.check_hash(key.secret, Some(bound), hash, key.id).await),
-                _ => None,
-            };
-            match (record, checked) {
-                (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
-                (record, _) => {
-                    // Same HMAC work as a real comparison: timing does not tell ids apart.
-                    inner.pepper.burn(bound);
-                    let reason = match record {
-                        None => Rejection::UnknownKey,
-                        Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
-                        // An opaque record without a hash can match nothing (and fails
-                        // `KeyRecord::check` before it gets here).
-                        Some(_) => Rejection::HashMismatch,
-                    };
-                    Err(reject_key(reason, key.id))
-                }
+        };
+        // What a bound hash covers: the prefix, the id part and the secret part.
+        let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
+        let record = match inner.store.get_now(key.id) {
+            Some(answer) => checked(key.id, answer)?,
+            // Boxed: a store read (and its timeout) would more than double the size of
+            // every verify future, while only a read that waits on the store needs it.
+            None => Box::pin(self.lookup(key.id)).await?,
+        };
+        let checked = match record.as_deref() {
+            Some(r) if r.format == KeyFormat::Opaque => r
+                .hash
+                .as_ref()
+                .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
+            _ => None,
+        };
+        match (record, checked) {
+            (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
+            (record, _) => {
+                // Same HMAC work as a real comparison: timing does not tell ids apart.
+                inner.pepper.burn(bound);
+                let reason = match record {
+                    None => Rejection::UnknownKey,
+                    Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
+                    // An opaque record without a hash can match nothing (and fails
+                    // `KeyRecord::check` before it gets here).
+                    Some(_) => Rejection::HashMismatch,
+                };
+                Err(reject_key(reason, key.id))
             }
         }
     }
 
-    /// The record for `id`, checked with [`KeyRecord::check`] whatever store it came
-    /// from: one that fails, or that the store could not read, is
-    /// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id.
-    /// A store failure is [`VerifyError::StoreUnavailable`], logged without one.
+    /// [`check`](Self::check) of a token with a `.`: a JWT.
+    async fn check_jwt(&self, token: &str, now: usage::Micros) -> Result<Principal, Refused> {
+        let inner = &*self.inner;
+        let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
+        let claims = jwt.verify(token, now).map_err(reject)?;
+        let record = match inner.store.get_now(claims.key_id) {
+            Some(answer) => checked(claims.key_id, answer)?,
+            None => Box::pin(self.lookup(claims.key_id)).await?,
+        };
+        let Some(record) = record else {
+            return Err(reject_key(Rejection::UnknownKey, claims.key_id));
+        };
+        if record.format != KeyFormat::Jwt {
+            return Err(reject_key(Rejection::FormatMismatch, record.id));
+        }
+        // Keys minted here are bound to their exact token; imported Audiobookshelf
+        // keys have no hash and rest on the signature alone, as they do there.
+        let rehash = match &record.hash {
+            Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
+            None => None,
+        };
+        self.accept(record, now, rehash, claims.exp).await
+    }
+
+    /// The record for `id` from the store's [`get`](crate::KeyStore::get), within the
+    /// store timeout, then [`checked`].
     async fn lookup(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, Refused> {
         let lookup = self.inner.store.get(id);
         let result = match self.inner.store_timeout {
@@ -149,26 +191,14 @@ impl Keygate {
                 .await
                 .unwrap_or(Err(StoreError::Timeout)),
         };
-        match result {
-            Ok(Some(record)) => match record.check(id) {
-                Ok(()) => Ok(Some(record)),
-                Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
-            },
-            Ok(None) => Ok(None),
-            Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
-            Err(error) => Err(VerifyError::StoreUnavailable(error).into()),
-        }
+        checked(id, result)
     }
 
     /// Constant-time hash check of `secret` (and, for an opaque key, `bound`, the key
     /// without its checksum) against the record's hash. On success, a re-hash when the
     /// hash is under an older pepper or, for an opaque key, of the older
     /// [`HashScheme::Secret`] kind: it is written after the verify, like last-used.
-    ///
-    /// A mismatch asks whether the gate's pepper of the hash's version is the wrong one
-    /// ([`Keygate::check_pepper`], run once per gate): then it is
-    /// [`VerifyError::PepperMismatch`], not a bad key.
-    async fn check_hash(
+    fn check_hash(
         &self,
         secret: &[u8],
         bound: Option<&[u8]>,
@@ -177,21 +207,7 @@ impl Keygate {
     ) -> Result<Option<SecretHash>, Refused> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
-            let wrong_pepper = match self.known_pepper_mismatch(hash.version) {
-                Some(known) => known,
-                // This gate's first mismatch runs the check, boxed: its future stays out
-                // of every verify's.
-                None => Box::pin(self.pepper_mismatched(hash.version)).await,
-            };
-            if wrong_pepper {
-                return Err(Refused {
-                    error: VerifyError::PepperMismatch {
-                        version: hash.version,
-                    },
-                    key: Some(id),
-                });
-            }
-            return Err(reject_key(Rejection::HashMismatch, id));
+            return Err(self.hash_mismatch(hash.version, id));
         }
         let (scheme, input) = match bound {
             Some(bound) => (HashScheme::Bound, bound),
@@ -199,6 +215,47 @@ impl Keygate {
         };
         let stale = hash.version != pepper.current_version() || hash.scheme != scheme;
         Ok(stale.then(|| pepper.hash(scheme, input)))
+    }
+
+    /// A hash of pepper `version` that did not match: a bad key, unless this gate's pepper
+    /// of that version is not the one the store recorded ([`Keygate::check_pepper`]):
+    /// then [`VerifyError::PepperMismatch`]. Before the gate's check has run, the answer
+    /// is a provisional `PepperMismatch` that [`settle`](Self::settle) decides.
+    fn hash_mismatch(&self, version: u32, id: KeyId) -> Refused {
+        match self.known_pepper_mismatch(version) {
+            Some(false) => reject_key(Rejection::HashMismatch, id),
+            Some(true) | None => Refused {
+                error: VerifyError::PepperMismatch { version },
+                key: Some(id),
+            },
+        }
+    }
+
+    /// Whether `refused` is a provisional [`hash_mismatch`](Self::hash_mismatch) that
+    /// [`settle`](Self::settle) must decide: the gate's pepper check has not run yet.
+    fn unsettled(&self, refused: &Refused) -> bool {
+        match refused.error {
+            VerifyError::PepperMismatch { version } => {
+                self.known_pepper_mismatch(version).is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// Decides an [`unsettled`](Self::unsettled) refusal, then [`refuse`](Self::refuse)s
+    /// it: runs the gate's pepper check (once per gate) and keeps `PepperMismatch` only if
+    /// the check confirms it; a store that cannot be asked confirms nothing (a bad key).
+    async fn settle(&self, refused: Refused) -> VerifyError {
+        let refused = match refused.error {
+            VerifyError::PepperMismatch { version } if !self.pepper_mismatched(version).await => {
+                Refused {
+                    error: VerifyError::InvalidKey(Rejection::HashMismatch),
+                    key: refused.key,
+                }
+            }
+            _ => refused,
+        };
+        self.refuse(refused)
     }
 
     /// The record-side checks (active, expiry, owner) of a key whose token checked out;
@@ -221,29 +278,53 @@ impl Keygate {
         {
             return Err(reject_key(Rejection::Expired, record.id));
         }
+        // Without a directory every owner is active and holds every permission: nothing
+        // to look up or share.
         let owner = match &inner.users {
-            None => UNRESTRICTED.clone(),
-            Some(users) => users
-                .owner(&record.owner)
-                .await
-                .map_err(VerifyError::DirectoryUnavailable)?
-                .map(Arc::new)
-                .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?,
+            None => None,
+            Some(users) => {
+                let owner = users
+                    .owner(&record.owner)
+                    .await
+                    .map_err(VerifyError::DirectoryUnavailable)?
+                    .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?;
+                if !owner.active {
+                    return Err(reject_key(Rejection::OwnerInactive, record.id));
+                }
+                Some(Arc::new(owner))
+            }
         };
-        if !owner.active {
-            return Err(reject_key(Rejection::OwnerInactive, record.id));
-        }
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(
-            record,
-            owner,
-            inner.users.is_some(),
-            now,
-            token_exp,
-            inner.id,
-        ))
+        Ok(Principal::new(record, owner, now, token_exp, inner.id))
+    }
+}
+
+/// Whether `token` has the length and `<prefix>_` start of one of this gate's opaque keys.
+fn opaque_shaped(token: &str, prefix: &str) -> bool {
+    let bytes = token.as_bytes();
+    bytes.len() == prefix.len().saturating_add(1 + key::BODY_LEN)
+        && bytes.starts_with(prefix.as_bytes())
+        && bytes.get(prefix.len()) == Some(&b'_')
+}
+
+/// A store's answer for `id`, checked with [`KeyRecord::check`] whatever store it came
+/// from: a record that fails, or that the store could not read, is
+/// [`VerifyError::StoreCorrupt`] (HTTP 500), logged at error level with the key id. A
+/// store failure is [`VerifyError::StoreUnavailable`], logged without one.
+fn checked(
+    id: KeyId,
+    answer: Result<Option<Arc<KeyRecord>>, StoreError>,
+) -> Result<Option<Arc<KeyRecord>>, Refused> {
+    match answer {
+        Ok(Some(record)) => match record.check(id) {
+            Ok(()) => Ok(Some(record)),
+            Err(invalid) => Err(store_corrupt(id, StoreError::Corrupt(Box::new(invalid)))),
+        },
+        Ok(None) => Ok(None),
+        Err(error @ StoreError::Corrupt(_)) => Err(store_corrupt(id, error)),
+        Err(error) => Err(VerifyError::StoreUnavailable(error).into()),
     }
 }
 
@@ -282,7 +363,3 @@ fn store_corrupt(id: KeyId, error: StoreError) -> Refused {
         key: Some(id),
     }
 }
-
-/// The owner of every key on a gate without a directory, shared rather than rebuilt.
-static UNRESTRICTED: std::sync::LazyLock<Arc<Owner>> =
-    std::sync::LazyLock::new(|| Arc::new(Owner::unrestricted()));

@@ -433,6 +433,12 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         Ok(value)
     }
 
+    /// A fresh cached answer (found, or known missing); `None` on a miss, which
+    /// [`get`](KeyStore::get) then loads (single-flight) from the inner store.
+    fn get_now(&self, id: KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        self.state.cached(id).map(Ok)
+    }
+
     async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
         self.state.changed(id);
         let result = self.inner.update(id, patch).await;

@@ -79,6 +79,10 @@ impl KeyStore for MemoryStore {
         Ok(self.read().by_id.get(&id).cloned())
     }
 
+    fn get_now(&self, id: KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        Some(Ok(self.read().by_id.get(&id).cloned()))
+    }
+
     async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
         let mut inner = self.write();
         let Some(current) = inner.by_id.get(&id) else {

@@ -70,6 +70,18 @@ pub trait KeyStore: Send + Sync + 'static {
     /// The record with this id.
     async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError>;
 
+    /// What [`get`](Self::get) would answer for `id`, when the store has it in memory and
+    /// can give it at once (no I/O, no waiting); `None` sends the caller to `get`. The
+    /// default is `None`.
+    ///
+    /// The verify path asks this first, so that a record held in memory costs no future
+    /// (no allocation) per request: [`MemoryStore`] always answers, [`CachedStore`] on a
+    /// fresh cache entry. A store that implements it must answer exactly as `get` would.
+    fn get_now(&self, id: KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        let _ = id;
+        None
+    }
+
     /// Applies `patch` atomically and returns the updated record; `Ok(None)` if there is
     /// no such record. A patch whose [precondition](KeyPatch::if_unchanged) fails on the
     /// current record writes nothing and is [`StoreError::Changed`].
@@ -335,6 +347,10 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
         (**self).get(id)
     }
 
+    fn get_now(&self, id: KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+        (**self).get_now(id)
+    }
+
     fn update<'s, 'p, 'f>(
         &'s self,
         id: KeyId,
@@ -408,9 +424,10 @@ mod tests {
 
     /// Every [`KeyStore`] method, in the order [`call_every_method`] calls them. A new
     /// trait method belongs here and in both.
-    const METHODS: [&str; 8] = [
+    const METHODS: [&str; 9] = [
         "insert",
         "get",
+        "get_now",
         "update",
         "delete",
         "list",
@@ -438,6 +455,10 @@ mod tests {
         async fn get(&self, _: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
             self.note("get");
             Ok(None)
+        }
+        fn get_now(&self, _: KeyId) -> Option<Result<Option<Arc<KeyRecord>>, StoreError>> {
+            self.note("get_now");
+            Some(Ok(None))
         }
         async fn update(&self, _: KeyId, _: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
             self.note("update");
@@ -480,6 +501,10 @@ mod tests {
         let id = KeyId::random();
         store.insert(record(KeyFormat::Opaque)).await.unwrap();
         store.get(id).await.unwrap();
+        assert!(
+            store.get_now(id).is_some(),
+            "get_now answered with the default body"
+        );
         store.update(id, &KeyPatch::default()).await.unwrap();
         store.delete(id).await.unwrap();
         store.list(&ListQuery::new()).await.unwrap();
