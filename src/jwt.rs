@@ -1,38 +1,14 @@
 //! Audiobookshelf-compatible JWT keys: HS256 over `{"keyId","name","type":"api","iat","exp"?}`.
 //!
 //! Signing and checking use `ring`'s HMAC with a key prepared once, not a JWT library's
-//! process-wide crypto provider: keygate never depends on, installs or trips over a host
-//! application's `jsonwebtoken` backend, and a verify re-keys nothing and parses each JSON
-//! part once. What is accepted is deliberately narrow:
+//! process-wide crypto provider (why: `ARCHITECTURE.md`, "JWT keys on `ring`"): keygate
+//! never depends on, installs or trips over a host application's `jsonwebtoken` backend,
+//! and a verify re-keys nothing and parses each JSON part once.
 //!
-//! - header and claims: each a JSON object (RFC 7515 §4, RFC 7519 §7.2); an array, string
-//!   or number is `jwt_malformed`, never read field by field;
-//! - header: `alg` exactly `HS256`, `typ` absent or `JWT`, no `crit`;
-//! - claims: no `userId`/`username` (those mark Audiobookshelf session tokens signed with
-//!   the same secret), `type` exactly `"api"`, `keyId` a UUID in canonical lowercase
-//!   hyphenated form, `exp`/`nbf`/`iat` numbers
-//!   when present (a string or `null` is refused, not ignored: CVE-2026-25537's lesson).
-//!
-//! Time policy (NumericDates, RFC 7519 §2):
-//!
-//! - Compared exactly, to the microsecond, against the verifier's clock in microseconds:
-//!   a fractional date counts (rounded to the nearest microsecond), and `now` is not
-//!   truncated to whole seconds.
-//! - No leeway for clock skew, in either direction, as Node's `jsonwebtoken` with its
-//!   default `clockTolerance: 0`. Keep the clocks of the minting and verifying hosts in
-//!   sync (NTP); the record's `expires_at` is checked as well, on the verifier's clock.
-//! - `exp` is strict: expired when `now >= exp`.
-//! - `nbf` is inclusive: valid from `now >= nbf` on; refused (`jwt_not_yet_valid`) while
-//!   `now < nbf`.
-//! - `iat` is type-checked only (a number, when present) and never compared with `now`: a
-//!   token "issued in the future" is not refused. `jsonwebtoken` 9 does not read `iat`
-//!   at all unless `maxAge` is set; keygate refuses a non-numeric one.
-//! - With whole-second dates (all Audiobookshelf and keygate mint) the outcome equals
-//!   `jsonwebtoken`'s, which compares `Math.floor(Date.now() / 1000)`; with fractional
-//!   dates keygate is the stricter of the two (`jsonwebtoken` accepts up to a second past
-//!   a fractional `exp`).
-//!
-//! `name` is never read.
+//! What is accepted is deliberately narrow. The rules (JSON objects only, `alg`, `typ`,
+//! `crit`, session claims, `type`, canonical `keyId`, numeric dates) and the time policy
+//! are documented once, for users, in the crate docs' "JWT keys (Audiobookshelf)" section
+//! (`src/lib.rs`); this module implements them.
 
 use std::fmt;
 

@@ -1,16 +1,9 @@
 //! Key identity and the opaque key format `<prefix>_<id><secret><crc>`.
 //!
-//! The body after the prefix is 71 base62 characters:
-//!
-//! | part | chars | what |
-//! |---|---|---|
-//! | id | 22 | the key id (a UUID) as a fixed-width base62 number |
-//! | secret | 43 | uniformly random base62 characters: 256 bits of entropy |
-//! | checksum | 6 | CRC32 of everything before it, prefix and `_` included, base62 |
-//!
-//! Only `[A-Za-z0-9_]` appears, so a double-click selects the whole key, and
-//! [`SCANNER_REGEX`] finds keys in logs, commits and pastes. The checksum is public: it lets
-//! a scanner, or the verifier, reject a typo or garbage without a store lookup.
+//! The format (`<prefix>_` + id, secret and checksum in 71 base62 characters) is documented
+//! once, for users, in the crate docs' "Opaque keys" section (`src/lib.rs`). The checksum is
+//! public: it lets a scanner, or the verifier, reject a typo or garbage without a store
+//! lookup.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -3,7 +3,7 @@
 //! Input: the header values separated by NUL bytes (an empty input is no header at all);
 //! `$T<d>` expands to fixture key d's token, `$X` to 8300 `A`s (past the length cap).
 //!
-//! Oracle, from the documented header rules (src/http.rs, DESIGN.md §3 step 1):
+//! Oracle, from the documented header rules (src/http.rs, ARCHITECTURE.md verify step 1):
 //! - no header → `MissingCredentials`; two or more → `InvalidRequest(MultipleHeaders)`;
 //! - a value over 8256 bytes → `Oversize`; a byte outside printable ASCII →
 //!   `InvalidCharacters`;

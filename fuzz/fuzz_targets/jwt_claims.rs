@@ -5,7 +5,7 @@
 //! the claims. `$I<d>` expands to fixture key d's id, `$N` to NOW. The target signs
 //! `base64url(header) . base64url(claims)` with the gate's secret (HS256, `ring::hmac`).
 //!
-//! Oracle, an independent reading of the rules (src/jwt.rs docs, DESIGN.md §2, RFC 7515/7519)
+//! Oracle, an independent reading of the rules (the crate docs' "JWT keys", RFC 7515/7519)
 //! over `serde_json::Value`, at a clock standing on a whole second:
 //! - token over 8192 bytes → malformed;
 //! - header: a JSON object (not an array) where `alg`, `typ`, `crit` appear at most once,

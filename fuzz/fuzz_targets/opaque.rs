@@ -2,13 +2,14 @@
 //! checksum, mutated part by part, with the checksum RECOMPUTED (unless the input says not
 //! to), so the store-side rules are reached, not only the CRC.
 //!
-//! Oracle (src/key.rs, DESIGN.md §2-3): verify succeeds iff the token is exactly a fixture
-//! key in a good state; otherwise the refusal is the one the rules give (length cap and no
-//! `_` → malformed, other prefix → wrong_prefix, bad body length or alphabet → malformed,
-//! bad CRC → bad_checksum, id part above u128 → malformed, unknown id → unknown_key, a JWT
-//! record's id → format_mismatch, changed secret → hash_mismatch, then the record's state).
-//! `keygate::checksum_ok` agrees with the format grammar (prefix `[a-z][a-z0-9]{0,15}`).
-//! The store holds exactly the same records afterwards.
+//! Oracle (the crate docs' "Opaque keys", ARCHITECTURE.md verify steps 2-4): verify
+//! succeeds iff the token is exactly a fixture key in a good state; otherwise the refusal
+//! is the one the rules give (length cap and no `_` → malformed, other prefix →
+//! wrong_prefix, bad body length or alphabet → malformed, bad CRC → bad_checksum, id part
+//! above u128 → malformed, unknown id → unknown_key, a JWT record's id → format_mismatch,
+//! changed secret → hash_mismatch, then the record's state). `keygate::checksum_ok` agrees
+//! with the format grammar (prefix `[a-z][a-z0-9]{0,15}`). The store holds exactly the same
+//! records afterwards.
 #![no_main]
 
 mod common;

@@ -1,5 +1,6 @@
-//! The admin API's one authority rule, as pure functions over what a key
-//! can do, so that every admin route asks the same question and the answer is unit-tested.
+//! The admin API's one authority rule (`ARCHITECTURE.md`, "Trust rules"), as pure
+//! functions over what a key can do, so that every admin route asks the same question and
+//! the answer is unit-tested.
 //!
 //! A key's *reach* is its owner's permissions (from the directory; all of them on a gate
 //! without one) narrowed by its scopes, and its lifetime (`expires_at`; none means

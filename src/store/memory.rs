@@ -1,3 +1,5 @@
+//! [`MemoryStore`]: key records in process memory, for tests, examples and one process.
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 

@@ -1,4 +1,5 @@
-//! The [`KeyStore`] trait and the built-in [`MemoryStore`].
+//! Where key records live: the [`KeyStore`] trait (and its forwarding through `Arc`), the
+//! built-in stores, [`CachedStore`] and [`open_store`].
 
 use std::error::Error as StdError;
 use std::future::Future;

@@ -1,8 +1,9 @@
 //! What every target shares: a gate over a `MemoryStore` holding keys in known states, an
 //! independent base62/CRC32 for the opaque format, the opaque oracle, and helpers.
 //!
-//! The oracles here are written from the documented rules (src/key.rs, src/jwt.rs, src/http.rs
-//! module docs, DESIGN.md §2-3), never by calling keygate's private code.
+//! The oracles here are written from the documented rules (the crate docs' "Opaque keys",
+//! "JWT keys" and "Verification", the `http` module docs, ARCHITECTURE.md's verify path),
+//! never by calling keygate's private code.
 #![allow(dead_code)] // each target uses part of it
 
 use std::sync::{Arc, OnceLock};
