@@ -457,7 +457,7 @@ pub use store::{
 pub use store::{PostgresConfig, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+pub use store::{RedisConfig, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteConfig, SqliteStore};

@@ -26,7 +26,7 @@ mod sqlite;
 mod url;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore, FEED_CLIENT_NAME};
+pub use self::redis::{RedisConfig, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]

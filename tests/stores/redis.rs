@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use keygate::redis::{self, aio::MultiplexedConnection, Client};
 use keygate::{
-    CacheConfig, CachedStore, ChangeListener, KeyId, KeyPatch, KeyStore, Keygate, ListQuery,
-    NewKey, Pepper, RedisConfig, RedisStore, Rejection, StoreError, VerifyError, FEED_CLIENT_NAME,
+    CacheConfig, CachedStore, ChangeListener, Cursor, KeyId, KeyPatch, KeyStore, Keygate,
+    ListQuery, NewKey, Pepper, RedisConfig, RedisStore, Rejection, StoreError, VerifyError,
 };
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -135,7 +135,7 @@ async fn feed_clients(conn: &mut MultiplexedConnection) -> BTreeSet<u64> {
     clients(conn)
         .await
         .into_iter()
-        .filter(|(_, name)| name == FEED_CLIENT_NAME)
+        .filter(|(_, name)| name == RedisStore::FEED_CLIENT_NAME)
         .map(|(id, _)| id)
         .collect()
 }
@@ -212,6 +212,7 @@ async fn layout_and_change_notices() {
     let _feeds = FEEDS.lock().await;
     let scratch = Scratch::new(&url);
     let ns = scratch.namespace.clone();
+    let v1 = format!("{ns}v1:");
     let store = scratch.store().await;
     assert_eq!(store.namespace(), ns);
     assert_eq!(store.channel(), format!("{ns}changes"));
@@ -230,7 +231,7 @@ async fn layout_and_change_notices() {
     store.insert(record.clone()).await.unwrap();
     assert_eq!(recorder.take(1).await, [record.id]);
     let json: String = redis::cmd("GET")
-        .arg(format!("{ns}key:{id}"))
+        .arg(format!("{v1}key:{id}"))
         .query_async(&mut conn)
         .await
         .unwrap();
@@ -242,20 +243,25 @@ async fn layout_and_change_notices() {
         "last-used lives in the hash"
     );
     let micros: String = redis::cmd("HGET")
-        .arg(format!("{ns}last_used"))
+        .arg(format!("{v1}last_used"))
         .arg(&id)
         .query_async(&mut conn)
         .await
         .unwrap();
     assert_eq!(micros, "1700000000123456");
-    for index in [format!("{ns}ids"), format!("{ns}owner:layout-owner")] {
-        let score: Option<f64> = redis::cmd("ZSCORE")
+    // Both indexes hold the record's position, `<created_at micros + 2^63 as hex>:<id>`.
+    let micros = u64::from_be_bytes(record.created_at.timestamp_micros().to_be_bytes());
+    let position = format!("{:016x}:{id}", micros ^ (1 << 63));
+    for index in [format!("{v1}created"), format!("{v1}owner:layout-owner")] {
+        let members: Vec<(String, f64)> = redis::cmd("ZRANGE")
             .arg(&index)
-            .arg(&id)
+            .arg(0)
+            .arg(-1)
+            .arg("WITHSCORES")
             .query_async(&mut conn)
             .await
             .unwrap();
-        assert_eq!(score, Some(0.0), "{index}");
+        assert_eq!(members, [(position.clone(), 0.0)], "{index}");
     }
     assert_eq!(
         store.get(record.id).await.unwrap().unwrap().as_ref(),
@@ -272,7 +278,7 @@ async fn layout_and_change_notices() {
     let later = at + keygate::chrono::TimeDelta::seconds(5);
     store.record_last_used(&[(record.id, later)]).await.unwrap();
     let micros: String = redis::cmd("HGET")
-        .arg(format!("{ns}last_used"))
+        .arg(format!("{v1}last_used"))
         .arg(&id)
         .query_async(&mut conn)
         .await
@@ -287,21 +293,21 @@ async fn layout_and_change_notices() {
         .unwrap();
     assert_eq!(recorder.take(1).await, [record.id]);
     let old: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{ns}owner:layout-owner"))
+        .arg(format!("{v1}owner:layout-owner"))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
         .await
         .unwrap();
     let new: Vec<String> = redis::cmd("ZRANGE")
-        .arg(format!("{ns}owner:layout-owner-2"))
+        .arg(format!("{v1}owner:layout-owner-2"))
         .arg(0)
         .arg(-1)
         .query_async(&mut conn)
         .await
         .unwrap();
     assert!(old.is_empty());
-    assert_eq!(new, [id.as_str()]);
+    assert_eq!(new, [position.as_str()]);
     let listed = store
         .list(&ListQuery::new().owner("layout-owner-2"))
         .await
@@ -325,7 +331,7 @@ async fn layout_and_change_notices() {
             .collect::<Vec<_>>()
     );
     let in_hash: bool = redis::cmd("HEXISTS")
-        .arg(format!("{ns}last_used"))
+        .arg(format!("{v1}last_used"))
         .arg(&id)
         .query_async(&mut conn)
         .await
@@ -335,7 +341,7 @@ async fn layout_and_change_notices() {
     // A record that no longer parses is Corrupt, not "not found", and can still be deleted.
     let bad = KeyId::random();
     redis::cmd("SET")
-        .arg(format!("{ns}key:{bad}"))
+        .arg(format!("{v1}key:{bad}"))
         .arg("{not json")
         .exec_async(&mut conn)
         .await
@@ -361,6 +367,130 @@ async fn layout_and_change_notices() {
     }
 }
 
+/// Every page of `query` through `store`, `limit` records at a time, as cursors.
+async fn all_pages(store: &RedisStore, query: ListQuery, limit: usize) -> Vec<Cursor> {
+    let mut seen = Vec::new();
+    let mut query = query.limit(limit);
+    loop {
+        let page = store.list(&query).await.unwrap();
+        assert!(page.len() <= limit);
+        seen.extend(page.iter().map(Cursor::of));
+        match page.last() {
+            Some(last) if page.len() == limit => query = query.after(Cursor::of(last)),
+            _ => return seen,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
+async fn two_stores_list_in_creation_order_and_hear_each_others_writes() {
+    let url = support::redis_url();
+    let _feeds = FEEDS.lock().await;
+    let scratch = Scratch::new(&url);
+    let (a, b) = (scratch.store().await, scratch.store().await);
+    let recorder = Arc::new(Recorder::default());
+    let listener: Arc<dyn ChangeListener> = recorder.clone();
+    assert!(b.subscribe(Arc::downgrade(&listener)).await.unwrap());
+
+    // Instants on both sides of 1970 and at the ends of the stored range, two records
+    // sharing one, inserted out of order through `a`.
+    let micros = [
+        1_767_225_600_000_000,
+        -1,
+        0,
+        253_402_300_799_999_999, // 9999-12-31T23:59:59.999999Z
+        -62_135_596_800_000_000, // 0001-01-01T00:00:00Z
+        1,
+        0,
+    ];
+    let mut expected = Vec::new();
+    for m in micros {
+        let mut record = keygate::testing::sample_record("order-owner");
+        record.created_at = keygate::chrono::DateTime::from_timestamp_micros(m).unwrap();
+        expected.push(Cursor::of(&record));
+        a.insert(record).await.unwrap();
+    }
+    expected.sort();
+    let mut heard = recorder.take(expected.len()).await;
+    heard.sort();
+    let mut ids: Vec<KeyId> = expected.iter().map(Cursor::id).collect();
+    ids.sort();
+    assert_eq!(heard, ids, "b heard every insert made through a");
+    for limit in [1, 2, 3, 100] {
+        assert_eq!(all_pages(&b, ListQuery::new(), limit).await, expected);
+        assert_eq!(
+            all_pages(&b, ListQuery::new().owner("order-owner"), limit).await,
+            expected
+        );
+    }
+
+    // An owner change moves the record between owner indexes, keeping its place overall.
+    let moved = expected[3];
+    a.update(moved.id(), &KeyPatch::new().owner("order-owner-2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(recorder.take(1).await, [moved.id()]);
+    assert_eq!(all_pages(&b, ListQuery::new(), 2).await, expected);
+    assert_eq!(
+        all_pages(&b, ListQuery::new().owner("order-owner-2"), 2).await,
+        [moved]
+    );
+    let rest: Vec<Cursor> = expected.iter().copied().filter(|c| *c != moved).collect();
+    assert_eq!(
+        all_pages(&b, ListQuery::new().owner("order-owner"), 2).await,
+        rest
+    );
+
+    // A record too damaged to name its place is deleted, and its index members (left
+    // behind) do not shorten a page.
+    let damaged = expected[1];
+    let mut conn = admin(&url).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("{}v1:key:{}", scratch.namespace, damaged.id()))
+        .arg("{not json")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(a.delete(damaged.id()).await.unwrap());
+    assert_eq!(recorder.take(1).await, [damaged.id()]);
+    let left: Vec<Cursor> = expected.iter().copied().filter(|c| *c != damaged).collect();
+    let first_two = b.list(&ListQuery::new().limit(2)).await.unwrap();
+    assert_eq!(
+        first_two.iter().map(Cursor::of).collect::<Vec<_>>(),
+        left[..2]
+    );
+    assert_eq!(all_pages(&b, ListQuery::new(), 2).await, left);
+
+    // A record whose created_at was edited by hand is not where the index has it: listing
+    // it there would page wrongly, so the listing is Corrupt (the record still reads).
+    let edited = left[0];
+    let record_key = format!("{}v1:key:{}", scratch.namespace, edited.id());
+    let json: String = redis::cmd("GET")
+        .arg(&record_key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
+    value["created_at"] = "2030-01-01T00:00:00Z".into();
+    let _: () = redis::cmd("SET")
+        .arg(&record_key)
+        .arg(value.to_string())
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(
+        b.list(&ListQuery::new()).await,
+        Err(StoreError::Corrupt(_))
+    ));
+    assert!(b.get(edited.id()).await.unwrap().is_some());
+    drop(listener);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_closed_port_fails_fast() {
     let (_closed, port) = support::closed_port();
@@ -383,7 +513,10 @@ async fn a_closed_port_fails_fast() {
         "took {elapsed:?}"
     );
     // A wrong URL is an error too, not a panic.
-    assert!(RedisStore::connect("definitely not a url").await.is_err());
+    assert!(matches!(
+        RedisStore::connect("definitely not a url").await,
+        Err(StoreError::InvalidUrl(_))
+    ));
 }
 
 /// How the [`Proxy`] treats connections.
@@ -814,7 +947,7 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
     let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
     let key = issued.key.expose();
     let id = issued.record.id;
-    let record_key = format!("{}key:{id}", scratch.namespace);
+    let record_key = format!("{}v1:key:{id}", scratch.namespace);
     let mut conn = admin(&url).await;
     let written: String = redis::cmd("GET")
         .arg(&record_key)
@@ -838,6 +971,12 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
         cases.push((what.to_owned(), record));
     };
     edit("an unknown field", &|r| r["isAdmin"] = true.into());
+    edit("another schema", &|r| r["schema"] = 2.into());
+    edit("the pre-schema shape", &|r| {
+        let fields = r.as_object_mut().unwrap();
+        fields.remove("schema");
+        fields.insert("last_used_at".into(), serde_json::Value::Null);
+    });
     edit("another record's id", &|r| {
         r["id"] = KeyId::random().to_string().into()
     });
@@ -908,7 +1047,7 @@ async fn a_record_written_before_binding_verifies_and_is_rehashed() {
     let gate = gate(Arc::new(store.clone()));
     let issued = gate.mint(NewKey::new("k", "alice")).await.unwrap();
     let key = issued.key.expose();
-    let record_key = format!("{}key:{}", scratch.namespace, issued.record.id);
+    let record_key = format!("{}v1:key:{}", scratch.namespace, issued.record.id);
     let mut conn = admin(&url).await;
     let written: String = redis::cmd("GET")
         .arg(&record_key)
@@ -917,9 +1056,14 @@ async fn a_record_written_before_binding_verifies_and_is_rehashed() {
         .unwrap();
     let mut old: serde_json::Value = serde_json::from_str(&written).unwrap();
     assert_eq!(old["hash"]["scheme"], "bound");
-    // As the previous release wrote it: no scheme, HMAC of the secret part alone.
+    // As keys hashed before binding are stored: the `secret` scheme, HMAC of the secret
+    // part alone.
     let secret = &key["key_".len() + 22.."key_".len() + 22 + 43];
-    old["hash"] = serde_json::json!({"version": 1, "digest": hmac_hex(secret.as_bytes())});
+    old["hash"] = serde_json::json!({
+        "version": 1,
+        "digest": hmac_hex(secret.as_bytes()),
+        "scheme": "secret",
+    });
     let _: () = redis::cmd("SET")
         .arg(&record_key)
         .arg(old.to_string())

@@ -1,0 +1,518 @@
+//! [`RedisStore`]: key records in Redis, with a pub/sub change feed.
+//!
+//! This file holds the store, its [`KeyStore`] implementation and its configuration; the
+//! verify path ([`KeyStore::get`]) reads top to bottom here, through
+//! [`Supervisor::read`](conn::Supervisor::read) and [`stored::decode`]. The other jobs
+//! live next door:
+//! - `conn`: connection supervision (the first connection, per-call timeouts, replacing
+//!   a connection that went silent);
+//! - `scripts`: the key layout and the Lua scripts that keep it consistent;
+//! - `stored`: the versioned JSON a record is stored as;
+//! - `feed`: the pub/sub change feed.
+//!
+//! Inside this module `redis` is this module itself; the driver crate is always spelled
+//! `::redis`.
+
+use std::fmt;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::{Client, ErrorKind, IntoConnectionInfo};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use self::conn::{backend, Supervisor};
+use self::scripts::{Cas, Entry, Keys};
+use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
+use crate::key::KeyId;
+use crate::record::{KeyPatch, KeyRecord};
+
+mod conn;
+mod feed;
+mod scripts;
+mod stored;
+
+/// Read-modify-write rounds [`KeyStore::update`] and [`KeyStore::delete`] attempt before
+/// giving up on a record that keeps changing under them.
+const MAX_CAS_ATTEMPTS: usize = 32;
+
+/// How a [`RedisStore`] connects and where it keeps its keys.
+///
+/// ```
+/// use std::time::Duration;
+/// use keygate::RedisConfig;
+///
+/// let config = RedisConfig::new()
+///     .namespace("myapp:keys:")
+///     .connection_timeout(Duration::from_secs(1))
+///     .response_timeout(Duration::from_millis(500));
+/// # let _ = config;
+/// ```
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisConfig {
+    /// Prefix of every key and of the change channel, so several applications (or test
+    /// runs) can share one Redis database. Default `"keygate:"`.
+    pub namespace: String,
+    /// How long one attempt to (re)connect may take. Default 2 s.
+    pub connection_timeout: Duration,
+    /// How long any one store call may take, including waiting for a reconnect, before it
+    /// fails with [`StoreError::Timeout`]. Also the per-command response timeout of the
+    /// underlying connection. Default 1 s.
+    pub response_timeout: Duration,
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+impl RedisConfig {
+    /// The defaults: namespace `"keygate:"`, 2 s to connect, 1 s per call.
+    pub fn new() -> Self {
+        Self {
+            namespace: "keygate:".to_owned(),
+            connection_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(1),
+        }
+    }
+
+    /// Sets [`namespace`](Self::namespace).
+    pub fn namespace(mut self, namespace: impl Into<String>) -> Self {
+        self.namespace = namespace.into();
+        self
+    }
+
+    /// Sets [`connection_timeout`](Self::connection_timeout).
+    pub fn connection_timeout(mut self, timeout: Duration) -> Self {
+        self.connection_timeout = timeout;
+        self
+    }
+
+    /// Sets [`response_timeout`](Self::response_timeout).
+    pub fn response_timeout(mut self, timeout: Duration) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A [`KeyStore`] in Redis (feature `redis`), shared by any number of app servers, with a
+/// pub/sub change feed so that a [`CachedStore`](crate::CachedStore) on every node drops a
+/// revoked key at once ([`CachedStore::follow_changes`](crate::CachedStore::follow_changes)).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use keygate::{CacheConfig, CachedStore, Keygate, Pepper, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+/// let store = CachedStore::new(store, CacheConfig::new().ttl(Duration::from_secs(30)));
+/// assert!(store.follow_changes().await?); // revokes on other nodes reach this cache
+/// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+///     .build()?;
+/// # let _ = gate; Ok(()) }
+/// ```
+///
+/// # Layout
+///
+/// Layout version 1, with the default namespace `keygate:`:
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `keygate:v1:key:<id>` | string | the record as JSON, without `last_used_at` (see below) |
+/// | `keygate:v1:last_used` | hash | field `<id>`: `last_used_at` in Unix microseconds |
+/// | `keygate:v1:created` | sorted set | every record's position (below), all scores 0 |
+/// | `keygate:v1:owner:<owner>` | sorted set | the owner's records' positions, likewise |
+/// | `keygate:changes` | pub/sub channel | the id of every inserted, updated or deleted record |
+/// | `keygate:peppers` | hash | field `<version>`: that pepper version's [`PepperFingerprint`] (32 bytes) |
+///
+/// A record's position is `<created_at>:<id>`: its `created_at` in Unix microseconds plus
+/// 2^63, as 16 lowercase hex digits, then its id (a hyphenated lowercase UUID). Their byte
+/// order is creation order, [`Cursor`](crate::Cursor) order, so [`list`](KeyStore::list) is one
+/// `ZRANGEBYLEX` from the cursor's position (exclusive). Keys written by keygate before
+/// this layout (no `v1:`) are not read.
+///
+/// Every write that touches more than one key is one Lua script, so it is atomic, and
+/// keeps both indexes in step (an owner change moves the record's position from one owner
+/// index to the other). [`update`](KeyStore::update) reads the record, applies the patch
+/// here and writes it back only if the record is unchanged (else it re-reads), so
+/// concurrent updates never lose each other. Last-used times live in their own hash so a
+/// batch never rewrites records; they are kept to the microsecond and publish no change
+/// notices.
+///
+/// A record's JSON is private to this store, versioned by its `schema` field (1), with
+/// exactly the fields `schema`, `id`, `format` (`"opaque"` or `"jwt"`), `hash`
+/// (`{"version", "digest", "scheme"}` or `null`, `scheme` being `"secret"` or `"bound"`),
+/// `name`, `description`, `owner`, `created_by`, `created_at`, `updated_at`,
+/// `expires_at`, `active`, `scopes` and `metadata`, every one of them present (`null`
+/// where the record has none), and its `id` is the one in its key name; anything else (a
+/// missing or unknown field, another schema, another id) is [`StoreError::Corrupt`],
+/// never a default. It is not [`KeyRecord`]'s serde shape, so changes to that public type
+/// do not change data at rest.
+///
+/// # Connections and failures
+///
+/// Commands go through one multiplexed [`ConnectionManager`], which reconnects by itself
+/// after the server or network drops the connection; a read that hits a dropped connection
+/// is retried once. Every call is bounded by [`RedisConfig::response_timeout`]
+/// ([`StoreError::Timeout`]), and a call that times out also replaces the connection (at
+/// most once per connection-plus-response timeout), since a connection whose peer went
+/// silent would otherwise never be dropped; a call cancelled by its caller first (e.g. by a
+/// shorter [`KeygateBuilder::store_timeout`](crate::KeygateBuilder::store_timeout)) makes
+/// the store PING in the background to find out. Other failures are [`StoreError::Backend`]
+/// with the [`RedisError`](::redis::RedisError) as source. The change feed uses one more
+/// connection per [`subscribe`](KeyStore::subscribe), which speaks RESP3 (Redis 6 or
+/// later, Valkey) and is named [`RedisStore::FEED_CLIENT_NAME`].
+///
+/// Cheap to clone; clones share the connection. Needs a Tokio runtime with the timer
+/// enabled. Redis Cluster is not supported (the scripts touch keys of many slots): point
+/// the store at one server (a primary, not a replica).
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: Arc<Supervisor>,
+    keys: Arc<Keys>,
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+impl RedisStore {
+    /// The `CLIENT SETNAME` of change-feed connections, as `CLIENT LIST` shows them.
+    pub const FEED_CLIENT_NAME: &'static str = "keygate-feed";
+
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`, `rediss://…` with a TLS feature
+    /// of the `redis` crate, `redis+unix:///run/redis.sock`) with the default
+    /// [`RedisConfig`].
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with).
+    pub async fn connect(url: impl IntoConnectionInfo) -> Result<Self, StoreError> {
+        Self::connect_with(url, RedisConfig::new()).await
+    }
+
+    /// [`connect`](Self::connect) with a configuration.
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use keygate::{RedisConfig, RedisStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keygate::StoreError> {
+    /// let config = RedisConfig::new()
+    ///     .namespace("myapp:keys:")
+    ///     .response_timeout(Duration::from_millis(500));
+    /// let store = RedisStore::connect_with("redis://127.0.0.1:6379/", config).await?;
+    /// # let _ = store; Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
+    /// URL, which may hold a password); otherwise as [`from_client`](Self::from_client).
+    pub async fn connect_with(
+        url: impl IntoConnectionInfo,
+        config: RedisConfig,
+    ) -> Result<Self, StoreError> {
+        let client = Client::open(url).map_err(|e| {
+            if e.kind() == ErrorKind::InvalidClientConfig {
+                // The driver's messages name the problem, never the URL.
+                StoreError::InvalidUrl(format!("invalid Redis URL: {e}"))
+            } else {
+                backend(e)
+            }
+        })?;
+        Self::from_client(client, config).await
+    }
+
+    /// Connects with a [`Client`] built by the caller (e.g. with TLS settings).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Timeout`] if the server cannot be reached within
+    /// [`RedisConfig::connection_timeout`] plus one response timeout (it fails rather than
+    /// waiting for the server); [`StoreError::Backend`] if it refuses the connection (a
+    /// wrong password, say) or connecting fails otherwise.
+    pub async fn from_client(client: Client, config: RedisConfig) -> Result<Self, StoreError> {
+        let manager = conn::connect(&client, &config).await?;
+        Ok(Self::from_manager(client, manager, config))
+    }
+
+    /// Wraps a [`ConnectionManager`] the caller already has; `client` must point at the same
+    /// server (the change feed opens its own connection from it).
+    /// [`RedisConfig::connection_timeout`] then only applies to the change feed.
+    ///
+    /// Should a call time out on it (see [`RedisStore`], "Connections and failures"), it is
+    /// replaced by one made from `client` and `config`.
+    pub fn from_manager(client: Client, manager: ConnectionManager, config: RedisConfig) -> Self {
+        let keys = Keys::new(&config.namespace);
+        Self {
+            conn: Arc::new(Supervisor::new(client, manager, config)),
+            keys: Arc::new(keys),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &RedisConfig {
+        &self.conn.config
+    }
+
+    /// The key namespace ([`RedisConfig::namespace`]).
+    pub fn namespace(&self) -> &str {
+        &self.conn.config.namespace
+    }
+
+    /// The pub/sub channel change notices are published on (`<namespace>changes`); each
+    /// message is the id of a record that was inserted, updated or deleted.
+    pub fn channel(&self) -> &str {
+        &self.keys.channel
+    }
+
+    /// A handle to the store's current connection, e.g. for health checks. Commands sent
+    /// through it share the store's connection.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.manager()
+    }
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("server", &self.conn.client.get_connection_info().addr())
+            .field("config", &self.conn.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A record that kept changing under a read-modify-write.
+#[derive(Debug, thiserror::Error)]
+#[error("record {0} changed during {MAX_CAS_ATTEMPTS} read-modify-write attempts in a row")]
+struct Contention(KeyId);
+
+/// A listed record whose `created_at` or owner is not the one its index entry was made
+/// for.
+#[derive(Debug, thiserror::Error)]
+#[error("record {0} is not where the index has it (its created_at or owner was changed outside keygate)")]
+struct OutOfPlace(KeyId);
+
+/// Where `record` is indexed.
+fn entry(record: &KeyRecord) -> Entry {
+    Entry::new(&record.owner, record.created_at, record.id)
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[async_trait]
+impl KeyStore for RedisStore {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        let json = stored::encode(&record)?;
+        let id = record.id.to_string();
+        let entry = entry(&record);
+        let inserted = self
+            .conn
+            .bounded(async {
+                let mut conn = self.conn.manager();
+                scripts::insert(
+                    &mut conn,
+                    &self.keys,
+                    &id,
+                    &entry,
+                    json,
+                    record.last_used_at,
+                )
+                .await
+                .map_err(backend)
+            })
+            .await?;
+        if !inserted {
+            return Err(StoreError::Conflict(record.id));
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let id_str = id.to_string();
+        let keys = &*self.keys;
+        let (json, last_used) = self
+            .conn
+            .read(|mut conn| {
+                let id = &id_str;
+                async move { scripts::fetch(&mut conn, keys, id).await }
+            })
+            .await?;
+        match json {
+            None => Ok(None),
+            Some(json) => Ok(Some(Arc::new(stored::decode(
+                id,
+                &json,
+                last_used.as_deref(),
+            )?))),
+        }
+    }
+
+    async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+        let id_str = id.to_string();
+        let keys = &*self.keys;
+        self.conn
+            .bounded(async {
+                let mut conn = self.conn.manager();
+                for _ in 0..MAX_CAS_ATTEMPTS {
+                    let (json, last_used) = scripts::fetch(&mut conn, keys, &id_str)
+                        .await
+                        .map_err(backend)?;
+                    let Some(json) = json else {
+                        return Ok(None);
+                    };
+                    let mut record = stored::decode(id, &json, last_used.as_deref())?;
+                    let old = entry(&record);
+                    // Checked on the copy the CAS below writes over only if unchanged.
+                    patch.apply(&mut record)?;
+                    let new = entry(&record);
+                    let written = scripts::update(
+                        &mut conn,
+                        keys,
+                        &id_str,
+                        (&json, &old),
+                        (stored::encode(&record)?, &new),
+                    )
+                    .await
+                    .map_err(backend)?;
+                    match written {
+                        Cas::Done => return Ok(Some(record)),
+                        Cas::Gone => return Ok(None),
+                        Cas::Changed => tokio::task::yield_now().await, // read again
+                    }
+                }
+                Err(StoreError::backend(Contention(id)))
+            })
+            .await
+    }
+
+    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
+        let id_str = id.to_string();
+        let keys = &*self.keys;
+        self.conn
+            .bounded(async {
+                let mut conn = self.conn.manager();
+                for _ in 0..MAX_CAS_ATTEMPTS {
+                    let (json, _) = scripts::fetch(&mut conn, keys, &id_str)
+                        .await
+                        .map_err(backend)?;
+                    let Some(json) = json else {
+                        return Ok(false);
+                    };
+                    // A record too damaged to decode can still be deleted, from its
+                    // indexes too if it still names its owner and creation time.
+                    let entry = stored::IndexFields::of(&json)
+                        .map(|f| Entry::new(&f.owner, f.created_at, id));
+                    let deleted = scripts::delete(&mut conn, keys, &id_str, &json, entry.as_ref())
+                        .await
+                        .map_err(backend)?;
+                    match deleted {
+                        Cas::Done => return Ok(true),
+                        Cas::Gone => return Ok(false),
+                        Cas::Changed => tokio::task::yield_now().await,
+                    }
+                }
+                Err(StoreError::backend(Contention(id)))
+            })
+            .await
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        if query.limit == 0 {
+            return Ok(Vec::new());
+        }
+        let keys = &*self.keys;
+        let index = keys.index(query.owner.as_deref());
+        let rows = self
+            .conn
+            .read(|mut conn| {
+                let index = &index;
+                async move {
+                    scripts::list(&mut conn, keys, index, query.after.as_ref(), query.limit).await
+                }
+            })
+            .await?;
+        let mut records = Vec::with_capacity(rows.len());
+        for (member, json, last_used) in rows {
+            let raw_id = scripts::position_id(&member).unwrap_or_default();
+            let record = stored::decode(stored::decode_id(raw_id)?, &json, last_used.as_deref())?;
+            // Only a record changed behind keygate's back (its `created_at` or owner edited
+            // by hand) is not where the index has it; listing it there would page wrongly.
+            let in_place = scripts::position(record.created_at, record.id).as_bytes()
+                == member.as_slice()
+                && query
+                    .owner
+                    .as_ref()
+                    .is_none_or(|owner| *owner == record.owner);
+            if !in_place {
+                return Err(StoreError::Corrupt(Box::new(OutOfPlace(record.id))));
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .bounded(async {
+                let mut conn = self.conn.manager();
+                scripts::record_last_used(&mut conn, &self.keys, batch)
+                    .await
+                    .map_err(backend)
+            })
+            .await
+    }
+
+    /// Subscribes to `<namespace>changes` on a connection of its own and calls
+    /// [`ChangeListener::changed`] for every notice, from a spawned task. That task
+    /// reconnects with backoff when the connection drops (then calls
+    /// [`ChangeListener::resync`]) and ends within a few seconds of the listener being
+    /// dropped. Fails if the first subscription cannot be made.
+    async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
+        feed::subscribe(&self.conn, &self.keys.channel, listener).await?;
+        Ok(true)
+    }
+
+    /// `HSETNX` then `HGET` on `<namespace>peppers`, in one `MULTI`.
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        let key = format!("{}{PEPPERS}", self.namespace());
+        let (inserted, known): (i64, Option<Vec<u8>>) = self
+            .conn
+            .bounded(async {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg(version)
+                    .arg(&fingerprint.as_bytes()[..])
+                    .cmd("HGET")
+                    .arg(&key)
+                    .arg(version)
+                    .query_async(&mut self.conn.manager())
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let known: [u8; 32] = known
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt("a pepper fingerprint is not 32 bytes".into()))?;
+        Ok(Some(PepperFingerprint::from_bytes(known)))
+    }
+}
+
+/// The hash of pepper fingerprints, after the namespace (see [`KeyStore::remember_pepper`]).
+const PEPPERS: &str = "peppers";
