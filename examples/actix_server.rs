@@ -8,18 +8,10 @@
 //! On the first start (an empty database) it mints a key for the demo admin and prints it,
 //! once, as the only line on stdout: `admin API key: <key>`. Everything else goes to stderr.
 //!
-//! Environment (as for `examples/server.rs`, and the `keygate` CLI):
-//! - `KEYGATE_ADDR`: listen address (default `127.0.0.1:3000`).
-//! - `KEYGATE_DB`: the SQLite database, as `sqlite://path`, `sqlite:path` or a plain path
-//!   (default `sqlite://keygate.db` in the working directory).
-//! - `KEYGATE_PREFIX`: the prefix of opaque keys (default `key`).
-//! - `KEYGATE_PEPPER` or `KEYGATE_PEPPER_FILE` (with `KEYGATE_PEPPER_VERSION`, default 1):
-//!   the pepper (32+ bytes). If neither is set, a random one is generated on the first
-//!   start and kept in `<database>.pepper` (mode 0600), beside the database. Never lose
-//!   it: without it no stored key verifies.
-//! - `KEYGATE_JWT_SECRET`: optional (32+ bytes); enables Audiobookshelf-style JWT keys.
-//! - `RUST_LOG`: what is logged to stderr (default `info,keygate=debug`: refusal reasons
-//!   included).
+//! Environment: as for `examples/server.rs` and the `keygate` CLI (see
+//! `examples/common/mod.rs`, which both example servers share). A pepper that is not the
+//! one the database's keys were made with stops the server at start, with a message that
+//! says so.
 //!
 //! Routes:
 //! - `GET /healthz`: no auth, `ok`.
@@ -35,53 +27,17 @@
 //! `main` runs the server in an `actix_web::rt::System`. The server handles SIGINT and
 //! SIGTERM itself (graceful stop); pending last-used times are written once it returns.
 
-use std::error::Error;
-use std::path::PathBuf;
+mod common;
+
+use std::process::ExitCode;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use async_trait::async_trait;
 use keygate::actix::{admin_scope, Require};
 use keygate::admin::AdminApi;
-use keygate::{
-    CacheConfig, CachedStore, DirectoryError, JwtSecret, KeyStore, Keygate, ListQuery, NewKey,
-    Owner, Pepper, Permission, Principal, SqliteStore, UserDirectory,
-};
+use keygate::{Keygate, Principal};
 use serde_json::json;
 
-type BoxError = Box<dyn Error + Send + Sync>;
-
-/// The demo's users: a static `admin` and `user`. A real application asks its own user
-/// table; keygate reads the owner on every verify, so deactivating a user or changing
-/// permissions takes effect at once. (The owners are built once: this runs per request.)
-struct DemoUsers {
-    admin: Owner,
-    user: Owner,
-}
-
-impl DemoUsers {
-    fn new() -> Self {
-        Self {
-            admin: Owner::with_permissions(["admin", "library:read"]),
-            user: Owner::with_permissions(["library:read"]),
-        }
-    }
-}
-
-#[async_trait]
-impl UserDirectory for DemoUsers {
-    async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
-        Ok(match user_id {
-            "admin" => Some(self.admin.clone()),
-            "user" => Some(self.user.clone()),
-            _ => None,
-        })
-    }
-}
-
-struct LibraryRead;
-impl Permission for LibraryRead {
-    const NAME: &'static str = "library:read";
-}
+use common::{BoxError, Config, LibraryRead};
 
 async fn healthz() -> &'static str {
     "ok"
@@ -124,59 +80,29 @@ fn routes(cfg: &mut web::ServiceConfig, gate: &Keygate) {
         .service(admin_scope("/api/api-keys", admin));
 }
 
-fn main() -> Result<(), BoxError> {
-    actix_web::rt::System::new().block_on(run())
+fn main() -> ExitCode {
+    common::exit(actix_web::rt::System::new().block_on(run()))
 }
 
 async fn run() -> Result<(), BoxError> {
-    init_logging();
-    let addr = env_or("KEYGATE_ADDR", "127.0.0.1:3000");
-    let db = env_or("KEYGATE_DB", "sqlite://keygate.db");
-    let prefix = env_or("KEYGATE_PREFIX", "key");
+    common::init_logging();
+    let config = Config::from_env();
+    let gate = common::open_gate(&config).await?;
 
-    let sqlite = SqliteStore::connect(&db)
-        .await
-        .map_err(|e| format!("cannot open {db}: {e}"))?;
-    let pepper = load_pepper(&db, &sqlite).await?;
-    // The verify path reads through a cache (5 s TTL); writes through this gate
-    // (revoke, delete, update) drop the cached entry at once.
-    let store = CachedStore::new(sqlite, CacheConfig::new());
-    let mut builder = Keygate::builder(store, pepper)
-        .prefix(prefix)
-        .users(DemoUsers::new())
-        .realm("keygate example");
-    if let Ok(secret) = std::env::var("KEYGATE_JWT_SECRET") {
-        builder = builder.jwt_secret(JwtSecret::new(secret)?);
-        eprintln!("keygate example: JWT keys enabled");
-    }
-    let gate = builder.build()?;
-
+    let addr = &config.addr;
     let app_gate = gate.clone();
     let server = HttpServer::new(move || App::new().configure(|cfg| routes(cfg, &app_gate)))
         .shutdown_timeout(10)
-        .bind(&addr)
+        .bind(addr)
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     for bound in server.addrs() {
-        eprintln!("keygate example: listening on http://{bound}, keys in {db}");
-    }
-
-    // First start: no key at all yet, so nobody could call the admin API. Mint one for the
-    // admin and show it once, on stdout (the socket is already bound: it is usable now).
-    if gate
-        .list(ListQuery::new().limit(1))
-        .await?
-        .records
-        .is_empty()
-    {
-        let issued = gate
-            .mint(NewKey::new("Admin key (first start)", "admin").created_by("admin"))
-            .await?;
-        println!("admin API key: {}", issued.key.expose());
         eprintln!(
-            "keygate example: empty database: minted admin key {} (shown once, on stdout)",
-            issued.record.id
+            "keygate example: listening on http://{bound}, keys in {}",
+            config.db
         );
     }
+    // The socket is already bound: the key is usable as soon as it is shown.
+    common::bootstrap_admin_key(&gate).await?;
 
     // Returns after SIGINT or SIGTERM, once the workers have stopped.
     server.run().await?;
@@ -185,75 +111,4 @@ async fn run() -> Result<(), BoxError> {
     gate.flush().await?;
     eprintln!("keygate example: stopped");
     Ok(())
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
-
-/// The pepper, read as the `keygate` CLI reads it (`KEYGATE_PEPPER` or
-/// `KEYGATE_PEPPER_FILE`, version `KEYGATE_PEPPER_VERSION`); without those, the file beside
-/// the database, created on the first start.
-async fn load_pepper(db: &str, store: &SqliteStore) -> Result<Pepper, BoxError> {
-    if let Some(pepper) = Pepper::from_default_env()? {
-        eprintln!(
-            "keygate example: pepper from {} / {}",
-            Pepper::ENV,
-            Pepper::ENV_FILE
-        );
-        return Ok(pepper);
-    }
-    let Some(path) = pepper_file(db) else {
-        eprintln!("keygate example: in-memory database: using a throwaway pepper");
-        return Ok(Pepper::generate(1)?);
-    };
-    // A new pepper for a database that already holds hashes would lock every key out.
-    if !path.exists() && !store.list(&ListQuery::new().limit(1)).await?.is_empty() {
-        return Err(format!(
-            "{} is missing but {db} already holds keys: restore the pepper file or set \
-             KEYGATE_PEPPER_FILE",
-            path.display()
-        )
-        .into());
-    }
-    let (pepper, created) = Pepper::load_or_create(&path, 1)?;
-    if created {
-        eprintln!(
-            "keygate example: generated a new pepper in {} (mode 0600); keep it with the \
-             database but out of its backups",
-            path.display()
-        );
-    } else {
-        eprintln!("keygate example: pepper from {}", path.display());
-    }
-    Ok(pepper)
-}
-
-/// `<database file>.pepper`, or `None` for an in-memory database.
-fn pepper_file(db: &str) -> Option<PathBuf> {
-    let (path, query) = match db.strip_prefix("sqlite:") {
-        Some(rest) => {
-            let rest = rest.strip_prefix("//").unwrap_or(rest);
-            rest.split_once('?').unwrap_or((rest, ""))
-        }
-        None => (db, ""),
-    };
-    if path.is_empty() || path == ":memory:" || query.split('&').any(|p| p == "mode=memory") {
-        return None;
-    }
-    let mut file = PathBuf::from(path).into_os_string();
-    file.push(".pepper");
-    Some(file.into())
-}
-
-/// Logs to stderr (stdout carries only the first start's admin key): by default `info`,
-/// and keygate's `debug` events, which say why each refused request was refused
-/// (`verify refused reason=…`); `RUST_LOG` overrides it (e.g. `RUST_LOG=warn`).
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,keygate=debug"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
 }

@@ -1005,6 +1005,13 @@ fn fail(error: Error) -> AdminResponse {
             tracing::warn!(target: "keygate", error = %e, "admin API: key store failed");
             unavailable()
         }
+        // The server's configuration, not the request: 500, no Retry-After. The gate
+        // logged it at error level when it found out.
+        Error::PepperMismatch { .. } => AdminResponse::error(
+            500,
+            "server_error",
+            "the server's pepper does not match the key store: no key was minted",
+        ),
     }
 }
 

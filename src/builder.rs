@@ -144,6 +144,7 @@ impl KeygateBuilder {
                 refusals: Refusals::new(
                     i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
                 ),
+                pepper_check: tokio::sync::OnceCell::new(),
             }),
         })
     }

@@ -184,12 +184,25 @@ pub enum VerifyError {
     /// The user directory failed (HTTP 503 with `Retry-After`).
     #[error("user directory unavailable")]
     DirectoryUnavailable(#[source] DirectoryError),
+    /// The key's hash did not match, and the gate's pepper of the hash's version is not
+    /// the one the store recorded for that version (see
+    /// [`Keygate::check_pepper`](crate::Keygate::check_pepper)): the server is configured
+    /// with the wrong pepper, so no key of that version can verify. An operator's error,
+    /// not the client's: HTTP 500 without `Retry-After`, logged at error level.
+    #[error(
+        "wrong pepper: pepper version {version} does not match the fingerprint the key store \
+         recorded for it"
+    )]
+    PepperMismatch {
+        /// The pepper version of the key's hash.
+        version: u32,
+    },
 }
 
 impl VerifyError {
     /// A stable machine-readable reason for logs: the [`Rejection`] or [`RequestError`]
     /// code, or `"missing_credentials"`, `"insufficient_scope"`, `"store_unavailable"`,
-    /// `"store_corrupt"`, `"directory_unavailable"`.
+    /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingCredentials => "missing_credentials",
@@ -199,6 +212,7 @@ impl VerifyError {
             VerifyError::StoreUnavailable(_) => "store_unavailable",
             VerifyError::StoreCorrupt(_) => "store_corrupt",
             VerifyError::DirectoryUnavailable(_) => "directory_unavailable",
+            VerifyError::PepperMismatch { .. } => "pepper_mismatch",
         }
     }
 
@@ -220,10 +234,14 @@ impl VerifyError {
         )
     }
 
-    /// Whether the failure is on the server's side (HTTP 5xx): unavailable, or a corrupt
-    /// record. Never count it against the client.
+    /// Whether the failure is on the server's side (HTTP 5xx): unavailable, a corrupt
+    /// record, or the wrong pepper. Never count it against the client.
     pub fn is_server_error(&self) -> bool {
-        self.is_unavailable() || matches!(self, VerifyError::StoreCorrupt(_))
+        self.is_unavailable()
+            || matches!(
+                self,
+                VerifyError::StoreCorrupt(_) | VerifyError::PepperMismatch { .. }
+            )
     }
 }
 
@@ -254,6 +272,18 @@ pub enum Error {
     /// The store failed; nothing is known to have been written.
     #[error("key store error")]
     Store(#[from] StoreError),
+    /// The gate's pepper of this version is not the one the store recorded for it: keys
+    /// minted with it could never verify, so nothing was written. A configuration error;
+    /// see [`Keygate::check_pepper`](crate::Keygate::check_pepper).
+    #[error(
+        "wrong pepper: pepper version {version} does not match the fingerprint the key store \
+         recorded for it; configure the pepper this store's keys were made with, or give a new \
+         pepper a new version number"
+    )]
+    PepperMismatch {
+        /// The pepper version that does not match.
+        version: u32,
+    },
 }
 
 impl Error {

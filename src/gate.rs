@@ -77,6 +77,8 @@ pub(crate) struct Inner {
     pub(crate) store_timeout: Option<Duration>,
     pub(crate) realm: String,
     pub(crate) refusals: Refusals,
+    /// [`Keygate::check_pepper`]'s verdict, once known.
+    pub(crate) pepper_check: tokio::sync::OnceCell<crate::pepper_check::PepperVerdict>,
 }
 
 impl Drop for Inner {
@@ -163,6 +165,10 @@ impl Keygate {
     ///
     /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
     /// failure is [`Error::Store`].
+    ///
+    /// Before the first key a gate mints, it checks its pepper against the store
+    /// ([`check_pepper`](Self::check_pepper)): the wrong pepper is
+    /// [`Error::PepperMismatch`], and nothing is written.
     pub async fn mint(&self, new: NewKey) -> Result<IssuedKey, Error> {
         check_name(&new.name)?;
         if let Some(description) = &new.description {
@@ -204,6 +210,8 @@ impl Keygate {
             validate::expiry("expires_at", at)?;
         }
 
+        // A key hashed under the wrong pepper could never verify: write none.
+        self.check_pepper().await?;
         let id = KeyId::random();
         let (token, hash) = match new.format {
             KeyFormat::Opaque => {

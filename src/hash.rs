@@ -133,6 +133,8 @@ impl fmt::Debug for SecretHash {
 pub struct Pepper {
     current: u32,
     keys: Vec<(u32, hmac::Key)>,
+    /// The [`PepperFingerprint`] of each version in `keys`, computed once.
+    fingerprints: Vec<(u32, PepperFingerprint)>,
 }
 
 impl Pepper {
@@ -142,9 +144,11 @@ impl Pepper {
     ///
     /// [`BuildError::PepperTooShort`] for a secret shorter than [`MIN_PEPPER_LEN`] bytes.
     pub fn new(version: u32, secret: impl AsRef<[u8]>) -> Result<Self, BuildError> {
+        let key = key(secret.as_ref())?;
         Ok(Self {
             current: version,
-            keys: vec![(version, key(secret.as_ref())?)],
+            fingerprints: vec![(version, PepperFingerprint::of(&key))],
+            keys: vec![(version, key)],
         })
     }
 
@@ -163,13 +167,21 @@ impl Pepper {
         if self.keys.iter().any(|(v, _)| *v == version) {
             return Err(BuildError::DuplicatePepperVersion(version));
         }
-        self.keys.push((version, key(secret.as_ref())?));
+        let key = key(secret.as_ref())?;
+        self.fingerprints
+            .push((version, PepperFingerprint::of(&key)));
+        self.keys.push((version, key));
         Ok(self)
     }
 
     /// The version new hashes are made under.
     pub fn current_version(&self) -> u32 {
         self.current
+    }
+
+    /// The fingerprint of every version in the keyring, the current one first.
+    pub(crate) fn fingerprints(&self) -> &[(u32, PepperFingerprint)] {
+        &self.fingerprints
     }
 
     fn current_key(&self) -> &hmac::Key {
@@ -214,6 +226,64 @@ impl Pepper {
     /// that unknown ids and wrong secrets cost the same.
     pub(crate) fn burn(&self, input: &[u8]) {
         let _ = hmac::verify(self.current_key(), input, &[0u8; 32]);
+    }
+}
+
+/// What a pepper's fingerprint is the HMAC of. No key body (`[a-z0-9_]` and base62) and
+/// no JWT signature (base64url) contains a space, so no stored hash is ever the HMAC of
+/// this text: a fingerprint cannot stand in for a key's hash, nor the reverse.
+const FINGERPRINT_LABEL: &[u8] = b"keygate pepper fingerprint v1";
+
+/// A keyed fingerprint of one pepper version: `HMAC-SHA256(pepper, "keygate pepper
+/// fingerprint v1")`. A store remembers the fingerprint of each pepper version it was used
+/// with ([`KeyStore::remember_pepper`](crate::KeyStore::remember_pepper)), so that a gate
+/// configured with another pepper under the same version is told so
+/// ([`Keygate::check_pepper`](crate::Keygate::check_pepper)) instead of minting keys that
+/// never verify.
+///
+/// It reveals nothing about the pepper beyond what any one stored key hash already does:
+/// someone holding the database and one key of their own can test guessed peppers
+/// against that key's hash just as well, which is why peppers are at least
+/// [`MIN_PEPPER_LEN`] bytes and best random ([`Pepper::generate`]).
+///
+/// Stores keep it as its 32 bytes ([`as_bytes`](Self::as_bytes),
+/// [`from_bytes`](Self::from_bytes)). `Debug` shows its first four bytes only.
+///
+/// ```
+/// let fingerprint = keygate::PepperFingerprint::from_bytes([7; 32]);
+/// assert_eq!(fingerprint.as_bytes(), &[7; 32]);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PepperFingerprint([u8; 32]);
+
+impl PepperFingerprint {
+    fn of(key: &hmac::Key) -> Self {
+        let tag = hmac::sign(key, FINGERPRINT_LABEL);
+        let mut bytes = [0u8; 32];
+        for (out, byte) in bytes.iter_mut().zip(tag.as_ref()) {
+            *out = *byte;
+        }
+        Self(bytes)
+    }
+
+    /// A fingerprint as a store kept it.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// The fingerprint's bytes, for a store to keep.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PepperFingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("PepperFingerprint(")?;
+        for byte in self.0.iter().take(4) {
+            write!(f, "{byte:02x}")?;
+        }
+        f.write_str("…)")
     }
 }
 
@@ -318,6 +388,35 @@ mod tests {
             scheme: HashScheme::Secret,
         };
         assert!(!only_new.matches(&forged, b"secret", None));
+    }
+
+    #[test]
+    fn fingerprints_are_keyed_per_version_and_computed_once() {
+        let pepper = Pepper::new(2, [2u8; 32])
+            .unwrap()
+            .with_previous(1, [1u8; 32])
+            .unwrap();
+        let expected = |secret: &[u8]| {
+            let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
+            let tag = hmac::sign(&key, b"keygate pepper fingerprint v1");
+            PepperFingerprint::from_bytes(tag.as_ref().try_into().unwrap())
+        };
+        assert_eq!(
+            pepper.fingerprints(),
+            [(2, expected(&[2u8; 32])), (1, expected(&[1u8; 32]))]
+        );
+        // Same secret, same fingerprint; another secret under the same version, another.
+        let again = Pepper::new(2, [2u8; 32]).unwrap();
+        assert_eq!(again.fingerprints()[0], pepper.fingerprints()[0]);
+        let other = Pepper::new(2, [3u8; 32]).unwrap();
+        assert_ne!(other.fingerprints()[0].1, pepper.fingerprints()[0].1);
+        // Not the hash of any key: the label is no key body.
+        assert_ne!(
+            pepper.fingerprints()[0].1.as_bytes(),
+            &pepper.hash(HashScheme::Secret, b"keygate").digest
+        );
+        let shown = format!("{:?}", pepper.fingerprints()[0].1);
+        assert_eq!(shown.len(), "PepperFingerprint(12345678…)".len(), "{shown}");
     }
 
     #[test]

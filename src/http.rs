@@ -236,7 +236,7 @@ impl VerifyError {
                     body: r#"{"error":"insufficient_scope","error_description":"The API key lacks the required permission"}"#,
                 }
             }
-            VerifyError::StoreCorrupt(_) => HttpOutcome {
+            VerifyError::StoreCorrupt(_) | VerifyError::PepperMismatch { .. } => HttpOutcome {
                 status: 500,
                 www_authenticate: None,
                 retry_after: None,
@@ -631,6 +631,7 @@ mod tests {
                 500,
                 None,
             ),
+            (VerifyError::PepperMismatch { version: 1 }, 500, None),
         ];
         for (error, status, header) in cases {
             let out = error.http(realm);

@@ -317,6 +317,13 @@
 //!   offline without the pepper. Keep the pepper out of the database and its backups, and
 //!   never lose it: without it no stored key verifies. Peppers and JWT secrets shorter than
 //!   32 bytes are refused.
+//! - A wrong pepper is detected, not silently used: the store keeps a keyed fingerprint of
+//!   each pepper version ([`PepperFingerprint`], recorded by the first gate that uses the
+//!   version), and [`Keygate::check_pepper`] (call it at startup; [`Keygate::mint`] runs it
+//!   before writing) fails with [`Error::PepperMismatch`]. A key refused under a
+//!   mismatching pepper is [`VerifyError::PepperMismatch`] (HTTP 500), not a 401
+//!   `hash_mismatch`. The fingerprint lets no one test pepper guesses who could not already
+//!   test them against the hash of one key of their own.
 //! - Comparisons are constant time; unknown ids cost the same HMAC work. Store and cache
 //!   timing is not constant: a recently verified id answers faster from the cache, which can
 //!   tell that an id exists and was used (ids are random and not secret).
@@ -376,6 +383,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+mod pepper_check;
 mod pepper_source;
 mod principal;
 mod record;
@@ -414,7 +422,7 @@ pub use builder::KeygateBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
 pub use gate::{IssuedKey, Keygate};
-pub use hash::{HashScheme, Pepper, SecretHash, UnknownScheme};
+pub use hash::{HashScheme, Pepper, PepperFingerprint, SecretHash, UnknownScheme};
 pub use jwt::JwtSecret;
 pub use key::{checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, SCANNER_REGEX};
 pub use pepper_source::PepperError;

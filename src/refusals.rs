@@ -14,7 +14,7 @@ use crate::key::KeyId;
 
 /// Every reason code [`Keygate::verify`](crate::Keygate::verify) can refuse with, in the
 /// order of [`RefusalCounts`]. Each is a [`VerifyError::reason`] code.
-const REASONS: [&str; 27] = [
+const REASONS: [&str; 28] = [
     // Before any store access (`Rejection::decided_without_store`).
     "malformed",
     "wrong_prefix",
@@ -46,6 +46,7 @@ const REASONS: [&str; 27] = [
     "store_unavailable",
     "directory_unavailable",
     "store_corrupt",
+    "pepper_mismatch",
 ];
 
 /// The position of `error`'s reason in [`REASONS`]; `None` for errors verify never
@@ -83,6 +84,7 @@ fn slot(error: &VerifyError) -> Option<usize> {
         VerifyError::StoreUnavailable(_) => 24,
         VerifyError::DirectoryUnavailable(_) => 25,
         VerifyError::StoreCorrupt(_) => 26,
+        VerifyError::PepperMismatch { .. } => 27,
         VerifyError::InsufficientScope { .. } => return None,
     };
     Some(slot)
@@ -188,6 +190,14 @@ fn log(error: &VerifyError, key_id: Option<KeyId>, suppressed: u64) {
                 "key store returned a corrupt record; key refused"
             )
         }
+        (VerifyError::PepperMismatch { version }, id) => tracing::error!(
+            target: "keygate",
+            key_id = %id.map(|id| id.to_string()).unwrap_or_default(),
+            pepper_version = version,
+            suppressed,
+            "wrong pepper: this gate's pepper does not match the key store's fingerprint; \
+             no key of this pepper version can verify"
+        ),
         (_, Some(id)) => tracing::info!(
             target: "keygate", key_id = %id, reason, suppressed, "key refused"
         ),
@@ -303,6 +313,7 @@ mod tests {
             std::fmt::Error,
         )));
         errors.push(VerifyError::StoreCorrupt(StoreError::Timeout));
+        errors.push(VerifyError::PepperMismatch { version: 1 });
         assert_eq!(errors.len(), REASONS.len());
         for (i, error) in errors.iter().enumerate() {
             assert_eq!(slot(error), Some(i));

@@ -13,7 +13,9 @@
 //!
 //! The checks never assume the store is empty (each uses its own random owner and ids),
 //! so they can share one database with other tests, and they never delete records they
-//! did not create.
+//! did not create. The pepper checks record fingerprints under random pepper versions
+//! from 2³¹ up (which no deployment is expected to use) and leave them: stores offer no
+//! way to delete one.
 
 // This module is a test suite: a failed check panics with a message, as `assert!` does in
 // `#[test]`s, and that panic is its report. Nothing here runs on a request path (it is only
@@ -31,7 +33,7 @@ use std::sync::Arc;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use serde_json::json;
 
-use crate::hash::{HashScheme, SecretHash};
+use crate::hash::{HashScheme, PepperFingerprint, SecretHash};
 use crate::key::{KeyFormat, KeyId};
 use crate::record::{KeyPatch, KeyRecord, Metadata};
 use crate::store::{Cursor, KeyStore, ListQuery, StoreError};
@@ -51,7 +53,9 @@ pub async fn run_all(store: Arc<dyn KeyStore>) {
     concurrent_colliding_inserts(store.clone()).await;
     conditional_updates(&*store).await;
     concurrent_updates_are_atomic(store.clone()).await;
-    concurrent_conditional_updates(store).await;
+    concurrent_conditional_updates(store.clone()).await;
+    pepper_fingerprints(&*store).await;
+    concurrent_pepper_fingerprints(store).await;
 }
 
 /// A fresh opaque record for `owner`, with timestamps at microsecond precision (what
@@ -565,6 +569,110 @@ pub async fn concurrent_colliding_inserts(store: Arc<dyn KeyStore>) {
         must_get(&*store, id, "race").await,
         winners[0],
         "race: the winner's record is stored"
+    );
+}
+
+/// A pepper version no deployment uses (2³¹ and up), fresh for each check.
+fn unique_pepper_version() -> u32 {
+    let random = u32::from_le_bytes(
+        *KeyId::random()
+            .as_uuid()
+            .as_bytes()
+            .first_chunk()
+            .expect("4 bytes"),
+    );
+    random | 0x8000_0000
+}
+
+/// A random fingerprint.
+fn random_fingerprint() -> PepperFingerprint {
+    let bytes = KeyId::random().as_uuid().as_bytes().repeat(2);
+    PepperFingerprint::from_bytes(*bytes.first_chunk().expect("32 bytes"))
+}
+
+/// [`KeyStore::remember_pepper`]: the first call records the fingerprint (`None`); later
+/// calls, with the same fingerprint or another, return the recorded one and never replace
+/// it; versions are independent.
+pub async fn pepper_fingerprints(store: &dyn KeyStore) {
+    let version = unique_pepper_version();
+    let (first, other) = (random_fingerprint(), random_fingerprint());
+    let remember = |version, fingerprint| async move {
+        store
+            .remember_pepper(version, fingerprint)
+            .await
+            .unwrap_or_else(|e| panic!("pepper: remember_pepper({version}) failed: {e:?}"))
+    };
+    assert_eq!(
+        remember(version, first).await,
+        None,
+        "pepper: the first fingerprint of a version is recorded"
+    );
+    assert_eq!(
+        remember(version, first).await,
+        Some(first),
+        "pepper: the same fingerprint again returns it"
+    );
+    assert_eq!(
+        remember(version, other).await,
+        Some(first),
+        "pepper: another fingerprint returns the recorded one"
+    );
+    assert_eq!(
+        remember(version, other).await,
+        Some(first),
+        "pepper: another fingerprint never replaces the recorded one"
+    );
+    // Another version (next to it, so the versions' keys are not confused) is its own.
+    let next = version.wrapping_add(1) | 0x8000_0000;
+    assert_eq!(
+        remember(next, other).await,
+        None,
+        "pepper: versions are independent"
+    );
+    assert_eq!(remember(next, other).await, Some(other));
+    assert_eq!(remember(version, first).await, Some(first));
+}
+
+/// Many tasks recording different fingerprints for one new version at once: exactly one
+/// records its own, and every other is told the winner's.
+pub async fn concurrent_pepper_fingerprints(store: Arc<dyn KeyStore>) {
+    let version = unique_pepper_version();
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let store = store.clone();
+            let fingerprint = random_fingerprint();
+            tokio::spawn(async move {
+                (
+                    store.remember_pepper(version, fingerprint).await,
+                    fingerprint,
+                )
+            })
+        })
+        .collect();
+    let mut winners = Vec::new();
+    let mut told = Vec::new();
+    for task in tasks {
+        match task.await.expect("pepper race: task panicked") {
+            (Ok(None), fingerprint) => winners.push(fingerprint),
+            (Ok(Some(known)), _) => told.push(known),
+            (Err(e), _) => panic!("pepper race: remember_pepper failed: {e:?}"),
+        }
+    }
+    assert_eq!(
+        winners.len(),
+        1,
+        "pepper race: exactly one fingerprint must be recorded"
+    );
+    assert!(
+        told.iter().all(|known| *known == winners[0]),
+        "pepper race: every loser is told the recorded fingerprint"
+    );
+    assert_eq!(
+        store
+            .remember_pepper(version, random_fingerprint())
+            .await
+            .expect("pepper race: read back"),
+        Some(winners[0])
     );
 }
 

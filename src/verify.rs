@@ -41,11 +41,22 @@ impl Keygate {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
-        let result = match http::bearer_token(values) {
-            Ok(token) => self.check(token).await,
-            Err(error) => Err(error.into()),
+        let settle = {
+            let refused = match http::bearer_token(values) {
+                Ok(token) => match self.check(token).await {
+                    Ok(principal) => return Ok(principal),
+                    Err(refused) => refused,
+                },
+                Err(error) => error.into(),
+            };
+            if !self.unsettled(&refused) {
+                return Err(self.refuse(refused));
+            }
+            // Rare (a gate's first hash mismatch): boxed, and out of scope of everything
+            // the check above held, so that it adds nothing to this future.
+            Box::pin(self.settle(refused))
         };
-        result.map_err(|refused| self.refuse(refused))
+        Err(settle.await)
     }
 
     /// Verifies a bearer token (the key itself, without `Bearer `).
@@ -62,9 +73,18 @@ impl Keygate {
     /// or directory fails or times out; [`VerifyError::StoreCorrupt`] for a stored record keygate
     /// cannot trust. [`VerifyError::http`] maps each to its HTTP answer.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
-        self.check(token)
-            .await
-            .map_err(|refused| self.refuse(refused))
+        let settle = {
+            let refused = match self.check(token).await {
+                Ok(principal) => return Ok(principal),
+                Err(refused) => refused,
+            };
+            if !self.unsettled(&refused) {
+                return Err(self.refuse(refused));
+            }
+            // As in `verify_headers`: boxed and out of the check's scope.
+            Box::pin(self.settle(refused))
+        };
+        Err(settle.await)
     }
 
     /// Every refusal ends here: counted, and logged (rate-limited per reason) with its
@@ -206,7 +226,7 @@ impl Keygate {
     ) -> Result<Option<SecretHash>, Refused> {
         let pepper = &self.inner.pepper;
         if !pepper.matches(hash, secret, bound) {
-            return Err(reject_key(Rejection::HashMismatch, id));
+            return Err(self.hash_mismatch(hash.version, id));
         }
         let (scheme, input) = match bound {
             Some(bound) => (HashScheme::Bound, bound),
@@ -214,6 +234,47 @@ impl Keygate {
         };
         let stale = hash.version != pepper.current_version() || hash.scheme != scheme;
         Ok(stale.then(|| pepper.hash(scheme, input)))
+    }
+
+    /// A hash of pepper `version` that did not match: a bad key, unless this gate's pepper
+    /// of that version is not the one the store recorded ([`Keygate::check_pepper`]):
+    /// then [`VerifyError::PepperMismatch`]. Before the gate's check has run, the answer
+    /// is a provisional `PepperMismatch` that [`settle`](Self::settle) decides.
+    fn hash_mismatch(&self, version: u32, id: KeyId) -> Refused {
+        match self.known_pepper_mismatch(version) {
+            Some(false) => reject_key(Rejection::HashMismatch, id),
+            Some(true) | None => Refused {
+                error: VerifyError::PepperMismatch { version },
+                key: Some(id),
+            },
+        }
+    }
+
+    /// Whether `refused` is a provisional [`hash_mismatch`](Self::hash_mismatch) that
+    /// [`settle`](Self::settle) must decide: the gate's pepper check has not run yet.
+    fn unsettled(&self, refused: &Refused) -> bool {
+        match refused.error {
+            VerifyError::PepperMismatch { version } => {
+                self.known_pepper_mismatch(version).is_none()
+            }
+            _ => false,
+        }
+    }
+
+    /// Decides an [`unsettled`](Self::unsettled) refusal, then [`refuse`](Self::refuse)s
+    /// it: runs the gate's pepper check (once per gate) and keeps `PepperMismatch` only if
+    /// the check confirms it; a store that cannot be asked confirms nothing (a bad key).
+    async fn settle(&self, refused: Refused) -> VerifyError {
+        let refused = match refused.error {
+            VerifyError::PepperMismatch { version } if !self.pepper_mismatched(version).await => {
+                Refused {
+                    error: VerifyError::InvalidKey(Rejection::HashMismatch),
+                    key: refused.key,
+                }
+            }
+            _ => refused,
+        };
+        self.refuse(refused)
     }
 
     /// The record-side checks (active, expiry, owner) of a key whose token checked out;

@@ -16,8 +16,13 @@
 //! the store (names, owners, descriptions) is printed with control and bidi control
 //! characters escaped (`\u{1b}`), so a record cannot drive the operator's terminal.
 //! Exit codes: 0 success, 1 `verify` refused the key, 2 bad input or configuration
-//! (arguments, secrets, a store URL that does not parse or names no known store), 3 store
-//! failure (unreachable, refused, timed out). Errors are one `keygate: error: …` line with
+//! (arguments, secrets, a pepper that is not the one the store's keys were made with, a
+//! store URL that does not parse or names no known store), 3 store failure (unreachable,
+//! refused, timed out).
+//!
+//! `mint`, `rotate` and `verify` first check the pepper against the fingerprint the store
+//! keeps of each pepper version (`Keygate::check_pepper`; the first use of a store records
+//! it): the wrong pepper is refused with exit 2 before anything is written or verified. Errors are one `keygate: error: …` line with
 //! each cause said once; argument errors are clap's full message.
 
 use std::borrow::Cow;
@@ -125,9 +130,21 @@ impl From<Error> for Fail {
     fn from(error: Error) -> Self {
         match error {
             Error::Store(e) => Fail(store_exit_code(&e), format!("store: {}", chain(&e))),
+            Error::PepperMismatch { .. } => Fail(CONFIG, wrong_pepper(&error)),
             other => Fail(CONFIG, chain(&other)),
         }
     }
+}
+
+/// A pepper mismatch, and where the CLI's pepper comes from.
+fn wrong_pepper(error: &dyn std::error::Error) -> String {
+    format!(
+        "{}; check {} or {}, and {}",
+        chain(error),
+        Pepper::ENV,
+        Pepper::ENV_FILE,
+        Pepper::ENV_VERSION
+    )
 }
 
 /// A store error is the store's failure (3), unless it says the URL or the driver's
@@ -269,6 +286,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         builder = builder.jwt_secret(secret);
     }
     let gate = builder.build().map_err(|e| Fail(CONFIG, chain(&e)))?;
+    if needs_secrets {
+        // The wrong pepper would mint keys that never verify, and refuse every key.
+        gate.check_pepper().await?;
+    }
     let result = command(&gate, cli.command).await;
     // Verify records last use; write it before exiting.
     let _ = gate.flush().await;
@@ -365,6 +386,9 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
         }
         Command::Verify => match gate.verify(&read_key()?).await {
             Ok(principal) => println!("{}", to_json(&principal)?),
+            Err(error @ keygate::VerifyError::PepperMismatch { .. }) => {
+                return Err(Fail(CONFIG, wrong_pepper(&error)));
+            }
             // A store that is down or holds a corrupt record is the store's failure (3),
             // never a refused key (1).
             Err(error) if error.is_server_error() => {

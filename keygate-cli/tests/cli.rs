@@ -412,6 +412,62 @@ async fn rotate_with_a_huge_grace_exits_2_and_writes_nothing() {
     assert_eq!(after, before, "nothing written");
 }
 
+/// A pepper that is not the one the store's keys were made with: `mint`, `rotate` and
+/// `verify` exit 2 (configuration) with one line that says so and where the pepper comes
+/// from, write nothing, and never print the pepper; commands that do not hash still work.
+#[tokio::test]
+async fn a_wrong_pepper_is_exit_2_says_so_and_writes_nothing() {
+    const WRONG: &str = "another pepper, thirty-two bytes or more";
+    let scratch = Scratch::new();
+    let cli = &scratch.0;
+    let owner = support::unique("cli-pepper");
+    let key = cli.ok(&["mint", "--user", &owner, "--name", "right"]);
+    let key = key.trim();
+    let gate = cli.gate().await;
+    let before = gate
+        .list(ListQuery::new().owner(&owner))
+        .await
+        .unwrap()
+        .records;
+    let id = before[0].id.to_string();
+    let wrong = [
+        ("KEYGATE_PEPPER", WRONG),
+        ("KEYGATE_JWT_SECRET", JWT_SECRET),
+    ];
+    for (args, stdin) in [
+        (vec!["mint", "--user", &owner, "--name", "wrong"], None),
+        (
+            vec!["mint", "--user", &owner, "--name", "j", "--format", "jwt"],
+            None,
+        ),
+        (vec!["rotate", &id], None),
+        (vec!["verify"], Some(format!("{key}\n"))),
+    ] {
+        let out = cli.run_full(&args, &wrong, stdin.as_deref().map(str::as_bytes));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: {err}");
+        assert!(
+            err.starts_with("keygate: error: wrong pepper: pepper version 1 does not match"),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("KEYGATE_PEPPER_FILE"), "{args:?}: {err}");
+        assert!(!err.contains(WRONG) && !err.contains(PEPPER), "{err}");
+    }
+    let after = gate
+        .list(ListQuery::new().owner(&owner))
+        .await
+        .unwrap()
+        .records;
+    assert_eq!(after, before, "nothing written");
+    // Commands that never hash do not need the pepper, right or wrong.
+    let out = cli.run_env(&["list", "--user", &owner], &wrong);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The right pepper still verifies.
+    assert!(cli.verify_ok(key).contains(&owner));
+}
+
 /// Names (which `import` takes as Audiobookshelf had them) may hold escape sequences:
 /// the CLI writes them escaped, in the table and in JSON.
 #[tokio::test]

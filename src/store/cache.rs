@@ -18,6 +18,7 @@ use quick_cache::{Lifecycle, OptionsBuilder, UnitWeighter};
 use tokio::time::Instant;
 
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord};
 
@@ -485,6 +486,15 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
         self.inner.subscribe(listener).await
     }
+
+    /// Not cached: a gate asks once per pepper version.
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
 }
 
 impl<S: fmt::Debug> fmt::Debug for CachedStore<S> {
@@ -543,6 +553,13 @@ mod tests {
         }
         async fn record_last_used(&self, b: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
             self.inner.record_last_used(b).await
+        }
+        async fn remember_pepper(
+            &self,
+            v: u32,
+            f: PepperFingerprint,
+        ) -> Result<Option<PepperFingerprint>, StoreError> {
+            self.inner.remember_pepper(v, f).await
         }
     }
 

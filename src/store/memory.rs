@@ -1,12 +1,13 @@
 //! [`MemoryStore`]: key records in process memory, for tests, examples and one process.
 
-use std::collections::BTreeSet;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::{Cursor, KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
 use crate::key::{IdMap, KeyId};
 use crate::record::{KeyPatch, KeyRecord};
 
@@ -23,6 +24,8 @@ use crate::record::{KeyPatch, KeyRecord};
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     inner: RwLock<Inner>,
+    /// [`KeyStore::remember_pepper`]'s fingerprints, by pepper version.
+    peppers: Mutex<BTreeMap<u32, PepperFingerprint>>,
 }
 
 #[derive(Debug, Default)]
@@ -158,5 +161,21 @@ impl KeyStore for MemoryStore {
             }
         }
         Ok(())
+    }
+
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        // Nothing panics under this lock: a poisoned one still holds a whole map.
+        let mut peppers = self.peppers.lock().unwrap_or_else(|e| e.into_inner());
+        match peppers.get(&version) {
+            Some(known) => Ok(Some(*known)),
+            None => {
+                peppers.insert(version, fingerprint);
+                Ok(None)
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord};
 
@@ -51,6 +52,9 @@ pub use url::open_store;
 /// - [`record_last_used`](KeyStore::record_last_used) is one round trip per batch, skips
 ///   ids that no longer exist, and never moves `last_used_at` backwards.
 /// - No plaintext key ever reaches a store; records hold hashes only.
+/// - [`remember_pepper`](KeyStore::remember_pepper) is an atomic insert-if-absent: of
+///   two processes that record different fingerprints for one version at once, exactly
+///   one wins, and the other is told the winner's.
 ///
 /// Records come back in an [`Arc`] so that in-memory stores and caches hand them out on the
 /// verify path without copying.
@@ -104,6 +108,21 @@ pub trait KeyStore: Send + Sync + 'static {
         let _ = listener;
         Ok(false)
     }
+
+    /// Records `fingerprint` as the fingerprint of pepper `version`, unless the store
+    /// holds one for that version already, and returns the one it held: `None` when this
+    /// call recorded `fingerprint`. Never overwrites, atomically (see the contract above).
+    ///
+    /// [`Keygate::check_pepper`](crate::Keygate::check_pepper) calls it once per gate and
+    /// pepper version, so that a gate configured with the wrong pepper finds out before it
+    /// mints keys that can never verify. A store keeps these beside its records, for as
+    /// long as it keeps them (a table, a Redis hash): one fingerprint per version, shared
+    /// by every process using the backend.
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError>;
 }
 
 /// Receives a store's change notices; see [`KeyStore::subscribe`]. [`CachedStore`]
@@ -382,6 +401,18 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
     {
         (**self).subscribe(listener)
     }
+
+    fn remember_pepper<'s, 'f>(
+        &'s self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> StoreFuture<'f, Option<PepperFingerprint>>
+    where
+        's: 'f,
+        Self: 'f,
+    {
+        (**self).remember_pepper(version, fingerprint)
+    }
 }
 
 #[cfg(test)]
@@ -394,7 +425,7 @@ mod tests {
 
     /// Every [`KeyStore`] method, in the order [`call_every_method`] calls them. A new
     /// trait method belongs here and in both.
-    const METHODS: [&str; 8] = [
+    const METHODS: [&str; 9] = [
         "insert",
         "get",
         "get_now",
@@ -403,6 +434,7 @@ mod tests {
         "list",
         "record_last_used",
         "subscribe",
+        "remember_pepper",
     ];
 
     /// A store that notes each call, and answers `subscribe` unlike the default body.
@@ -449,6 +481,14 @@ mod tests {
             self.note("subscribe");
             Ok(true)
         }
+        async fn remember_pepper(
+            &self,
+            _: u32,
+            _: PepperFingerprint,
+        ) -> Result<Option<PepperFingerprint>, StoreError> {
+            self.note("remember_pepper");
+            Ok(None)
+        }
     }
 
     struct Deaf;
@@ -475,6 +515,8 @@ mod tests {
             store.subscribe(listener).await.unwrap(),
             "subscribe answered with the default body"
         );
+        let fingerprint = PepperFingerprint::from_bytes([1; 32]);
+        store.remember_pepper(1, fingerprint).await.unwrap();
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -15,6 +15,7 @@ use sqlx::{QueryBuilder, Row};
 
 use super::sql::{self, key_columns, store_error, LegacyTable, Script};
 use super::{KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
@@ -34,6 +35,11 @@ const MIGRATIONS: &[Script] = &[
         version: 3,
         description: "index keygate_keys in creation order",
         sql: include_str!("../../migrations/sqlite/0003_creation_order.sql"),
+    },
+    Script {
+        version: 4,
+        description: "create keygate_peppers",
+        sql: include_str!("../../migrations/sqlite/0004_pepper_fingerprints.sql"),
     },
 ];
 
@@ -537,6 +543,46 @@ impl KeyStore for SqliteStore {
         .map_err(store_error)?;
         Ok(())
     }
+
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        remember_pepper(&self.pool, version, fingerprint).await
+    }
+}
+
+/// [`KeyStore::remember_pepper`]: insert unless the version has a row, then read the row
+/// that stopped the insert (a statement of its own, so it sees a row committed meanwhile).
+async fn remember_pepper(
+    pool: &SqlitePool,
+    version: u32,
+    fingerprint: PepperFingerprint,
+) -> Result<Option<PepperFingerprint>, StoreError> {
+    let version = i64::from(version);
+    let inserted = sqlx::query(
+        "INSERT INTO keygate_peppers (version, fingerprint) VALUES (?1, ?2) \
+         ON CONFLICT (version) DO NOTHING",
+    )
+    .bind(version)
+    .bind(&fingerprint.as_bytes()[..])
+    .execute(pool)
+    .await
+    .map_err(store_error)?;
+    if inserted.rows_affected() > 0 {
+        return Ok(None);
+    }
+    let known: Vec<u8> =
+        sqlx::query_scalar("SELECT fingerprint FROM keygate_peppers WHERE version = ?1")
+            .bind(version)
+            .fetch_one(pool)
+            .await
+            .map_err(store_error)?;
+    let known: [u8; 32] = known
+        .try_into()
+        .map_err(|_| sql::corrupt("a pepper fingerprint is not 32 bytes"))?;
+    Ok(Some(PepperFingerprint::from_bytes(known)))
 }
 
 #[cfg(test)]

@@ -1102,6 +1102,13 @@ where
     ) -> Result<(), StoreError> {
         self.inner.record_last_used(batch).await
     }
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: keygate::PepperFingerprint,
+    ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
 }
 
 /// A gate over `store` wrapped in [`Interfering`] with `hook`.

@@ -1,6 +1,6 @@
 //! The gate itself, framework- and backend-free: key management, verification and its
-//! refusals, permissions, last-used bookkeeping, tracing events, floods, the admin API's
-//! authority rules, and interop with Audiobookshelf's Node `jsonwebtoken`.
+//! refusals, the pepper check, permissions, last-used bookkeeping, tracing events, floods,
+//! the admin API's authority rules, and interop with Audiobookshelf's Node `jsonwebtoken`.
 //!
 //! One test binary with a module per topic (one link instead of one per file); shared
 //! doubles and helpers live in `tests/support`.
@@ -23,6 +23,7 @@ mod events;
 mod flood;
 mod interop_node;
 mod lifecycle;
+mod pepper;
 mod permissions;
 mod property;
 mod records;

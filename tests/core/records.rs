@@ -368,6 +368,13 @@ impl keygate::KeyStore for Fixed {
     ) -> Result<(), StoreError> {
         Ok(())
     }
+    async fn remember_pepper(
+        &self,
+        _: u32,
+        _: keygate::PepperFingerprint,
+    ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+        Ok(None)
+    }
 }
 
 fn fixed_gate(store: Fixed) -> Keygate {
@@ -752,6 +759,13 @@ async fn a_hanging_store_times_out_as_unavailable() {
             _: &[(KeyId, chrono::DateTime<chrono::Utc>)],
         ) -> Result<(), StoreError> {
             Ok(())
+        }
+        async fn remember_pepper(
+            &self,
+            _: u32,
+            _: keygate::PepperFingerprint,
+        ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+            Ok(None)
         }
     }
     let gate = Keygate::builder(Hanging, Pepper::new(1, PEPPER_V1).unwrap())

@@ -107,6 +107,13 @@ impl KeyStore for FlakyStore {
     async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
         self.inner.record_last_used(batch).await
     }
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: keygate::PepperFingerprint,
+    ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
 }
 
 struct Fx {

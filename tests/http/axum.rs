@@ -115,6 +115,14 @@ impl KeyStore for Flaky {
         self.write_guard()?;
         self.inner.record_last_used(batch).await
     }
+
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: keygate::PepperFingerprint,
+    ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
 }
 
 /// `root` may do everything, `alice` may read the library, `mallory` is deactivated,

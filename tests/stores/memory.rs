@@ -59,6 +59,13 @@ async fn arc_forwards_the_change_feed() {
             *self.0.lock().unwrap() = Some(listener);
             Ok(true)
         }
+        async fn remember_pepper(
+            &self,
+            _: u32,
+            _: keygate::PepperFingerprint,
+        ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+            Ok(None)
+        }
     }
 
     let feed = Arc::new(Feed::default());

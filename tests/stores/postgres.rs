@@ -27,8 +27,11 @@ use keygate::{
     PostgresStore, Rejection, StoreError, VerifyError,
 };
 
+/// Under a pepper version of this file's own: the store remembers one pepper per version
+/// (`keygate_peppers`), and the test database is shared with other suites (the CLI's,
+/// the store benchmark) whose peppers differ.
 fn pepper() -> Pepper {
-    Pepper::new(1, [42u8; 32]).unwrap()
+    Pepper::new(101, [42u8; 32]).unwrap()
 }
 
 fn gate(store: impl KeyStore) -> Keygate {
@@ -178,6 +181,7 @@ async fn concurrent_migrations_apply_once() {
             (1, "create keygate_keys".to_owned()),
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
+            (4, "create keygate_peppers".to_owned()),
         ]
     );
     assert_eq!(indexes.len(), 2, "{indexes:?}");
@@ -331,7 +335,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         again.pool().close().await;
     }
     schema.drop().await;
-    assert_eq!(expected.len(), 3);
+    assert_eq!(expected.len(), 4);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
     assert_eq!(upgraded, expected);
     assert_eq!(got.as_deref(), Some(&record));
@@ -947,13 +951,14 @@ async fn verify_outcome(gate: &Keygate, key: &str) -> (u16, Option<u32>, bool) {
 }
 
 /// `keygate_keys` as an application might create it by hand: the right column types,
-/// no constraints.
+/// no constraints (and the pepper fingerprints' table, which mint needs).
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
     description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
     active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT
-)";
+);
+CREATE TABLE keygate_peppers (version BIGINT PRIMARY KEY, fingerprint BYTEA)";
 
 #[tokio::test]
 #[cfg_attr(

@@ -1085,3 +1085,34 @@ async fn a_record_written_before_binding_verifies_and_is_rehashed() {
     );
     gate.verify(key).await.unwrap();
 }
+
+/// Pepper fingerprints are fields of one hash, `<namespace>peppers`: a new version adds a
+/// field, and a second fingerprint for a version changes nothing.
+#[cfg_attr(
+    not(keygate_test_redis),
+    ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pepper_fingerprints_live_in_one_hash() {
+    let url = support::redis_url();
+    let scratch = Scratch::new(&url);
+    let store = scratch.store().await;
+    let first = keygate::PepperFingerprint::from_bytes([1; 32]);
+    let other = keygate::PepperFingerprint::from_bytes([2; 32]);
+    assert_eq!(store.remember_pepper(1, first).await.unwrap(), None);
+    assert_eq!(store.remember_pepper(2, other).await.unwrap(), None);
+    assert_eq!(store.remember_pepper(1, other).await.unwrap(), Some(first));
+    let mut conn = admin(&url).await;
+    let key = format!("{}peppers", scratch.namespace);
+    let fields: std::collections::BTreeMap<u32, Vec<u8>> = redis::cmd("HGETALL")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        fields.into_iter().collect::<Vec<_>>(),
+        [(1, vec![1; 32]), (2, vec![2; 32])]
+    ); // The conformance suite's pepper checks, also on their own.
+    keygate::testing::pepper_fingerprints(&store).await;
+    keygate::testing::concurrent_pepper_fingerprints(Arc::new(store)).await;
+}

@@ -156,6 +156,7 @@ async fn migrations_are_idempotent_and_keygates_own() {
             (1, "create keygate_keys".to_owned()),
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
+            (4, "create keygate_peppers".to_owned()),
         ]
     );
     // No `_sqlx_migrations`: an application's own sqlx migrator on the same file is safe.
@@ -164,7 +165,10 @@ async fn migrations_are_idempotent_and_keygates_own() {
             .fetch_all(store.pool())
             .await
             .unwrap();
-    assert_eq!(tables, ["keygate_keys", "keygate_migrations"]);
+    assert_eq!(
+        tables,
+        ["keygate_keys", "keygate_migrations", "keygate_peppers"]
+    );
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'keygate_keys' \
          AND name NOT LIKE 'sqlite_autoindex%'",
@@ -277,7 +281,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .unwrap()
     };
     let expected = checksums(fresh).await;
-    assert_eq!(expected.len(), 3);
+    assert_eq!(expected.len(), 4);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
 
     // Migrations 1 and 2 applied by the first runner: its table had no checksums.
@@ -543,11 +547,13 @@ fn mint_until_killed(var: &str, db: &str) -> (Vec<String>, std::process::ExitSta
 }
 
 /// `keygate_keys` as an application might create it by hand: every column, no
-/// constraints at all (any type, NULLs, empty strings).
+/// constraints at all (any type, NULLs, empty strings); and the pepper fingerprints'
+/// table, which mint needs.
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id, format, hash_version, hash_digest, name, description, owner_id, created_by,
     created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme
-)";
+);
+CREATE TABLE keygate_peppers (version INTEGER PRIMARY KEY, fingerprint BLOB)";
 
 async fn loose_store() -> SqliteStore {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -835,4 +841,33 @@ async fn cursors_outside_the_stored_years_list_all_or_nothing() {
     assert_eq!(all, [record]);
     let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
     assert!(none.is_empty());
+}
+
+/// The pepper fingerprint lives in the database file: a process opening it later with
+/// another pepper under the same version mints nothing and reports `pepper_mismatch`,
+/// while the right pepper still verifies.
+#[tokio::test]
+async fn the_file_remembers_its_pepper_across_opens() {
+    let db = TempDb::new();
+    let issued = gate(SqliteStore::connect(db.path()).await.unwrap())
+        .mint(NewKey::new("k", "alice"))
+        .await
+        .unwrap();
+    let store = SqliteStore::connect(db.path()).await.unwrap();
+    let wrong = Keygate::builder(store.clone(), Pepper::new(1, [43u8; 32]).unwrap())
+        .prefix("dur")
+        .build()
+        .unwrap();
+    assert!(matches!(
+        wrong.mint(NewKey::new("k", "bob")).await,
+        Err(keygate::Error::PepperMismatch { version: 1 })
+    ));
+    assert!(matches!(
+        wrong.verify(issued.key.expose()).await,
+        Err(VerifyError::PepperMismatch { version: 1 })
+    ));
+    let right = gate(store);
+    right.verify(issued.key.expose()).await.unwrap();
+    let keys = right.list(keygate::ListQuery::new()).await.unwrap().records;
+    assert_eq!(keys, [issued.record], "the wrong gate wrote nothing");
 }

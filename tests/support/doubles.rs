@@ -215,6 +215,14 @@ impl KeyStore for CountingStore {
         self.enter(Op::RecordLastUsed)?;
         self.inner.record_last_used(batch).await
     }
+
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: keygate::PepperFingerprint,
+    ) -> Result<Option<keygate::PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ use chrono::{DateTime, Utc};
 use self::conn::{backend, Supervisor};
 use self::scripts::{Cas, Entry, Keys};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord};
 
@@ -128,6 +129,7 @@ impl Default for RedisConfig {
 /// | `keygate:v1:created` | sorted set | every record's position (below), all scores 0 |
 /// | `keygate:v1:owner:<owner>` | sorted set | the owner's records' positions, likewise |
 /// | `keygate:changes` | pub/sub channel | the id of every inserted, updated or deleted record |
+/// | `keygate:peppers` | hash | field `<version>`: that pepper version's [`PepperFingerprint`] (32 bytes) |
 ///
 /// A record's position is `<created_at>:<id>`: its `created_at` in Unix microseconds plus
 /// 2^63, as 16 lowercase hex digits, then its id (a hyphenated lowercase UUID). Their byte
@@ -477,4 +479,40 @@ impl KeyStore for RedisStore {
         feed::subscribe(&self.conn, &self.keys.channel, listener).await?;
         Ok(true)
     }
+
+    /// `HSETNX` then `HGET` on `<namespace>peppers`, in one `MULTI`.
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        let key = format!("{}{PEPPERS}", self.namespace());
+        let (inserted, known): (i64, Option<Vec<u8>>) = self
+            .conn
+            .bounded(async {
+                ::redis::pipe()
+                    .atomic()
+                    .cmd("HSETNX")
+                    .arg(&key)
+                    .arg(version)
+                    .arg(&fingerprint.as_bytes()[..])
+                    .cmd("HGET")
+                    .arg(&key)
+                    .arg(version)
+                    .query_async(&mut self.conn.manager())
+                    .await
+                    .map_err(backend)
+            })
+            .await?;
+        if inserted == 1 {
+            return Ok(None);
+        }
+        let known: [u8; 32] = known
+            .and_then(|bytes| bytes.try_into().ok())
+            .ok_or_else(|| StoreError::Corrupt("a pepper fingerprint is not 32 bytes".into()))?;
+        Ok(Some(PepperFingerprint::from_bytes(known)))
+    }
 }
+
+/// The hash of pepper fingerprints, after the namespace (see [`KeyStore::remember_pepper`]).
+const PEPPERS: &str = "peppers";
