@@ -544,7 +544,10 @@ fn bench_get_hit<F: Fn() -> Backend<MemoryStore>>(
     let paired = Paired::new(256);
     let (mut i, mut j) = (0, 0);
     group.bench_function(BenchmarkId::new("cache_hit", "1e3"), |b| {
-        let (cached, memory) = (backend.get().gate.store(), keys.memory.store());
+        let (cached, memory) = (
+            backend.get().gate.store_unchecked(),
+            keys.memory.store_unchecked(),
+        );
         b.iter_custom(|iters| {
             paired.run(
                 iters,
@@ -566,7 +569,7 @@ fn bench_get_hit<F: Fn() -> Backend<MemoryStore>>(
     paired.save(GROUP, "cache_hit", SAMPLES, &[]);
     let mut i = 0;
     group.bench_function(BenchmarkId::new("memory", "1e3"), |b| {
-        let memory = keys.memory.store();
+        let memory = keys.memory.store_unchecked();
         b.iter(|| {
             let id = keys.ids[advance(&mut i, KEYS)];
             assert!(rt

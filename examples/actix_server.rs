@@ -47,7 +47,7 @@ async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
 }
 
-async fn libraries(Require(principal, ..): Require<LibraryRead>) -> HttpResponse {
+async fn libraries(principal: Require<LibraryRead>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "libraries": [
             { "id": "lib-books", "name": "Audiobooks", "mediaType": "book" },

@@ -55,7 +55,7 @@ async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
 }
 
-async fn libraries(Require(principal, ..): Require<LibraryRead>) -> Json<Value> {
+async fn libraries(principal: Require<LibraryRead>) -> Json<Value> {
     Json(json!({
         "libraries": [
             { "id": "lib-books", "name": "Audiobooks", "mediaType": "book" },

@@ -24,8 +24,8 @@
 //!     HttpResponse::Ok().json(principal) // 401/400/503 were answered before we got here
 //! }
 //!
-//! async fn upload(Require(principal, ..): Require<LibraryWrite>) -> String {
-//!     format!("{} may write", principal.owner_id()) // 403 otherwise
+//! async fn upload(writer: Require<LibraryWrite>) -> String {
+//!     format!("{} may write", writer.owner_id()) // 403 otherwise
 //! }
 //!
 //! async fn hello(OptionalPrincipal(principal): OptionalPrincipal) -> String {
@@ -82,12 +82,11 @@
 //! taking `Option<Principal>` does work, but sees a wrong, expired or revoked key, and an
 //! unavailable store, as an anonymous request. Take [`OptionalPrincipal`] instead: `None`
 //! only when the request carries no bearer credentials at all, 401 for a bad key, 503
-//! when the store is down. (`Result<Principal, AuthError>` hands every outcome to the
-//! handler.)
+//! when the store is down. (`Result<Principal, AuthError>`, with
+//! [`keygate::http::AuthError`](crate::http::AuthError), hands every outcome to the handler.)
 
 use std::fmt;
 use std::future::{ready, Future, Ready};
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::rc::Rc;
 
@@ -105,110 +104,22 @@ use actix_web::{
 use crate::admin::{AdminApi, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
-use crate::http::{HttpOutcome, DEFAULT_REALM};
+use crate::http::{AuthError, HttpOutcome, DEFAULT_REALM};
+pub use crate::http::{Authenticate, Require};
 use crate::principal::{Permission, Principal};
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
 
-/// Why a request was refused; renders the RFC 6750 answer with the gate's realm.
-///
-/// Returned by the [`Principal`], [`OptionalPrincipal`] and [`Require`] extractors; take
-/// `Result<Principal, AuthError>` in a handler to see it instead of answering it.
-#[derive(Debug)]
-pub struct AuthError {
-    /// `None`: no [`Keygate`] was configured for the request (500).
-    error: Option<VerifyError>,
-    outcome: HttpOutcome,
-    /// Rendered with the default realm, no gate at hand: [`Authenticate`] re-renders it.
-    default_realm: bool,
-}
-
-impl AuthError {
-    /// The answer for `error` with `gate`'s realm.
-    pub fn new(error: VerifyError, gate: &Keygate) -> Self {
-        let outcome = gate.http_outcome(&error);
-        Self {
-            error: Some(error),
-            outcome,
-            default_realm: false,
-        }
-    }
-
-    fn with_realm(error: VerifyError, realm: &str) -> Self {
-        let outcome = error.http(realm);
-        Self {
-            error: Some(error),
-            outcome,
-            default_realm: false,
-        }
-    }
-
-    fn unconfigured() -> Self {
-        tracing::error!(
-            target: "keygate",
-            "keygate::actix: no Keygate configured for this request; register one with \
-             App::app_data(web::Data::new(gate)), or wrap the route in Authenticate; \
-             answering 500"
-        );
-        Self {
-            error: None,
-            outcome: HttpOutcome {
-                status: 500,
-                www_authenticate: None,
-                retry_after: None,
-                body: r#"{"error":"server_error","error_description":"API key verification is not configured"}"#,
-            },
-            default_realm: false,
-        }
-    }
-
-    /// The underlying error; `None` when the request was refused because no [`Keygate`]
-    /// was configured (a server misconfiguration, answered with 500).
-    pub fn error(&self) -> Option<&VerifyError> {
-        self.error.as_ref()
-    }
-
-    /// The status, headers and body this error renders as.
-    pub fn outcome(&self) -> &HttpOutcome {
-        &self.outcome
-    }
-}
-
-/// Renders with the default realm `"api"`; an [`Authenticate`] middleware around the
-/// handler replaces it with its gate's realm.
-impl From<VerifyError> for AuthError {
-    fn from(error: VerifyError) -> Self {
-        Self {
-            default_realm: true,
-            ..Self::with_realm(error, DEFAULT_REALM)
-        }
-    }
-}
-
-impl fmt::Display for AuthError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.error {
-            Some(error) => fmt::Display::fmt(error, f),
-            None => f.write_str("no Keygate configured for this request"),
-        }
-    }
-}
-
-impl std::error::Error for AuthError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.error
-            .as_ref()
-            .map(|e| e as &(dyn std::error::Error + 'static))
-    }
-}
-
+/// Renders the refusal: its status, `WWW-Authenticate`, `Retry-After` and JSON body. A
+/// refusal made from a [`VerifyError`] with no gate at hand (the default realm) is
+/// re-rendered with its gate's realm by an [`Authenticate`] middleware around the handler.
 impl ResponseError for AuthError {
     fn status_code(&self) -> StatusCode {
-        status(self.outcome.status)
+        status(self.outcome().status)
     }
 
     fn error_response(&self) -> HttpResponse {
-        outcome_response(&self.outcome)
+        outcome_response(self.outcome())
     }
 }
 
@@ -235,8 +146,8 @@ fn with_realm<B>(mut response: ServiceResponse<B>, gate: &Keygate) -> ServiceRes
         } else {
             error
                 .as_error::<AuthError>()
-                .filter(|auth| auth.default_realm)
-                .and_then(|auth| auth.error.as_ref())
+                .filter(|auth| auth.has_default_realm())
+                .and_then(AuthError::error)
                 .map(|error| gate.http_outcome(error))
         }
     });
@@ -365,38 +276,15 @@ impl FromRequest for OptionalPrincipal {
         Box::pin(async move {
             match principal_from(&req).await {
                 Ok(principal) => Ok(OptionalPrincipal(Some(principal))),
-                Err(AuthError {
-                    error: Some(VerifyError::MissingCredentials),
-                    ..
-                }) => Ok(OptionalPrincipal(None)),
+                Err(error) if error.is_missing_credentials() => Ok(OptionalPrincipal(None)),
                 Err(error) => Err(error),
             }
         })
     }
 }
 
-/// A verified principal that is allowed `P`: 403 `insufficient_scope` otherwise.
-///
-/// ```
-/// # use keygate::{actix::Require, Permission};
-/// struct Admin;
-/// impl Permission for Admin { const NAME: &'static str = "admin"; }
-///
-/// async fn handler(Require(principal, ..): Require<Admin>) -> String {
-///     principal.key_name().to_owned()
-/// }
-/// ```
-pub struct Require<P: Permission>(pub Principal, pub PhantomData<P>);
-
-impl<P: Permission> fmt::Debug for Require<P> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Require")
-            .field(&P::NAME)
-            .field(&self.0)
-            .finish()
-    }
-}
-
+/// [`Require<P>`](Require) as an extractor: the request's [`Principal`], refused with 403
+/// `insufficient_scope` unless it allows `P`.
 impl<P: Permission> FromRequest for Require<P> {
     type Error = AuthError;
     type Future = LocalBoxFuture<Result<Self, Self::Error>>;
@@ -408,72 +296,13 @@ impl<P: Permission> FromRequest for Require<P> {
             principal
                 .require(P::NAME)
                 .map_err(|e| AuthError::with_realm(e, &realm_for(&req)))?;
-            Ok(Require(principal, PhantomData))
+            Ok(Require::checked(principal))
         })
     }
 }
 
-/// Middleware that verifies every request before it reaches the wrapped service, and puts
-/// the [`Principal`] in the request extensions (for the [`Principal`] extractor, or
-/// `web::ReqData<Principal>`).
-///
-/// - [`required`](Self::required): every request needs a valid key; otherwise the
-///   mapped error (401/400/503) is answered and the service is not called.
-/// - [`optional`](Self::optional): requests without any bearer credentials pass through
-///   without a principal; a bad key is still refused.
-/// - [`permission`](Self::permission): a verified key must also be allowed this
-///   (403 `insufficient_scope`). With `optional`, it is checked on requests that carry a
-///   key; anonymous requests still pass.
-///
-/// A [`VerifyError`] a handler behind the middleware returns (`principal.require("x")?`)
-/// is answered with this gate's realm; wrap the whole `App` in
-/// [`Authenticate::optional`] to have every answer name your realm.
-///
-/// ```
-/// use actix_web::{web, App, HttpResponse};
-/// use keygate::actix::Authenticate;
-///
-/// # fn demo(gate: keygate::Keygate) {
-/// let app = App::new().service(
-///     web::scope("/api/library")
-///         .wrap(Authenticate::required(gate).permission("library:write"))
-///         .route("/upload", web::post().to(HttpResponse::Ok)),
-/// );
-/// # let _ = app; }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Authenticate {
-    gate: Keygate,
-    optional: bool,
-    permissions: Vec<String>,
-}
-
+/// The actix-web side of [`Authenticate`]: verifying a request in a middleware.
 impl Authenticate {
-    /// Every request must carry a valid key.
-    pub fn required(gate: Keygate) -> Self {
-        Self {
-            gate,
-            optional: false,
-            permissions: Vec::new(),
-        }
-    }
-
-    /// Requests without bearer credentials pass through anonymously; a key that is there
-    /// must be valid.
-    pub fn optional(gate: Keygate) -> Self {
-        Self {
-            optional: true,
-            ..Self::required(gate)
-        }
-    }
-
-    /// Also requires `permission` of a verified key ([`Principal::allows`]); 403
-    /// `insufficient_scope` otherwise. Calling it again requires each permission given.
-    pub fn permission(mut self, permission: impl Into<String>) -> Self {
-        self.permissions.push(permission.into());
-        self
-    }
-
     async fn check(&self, req: &ServiceRequest) -> Result<(), VerifyError> {
         req.extensions_mut()
             .insert(GateInRequest(self.gate.clone()));
@@ -498,13 +327,11 @@ impl Authenticate {
                 }
             }
         };
-        for permission in &self.permissions {
-            principal.require(permission)?;
-        }
-        Ok(())
+        self.permits(&principal)
     }
 }
 
+/// [`Authenticate`] as actix-web middleware: `wrap(Authenticate::required(gate))`.
 impl<S, B> Transform<S, ServiceRequest> for Authenticate
 where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,

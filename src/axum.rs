@@ -28,8 +28,8 @@
 //!     Json(principal) // 401/400/503 were answered before we got here
 //! }
 //!
-//! async fn upload(Require(principal, ..): Require<LibraryWrite>) -> String {
-//!     format!("{} may write", principal.owner_id()) // 403 otherwise
+//! async fn upload(writer: Require<LibraryWrite>) -> String {
+//!     format!("{} may write", writer.owner_id()) // 403 otherwise
 //! }
 //!
 //! async fn hello(principal: Option<Principal>) -> String {
@@ -82,7 +82,6 @@
 //! [`Authenticate::optional`] to have every answer name your realm.
 
 use std::future::Future;
-use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -99,31 +98,24 @@ use axum::Router;
 use crate::admin::{AdminApi, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
-use crate::http::{HttpOutcome, DEFAULT_REALM};
+use crate::http::{AuthError, HttpOutcome};
+pub use crate::http::{Authenticate, Require};
 use crate::principal::{Permission, Principal};
 
-/// Why the extractor refused a request; renders the RFC 6750 answer with the gate's realm.
-#[derive(Debug)]
-pub struct AuthRejection {
-    error: VerifyError,
-    outcome: HttpOutcome,
-}
-
-impl AuthRejection {
-    fn new(error: VerifyError, gate: &Keygate) -> Self {
-        let outcome = gate.http_outcome(&error);
-        Self { error, outcome }
-    }
-
-    /// The underlying error.
-    pub fn error(&self) -> &VerifyError {
-        &self.error
-    }
-}
-
-impl IntoResponse for AuthRejection {
+/// Renders the refusal: its status, `WWW-Authenticate`, `Retry-After` and JSON body. A
+/// refusal made from a [`VerifyError`] with no gate at hand (the default realm) is
+/// re-rendered with its gate's realm by an [`Authenticate`] layer around the handler.
+impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        outcome_response(&self.outcome)
+        let mut response = outcome_response(self.outcome());
+        if self.has_default_realm() {
+            if let Some(error) = self.into_error() {
+                response
+                    .extensions_mut()
+                    .insert(DefaultRealm(Arc::new(error)));
+            }
+        }
+        response
     }
 }
 
@@ -137,11 +129,7 @@ struct DefaultRealm(Arc<VerifyError>);
 /// extractors always use the gate's own realm.
 impl IntoResponse for VerifyError {
     fn into_response(self) -> Response {
-        let mut response = outcome_response(&self.http(DEFAULT_REALM));
-        response
-            .extensions_mut()
-            .insert(DefaultRealm(Arc::new(self)));
-        response
+        AuthError::from(self).into_response()
     }
 }
 
@@ -186,12 +174,12 @@ fn outcome_response(outcome: &HttpOutcome) -> Response {
 #[derive(Clone, Copy)]
 struct Anonymous;
 
-async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, AuthRejection> {
+async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, AuthError> {
     if let Some(principal) = parts.extensions.get::<Principal>() {
         return Ok(principal.clone());
     }
     if parts.extensions.get::<Anonymous>().is_some() {
-        return Err(AuthRejection::new(VerifyError::MissingCredentials, gate));
+        return Err(AuthError::new(VerifyError::MissingCredentials, gate));
     }
     let values = parts
         .headers
@@ -201,7 +189,7 @@ async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, Au
     let principal = gate
         .verify_headers(values)
         .await
-        .map_err(|e| AuthRejection::new(e, gate))?;
+        .map_err(|e| AuthError::new(e, gate))?;
     parts.extensions.insert(principal.clone());
     Ok(principal)
 }
@@ -214,7 +202,7 @@ where
     Keygate: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = AuthRejection;
+    type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         verify_parts(parts, &Keygate::from_ref(state)).await
@@ -229,7 +217,7 @@ where
     Keygate: FromRef<S>,
     S: Send + Sync,
 {
-    type Rejection = AuthRejection;
+    type Rejection = AuthError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -237,115 +225,34 @@ where
     ) -> Result<Option<Self>, Self::Rejection> {
         match verify_parts(parts, &Keygate::from_ref(state)).await {
             Ok(principal) => Ok(Some(principal)),
-            Err(rejection) if matches!(rejection.error, VerifyError::MissingCredentials) => {
-                Ok(None)
-            }
+            Err(rejection) if rejection.is_missing_credentials() => Ok(None),
             Err(rejection) => Err(rejection),
         }
     }
 }
 
-/// A verified principal that is allowed `P`: 403 `insufficient_scope` otherwise.
-///
-/// ```
-/// # use keygate::{axum::Require, Permission};
-/// struct Admin;
-/// impl Permission for Admin { const NAME: &'static str = "admin"; }
-///
-/// async fn handler(Require(principal, ..): Require<Admin>) -> String {
-///     principal.key_name().to_owned()
-/// }
-/// ```
-pub struct Require<P: Permission>(pub Principal, pub PhantomData<P>);
-
-impl<P: Permission> std::fmt::Debug for Require<P> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("Require")
-            .field(&P::NAME)
-            .field(&self.0)
-            .finish()
-    }
-}
-
+/// [`Require<P>`](Require) as an extractor: the request's [`Principal`], refused with 403
+/// `insufficient_scope` unless it allows `P`.
 impl<S, P> FromRequestParts<S> for Require<P>
 where
     Keygate: FromRef<S>,
     S: Send + Sync,
     P: Permission,
 {
-    type Rejection = AuthRejection;
+    type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let gate = Keygate::from_ref(state);
         let principal = verify_parts(parts, &gate).await?;
         principal
             .require(P::NAME)
-            .map_err(|e| AuthRejection::new(e, &gate))?;
-        Ok(Require(principal, PhantomData))
+            .map_err(|e| AuthError::new(e, &gate))?;
+        Ok(Require::checked(principal))
     }
 }
 
-/// A tower layer that verifies every request before it reaches the wrapped routes, and
-/// puts the [`Principal`] in the request extensions (for the [`Principal`] extractor,
-/// [`Require`], or `axum::Extension<Principal>` in routers whose state holds no gate).
-/// The same options as [`keygate::actix::Authenticate`](https://docs.rs/keygate/latest/keygate/actix/struct.Authenticate.html):
-///
-/// - [`required`](Self::required): every request needs a valid key; otherwise the
-///   answer of [`crate::http`] (401/400/503, with the gate's realm) is sent and the
-///   routes are not called.
-/// - [`optional`](Self::optional): requests without any bearer credentials pass through
-///   without a principal; a bad key is still refused.
-/// - [`permission`](Self::permission): a verified key must also be allowed this (403
-///   `insufficient_scope`). With `optional`, it is checked on requests that carry a key;
-///   anonymous requests still pass.
-///
-/// A [`VerifyError`] a handler behind the layer returns is answered with this gate's
-/// realm.
-///
-/// ```
-/// use axum::{routing::post, Router};
-/// use keygate::axum::Authenticate;
-///
-/// # fn demo(gate: keygate::Keygate) {
-/// let app: Router = Router::new()
-///     .route("/api/library/upload", post(|| async { "stored" }))
-///     .layer(Authenticate::required(gate).permission("library:write"));
-/// # let _ = app; }
-/// ```
-#[derive(Debug, Clone)]
-pub struct Authenticate {
-    gate: Keygate,
-    optional: bool,
-    permissions: Vec<String>,
-}
-
+/// The axum side of [`Authenticate`]: verifying a request in a tower service.
 impl Authenticate {
-    /// Every request must carry a valid key.
-    pub fn required(gate: Keygate) -> Self {
-        Self {
-            gate,
-            optional: false,
-            permissions: Vec::new(),
-        }
-    }
-
-    /// Requests without bearer credentials pass through anonymously; a key that is there
-    /// must be valid.
-    pub fn optional(gate: Keygate) -> Self {
-        Self {
-            optional: true,
-            ..Self::required(gate)
-        }
-    }
-
-    /// Also requires `permission` of a verified key ([`Principal::allows`]); 403
-    /// `insufficient_scope` otherwise. Calling it again requires each permission given.
-    #[must_use]
-    pub fn permission(mut self, permission: impl Into<String>) -> Self {
-        self.permissions.push(permission.into());
-        self
-    }
-
     /// Verifies `request` (once: a principal already in its extensions is reused) and
     /// checks the permissions; on success the principal is in the extensions.
     async fn admit<B>(&self, request: &mut Request<B>) -> Result<(), VerifyError> {
@@ -370,14 +277,9 @@ impl Authenticate {
             Err(error) => Err(error),
         }
     }
-
-    fn permits(&self, principal: &Principal) -> Result<(), VerifyError> {
-        self.permissions
-            .iter()
-            .try_for_each(|permission| principal.require(permission))
-    }
 }
 
+/// [`Authenticate`] as a tower layer: `Router::layer(Authenticate::required(gate))`.
 impl<S> tower_layer::Layer<S> for Authenticate {
     type Service = AuthenticateService<S>;
 
@@ -425,7 +327,7 @@ where
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             if let Err(error) = config.admit(&mut request).await {
-                return Ok(AuthRejection::new(error, &config.gate).into_response());
+                return Ok(AuthError::new(error, &config.gate).into_response());
             }
             let response = inner.call(request).await?;
             Ok(with_realm(response, &config.gate))
@@ -487,13 +389,6 @@ pub fn admin_routes<S>(path: &str, api: AdminApi) -> Router<S> {
         .route(&format!("{mount}/"), any(admin))
         .route(&format!("{mount}/{{*rest}}"), any(admin))
         .with_state(state)
-}
-
-/// The admin API as a router to [`nest`](Router::nest). Note that axum 0.8's `nest` does
-/// not serve the collection with a trailing slash (`/api/api-keys/`); prefer
-/// [`admin_routes`], which does.
-pub fn admin_router<S>(api: AdminApi) -> Router<S> {
-    admin_routes("", api)
 }
 
 /// The one admin handler: route, verify, read the body, handle.

@@ -122,6 +122,10 @@ impl KeygateBuilder {
     }
 
     /// Checks the configuration and builds the gate.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::InvalidPrefix`] for a prefix that is not `[a-z][a-z0-9]{0,15}`.
     pub fn build(self) -> Result<Keygate, BuildError> {
         key::validate_prefix(&self.prefix)?;
         let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);

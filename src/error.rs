@@ -80,8 +80,9 @@ impl Rejection {
         }
     }
 
-    /// Whether the token alone proved this, with no store or directory read.
-    pub fn is_offline(&self) -> bool {
+    /// Whether this was decided from the token alone, with no store or directory read
+    /// (a malformed key, a wrong prefix or checksum, a bad JWT).
+    pub fn decided_without_store(&self) -> bool {
         // Exhaustive on purpose: a new reason must be placed on one side or the other.
         match self {
             Rejection::Malformed

@@ -22,12 +22,12 @@ use crate::usage::{self, Usage};
 use crate::user::{Owner, UserDirectory};
 use crate::validate;
 
-pub use crate::validate::MAX_NAME_LEN;
 /// Largest page [`Keygate::list`] returns.
 pub const MAX_PAGE: usize = 1000;
 
 /// A freshly minted key: its record, and the plaintext, which is never available again.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct IssuedKey {
     /// The record as stored.
     pub record: KeyRecord,
@@ -128,32 +128,43 @@ impl Keygate {
         error.http(&self.inner.realm)
     }
 
-    /// The store.
-    pub fn store(&self) -> &Arc<dyn KeyStore> {
+    /// The store itself, bypassing the gate.
+    ///
+    /// Writes through it skip everything [`mint`](Self::mint), [`update`](Self::update),
+    /// [`import`](Self::import) and [`delete`](Self::delete) do around the store call: the
+    /// name, owner, scope and expiry checks, the record checks verify relies on, the
+    /// `updated_at` stamp, dropping a deleted key's queued last-used write, and the log
+    /// line; a record written through it that verify cannot trust is refused later as
+    /// corrupt (500). Meant for tests, benchmarks and maintenance tools; an application
+    /// manages keys through the gate.
+    pub fn store_unchecked(&self) -> &Arc<dyn KeyStore> {
         &self.inner.store
     }
 
     /// Mints a key. The plaintext in the result is the only copy: keygate stores a hash.
     ///
+    /// # Errors
+    ///
     /// Refused before anything is written, with [`Error::InvalidInput`] naming the field:
     ///
-    /// - `name`: blank, over [`MAX_NAME_LEN`] characters, or holding control characters or
+    /// - `name`: blank, over [`MAX_NAME_LEN`](crate::limits::MAX_NAME_LEN) characters, or holding control characters or
     ///   bidi embedding/override/isolate characters (U+202A–U+202E, U+2066–U+2069, which
     ///   reorder displayed text). Zero-width joiners and marks are allowed in names: emoji
     ///   sequences and several scripts need them, and a name is display text, not an id.
-    /// - `description`: over [`MAX_DESCRIPTION_LEN`](crate::MAX_DESCRIPTION_LEN)
+    /// - `description`: over [`MAX_DESCRIPTION_LEN`](crate::limits::MAX_DESCRIPTION_LEN)
     ///   characters, control characters (newlines included) or bidi controls.
-    /// - `owner`, `created_by`: blank, over [`MAX_ID_LEN`](crate::MAX_ID_LEN) characters,
+    /// - `owner`, `created_by`: blank, over [`MAX_ID_LEN`](crate::limits::MAX_ID_LEN) characters,
     ///   leading or trailing whitespace, control, bidi or invisible characters (zero-width
     ///   spaces and joiners, directional marks, BOM, soft hyphen): ids that look alike must
     ///   be alike.
-    /// - `scopes`: more than [`MAX_SCOPES`](crate::MAX_SCOPES), or a scope that is empty,
-    ///   over [`MAX_SCOPE_LEN`](crate::MAX_SCOPE_LEN) characters, or holds whitespace,
+    /// - `scopes`: more than [`MAX_SCOPES`](crate::limits::MAX_SCOPES), or a scope that is empty,
+    ///   over [`MAX_SCOPE_LEN`](crate::limits::MAX_SCOPE_LEN) characters, or holds whitespace,
     ///   control, bidi or invisible characters.
-    /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::MAX_METADATA_BYTES) as compact JSON.
-    /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::MAX_EXPIRY).
+    /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::limits::MAX_METADATA_BYTES) as compact JSON.
+    /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY).
     ///
-    /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`].
+    /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
+    /// failure is [`Error::Store`].
     ///
     /// Before the first key a gate mints, it checks its pepper against the store
     /// ([`check_pepper`](Self::check_pepper)): the wrong pepper is
@@ -265,6 +276,12 @@ impl Keygate {
     /// the older `Secret` kind are re-hashed as `Bound` after their first successful
     /// verify. Never overwrites: an existing id is
     /// [`StoreError::Conflict`](crate::StoreError::Conflict).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field (`name`, `owner`, `hash`, an instant) when the
+    /// record is refused; [`Error::Store`] with [`StoreError::Conflict`](crate::StoreError::Conflict)
+    /// when the id exists, or with the store's failure.
     pub async fn import(&self, record: KeyRecord) -> Result<(), Error> {
         // Looser than `mint`: Audiobookshelf accepts any non-empty name, and a migrated row
         // must come over as it is (the name is display text; no token carries it as truth).
@@ -282,12 +299,20 @@ impl Keygate {
     }
 
     /// The record with this id.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store fails. An unknown id is `Ok(None)`.
     pub async fn get(&self, id: KeyId) -> Result<Option<KeyRecord>, Error> {
         Ok(self.inner.store.get(id).await?.map(Arc::unwrap_or_clone))
     }
 
     /// One page of records in creation order (at most [`MAX_PAGE`]), optionally one
     /// owner's; [`Page::next`] continues it.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a `limit` of 0; [`Error::Store`] if the store fails.
     pub async fn list(&self, query: ListQuery) -> Result<Page, Error> {
         if query.limit == 0 {
             return Err(Error::invalid("limit", "must be at least 1"));
@@ -306,12 +331,18 @@ impl Keygate {
     ///
     /// The fields a patch sets are held to [`mint`](Self::mint)'s rules (name, owner,
     /// description, scopes, metadata, an expiry no later than
-    /// [`MAX_EXPIRY`](crate::MAX_EXPIRY)); a refused patch writes nothing.
+    /// [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY)); a refused patch writes nothing.
     ///
     /// A patch made conditional with [`KeyPatch::if_unchanged`] that meets a record whose
     /// owner, scopes, active flag or expiry changed since it was read writes nothing and
     /// is [`Error::Changed`] (the store checks it inside its atomic update). An empty
     /// conditional patch is checked against the record it returns.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] naming the field the patch sets against [`mint`](Self::mint)'s
+    /// rules; [`Error::NotFound`] for an unknown id; [`Error::Changed`] when a conditional
+    /// patch's record changed; [`Error::Store`] if the store fails.
     pub async fn update(&self, id: KeyId, patch: KeyPatch) -> Result<KeyRecord, Error> {
         if let Some(name) = &patch.name {
             check_name(name)?;
@@ -354,6 +385,11 @@ impl Keygate {
 
     /// Deactivates a key: every later verify refuses it. [`update`](Self::update) with
     /// `active(true)` brings it back.
+    ///
+    /// # Errors
+    ///
+    /// As [`update`](Self::update): [`Error::NotFound`] for an unknown id, [`Error::Store`] if
+    /// the store fails.
     pub async fn revoke(&self, id: KeyId) -> Result<KeyRecord, Error> {
         let record = self.update(id, KeyPatch::new().active(false)).await?;
         tracing::info!(target: "keygate", key_id = %id, "key revoked");
@@ -361,6 +397,10 @@ impl Keygate {
     }
 
     /// Deletes a key's record; nothing else is touched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NotFound`] for an unknown id; [`Error::Store`] if the store fails.
     pub async fn delete(&self, id: KeyId) -> Result<(), Error> {
         if !self.inner.store.delete(id).await? {
             return Err(Error::NotFound(id));
@@ -375,7 +415,7 @@ impl Keygate {
     /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
     /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
-    /// or one that ends after [`MAX_EXPIRY`](crate::MAX_EXPIRY) (`"grace"`); an old key
+    /// or one that ends after [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY) (`"grace"`); an old key
     /// that is revoked or has expired (`"id"`), since a replacement would bring it back.
     ///
     /// Rotation never lengthens a key's life. The new key gets the old key's `expires_at`
@@ -400,6 +440,13 @@ impl Keygate {
     /// Whenever the rotation fails after the new key was written, that key (whose
     /// plaintext nobody will see) is deleted again, best-effort, and the error returned:
     /// retrying is safe.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidInput`] for a bad `grace` or an old key that is revoked or expired (see
+    /// above); [`Error::NotFound`] for an unknown id (or one deleted meanwhile);
+    /// [`Error::Changed`] when the old key's owner or scopes changed meanwhile; [`Error::Store`]
+    /// if the store fails. Nothing is left written in any of these cases.
     pub async fn rotate(&self, id: KeyId, grace: TimeDelta) -> Result<IssuedKey, Error> {
         self.rotate_from(id, grace, None).await
     }
@@ -588,6 +635,11 @@ impl Keygate {
     /// The owner `user_id` as the [`UserDirectory`] sees it now; without a directory every
     /// user exists, active, with all permissions (implied, so not an explicit grant: see
     /// [`Principal::grants`](crate::Principal::grants)).
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError`](crate::DirectoryError) when the directory could not be asked. An
+    /// unknown user is `Ok(None)`.
     pub async fn owner(&self, user_id: &str) -> Result<Option<Owner>, crate::DirectoryError> {
         match &self.inner.users {
             None => Ok(Some(Owner::unrestricted())),
@@ -602,6 +654,11 @@ impl Keygate {
     /// first accepted verify after the interval starts (there is no timer, so under sparse
     /// traffic a use can wait for the next verify), and when the last `Keygate` clone is
     /// dropped inside a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Store`] if the store refused a write; what could not be written stays queued
+    /// for the next flush.
     pub async fn flush(&self) -> Result<(), Error> {
         let inner = &*self.inner;
         Ok(inner

@@ -20,7 +20,10 @@ pub const MIN_PEPPER_LEN: usize = 32;
 /// Self-describing, like a PHC string: [`version`](Self::version) names the pepper and
 /// [`scheme`](Self::scheme) the input, so older hashes keep verifying and are re-hashed
 /// to the current pepper and scheme after their next successful use.
+///
+/// Stores build one with [`SecretHash::new`] from the columns they keep.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct SecretHash {
     /// Which pepper of the [`Pepper`] keyring produced [`digest`](Self::digest).
     pub version: u32,
@@ -31,6 +34,25 @@ pub struct SecretHash {
     /// written before keygate had schemes, which were all [`HashScheme::Secret`].
     #[serde(default)]
     pub scheme: HashScheme,
+}
+
+impl SecretHash {
+    /// A hash as a store reads it back: the pepper `version`, the HMAC `digest` and the
+    /// `scheme` it was computed over.
+    ///
+    /// ```
+    /// use keygate::{HashScheme, SecretHash};
+    ///
+    /// let hash = SecretHash::new(1, [0u8; 32], HashScheme::Bound);
+    /// assert_eq!((hash.version, hash.scheme), (1, HashScheme::Bound));
+    /// ```
+    pub fn new(version: u32, digest: [u8; 32], scheme: HashScheme) -> Self {
+        Self {
+            version,
+            digest,
+            scheme,
+        }
+    }
 }
 
 /// What a [`SecretHash`]'s digest was computed over.
@@ -117,7 +139,10 @@ pub struct Pepper {
 
 impl Pepper {
     /// A keyring whose current pepper is `secret` under `version`.
-    /// Fails if `secret` is shorter than [`MIN_PEPPER_LEN`] bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::PepperTooShort`] for a secret shorter than [`MIN_PEPPER_LEN`] bytes.
     pub fn new(version: u32, secret: impl AsRef<[u8]>) -> Result<Self, BuildError> {
         let key = key(secret.as_ref())?;
         Ok(Self {
@@ -129,6 +154,11 @@ impl Pepper {
 
     /// Adds an older pepper that stored hashes may still use.
     /// Fails on a short secret or a version already in the keyring.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::PepperTooShort`] for a short secret; [`BuildError::DuplicatePepperVersion`]
+    /// when `version` is already in the keyring.
     pub fn with_previous(
         mut self,
         version: u32,

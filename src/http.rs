@@ -44,14 +44,20 @@
 //! handler returns (`principal.require("x")?`) when an `Authenticate` layer or middleware
 //! of the gate surrounds the handler (otherwise the default realm `"api"`).
 
+use std::fmt;
+#[cfg(any(feature = "axum", feature = "actix"))]
+use std::marker::PhantomData;
+
 use crate::error::{RequestError, VerifyError};
+use crate::gate::Keygate;
+#[cfg(any(feature = "axum", feature = "actix"))]
+use crate::principal::{Permission, Principal};
 
 /// Longest `Authorization` header value read; longer is refused before any crypto.
 pub const MAX_HEADER_LEN: usize = 8192 + 64;
 
 /// The realm a [`VerifyError`] names when rendered with no gate at hand (and a gate's
 /// default, see [`KeygateBuilder::realm`](crate::KeygateBuilder::realm)).
-#[cfg(any(feature = "axum", feature = "actix"))]
 pub(crate) const DEFAULT_REALM: &str = "api";
 
 /// Seconds suggested in `Retry-After` when the store is unavailable.
@@ -72,6 +78,11 @@ pub const RETRY_AFTER_SECS: u32 = 5;
 ///     Err(VerifyError::InvalidRequest(RequestError::MultipleHeaders))
 /// ));
 /// ```
+///
+/// # Errors
+///
+/// [`VerifyError::MissingCredentials`] without an `Authorization` header or with another
+/// scheme; [`VerifyError::InvalidRequest`] for two headers or an unreadable one.
 pub fn bearer_token<'a, I>(values: I) -> Result<&'a str, VerifyError>
 where
     I: IntoIterator<Item = &'a [u8]>,
@@ -88,6 +99,12 @@ where
 ///
 /// Another scheme (`Basic …`) counts as no bearer credentials (401 with a bare challenge);
 /// a header that is there but unreadable is [`VerifyError::InvalidRequest`] (400).
+///
+/// # Errors
+///
+/// [`VerifyError::MissingCredentials`] for another scheme; [`VerifyError::InvalidRequest`]
+/// for an oversize value, characters outside printable ASCII, or a token that is not a
+/// `b64token`.
 pub fn parse_authorization(value: &[u8]) -> Result<&str, VerifyError> {
     let bad = |e| Err(VerifyError::InvalidRequest(e));
     if value.len() > MAX_HEADER_LEN {
@@ -140,8 +157,10 @@ fn is_b64_char(b: u8) -> bool {
 }
 
 /// What to send back for a [`VerifyError`]: status, `WWW-Authenticate`, `Retry-After` and a
-/// JSON body. Build one with [`VerifyError::http`].
+/// JSON body. Build one with [`VerifyError::http`] or
+/// [`Keygate::http_outcome`](crate::Keygate::http_outcome).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct HttpOutcome {
     /// The status code: 400, 401, 403, 500 or 503.
     pub status: u16,
@@ -232,6 +251,280 @@ impl VerifyError {
                 }
             }
         }
+    }
+}
+
+/// Why a request was refused, with the answer to send: a [`VerifyError`] and the
+/// [`HttpOutcome`] it renders as, with the gate's realm in the challenge.
+///
+/// The one refusal type of both framework integrations: the rejection of the axum
+/// extractors (it implements `axum::response::IntoResponse` with feature `axum`) and the
+/// error of the actix-web extractors (it implements `actix_web::ResponseError` with feature
+/// `actix`). Both render the same status, headers and body (see [the module
+/// docs](self)). Take `Result<Principal, AuthError>` in a handler to see a refusal instead
+/// of answering it.
+///
+/// ```
+/// use keygate::http::AuthError;
+/// use keygate::{Keygate, MemoryStore, Pepper, Rejection, VerifyError};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pepper = Pepper::new(1, b"load me from a secret store, 32+ bytes")?;
+/// let gate = Keygate::builder(MemoryStore::new(), pepper).realm("library").build()?;
+///
+/// let refusal = AuthError::new(VerifyError::InvalidKey(Rejection::Expired), &gate);
+/// assert_eq!(refusal.outcome().status, 401);
+/// assert_eq!(
+///     refusal.outcome().www_authenticate.as_deref(),
+///     Some(r#"Bearer realm="library", error="invalid_token""#)
+/// );
+/// assert!(matches!(refusal.error(), Some(VerifyError::InvalidKey(Rejection::Expired))));
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct AuthError {
+    /// `None`: no [`Keygate`] was configured for the request (actix; 500).
+    error: Option<VerifyError>,
+    outcome: HttpOutcome,
+    /// Rendered with the default realm, no gate at hand: an [`Authenticate`] layer or
+    /// middleware around the handler re-renders it with its gate's realm.
+    #[cfg_attr(not(any(feature = "axum", feature = "actix")), allow(dead_code))]
+    default_realm: bool,
+}
+
+impl AuthError {
+    /// The answer for `error`, with `gate`'s realm.
+    pub fn new(error: VerifyError, gate: &Keygate) -> Self {
+        let outcome = gate.http_outcome(&error);
+        Self {
+            error: Some(error),
+            outcome,
+            default_realm: false,
+        }
+    }
+
+    /// The answer for `error` with `realm`, when no gate is at hand.
+    #[cfg(feature = "actix")]
+    pub(crate) fn with_realm(error: VerifyError, realm: &str) -> Self {
+        let outcome = error.http(realm);
+        Self {
+            error: Some(error),
+            outcome,
+            default_realm: false,
+        }
+    }
+
+    /// A request that reached an extractor with no [`Keygate`] configured: a server
+    /// misconfiguration, answered with 500 and logged.
+    #[cfg(feature = "actix")]
+    pub(crate) fn unconfigured() -> Self {
+        tracing::error!(
+            target: "keygate",
+            "keygate::actix: no Keygate configured for this request; register one with \
+             App::app_data(web::Data::new(gate)), or wrap the route in Authenticate; \
+             answering 500"
+        );
+        Self {
+            error: None,
+            outcome: HttpOutcome {
+                status: 500,
+                www_authenticate: None,
+                retry_after: None,
+                body: r#"{"error":"server_error","error_description":"API key verification is not configured"}"#,
+            },
+            default_realm: false,
+        }
+    }
+
+    /// The underlying error; `None` only when actix-web reached a keygate extractor with
+    /// no [`Keygate`] configured (a server misconfiguration, answered with 500).
+    pub fn error(&self) -> Option<&VerifyError> {
+        self.error.as_ref()
+    }
+
+    /// The underlying error, by value (see [`error`](Self::error)).
+    pub fn into_error(self) -> Option<VerifyError> {
+        self.error
+    }
+
+    /// The status, headers and body this refusal renders as.
+    pub fn outcome(&self) -> &HttpOutcome {
+        &self.outcome
+    }
+
+    /// Whether the request simply had no bearer credentials (the case an optional
+    /// extractor turns into "anonymous").
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    pub(crate) fn is_missing_credentials(&self) -> bool {
+        matches!(self.error, Some(VerifyError::MissingCredentials))
+    }
+
+    /// Whether this was rendered with the default realm (no gate at hand).
+    #[cfg(any(feature = "axum", feature = "actix"))]
+    pub(crate) fn has_default_realm(&self) -> bool {
+        self.default_realm
+    }
+}
+
+/// Renders with the default realm `"api"`, for `?` on
+/// [`Principal::require`](crate::Principal::require) in a handler; an [`Authenticate`]
+/// layer or middleware around the handler replaces it with its gate's realm.
+impl From<VerifyError> for AuthError {
+    fn from(error: VerifyError) -> Self {
+        let outcome = error.http(DEFAULT_REALM);
+        Self {
+            error: Some(error),
+            outcome,
+            default_realm: true,
+        }
+    }
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.error {
+            Some(error) => fmt::Display::fmt(error, f),
+            None => f.write_str("no Keygate configured for this request"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error
+            .as_ref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
+/// Verifies every request before it reaches the wrapped routes, and puts the
+/// [`Principal`] in the request extensions: a tower layer for axum (feature `axum`,
+/// `Router::layer`) and a middleware for actix-web (feature `actix`, `wrap`), with the
+/// same options in both:
+///
+/// - [`required`](Self::required): every request needs a valid key; otherwise the answer
+///   of [this module](self) (401/400/503, with the gate's realm) is sent and the routes are
+///   not called.
+/// - [`optional`](Self::optional): requests without any bearer credentials pass through
+///   without a principal; a bad key is still refused.
+/// - [`permission`](Self::permission): a verified key must also be allowed this (403
+///   `insufficient_scope`). With `optional`, it is checked on requests that carry a key;
+///   anonymous requests still pass.
+///
+/// The extractors behind it reuse the principal it verified (one verify per request). A
+/// [`VerifyError`] a handler behind it returns (`principal.require("x")?`) is answered
+/// with this gate's realm; wrap the whole application in [`Authenticate::optional`] to
+/// have every answer name your realm.
+///
+/// Also reachable as `keygate::axum::Authenticate` and `keygate::actix::Authenticate`.
+#[cfg(any(feature = "axum", feature = "actix"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix"))))]
+#[derive(Debug, Clone)]
+pub struct Authenticate {
+    pub(crate) gate: Keygate,
+    pub(crate) optional: bool,
+    pub(crate) permissions: Vec<String>,
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl Authenticate {
+    /// Every request must carry a valid key.
+    pub fn required(gate: Keygate) -> Self {
+        Self {
+            gate,
+            optional: false,
+            permissions: Vec::new(),
+        }
+    }
+
+    /// Requests without bearer credentials pass through anonymously; a key that is there
+    /// must be valid.
+    pub fn optional(gate: Keygate) -> Self {
+        Self {
+            optional: true,
+            ..Self::required(gate)
+        }
+    }
+
+    /// Also requires `permission` of a verified key ([`Principal::allows`]); 403
+    /// `insufficient_scope` otherwise. Calling it again requires each permission given.
+    #[must_use]
+    pub fn permission(mut self, permission: impl Into<String>) -> Self {
+        self.permissions.push(permission.into());
+        self
+    }
+
+    /// The gate requests are verified with.
+    pub fn gate(&self) -> &Keygate {
+        &self.gate
+    }
+
+    /// Checks the required permissions of a verified `principal`.
+    pub(crate) fn permits(&self, principal: &Principal) -> Result<(), VerifyError> {
+        self.permissions
+            .iter()
+            .try_for_each(|permission| principal.require(permission))
+    }
+}
+
+/// A verified principal that is allowed `P`: 403 `insufficient_scope` otherwise. An
+/// extractor for axum (feature `axum`) and actix-web (feature `actix`); it derefs to the
+/// [`Principal`].
+///
+/// ```
+/// use keygate::http::Require;
+/// use keygate::Permission;
+///
+/// struct Admin;
+/// impl Permission for Admin {
+///     const NAME: &'static str = "admin";
+/// }
+///
+/// async fn handler(admin: Require<Admin>) -> String {
+///     admin.key_name().to_owned() // a `Principal` method, through `Deref`
+/// }
+/// ```
+///
+/// Also reachable as `keygate::axum::Require` and `keygate::actix::Require`.
+#[cfg(any(feature = "axum", feature = "actix"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix"))))]
+pub struct Require<P: Permission> {
+    principal: Principal,
+    permission: PhantomData<fn() -> P>,
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl<P: Permission> Require<P> {
+    /// `principal`, already checked to allow `P`.
+    pub(crate) fn checked(principal: Principal) -> Self {
+        Self {
+            principal,
+            permission: PhantomData,
+        }
+    }
+
+    /// The principal.
+    pub fn into_inner(self) -> Principal {
+        self.principal
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl<P: Permission> std::ops::Deref for Require<P> {
+    type Target = Principal;
+
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+impl<P: Permission> fmt::Debug for Require<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Require")
+            .field("permission", &P::NAME)
+            .field("principal", &self.principal)
+            .finish()
     }
 }
 
@@ -366,5 +659,95 @@ mod tests {
             out.www_authenticate.as_deref(),
             Some(r#"Bearer realm="xyz", error="insufficient_scope""#)
         );
+    }
+
+    /// The one refusal type renders identically in both frameworks: status, every header
+    /// keygate sets, and body, for each kind of refusal, with the gate's realm and (made
+    /// with `From`) with the default one.
+    #[cfg(all(feature = "axum", feature = "actix"))]
+    #[tokio::test]
+    async fn auth_error_renders_the_same_in_axum_and_actix() {
+        use ::actix_web::ResponseError;
+        use ::axum::response::IntoResponse;
+
+        use crate::{Keygate, MemoryStore, Pepper};
+
+        let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).unwrap())
+            .realm("library")
+            .build()
+            .unwrap();
+        let errors = || {
+            vec![
+                VerifyError::MissingCredentials,
+                VerifyError::InvalidRequest(RequestError::MultipleHeaders),
+                VerifyError::InvalidKey(Rejection::Expired),
+                VerifyError::InsufficientScope {
+                    required: "library:write".into(),
+                },
+                VerifyError::StoreUnavailable(StoreError::Timeout),
+                VerifyError::StoreCorrupt(StoreError::Corrupt("bad row".into())),
+            ]
+        };
+        let made = errors()
+            .into_iter()
+            .map(|e| (AuthError::new(e, &gate), "library"))
+            .chain(errors().into_iter().map(|e| (AuthError::from(e), "api")));
+        let mut seen = 0;
+        for (error, realm) in made {
+            let actix = error.error_response();
+            let actix_headers: Vec<(String, String)> =
+                ["content-type", "www-authenticate", "retry-after"]
+                    .iter()
+                    .filter_map(|name| {
+                        let value = actix.headers().get(*name)?.to_str().ok()?;
+                        Some(((*name).to_owned(), value.to_owned()))
+                    })
+                    .collect();
+            let actix_status = actix.status().as_u16();
+            let actix_body = ::actix_web::body::to_bytes(actix.into_body())
+                .await
+                .unwrap();
+
+            let expected = error.outcome().clone();
+            let axum = error.into_response();
+            let axum_headers: Vec<(String, String)> =
+                ["content-type", "www-authenticate", "retry-after"]
+                    .iter()
+                    .filter_map(|name| {
+                        let value = axum.headers().get(*name)?.to_str().ok()?;
+                        Some(((*name).to_owned(), value.to_owned()))
+                    })
+                    .collect();
+            let axum_status = axum.status().as_u16();
+            let axum_body = ::axum::body::to_bytes(axum.into_body(), usize::MAX)
+                .await
+                .unwrap();
+
+            assert_eq!(actix_status, expected.status);
+            assert_eq!(axum_status, expected.status);
+            assert_eq!(actix_headers, axum_headers);
+            assert_eq!(actix_body, axum_body);
+            assert_eq!(&actix_body[..], expected.body.as_bytes());
+            let challenge = axum_headers.iter().find(|(n, _)| n == "www-authenticate");
+            assert_eq!(
+                challenge.map(|(_, v)| v.as_str()),
+                expected.www_authenticate.as_deref()
+            );
+            if let Some((_, challenge)) = challenge {
+                assert!(
+                    challenge.starts_with(&format!("Bearer realm=\"{realm}\"")),
+                    "{challenge}"
+                );
+            }
+            assert_eq!(
+                axum_headers
+                    .iter()
+                    .find(|(n, _)| n == "retry-after")
+                    .is_some(),
+                expected.status == 503
+            );
+            seen += 1;
+        }
+        assert_eq!(seen, 12);
     }
 }

@@ -44,7 +44,11 @@ const HEADER_B64: &str = "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9";
 pub struct JwtSecret(hmac::Key);
 
 impl JwtSecret {
-    /// Fails on a secret shorter than [`MIN_JWT_SECRET_LEN`] bytes.
+    /// A JWT signing and verification secret.
+    ///
+    /// # Errors
+    ///
+    /// [`BuildError::JwtSecretTooShort`] for a secret shorter than [`MIN_JWT_SECRET_LEN`] bytes.
     pub fn new(secret: impl AsRef<[u8]>) -> Result<Self, BuildError> {
         let secret = secret.as_ref();
         if secret.len() < MIN_JWT_SECRET_LEN {

@@ -72,7 +72,7 @@
 //! impl UserDirectory for Users {
 //!     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
 //!         Ok(match user_id {
-//!             "alice" => Some(Owner::active(["library:read", "library:write"])),
+//!             "alice" => Some(Owner::with_permissions(["library:read", "library:write"])),
 //!             _ => None, // unknown users' keys are refused
 //!         })
 //!     }
@@ -156,32 +156,18 @@
 //! once their rows are imported:
 //!
 //! ```
-//! use keygate::{chrono::Utc, JwtSecret, KeyFormat, KeyRecord, Keygate, MemoryStore, Metadata, Pepper};
+//! use keygate::{chrono::Utc, JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, MemoryStore, Pepper};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
 //!     .jwt_secret(JwtSecret::new("Audiobookshelf's TokenSecret, as stored in its settings")?)
 //!     .build()?;
-//! // One row of Audiobookshelf's apiKeys table.
-//! let now = Utc::now();
-//! gate.import(KeyRecord {
-//!     id: "3b8f3c2e-8a4e-4c8b-9a36-0f3f6f1f5e21".parse()?,
-//!     format: KeyFormat::Jwt,
-//!     hash: None, // Audiobookshelf keeps no hash: the signature alone proves origin
-//!     name: "Backup Script".into(),
-//!     description: None,
-//!     owner: "the row's userId".into(),
-//!     created_by: None,
-//!     created_at: now,
-//!     updated_at: now,
-//!     expires_at: None,
-//!     last_used_at: None,
-//!     active: true,
-//!     scopes: None,
-//!     metadata: Metadata::new(),
-//! })
-//! .await?;
+//! // One row of Audiobookshelf's apiKeys table. No hash: Audiobookshelf keeps none, the
+//! // signature alone proves origin.
+//! let id: KeyId = "3b8f3c2e-8a4e-4c8b-9a36-0f3f6f1f5e21".parse()?;
+//! let record = KeyRecord::new(id, KeyFormat::Jwt, "Backup Script", "the row's userId", Utc::now());
+//! gate.import(record).await?;
 //! # Ok(()) }
 //! ```
 //!
@@ -435,17 +421,13 @@ pub use ::redis;
 pub use builder::KeygateBuilder;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{BuildError, Error, Rejection, RequestError, VerifyError};
-pub use gate::{IssuedKey, Keygate, MAX_NAME_LEN, MAX_PAGE};
-pub use hash::{HashScheme, Pepper, PepperFingerprint, SecretHash, UnknownScheme, MIN_PEPPER_LEN};
-pub use jwt::{JwtSecret, MIN_JWT_SECRET_LEN};
-pub use key::{
-    checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, MAX_OPAQUE_LEN, SCANNER_REGEX,
-};
+pub use gate::{IssuedKey, Keygate};
+pub use hash::{HashScheme, Pepper, PepperFingerprint, SecretHash, UnknownScheme};
+pub use jwt::JwtSecret;
+pub use key::{checksum_ok, scanner_regex, KeyFormat, KeyId, UnknownFormat, SCANNER_REGEX};
 pub use pepper_source::PepperError;
 pub use principal::{Permission, Principal};
-pub use record::{
-    InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition, MAX_STORED_OWNER_LEN,
-};
+pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondition};
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
@@ -462,9 +444,26 @@ pub use store::{RedisConfig, RedisStore};
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteConfig, SqliteStore};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
-pub use validate::{
-    MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_SCOPES, MAX_SCOPE_LEN,
-};
+
+/// The limits keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
+/// admin API accept, on stored records, on tokens, and on secrets.
+///
+/// ```
+/// use keygate::limits::{MAX_NAME_LEN, MIN_PEPPER_LEN};
+///
+/// assert!(MAX_NAME_LEN > 0 && MIN_PEPPER_LEN == 32);
+/// ```
+pub mod limits {
+    pub use crate::gate::MAX_PAGE;
+    pub use crate::hash::MIN_PEPPER_LEN;
+    pub use crate::jwt::MIN_JWT_SECRET_LEN;
+    pub use crate::key::MAX_OPAQUE_LEN;
+    pub use crate::record::MAX_STORED_OWNER_LEN;
+    pub use crate::validate::{
+        MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,
+        MAX_SCOPE_LEN,
+    };
+}
 
 /// The README's snippets, compiled and run as doctests (with the web features on, as
 /// `cargo test --all-features` has them).

@@ -188,6 +188,11 @@ impl Principal {
 
     /// [`allows`](Self::allows) as a `Result`, for `?` in handlers:
     /// [`VerifyError::InsufficientScope`] (HTTP 403) when not allowed.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::InsufficientScope`] naming `permission` when the key does not
+    /// [`allow`](Self::allows) it (HTTP 403 `insufficient_scope`).
     pub fn require(&self, permission: &str) -> Result<(), VerifyError> {
         if self.allows(permission) {
             Ok(())

@@ -19,7 +19,22 @@ pub type Metadata = serde_json::Map<String, serde_json::Value>;
 /// Everything a store keeps about one key. Never the plaintext: an opaque key is kept as
 /// its [`SecretHash`]; a JWT key as its id (the signature proves origin) and, when keygate
 /// minted it, a hash of its signature.
+///
+/// keygate builds the records it mints. To [`import`](crate::Keygate::import) one (or to
+/// decode one in a [`KeyStore`](crate::KeyStore)), start from [`KeyRecord::new`] and set
+/// the fields that differ from its defaults:
+///
+/// ```
+/// use keygate::chrono::{TimeDelta, Utc};
+/// use keygate::{KeyFormat, KeyId, KeyRecord};
+///
+/// let now = Utc::now();
+/// let mut record = KeyRecord::new(KeyId::random(), KeyFormat::Jwt, "Backup Script", "user-1", now);
+/// record.expires_at = Some(now + TimeDelta::days(30));
+/// assert!(record.active && record.hash.is_none());
+/// ```
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct KeyRecord {
     /// Unique id; also the JWT `keyId` claim.
     pub id: KeyId,
@@ -55,6 +70,34 @@ pub struct KeyRecord {
 }
 
 impl KeyRecord {
+    /// An active record created (and last changed) at `created_at`, with no hash,
+    /// description, creator, expiry, last use, scopes or metadata: set those fields as
+    /// needed. An opaque record needs a [`hash`](Self::hash) before keygate accepts it.
+    pub fn new(
+        id: KeyId,
+        format: KeyFormat,
+        name: impl Into<String>,
+        owner: impl Into<String>,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            id,
+            format,
+            hash: None,
+            name: name.into(),
+            description: None,
+            owner: owner.into(),
+            created_by: None,
+            created_at,
+            updated_at: created_at,
+            expires_at: None,
+            last_used_at: None,
+            active: true,
+            scopes: None,
+            metadata: Metadata::new(),
+        }
+    }
+
     /// Whether the key has expired at `now` (`now >= expires_at`).
     pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
@@ -162,6 +205,7 @@ pub(crate) fn check_stored_owner(owner: &str) -> Result<(), InvalidRecord> {
 /// logging it leaks nothing from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("invalid stored record: {field} {reason}")]
+#[non_exhaustive]
 pub struct InvalidRecord {
     /// The offending field, e.g. `"owner"`.
     pub field: &'static str,
@@ -476,6 +520,10 @@ impl KeyPatch {
     /// [precondition](Self::if_unchanged) holds for it. If not, `record` is left as it was
     /// and the result is [`StoreError::Changed`](crate::StoreError::Changed) with the
     /// record's id: a store must then write nothing and return that error.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Changed`](crate::StoreError::Changed) when the precondition fails.
     #[must_use = "a patch whose precondition fails must not be written"]
     pub fn apply(&self, record: &mut KeyRecord) -> Result<(), crate::StoreError> {
         if !self.precondition_holds(record) {

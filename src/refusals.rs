@@ -15,7 +15,7 @@ use crate::key::KeyId;
 /// Every reason code [`Keygate::verify`](crate::Keygate::verify) can refuse with, in the
 /// order of [`RefusalCounts`]. Each is a [`VerifyError::reason`] code.
 const REASONS: [&str; 28] = [
-    // Before any store access (`Rejection::is_offline`).
+    // Before any store access (`Rejection::decided_without_store`).
     "malformed",
     "wrong_prefix",
     "bad_checksum",

@@ -18,7 +18,17 @@ use zeroize::Zeroizing;
 /// assert_eq!(secret.to_string(), "[redacted]");
 /// assert_eq!(secret.expose(), "abs_not-a-real-key");
 /// ```
-#[derive(Clone, PartialEq, Eq)]
+///
+/// There is no `==`: comparing plaintext keys is the verifier's job
+/// ([`Keygate::verify`](crate::Keygate::verify) compares keyed hashes in constant time), and
+/// a byte-by-byte comparison would leak through its timing how much of a key matched.
+///
+/// ```compile_fail
+/// let a = keygate::Secret::from("abs_one".to_owned());
+/// let b = keygate::Secret::from("abs_two".to_owned());
+/// let _ = a == b; // no `PartialEq`
+/// ```
+#[derive(Clone)]
 pub struct Secret(Zeroizing<String>);
 
 impl Secret {

@@ -9,7 +9,20 @@ use async_trait::async_trait;
 ///
 /// A key inherits its owner's permissions, read fresh on every verify, so demoting or
 /// deactivating a user takes effect on all their keys at once.
+///
+/// Build one with [`with_permissions`](Self::with_permissions),
+/// [`unrestricted`](Self::unrestricted) or [`inactive`](Self::inactive) (or
+/// [`deactivated`](Self::deactivated) to keep the permissions of a deactivated owner):
+///
+/// ```
+/// use keygate::Owner;
+///
+/// let alice = Owner::with_permissions(["library:read", "library:write"]);
+/// assert!(alice.active && alice.permissions.allows("library:write"));
+/// assert!(!Owner::unrestricted().deactivated().active);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Owner {
     /// A deactivated owner's keys are all refused.
     pub active: bool,
@@ -19,7 +32,7 @@ pub struct Owner {
 
 impl Owner {
     /// An active owner with these permissions.
-    pub fn active<I, S>(permissions: I) -> Self
+    pub fn with_permissions<I, S>(permissions: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
@@ -43,11 +56,20 @@ impl Owner {
         }
     }
 
-    /// A deactivated owner.
+    /// A deactivated owner with no permissions: every key they own is refused.
     pub fn inactive() -> Self {
         Self {
             active: false,
             permissions: Permissions::Only(BTreeSet::new()),
+        }
+    }
+
+    /// This owner, deactivated (their permissions kept): every key they own is refused.
+    #[must_use]
+    pub fn deactivated(self) -> Self {
+        Self {
+            active: false,
+            ..self
         }
     }
 }
@@ -85,7 +107,7 @@ impl Permissions {
 ///     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
 ///         Ok(match user_id {
 ///             "root" => Some(Owner::unrestricted()),
-///             "alice" => Some(Owner::active(["library:read"])),
+///             "alice" => Some(Owner::with_permissions(["library:read"])),
 ///             "mallory" => Some(Owner::inactive()),
 ///             _ => None,
 ///         })
@@ -100,13 +122,26 @@ pub trait UserDirectory: Send + Sync + 'static {
 }
 
 /// A failure of the user directory.
+///
+/// ```
+/// use keygate::DirectoryError;
+///
+/// let io = std::io::Error::new(std::io::ErrorKind::TimedOut, "users db timed out");
+/// let error = DirectoryError::new(io);
+/// assert_eq!(error.into_inner().to_string(), "users db timed out");
+/// ```
 #[derive(Debug, thiserror::Error)]
 #[error("user directory failed")]
-pub struct DirectoryError(#[source] pub Box<dyn StdError + Send + Sync>);
+pub struct DirectoryError(#[source] Box<dyn StdError + Send + Sync>);
 
 impl DirectoryError {
     /// Wraps the underlying error, keeping it as the source.
     pub fn new(error: impl StdError + Send + Sync + 'static) -> Self {
         Self(Box::new(error))
+    }
+
+    /// The underlying error.
+    pub fn into_inner(self) -> Box<dyn StdError + Send + Sync> {
+        self.0
     }
 }

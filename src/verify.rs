@@ -20,12 +20,23 @@ use crate::usage;
 impl Keygate {
     /// Verifies the value of one `Authorization` header (`Bearer <key>`).
     /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify), plus [`VerifyError::MissingCredentials`] for another
+    /// scheme and [`VerifyError::InvalidRequest`] for an unreadable value.
     pub async fn verify_header(&self, value: &str) -> Result<Principal, VerifyError> {
         self.verify_headers([value.as_bytes()]).await
     }
 
     /// Verifies a request from all of its `Authorization` header values: none is
     /// [`VerifyError::MissingCredentials`], more than one an invalid request.
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify), plus [`VerifyError::MissingCredentials`] without a
+    /// header or with another scheme, and [`VerifyError::InvalidRequest`] for more than one
+    /// header or an unreadable one.
     pub async fn verify_headers<'a, I>(&self, values: I) -> Result<Principal, VerifyError>
     where
         I: IntoIterator<Item = &'a [u8]>,
@@ -53,6 +64,14 @@ impl Keygate {
     /// Order: shape and checksum (or JWT header, signature and claims) with no store
     /// access; then the record by id (format, hash in constant time, active, expiry); then
     /// the owner. A store failure is [`VerifyError::StoreUnavailable`], never a bad key.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::InvalidKey`] with the [`Rejection`](crate::Rejection) for a bad, unknown,
+    /// expired or revoked key or an unknown or inactive owner;
+    /// [`VerifyError::StoreUnavailable`] or [`VerifyError::DirectoryUnavailable`] when the store
+    /// or directory fails or times out; [`VerifyError::StoreCorrupt`] for a stored record keygate
+    /// cannot trust. [`VerifyError::http`] maps each to its HTTP answer.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
         let settle = {
             let refused = match self.check(token).await {

@@ -66,8 +66,8 @@ pub struct DemoUsers {
 impl DemoUsers {
     pub fn new() -> Self {
         Self {
-            admin: Owner::active(["admin", "library:read"]),
-            user: Owner::active(["library:read"]),
+            admin: Owner::with_permissions(["admin", "library:read"]),
+            user: Owner::with_permissions(["library:read"]),
         }
     }
 }

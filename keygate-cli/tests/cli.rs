@@ -480,22 +480,13 @@ async fn stored_text_cannot_drive_the_terminal() {
     let now = chrono::Utc::now();
     cli.gate()
         .await
-        .import(keygate::KeyRecord {
+        .import(keygate::KeyRecord::new(
             id,
-            format: keygate::KeyFormat::Jwt,
-            hash: None,
-            name: hostile.into(),
-            description: None,
-            owner: owner.clone(),
-            created_by: None,
-            created_at: now,
-            updated_at: now,
-            expires_at: None,
-            last_used_at: None,
-            active: true,
-            scopes: None,
-            metadata: keygate::Metadata::new(),
-        })
+            keygate::KeyFormat::Jwt,
+            hostile,
+            owner.clone(),
+            now,
+        ))
         .await
         .unwrap();
     let raw = |bytes: &[u8]| {

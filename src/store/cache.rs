@@ -257,6 +257,10 @@ impl<S: KeyStore> CachedStore<S> {
 
     /// Subscribes to the inner store's change feed ([`KeyStore::subscribe`]); `Ok(false)`
     /// if it has none, in which case the TTL alone bounds cross-node staleness.
+    ///
+    /// # Errors
+    ///
+    /// The inner store's error when its feed could not be subscribed to.
     pub async fn follow_changes(&self) -> Result<bool, StoreError> {
         let listener: Arc<dyn ChangeListener> = self.state.clone();
         self.inner.subscribe(Arc::downgrade(&listener)).await

@@ -28,6 +28,12 @@ use super::{KeyStore, StoreError};
 /// assert!(matches!(opened, Err(keygate::StoreError::InvalidUrl(_))));
 /// # }
 /// ```
+///
+/// # Errors
+///
+/// [`StoreError::InvalidUrl`] for an unknown scheme or one whose feature is off, or a URL
+/// the store cannot read; the store's own error when it cannot be opened (unreachable,
+/// refused, a failed migration).
 pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {

@@ -31,10 +31,11 @@ use tokio::sync::oneshot;
 fn harness() -> Harness {
     let h = Harness::new();
     h.users.set("root", Owner::unrestricted());
-    h.users.set("ops", Owner::active(["admin"]));
+    h.users.set("ops", Owner::with_permissions(["admin"]));
     h.users
-        .set("lead", Owner::active(["admin", "library:read"]));
-    h.users.set("bob", Owner::active(["library:read"]));
+        .set("lead", Owner::with_permissions(["admin", "library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     h
 }
 
@@ -507,7 +508,8 @@ async fn an_owner_unknown_to_the_directory_counts_as_holding_everything() {
     let h = harness();
     let api = AdminApi::new(h.gate.clone());
     let (_, lead) = caller(&h.gate, NewKey::new("lead", "lead")).await;
-    h.users.set("gone", Owner::active(["library:read"]));
+    h.users
+        .set("gone", Owner::with_permissions(["library:read"]));
     let orphan = mint(&h.gate, NewKey::new("orphan", "gone").active(false)).await;
     h.users.remove("gone");
     let before = snapshot(&h).await;
@@ -600,9 +602,9 @@ fn held_gate() -> (Keygate, Held, Arc<CountingStore>) {
     let dir = Directory::new();
     dir.set(
         "lead",
-        Owner::active(["admin", "library:read", "library:write"]),
+        Owner::with_permissions(["admin", "library:read", "library:write"]),
     );
-    dir.set("ops", Owner::active(["admin"]));
+    dir.set("ops", Owner::with_permissions(["admin"]));
     let held = Held::new(dir);
     let gate = builder(&store, &clock).users(held.clone()).build().unwrap();
     (gate, held, store)

@@ -226,7 +226,7 @@ async fn admin_changes_and_refusals_name_the_acting_key_and_owner() {
     let _guard = tracing::subscriber::set_default(capture.clone());
     let h = Harness::new();
     h.users.set("root", Owner::unrestricted());
-    h.users.set("ops", Owner::active(["admin"]));
+    h.users.set("ops", Owner::with_permissions(["admin"]));
     let api = AdminApi::new(h.gate.clone());
     let root_key = h.gate.mint(NewKey::new("root", "root")).await.unwrap();
     let root = h.gate.verify(root_key.key.expose()).await.unwrap();

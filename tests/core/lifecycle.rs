@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use keygate::{
     Cursor, Error, KeyFormat, KeyId, KeyPatch, KeyRecord, KeyStore, ListQuery, Metadata, NewKey,
-    Rejection, StoreError, MAX_NAME_LEN,
+    Rejection, StoreError,
 };
 use serde_json::json;
 
@@ -151,7 +151,7 @@ async fn a_minted_jwt_is_an_audiobookshelf_api_key() {
 #[tokio::test]
 async fn invalid_mint_requests_write_nothing() {
     let h = Harness::new();
-    let long = "x".repeat(MAX_NAME_LEN + 1);
+    let long = "x".repeat(keygate::limits::MAX_NAME_LEN + 1);
     let cases: Vec<(NewKey, &str)> = vec![
         (NewKey::new("", "alice"), "name"),
         (NewKey::new("   ", "alice"), "name"),
@@ -161,7 +161,10 @@ async fn invalid_mint_requests_write_nothing() {
         (NewKey::new("del\u{7f}", "alice"), "name"),
         (NewKey::new("c1\u{85}", "alice"), "name"),
         (NewKey::new(long.clone(), "alice"), "name"),
-        (NewKey::new("é".repeat(MAX_NAME_LEN + 1), "alice"), "name"),
+        (
+            NewKey::new("é".repeat(keygate::limits::MAX_NAME_LEN + 1), "alice"),
+            "name",
+        ),
         (NewKey::new("k", ""), "owner"),
         (NewKey::new("k", "  "), "owner"),
         (
@@ -188,7 +191,8 @@ async fn invalid_mint_requests_write_nothing() {
             "expires_at",
         ),
         (
-            NewKey::new("k", "alice").expires_at(keygate::MAX_EXPIRY + TimeDelta::seconds(1)),
+            NewKey::new("k", "alice")
+                .expires_at(keygate::limits::MAX_EXPIRY + TimeDelta::seconds(1)),
             "expires_at",
         ),
         (
@@ -201,7 +205,7 @@ async fn invalid_mint_requests_write_nothing() {
         (NewKey::new("k", "ad\u{200B}min"), "owner"),
         (NewKey::new("k", " alice"), "owner"),
         (
-            NewKey::new("k", "u".repeat(keygate::MAX_ID_LEN + 1)),
+            NewKey::new("k", "u".repeat(keygate::limits::MAX_ID_LEN + 1)),
             "owner",
         ),
         (
@@ -209,7 +213,8 @@ async fn invalid_mint_requests_write_nothing() {
             "description",
         ),
         (
-            NewKey::new("k", "alice").description("d".repeat(keygate::MAX_DESCRIPTION_LEN + 1)),
+            NewKey::new("k", "alice")
+                .description("d".repeat(keygate::limits::MAX_DESCRIPTION_LEN + 1)),
             "description",
         ),
         (NewKey::new("k", "alice").created_by("root\n"), "created_by"),
@@ -221,16 +226,17 @@ async fn invalid_mint_requests_write_nothing() {
             "scopes",
         ),
         (
-            NewKey::new("k", "alice").scopes(["s".repeat(keygate::MAX_SCOPE_LEN + 1)]),
+            NewKey::new("k", "alice").scopes(["s".repeat(keygate::limits::MAX_SCOPE_LEN + 1)]),
             "scopes",
         ),
         (
-            NewKey::new("k", "alice").scopes((0..=keygate::MAX_SCOPES).map(|i| format!("s{i}"))),
+            NewKey::new("k", "alice")
+                .scopes((0..=keygate::limits::MAX_SCOPES).map(|i| format!("s{i}"))),
             "scopes",
         ),
         (
             NewKey::new("k", "alice").metadata(
-                json!({"blob": "x".repeat(keygate::MAX_METADATA_BYTES)})
+                json!({"blob": "x".repeat(keygate::limits::MAX_METADATA_BYTES)})
                     .as_object()
                     .unwrap()
                     .clone(),
@@ -258,11 +264,17 @@ async fn invalid_mint_requests_write_nothing() {
 
     // The edges that are allowed.
     h.gate
-        .mint(NewKey::new("x".repeat(MAX_NAME_LEN), "alice"))
+        .mint(NewKey::new(
+            "x".repeat(keygate::limits::MAX_NAME_LEN),
+            "alice",
+        ))
         .await
         .unwrap();
     h.gate
-        .mint(NewKey::new("é".repeat(MAX_NAME_LEN), "alice"))
+        .mint(NewKey::new(
+            "é".repeat(keygate::limits::MAX_NAME_LEN),
+            "alice",
+        ))
         .await
         .unwrap();
     h.gate
@@ -276,10 +288,10 @@ async fn invalid_mint_requests_write_nothing() {
     h.gate
         .mint(
             NewKey::new("👨\u{200D}👩\u{200D}👧 family", "alice")
-                .description("d".repeat(keygate::MAX_DESCRIPTION_LEN))
+                .description("d".repeat(keygate::limits::MAX_DESCRIPTION_LEN))
                 .created_by("admin-1")
-                .scopes((0..keygate::MAX_SCOPES).map(|i| format!("library:s{i}")))
-                .expires_at(keygate::MAX_EXPIRY),
+                .scopes((0..keygate::limits::MAX_SCOPES).map(|i| format!("library:s{i}")))
+                .expires_at(keygate::limits::MAX_EXPIRY),
         )
         .await
         .unwrap();
@@ -293,7 +305,7 @@ async fn invalid_updates_write_nothing() {
     let id = issued.record.id;
     let before = h.store.all().await;
     let writes = h.store.calls().writes();
-    let big = json!({"blob": "x".repeat(keygate::MAX_METADATA_BYTES)})
+    let big = json!({"blob": "x".repeat(keygate::limits::MAX_METADATA_BYTES)})
         .as_object()
         .unwrap()
         .clone();
@@ -369,17 +381,18 @@ async fn import_keeps_the_id_and_never_overwrites() {
     settle().await;
 
     // A collision is refused and the stored record is untouched.
-    let impostor = KeyRecord {
-        name: "impostor".into(),
-        owner: "mallory".into(),
-        hash: a
+    let impostor = {
+        let mut record = issued.record.clone();
+        record.name = "impostor".into();
+        record.owner = "mallory".into();
+        record.hash = a
             .gate
             .mint(NewKey::new("other", "alice"))
             .await
             .unwrap()
             .record
-            .hash,
-        ..issued.record.clone()
+            .hash;
+        record
     };
     let before = b.store.record(issued.record.id).await.unwrap();
     let err = b.gate.import(impostor).await.unwrap_err();
@@ -395,9 +408,10 @@ async fn import_keeps_the_id_and_never_overwrites() {
     let minted = b.gate.mint(NewKey::new("fresh", "alice")).await.unwrap();
     let err = b
         .gate
-        .import(KeyRecord {
-            name: "shadow".into(),
-            ..minted.record.clone()
+        .import({
+            let mut record = minted.record.clone();
+            record.name = "shadow".into();
+            record
         })
         .await
         .unwrap_err();
@@ -415,23 +429,26 @@ async fn import_validates_the_record() {
     let b = Harness::new();
     for (bad, field) in [
         (
-            KeyRecord {
-                name: String::new(),
-                ..record.clone()
+            {
+                let mut record = record.clone();
+                record.name = String::new();
+                record
             },
             "name",
         ),
         (
-            KeyRecord {
-                owner: " ".into(),
-                ..record.clone()
+            {
+                let mut record = record.clone();
+                record.owner = " ".into();
+                record
             },
             "owner",
         ),
         (
-            KeyRecord {
-                hash: None,
-                ..record.clone()
+            {
+                let mut record = record.clone();
+                record.hash = None;
+                record
             },
             "hash",
         ),
@@ -444,9 +461,10 @@ async fn import_validates_the_record() {
     assert!(b.store.is_empty());
     assert_eq!(b.store.calls().insert, 0);
     // Audiobookshelf names come over as they are, control characters and all.
-    let odd = KeyRecord {
-        name: "line\nbreak".into(),
-        ..record.clone()
+    let odd = {
+        let mut record = record.clone();
+        record.name = "line\nbreak".into();
+        record
     };
     b.gate.import(odd.clone()).await.unwrap();
     assert_eq!(b.store.record(record.id).await.unwrap(), odd);
@@ -639,18 +657,16 @@ async fn update_changes_exactly_what_the_patch_says() {
         .unwrap();
     let stored = h.store.record(id).await.unwrap();
     assert_eq!(updated, stored);
-    assert_eq!(
-        stored,
-        KeyRecord {
-            name: "new name".into(),
-            description: None,
-            scopes: Some(BTreeSet::from(["b".to_owned(), "c".to_owned()])),
-            metadata: metadata(),
-            expires_at: Some(later + TimeDelta::days(1)),
-            updated_at: later,
-            ..issued.record.clone()
-        }
-    );
+    assert_eq!(stored, {
+        let mut record = issued.record.clone();
+        record.name = "new name".into();
+        record.description = None;
+        record.scopes = Some(BTreeSet::from(["b".to_owned(), "c".to_owned()]));
+        record.metadata = metadata();
+        record.expires_at = Some(later + TimeDelta::days(1));
+        record.updated_at = later;
+        record
+    });
     assert_eq!(stored.created_at, t0());
     assert_eq!(stored.hash, issued.record.hash);
     h.gate.verify(issued.key.expose()).await.unwrap();
@@ -683,7 +699,10 @@ async fn update_changes_exactly_what_the_patch_says() {
     for (patch, field) in [
         (KeyPatch::new().name(""), "name"),
         (KeyPatch::new().name("x\ny"), "name"),
-        (KeyPatch::new().name("x".repeat(MAX_NAME_LEN + 1)), "name"),
+        (
+            KeyPatch::new().name("x".repeat(keygate::limits::MAX_NAME_LEN + 1)),
+            "name",
+        ),
         (KeyPatch::new().owner(""), "owner"),
         // (`hash` and `updated_at` are keygate's: a caller cannot set them at all.)
     ] {
@@ -873,25 +892,19 @@ async fn rotate_keeps_an_imported_name_that_mint_would_refuse() {
     // `import` takes Audiobookshelf names as they are (control characters, any length);
     // `rotate` promises "the old one's name". Rotating such a migrated key must work.
     let h = Harness::new();
-    let abs_name = format!("Backup\tScript {}", "x".repeat(MAX_NAME_LEN));
+    let abs_name = format!(
+        "Backup\tScript {}",
+        "x".repeat(keygate::limits::MAX_NAME_LEN)
+    );
     let id = KeyId::random();
     h.gate
-        .import(KeyRecord {
+        .import(KeyRecord::new(
             id,
-            format: KeyFormat::Jwt,
-            hash: None,
-            name: abs_name.clone(),
-            description: None,
-            owner: "alice".into(),
-            created_by: None,
-            created_at: t0(),
-            updated_at: t0(),
-            expires_at: None,
-            last_used_at: None,
-            active: true,
-            scopes: None,
-            metadata: Metadata::new(),
-        })
+            KeyFormat::Jwt,
+            abs_name.clone(),
+            "alice",
+            t0(),
+        ))
         .await
         .unwrap();
     let old_token = jwt_with(&api_claims(id));
@@ -991,11 +1004,11 @@ async fn rotate_refuses_a_grace_out_of_range_before_writing() {
     );
     assert_eq!(h.store.calls().writes(), calls.writes());
     // The latest grace accepted ends on 9999-12-31T23:59:59Z.
-    let longest = keygate::MAX_EXPIRY - t0();
+    let longest = keygate::limits::MAX_EXPIRY - t0();
     h.gate.rotate(old.record.id, longest).await.unwrap();
     assert_eq!(
         h.store.record(old.record.id).await.unwrap().expires_at,
-        Some(keygate::MAX_EXPIRY)
+        Some(keygate::limits::MAX_EXPIRY)
     );
 }
 

@@ -23,7 +23,8 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 #[tokio::test]
 async fn a_key_inherits_its_owners_permissions_at_request_time() {
     let h = Harness::new();
-    h.users.set("bob", Owner::active(["library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     let key = h.gate.mint(NewKey::new("k", "bob")).await.unwrap();
     let key = key.key.expose().to_owned();
 
@@ -38,8 +39,10 @@ async fn a_key_inherits_its_owners_permissions_at_request_time() {
     assert_eq!(before.scopes(), None);
 
     // Promote bob: the same key can now write, with no change to the key.
-    h.users
-        .set("bob", Owner::active(["library:read", "library:write"]));
+    h.users.set(
+        "bob",
+        Owner::with_permissions(["library:read", "library:write"]),
+    );
     let after = h.gate.verify(&key).await.unwrap();
     assert!(after.allows("library:write"));
     assert!(after.require("library:write").is_ok());
@@ -47,7 +50,8 @@ async fn a_key_inherits_its_owners_permissions_at_request_time() {
     assert!(!before.allows("library:write"));
 
     // Demote bob to nothing.
-    h.users.set("bob", Owner::active(Vec::<String>::new()));
+    h.users
+        .set("bob", Owner::with_permissions(Vec::<String>::new()));
     let demoted = h.gate.verify(&key).await.unwrap();
     assert!(!demoted.allows("library:read"));
     assert!(!demoted.allows(""));
@@ -63,8 +67,10 @@ async fn a_key_inherits_its_owners_permissions_at_request_time() {
 #[tokio::test]
 async fn scopes_only_narrow_the_owners_permissions() {
     let h = Harness::new();
-    h.users
-        .set("bob", Owner::active(["library:read", "library:write"]));
+    h.users.set(
+        "bob",
+        Owner::with_permissions(["library:read", "library:write"]),
+    );
     let issued = h
         .gate
         .mint(NewKey::new("read only", "bob").scopes(["library:read", "admin:users"]))
@@ -180,7 +186,8 @@ async fn changing_a_keys_scopes_takes_effect_on_the_next_verify() {
 #[tokio::test]
 async fn a_key_moved_to_another_owner_acts_for_them() {
     let h = Harness::new();
-    h.users.set("bob", Owner::active(["library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     let issued = h.gate.mint(NewKey::new("k", "alice")).await.unwrap();
     let key = issued.key.expose();
     assert!(h.gate.verify(key).await.unwrap().allows("admin"));
@@ -197,7 +204,8 @@ async fn a_key_moved_to_another_owner_acts_for_them() {
 #[tokio::test]
 async fn deactivating_an_owner_takes_down_every_one_of_their_keys() {
     let h = Harness::new();
-    h.users.set("bob", Owner::active(["library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     let mut bobs = Vec::new();
     for (i, format) in [KeyFormat::Opaque, KeyFormat::Opaque, KeyFormat::Jwt]
         .into_iter()
@@ -226,7 +234,8 @@ async fn deactivating_an_owner_takes_down_every_one_of_their_keys() {
     }
 
     // Reactivating bob brings every key back; removing him is OwnerUnknown.
-    h.users.set("bob", Owner::active(["library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     for key in &bobs {
         assert!(h.gate.verify(key).await.unwrap().allows("library:read"));
     }
@@ -239,13 +248,7 @@ async fn deactivating_an_owner_takes_down_every_one_of_their_keys() {
 #[tokio::test]
 async fn an_inactive_owner_with_permissions_is_still_refused() {
     let h = Harness::new();
-    h.users.set(
-        "carol",
-        Owner {
-            active: false,
-            permissions: Permissions::All,
-        },
-    );
+    h.users.set("carol", Owner::unrestricted().deactivated());
     let issued = h.gate.mint(NewKey::new("k", "carol")).await.unwrap();
     h.assert_refused(issued.key.expose(), Rejection::OwnerInactive)
         .await;

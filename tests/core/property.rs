@@ -163,7 +163,7 @@ async fn every_single_character_change_of_a_jwt_is_refused_before_the_store() {
                         .unwrap_or_else(|| panic!("{candidate:?}: {e:?}")),
                 };
                 assert!(
-                    reason.is_offline(),
+                    reason.decided_without_store(),
                     "{candidate:?}: refused for {reason:?}, after a store read"
                 );
                 tried += 1;

@@ -151,22 +151,13 @@ async fn a_minted_jwt_is_bound_to_its_exact_token() {
 async fn an_imported_audiobookshelf_jwt_rests_on_its_signature() {
     let h = Harness::new();
     let id = KeyId::random();
-    let record = KeyRecord {
+    let record = KeyRecord::new(
         id,
-        format: KeyFormat::Jwt,
-        hash: None,
-        name: "Imported from Audiobookshelf".into(),
-        description: None,
-        owner: "alice".into(),
-        created_by: None,
-        created_at: t0(),
-        updated_at: t0(),
-        expires_at: None,
-        last_used_at: None,
-        active: true,
-        scopes: None,
-        metadata: Default::default(),
-    };
+        KeyFormat::Jwt,
+        "Imported from Audiobookshelf",
+        "alice",
+        t0(),
+    );
     h.gate.import(record).await.unwrap();
     let mut claims = api_claims(id);
     claims["name"] = serde_json::json!("a name the token claims");
@@ -196,9 +187,10 @@ async fn a_record_of_the_other_format_is_a_format_mismatch() {
     let b = Harness::new();
     // The opaque key's record, imported as a JWT record: the opaque key no longer fits it.
     b.gate
-        .import(KeyRecord {
-            format: KeyFormat::Jwt,
-            ..opaque.clone()
+        .import({
+            let mut record = opaque.clone();
+            record.format = KeyFormat::Jwt;
+            record
         })
         .await
         .unwrap();
@@ -209,9 +201,10 @@ async fn a_record_of_the_other_format_is_a_format_mismatch() {
 
     // The JWT's record, imported as an opaque record.
     b.gate
-        .import(KeyRecord {
-            format: KeyFormat::Opaque,
-            ..jwt_record.clone()
+        .import({
+            let mut record = jwt_record.clone();
+            record.format = KeyFormat::Opaque;
+            record
         })
         .await
         .unwrap();
@@ -223,10 +216,11 @@ async fn a_record_of_the_other_format_is_a_format_mismatch() {
     // Opaque key against a hash-less JWT record: a format mismatch, not a free pass.
     let c = Harness::new();
     c.gate
-        .import(KeyRecord {
-            format: KeyFormat::Jwt,
-            hash: None,
-            ..opaque.clone()
+        .import({
+            let mut record = opaque.clone();
+            record.format = KeyFormat::Jwt;
+            record.hash = None;
+            record
         })
         .await
         .unwrap();
@@ -240,9 +234,10 @@ async fn an_opaque_record_without_a_hash_is_corrupt() {
     // `import` refuses it; a store may still hold one (e.g. a botched migration).
     let err = h
         .gate
-        .import(KeyRecord {
-            hash: None,
-            ..record.clone()
+        .import({
+            let mut record = record.clone();
+            record.hash = None;
+            record
         })
         .await
         .unwrap_err();
@@ -252,9 +247,10 @@ async fn an_opaque_record_without_a_hash_is_corrupt() {
     );
     assert!(h.store.is_empty());
     h.store
-        .put(KeyRecord {
-            hash: None,
-            ..record
+        .put({
+            let mut record = record;
+            record.hash = None;
+            record
         })
         .await;
     assert_corrupt(&h.gate, &h.store, &key).await;
@@ -437,9 +433,10 @@ async fn a_corrupt_record_is_logged_as_an_error_with_its_key_id() {
     let h = Harness::new();
     let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
     h.store
-        .put(KeyRecord {
-            owner: String::new(),
-            ..record.clone()
+        .put({
+            let mut record = record.clone();
+            record.owner = String::new();
+            record
         })
         .await;
     let events = Capture::default();
@@ -467,9 +464,10 @@ async fn axum_renders_a_corrupt_record_as_500() {
     let h = Harness::new();
     let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
     h.store
-        .put(KeyRecord {
-            owner: String::new(),
-            ..record
+        .put({
+            let mut record = record;
+            record.owner = String::new();
+            record
         })
         .await;
     async fn me(principal: keygate::Principal) -> String {
@@ -500,9 +498,10 @@ async fn actix_corrupt() {
     let h = Harness::new();
     let (record, key) = mint(&Harness::new(), NewKey::new("k", "alice")).await;
     h.store
-        .put(KeyRecord {
-            owner: String::new(),
-            ..record
+        .put({
+            let mut record = record;
+            record.owner = String::new();
+            record
         })
         .await;
     async fn me(principal: keygate::Principal) -> String {
@@ -544,7 +543,8 @@ fn bound_part(key: &str) -> &str {
 #[tokio::test]
 async fn a_digest_copied_to_another_row_authenticates_nothing() {
     let h = Harness::new();
-    h.users.set("mallory", Owner::active(["library:read"]));
+    h.users
+        .set("mallory", Owner::with_permissions(["library:read"]));
     let (mine, my_key) = mint(&h, NewKey::new("mine", "mallory")).await;
     let (theirs, their_key) = mint(&h, NewKey::new("root's", "alice")).await;
     // Mallory, with a write primitive on the hash column only, copies her digest into
@@ -614,10 +614,11 @@ async fn a_legacy_digest_verifies_once_and_is_stored_bound_afterwards() {
     assert_eq!(hash.digest, hmac_v1(bound_part(&key).as_bytes()));
     // Only the hash changed (and the last use).
     assert_eq!(
-        KeyRecord {
-            hash: legacy.hash.clone(),
-            last_used_at: None,
-            ..stored
+        {
+            let mut record = stored;
+            record.hash = legacy.hash.clone();
+            record.last_used_at = None;
+            record
         },
         legacy
     );
@@ -658,7 +659,8 @@ async fn an_owner_the_directory_does_not_know_is_owner_unknown() {
     h.assert_refused(&jwt, Rejection::OwnerUnknown).await;
     assert_eq!(h.users.calls(), 2);
     // A user deleted after minting.
-    h.users.set("bob", Owner::active(["library:read"]));
+    h.users
+        .set("bob", Owner::with_permissions(["library:read"]));
     let (_, bobs) = mint(&h, NewKey::new("k", "bob")).await;
     h.gate.verify(&bobs).await.unwrap();
     settle().await;

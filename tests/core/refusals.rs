@@ -12,9 +12,7 @@
 )]
 
 use crate::support::*;
-use keygate::{
-    BuildError, KeyFormat, KeyId, Keygate, MemoryStore, NewKey, Pepper, Rejection, MAX_OPAQUE_LEN,
-};
+use keygate::{BuildError, KeyFormat, KeyId, Keygate, MemoryStore, NewKey, Pepper, Rejection};
 use serde_json::json;
 
 async fn opaque_key(h: &Harness) -> String {
@@ -110,7 +108,10 @@ async fn shapes_that_are_not_keys_are_malformed() {
         ("a space in the body", body_at(20, ' ')),
         ("a non-ASCII letter", format!("{}é", &key[..key.len() - 2])),
         ("a NUL byte", body_at(40, '\0')),
-        ("oversize without a dot", "a".repeat(MAX_OPAQUE_LEN + 1)),
+        (
+            "oversize without a dot",
+            "a".repeat(keygate::limits::MAX_OPAQUE_LEN + 1),
+        ),
         (
             "oversize with the prefix",
             format!("{key}{}", "A".repeat(10_000)),
@@ -396,22 +397,13 @@ async fn jwt_time_claims_are_enforced_offline() {
 async fn imported_jwt(h: &Harness) -> KeyId {
     let id = KeyId::random();
     h.gate
-        .import(keygate::KeyRecord {
+        .import(keygate::KeyRecord::new(
             id,
-            format: KeyFormat::Jwt,
-            hash: None,
-            name: "imported".into(),
-            description: None,
-            owner: "alice".into(),
-            created_by: None,
-            created_at: t0(),
-            updated_at: t0(),
-            expires_at: None,
-            last_used_at: None,
-            active: true,
-            scopes: None,
-            metadata: keygate::Metadata::new(),
-        })
+            KeyFormat::Jwt,
+            "imported",
+            "alice",
+            t0(),
+        ))
         .await
         .unwrap();
     id
@@ -628,7 +620,7 @@ async fn short_jwt_secrets_are_refused_at_build() {
         );
     }
     assert!(build(&[b's'; 32]).is_ok());
-    assert_eq!(keygate::MIN_JWT_SECRET_LEN, 32);
+    assert_eq!(keygate::limits::MIN_JWT_SECRET_LEN, 32);
     assert!(matches!(
         keygate::JwtSecret::new([0u8; 31]),
         Err(BuildError::JwtSecretTooShort { min: 32, got: 31 })
@@ -651,7 +643,7 @@ fn short_peppers_are_refused() {
             BuildError::PepperTooShort { min: 32, got: len }
         );
     }
-    assert_eq!(keygate::MIN_PEPPER_LEN, 32);
+    assert_eq!(keygate::limits::MIN_PEPPER_LEN, 32);
     assert!(Pepper::new(1, [7u8; 32]).is_ok());
     assert_eq!(
         Pepper::new(3, [7u8; 32])

@@ -19,8 +19,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, TimeDelta, Utc};
 use serde_json::{json, Value};
 
-use keygate::actix::{admin_scope, AuthError, Authenticate, OptionalPrincipal, Require};
+use keygate::actix::{admin_scope, Authenticate, OptionalPrincipal, Require};
 use keygate::admin::AdminApi;
+use keygate::http::AuthError;
 use keygate::{
     DirectoryError, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, ListQuery, ManualClock,
     MemoryStore, NewKey, Owner, Pepper, Permission, Principal, Rejection, StoreError,
@@ -57,9 +58,13 @@ struct Users;
 impl UserDirectory for Users {
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
         Ok(match user_id {
-            "admin" => Some(Owner::active(["admin", "library:read", "library:write"])),
-            "alice" => Some(Owner::active(["library:read"])),
-            "bob" => Some(Owner::active(["library:read", "library:write"])),
+            "admin" => Some(Owner::with_permissions([
+                "admin",
+                "library:read",
+                "library:write",
+            ])),
+            "alice" => Some(Owner::with_permissions(["library:read"])),
+            "bob" => Some(Owner::with_permissions(["library:read", "library:write"])),
             "mallory" => Some(Owner::inactive()),
             "flaky" => return Err(DirectoryError::new(std::io::Error::other("directory down"))),
             _ => None,
@@ -228,8 +233,8 @@ async fn me(principal: Principal) -> HttpResponse {
     HttpResponse::Ok().json(principal)
 }
 
-async fn write(Require(principal, ..): Require<LibraryWrite>) -> HttpResponse {
-    HttpResponse::Ok().json(principal)
+async fn write(principal: Require<LibraryWrite>) -> HttpResponse {
+    HttpResponse::Ok().json(principal.into_inner())
 }
 
 async fn optional(OptionalPrincipal(principal): OptionalPrincipal) -> String {
@@ -263,7 +268,7 @@ async fn from_middleware(principal: Option<web::ReqData<Principal>>) -> String {
 
 /// Behind the middleware, extracting again: no second verify.
 async fn twice(first: Principal, second: Require<LibraryWrite>) -> String {
-    assert_eq!(first.key_id(), second.0.key_id());
+    assert_eq!(first.key_id(), second.key_id());
     first.owner_id().to_owned()
 }
 

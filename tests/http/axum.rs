@@ -134,7 +134,7 @@ impl UserDirectory for Users {
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
         match user_id {
             "root" => Ok(Some(Owner::unrestricted())),
-            "alice" => Ok(Some(Owner::active(["library:read"]))),
+            "alice" => Ok(Some(Owner::with_permissions(["library:read"]))),
             "mallory" => Ok(Some(Owner::inactive())),
             "down" => Err(DirectoryError::new(std::io::Error::other(
                 "directory offline",
@@ -158,11 +158,11 @@ async fn me(principal: Principal) -> Json<Principal> {
     Json(principal)
 }
 
-async fn libraries(Require(principal, ..): Require<LibraryRead>) -> Json<Value> {
+async fn libraries(principal: Require<LibraryRead>) -> Json<Value> {
     Json(json!({ "libraries": [], "for": principal.owner_id() }))
 }
 
-async fn upload(Require(principal, ..): Require<LibraryWrite>) -> String {
+async fn upload(principal: Require<LibraryWrite>) -> String {
     format!("uploaded by {}", principal.owner_id())
 }
 
@@ -173,8 +173,10 @@ async fn hello(principal: Option<Principal>) -> String {
     }
 }
 
-async fn twice(first: Principal, Require(second, ..): Require<LibraryRead>) -> String {
+async fn twice(first: Principal, second: Require<LibraryRead>) -> String {
+    // `Require` derefs to the principal, and gives it up with `into_inner`.
     assert_eq!(first.key_id(), second.key_id());
+    assert_eq!(first.key_id(), second.into_inner().key_id());
     "ok".to_owned()
 }
 
@@ -484,7 +486,7 @@ async fn every_invalid_key_reason_is_one_identical_401() {
         let before = f.store.gets();
         let error = f.gate.verify(token).await.unwrap_err();
         assert_eq!(error.reason(), *reason, "{token:.40}");
-        let offline = error.rejection().unwrap().is_offline();
+        let offline = error.rejection().unwrap().decided_without_store();
         assert_eq!(
             f.store.gets() == before,
             offline,
@@ -1456,6 +1458,39 @@ async fn a_verify_error_from_a_handler_names_the_gates_realm_behind_the_layer() 
     );
 }
 
+/// The same check, answered as the shared `keygate::http::AuthError` (made with `From`).
+async fn dynamic_auth_error(principal: Principal) -> Result<String, keygate::http::AuthError> {
+    principal.require("library:write")?;
+    Ok("written".to_owned())
+}
+
+/// `keygate::http::AuthError` is axum's rejection and a handler's error alike; made from a
+/// `VerifyError` in a handler, the layer gives it the gate's realm, as for a bare one.
+#[tokio::test]
+async fn an_auth_error_from_a_handler_names_the_gates_realm_behind_the_layer() {
+    let f = fixture().await;
+    let alice = mint(&f.gate, NewKey::new("alice", "alice")).await;
+    let app = Router::new()
+        .route("/dynamic", get(dynamic_auth_error))
+        .layer(Authenticate::optional(f.gate.clone()))
+        .with_state(f.gate.clone());
+    let reply = get_as(&app, "/dynamic", &alice).await;
+    assert_eq!(reply.status, StatusCode::FORBIDDEN);
+    let want =
+        format!(r#"Bearer realm="{REALM}", error="insufficient_scope", scope="library:write""#);
+    assert_eq!(reply.challenge(), Some(want.as_str()));
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+
+    let bare = Router::new()
+        .route("/dynamic", get(dynamic_auth_error))
+        .with_state(f.gate.clone());
+    let reply = get_as(&bare, "/dynamic", &alice).await;
+    assert_eq!(
+        reply.challenge(),
+        Some(r#"Bearer realm="api", error="insufficient_scope", scope="library:write""#)
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // /api/me, the route table, one error shape, unknown body fields
 // ---------------------------------------------------------------------------------------
@@ -1601,13 +1636,13 @@ async fn admin_bodies_with_unknown_fields_are_400_naming_the_field() {
     assert_eq!(all_records(&f.gate).await, before);
 }
 
-/// `admin_router` under `Router::nest` routes through the same table.
+/// `admin_routes("")` under `Router::nest` routes through the same table.
 #[tokio::test]
-async fn the_nested_admin_router_serves_the_same_routes() {
+async fn the_nested_admin_routes_serve_the_same_routes() {
     let f = fixture().await;
     let app: Router = Router::new().nest(
         "/api/api-keys",
-        keygate::axum::admin_router(AdminApi::new(f.gate.clone())),
+        keygate::axum::admin_routes("", AdminApi::new(f.gate.clone())),
     );
     let id = all_records(&f.gate).await[0].id;
     let reply = get_as(&app, "/api/api-keys", &f.root_key).await;

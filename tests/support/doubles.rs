@@ -415,7 +415,7 @@ pub async fn assert_refused_by(
     let after = store.calls();
     assert_eq!(after.writes(), calls.writes(), "{shown}: store written");
     assert_eq!(after.list, calls.list, "{shown}");
-    if want.is_offline() {
+    if want.decided_without_store() {
         assert_eq!(
             after.get, calls.get,
             "{shown}: offline refusal read the store"

@@ -14,7 +14,7 @@ use base64::Engine;
 use keygate::chrono::{DateTime, TimeDelta, TimeZone, Utc};
 use keygate::{
     DirectoryError, JwtSecret, KeyFormat, KeyId, KeyRecord, Keygate, ListQuery, ManualClock,
-    MemoryStore, NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError, MAX_PAGE,
+    MemoryStore, NewKey, Owner, Pepper, Principal, Rejection, UserDirectory, VerifyError,
 };
 use ring::hmac;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
@@ -41,8 +41,8 @@ pub struct Directory;
 impl UserDirectory for Directory {
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
         Ok(match user_id {
-            "root" => Some(Owner::active(["admin", "read"])),
-            "alice" => Some(Owner::active(["read"])),
+            "root" => Some(Owner::with_permissions(["admin", "read"])),
+            "alice" => Some(Owner::with_permissions(["read"])),
             "mallory" => Some(Owner::inactive()),
             _ => None,
         })
@@ -109,7 +109,7 @@ impl Fixture {
 
 /// Every record the gate's store holds, ordered by id.
 pub async fn records(gate: &Keygate) -> Vec<KeyRecord> {
-    gate.list(ListQuery::new().limit(MAX_PAGE))
+    gate.list(ListQuery::new().limit(keygate::limits::MAX_PAGE))
         .await
         .expect("MemoryStore lists")
         .records
@@ -211,21 +211,16 @@ pub async fn build_fixture() -> Fixture {
     ] {
         let id = KeyId::random();
         let at = now() - TimeDelta::seconds(1000);
-        gate.import(KeyRecord {
-            id,
-            format: KeyFormat::Jwt,
-            hash: None,
-            name: format!("imported {owner}"),
-            description: None,
-            owner: owner.to_owned(),
-            created_by: None,
-            created_at: at,
-            updated_at: at,
-            expires_at: None,
-            last_used_at: None,
-            active,
-            scopes: None,
-            metadata: Default::default(),
+        gate.import({
+            let mut record = KeyRecord::new(
+                id,
+                KeyFormat::Jwt,
+                format!("imported {owner}"),
+                owner.to_owned(),
+                at,
+            );
+            record.active = active;
+            record
         })
         .await
         .expect("import");
