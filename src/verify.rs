@@ -17,6 +17,10 @@ use crate::refusals::RefusalCounts;
 use crate::store::StoreError;
 use crate::usage;
 
+/// How long a refused request waits for the gate's first pepper check when the gate has
+/// no `store_timeout` (see `settle`).
+const SETTLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Keygate {
     /// Verifies the value of one `Authorization` header (`Bearer <key>`).
     /// For a request's full header list, use [`verify_headers`](Self::verify_headers).
@@ -251,11 +255,13 @@ impl Keygate {
     }
 
     /// Whether `refused` is a provisional [`hash_mismatch`](Self::hash_mismatch) that
-    /// [`settle`](Self::settle) must decide: the gate's pepper check has not run yet.
+    /// [`settle`](Self::settle) must decide: any `PepperMismatch` the gate's pepper check
+    /// has not confirmed (it may have finished, with no mismatch, since `hash_mismatch`
+    /// looked: then `settle` answers `hash_mismatch` at once).
     fn unsettled(&self, refused: &Refused) -> bool {
         match refused.error {
             VerifyError::PepperMismatch { version } => {
-                self.known_pepper_mismatch(version).is_none()
+                self.known_pepper_mismatch(version) != Some(true)
             }
             _ => false,
         }
@@ -264,9 +270,18 @@ impl Keygate {
     /// Decides an [`unsettled`](Self::unsettled) refusal, then [`refuse`](Self::refuse)s
     /// it: runs the gate's pepper check (once per gate) and keeps `PepperMismatch` only if
     /// the check confirms it; a store that cannot be asked confirms nothing (a bad key).
+    ///
+    /// A request waits for the check at most the gate's `store_timeout`, or
+    /// [`SETTLE_LIMIT`] without one, so bad keys sent while the store does not answer
+    /// cannot queue up behind one another.
     async fn settle(&self, refused: Refused) -> VerifyError {
+        let limit = self.inner.store_timeout.unwrap_or(SETTLE_LIMIT);
         let refused = match refused.error {
-            VerifyError::PepperMismatch { version } if !self.pepper_mismatched(version).await => {
+            VerifyError::PepperMismatch { version }
+                if !tokio::time::timeout(limit, self.pepper_mismatched(version))
+                    .await
+                    .unwrap_or(false) =>
+            {
                 Refused {
                     error: VerifyError::InvalidKey(Rejection::HashMismatch),
                     key: refused.key,

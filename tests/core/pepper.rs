@@ -354,3 +354,32 @@ async fn a_store_with_keys_but_no_fingerprint_trusts_the_first_pepper() {
         Err(Error::PepperMismatch { version: 1 })
     ));
 }
+
+/// A bad key sent while the store does not answer the first pepper check waits at most
+/// one second for it (no `store_timeout` set) and is a plain `hash_mismatch`: refused
+/// requests cannot queue up behind a hanging check (paused time: the runtime jumps to
+/// each deadline, so the waits show up in `Instant` only).
+#[tokio::test(start_paused = true)]
+async fn a_hanging_check_delays_a_bad_key_by_at_most_a_second() {
+    let store = Store::new();
+    let right = gate(&store, pepper(1, RIGHT));
+    let issued = right.mint(NewKey::new("k", "alice")).await.unwrap();
+    store.hanging.store(true, Ordering::SeqCst);
+    let wrong = gate(&store, pepper(1, WRONG));
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..5)
+        .map(|_| {
+            let (wrong, key) = (wrong.clone(), issued.key.expose().to_owned());
+            tokio::spawn(async move { wrong.verify(&key).await })
+        })
+        .collect();
+    for task in tasks {
+        let err = task.await.unwrap().unwrap_err();
+        assert_eq!(err.rejection(), Some(Rejection::HashMismatch), "{err:?}");
+    }
+    assert!(
+        started.elapsed() <= std::time::Duration::from_secs(1),
+        "five refused requests waited {:?} in all",
+        started.elapsed()
+    );
+}
