@@ -125,29 +125,14 @@ impl Keygate {
     async fn check(&self, token: &str) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
-        // A well-formed opaque key of this gate is told from a JWT by its prefix and length
-        // alone: its characters (prefix, `_`, base62) include no `.`. Anything else, and
-        // any shaped token the parse refuses, takes the general route below, which decides
-        // exactly as it always did.
-        let parsed = match opaque_shaped(token, &inner.prefix)
-            .then(|| OpaqueKey::parse(token, &inner.prefix))
-        {
-            Some(Ok(key)) => Some(key),
-            // A shaped token whose body is all base62 has no `.`: the general route would
-            // parse it again to the same answer.
-            Some(Err(Rejection::BadChecksum)) => return Err(reject(Rejection::BadChecksum)),
-            _ => None,
-        };
-        let key = match parsed {
-            Some(key) => key,
-            None if token.as_bytes().contains(&b'.') => return self.check_jwt(token, now).await,
-            None => {
-                if token.len() > key::MAX_OPAQUE_LEN {
-                    return Err(reject(Rejection::Malformed));
-                }
-                OpaqueKey::parse(token, &inner.prefix).map_err(reject)?
-            }
-        };
+        // Opaque keys (a `[a-z0-9]` prefix, `_`, base62) have no `.`; JWTs do.
+        if token.as_bytes().contains(&b'.') {
+            return self.check_jwt(token, now).await;
+        }
+        if token.len() > key::MAX_OPAQUE_LEN {
+            return Err(reject(Rejection::Malformed));
+        }
+        let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
         // What a bound hash covers: the prefix, the id part and the secret part.
         let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
         let record = match inner.store.get_now(key.id) {
@@ -333,14 +318,6 @@ impl Keygate {
         }
         Ok(Principal::new(record, owner, now, token_exp, inner.id))
     }
-}
-
-/// Whether `token` has the length and `<prefix>_` start of one of this gate's opaque keys.
-fn opaque_shaped(token: &str, prefix: &str) -> bool {
-    let bytes = token.as_bytes();
-    bytes.len() == prefix.len().saturating_add(1 + key::BODY_LEN)
-        && bytes.starts_with(prefix.as_bytes())
-        && bytes.get(prefix.len()) == Some(&b'_')
 }
 
 /// A store's answer for `id`, checked with [`KeyRecord::check`] whatever store it came
