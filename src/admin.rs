@@ -137,7 +137,6 @@ pub const ADMIN_PERMISSION: &str = "admin";
 /// use keygate::{Keygate, MemoryStore, NewKey, Pepper};
 ///
 /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, b"a pepper of at least 32 bytes, from a secret store")?)
-///
 ///     .build()?;
 /// let api = AdminApi::new(gate.clone()); // or .permission("keys:admin")
 ///

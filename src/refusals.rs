@@ -216,7 +216,6 @@ fn log(error: &VerifyError, key_id: Option<KeyId>, suppressed: u64) {
 /// use keygate::{Keygate, MemoryStore, Pepper};
 ///
 /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32]).unwrap())
-///
 ///     .build()
 ///     .unwrap();
 /// let _ = gate.verify("not-a-key").await;

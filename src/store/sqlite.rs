@@ -135,7 +135,6 @@ impl Default for SqliteConfig {
 /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let store = SqliteStore::connect("sqlite://keys.db").await?;
 /// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
-///
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
 /// ```

@@ -151,7 +151,6 @@ impl Default for PostgresConfig {
 /// let store = CachedStore::new(store, CacheConfig::new().ttl(Duration::from_secs(30)));
 /// assert!(store.follow_changes().await?); // revokes on other nodes reach this cache
 /// let gate = Keygate::builder(store, Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
-///
 ///     .store_timeout(Duration::from_secs(2))
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
