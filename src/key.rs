@@ -234,6 +234,9 @@ pub(crate) struct OpaqueKey<'a> {
     pub id: KeyId,
     /// The 43-character secret part; what the pepper HMAC is computed over.
     pub secret: &'a [u8],
+    /// The token without its checksum (`<prefix>_<id part><secret part>`): what a
+    /// [`HashScheme::Bound`](crate::HashScheme::Bound) hash covers.
+    pub bound: &'a [u8],
 }
 
 impl<'a> OpaqueKey<'a> {
@@ -270,6 +273,7 @@ impl<'a> OpaqueKey<'a> {
         Ok(Self {
             id: KeyId(Uuid::from_u128(id)),
             secret: &body[ID_LEN..ID_LEN + SECRET_LEN],
+            bound: signed,
         })
     }
 
@@ -383,6 +387,7 @@ mod tests {
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_'));
             let parsed = OpaqueKey::parse(&token, "abs").expect("fresh key parses");
             assert_eq!(parsed.id, id);
+            assert_eq!(Some(parsed.bound), without_checksum(&token));
             assert_eq!(
                 parsed.secret,
                 &token.as_bytes()[4 + ID_LEN..4 + ID_LEN + SECRET_LEN]

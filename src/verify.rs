@@ -133,8 +133,6 @@ impl Keygate {
             return Err(reject(Rejection::Malformed));
         }
         let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
-        // What a bound hash covers: the prefix, the id part and the secret part.
-        let bound = key::without_checksum(token).ok_or(reject(Rejection::Malformed))?;
         let record = match inner.store.get_now(key.id) {
             Some(answer) => checked(key.id, answer)?,
             // Boxed: a store read (and its timeout) would more than double the size of
@@ -145,14 +143,14 @@ impl Keygate {
             Some(r) if r.format == KeyFormat::Opaque => r
                 .hash
                 .as_ref()
-                .map(|hash| self.check_hash(key.secret, Some(bound), hash, key.id)),
+                .map(|hash| self.check_hash(key.secret, Some(key.bound), hash, key.id)),
             _ => None,
         };
         match (record, checked) {
             (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
             (record, _) => {
                 // Same HMAC work as a real comparison: timing does not tell ids apart.
-                inner.pepper.burn(bound);
+                inner.pepper.burn(key.bound);
                 let reason = match record {
                     None => Rejection::UnknownKey,
                     Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
