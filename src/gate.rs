@@ -147,21 +147,21 @@ impl Keygate {
     ///
     /// Refused before anything is written, with [`Error::InvalidInput`] naming the field:
     ///
-    /// - `name`: blank, over [`MAX_NAME_LEN`](crate::limits::MAX_NAME_LEN) characters, or holding control characters or
+    /// - `name`: blank, over [`MAX_NAME_LEN`](crate::bounds::MAX_NAME_LEN) characters, or holding control characters or
     ///   bidi embedding/override/isolate characters (U+202A–U+202E, U+2066–U+2069, which
     ///   reorder displayed text). Zero-width joiners and marks are allowed in names: emoji
     ///   sequences and several scripts need them, and a name is display text, not an id.
-    /// - `description`: over [`MAX_DESCRIPTION_LEN`](crate::limits::MAX_DESCRIPTION_LEN)
+    /// - `description`: over [`MAX_DESCRIPTION_LEN`](crate::bounds::MAX_DESCRIPTION_LEN)
     ///   characters, control characters (newlines included) or bidi controls.
-    /// - `owner`, `created_by`: blank, over [`MAX_ID_LEN`](crate::limits::MAX_ID_LEN) characters,
+    /// - `owner`, `created_by`: blank, over [`MAX_ID_LEN`](crate::bounds::MAX_ID_LEN) characters,
     ///   leading or trailing whitespace, control, bidi or invisible characters (zero-width
     ///   spaces and joiners, directional marks, BOM, soft hyphen): ids that look alike must
     ///   be alike.
-    /// - `scopes`: more than [`MAX_SCOPES`](crate::limits::MAX_SCOPES), or a scope that is empty,
-    ///   over [`MAX_SCOPE_LEN`](crate::limits::MAX_SCOPE_LEN) characters, or holds whitespace,
+    /// - `scopes`: more than [`MAX_SCOPES`](crate::bounds::MAX_SCOPES), or a scope that is empty,
+    ///   over [`MAX_SCOPE_LEN`](crate::bounds::MAX_SCOPE_LEN) characters, or holds whitespace,
     ///   control, bidi or invisible characters.
-    /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::limits::MAX_METADATA_BYTES) as compact JSON.
-    /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY).
+    /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::bounds::MAX_METADATA_BYTES) as compact JSON.
+    /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY).
     ///
     /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
     /// failure is [`Error::Store`].
@@ -331,7 +331,7 @@ impl Keygate {
     ///
     /// The fields a patch sets are held to [`mint`](Self::mint)'s rules (name, owner,
     /// description, scopes, metadata, an expiry no later than
-    /// [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY)); a refused patch writes nothing.
+    /// [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY)); a refused patch writes nothing.
     ///
     /// A patch made conditional with [`KeyPatch::if_unchanged`] that meets a record whose
     /// owner, scopes, active flag or expiry changed since it was read writes nothing and
@@ -415,7 +415,7 @@ impl Keygate {
     /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
     /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
-    /// or one that ends after [`MAX_EXPIRY`](crate::limits::MAX_EXPIRY) (`"grace"`); an old key
+    /// or one that ends after [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY) (`"grace"`); an old key
     /// that is revoked or has expired (`"id"`), since a replacement would bring it back.
     ///
     /// Rotation never lengthens a key's life. The new key gets the old key's `expires_at`

@@ -445,15 +445,15 @@ pub use store::{RedisConfig, RedisStore};
 pub use store::{SqliteConfig, SqliteStore};
 pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
 
-/// The limits keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
+/// The size and range bounds keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
 /// admin API accept, on stored records, on tokens, and on secrets.
 ///
 /// ```
-/// use keygate::limits::{MAX_NAME_LEN, MIN_PEPPER_LEN};
+/// use keygate::bounds::{MAX_NAME_LEN, MIN_PEPPER_LEN};
 ///
 /// assert!(MAX_NAME_LEN > 0 && MIN_PEPPER_LEN == 32);
 /// ```
-pub mod limits {
+pub mod bounds {
     pub use crate::gate::MAX_PAGE;
     pub use crate::hash::MIN_PEPPER_LEN;
     pub use crate::jwt::MIN_JWT_SECRET_LEN;

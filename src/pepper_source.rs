@@ -130,7 +130,7 @@ impl Pepper {
     /// # Errors
     ///
     /// [`PepperError::NotSet`] if `var` is not set, [`PepperError::Invalid`] if its value
-    /// is shorter than [`MIN_PEPPER_LEN`](crate::limits::MIN_PEPPER_LEN) bytes.
+    /// is shorter than [`MIN_PEPPER_LEN`](crate::bounds::MIN_PEPPER_LEN) bytes.
     ///
     /// ```
     /// match keygate::Pepper::from_env("MY_APP_PEPPER", 1) {
@@ -168,7 +168,7 @@ impl Pepper {
     /// [`io::ErrorKind`] says why, e.g. [`NotFound`](io::ErrorKind::NotFound)),
     /// [`PepperError::NotAFile`], [`PepperError::TooLong`], and
     /// [`PepperError::Invalid`] if the pepper is shorter than
-    /// [`MIN_PEPPER_LEN`](crate::limits::MIN_PEPPER_LEN) bytes.
+    /// [`MIN_PEPPER_LEN`](crate::bounds::MIN_PEPPER_LEN) bytes.
     ///
     /// ```no_run
     /// let pepper = keygate::Pepper::from_file("/run/secrets/keygate-pepper", 1)?;

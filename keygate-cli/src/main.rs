@@ -328,7 +328,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             println!("{}", issued.key.expose());
         }
         Command::List { user, json } => {
-            let mut query = ListQuery::new().limit(keygate::limits::MAX_PAGE);
+            let mut query = ListQuery::new().limit(keygate::bounds::MAX_PAGE);
             query.owner = user;
             loop {
                 let page = gate.list(query.clone()).await?;

@@ -151,7 +151,7 @@ async fn a_minted_jwt_is_an_audiobookshelf_api_key() {
 #[tokio::test]
 async fn invalid_mint_requests_write_nothing() {
     let h = Harness::new();
-    let long = "x".repeat(keygate::limits::MAX_NAME_LEN + 1);
+    let long = "x".repeat(keygate::bounds::MAX_NAME_LEN + 1);
     let cases: Vec<(NewKey, &str)> = vec![
         (NewKey::new("", "alice"), "name"),
         (NewKey::new("   ", "alice"), "name"),
@@ -162,7 +162,7 @@ async fn invalid_mint_requests_write_nothing() {
         (NewKey::new("c1\u{85}", "alice"), "name"),
         (NewKey::new(long.clone(), "alice"), "name"),
         (
-            NewKey::new("é".repeat(keygate::limits::MAX_NAME_LEN + 1), "alice"),
+            NewKey::new("é".repeat(keygate::bounds::MAX_NAME_LEN + 1), "alice"),
             "name",
         ),
         (NewKey::new("k", ""), "owner"),
@@ -192,7 +192,7 @@ async fn invalid_mint_requests_write_nothing() {
         ),
         (
             NewKey::new("k", "alice")
-                .expires_at(keygate::limits::MAX_EXPIRY + TimeDelta::seconds(1)),
+                .expires_at(keygate::bounds::MAX_EXPIRY + TimeDelta::seconds(1)),
             "expires_at",
         ),
         (
@@ -205,7 +205,7 @@ async fn invalid_mint_requests_write_nothing() {
         (NewKey::new("k", "ad\u{200B}min"), "owner"),
         (NewKey::new("k", " alice"), "owner"),
         (
-            NewKey::new("k", "u".repeat(keygate::limits::MAX_ID_LEN + 1)),
+            NewKey::new("k", "u".repeat(keygate::bounds::MAX_ID_LEN + 1)),
             "owner",
         ),
         (
@@ -214,7 +214,7 @@ async fn invalid_mint_requests_write_nothing() {
         ),
         (
             NewKey::new("k", "alice")
-                .description("d".repeat(keygate::limits::MAX_DESCRIPTION_LEN + 1)),
+                .description("d".repeat(keygate::bounds::MAX_DESCRIPTION_LEN + 1)),
             "description",
         ),
         (NewKey::new("k", "alice").created_by("root\n"), "created_by"),
@@ -226,17 +226,17 @@ async fn invalid_mint_requests_write_nothing() {
             "scopes",
         ),
         (
-            NewKey::new("k", "alice").scopes(["s".repeat(keygate::limits::MAX_SCOPE_LEN + 1)]),
+            NewKey::new("k", "alice").scopes(["s".repeat(keygate::bounds::MAX_SCOPE_LEN + 1)]),
             "scopes",
         ),
         (
             NewKey::new("k", "alice")
-                .scopes((0..=keygate::limits::MAX_SCOPES).map(|i| format!("s{i}"))),
+                .scopes((0..=keygate::bounds::MAX_SCOPES).map(|i| format!("s{i}"))),
             "scopes",
         ),
         (
             NewKey::new("k", "alice").metadata(
-                json!({"blob": "x".repeat(keygate::limits::MAX_METADATA_BYTES)})
+                json!({"blob": "x".repeat(keygate::bounds::MAX_METADATA_BYTES)})
                     .as_object()
                     .unwrap()
                     .clone(),
@@ -265,14 +265,14 @@ async fn invalid_mint_requests_write_nothing() {
     // The edges that are allowed.
     h.gate
         .mint(NewKey::new(
-            "x".repeat(keygate::limits::MAX_NAME_LEN),
+            "x".repeat(keygate::bounds::MAX_NAME_LEN),
             "alice",
         ))
         .await
         .unwrap();
     h.gate
         .mint(NewKey::new(
-            "é".repeat(keygate::limits::MAX_NAME_LEN),
+            "é".repeat(keygate::bounds::MAX_NAME_LEN),
             "alice",
         ))
         .await
@@ -288,10 +288,10 @@ async fn invalid_mint_requests_write_nothing() {
     h.gate
         .mint(
             NewKey::new("👨\u{200D}👩\u{200D}👧 family", "alice")
-                .description("d".repeat(keygate::limits::MAX_DESCRIPTION_LEN))
+                .description("d".repeat(keygate::bounds::MAX_DESCRIPTION_LEN))
                 .created_by("admin-1")
-                .scopes((0..keygate::limits::MAX_SCOPES).map(|i| format!("library:s{i}")))
-                .expires_at(keygate::limits::MAX_EXPIRY),
+                .scopes((0..keygate::bounds::MAX_SCOPES).map(|i| format!("library:s{i}")))
+                .expires_at(keygate::bounds::MAX_EXPIRY),
         )
         .await
         .unwrap();
@@ -305,7 +305,7 @@ async fn invalid_updates_write_nothing() {
     let id = issued.record.id;
     let before = h.store.all().await;
     let writes = h.store.calls().writes();
-    let big = json!({"blob": "x".repeat(keygate::limits::MAX_METADATA_BYTES)})
+    let big = json!({"blob": "x".repeat(keygate::bounds::MAX_METADATA_BYTES)})
         .as_object()
         .unwrap()
         .clone();
@@ -700,7 +700,7 @@ async fn update_changes_exactly_what_the_patch_says() {
         (KeyPatch::new().name(""), "name"),
         (KeyPatch::new().name("x\ny"), "name"),
         (
-            KeyPatch::new().name("x".repeat(keygate::limits::MAX_NAME_LEN + 1)),
+            KeyPatch::new().name("x".repeat(keygate::bounds::MAX_NAME_LEN + 1)),
             "name",
         ),
         (KeyPatch::new().owner(""), "owner"),
@@ -894,7 +894,7 @@ async fn rotate_keeps_an_imported_name_that_mint_would_refuse() {
     let h = Harness::new();
     let abs_name = format!(
         "Backup\tScript {}",
-        "x".repeat(keygate::limits::MAX_NAME_LEN)
+        "x".repeat(keygate::bounds::MAX_NAME_LEN)
     );
     let id = KeyId::random();
     h.gate
@@ -1004,11 +1004,11 @@ async fn rotate_refuses_a_grace_out_of_range_before_writing() {
     );
     assert_eq!(h.store.calls().writes(), calls.writes());
     // The latest grace accepted ends on 9999-12-31T23:59:59Z.
-    let longest = keygate::limits::MAX_EXPIRY - t0();
+    let longest = keygate::bounds::MAX_EXPIRY - t0();
     h.gate.rotate(old.record.id, longest).await.unwrap();
     assert_eq!(
         h.store.record(old.record.id).await.unwrap().expires_at,
-        Some(keygate::limits::MAX_EXPIRY)
+        Some(keygate::bounds::MAX_EXPIRY)
     );
 }
 

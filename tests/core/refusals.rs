@@ -110,7 +110,7 @@ async fn shapes_that_are_not_keys_are_malformed() {
         ("a NUL byte", body_at(40, '\0')),
         (
             "oversize without a dot",
-            "a".repeat(keygate::limits::MAX_OPAQUE_LEN + 1),
+            "a".repeat(keygate::bounds::MAX_OPAQUE_LEN + 1),
         ),
         (
             "oversize with the prefix",
@@ -620,7 +620,7 @@ async fn short_jwt_secrets_are_refused_at_build() {
         );
     }
     assert!(build(&[b's'; 32]).is_ok());
-    assert_eq!(keygate::limits::MIN_JWT_SECRET_LEN, 32);
+    assert_eq!(keygate::bounds::MIN_JWT_SECRET_LEN, 32);
     assert!(matches!(
         keygate::JwtSecret::new([0u8; 31]),
         Err(BuildError::JwtSecretTooShort { min: 32, got: 31 })
@@ -643,7 +643,7 @@ fn short_peppers_are_refused() {
             BuildError::PepperTooShort { min: 32, got: len }
         );
     }
-    assert_eq!(keygate::limits::MIN_PEPPER_LEN, 32);
+    assert_eq!(keygate::bounds::MIN_PEPPER_LEN, 32);
     assert!(Pepper::new(1, [7u8; 32]).is_ok());
     assert_eq!(
         Pepper::new(3, [7u8; 32])

@@ -109,7 +109,7 @@ impl Fixture {
 
 /// Every record the gate's store holds, ordered by id.
 pub async fn records(gate: &Keygate) -> Vec<KeyRecord> {
-    gate.list(ListQuery::new().limit(keygate::limits::MAX_PAGE))
+    gate.list(ListQuery::new().limit(keygate::bounds::MAX_PAGE))
         .await
         .expect("MemoryStore lists")
         .records
