@@ -6,7 +6,10 @@
 //! every store's tests.
 #![allow(dead_code)] // each test binary uses some of these
 
-use std::path::PathBuf;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// `KEYGATE_TEST_POSTGRES_URL`, e.g. `postgres://postgres@127.0.0.1:5432/test`.
@@ -114,3 +117,112 @@ pub fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)]) ->
         body: body.to_owned(),
     }
 }
+
+/// The pepper [`Process`] starts servers with.
+pub const PEPPER: &str = "serve test pepper: thirty-two bytes or more";
+
+/// `keygate serve` as a process, with its stdout and stderr read line by line.
+pub struct Process {
+    pub child: Child,
+    pub stdout: std::sync::mpsc::Receiver<String>,
+    pub stderr: std::sync::mpsc::Receiver<String>,
+    pub addr: String,
+}
+
+fn lines(pipe: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (send, receive) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if send.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receive
+}
+
+impl Process {
+    pub fn start(db: &Path, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keygate"));
+        command.arg("serve").args(args);
+        for name in [
+            "KEYGATE_PEPPER",
+            "KEYGATE_PEPPER_FILE",
+            "KEYGATE_PEPPER_VERSION",
+            "KEYGATE_JWT_SECRET",
+            "KEYGATE_JWT_SECRET_FILE",
+            "KEYGATE_CONFIG",
+            "KEYGATE_PREFIX",
+            "KEYGATE_LOG",
+            "RUST_LOG",
+        ] {
+            command.env_remove(name);
+        }
+        command
+            .env("KEYGATE_DB", format!("sqlite://{}", db.display()))
+            .env("KEYGATE_PEPPER", PEPPER)
+            .env("KEYGATE_ADDR", "127.0.0.1:0")
+            .env("KEYGATE_LOG_FORMAT", "json")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("keygate serve starts");
+        let stdout = lines(child.stdout.take().unwrap());
+        let stderr = lines(child.stderr.take().unwrap());
+        let mut process = Self {
+            child,
+            stdout,
+            stderr,
+            addr: String::new(),
+        };
+        let listening = process.log_until(|event| event["message"] == "listening");
+        process.addr = listening["addr"].as_str().unwrap().to_owned();
+        process
+    }
+
+    /// Reads JSON log lines until one matches; panics on a non-JSON line or after 60 s.
+    pub fn log_until(&self, wanted: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(Duration::from_secs(60))
+                .expect("keygate serve logs in time");
+            let event: serde_json::Value = serde_json::from_str(&line)
+                .unwrap_or_else(|_| panic!("a log line that is not JSON: {line}"));
+            if wanted(&event) {
+                return event;
+            }
+        }
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let killed = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        self.log_until(|event| event["message"] == "stopped; last-used times written");
+        self.child.wait().unwrap()
+    }
+}
+
+pub fn post_json(addr: &str, target: &str, auth: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        stream,
+        "POST {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nAuthorization: {auth}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
+    body.to_owned()
+}
+
