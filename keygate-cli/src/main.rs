@@ -34,10 +34,10 @@ use chrono::TimeDelta;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
-use keygate_cli::{chain, redact_url};
 use keygate::{
     Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
 };
+use keygate_cli::{chain, redact_url};
 
 #[derive(Parser)]
 #[command(name = "keygate", version, about = "Manage keygate API keys", long_about = None)]
@@ -273,10 +273,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
     };
     if let Command::Migrate = cli.command {
-        eprintln!(
-            "keygate: migrations applied to {}",
-            escape(&redact_url(db))
-        );
+        eprintln!("keygate: migrations applied to {}", escape(&redact_url(db)));
         return Ok(());
     }
     let mut builder = Keygate::builder(store, pepper).prefix(prefix);
@@ -606,5 +603,4 @@ mod tests {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
-
 }

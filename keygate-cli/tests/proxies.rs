@@ -111,7 +111,10 @@ fn nginx_and_caddy_let_valid_keys_through_and_stop_the_rest() {
         let app = Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
             let seen = seen.clone();
             async move {
-                seen.0.lock().unwrap().push((uri.path().to_owned(), headers));
+                seen.0
+                    .lock()
+                    .unwrap()
+                    .push((uri.path().to_owned(), headers));
                 "upstream"
             }
         });
@@ -183,7 +186,7 @@ permissions = []
                 .map(|v| v.to_str().unwrap().to_owned())
                 .collect()
         };
-        assert_eq!(values("x-keygate-key-id"), [reader_id.clone()], "{proxy}");
+        assert_eq!(values("x-keygate-key-id"), [reader_id.as_str()], "{proxy}");
         assert_eq!(values("x-keygate-owner"), ["reader"], "{proxy}");
         assert_eq!(values("x-keygate-scopes"), ["*"], "{proxy}");
 
@@ -213,16 +216,76 @@ permissions = []
         let invalid = r#"Bearer realm="keygate", error="invalid_token""#;
         let scope = r#"Bearer realm="keygate", error="insufficient_scope", scope="library:read""#;
         let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
-            ("missing key", "/things/", None, 401, r#"Bearer realm="keygate""#),
-            ("another scheme", "/things/", Some("Basic dXNlcjpwYXNz".into()), 401, r#"Bearer realm="keygate""#),
-            ("checksum typo", "/things/", Some(bearer(&typo)), 401, invalid),
-            ("garbage", "/things/", Some(bearer("nonsense")), 401, invalid),
-            ("revoked key", "/things/", Some(bearer(&revoked.0)), 401, invalid),
-            ("revoked key, scoped location", "/library/", Some(bearer(&revoked.0)), 401, invalid),
-            ("missing key, scoped location", "/library/", None, 401, r#"Bearer realm="keygate""#),
-            ("key scoped elsewhere", "/library/", Some(bearer(&podcasts)), 403, scope),
-            ("owner lacks the permission", "/library/", Some(bearer(&guest)), 403, scope),
-            ("malformed header", "/things/", Some("Bearer a b".into()), 400, r#"Bearer realm="keygate", error="invalid_request""#),
+            (
+                "missing key",
+                "/things/",
+                None,
+                401,
+                r#"Bearer realm="keygate""#,
+            ),
+            (
+                "another scheme",
+                "/things/",
+                Some("Basic dXNlcjpwYXNz".into()),
+                401,
+                r#"Bearer realm="keygate""#,
+            ),
+            (
+                "checksum typo",
+                "/things/",
+                Some(bearer(&typo)),
+                401,
+                invalid,
+            ),
+            (
+                "garbage",
+                "/things/",
+                Some(bearer("nonsense")),
+                401,
+                invalid,
+            ),
+            (
+                "revoked key",
+                "/things/",
+                Some(bearer(&revoked.0)),
+                401,
+                invalid,
+            ),
+            (
+                "revoked key, scoped location",
+                "/library/",
+                Some(bearer(&revoked.0)),
+                401,
+                invalid,
+            ),
+            (
+                "missing key, scoped location",
+                "/library/",
+                None,
+                401,
+                r#"Bearer realm="keygate""#,
+            ),
+            (
+                "key scoped elsewhere",
+                "/library/",
+                Some(bearer(&podcasts)),
+                403,
+                scope,
+            ),
+            (
+                "owner lacks the permission",
+                "/library/",
+                Some(bearer(&guest)),
+                403,
+                scope,
+            ),
+            (
+                "malformed header",
+                "/things/",
+                Some("Bearer a b".into()),
+                400,
+                r#"Bearer realm="keygate", error="invalid_request""#,
+            ),
         ];
         for (what, prefix, authorization, status, challenge) in cases {
             let target = path(prefix);
@@ -277,7 +340,10 @@ permissions = []
                     headers.insert("retry-after", "7".parse().unwrap());
                 }
                 if code == 429 {
-                    headers.insert("ratelimit", "limit=10, remaining=0, reset=7".parse().unwrap());
+                    headers.insert(
+                        "ratelimit",
+                        "limit=10, remaining=0, reset=7".parse().unwrap(),
+                    );
                     headers.insert("ratelimit-policy", "10;w=60".parse().unwrap());
                 }
                 response

@@ -31,7 +31,6 @@ use tower::ServiceExt;
 
 use support::{http, post_json, Process, PEPPER};
 
-
 fn gate_over(store: impl KeyStore) -> Keygate {
     Keygate::builder(store, Pepper::new(1, PEPPER).unwrap())
         .realm("keygate")
@@ -390,7 +389,13 @@ async fn bootstrap_mints_one_admin_key_on_an_empty_store_only() {
     assert!(AdminApi::new(gate.clone()).is_admin(&principal));
 
     // The admin API is served and takes the key.
-    let listed = call(&app, "GET", "/api/api-keys", &[("authorization", &bearer(key))]).await;
+    let listed = call(
+        &app,
+        "GET",
+        "/api/api-keys",
+        &[("authorization", &bearer(key))],
+    )
+    .await;
     assert_eq!(listed.status, StatusCode::OK, "{}", listed.body);
     assert!(listed.body.contains(&id.to_string()));
 
@@ -601,10 +606,7 @@ async fn the_binary_bootstraps_once_serves_and_flushes_on_sigterm() {
     let server = Process::start(&db, &env, &[]);
 
     // First start, empty store: one line on stdout, the admin key.
-    let line = server
-        .stdout
-        .recv_timeout(Duration::from_secs(30))
-        .unwrap();
+    let line = server.stdout.recv_timeout(Duration::from_secs(30)).unwrap();
     let admin_key = line.strip_prefix("admin API key: ").unwrap().to_owned();
     let addr = server.addr.clone();
     let get = |target: &'static str, key: Option<String>| {

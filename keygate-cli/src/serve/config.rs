@@ -271,9 +271,7 @@ impl Config {
             None => FileConfig::default(),
         };
         let string = |var: &str, from_file: Option<String>, default: &str| {
-            env(var)
-                .or(from_file)
-                .unwrap_or_else(|| default.to_owned())
+            env(var).or(from_file).unwrap_or_else(|| default.to_owned())
         };
         let number = |var: &str, from_file: Option<u64>, default: u64| match env(var) {
             Some(text) => text
@@ -284,9 +282,10 @@ impl Config {
         };
 
         let pepper_version = match env("KEYGATE_PEPPER_VERSION") {
-            Some(text) => text.trim().parse::<u32>().map_err(|_| {
-                ConfigError::invalid("KEYGATE_PEPPER_VERSION", "expected a number")
-            })?,
+            Some(text) => text
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| ConfigError::invalid("KEYGATE_PEPPER_VERSION", "expected a number"))?,
             None => file.pepper_version.unwrap_or(1),
         };
         let pepper = if env("KEYGATE_PEPPER").is_some() || env("KEYGATE_PEPPER_FILE").is_some() {
@@ -310,7 +309,9 @@ impl Config {
             }
             (Some(_), None) => JwtSource::Env,
             (None, Some(path)) => JwtSource::File(PathBuf::from(path)),
-            (None, None) => file.jwt_secret_file.map_or(JwtSource::None, JwtSource::File),
+            (None, None) => file
+                .jwt_secret_file
+                .map_or(JwtSource::None, JwtSource::File),
         };
         let log_format = match env("KEYGATE_LOG_FORMAT") {
             Some(value) => LogFormat::parse("KEYGATE_LOG_FORMAT", &value)?,

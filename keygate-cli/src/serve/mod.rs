@@ -132,9 +132,10 @@ impl ServeError {
     pub fn exit_code(&self) -> u8 {
         match self {
             Self::Config(_) | Self::Setup { .. } => CONFIG_EXIT,
-            Self::Store { source, .. } if matches!(source, StoreError::InvalidUrl(_)) => {
-                CONFIG_EXIT
-            }
+            Self::Store {
+                source: StoreError::InvalidUrl(_),
+                ..
+            } => CONFIG_EXIT,
             Self::Store { .. } => STORE_EXIT,
             Self::Io { .. } => 1,
         }
@@ -331,10 +332,7 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
             source,
         })?;
     let pepper = load_pepper(config, &store).await?;
-    let cached = CachedStore::new(
-        Arc::clone(&store),
-        CacheConfig::new().ttl(config.cache_ttl),
-    );
+    let cached = CachedStore::new(Arc::clone(&store), CacheConfig::new().ttl(config.cache_ttl));
     match cached.follow_changes().await {
         Ok(true) => tracing::info!("following the store's change feed: revocations on other nodes reach this cache at once"),
         Ok(false) => {}

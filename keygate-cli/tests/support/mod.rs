@@ -9,8 +9,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 /// `KEYGATE_TEST_POSTGRES_URL`, e.g. `postgres://postgres@127.0.0.1:5432/test`.
 pub fn postgres_url() -> Option<String> {
@@ -91,7 +91,8 @@ pub fn http(addr: &str, method: &str, target: &str, headers: &[(&str, &str)]) ->
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
-    let mut request = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    let mut request =
+        format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -225,4 +226,3 @@ pub fn post_json(addr: &str, target: &str, auth: &str, body: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{body}");
     body.to_owned()
 }
-
