@@ -93,17 +93,34 @@ check 200 -H "Authorization: Bearer $key" http://127.0.0.1:17184/things/1
 check 200 -H "Authorization: Bearer $key" http://127.0.0.1:17182/things/1
 check 401 http://127.0.0.1:17182/things/1
 
-# One wrk run; prints requests/s. Fails if any answer was not 2xx.
+# CPU time so far (user + system, clock ticks) of nginx's processes and keygate's.
+server_ticks() {
+  local pids total=0 pid
+  pids="$(pgrep -f "nginx.*keygate-proxies" || true) $keygate_pid"
+  for pid in $pids; do
+    [ -r "/proc/$pid/stat" ] || continue
+    total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+  done
+  echo "$total"
+}
+
+# One wrk run; prints "requests/s requests server-CPU-ticks". Fails if any answer was not
+# 2xx.
 run_wrk() {
-  local port=$1 duration=$2 out
+  local port=$1 duration=$2 out before after
+  before=$(server_ticks)
   out=$("${wrk_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" \
     -H "Authorization: Bearer $key" "http://127.0.0.1:$port/things/1")
+  after=$(server_ticks)
   if grep -q "Non-2xx" <<<"$out"; then
     echo "non-2xx answers on port $port:" >&2
     echo "$out" >&2
     exit 1
   fi
-  awk '/^Requests\/sec:/ { print $2 }' <<<"$out"
+  awk -v cpu=$((after - before)) '
+    /requests in/ { requests = $1 }
+    /^Requests\/sec:/ { rps = $2 }
+    END { print rps, requests, cpu }' <<<"$out"
 }
 
 run_wrk 17184 1s >/dev/null # warm-up
@@ -114,9 +131,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in open auth; do
     port=17184
     [ "$side" = auth ] && port=17182
-    rps=$(run_wrk "$port" "$DURATION")
-    printf '%s\t%s\n' "$side" "$rps" >>"$results"
-    echo "round $round $side: $rps req/s" >&2
+    read -r rps requests ticks < <(run_wrk "$port" "$DURATION")
+    printf '%s\t%s\t%s\t%s\n' "$side" "$rps" "$requests" "$ticks" >>"$results"
+    echo "round $round $side: $rps req/s, $requests requests, $ticks CPU ticks (nginx + keygate)" >&2
   done
 done
 
@@ -124,22 +141,33 @@ mkdir -p "$target_dir"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -1)
 python3 - "$results" "$(nproc)" "${cpu:-unknown}" "${#server_cpu[@]}" \
   "wrk -t$THREADS -c$CONNECTIONS -d$DURATION" "$ROUNDS" "$(cut -d' ' -f1-3 /proc/loadavg)" \
-  "$(nginx -v 2>&1 | sed 's/.*: //')" <<'PY' | tee "$target_dir/forward-auth-bench.md"
+  "$(nginx -v 2>&1 | sed 's/.*: //')" "$(getconf CLK_TCK)" <<'PY' | tee "$target_dir/forward-auth-bench.md"
 import statistics, sys
-path, nproc, cpu, pinned, command, rounds, load, nginx = sys.argv[1:]
-runs = {}
+path, nproc, cpu, pinned, command, rounds, load, nginx, clk_tck = sys.argv[1:]
+tick_us = 1e6 / int(clk_tck)
+runs, cpu_us = {}, {}
 for line in open(path):
-    side, rps = line.split("\t")
+    side, rps, requests, ticks = line.split("\t")
     runs.setdefault(side, []).append(float(rps))
+    cpu_us.setdefault(side, []).append(int(ticks) * tick_us / max(int(requests), 1))
 open_, auth = statistics.median(runs["open"]), statistics.median(runs["auth"])
 ratio = auth / open_
+cpu_open, cpu_auth = statistics.median(cpu_us["open"]), statistics.median(cpu_us["auth"])
+cpu_ratio = cpu_open / cpu_auth
 print(f"Machine: {nproc} CPUs, {cpu}; load average at the end {load}. {nginx}, one worker. "
       f"`{command}`, {rounds} interleaved rounds; "
       + ("nginx and keygate pinned to CPU 0, wrk to CPU 1." if pinned != "0" else "no CPU pinning."))
 print()
-print("| path | nginx, no auth req/s | nginx + auth_request + keygate serve req/s | ratio | target | runs req/s (no auth / auth) |")
-print("|---|---:|---:|---:|---|---|")
+print("Throughput ratio = median(auth req/s) / median(no-auth req/s). CPU ratio = "
+      "median(no-auth CPU per request) / median(auth CPU per request), CPU being nginx's "
+      "and keygate's own (user + system), which other load on the machine disturbs less.")
+print()
+print("| request | no auth req/s | auth_request + keygate req/s | throughput ratio | "
+      "no auth CPU µs/req | auth CPU µs/req | CPU ratio | target >= 0.9 | runs req/s (no auth / auth) |")
+print("|---|---:|---:|---:|---:|---:|---:|---|---|")
 each = lambda side: ", ".join(f"{r:,.0f}" for r in runs[side])
-print(f"| GET /things/1, valid opaque key | {open_:,.0f} | {auth:,.0f} | {ratio:.3f} | >= 0.9 "
-      f"{'met' if ratio >= 0.9 else 'MISSED'} | {each('open')} / {each('auth')} |")
+verdict = "met" if ratio >= 0.9 else "MISSED"
+print(f"| GET /things/1, valid opaque key | {open_:,.0f} | {auth:,.0f} | {ratio:.3f} | "
+      f"{cpu_open:.1f} | {cpu_auth:.1f} | {cpu_ratio:.3f} | {verdict} | "
+      f"{each('open')} / {each('auth')} |")
 PY

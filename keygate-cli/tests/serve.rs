@@ -718,3 +718,79 @@ fn the_binary_reads_its_file_and_the_environment_overrides_it() {
     let _ = std::fs::remove_file(&file);
     support::remove_sqlite(&db);
 }
+
+#[test]
+fn with_a_user_directory_the_first_key_belongs_to_an_admin_user() {
+    let db = support::sqlite_temp_path();
+    let file = db.with_extension("toml");
+    // The bootstrap owner must be an admin in the directory: refused at start otherwise,
+    // before anything is minted.
+    std::fs::write(&file, "[users.admin]\npermissions = [\"library:read\"]\n").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(["serve", "--config", file.to_str().unwrap()])
+        .env("KEYGATE_DB", format!("sqlite://{}", db.display()))
+        .env("KEYGATE_PEPPER", PEPPER)
+        .env("KEYGATE_ADDR", "127.0.0.1:0")
+        .env("KEYGATE_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(output.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("is not an active admin in [users]"),
+        "{stderr}"
+    );
+
+    std::fs::write(
+        &file,
+        "[users.admin]\npermissions = [\"*\"]\n[users.reader]\npermissions = [\"library:read\"]\n",
+    )
+    .unwrap();
+    let server = Process::start(&db, &[], &["--config", file.to_str().unwrap()]);
+    let key = server
+        .stdout
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .strip_prefix("admin API key: ")
+        .unwrap()
+        .to_owned();
+    // Unscoped: the directory, not the key, makes it admin.
+    let admin = http(
+        &server.addr,
+        "GET",
+        "/auth",
+        &[("Authorization", &bearer(&key))],
+    );
+    assert_eq!(admin.status, 200);
+    assert_eq!(admin.header("x-keygate-scopes"), Some("*"));
+    // It can mint for another user of the directory...
+    let minted = post_json(
+        &server.addr,
+        "/api/api-keys",
+        &bearer(&key),
+        r#"{"name":"reader","userId":"reader"}"#,
+    );
+    let minted: serde_json::Value = serde_json::from_str(&minted).unwrap();
+    let reader = minted["apiKey"]["apiKey"].as_str().unwrap();
+    let auth = bearer(reader);
+    let allowed = http(
+        &server.addr,
+        "GET",
+        "/auth?scope=library:read",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(allowed.status, 200);
+    assert_eq!(allowed.header("x-keygate-owner"), Some("reader"));
+    // ...whose keys carry that user's permissions only.
+    let refused = http(
+        &server.addr,
+        "GET",
+        "/auth?scope=library:write",
+        &[("Authorization", &auth)],
+    );
+    assert_eq!(refused.status, 403);
+    assert!(server.terminate().success());
+    let _ = std::fs::remove_file(&file);
+    support::remove_sqlite(&db);
+}

@@ -21,7 +21,7 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
@@ -43,13 +43,9 @@ const MAX_SCOPES: usize = 16;
 /// Longest original URI or host logged, in bytes.
 const MAX_LOGGED: usize = 256;
 
-pub(crate) async fn auth(
-    State(app): State<App>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-) -> Response {
-    let request = Original::of(&app, &method, &uri, &headers);
+pub(crate) async fn auth(State(app): State<App>, request: Request) -> Response {
+    // The whole request, read by reference: nothing is copied per request.
+    let (method, uri, headers) = (request.method(), request.uri(), request.headers());
     let required = match required_scopes(uri.query()) {
         Ok(required) => required,
         Err(problem) => {
@@ -73,32 +69,24 @@ pub(crate) async fn auth(
             .map(|()| principal),
         Err(error) => Err(error),
     };
-    match verified {
-        Ok(principal) => {
-            tracing::debug!(
-                target: "access",
-                method = ?request.method,
-                uri = ?request.uri,
-                host = ?request.host,
-                status = 200,
-                key_id = %principal.key_id(),
-                "forward auth"
-            );
-            granted(&principal)
-        }
-        Err(error) => {
-            let response = AuthError::new(error, gate).into_response();
-            tracing::debug!(
-                target: "access",
-                method = ?request.method,
-                uri = ?request.uri,
-                host = ?request.host,
-                status = response.status().as_u16(),
-                "forward auth"
-            );
-            response
-        }
+    let (response, key_id) = match verified {
+        Ok(principal) => (granted(&principal), Some(principal.key_id())),
+        Err(error) => (AuthError::new(error, gate).into_response(), None),
+    };
+    // One line per decision, at DEBUG under target `access` (off by default).
+    if tracing::enabled!(target: "access", tracing::Level::DEBUG) {
+        let original = Original::of(&app, method, uri, headers);
+        tracing::debug!(
+            target: "access",
+            method = ?original.method,
+            uri = ?original.uri,
+            host = ?original.host,
+            status = response.status().as_u16(),
+            key_id = key_id.map(tracing::field::display),
+            "forward auth"
+        );
     }
+    response
 }
 
 /// The 200 for `principal`, with the identity headers.

@@ -220,10 +220,13 @@ impl App {
             .route("/readyz", get(health::readyz))
             .route("/auth", any(auth::auth))
             .merge(keygate::axum::admin_routes("/api/api-keys", admin))
-            // MOUNT POINT (issue 11, admin-page slice): the admin web page at `/admin`,
-            // e.g. `.merge(keygate::axum::admin_page("/admin", AdminApi::new(self.gate.clone())))`.
-            // MOUNT POINT (issue 11, leaks slice): GitHub secret-scanning reports at
-            // `/leaks/github`, e.g. `.merge(keygate::axum::github_leaks("/leaks/github", …))`.
+            // MOUNT POINT (issue 11, admin-page slice, not on main yet): the admin web page,
+            // `.merge(keygate::axum::admin_page("/admin", keygate::admin::AdminPage::new().api_base("/api/api-keys")))`.
+            // MOUNT POINT (issue 11, leaks slice, not on main yet): GitHub secret-scanning
+            // reports, `.merge(keygate::axum::leak_routes("/leaks/github", keygate::leaks::LeakReports::new(gate, keys)))`
+            // with `keys = keygate::leaks::GithubKeys::from_file(…)` from a new setting
+            // (e.g. `github_keys_file` / `KEYGATE_GITHUB_KEYS_FILE` in config.rs), mounted
+            // only when it is set.
             .fallback(not_found)
             .with_state(self.clone())
     }
