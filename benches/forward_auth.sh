@@ -61,9 +61,12 @@ trap cleanup EXIT
 export NGINX_EXTRA='  server { listen 127.0.0.1:17181; location / { return 200 "upstream\n"; } }
   server { listen 127.0.0.1:17184; location / { proxy_set_header Host $host; proxy_pass http://127.0.0.1:17181; } }'
 .ci/proxies.sh start >&2
+# nginx's master (from its pid file) and workers.
+nginx_master=$(cat /tmp/keygate-proxies/nginx/nginx.pid)
+nginx_pids="$nginx_master $(pgrep -P "$nginx_master" | tr '\n' ' ')"
 # nginx runs as its own daemon; pin its processes too.
 if [ ${#server_cpu[@]} -gt 0 ]; then
-  for pid in $(pgrep -f "nginx.*keygate-proxies" || true); do taskset -pc 0 "$pid" >/dev/null; done
+  for pid in $nginx_pids; do taskset -pc 0 "$pid" >/dev/null; done
 fi
 
 KEYGATE_ADDR=127.0.0.1:17180 KEYGATE_DB="sqlite://$work/keys.db" KEYGATE_LOG=warn \
@@ -93,34 +96,33 @@ check 200 -H "Authorization: Bearer $key" http://127.0.0.1:17184/things/1
 check 200 -H "Authorization: Bearer $key" http://127.0.0.1:17182/things/1
 check 401 http://127.0.0.1:17182/things/1
 
-# CPU time so far (user + system, clock ticks) of nginx's processes and keygate's.
-server_ticks() {
-  local pids total=0 pid
-  pids="$(pgrep -f "nginx.*keygate-proxies" || true) $keygate_pid"
-  for pid in $pids; do
+# CPU time so far (user + system, clock ticks) of the processes $1.
+ticks() {
+  local total=0 pid
+  for pid in $1; do
     [ -r "/proc/$pid/stat" ] || continue
     total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
   done
   echo "$total"
 }
 
-# One wrk run; prints "requests/s requests server-CPU-ticks". Fails if any answer was not
-# 2xx.
+# One wrk run; prints "requests/s requests nginx-CPU-ticks keygate-CPU-ticks". Fails if
+# any answer was not 2xx.
 run_wrk() {
-  local port=$1 duration=$2 out before after
-  before=$(server_ticks)
+  local port=$1 duration=$2 out nginx_before keygate_before nginx_after keygate_after
+  nginx_before=$(ticks "$nginx_pids") keygate_before=$(ticks "$keygate_pid")
   out=$("${wrk_cpu[@]}" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$duration" \
     -H "Authorization: Bearer $key" "http://127.0.0.1:$port/things/1")
-  after=$(server_ticks)
+  nginx_after=$(ticks "$nginx_pids") keygate_after=$(ticks "$keygate_pid")
   if grep -q "Non-2xx" <<<"$out"; then
     echo "non-2xx answers on port $port:" >&2
     echo "$out" >&2
     exit 1
   fi
-  awk -v cpu=$((after - before)) '
+  awk -v nginx=$((nginx_after - nginx_before)) -v keygate=$((keygate_after - keygate_before)) '
     /requests in/ { requests = $1 }
     /^Requests\/sec:/ { rps = $2 }
-    END { print rps, requests, cpu }' <<<"$out"
+    END { print rps, requests, nginx, keygate }' <<<"$out"
 }
 
 run_wrk 17184 1s >/dev/null # warm-up
@@ -131,9 +133,9 @@ for round in $(seq 1 "$ROUNDS"); do
   for side in open auth; do
     port=17184
     [ "$side" = auth ] && port=17182
-    read -r rps requests ticks < <(run_wrk "$port" "$DURATION")
-    printf '%s\t%s\t%s\t%s\n' "$side" "$rps" "$requests" "$ticks" >>"$results"
-    echo "round $round $side: $rps req/s, $requests requests, $ticks CPU ticks (nginx + keygate)" >&2
+    read -r rps requests nginx_ticks keygate_ticks < <(run_wrk "$port" "$DURATION")
+    printf '%s\t%s\t%s\t%s\t%s\n' "$side" "$rps" "$requests" "$nginx_ticks" "$keygate_ticks" >>"$results"
+    echo "round $round $side: $rps req/s, $requests requests, CPU ticks nginx $nginx_ticks, keygate $keygate_ticks" >&2
   done
 done
 
@@ -145,11 +147,13 @@ python3 - "$results" "$(nproc)" "${cpu:-unknown}" "${#server_cpu[@]}" \
 import statistics, sys
 path, nproc, cpu, pinned, command, rounds, load, nginx, clk_tck = sys.argv[1:]
 tick_us = 1e6 / int(clk_tck)
-runs, cpu_us = {}, {}
+runs, cpu_us, keygate_us = {}, {}, {}
 for line in open(path):
-    side, rps, requests, ticks = line.split("\t")
+    side, rps, requests, nginx_ticks, keygate_ticks = line.split("\t")
+    n = max(int(requests), 1)
     runs.setdefault(side, []).append(float(rps))
-    cpu_us.setdefault(side, []).append(int(ticks) * tick_us / max(int(requests), 1))
+    cpu_us.setdefault(side, []).append((int(nginx_ticks) + int(keygate_ticks)) * tick_us / n)
+    keygate_us.setdefault(side, []).append(int(keygate_ticks) * tick_us / n)
 open_, auth = statistics.median(runs["open"]), statistics.median(runs["auth"])
 ratio = auth / open_
 cpu_open, cpu_auth = statistics.median(cpu_us["open"]), statistics.median(cpu_us["auth"])
@@ -163,11 +167,12 @@ print("Throughput ratio = median(auth req/s) / median(no-auth req/s). CPU ratio 
       "and keygate's own (user + system), which other load on the machine disturbs less.")
 print()
 print("| request | no auth req/s | auth_request + keygate req/s | throughput ratio | "
-      "no auth CPU µs/req | auth CPU µs/req | CPU ratio | target >= 0.9 | runs req/s (no auth / auth) |")
+      "no auth CPU µs/req | auth CPU µs/req (of which keygate) | CPU ratio | target >= 0.9 | runs req/s (no auth / auth) |")
 print("|---|---:|---:|---:|---:|---:|---:|---|---|")
+kg = statistics.median(keygate_us["auth"])
 each = lambda side: ", ".join(f"{r:,.0f}" for r in runs[side])
 verdict = "met" if ratio >= 0.9 else "MISSED"
 print(f"| GET /things/1, valid opaque key | {open_:,.0f} | {auth:,.0f} | {ratio:.3f} | "
-      f"{cpu_open:.1f} | {cpu_auth:.1f} | {cpu_ratio:.3f} | {verdict} | "
+      f"{cpu_open:.1f} | {cpu_auth:.1f} ({kg:.1f}) | {cpu_ratio:.3f} | {verdict} | "
       f"{each('open')} / {each('auth')} |")
 PY

@@ -210,6 +210,14 @@ impl Process {
     }
 }
 
+/// A failed test must not leave its server running (it would hold the port).
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 pub fn post_json(addr: &str, target: &str, auth: &str, body: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
