@@ -356,6 +356,7 @@ def run(binary, shots):
         step('Rotate the HTML-named key: the new key works, the old one is refused at once.')
         tr.find_element(By.CSS_SELECTOR, 'button[data-action="rotate"]').click()
         page.visible("confirm-grace")
+        page.shot("desktop-6-rotate-confirm")
         title = page.by_id("confirm-text").text
         check(XSS_NAME in title, f"rotate confirmation: {title!r}")
         page.confirm()
