@@ -446,6 +446,13 @@ def run(binary, shots):
         driver.switch_to.active_element.send_keys(Keys.ESCAPE)
         viewport(driver, 1280, 800, False)
         page.shot("desktop-2b-list")
+        # The same list in dark mode (prefers-color-scheme).
+        driver.execute_cdp_cmd(
+            "Emulation.setEmulatedMedia",
+            {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
+        )
+        page.shot("desktop-7-dark")
+        driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
         # No CSP violation or script error while all this ran.
         step('No CSP violation or script error while all this ran.')

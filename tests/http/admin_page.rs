@@ -359,6 +359,56 @@ fn unlisted_gate() -> Keygate {
         .unwrap()
 }
 
+/// A directory with more users than the API shows.
+struct Crowded;
+
+#[async_trait]
+impl UserDirectory for Crowded {
+    async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+        Ok((user_id == "root").then(|| Owner::with_permissions(["admin"])))
+    }
+
+    async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+        Ok(Some(
+            (0..keygate::bounds::MAX_PAGE + 5)
+                .map(|n| DirectoryUser::new(format!("u{n}")))
+                .collect(),
+        ))
+    }
+}
+
+/// A directory that cannot be asked.
+struct Down;
+
+#[async_trait]
+impl UserDirectory for Down {
+    async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+        Ok((user_id == "root").then(|| Owner::with_permissions(["admin"])))
+    }
+
+    async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+        Err(DirectoryError::new(std::io::Error::other("users db down")))
+    }
+}
+
+#[tokio::test]
+async fn directory_users_are_capped_and_failures_are_errors() {
+    let gate = Keygate::builder(MemoryStore::new(), pepper())
+        .users(Crowded)
+        .build()
+        .unwrap();
+    let users = gate.directory_users().await.unwrap().unwrap();
+    assert_eq!(users.len(), keygate::bounds::MAX_PAGE);
+    assert_eq!(users[0].id, "u0");
+    let gate = Keygate::builder(MemoryStore::new(), pepper())
+        .users(Down)
+        .build()
+        .unwrap();
+    assert!(gate.directory_users().await.is_err());
+    let gate = Keygate::builder(MemoryStore::new(), pepper()).build().unwrap();
+    assert_eq!(gate.directory_users().await.unwrap(), None);
+}
+
 #[cfg(feature = "axum")]
 mod axum_page {
     use super::*;
@@ -458,6 +508,23 @@ mod axum_page {
         );
         let post = send(&app, "POST", "/api/api-keys/users", Some(&admin)).await;
         assert_eq!((post.status, post.header("allow")), (405, Some("GET")));
+    }
+
+    #[tokio::test]
+    async fn users_is_503_when_the_directory_is_down() {
+        let gate = Keygate::builder(MemoryStore::new(), pepper())
+            .users(Down)
+            .build()
+            .unwrap();
+        let admin = gate
+            .mint(NewKey::new("admin", "root").scopes(["admin"]))
+            .await
+            .unwrap();
+        let app = app(gate);
+        let reply = send(&app, "GET", "/api/api-keys/users", Some(admin.key.expose())).await;
+        assert_eq!(reply.status, 503, "{}", reply.text());
+        assert!(reply.header("retry-after").is_some());
+        assert!(reply.text().contains("temporarily_unavailable"));
     }
 
     #[tokio::test]
