@@ -460,7 +460,7 @@ def run(binary, shots):
             entry["message"]
             for entry in driver.get_log("browser")
             if entry["level"] == "SEVERE" and "favicon" not in entry["message"]
-            and "/api/" not in entry["message"]  # the 401 of the wrong key above
+            and "/api/" not in entry["message"]  # the 401 and 404 answers provoked above
         ]
         check(not problems, "browser console errors:\n" + "\n".join(problems))
 
@@ -470,6 +470,11 @@ def run(binary, shots):
         page.visible("signin-key")
         check(driver.execute_script("return sessionStorage.length") == 0, "sessionStorage kept a key")
         check(driver.execute_script("return document.cookie") == "", "a cookie was set")
+        # A valid key without the admin permission: told so, not signed in.
+        page.sign_in(rotated)
+        error = page.visible("signin-error")
+        check(error.text == "This key is valid, but it has no admin permission.", f"non-admin: {error.text!r}")
+        check(not page.by_id("keys").is_displayed(), "a non-admin key got the list")
         driver.refresh()
         page.visible("signin-key")
         page.by_id("signin-remember").click()

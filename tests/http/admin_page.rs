@@ -405,7 +405,9 @@ async fn directory_users_are_capped_and_failures_are_errors() {
         .build()
         .unwrap();
     assert!(gate.directory_users().await.is_err());
-    let gate = Keygate::builder(MemoryStore::new(), pepper()).build().unwrap();
+    let gate = Keygate::builder(MemoryStore::new(), pepper())
+        .build()
+        .unwrap();
     assert_eq!(gate.directory_users().await.unwrap(), None);
 }
 
