@@ -101,7 +101,7 @@ use actix_web::{
     Scope,
 };
 
-use crate::admin::page::{mount_segment, PageResponse};
+use crate::admin::page::PageResponse;
 use crate::admin::{AdminApi, AdminPage, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
@@ -477,10 +477,10 @@ impl Responder for PageResponse {
     }
 }
 
-/// The admin page and the last segment of its mount path, for its handler.
+/// The admin page and its mount path, for its handler.
 struct MountedPage {
     page: AdminPage,
-    segment: String,
+    mount: String,
 }
 
 /// The [admin page](crate::admin::page) as a [`Scope`] mounted at `path` (e.g.
@@ -504,7 +504,7 @@ pub fn admin_page_scope(path: &str, page: AdminPage) -> Scope {
     let mount = path.trim_end_matches('/');
     let mounted = MountedPage {
         page,
-        segment: mount_segment(mount).to_owned(),
+        mount: mount.to_owned(),
     };
     web::scope(mount)
         .app_data(web::Data::new(mounted))
@@ -516,9 +516,9 @@ async fn page_handler(req: HttpRequest, mounted: web::Data<MountedPage>) -> Http
     mounted
         .page
         .respond_at(
+            &mounted.mount,
             req.method().as_str(),
             req.match_info().unprocessed(),
-            Some(&mounted.segment),
         )
         .respond_to(&req)
 }

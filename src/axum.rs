@@ -95,7 +95,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
-use crate::admin::page::{mount_segment, PageResponse};
+use crate::admin::page::PageResponse;
 use crate::admin::{AdminApi, AdminPage, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
@@ -492,17 +492,10 @@ pub fn admin_page<S>(path: &str, page: AdminPage) -> Router<S> {
 async fn page_handler(State(mounted): State<MountedPage>, request: Request<Body>) -> Response {
     let path = request.uri().path();
     let Some(rest) = path.strip_prefix(&*mounted.mount) else {
-        return mounted
-            .page
-            .respond_at("GET", "/\u{0}", None)
-            .into_response();
+        return PageResponse::not_found().into_response();
     };
     mounted
         .page
-        .respond_at(
-            request.method().as_str(),
-            rest,
-            Some(mount_segment(&mounted.mount)),
-        )
+        .respond_at(&mounted.mount, request.method().as_str(), rest)
         .into_response()
 }

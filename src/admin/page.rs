@@ -110,29 +110,36 @@ impl AdminPage {
         }
     }
 
-    /// The answer to `method` on `path`, the request path after the page's mount point
-    /// (`"/"`, `"/app.js"`, …). `GET` and `HEAD` only (405 otherwise, with `Allow`); an
-    /// empty path (the mount point without its trailing slash) is a 308 redirect to it
-    /// with the slash, so the page's relative asset URLs resolve; anything else unknown
-    /// is 404. `HEAD` answers carry the headers and an empty body.
+    /// The answer to `method` on `path`, for a page mounted at the root (`path` is the
+    /// request path: `"/"`, `"/app.js"`, …). See [`respond_at`](Self::respond_at).
     pub fn respond(&self, method: &str, path: &str) -> PageResponse {
-        self.respond_at(method, path, None)
+        self.respond_at("", method, path)
     }
 
-    /// [`respond`](Self::respond), with the last segment of the mount path, for the
-    /// redirect from the mount point without its slash (`Location: ./admin/`, relative so
-    /// a proxy's path prefix survives).
-    pub(crate) fn respond_at(
-        &self,
-        method: &str,
-        path: &str,
-        mount_segment: Option<&str>,
-    ) -> PageResponse {
+    /// The answer to `method` on `path`, the request path after `mount`, where the page
+    /// is mounted (`"/admin"`: `path` is `"/"`, `"/app.js"`, …). For framework adapters;
+    /// the axum and actix ones call it.
+    ///
+    /// `GET` and `HEAD` only (405 otherwise, with `Allow`); `HEAD` answers carry the
+    /// headers and an empty body. An empty `path` (the mount point without its trailing
+    /// slash) is a 308 redirect to it with the slash, so the page's relative asset URLs
+    /// resolve: `Location: ./admin/` (relative, so a reverse proxy's path prefix
+    /// survives). Anything else unknown is 404.
+    ///
+    /// ```
+    /// use keygate::admin::AdminPage;
+    ///
+    /// let page = AdminPage::new();
+    /// let redirect = page.respond_at("/admin", "GET", "");
+    /// assert_eq!((redirect.status, redirect.header("location")), (308, Some("./admin/")));
+    /// assert_eq!(page.respond_at("/admin", "GET", "/app.css").status, 200);
+    /// ```
+    pub fn respond_at(&self, mount: &str, method: &str, path: &str) -> PageResponse {
         let asset: Option<(&'static str, Cow<'static, [u8]>, &'static str)> = match path {
             "" => {
-                let location = match mount_segment {
-                    Some(segment) if !segment.is_empty() => format!("./{segment}/"),
-                    _ => "./".to_owned(),
+                let location = match mount_segment(mount) {
+                    "" => "./".to_owned(),
+                    segment => format!("./{segment}/"),
                 };
                 let mut response = PageResponse::plain(308, "see the page with a trailing /");
                 response.headers.push(("location", location));
@@ -266,7 +273,7 @@ fn escape_attribute(text: &str) -> String {
 
 /// The last non-empty segment of a mount path (`"/admin"` → `"admin"`), for the
 /// redirect to the page's canonical URL.
-pub(crate) fn mount_segment(path: &str) -> &str {
+fn mount_segment(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
 }
 
@@ -306,7 +313,7 @@ mod tests {
             (post.status, post.header("allow")),
             (405, Some("GET, HEAD"))
         );
-        let redirect = page.respond_at("GET", "", Some("admin"));
+        let redirect = page.respond_at("/x/admin/", "GET", "");
         assert_eq!(
             (redirect.status, redirect.header("location")),
             (308, Some("./admin/"))
