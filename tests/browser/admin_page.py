@@ -10,10 +10,13 @@ page at /admin:
   sign in (a wrong key first: refused with a message) -> create a key for `user` -> read
   the key the page shows once, press Copy -> GET /api/libraries with it: 200 -> switch it
   off in the page -> 401 -> switch it on -> 200 -> rotate it: the old key 401, the new one
-  200 -> delete it (confirm) -> gone from the page and from the API (404);
-  a key named `<img src=x onerror=alert(1)>` is shown as text (no element, no alert);
-  the page answers with its CSP and no CSP violation is logged; sign out leaves nothing
-  in sessionStorage or cookies.
+  200 -> delete it (cancel first, then confirm) -> gone from the page and from the API
+  (404); a key named `<img src=x onerror=alert(1)>` is shown as text (no element, no
+  alert); rotate (the old key refused, shown as expired); an API error shown from its
+  JSON (404); edit (rename + switch off); an expiry date (a past one refused in the
+  form); keyboard (Enter opens the form, Escape closes it); the page answers with its CSP
+  and no CSP violation or script error is logged; a non-admin key is told so; "stay
+  signed in" survives a reload, sign out leaves nothing in sessionStorage or cookies.
 
 Screenshots at 1280x800 (desktop) and 390x844 (phone) go to SCREENSHOT_DIR (default
 target/admin-page-screenshots/<server name>/). Any failure exits 1 with a message.
@@ -409,6 +412,7 @@ def run(binary, shots):
         )
 
         # Edit (Audiobookshelf's edit form): rename and switch off in one save.
+        step("Edit (Audiobookshelf's edit form): rename and switch off in one save.")
         tablet = page.create("Tablet sync")
         page.done_secret()
         expect_status(server, "/api/libraries", tablet, 200, "tablet key")
@@ -427,6 +431,35 @@ def run(binary, shots):
         check(page.row("Tablet sync") is None, "old name still listed")
         check(tr.find_element(By.CSS_SELECTOR, ".switch-text").text == "Off", "edit did not switch it off")
         expect_status(server, "/api/libraries", tablet, 401, "key switched off by edit")
+
+        # An expiry date: a past one is refused in the form; a future one is kept.
+        step('An expiry date: a past one is refused in the form; a future one is kept.')
+        page.visible("add-key").click()
+        page.visible("create-name").send_keys("Until 2030")
+        Select(page.by_id("create-user-select")).select_by_value("user")
+        Select(page.by_id("create-expiry")).select_by_value("date")
+        page.visible("create-date")
+        driver.execute_script("document.getElementById('create-date').value = '2001-02-03'")
+        page.by_id("create-submit").click()
+        error = page.visible("create-error")
+        check(error.text == "The expiry date must be in the future.", f"past date: {error.text!r}")
+        driver.execute_script("document.getElementById('create-date').value = '2030-01-15'")
+        page.by_id("create-submit").click()
+        page.visible("secret-value")
+        page.done_secret()
+        tr = page.wait_row("Until 2030")
+        status, body, _ = server.call(
+            f"/api/api-keys/{tr.get_attribute('data-key-id')}", server.admin_key
+        )
+        expires_at = json.loads(body)["apiKey"]["expiresAt"]
+        # The end of 15 January 2030, local time: the 15th or 16th in UTC.
+        check(expires_at[:10] in ("2030-01-15", "2030-01-16"), f"expiresAt {expires_at}")
+        expiry_cell = tr.find_element(By.CSS_SELECTOR, 'td[data-label="Expires"] time')
+        check(expiry_cell.get_attribute("datetime").startswith(expires_at[:10]), "expiry cell")
+        delete = tr.find_element(By.CSS_SELECTOR, 'button[data-action="delete"]')
+        delete.click()
+        page.confirm()
+        page.wait_row("Until 2030", present=False)
 
         # Phone width: the list as cards, the form, the shown key.
         step('Phone width: the list as cards, the form, the shown key.')
@@ -447,6 +480,7 @@ def run(binary, shots):
         viewport(driver, 1280, 800, False)
         page.shot("desktop-2b-list")
         # The same list in dark mode (prefers-color-scheme).
+        step('The same list in dark mode (prefers-color-scheme).')
         driver.execute_cdp_cmd(
             "Emulation.setEmulatedMedia",
             {"features": [{"name": "prefers-color-scheme", "value": "dark"}]},
@@ -471,6 +505,7 @@ def run(binary, shots):
         check(driver.execute_script("return sessionStorage.length") == 0, "sessionStorage kept a key")
         check(driver.execute_script("return document.cookie") == "", "a cookie was set")
         # A valid key without the admin permission: told so, not signed in.
+        step('A valid key without the admin permission: told so, not signed in.')
         page.sign_in(rotated)
         error = page.visible("signin-error")
         check(error.text == "This key is valid, but it has no admin permission.", f"non-admin: {error.text!r}")
