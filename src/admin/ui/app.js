@@ -245,6 +245,7 @@
     show($("signin"), true);
     formError("signin-error", message || "");
     $("signin-key").value = "";
+    $("signin-remember").checked = false;
     $("signin-key").focus();
   }
 
