@@ -14,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 dir=/tmp/keygate-proxies
 snippets="$root/keygate-cli/proxies"
 
-running() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+running() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
 wait_port() {
   for _ in $(seq 1 100); do

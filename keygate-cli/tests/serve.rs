@@ -428,6 +428,22 @@ async fn the_admin_api_refuses_keys_that_are_not_admin() {
     assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED);
 }
 
+#[tokio::test]
+async fn the_admin_page_is_served_and_calls_the_admin_api_beside_it() {
+    let (app, _, _) = app();
+    let page = call(&app, "GET", "/admin/", &[]).await;
+    assert_eq!(page.status, StatusCode::OK);
+    assert!(page
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page.header("content-security-policy").is_some());
+    // Relative to the page, so it works under a proxy's path prefix too.
+    assert!(page.body.contains("../api/api-keys"), "{}", page.body);
+    let bare = call(&app, "GET", "/admin", &[]).await;
+    assert!(bare.status.is_redirection(), "{}", bare.status);
+}
+
 // ---------------------------------------------------------------------------------------
 // configuration precedence
 

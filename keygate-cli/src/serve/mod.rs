@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `/auth` (any method) | forward auth for nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth` (see [`auth`](self#forward-auth)) |
 //! | `/api/api-keys` | the admin API ([`keygate::admin`]) |
+//! | `/admin/` | the admin web page ([`keygate::admin::AdminPage`]), which signs in with an admin key and calls the admin API |
 //! | `GET /healthz` | liveness: `200 ok` |
 //! | `GET /readyz` | readiness: `200` when the store answers, else `503` with `Retry-After` |
 //!
@@ -51,7 +52,7 @@ use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
-use keygate::admin::{AdminApi, ADMIN_PERMISSION};
+use keygate::admin::{AdminApi, AdminPage, ADMIN_PERMISSION};
 use keygate::{
     CacheConfig, CachedStore, JwtSecret, KeyId, KeyStore, Keygate, ListQuery, NewKey, Pepper,
     StoreError,
@@ -220,8 +221,12 @@ impl App {
             .route("/readyz", get(health::readyz))
             .route("/auth", any(auth::auth))
             .merge(keygate::axum::admin_routes("/api/api-keys", admin))
-            // MOUNT POINT (issue 11, admin-page slice, not on main yet): the admin web page,
-            // `.merge(keygate::axum::admin_page("/admin", keygate::admin::AdminPage::new().api_base("/api/api-keys")))`.
+            // The admin page; its API base is relative to the page (`/admin/`), so it
+            // keeps working when a proxy serves keygate under a path prefix.
+            .merge(keygate::axum::admin_page(
+                "/admin",
+                AdminPage::new().api_base("../api/api-keys"),
+            ))
             // MOUNT POINT (issue 11, leaks slice, not on main yet): GitHub secret-scanning
             // reports, `.merge(keygate::axum::leak_routes("/leaks/github", keygate::leaks::LeakReports::new(gate, keys)))`
             // with `keys = keygate::leaks::GithubKeys::from_file(…)` from a new setting
