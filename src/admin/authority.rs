@@ -257,6 +257,7 @@ mod tests {
             active,
             scopes: scopes.map(set),
             metadata: crate::record::Metadata::new(),
+            network: crate::limits::NetworkPolicy::new(),
         }
     }
 
