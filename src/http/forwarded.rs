@@ -129,7 +129,7 @@ impl TrustedProxies {
         };
         // A trusted peer that forwarded no hop is not what a proxy of ours does: unknown.
         let mut client = None;
-        for (walked, hop) in last_hops(&lines, parse)?.into_iter().enumerate() {
+        for (walked, hop) in last_hops(&lines, parse).into_iter().enumerate() {
             if walked >= MAX_FORWARDED_HOPS {
                 return None;
             }
@@ -146,12 +146,13 @@ impl TrustedProxies {
 
 /// Appends the hops of one header line, right to left, at most `limit` of them:
 /// `Some(address)` for a readable hop, `None` for one that is not (or names no address).
-/// `Err` when the line cannot be split into hops at all.
+/// `Err`, having appended nothing, when the line cannot be split into hops at all.
 type LineParser = fn(&[u8], usize, &mut Vec<Option<IpAddr>>) -> Result<(), ()>;
 
-/// The last [`MAX_FORWARDED_HOPS`] + 1 hops of all `lines`, right to left, or `None` when
-/// a line cannot be split into hops.
-fn last_hops(lines: &[&[u8]], parse: LineParser) -> Option<Vec<Option<IpAddr>>> {
+/// The last [`MAX_FORWARDED_HOPS`] + 1 hops of all `lines`, right to left. A line that
+/// cannot be split into hops is one unreadable hop: it matters only if the walk gets that
+/// far (a client can write anything to the left of what our proxies append).
+fn last_hops(lines: &[&[u8]], parse: LineParser) -> Vec<Option<IpAddr>> {
     let limit = MAX_FORWARDED_HOPS.saturating_add(1);
     let mut hops: Vec<Option<IpAddr>> = Vec::with_capacity(limit);
     for line in lines.iter().rev() {
@@ -159,9 +160,11 @@ fn last_hops(lines: &[&[u8]], parse: LineParser) -> Option<Vec<Option<IpAddr>>> 
         if room == 0 {
             break;
         }
-        parse(line, room, &mut hops).ok()?;
+        if parse(line, room, &mut hops).is_err() {
+            hops.push(None);
+        }
     }
-    Some(hops)
+    hops
 }
 
 /// One `X-Forwarded-For` line, right to left: comma-separated entries, each an IPv4 or
@@ -204,6 +207,7 @@ fn trim(bytes: &[u8]) -> &[u8] {
 /// One `Forwarded` line (RFC 7239 §4), right to left: comma-separated elements of
 /// `;`-separated `name=value` pairs, values tokens or quoted strings. Each element must
 /// carry exactly one `for`. An unbalanced quote makes the whole line unreadable (`Err`).
+/// Linear in the line's length; keeps at most `limit` elements.
 fn forwarded_line(line: &[u8], limit: usize, out: &mut Vec<Option<IpAddr>>) -> Result<(), ()> {
     // Split at commas outside quoted strings, keeping only the last `limit` elements.
     let mut elements: std::collections::VecDeque<&[u8]> =
@@ -429,6 +433,11 @@ mod tests {
             xff("10.0.0.1", &["garbage, 198.51.100.1"]),
             Some(ip("198.51.100.1"))
         );
+        assert_eq!(
+            fwd("10.0.0.1", &["for=\"unbalanced", "for=198.51.100.1"]),
+            Some(ip("198.51.100.1"))
+        );
+        assert_eq!(fwd("10.0.0.1", &["for=\"unbalanced", "for=10.0.0.3"]), None);
         let long = format!("{}, 198.51.100.1", "9".repeat(100_000));
         assert_eq!(xff("10.0.0.1", &[&long]), Some(ip("198.51.100.1")));
         let huge = "1".repeat(MAX_HOP_LEN + 1);
@@ -494,7 +503,7 @@ mod tests {
             &["for=2001:db8::1"],
             &["for=\"[2001:db8::1\""],
             &["for=\"[2001:db8::1]:\""],
-            &["for=1.2.3.4:99999"],
+            &["for=1.2.3.4:999999"],
             &["for="],
             &["for"],
             &["for=\"a\"b\""],

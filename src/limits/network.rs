@@ -323,8 +323,9 @@ impl AllowedOrigin {
             && match (self.wildcard, other.wildcard) {
                 (false, false) => self.host == other.host,
                 (false, true) => false,
-                // `*.a.com` covers `b.a.com` and `*.b.a.com`.
-                (true, _) => is_subdomain(&other.host, &self.host),
+                // `*.a.com` covers `b.a.com`, `*.b.a.com` and itself.
+                (true, false) => is_subdomain(&other.host, &self.host),
+                (true, true) => other.host == self.host || is_subdomain(&other.host, &self.host),
             }
     }
 }

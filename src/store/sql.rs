@@ -136,7 +136,12 @@ pub(crate) fn network_to(policy: &NetworkPolicy) -> Result<Option<String>, Store
 pub(crate) fn network_from(json: Option<&str>) -> Result<NetworkPolicy, StoreError> {
     match json {
         None => Ok(NetworkPolicy::new()),
-        Some(text) => serde_json::from_str(text).map_err(|e| StoreError::Corrupt(Box::new(e))),
+        Some(text) => match crate::json::object_text(text.as_bytes()) {
+            Some(object) => {
+                serde_json::from_str(object).map_err(|e| StoreError::Corrupt(Box::new(e)))
+            }
+            None => Err(corrupt("network policy is not a JSON object")),
+        },
     }
 }
 
