@@ -465,16 +465,47 @@ impl<'de> Deserialize<'de> for AllowedOrigin {
 ///
 /// Stored with the record as `{"cidrs": [...], "origins": [...]}` (canonical text);
 /// duplicates are dropped and the order kept.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[non_exhaustive]
 pub struct NetworkPolicy {
     /// Client networks; empty: any address.
-    #[serde(default)]
     cidrs: Vec<Cidr>,
     /// Browser origins; empty: any origin, or none.
-    #[serde(default)]
     origins: Vec<AllowedOrigin>,
+}
+
+/// Strictly: a JSON object (never an array read by position), no unknown fields, both
+/// lists optional, every entry valid.
+impl<'de> Deserialize<'de> for NetworkPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Fields {
+            #[serde(default)]
+            cidrs: Vec<Cidr>,
+            #[serde(default)]
+            origins: Vec<AllowedOrigin>,
+        }
+
+        struct Object;
+
+        impl<'de> serde::de::Visitor<'de> for Object {
+            type Value = Fields;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a network policy object")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Fields, A::Error> {
+                Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            }
+        }
+
+        let fields = deserializer.deserialize_map(Object)?;
+        Ok(NetworkPolicy::new()
+            .with_cidrs(fields.cidrs)
+            .with_origins(fields.origins))
+    }
 }
 
 /// Why a request's context did not satisfy a [`NetworkPolicy`].
@@ -958,6 +989,9 @@ mod tests {
             r#"{"cidrs":[1]}"#,
             r#"{"origins":["https://a.com/x"]}"#,
             r#"{"cidrs":[],"extra":1}"#,
+            r#"[["10.0.0.0/8"],[]]"#,
+            "[]",
+            "null",
         ] {
             assert!(serde_json::from_str::<NetworkPolicy>(bad).is_err(), "{bad}");
         }

@@ -56,8 +56,17 @@ struct StoredRecord {
     scopes: Option<BTreeSet<String>>,
     metadata: Metadata,
     /// Absent: unrestricted (see the module docs). Present: both lists, strictly.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
     network: Option<StoredNetwork>,
+}
+
+/// A field that, when present, must hold a value (`null` is not "none" here).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoredNetwork>, D::Error> {
+    StoredNetwork::deserialize(d).map(Some)
 }
 
 /// A key's network restrictions as stored: canonical CIDR and origin texts, both lists
@@ -299,6 +308,41 @@ mod tests {
             decode(id, &json, Some(b"yesterday")),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn network_is_written_only_when_restricted_and_read_strictly() {
+        let id = KeyId::random();
+        // Records from before network restrictions: unrestricted.
+        let old = decodes(&schema_1(id), id).unwrap();
+        assert!(old.network.is_unrestricted());
+        // An unrestricted record is written as before, without the field.
+        let json: serde_json::Value = serde_json::from_slice(&encode(&old).unwrap()).unwrap();
+        assert!(json.get("network").is_none());
+        let mut restricted = schema_1(id);
+        restricted["network"] = serde_json::json!({
+            "cidrs": ["10.0.0.0/8", "2001:db8::/32"], "origins": ["https://a.example:8443"]
+        });
+        let record = decodes(&restricted, id).unwrap();
+        assert_eq!(record.network.cidrs().len(), 2);
+        assert_eq!(record.network.origins().len(), 1);
+        let json: serde_json::Value = serde_json::from_slice(&encode(&record).unwrap()).unwrap();
+        assert_eq!(json["network"], restricted["network"]);
+        for bad in [
+            serde_json::json!(null),
+            serde_json::json!([]),
+            serde_json::json!({"cidrs": ["10.0.0.0/8"]}),
+            serde_json::json!({"cidrs": ["10.1.0.0/8"], "origins": []}),
+            serde_json::json!({"cidrs": [], "origins": ["a.example"]}),
+            serde_json::json!({"cidrs": [], "origins": [], "hosts": []}),
+        ] {
+            let mut value = schema_1(id);
+            value["network"] = bad.clone();
+            assert!(
+                matches!(decodes(&value, id), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
