@@ -562,7 +562,7 @@ impl AdminApi {
             caller.scopes(),
             caller.expires_at(),
         )
-        .from_network(&caller.record().network);
+        .confined_to(&caller.record().network);
         let others: Vec<&Permissions> = owners
             .iter()
             .filter(|(owner, _)| *owner != caller.owner_id())
@@ -667,7 +667,7 @@ impl AdminApi {
         if let Some(origins) = body.allowed_origins {
             new = new.allowed_origins(parse_origins(&origins)?);
         }
-        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at).from_network(&new.network);
+        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at).confined_to(&new.network);
         self.authorize(call, "-", &[(&user_id, &owner)], Some(&result))?;
         let IssuedKey { record, key } = self.gate.mint(new).await.map_err(fail)?;
         changed(call, record.id, &record.owner, None);

@@ -56,14 +56,14 @@ impl Reach {
     }
 
     /// This reach, usable only from where `network` allows (unrestricted by default).
-    pub(crate) fn from_network(mut self, network: &NetworkPolicy) -> Self {
+    pub(crate) fn confined_to(mut self, network: &NetworkPolicy) -> Self {
         self.network = network.clone();
         self
     }
 
     /// The reach of `record` for an owner holding `owner`.
     pub(crate) fn of(record: &KeyRecord, owner: &Permissions) -> Self {
-        Self::new(owner, record.scopes.as_ref(), record.expires_at).from_network(&record.network)
+        Self::new(owner, record.scopes.as_ref(), record.expires_at).confined_to(&record.network)
     }
 
     /// Whether these permissions include every one of `other`.
@@ -295,14 +295,14 @@ mod tests {
     #[test]
     fn a_network_restricted_caller_cannot_produce_a_key_usable_elsewhere() {
         let office = net(&["10.0.0.0/8"], &[]);
-        let caller = reach(&Permissions::All, None, None).from_network(&office);
+        let caller = reach(&Permissions::All, None, None).confined_to(&office);
         for wider in [
             net(&[], &[]),
             net(&["0.0.0.0/0"], &[]),
             net(&["10.0.0.0/8", "192.0.2.0/24"], &[]),
             net(&[], &["https://a.example"]),
         ] {
-            let result = reach(&Permissions::All, Some(&[]), None).from_network(&wider);
+            let result = reach(&Permissions::All, Some(&[]), None).confined_to(&wider);
             assert_eq!(
                 check(&caller, &[], Some(&result)),
                 Err(Refusal::WiderNetwork),
@@ -314,12 +314,12 @@ mod tests {
             net(&["10.1.0.0/16"], &[]),
             net(&["10.1.0.0/16"], &["https://a.example"]),
         ] {
-            let result = reach(&Permissions::All, Some(&[]), None).from_network(&within);
+            let result = reach(&Permissions::All, Some(&[]), None).confined_to(&within);
             assert_eq!(check(&caller, &[], Some(&result)), Ok(()), "{within:?}");
         }
         // An unrestricted caller may produce anything, restricted or not.
         let root = reach(&Permissions::All, None, None);
-        let result = reach(&Permissions::All, None, None).from_network(&office);
+        let result = reach(&Permissions::All, None, None).confined_to(&office);
         assert_eq!(check(&root, &[], Some(&result)), Ok(()));
         // Narrowing calls are not judged by it: a confined admin can still revoke.
         assert_eq!(check(&caller, &[&Permissions::All], None), Ok(()));

@@ -1,6 +1,8 @@
-//! Usage control on a key. This part: network restrictions ([`NetworkPolicy`]: allowed
-//! client networks and browser origins), checked on every verify against the request's
-//! [`RequestContext`].
+//! Usage control on a key. Network restrictions: [`NetworkPolicy`] (allowed client
+//! networks and browser origins, with the rules for IPv4-mapped addresses and what an
+//! origin restriction is worth), checked on every verify against the request's
+//! [`RequestContext`]; the client address behind proxies is
+//! [`TrustedProxies`](crate::http::TrustedProxies)' business.
 
 mod network;
 

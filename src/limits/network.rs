@@ -1,55 +1,4 @@
-//! Network restrictions on a key: the client networks ([`Cidr`]) and browser origins
-//! ([`AllowedOrigin`]) it may be used from, as a [`NetworkPolicy`] on its
-//! [`KeyRecord`](crate::KeyRecord), checked against a request's [`RequestContext`].
-//!
-//! A key with an empty policy (every key minted before keygate had them) is usable from
-//! anywhere. A key with allowed networks is accepted only from a client address inside
-//! one of them; a key with allowed origins only from a request whose `Origin` header
-//! names one of them. Both, when both are set. Anything else is refused with
-//! [`VerifyError::NetworkNotAllowed`](crate::VerifyError::NetworkNotAllowed) or
-//! [`VerifyError::OriginNotAllowed`](crate::VerifyError::OriginNotAllowed) (HTTP 403,
-//! `network_not_allowed` / `origin_not_allowed`).
-//!
-//! **Fail closed.** A restricted key is refused when the request's client address (or
-//! `Origin`) is not known: [`Keygate::verify`](crate::Keygate::verify) and the other
-//! entry points without a [`RequestContext`] know neither, so such a key verifies only
-//! through [`Keygate::verify_with`](crate::Keygate::verify_with) /
-//! [`verify_headers_with`](crate::Keygate::verify_headers_with) or the axum and actix
-//! integrations, which pass the connection's address and headers.
-//!
-//! **What an origin restriction is worth.** Browsers set `Origin` and scripts cannot
-//! forge it there, so an origin restriction keeps a key copied out of a web page from
-//! being used *by other web pages*. Any non-browser client can send any `Origin` it
-//! likes: it is not a defence against a server-side attacker holding the key (a network
-//! restriction is).
-//!
-//! # Addresses
-//!
-//! IPv4 and IPv6. An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a dual-stack
-//! socket reports for an IPv4 client) is the IPv4 address it maps: clients are compared in
-//! that canonical form, and a CIDR written in the mapped range with a prefix of at least
-//! 96 (`::ffff:10.0.0.0/104`) is stored as the IPv4 block it denotes (`10.0.0.0/8`). So an
-//! IPv4 rule admits an IPv4 client however the socket reports it, and an IPv6 rule such as
-//! `::/0` admits native IPv6 clients only: write `0.0.0.0/0` as well for "any address".
-//!
-//! ```
-//! use keygate::limits::{AllowedOrigin, Cidr, NetworkPolicy, RequestContext};
-//!
-//! # fn main() -> Result<(), keygate::limits::NetworkError> {
-//! let policy = NetworkPolicy::new()
-//!     .with_cidrs(["10.0.0.0/8".parse::<Cidr>()?, "2001:db8::/32".parse()?])
-//!     .with_origins(["https://app.example.com".parse::<AllowedOrigin>()?]);
-//!
-//! let office = RequestContext::new()
-//!     .client_addr("::ffff:10.1.2.3".parse().unwrap())
-//!     .origin("https://APP.example.com:443");
-//! assert!(policy.check(&office).is_ok());
-//!
-//! let elsewhere = RequestContext::new().client_addr("192.0.2.1".parse().unwrap());
-//! assert!(policy.check(&elsewhere).is_err());
-//! assert!(policy.check(&RequestContext::new()).is_err()); // unknown address: refused
-//! # Ok(()) }
-//! ```
+//! Network restrictions on a key: [`NetworkPolicy`] and what it is checked against.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -124,7 +73,7 @@ impl NetworkError {
 }
 
 /// An IP network: an address and a prefix length, IPv4 or IPv6, in canonical form (see
-/// [the module docs](self#addresses) for IPv4-mapped addresses).
+/// [`NetworkPolicy`](NetworkPolicy#addresses) for IPv4-mapped addresses).
 ///
 /// Parsed strictly from `address/prefix` or a bare address (a single host: `/32` or
 /// `/128`); displayed always with the prefix.
@@ -459,12 +408,63 @@ impl<'de> Deserialize<'de> for AllowedOrigin {
     }
 }
 
-/// Where a key may be used from: allowed client networks and allowed browser origins.
-/// Empty lists restrict nothing; the default (and every key minted before keygate had
-/// network restrictions) is unrestricted. See [the module docs](self).
+/// Network restrictions on a key: the client networks ([`Cidr`]) and browser origins
+/// ([`AllowedOrigin`]) it may be used from, as a [`NetworkPolicy`] on its
+/// [`KeyRecord`](crate::KeyRecord), checked against a request's [`RequestContext`].
 ///
-/// Stored with the record as `{"cidrs": [...], "origins": [...]}` (canonical text);
-/// duplicates are dropped and the order kept.
+/// A key with an empty policy (every key minted before keygate had them) is usable from
+/// anywhere. A key with allowed networks is accepted only from a client address inside
+/// one of them; a key with allowed origins only from a request whose `Origin` header
+/// names one of them. Both, when both are set. Anything else is refused with
+/// [`VerifyError::NetworkNotAllowed`](crate::VerifyError::NetworkNotAllowed) or
+/// [`VerifyError::OriginNotAllowed`](crate::VerifyError::OriginNotAllowed) (HTTP 403,
+/// `network_not_allowed` / `origin_not_allowed`).
+///
+/// **Fail closed.** A restricted key is refused when the request's client address (or
+/// `Origin`) is not known: [`Keygate::verify`](crate::Keygate::verify) and the other
+/// entry points without a [`RequestContext`] know neither, so such a key verifies only
+/// through [`Keygate::verify_with`](crate::Keygate::verify_with) /
+/// [`verify_headers_with`](crate::Keygate::verify_headers_with) or the axum and actix
+/// integrations, which pass the connection's address and headers.
+///
+/// **What an origin restriction is worth.** Browsers set `Origin` and scripts cannot
+/// forge it there, so an origin restriction keeps a key copied out of a web page from
+/// being used *by other web pages*. Any non-browser client can send any `Origin` it
+/// likes: it is not a defence against a server-side attacker holding the key (a network
+/// restriction is).
+///
+/// # Addresses
+///
+/// IPv4 and IPv6. An IPv4-mapped IPv6 address (`::ffff:192.0.2.1`, what a dual-stack
+/// socket reports for an IPv4 client) is the IPv4 address it maps: clients are compared in
+/// that canonical form, and a CIDR written in the mapped range with a prefix of at least
+/// 96 (`::ffff:10.0.0.0/104`) is stored as the IPv4 block it denotes (`10.0.0.0/8`). So an
+/// IPv4 rule admits an IPv4 client however the socket reports it, and an IPv6 rule such as
+/// `::/0` admits native IPv6 clients only: write `0.0.0.0/0` as well for "any address".
+///
+/// ```
+/// use keygate::limits::{AllowedOrigin, Cidr, NetworkPolicy, RequestContext};
+///
+/// # fn main() -> Result<(), keygate::limits::NetworkError> {
+/// let policy = NetworkPolicy::new()
+///     .with_cidrs(["10.0.0.0/8".parse::<Cidr>()?, "2001:db8::/32".parse()?])
+///     .with_origins(["https://app.example.com".parse::<AllowedOrigin>()?]);
+///
+/// let office = RequestContext::new()
+///     .client_addr("::ffff:10.1.2.3".parse().unwrap())
+///     .origin("https://APP.example.com:443");
+/// assert!(policy.check(&office).is_ok());
+///
+/// let elsewhere = RequestContext::new().client_addr("192.0.2.1".parse().unwrap());
+/// assert!(policy.check(&elsewhere).is_err());
+/// assert!(policy.check(&RequestContext::new()).is_err()); // unknown address: refused
+/// # Ok(()) }
+/// ```
+///
+/// Empty lists restrict nothing; the default (and every key minted before keygate had
+/// network restrictions) is unrestricted. Stored with the record as
+/// `{"cidrs": [...], "origins": [...]}` (canonical text); duplicates are dropped and the
+/// order kept.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize)]
 #[non_exhaustive]
 pub struct NetworkPolicy {
