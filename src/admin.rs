@@ -81,7 +81,7 @@
 //!
 //! The checks read the record, then write the change *conditionally* on it
 //! ([`KeyPatch::if_unchanged`]; a rotate likewise runs only on the record it checked): if
-//! another request changed the key's owner, scopes, active flag or expiry in between, the
+//! another request changed the key's owner, scopes, active flag, expiry or network policy in between, the
 //! call writes nothing and answers `409` `{"error":"conflict","error_description":…}`; read the key
 //! again and retry. So two requests that are each allowed cannot combine into a key
 //! neither could have made. (A delete is not conditional: it only narrows, but if the key

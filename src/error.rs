@@ -284,7 +284,7 @@ pub enum Error {
     #[error("no API key with id {0}")]
     NotFound(KeyId),
     /// A conditional change ([`KeyPatch::if_unchanged`](crate::KeyPatch::if_unchanged)) met
-    /// a record whose owner, scopes, active flag or expiry changed since it was read:
+    /// a record whose owner, scopes, active flag, expiry or network policy changed since it was read:
     /// nothing was written. Read the record again and decide anew.
     #[error("API key {0} changed since it was read; nothing was written")]
     Changed(KeyId),

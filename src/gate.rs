@@ -386,7 +386,7 @@ impl Keygate {
     /// [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY)); a refused patch writes nothing.
     ///
     /// A patch made conditional with [`KeyPatch::if_unchanged`] that meets a record whose
-    /// owner, scopes, active flag or expiry changed since it was read writes nothing and
+    /// owner, scopes, active flag, expiry or network policy changed since it was read writes nothing and
     /// is [`Error::Changed`] (the store checks it inside its atomic update). An empty
     /// conditional patch is checked against the record it returns.
     ///
