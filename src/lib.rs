@@ -431,7 +431,8 @@ pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondit
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
+    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
+    InvalidCursor,
     KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
