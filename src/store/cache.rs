@@ -634,6 +634,54 @@ mod tests {
         crate::testing_support::record(KeyFormat::Jwt)
     }
 
+    /// The lease: once a feed has called `synced`, entries are served only until the
+    /// instant it named, whatever the TTL; a renewal restores hits.
+    #[tokio::test(start_paused = true)]
+    async fn a_leased_cache_serves_nothing_past_its_lease() {
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::MAX));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        let lease = Duration::from_millis(500);
+        cache.state.synced(Instant::now() + lease);
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(cache.get_now(r.id).is_some(), "within the lease: a hit");
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(cache.get_now(r.id).is_none(), "at the lease's end: no hit");
+        cache.get(r.id).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 3, "read through");
+        assert!(cache.stats().lapsed >= 3, "{:?}", cache.stats());
+        // A late answer naming an earlier instant does not shorten a newer lease.
+        cache.state.synced(Instant::now() + lease);
+        cache.state.synced(Instant::now());
+        assert!(cache.get_now(r.id).is_some(), "renewed: a hit again");
+        assert_eq!(cache.stats().syncs, 3);
+        // A revoke passed on before the renewal is seen by every reader of the renewal.
+        cache
+            .inner()
+            .inner
+            .update(r.id, &KeyPatch::new().active(false))
+            .await
+            .unwrap();
+        cache.state.changed(r.id);
+        cache.state.synced(Instant::now() + lease);
+        assert!(!cache.get(r.id).await.unwrap().unwrap().active);
+    }
+
+    /// Without a feed that leases (never `synced`), the TTL alone decides, as before.
+    #[tokio::test(start_paused = true)]
+    async fn an_unleased_cache_serves_until_the_ttl() {
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::from_secs(5)));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert!(cache.get_now(r.id).is_some());
+        assert_eq!(cache.stats().lapsed, 0);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn hits_until_the_ttl_then_reloads() {
         let cache = CachedStore::new(

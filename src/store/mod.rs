@@ -657,6 +657,89 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
 }
 
 #[cfg(test)]
+mod sequence_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Heard {
+        changed: Mutex<Vec<KeyId>>,
+        resyncs: Mutex<u32>,
+    }
+
+    impl ChangeListener for Heard {
+        fn changed(&self, id: KeyId) {
+            self.changed.lock().unwrap().push(id);
+        }
+        fn resync(&self) {
+            *self.resyncs.lock().unwrap() += 1;
+        }
+    }
+
+    impl Heard {
+        fn take(&self) -> (Vec<KeyId>, u32) {
+            let changed = std::mem::take(&mut *self.changed.lock().unwrap());
+            let resyncs = std::mem::take(&mut *self.resyncs.lock().unwrap());
+            (changed, resyncs)
+        }
+    }
+
+    #[test]
+    fn notices_in_order_pass_on_and_a_gap_asks_for_the_log() {
+        let heard = Heard::default();
+        let mut seq = Sequence::default();
+        // The first read resyncs (what was cached before may predate the feed).
+        assert!(seq.replay(&heard, 7, &[]));
+        assert_eq!(heard.take(), (vec![], 1));
+        let (a, b, c) = (KeyId::random(), KeyId::random(), KeyId::random());
+        assert_eq!(seq.notice(&heard, Some(8), a), Next::Nothing);
+        assert_eq!(seq.last(), Some(8));
+        // 9 lost: 10 is passed on, and the log must be read.
+        assert_eq!(seq.notice(&heard, Some(10), c), Next::CatchUp);
+        assert_eq!(seq.last(), Some(8));
+        assert!(!seq.replay(&heard, 10, &[(9, b), (10, c)]));
+        assert_eq!(heard.take(), (vec![a, c, b, c], 0));
+        assert_eq!(seq.last(), Some(10));
+        // A notice the replay covered already is not passed on again.
+        assert_eq!(seq.notice(&heard, Some(10), c), Next::Nothing);
+        assert_eq!(heard.take(), (vec![], 0));
+        // A notice without a number (an older keygate wrote it): passed on, log read.
+        assert_eq!(seq.notice(&heard, None, a), Next::CatchUp);
+        assert_eq!(heard.take(), (vec![a], 0));
+    }
+
+    #[test]
+    fn a_log_that_does_not_cover_the_gap_resyncs() {
+        let heard = Heard::default();
+        let (a, b) = (KeyId::random(), KeyId::random());
+        for (current, entries) in [
+            (12, vec![(12, a)]),          // 11 trimmed away
+            (12, vec![(11, a)]),          // 12 missing
+            (12, vec![(11, a), (11, b)]), // not a sequence
+            (13, vec![(11, a), (13, b)]), // a hole
+            (4, vec![]),                  // the store was reset (counter went back)
+        ] {
+            let mut seq = Sequence::default();
+            seq.replay(&heard, 10, &[]);
+            heard.take();
+            assert!(seq.replay(&heard, current, &entries), "{current} {entries:?}");
+            assert_eq!(heard.take(), (vec![], 1));
+            assert_eq!(seq.last(), Some(current));
+        }
+    }
+
+    #[test]
+    fn notice_payloads() {
+        let id = KeyId::random();
+        assert_eq!(parse_notice(&format!("42:{id}")), Some((Some(42), id)));
+        assert_eq!(parse_notice(&id.to_string()), Some((None, id)));
+        assert_eq!(parse_notice("x:y"), None);
+        assert_eq!(parse_notice(&format!("x:{id}")), None);
+        assert_eq!(parse_notice(""), None);
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use std::sync::Mutex;
 
