@@ -432,8 +432,7 @@ pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
     open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
-    InvalidCursor,
-    KeyStore, ListQuery, MemoryStore, Page, StoreError,
+    InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -673,7 +673,10 @@ mod tests {
     /// Without a feed that leases (never `synced`), the TTL alone decides, as before.
     #[tokio::test(start_paused = true)]
     async fn an_unleased_cache_serves_until_the_ttl() {
-        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::from_secs(5)));
+        let cache = CachedStore::new(
+            Slow::default(),
+            CacheConfig::new().ttl(Duration::from_secs(5)),
+        );
         let r = record();
         cache.inner().inner.insert(r.clone()).await.unwrap();
         cache.get(r.id).await.unwrap();

@@ -722,7 +722,10 @@ mod sequence_tests {
             let mut seq = Sequence::default();
             seq.replay(&heard, 10, &[]);
             heard.take();
-            assert!(seq.replay(&heard, current, &entries), "{current} {entries:?}");
+            assert!(
+                seq.replay(&heard, current, &entries),
+                "{current} {entries:?}"
+            );
             assert_eq!(heard.take(), (vec![], 1));
             assert_eq!(seq.last(), Some(current));
         }

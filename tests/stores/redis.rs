@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 /// Tests that open, count or kill change-feed connections take this, so they do not see
 /// each other's feeds.
-static FEEDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static FEEDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pepper() -> Pepper {
     Pepper::new(1, [7u8; 32]).unwrap()
@@ -44,20 +44,20 @@ fn gate(store: Arc<dyn KeyStore>) -> Keygate {
 }
 
 /// A random namespace; every key under it is removed when the test ends.
-struct Scratch {
+pub(crate) struct Scratch {
     url: String,
     namespace: String,
 }
 
 impl Scratch {
-    fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
             namespace: format!("keygate-test:{}:", KeyId::random().as_uuid().simple()),
         }
     }
 
-    fn config(&self) -> RedisConfig {
+    pub(crate) fn config(&self) -> RedisConfig {
         RedisConfig::new().namespace(self.namespace.clone())
     }
 
@@ -929,7 +929,11 @@ async fn a_revoke_on_one_node_reaches_the_other_through_the_feed() {
     }
     let deadline = Instant::now() + Duration::from_secs(5);
     let syncs = (cache_a.stats().syncs, cache_b.stats().syncs);
-    while feed_clients(&mut conn).await.difference(&feeds_before).count() < 2
+    while feed_clients(&mut conn)
+        .await
+        .difference(&feeds_before)
+        .count()
+        < 2
         || cache_a.stats().syncs == syncs.0
         || cache_b.stats().syncs == syncs.1
     {

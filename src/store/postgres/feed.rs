@@ -140,30 +140,30 @@ impl Feed {
             let catch_up;
             // `try_recv` is cancel-safe.
             match tokio::time::timeout_at(next_beat, feed.try_recv()).await {
-                    Ok(Ok(Some(notice))) => {
-                        let Some(strong) = listener.upgrade() else {
-                            return Ended::ListenerGone;
-                        };
-                        match parse_notice(notice.payload()) {
-                            Some((seq, id)) => {
-                                catch_up = self.sequence.notice(&*strong, seq, id) == Next::CatchUp;
-                            }
-                            // Not ours to interpret: the safe answer is to read the log.
-                            None => catch_up = true,
+                Ok(Ok(Some(notice))) => {
+                    let Some(strong) = listener.upgrade() else {
+                        return Ended::ListenerGone;
+                    };
+                    match parse_notice(notice.payload()) {
+                        Some((seq, id)) => {
+                            catch_up = self.sequence.notice(&*strong, seq, id) == Next::CatchUp;
                         }
+                        // Not ours to interpret: the safe answer is to read the log.
+                        None => catch_up = true,
                     }
-                    Ok(Ok(None)) => {
-                        tracing::warn!(target: "keygate", "postgres change feed lost its connection");
-                        return Ended::Lost;
-                    }
-                    Ok(Err(error)) => {
-                        tracing::warn!(target: "keygate", %error, "postgres change feed failed");
-                        return Ended::Lost;
-                    }
-                    Err(_beat) => {
-                        catch_up = true;
-                        next_beat = later(Instant::now(), self.config.period());
-                    }
+                }
+                Ok(Ok(None)) => {
+                    tracing::warn!(target: "keygate", "postgres change feed lost its connection");
+                    return Ended::Lost;
+                }
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "keygate", %error, "postgres change feed failed");
+                    return Ended::Lost;
+                }
+                Err(_beat) => {
+                    catch_up = true;
+                    next_beat = later(Instant::now(), self.config.period());
+                }
             }
             if !catch_up {
                 continue;

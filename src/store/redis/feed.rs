@@ -159,7 +159,9 @@ impl Feed {
                             parse_notice(std::str::from_utf8(m.get_payload_bytes()).ok()?)
                         });
                         match notice {
-                            Some((seq, id)) => self.sequence.notice(&*strong, seq, id) == Next::CatchUp,
+                            Some((seq, id)) => {
+                                self.sequence.notice(&*strong, seq, id) == Next::CatchUp
+                            }
                             // Not ours to interpret: the safe answer is to read the log.
                             None => true,
                         }
@@ -214,4 +216,3 @@ impl Feed {
         }
     }
 }
-
