@@ -672,7 +672,8 @@ mod sequence_tests {
             self.changed.lock().unwrap().push(id);
         }
         fn resync(&self) {
-            *self.resyncs.lock().unwrap() += 1;
+            let mut resyncs = self.resyncs.lock().unwrap();
+            *resyncs = resyncs.saturating_add(1);
         }
     }
 
