@@ -20,8 +20,15 @@ MANY=${MANY:-1000000}
 : "${KEYGATE_TEST_POSTGRES_URL:?set KEYGATE_TEST_POSTGRES_URL}"
 : "${KEYGATE_TEST_REDIS_URL:?set KEYGATE_TEST_REDIS_URL}"
 
-bench() { cargo bench --quiet --bench revocation --features postgres,redis,testing -- "$@"; }
-bench help >/dev/null 2>&1 || true # build once, quietly
+# Build once (the bench profile), then run the binary directly for each mode.
+bin=$(cargo bench --no-run --bench revocation --features postgres,redis,testing \
+  --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    exe = json.loads(line).get("executable")
+    if exe:
+        print(exe)' | tail -1)
+bench() { "$bin" "$@"; }
 
 {
   echo "Machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p'); commit $(git rev-parse --short HEAD); $(date -u +%F)."
