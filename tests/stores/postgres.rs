@@ -1134,3 +1134,51 @@ async fn cursors_outside_the_stored_years_list_all_or_nothing() {
     let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
     assert!(none.is_empty());
 }
+
+/// Every insert, update and delete appends one numbered entry to `keygate_changes`, in
+/// order; last-used times and failed writes append none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
+async fn every_write_appends_to_the_change_log() {
+    let url = support::postgres_url();
+    let store = connect(&url, &support::unique("kg-log")).await;
+    let record = keygate::testing::sample_record(&support::unique("log-owner"));
+    let id = record.id;
+    let logged = |store: PostgresStore| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT seq FROM keygate_changes WHERE key_id = $1 ORDER BY seq",
+        )
+        .bind(*id.as_uuid())
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    store.insert(record.clone()).await.unwrap();
+    assert!(matches!(
+        store.insert(record.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .record_last_used(&[(id, keygate::chrono::Utc::now())])
+        .await
+        .unwrap();
+    assert_eq!(logged(store.clone()).await.len(), 1, "insert only");
+    store
+        .update(id, &keygate::KeyPatch::new().active(false))
+        .await
+        .unwrap();
+    assert!(store.delete(id).await.unwrap());
+    assert!(!store.delete(id).await.unwrap());
+    let seqs = logged(store.clone()).await;
+    assert_eq!(seqs.len(), 3, "insert, update, delete: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let current: i64 = sqlx::query_scalar("SELECT seq FROM keygate_change_seq")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(current >= seqs[2]);
+    store.pool().close().await;
+}
