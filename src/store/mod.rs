@@ -142,7 +142,7 @@ pub trait KeyStore: Send + Sync + 'static {
 ///   A listener that has heard `synced` at least once serves nothing it cached after
 ///   `until` until the next `synced`, so a lost notice or a silently dead connection is
 ///   bounded by the lease, whatever the cache's TTL. A feed that never calls it leaves
-///   the listener's TTL as the only bound (the behaviour before keygate 0.2).
+///   the listener's TTL as the only bound (as for a feed of notices alone).
 pub trait ChangeListener: Send + Sync + 'static {
     /// The record `id` was inserted, updated or deleted somewhere.
     fn changed(&self, id: KeyId);

@@ -549,8 +549,13 @@ impl KeyStore for PostgresStore {
     }
 
     /// Follows `NOTIFY keygate_changes` on a dedicated connection (application name
-    /// `<name>-listener`). If that connection drops, the feed reconnects with backoff and
-    /// then calls [`ChangeListener::resync`]; it stops once `listener` is dropped.
+    /// `<name>-listener`), reading the change sequence on it every
+    /// [`FeedConfig::heartbeat`] to replay what was missed and renew the listener's lease
+    /// ([`ChangeListener::synced`]). If that connection drops or goes silent, the feed
+    /// reconnects with backoff and replays from its last sequence number (or calls
+    /// [`ChangeListener::resync`] when the log no longer reaches back that far); it stops
+    /// once `listener` is dropped. The first heartbeat (which resyncs the listener) is
+    /// done before this returns.
     ///
     /// # Errors
     ///

@@ -486,10 +486,13 @@ impl KeyStore for RedisStore {
     }
 
     /// Subscribes to `<namespace>changes` on a connection of its own and calls
-    /// [`ChangeListener::changed`] for every notice, from a spawned task. That task
-    /// reconnects with backoff when the connection drops (then calls
-    /// [`ChangeListener::resync`]) and ends within a few seconds of the listener being
-    /// dropped. Fails if the first subscription cannot be made.
+    /// [`ChangeListener::changed`] for every notice, from a spawned task, which also reads
+    /// the change sequence on that connection every [`FeedConfig::heartbeat`] (replaying
+    /// what was missed, renewing the listener's lease). The task reconnects with backoff
+    /// when the connection drops or goes silent (then replays from its last sequence
+    /// number, or calls [`ChangeListener::resync`] if the log no longer reaches back that
+    /// far) and ends within a heartbeat of the listener being dropped. Fails if the first
+    /// subscription or heartbeat cannot be made.
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
         feed::subscribe(&self.conn, self.keys.clone(), listener).await?;
         Ok(true)
