@@ -560,7 +560,8 @@ impl KeyStore for PostgresStore {
     /// # Errors
     ///
     /// [`StoreError::Timeout`] or [`StoreError::Backend`] if the first connection cannot
-    /// be made or `LISTEN` fails.
+    /// be made, `LISTEN` fails, or the change sequence cannot be read (a database without
+    /// migration 8, e.g. one opened with [`PostgresConfig::migrate`] off and not migrated).
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
         feed::subscribe(&self.pool, self.feed, listener).await
     }
