@@ -21,7 +21,7 @@ const SWEEP_EVERY: u32 = 4096;
 /// `remaining`; use a store-backed limiter where that matters, or where several processes
 /// serve the same keys).
 ///
-/// State is a hash map in [`SHARDS`](self) shards behind plain mutexes: a check locks one
+/// State is a hash map in 64 shards behind plain mutexes: a check locks one
 /// shard, runs [`gcra`] over the subject's limits and credits, and writes only if all
 /// allowed, so each check is all-or-nothing. Entries whose limits are all full and that
 /// hold no credits are swept as the map grows, so memory stays bounded by the keys and
