@@ -22,7 +22,7 @@ import json, os, sys
 root = sys.argv[1]
 
 def median(name):
-    path = os.path.join(root, "limits", *name.split("/"), "new", "estimates.json")
+    path = os.path.join(root, "limits", name.replace("/", "_"), "new", "estimates.json")
     with open(path) as fh:
         return json.load(fh)["median"]["point_estimate"]
 
