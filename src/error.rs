@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::key::KeyId;
+use crate::limits::{CreditsExhausted, LimiterError, RateLimited};
 use crate::store::StoreError;
 use crate::user::DirectoryError;
 
@@ -207,6 +208,20 @@ pub enum VerifyError {
     /// [`NetworkPolicy`](crate::limits::NetworkPolicy).
     #[error("API key not allowed from this origin")]
     OriginNotAllowed,
+    /// A rate limit of the key (or one its owner's keys share) has no room for the request:
+    /// HTTP 429 `rate_limited` with `Retry-After` and the `RateLimit`/`RateLimit-Policy`
+    /// headers. The key is valid; nothing was charged. Never a 401.
+    #[error("rate limit exceeded: {}", .0.limit)]
+    RateLimited(Box<RateLimited>),
+    /// The key has no credits left for the request: HTTP 429 `credits_exhausted`, with
+    /// `Retry-After` when the key is refilled. The key is valid; nothing was charged.
+    #[error("usage credits exhausted")]
+    CreditsExhausted(Box<CreditsExhausted>),
+    /// The [`Limiter`](crate::limits::Limiter) failed, and the gate fails closed (the
+    /// default, see [`FailureMode`](crate::limits::FailureMode)): HTTP 503 with
+    /// `Retry-After`. Never a bad key, never a success without a decision.
+    #[error("usage limiter unavailable")]
+    LimiterUnavailable(#[source] LimiterError),
 }
 
 impl From<crate::limits::NetworkRefusal> for VerifyError {
@@ -222,7 +237,8 @@ impl VerifyError {
     /// A stable machine-readable reason for logs: the [`Rejection`] or [`RequestError`]
     /// code, or `"missing_credentials"`, `"insufficient_scope"`, `"store_unavailable"`,
     /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`,
-    /// `"network_not_allowed"`, `"origin_not_allowed"`.
+    /// `"network_not_allowed"`, `"origin_not_allowed"`, `"rate_limited"`,
+    /// `"credits_exhausted"`, `"limiter_unavailable"`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingCredentials => "missing_credentials",
@@ -235,7 +251,19 @@ impl VerifyError {
             VerifyError::PepperMismatch { .. } => "pepper_mismatch",
             VerifyError::NetworkNotAllowed => "network_not_allowed",
             VerifyError::OriginNotAllowed => "origin_not_allowed",
+            VerifyError::RateLimited(_) => "rate_limited",
+            VerifyError::CreditsExhausted(_) => "credits_exhausted",
+            VerifyError::LimiterUnavailable(_) => "limiter_unavailable",
         }
+    }
+
+    /// Whether a usage limit refused the request (rate limit or credits, HTTP 429): the key
+    /// is valid.
+    pub fn is_limited(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::RateLimited(_) | VerifyError::CreditsExhausted(_)
+        )
     }
 
     /// The rejection, when the key itself was refused.
@@ -252,7 +280,9 @@ impl VerifyError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_)
+            VerifyError::StoreUnavailable(_)
+                | VerifyError::DirectoryUnavailable(_)
+                | VerifyError::LimiterUnavailable(_)
         )
     }
 
@@ -294,6 +324,10 @@ pub enum Error {
     /// The store failed; nothing is known to have been written.
     #[error("key store error")]
     Store(#[from] StoreError),
+    /// The usage limiter could not be read (rotating a key with credits reads what is
+    /// left); nothing was written.
+    #[error("usage limiter error")]
+    Limiter(#[source] LimiterError),
     /// The gate's pepper of this version is not the one the store recorded for it: keys
     /// minted with it could never verify, so nothing was written. A configuration error;
     /// see [`Keygate::check_pepper`](crate::Keygate::check_pepper).
@@ -333,6 +367,10 @@ pub enum BuildError {
     /// The same pepper version twice in one keyring.
     #[error("pepper version {0} given twice")]
     DuplicatePepperVersion(u32),
+    /// [`KeygateBuilder::owner_ratelimits`](crate::KeygateBuilder::owner_ratelimits) out of
+    /// bounds; the text says how.
+    #[error("invalid owner rate limits: {0}")]
+    InvalidRateLimits(&'static str),
     /// A JWT secret shorter than the minimum.
     #[error("JWT secret too short: {got} bytes, need at least {min}")]
     JwtSecretTooShort {

@@ -82,6 +82,12 @@ pub(crate) struct Inner {
     pub(crate) pepper_check: tokio::sync::OnceCell<crate::pepper_check::PepperVerdict>,
     /// See [`KeygateBuilder::trusted_proxies`](crate::KeygateBuilder::trusted_proxies).
     pub(crate) trusted_proxies: http::TrustedProxies,
+    /// Rate-limit and credit state.
+    pub(crate) limiter: Arc<dyn crate::limits::Limiter>,
+    pub(crate) limiter_failure: crate::limits::FailureMode,
+    /// Owner limits for owners the directory gives none (and every owner without one).
+    pub(crate) owner_ratelimits: Arc<[crate::limits::RateLimit]>,
+    pub(crate) limit_events: crate::limits::events::LimitEvents,
 }
 
 impl Drop for Inner {
@@ -213,6 +219,9 @@ impl Keygate {
     ///   [`MAX_ALLOWED_ORIGINS`](crate::bounds::MAX_ALLOWED_ORIGINS) (each entry was
     ///   checked when it was parsed, see [`Cidr`](crate::limits::Cidr) and
     ///   [`AllowedOrigin`](crate::limits::AllowedOrigin)).
+    /// - `ratelimits`: more than [`MAX_RATELIMITS`](crate::bounds::MAX_RATELIMITS), two with
+    ///   one name, or one out of the bounds of [`RateLimit::validate`](crate::limits::RateLimit::validate).
+    /// - `credits`: out of the bounds of [`CreditPolicy::validate`](crate::limits::CreditPolicy::validate).
     ///
     /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
     /// failure is [`Error::Store`].
@@ -232,6 +241,10 @@ impl Keygate {
             validate::scopes(scopes.iter())?;
         }
         validate::metadata(&new.metadata)?;
+        crate::limits::validate_ratelimits(&new.ratelimits)?;
+        if let Some(credits) = &new.credits {
+            credits.validate()?;
+        }
         self.mint_checked(new).await
     }
 
@@ -304,6 +317,12 @@ impl Keygate {
             scopes: new.scopes,
             metadata: new.metadata,
             network: new.network,
+            ratelimits: new.ratelimits,
+            credits: new.credits.map(|mut credits| {
+                // The count starts now (see `CreditPolicy::set_at`).
+                credits.set_at = Some(now);
+                credits
+            }),
         };
         // What verify will demand of the record, demanded before it is written.
         record
@@ -428,6 +447,12 @@ impl Keygate {
         {
             return Err(Error::invalid("allowed_origins", "more than 64 origins"));
         }
+        if let Some(limits) = &patch.ratelimits {
+            crate::limits::validate_ratelimits(limits)?;
+        }
+        if let Some(Some(credits)) = &patch.credits {
+            credits.validate()?;
+        }
         if patch.is_empty() {
             let record = self.get(id).await?.ok_or(Error::NotFound(id))?;
             if !patch.precondition_holds(&record) {
@@ -436,7 +461,12 @@ impl Keygate {
             return Ok(record);
         }
         let mut patch = patch;
-        patch.updated_at = Some(self.inner.clock.now().trunc_subsecs(6));
+        let now = self.inner.clock.now().trunc_subsecs(6);
+        patch.updated_at = Some(now);
+        if let Some(Some(credits)) = &mut patch.credits {
+            // A policy set now restarts the count now (see `CreditPolicy::set_at`).
+            credits.set_at = Some(now);
+        }
         // Stores keep microseconds; so does every timestamp keygate writes.
         patch.expires_at = patch.expires_at.map(|at| at.map(|at| at.trunc_subsecs(6)));
         let record = match self.inner.store.update(id, &patch).await {
@@ -472,12 +502,24 @@ impl Keygate {
             return Err(Error::NotFound(id));
         }
         self.inner.usage.forget(id);
+        // The key's usage state goes with it (best effort: a stale entry only holds memory
+        // or a row until the limiter drops it; no key can use it again).
+        if let Err(error) = self
+            .inner
+            .limiter
+            .forget(crate::limits::Subject::Key(id))
+            .await
+        {
+            tracing::warn!(target: "keygate", key_id = %id, error = %error, "could not drop a deleted key's usage state");
+        }
         tracing::info!(target: "keygate", key_id = %id, "key deleted");
         Ok(())
     }
 
     /// Replaces a key: mints a new one with the old one's name, description, owner,
-    /// `created_by`, scopes, metadata, network policy and format, expiring when the old one did (never
+    /// `created_by`, scopes, metadata, format, network policy, rate limits and credits (the
+    /// new key starts with the credits the old one has left, so rotating never refills
+    /// them), expiring when the old one did (never
     /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
     /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
@@ -560,6 +602,18 @@ impl Keygate {
         new.created_by.clone_from(&old.created_by);
         new.scopes.clone_from(&old.scopes);
         new.network.clone_from(&old.network);
+        new.ratelimits.clone_from(&old.ratelimits);
+        if let Some(policy) = &old.credits {
+            // The new key continues the old one's count: rotating never refills credits.
+            let left = self
+                .credits_remaining(&old)
+                .await
+                .map_err(Error::Limiter)?
+                .unwrap_or(policy.remaining);
+            let mut continued = policy.clone();
+            continued.remaining = left;
+            new.credits = Some(continued);
+        }
         if let Some(at) = old.expires_at {
             new = new.expires_at(at);
         }

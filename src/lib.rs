@@ -229,9 +229,48 @@
 //! 5. Owner, through the [`UserDirectory`]: exists and active; permissions are the owner's
 //!    now, narrowed by the key's scopes. Then the key's network policy, if it has one
 //!    ([below](#network-restrictions)): 403 for a key that would otherwise be accepted.
-//! 6. Success: last-used is recorded off the request path, at most once per key per
+//! 6. Usage limits (issue 9, [`limits`]): the owner's shared rate limits, then the key's own
+//!    auto-applied limits and one credit, each one all-or-nothing [`limits::Limiter`] call.
+//!    Only a key that passed every check above (network policy included) is charged; a
+//!    refusal is 429 ([`VerifyError::RateLimited`], [`VerifyError::CreditsExhausted`]),
+//!    never 401.
+//! 7. Success: last-used is recorded off the request path, at most once per key per
 //!    [`KeygateBuilder::last_used_interval`] (default 60 s), in one batch per flush, and never
 //!    for a refused attempt.
+//!
+//! # Usage limits
+//!
+//! Keys carry named rate limits (GCRA: exact, no window edges) and usage credits with an
+//! optional daily or monthly refill, in Unkey's shapes; owners can share limits across
+//! their keys. State lives in a [`limits::Limiter`] (in process by default). A handler
+//! charges a cost after verify:
+//!
+//! ```
+//! use keygate::limits::{CreditPolicy, RateLimit};
+//! use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
+//!     .owner_ratelimits([RateLimit::new("requests", 10_000, 3_600_000)]) // per owner, per hour
+//!     .build()?;
+//! let issued = gate
+//!     .mint(
+//!         NewKey::new("llm client", "user-1")
+//!             .ratelimits([
+//!                 RateLimit::new("requests", 60, 60_000),          // 60 a minute, every verify
+//!                 RateLimit::new("tokens", 100_000, 60_000).manual(), // charged by the handler
+//!             ])
+//!             .credits(CreditPolicy::new(1_000)),
+//!     )
+//!     .await?;
+//! let principal = gate.verify(issued.key.expose()).await?; // 1 request, 1 credit
+//! gate.charge(&principal, "tokens", 1_500).await?;         // after generating 1,500 tokens
+//! assert_eq!(principal.allowance().unwrap().credits, Some(999));
+//! # Ok(()) }
+//! ```
+//!
+//! See [`limits`] for the model, the [`limits::Limiter`] contract, failure modes and
+//! events, and [`http`] for the 429 answers and the `RateLimit` headers.
 //!
 //! [`VerifyError::http`] (or [`Keygate::http_outcome`], with the gate's realm) maps every
 //! outcome to an RFC 6750 answer: the table is in [`http`]. [`VerifyError::reason`] and
@@ -504,6 +543,10 @@ pub mod bounds {
     pub use crate::jwt::MIN_JWT_SECRET_LEN;
     pub use crate::key::MAX_OPAQUE_LEN;
     pub use crate::limits::{MAX_ALLOWED_CIDRS, MAX_ALLOWED_ORIGINS, MAX_ORIGIN_LEN};
+    pub use crate::limits::{
+        MAX_CREDITS, MAX_RATELIMITS, MAX_RATELIMIT_DURATION_MS, MAX_RATELIMIT_LIMIT,
+        MAX_RATELIMIT_NAME_LEN,
+    };
     pub use crate::record::MAX_STORED_OWNER_LEN;
     pub use crate::validate::{
         MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,

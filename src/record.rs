@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::hash::SecretHash;
 use crate::key::{KeyFormat, KeyId};
 use crate::limits::{AllowedOrigin, Cidr, NetworkPolicy};
+use crate::limits::{CreditPolicy, RateLimit};
 
 /// Longest owner id a stored record may carry, in bytes. Owner ids are user ids (a UUID,
 /// an email address); anything longer is not one.
@@ -73,6 +74,13 @@ pub struct KeyRecord {
     /// before keygate had network restrictions).
     #[serde(default, skip_serializing_if = "NetworkPolicy::is_unrestricted")]
     pub network: NetworkPolicy,
+    /// The key's rate limits (Unkey's `ratelimits`); empty: none. See [`crate::limits`].
+    #[serde(default)]
+    pub ratelimits: Vec<RateLimit>,
+    /// The key's usage credits policy (Unkey's `credits`); `None`: unlimited uses. The
+    /// count left lives in the gate's [`Limiter`](crate::limits::Limiter).
+    #[serde(default)]
+    pub credits: Option<CreditPolicy>,
 }
 
 impl KeyRecord {
@@ -102,6 +110,8 @@ impl KeyRecord {
             scopes: None,
             metadata: Metadata::new(),
             network: NetworkPolicy::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -153,6 +163,20 @@ impl KeyRecord {
         self.network
             .check_bounds()
             .map_err(|(field, reason)| InvalidRecord::new(field, reason))?;
+        if !self.ratelimits.is_empty() {
+            crate::limits::validate_ratelimits(&self.ratelimits).map_err(|e| match e {
+                crate::Error::InvalidInput { reason, .. } => {
+                    InvalidRecord::new("ratelimits", reason)
+                }
+                _ => InvalidRecord::new("ratelimits", "invalid"),
+            })?;
+        }
+        if let Some(credits) = &self.credits {
+            credits.validate().map_err(|e| match e {
+                crate::Error::InvalidInput { reason, .. } => InvalidRecord::new("credits", reason),
+                _ => InvalidRecord::new("credits", "invalid"),
+            })?;
+        }
         Ok(())
     }
 }
@@ -257,6 +281,8 @@ pub struct NewKey {
     pub(crate) metadata: Metadata,
     pub(crate) format: KeyFormat,
     pub(crate) network: NetworkPolicy,
+    pub(crate) ratelimits: Vec<RateLimit>,
+    pub(crate) credits: Option<CreditPolicy>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -280,6 +306,8 @@ impl NewKey {
             metadata: Metadata::new(),
             format: KeyFormat::Opaque,
             network: NetworkPolicy::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -367,6 +395,27 @@ impl NewKey {
         self.network = policy;
         self
     }
+
+    /// Rate limits on the key (see [`crate::limits`]); replaces any set before.
+    ///
+    /// ```
+    /// use keygate::limits::RateLimit;
+    /// use keygate::NewKey;
+    ///
+    /// let request = NewKey::new("script", "user-1")
+    ///     .ratelimits([RateLimit::new("requests", 100, 60_000)]);
+    /// # let _ = request;
+    /// ```
+    pub fn ratelimits(mut self, limits: impl IntoIterator<Item = RateLimit>) -> Self {
+        self.ratelimits = limits.into_iter().collect();
+        self
+    }
+
+    /// Usage credits for the key (see [`crate::limits`]).
+    pub fn credits(mut self, credits: CreditPolicy) -> Self {
+        self.credits = Some(credits);
+        self
+    }
 }
 
 /// A change to a record: every `Some` field is set, every `None` field left alone.
@@ -405,6 +454,12 @@ pub struct KeyPatch {
     pub allowed_cidrs: Option<Vec<Cidr>>,
     /// New allowed browser origins, replacing the old (empty: any origin).
     pub allowed_origins: Option<Vec<AllowedOrigin>>,
+    /// New rate limits, replacing the old (`Some(vec![])` removes them all). Their state
+    /// (each limit's TAT, by name) carries over in the limiter.
+    pub ratelimits: Option<Vec<RateLimit>>,
+    /// New credits policy (`Some(None)` removes it: unlimited uses). Setting one restarts
+    /// the count from its `remaining`.
+    pub credits: Option<Option<CreditPolicy>>,
     /// A re-hash under a newer pepper or hash scheme: set by keygate only (read it with
     /// [`KeyPatch::new_hash`]).
     pub(crate) hash: Option<SecretHash>,
@@ -417,8 +472,9 @@ pub struct KeyPatch {
 }
 
 /// What a record must still hold for a conditional [`KeyPatch`] to apply: the fields that
-/// decide what a key can do (owner, scopes, active, expiry, network policy), as they were
-/// in the copy the patch was decided on. Made by [`KeyPatch::if_unchanged`].
+/// decide what a key can do (owner, scopes, active, expiry, network policy) and how much
+/// (rate limits, credits policy), as they were in the copy the patch was decided on. Made
+/// by [`KeyPatch::if_unchanged`].
 ///
 /// Other fields (name, description, metadata, `last_used_at`, `updated_at`, the hash) may
 /// change meanwhile without failing it: renames and last-used writes must not make every
@@ -430,6 +486,8 @@ pub struct Precondition {
     active: bool,
     expires_at: Option<DateTime<Utc>>,
     network: NetworkPolicy,
+    ratelimits: Vec<RateLimit>,
+    credits: Option<CreditPolicy>,
 }
 
 impl Precondition {
@@ -441,17 +499,21 @@ impl Precondition {
             active: record.active,
             expires_at: record.expires_at,
             network: record.network.clone(),
+            ratelimits: record.ratelimits.clone(),
+            credits: record.credits.clone(),
         }
     }
 
-    /// Whether `record` still has the owner, scopes, active flag, expiry and network
-    /// policy this requires.
+    /// Whether `record` still has the owner, scopes, active flag, expiry, network policy,
+    /// rate limits and credits policy this requires.
     pub fn holds(&self, record: &KeyRecord) -> bool {
         self.owner == record.owner
             && self.scopes == record.scopes
             && self.active == record.active
             && self.expires_at == record.expires_at
             && self.network == record.network
+            && self.ratelimits == record.ratelimits
+            && self.credits == record.credits
     }
 }
 
@@ -519,10 +581,22 @@ impl KeyPatch {
         self
     }
 
+    /// Replace the rate limits (an empty list removes them).
+    pub fn ratelimits(mut self, limits: impl IntoIterator<Item = RateLimit>) -> Self {
+        self.ratelimits = Some(limits.into_iter().collect());
+        self
+    }
+
+    /// Set (restarting the count from its `remaining`) or remove the credits policy.
+    pub fn credits(mut self, credits: Option<CreditPolicy>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
     /// Makes the patch conditional on `record`, the copy of the record it was decided on
     /// (checked against, or computed from): it applies only if the stored record's owner,
-    /// scopes, active flag, expiry and network policy are still those of `record` (see
-    /// [`Precondition`]).
+    /// scopes, active flag, expiry, network policy, rate limits and credits policy are still
+    /// those of `record` (see [`Precondition`]).
     /// Otherwise [`apply`](Self::apply), and so every store's
     /// [`update`](crate::KeyStore::update), writes nothing and fails with
     /// [`StoreError::Changed`](crate::StoreError::Changed), which
@@ -566,6 +640,8 @@ impl KeyPatch {
             metadata,
             allowed_cidrs,
             allowed_origins,
+            ratelimits,
+            credits,
             hash,
             updated_at,
             precondition: _,
@@ -579,6 +655,8 @@ impl KeyPatch {
             && metadata.is_none()
             && allowed_cidrs.is_none()
             && allowed_origins.is_none()
+            && ratelimits.is_none()
+            && credits.is_none()
             && hash.is_none()
             && updated_at.is_none()
     }
@@ -629,6 +707,12 @@ impl KeyPatch {
             record.network =
                 std::mem::take(&mut record.network).with_origins(origins.iter().cloned());
         }
+        if let Some(limits) = &self.ratelimits {
+            record.ratelimits.clone_from(limits);
+        }
+        if let Some(credits) = &self.credits {
+            record.credits.clone_from(credits);
+        }
         if let Some(hash) = &self.hash {
             record.hash = Some(hash.clone());
         }
@@ -663,6 +747,8 @@ mod tests {
             scopes: None,
             metadata: Metadata::new(),
             network: NetworkPolicy::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 

@@ -23,5 +23,7 @@ pub(crate) fn record(format: KeyFormat) -> KeyRecord {
         scopes: None,
         metadata: Metadata::new(),
         network: crate::limits::NetworkPolicy::new(),
+        ratelimits: Vec::new(),
+        credits: None,
     }
 }

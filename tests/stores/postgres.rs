@@ -182,6 +182,10 @@ async fn concurrent_migrations_apply_once() {
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
             (4, "create keygate_peppers".to_owned()),
+            (
+                5,
+                "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
+            ),
             (7, "add keygate_keys.network".to_owned()),
             (
                 8,
@@ -359,7 +363,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         again.pool().close().await;
     }
     schema.drop().await;
-    assert_eq!(expected.len(), 5);
+    assert_eq!(expected.len(), 7); // 0001-0005, 0007, 0008
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
     assert_eq!(upgraded, expected);
     assert_eq!(got.as_deref(), Some(&record));
@@ -992,7 +996,8 @@ const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
     description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
-    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT, network JSONB
+    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT, ratelimits JSONB, credits JSONB,
+    network JSONB
 );
 CREATE TABLE keygate_peppers (version BIGINT PRIMARY KEY, fingerprint BYTEA)";
 

@@ -157,6 +157,10 @@ async fn migrations_are_idempotent_and_keygates_own() {
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
             (4, "create keygate_peppers".to_owned()),
+            (
+                5,
+                "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
+            ),
             (7, "add keygate_keys.network".to_owned()),
         ]
     );
@@ -282,7 +286,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .unwrap()
     };
     let expected = checksums(fresh).await;
-    assert_eq!(expected.len(), 5);
+    assert_eq!(expected.len(), 6); // 0001-0005, 0007
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
 
     // Migrations 1 and 2 applied by the first runner: its table had no checksums.
@@ -324,7 +328,16 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .await
         .unwrap();
         // The store writes every column of today's table: lend it the later ones for
-        // this one insert (an unrestricted record: NULL), then take them away again.
+        // this one insert (the usage-policy columns of migration 5, and `network`: an
+        // unrestricted record, NULL), then take them away again, leaving a row as the first
+        // runner's schema held it.
+        sqlx::raw_sql(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0005_usage_policy.sql"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
         sqlx::raw_sql("ALTER TABLE keygate_keys ADD COLUMN network TEXT")
             .execute(&pool)
             .await
@@ -333,10 +346,14 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
             .insert(record.clone())
             .await
             .unwrap();
-        sqlx::raw_sql("ALTER TABLE keygate_keys DROP COLUMN network")
-            .execute(&pool)
-            .await
-            .unwrap();
+        sqlx::raw_sql(
+            "ALTER TABLE keygate_keys DROP COLUMN network;
+             ALTER TABLE keygate_keys DROP COLUMN ratelimits;
+             ALTER TABLE keygate_keys DROP COLUMN credits;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         pool.close().await;
     }
     let store = SqliteStore::connect(db.path()).await.unwrap();
@@ -563,7 +580,7 @@ fn mint_until_killed(var: &str, db: &str) -> (Vec<String>, std::process::ExitSta
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id, format, hash_version, hash_digest, name, description, owner_id, created_by,
     created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme,
-    network
+    ratelimits, credits, network
 );
 CREATE TABLE keygate_peppers (version INTEGER PRIMARY KEY, fingerprint BLOB)";
 

@@ -9,7 +9,9 @@
 //! be unscoped, never-expiring or signature-only, i.e. failing open. Anything else, or a
 //! `schema` other than [`SCHEMA`], is [`StoreError::Corrupt`].
 //!
-//! One exception, `network` (allowed networks and origins): written only for a key that
+//! Two exceptions. `ratelimits` and `credits` (the usage policy) are absent from records
+//! written before keygate had them, which had no limits (see [`StoredRecord`]). And
+//! `network` (allowed networks and origins) is written only for a key that
 //! has a restriction, and absent means none. Records written before keygate had network
 //! restrictions have no such field and are unrestricted; an unrestricted record stays
 //! byte-for-byte what older versions write; and an older version that meets a restricted
@@ -25,6 +27,7 @@ use super::StoreError;
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
 use crate::limits::{AllowedOrigin, Cidr, NetworkPolicy};
+use crate::limits::{CreditPolicy, RateLimit};
 use crate::record::{KeyRecord, Metadata};
 
 /// The `schema` every record written by this version carries, and the only one it reads.
@@ -55,6 +58,15 @@ struct StoredRecord {
     #[serde(deserialize_with = "Option::deserialize")]
     scopes: Option<BTreeSet<String>>,
     metadata: Metadata,
+    /// The usage policy (issue 9), in Unkey's JSON shapes (`RateLimit`, `CreditPolicy`:
+    /// their serde shapes are a public, documented contract, so they are the storage
+    /// format too). The one exception to "every field present": records written before
+    /// these fields existed have none, and had no limits; a record written with them is
+    /// refused as corrupt by older versions (`deny_unknown_fields`), never read unlimited.
+    #[serde(default)]
+    ratelimits: Vec<RateLimit>,
+    #[serde(default)]
+    credits: Option<CreditPolicy>,
     /// Absent: unrestricted (see the module docs). Present: both lists, strictly.
     #[serde(
         default,
@@ -186,6 +198,8 @@ pub(super) fn encode(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
             cidrs: record.network.cidrs().to_vec(),
             origins: record.network.origins().to_vec(),
         }),
+        ratelimits: record.ratelimits.clone(),
+        credits: record.credits.clone(),
     };
     serde_json::to_vec(&stored).map_err(StoreError::backend)
 }
@@ -228,6 +242,8 @@ pub(super) fn decode(
                 .with_cidrs(n.cidrs)
                 .with_origins(n.origins)
         }),
+        ratelimits: stored.ratelimits,
+        credits: stored.credits,
     })
 }
 
@@ -438,6 +454,11 @@ mod tests {
                     "2001:db8::/32".parse().unwrap(),
                 ])
                 .with_origins(["https://*.example.com".parse().unwrap()]),
+            ratelimits: vec![crate::limits::RateLimit::new("r", 5, 1000).with_burst(2)],
+            credits: Some(
+                crate::limits::CreditPolicy::new(7)
+                    .refill(crate::limits::CreditRefill::monthly(9, 31)),
+            ),
         }
     }
 
