@@ -20,3 +20,4 @@ mod memory;
 mod postgres;
 mod redis;
 mod sqlite;
+mod tls;
