@@ -90,3 +90,52 @@ fn disabled(feature: &str) -> StoreError {
         "this build of keygate has no {feature} store: enable the `{feature}` feature"
     ))
 }
+
+/// A build without `tls`: every URL that asks for TLS is a configuration error before any
+/// connection (the addresses below are closed ports, so a connection attempt would say
+/// something else). CI runs these with `--features postgres,redis` (see `.ci/run`).
+#[cfg(all(test, not(feature = "tls")))]
+mod tests {
+    use super::*;
+
+    #[allow(dead_code)] // unused when no store feature is on
+    async fn assert_tls_unavailable(url: &str) {
+        match open_store(url).await {
+            Err(StoreError::TlsUnavailable(what)) => {
+                assert!(!what.contains("127.0.0.1"), "echoes the URL: {what}");
+            }
+            Err(other) => panic!("{url}: {other:?}"),
+            Ok(_) => panic!("{url}: opened"),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_urls_asking_for_tls_are_refused_without_it() {
+        for url in [
+            "postgres://u:pw@db.example:1/x",
+            "postgres://u:pw@db.example:1/x?sslmode=prefer",
+            "postgres://u:pw@db.example:1/x?sslmode=allow",
+            "postgres://u:pw@127.0.0.1:1/x?sslmode=require",
+            "postgres://u:pw@127.0.0.1:1/x?sslmode=verify-ca&sslrootcert=/ca.pem",
+            "postgres://u:pw@localhost:1/x?sslmode=verify-full",
+        ] {
+            assert_tls_unavailable(url).await;
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_urls_asking_for_tls_are_refused_without_it() {
+        for url in [
+            "rediss://:pw@127.0.0.1:1/",
+            "rediss://:pw@127.0.0.1:1/#insecure",
+            "rediss://:pw@127.0.0.1:1/?sslrootcert=/ca.pem",
+            "redis://:pw@127.0.0.1:1/?sslrootcert=/ca.pem",
+        ] {
+            assert_tls_unavailable(url).await;
+        }
+        let direct = crate::RedisStore::connect("rediss://127.0.0.1:1/").await;
+        assert!(matches!(direct, Err(StoreError::TlsUnavailable(_))));
+    }
+}
