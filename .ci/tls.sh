@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # TLS servers for the TLS store tests (tests/stores/tls.rs), on ports of their own:
-#   PostgreSQL 15+ with ssl=on on 127.0.0.1 and 127.0.0.2, port 55432 (cleartext refused)
-#   Redis with TLS only on 127.0.0.1 and 127.0.0.2, port 56379 (no cleartext port)
+#   PostgreSQL 15+ with ssl=on on 127.0.0.1 and 127.0.0.2, port 25432 (cleartext refused)
+#   Redis with TLS only on 127.0.0.1 and 127.0.0.2, port 26379 (no cleartext port)
+# (Ports below 32768, outside Linux's ephemeral range, so no outgoing connection holds them.)
 # Both present a certificate for `localhost` and 127.0.0.1 (not 127.0.0.2, so a test can
 # show that verify-full checks the name), signed by a CA generated for the run; a second,
 # unrelated CA is generated for the wrong-CA tests. Everything lives in /tmp/keygate-tls.
@@ -14,8 +15,8 @@
 set -euo pipefail
 
 WORK=/tmp/keygate-tls
-PG_PORT=55432
-REDIS_PORT=56379
+PG_PORT=25432
+REDIS_PORT=26379
 PG_BIN=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 
 log() { echo "tls.sh: $*" >&2; }
@@ -34,8 +35,10 @@ stop() {
     as_postgres "$PG_BIN/pg_ctl" -D "$WORK/pg" -m immediate -w stop >/dev/null 2>&1 || true
   fi
   if [ -f "$WORK/redis.pid" ]; then
-    kill "$(cat "$WORK/redis.pid")" 2>/dev/null || true
-    for _ in $(seq 1 50); do kill -0 "$(cat "$WORK/redis.pid")" 2>/dev/null || break; sleep 0.1; done
+    local pid
+    pid=$(cat "$WORK/redis.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
   fi
   rm -rf "$WORK"
 }

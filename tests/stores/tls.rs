@@ -5,7 +5,7 @@
 //! request, and the connect fails).
 //!
 //! The servers come from `.ci/tls.sh` (`eval "$(.ci/tls.sh start)"`): PostgreSQL on port
-//! 55432 refusing cleartext over TCP, Redis on 56379 with no cleartext port, each with a
+//! 25432 refusing cleartext over TCP, Redis on 26379 with no cleartext port, each with a
 //! certificate for `localhost` and 127.0.0.1 (not 127.0.0.2). Tests that need them are
 //! marked `keygate_test_tls` (see `build.rs`); the plain-server tests need no server.
 
