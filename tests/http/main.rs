@@ -15,4 +15,5 @@
 mod support;
 
 mod actix;
+mod admin_page;
 mod axum;
