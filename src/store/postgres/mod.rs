@@ -159,8 +159,9 @@ impl Default for PostgresConfig {
 /// # TLS
 ///
 /// With the `tls` feature keygate speaks TLS to PostgreSQL through rustls on ring (no
-/// OpenSSL). The URL's `sslmode` decides, as in libpq, with one rule on top: **only
-/// `sslmode=disable` connects in cleartext over the network.**
+/// OpenSSL). The URL's `sslmode` decides (or `PGSSLMODE` when the URL names none, as sqlx
+/// reads it), as in libpq, with one rule on top: **only `sslmode=disable` connects in
+/// cleartext over the network.**
 ///
 /// | URL says | remote host, `tls` on | remote host, `tls` off | this machine¹ |
 /// |---|---|---|---|
