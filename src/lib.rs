@@ -227,7 +227,8 @@
 //!    same HMAC and compare), active, not expired (`now >= expires_at` is expired; the
 //!    store's `expires_at` is the authority).
 //! 5. Owner, through the [`UserDirectory`]: exists and active; permissions are the owner's
-//!    now, narrowed by the key's scopes.
+//!    now, narrowed by the key's scopes. Then the key's network policy, if it has one
+//!    ([below](#network-restrictions)): 403 for a key that would otherwise be accepted.
 //! 6. Success: last-used is recorded off the request path, at most once per key per
 //!    [`KeygateBuilder::last_used_interval`] (default 60 s), in one batch per flush, and never
 //!    for a refused attempt.
@@ -241,6 +242,29 @@
 //! `suppressed` count: at INFO once the store lookup has tied the token to a key, at DEBUG
 //! for refusals the token alone proves (garbage, typos, missing credentials), at WARN for
 //! an unavailable store or directory and at ERROR for a corrupt record.
+//!
+//! # Network restrictions
+//!
+//! A key may carry allowed client networks and browser origins
+//! ([`limits::NetworkPolicy`]; [`NewKey::allowed_cidrs`], [`NewKey::allowed_origins`],
+//! [`KeyPatch::allowed_cidrs`], the admin API's `allowedCidrs`/`allowedOrigins`). A request
+//! from elsewhere is refused with [`VerifyError::NetworkNotAllowed`] or
+//! [`VerifyError::OriginNotAllowed`] (403 `network_not_allowed` / `origin_not_allowed`).
+//!
+//! The client address comes from the connection: axum's `ConnectInfo` (serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`), actix-web's peer address. Only
+//! when that peer is a proxy declared with [`KeygateBuilder::trusted_proxies`] does keygate
+//! read the proxies' `X-Forwarded-For` (or, if declared, `Forwarded`), right to left,
+//! skipping the trusted hops ([`http::TrustedProxies`]); anyone else's forwarding header is
+//! ignored. IPv4-mapped IPv6 peers count as IPv4.
+//!
+//! It fails closed: a restricted key is refused when the client address (or, for allowed
+//! origins, the `Origin` header) is unknown, and [`Keygate::verify`] and the other entry
+//! points without a [`limits::RequestContext`] know neither. Pass one with
+//! [`Keygate::verify_with`] / [`Keygate::verify_headers_with`]; the framework integrations
+//! do it for every request. The admin API's no-escalation rule covers the policy too: a
+//! caller confined to some networks cannot mint a key usable elsewhere, nor lift a key's
+//! restriction.
 //!
 //! # Stores
 //!
@@ -397,6 +421,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+pub mod limits;
 mod pepper_check;
 mod pepper_source;
 mod principal;
@@ -470,8 +495,10 @@ pub use user::{DirectoryError, DirectoryUser, Owner, Permissions, UserDirectory}
 pub mod bounds {
     pub use crate::gate::MAX_PAGE;
     pub use crate::hash::MIN_PEPPER_LEN;
+    pub use crate::http::MAX_FORWARDED_HOPS;
     pub use crate::jwt::MIN_JWT_SECRET_LEN;
     pub use crate::key::MAX_OPAQUE_LEN;
+    pub use crate::limits::{MAX_ALLOWED_CIDRS, MAX_ALLOWED_ORIGINS, MAX_ORIGIN_LEN};
     pub use crate::record::MAX_STORED_OWNER_LEN;
     pub use crate::validate::{
         MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,

@@ -290,7 +290,7 @@ pub enum StoreError {
     #[error("a key with id {0} already exists")]
     Conflict(KeyId),
     /// [`KeyStore::update`] with a patch made conditional by [`KeyPatch::if_unchanged`]:
-    /// the record changed since it was read (its owner, scopes, active flag or expiry are
+    /// the record changed since it was read (its owner, scopes, active flag, expiry or network policy are
     /// no longer those the patch was decided on); nothing was written.
     #[error("the record of key {0} changed since it was read; nothing was written")]
     Changed(KeyId),

@@ -17,3 +17,4 @@ mod support;
 mod actix;
 mod admin_page;
 mod axum;
+mod network;

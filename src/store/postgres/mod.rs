@@ -17,6 +17,7 @@ use super::sql::{self, key_columns, store_error, LegacyTable, Script};
 use super::{ChangeListener, KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
+use crate::limits::NetworkPolicy;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 mod feed;
@@ -43,6 +44,11 @@ const MIGRATIONS: &[Script] = &[
         version: 4,
         description: "create keygate_peppers",
         sql: include_str!("../../../migrations/postgres/0004_pepper_fingerprints.sql"),
+    },
+    Script {
+        version: 7,
+        description: "add keygate_keys.network",
+        sql: include_str!("../../../migrations/postgres/0007_network_policy.sql"),
     },
 ];
 
@@ -377,6 +383,7 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let format: String = row.try_get("format").map_err(store_error)?;
     let scopes: Option<Json<BTreeSet<String>>> = row.try_get("scopes").map_err(store_error)?;
     let metadata: Json<Metadata> = row.try_get("metadata").map_err(store_error)?;
+    let network: Option<Json<NetworkPolicy>> = row.try_get("network").map_err(store_error)?;
     Ok(KeyRecord {
         id: KeyId::from(id),
         format: sql::format_from(&format)?,
@@ -396,6 +403,7 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         active: row.try_get("active").map_err(store_error)?,
         scopes: scopes.map(|s| s.0),
         metadata: metadata.0,
+        network: network.map(|n| n.0).unwrap_or_default(),
     })
 }
 
@@ -408,7 +416,7 @@ fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`, as the
+/// Binds every column of `record` in [`key_columns`] order to `$1`..`$17`, as the
 /// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
     let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
@@ -429,6 +437,7 @@ fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
         .bind(record.scopes.as_ref().map(Json))
         .bind(Json(&record.metadata))
         .bind(hash_scheme)
+        .bind((!record.network.is_unrestricted()).then_some(Json(&record.network)))
 }
 
 #[async_trait]
@@ -437,7 +446,7 @@ impl KeyStore for PostgresStore {
         let query = sqlx::query(concat!(
             "WITH inserted AS (INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
              RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM inserted"
         ));
@@ -482,7 +491,7 @@ impl KeyStore for PostgresStore {
             "WITH updated AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
              hash_digest = $4, name = $5, description = $6, owner_id = $7, created_by = $8, \
              created_at = $9, updated_at = $10, expires_at = $11, last_used_at = $12, \
-             active = $13, scopes = $14, metadata = $15, hash_scheme = $16 \
+             active = $13, scopes = $14, metadata = $15, hash_scheme = $16, network = $17 \
              WHERE id = $1 RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM updated",
         );
