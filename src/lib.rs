@@ -276,8 +276,8 @@
 //! |---|---|---|---|
 //! | [`MemoryStore`] | — | tests, examples, one process | — |
 //! | [`SqliteStore`] | `sqlite` | one server, embedded | — (one process owns the file) |
-//! | [`PostgresStore`] | `postgres` | many app servers, one database | `LISTEN/NOTIFY` |
-//! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub |
+//! | [`PostgresStore`] | `postgres` | many app servers, one database | `LISTEN/NOTIFY` + change log |
+//! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub + change log |
 //! | [`CachedStore<S>`](CachedStore) | — | in front of any of them | follows `S`'s feed |
 //!
 //! [`open_store`] picks one from a URL (`sqlite://keys.db`, `postgres://…`, `redis://…`), as
@@ -330,10 +330,24 @@
 //! # let _ = gate; Ok(()) }
 //! ```
 //!
-//! The revocation bound is then the notification latency (about 1 ms median on a local
-//! PostgreSQL or Redis); if the feed drops, entries still expire after `ttl`, and the feed
-//! reconnects by itself and clears the cache once it is back. Without a feed, `ttl` alone is
-//! the bound. The negative cache bounds *repeated* unknown ids only: the checksum is public,
+//! A revoke then usually reaches every node within a few milliseconds (the notification
+//! latency). A lost notification cannot undo it: every write also appends to a change
+//! sequence in the store, in the same transaction or script, and the notice carries its
+//! number; each node's feed reads the sequence on its own connection every
+//! [`FeedConfig::heartbeat`] and replays what it missed (a skipped number triggers that at
+//! once; a reconnect replays from the last number seen; a log trimmed past it drops the
+//! whole cache). A node whose feed cannot prove it is up to date stops serving from memory
+//! and reads the store on every lookup until it can. **Worst-case staleness**, from the
+//! revoke's commit to the moment no lookup on another node accepts the key, whatever is
+//! lost (notices, the feed's connection, silently or not):
+//!
+//! ```text
+//! min(CacheConfig::ttl, FeedConfig::heartbeat + FeedConfig::deadline)
+//!     defaults: min(5 s, 250 ms + 250 ms) = 500 ms
+//! ```
+//!
+//! ([`PostgresConfig::feed`], [`RedisConfig::feed`]; see [`FeedConfig`] for why.) Without a
+//! feed, `ttl` alone is the bound. The negative cache bounds *repeated* unknown ids only: the checksum is public,
 //! so each new made-up id costs one store read; put rate limiting in front of the gate if
 //! that matters for your store.
 //!
@@ -470,8 +484,8 @@ pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondit
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
-    KeyStore, ListQuery, MemoryStore, Page, StoreError,
+    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
+    InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
