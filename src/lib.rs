@@ -383,6 +383,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+pub mod leaks;
 mod pepper_check;
 mod pepper_source;
 mod principal;
