@@ -961,7 +961,7 @@ fn header<'a>(field: Field<'a>, name: &'static str, max: usize) -> Result<&'a [u
     match field {
         Field::Missing => Err(LeakError::MissingHeader(name)),
         Field::Many => Err(LeakError::MalformedHeader(name)),
-        Field::One(value) if value.is_empty() => Err(LeakError::MissingHeader(name)),
+        Field::One([]) => Err(LeakError::MissingHeader(name)),
         Field::One(value) if value.len() > max => Err(LeakError::MalformedHeader(name)),
         Field::One(value) => Ok(value),
     }
