@@ -318,8 +318,8 @@
 //! event (key id, owner, where it was found; never the token) and answers with the
 //! protocol's `true_positive`/`false_positive` labels. Unsigned, wrongly signed or altered
 //! reports are refused and change nothing. Mount it with
-//! [`axum::leak_routes`](crate::axum::leak_routes) or
-//! [`actix::leak_resource`](crate::actix::leak_resource) at `/leaks/github`:
+//! [`axum::leak_routes`] or
+//! [`actix::leak_resource`] at `/leaks/github`:
 //!
 //! ```
 //! # #[cfg(feature = "axum")]

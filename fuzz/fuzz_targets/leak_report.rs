@@ -38,8 +38,8 @@ const KEY_ID: &str = "fuzz-github-key";
 
 /// The P-256 DER `SubjectPublicKeyInfo` header (RFC 5480) before the 65-byte point.
 const SPKI_PREFIX: [u8; 26] = [
-    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
-    0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08, 0x2a,
+    0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
 struct Github {
@@ -53,9 +53,8 @@ fn github() -> &'static Github {
     GITHUB.get_or_init(|| {
         let rng = SystemRandom::new();
         let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
-        let pair =
-            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
-                .unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng)
+            .unwrap();
         let mut der = SPKI_PREFIX.to_vec();
         der.extend_from_slice(pair.public_key().as_ref());
         let pem = format!(
@@ -169,7 +168,10 @@ fuzz_target!(|data: &[u8]| {
                 &body,
             ))
             .await;
-        assert!(matches!(answer.status, 401 | 413), "unknown identifier: {shown:?}");
+        assert!(
+            matches!(answer.status, 401 | 413),
+            "unknown identifier: {shown:?}"
+        );
         assert!(
             records(&fx.gate).await == fx.snapshot,
             "an unauthenticated report changed the store: {shown:?}"
@@ -193,7 +195,10 @@ fuzz_target!(|data: &[u8]| {
         }
         let Some(matches) = valid.filter(|_| body.len() <= MAX_BODY) else {
             assert!(matches!(answer.status, 400 | 413), "{context}");
-            assert!(after == fx.snapshot, "a refused report changed the store: {context}");
+            assert!(
+                after == fx.snapshot,
+                "a refused report changed the store: {context}"
+            );
             return;
         };
         assert_eq!(answer.status, 200, "{context}");
@@ -203,8 +208,16 @@ fuzz_target!(|data: &[u8]| {
         let mut leaked = Vec::new();
         for (label, m) in labels.iter().zip(matches) {
             let (token, kind) = m.as_ref().expect("valid");
-            assert_eq!(label["token_raw"].as_str(), Some(token.as_str()), "{context}");
-            assert_eq!(label["token_type"].as_str(), Some(kind.as_str()), "{context}");
+            assert_eq!(
+                label["token_raw"].as_str(),
+                Some(token.as_str()),
+                "{context}"
+            );
+            assert_eq!(
+                label["token_type"].as_str(),
+                Some(kind.as_str()),
+                "{context}"
+            );
             let ours = fx.by_token(token);
             let want = if ours.is_some() {
                 "true_positive"
