@@ -57,6 +57,11 @@
 //!   is not written again and is still a `true_positive`), and a `KeyLeaked` event is
 //!   logged at warn level (target `keygate`) with the key id, owner, format, and the
 //!   report's `url`, `source` and `type`; never the token.
+//! - **Bounded work**: at most [`max_tokens`](LeakReports::max_tokens) tokens (the parser
+//!   stops at the first one over), each one store read (within the gate's
+//!   [`store_timeout`](crate::KeygateBuilder::store_timeout)) and at most one write; a
+//!   token reported twice is judged once. Give the server a request timeout too: writes
+//!   are not bounded by `store_timeout`.
 //! - **Answer**: 200 with `[{"token_raw", "token_type", "label"}]`, one entry per reported
 //!   token, in order ([`LabelForm::Sha256`] sends `token_hash` instead of `token_raw`).
 //!   When the store fails, 503 with `Retry-After` (500 for a corrupt record or a wrong
@@ -368,6 +373,10 @@ pub enum LeakError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The body could not be read (the connection failed or the framework refused it)
+    /// (HTTP 400 `invalid_request`).
+    #[error("the request body could not be read")]
+    UnreadableBody,
     /// The signed body is not a JSON array of `{"token", "type", "url", "source"}`
     /// objects (HTTP 400 `invalid_request`).
     #[error("the report is not a JSON array of token matches")]
@@ -402,7 +411,9 @@ impl LeakError {
             LeakError::MissingHeader(_)
             | LeakError::UnknownKeyIdentifier
             | LeakError::BadSignature => 401,
-            LeakError::MalformedHeader(_) | LeakError::MalformedReport(_) => 400,
+            LeakError::MalformedHeader(_)
+            | LeakError::UnreadableBody
+            | LeakError::MalformedReport(_) => 400,
             LeakError::BodyTooLarge { .. } | LeakError::TooManyTokens { .. } => 413,
             LeakError::Store(StoreError::Corrupt(_)) => 500,
             LeakError::Store(_) => 503,
@@ -414,7 +425,9 @@ impl LeakError {
     pub fn code(&self) -> &'static str {
         match self {
             LeakError::MissingHeader(_) => "missing_signature",
-            LeakError::MalformedHeader(_) | LeakError::MalformedReport(_) => "invalid_request",
+            LeakError::MalformedHeader(_)
+            | LeakError::UnreadableBody
+            | LeakError::MalformedReport(_) => "invalid_request",
             LeakError::UnknownKeyIdentifier => "unknown_key_identifier",
             LeakError::BadSignature => "invalid_signature",
             LeakError::BodyTooLarge { .. } => "payload_too_large",
@@ -432,6 +445,7 @@ impl LeakError {
             self,
             LeakError::MissingHeader(_)
                 | LeakError::MalformedHeader(_)
+                | LeakError::UnreadableBody
                 | LeakError::UnknownKeyIdentifier
                 | LeakError::BadSignature
                 | LeakError::BodyTooLarge { .. }
@@ -642,7 +656,7 @@ impl LeakResponse {
         if too_large {
             Self::error(&LeakError::BodyTooLarge { limit })
         } else {
-            Self::error(&LeakError::MalformedHeader("body"))
+            Self::error(&LeakError::UnreadableBody)
         }
     }
 
