@@ -1087,6 +1087,32 @@ mod tests {
         assert!(verifier.verify(&tampered, &signature).is_err());
     }
 
+    /// The same example, end to end: GitHub's published request is accepted and its token
+    /// (no key of ours) labelled `false_positive`.
+    #[tokio::test]
+    async fn githubs_published_example_is_answered() {
+        let gate = Keygate::builder(
+            crate::MemoryStore::new(),
+            crate::Pepper::new(1, [7u8; 32]).unwrap(),
+        )
+        .build()
+        .unwrap();
+        let keys = GithubKeys::from_json(GITHUB_EXAMPLE_KEYS.as_bytes()).unwrap();
+        let reports = LeakReports::new(gate, keys);
+        let answer = reports
+            .handle(LeakRequest::new(
+                [GITHUB_EXAMPLE_ID.as_bytes()],
+                [GITHUB_EXAMPLE_SIGNATURE.as_bytes()],
+                GITHUB_EXAMPLE_PAYLOAD,
+            ))
+            .await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.body,
+            r#"[{"token_raw":"some_token","token_type":"some_type","label":"false_positive"}]"#
+        );
+    }
+
     const GITHUB_EXAMPLE_ID: &str =
         "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
     const GITHUB_EXAMPLE_KEYS: &str = r#"{"public_keys":[{"key_identifier":"90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a","key":"-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq\nkCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==\n-----END PUBLIC KEY-----\n","is_current":true}]}"#;
