@@ -56,6 +56,11 @@
 //!   *explicitly* granted `"admin"` ([`Principal::grants`]: by the directory, or by the
 //!   key's own scopes; never because there is no directory), and unable to mint or widen
 //!   a key beyond the calling key's own reach.
+//! - `admin::AdminPage` (features `axum`, `actix`): the API Keys web page over that API,
+//!   as Audiobookshelf's Settings → Users → API Keys has it (list, create and show once,
+//!   switch on and off, rotate, delete), shipped inside the crate under a strict
+//!   Content-Security-Policy; mounted with `keygate::axum::admin_page` or
+//!   `keygate::actix::admin_page_scope`. See the `admin::page` module.
 //!
 //! # Owners and permissions
 //!
@@ -388,8 +393,8 @@
 //! | `sqlite` | [`SqliteStore`] (bundled libsqlite3) |
 //! | `postgres` | [`PostgresStore`], with `LISTEN/NOTIFY` cache invalidation |
 //! | `redis` | [`RedisStore`], with pub/sub cache invalidation |
-//! | `axum` | [`keygate::axum`](crate::axum): extractors, guards, the `Authenticate` layer, the admin API router |
-//! | `actix` | [`keygate::actix`](crate::actix): extractors, guards, the `Authenticate` middleware, the admin API scope |
+//! | `axum` | [`keygate::axum`](crate::axum): extractors, guards, the `Authenticate` layer, the admin API router, the admin page |
+//! | `actix` | [`keygate::actix`](crate::actix): extractors, guards, the `Authenticate` middleware, the admin API scope, the admin page |
 //! | `testing` | [`keygate::testing`](crate::testing): the public store conformance suite |
 //!
 //! The operator CLI is the separate package `keygate-cli` (binary `keygate`).
@@ -475,7 +480,7 @@ pub use store::{RedisConfig, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteConfig, SqliteStore};
-pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
+pub use user::{DirectoryError, DirectoryUser, Owner, Permissions, UserDirectory};
 
 /// The size and range bounds keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
 /// admin API accept, on stored records, on tokens, and on secrets.

@@ -25,8 +25,8 @@ use std::process::ExitCode;
 
 use async_trait::async_trait;
 use keygate::{
-    CacheConfig, CachedStore, DirectoryError, JwtSecret, KeyStore, Keygate, ListQuery, NewKey,
-    Owner, Pepper, Permission, SqliteStore, UserDirectory,
+    CacheConfig, CachedStore, DirectoryError, DirectoryUser, JwtSecret, KeyStore, Keygate,
+    ListQuery, NewKey, Owner, Pepper, Permission, SqliteStore, UserDirectory,
 };
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -80,6 +80,14 @@ impl UserDirectory for DemoUsers {
             "user" => Some(self.user.clone()),
             _ => None,
         })
+    }
+
+    /// For the admin page's user picker.
+    async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+        Ok(Some(vec![
+            DirectoryUser::new("admin").name("Admin"),
+            DirectoryUser::new("user").name("Demo user"),
+        ]))
     }
 }
 
