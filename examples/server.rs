@@ -117,7 +117,9 @@ async fn run() -> Result<(), BoxError> {
     // The listener is already bound: the key is usable as soon as it is shown.
     common::bootstrap_admin_key(&gate).await?;
 
-    axum::serve(listener, app(gate.clone()))
+    // With the connection's address, for keys restricted to some networks (`allowedCidrs`).
+    let service = app(gate.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, service)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
 

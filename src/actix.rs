@@ -91,7 +91,9 @@ use std::pin::Pin;
 use std::rc::Rc;
 
 use actix_web::body::{BoxBody, EitherBody};
-use actix_web::dev::{forward_ready, Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::dev::{
+    forward_ready, Payload, RequestHead, Service, ServiceRequest, ServiceResponse, Transform,
+};
 use actix_web::http::header::{
     HeaderValue, AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
@@ -108,6 +110,7 @@ use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome, DEFAULT_REALM};
 pub use crate::http::{Authenticate, Require};
 use crate::leaks::{LeakReports, LeakRequest, LeakResponse, IDENTIFIER_HEADER, SIGNATURE_HEADER};
+use crate::limits::RequestContext;
 use crate::principal::{Permission, Principal};
 
 type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
@@ -205,6 +208,14 @@ fn realm_for(req: &HttpRequest) -> String {
 #[derive(Clone, Copy)]
 struct Anonymous;
 
+/// The request's [`RequestContext`]: the connection's peer (`peer_addr`), read through the
+/// gate's trusted proxies, and the `Origin` header.
+fn request_context(gate: &Keygate, head: &RequestHead) -> RequestContext {
+    gate.request_context(head.peer_addr.map(|addr| addr.ip()), |name| {
+        head.headers.get_all(name).map(HeaderValue::as_bytes)
+    })
+}
+
 /// The request's principal: from the extensions, else verified (once) and cached there.
 async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
     let cached = req.extensions().get::<Principal>().cloned();
@@ -221,8 +232,9 @@ async fn principal_from(req: &HttpRequest) -> Result<Principal, AuthError> {
         .headers()
         .get_all(AUTHORIZATION)
         .map(HeaderValue::as_bytes);
+    let context = request_context(&gate, req.head());
     let principal = gate
-        .verify_headers(values)
+        .verify_headers_with(values, &context)
         .await
         .map_err(|e| AuthError::new(e, &gate))?;
     req.extensions_mut().insert(principal.clone());
@@ -316,7 +328,8 @@ impl Authenticate {
                     .headers()
                     .get_all(AUTHORIZATION)
                     .map(HeaderValue::as_bytes);
-                match self.gate.verify_headers(values).await {
+                let context = request_context(&self.gate, req.head());
+                match self.gate.verify_headers_with(values, &context).await {
                     Ok(principal) => {
                         req.extensions_mut().insert(principal.clone());
                         principal

@@ -7,19 +7,30 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /` | — (query `userId`, `limit`, `after`) | `{"apiKeys":[key…]}` (+ `"next"` when there is more) |
-//! | `POST /` | `name`, `userId`, `expiresIn` (s), `isActive`, + `description`, `scopes`, `metadata`, `format` | `{"apiKey":{…, "apiKey":"<key>"}}`, the plaintext this once |
+//! | `POST /` | `name`, `userId`, `expiresIn` (s), `isActive`, + `description`, `scopes`, `metadata`, `format`, `allowedCidrs`, `allowedOrigins` | `{"apiKey":{…, "apiKey":"<key>"}}`, the plaintext this once |
 //! | `GET /:id` | — | `{"apiKey":{…}}` |
-//! | `PATCH /:id` | `isActive`, `userId`, + `name`, `description`, `scopes`, `metadata`, `expiresAt` | `{"apiKey":{…}}` |
+//! | `PATCH /:id` | `isActive`, `userId`, + `name`, `description`, `scopes`, `metadata`, `expiresAt`, `allowedCidrs`, `allowedOrigins` | `{"apiKey":{…}}` |
 //! | `DELETE /:id` | — | `200 OK` |
 //! | `POST /:id/rotate` | `gracePeriod` (s, default 0) | `{"apiKey":{…new, "apiKey":"<key>"}, "previous":{…}}` |
 //! | `GET /users` | — | `{"users":[{"id","name"}…] or null, "caller":{"keyId","userId"}}` |
 //!
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
-//! "createdByUserId","createdAt","updatedAt","scopes","metadata","format"}` (camelCase,
-//! timestamps RFC 3339, like Audiobookshelf's). `GET /users` is keygate's own (the admin
-//! page's user picker): the users the [`UserDirectory`](crate::UserDirectory) lists
+//! "createdByUserId","createdAt","updatedAt","scopes","metadata","format","allowedCidrs",
+//! "allowedOrigins"}` (camelCase, timestamps RFC 3339, like Audiobookshelf's). `GET /users`
+//! is keygate's own (the admin page's user picker): the users the
+//! [`UserDirectory`](crate::UserDirectory) lists
 //! ([`UserDirectory::users`](crate::UserDirectory::users); `null` when there is no
-//! directory or it does not list them) and who is calling. Statuses: 400 bad input (including an
+//! directory or it does not list them) and who is calling.
+//!
+//! `allowedCidrs` and `allowedOrigins` extend Audiobookshelf's shapes with Unkey's (and
+//! Google Cloud API keys') network restrictions: arrays of CIDR blocks
+//! (`"10.0.0.0/8"`, `"2001:db8::/32"`, a bare address for one host) and browser origins
+//! (`"https://app.example.com"`, `"https://*.example.com"`), shown in canonical form; an
+//! empty array (or `null` in a `PATCH`) lifts the restriction. A value that does not
+//! parse is a 400 naming the entry (`allowedCidrs[1]: …`); see
+//! [`NetworkPolicy`](crate::limits::NetworkPolicy) for what they admit.
+//!
+//! Statuses: 400 bad input (including an
 //! unknown `userId`, and a body field the route does not know: `{"expires_in":60}` is
 //! refused, not ignored), 403 refused (see below), 404 unknown id or route, 405 another
 //! method (with `Allow`), 409 the key changed while the request was checked (see below),
@@ -53,7 +64,9 @@
 //!   the caller's and an expiry no later than the calling key's: an expiring key cannot
 //!   mint a never-expiring one. The calling key's expiry is
 //!   [`Principal::expires_at`]: for a JWT key, the earlier of its record's and its
-//!   token's `exp`;
+//!   token's `exp`. Likewise its network policy: a calling key restricted to some
+//!   networks or origins can only produce keys restricted within them, and cannot lift or
+//!   widen a key's restriction (`allowedCidrs: []` widens);
 //! - narrowing changes (`isActive: false`, delete, rename, description, metadata, fewer
 //!   scopes, an earlier expiry) need only the first rule, so an expiring admin key can still
 //!   revoke a leaked key.
@@ -75,7 +88,7 @@
 //!
 //! The checks read the record, then write the change *conditionally* on it
 //! ([`KeyPatch::if_unchanged`]; a rotate likewise runs only on the record it checked): if
-//! another request changed the key's owner, scopes, active flag or expiry in between, the
+//! another request changed the key's owner, scopes, active flag, expiry or network policy in between, the
 //! call writes nothing and answers `409` `{"error":"conflict","error_description":…}`; read the key
 //! again and retry. So two requests that are each allowed cannot combine into a key
 //! neither could have made. (A delete is not conditional: it only narrows, but if the key
@@ -126,6 +139,7 @@ use self::authority::{Reach, Refusal};
 use crate::error::{Error, VerifyError};
 use crate::gate::{IssuedKey, Keygate, MAX_PAGE};
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{AllowedOrigin, Cidr, NetworkError, MAX_ALLOWED_CIDRS, MAX_ALLOWED_ORIGINS};
 use crate::principal::Principal;
 use crate::record::{KeyPatch, KeyRecord, Metadata, NewKey};
 use crate::store::{ListQuery, StoreError};
@@ -572,7 +586,8 @@ impl AdminApi {
             caller.owner_permissions(),
             caller.scopes(),
             caller.expires_at(),
-        );
+        )
+        .confined_to(&caller.record().network);
         let others: Vec<&Permissions> = owners
             .iter()
             .filter(|(owner, _)| *owner != caller.owner_id())
@@ -687,7 +702,13 @@ impl AdminApi {
         if let Some(metadata) = body.metadata {
             new = new.metadata(metadata);
         }
-        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at);
+        if let Some(cidrs) = body.allowed_cidrs {
+            new = new.allowed_cidrs(parse_cidrs(&cidrs)?);
+        }
+        if let Some(origins) = body.allowed_origins {
+            new = new.allowed_origins(parse_origins(&origins)?);
+        }
+        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at).confined_to(&new.network);
         self.authorize(call, "-", &[(&user_id, &owner)], Some(&result))?;
         let IssuedKey { record, key } = self.gate.mint(new).await.map_err(fail)?;
         changed(call, record.id, &record.owner, None);
@@ -739,6 +760,12 @@ impl AdminApi {
         }
         if let Some(expires_at) = body.expires_at {
             patch = patch.expires_at(expires_at);
+        }
+        if let Some(cidrs) = body.allowed_cidrs {
+            patch = patch.allowed_cidrs(parse_cidrs(&cidrs.unwrap_or_default())?);
+        }
+        if let Some(origins) = body.allowed_origins {
+            patch = patch.allowed_origins(parse_origins(&origins.unwrap_or_default())?);
         }
 
         let before = self.record(id).await?;
@@ -931,6 +958,8 @@ impl Serialize for KeyView<'_> {
             scopes: Option<&'a BTreeSet<String>>,
             metadata: &'a Metadata,
             format: KeyFormat,
+            allowed_cidrs: &'a [Cidr],
+            allowed_origins: &'a [AllowedOrigin],
         }
         let r = self.0;
         View {
@@ -947,6 +976,8 @@ impl Serialize for KeyView<'_> {
             scopes: r.scopes.as_ref(),
             metadata: &r.metadata,
             format: r.format,
+            allowed_cidrs: r.network.cidrs(),
+            allowed_origins: r.network.origins(),
         }
         .serialize(serializer)
     }
@@ -963,6 +994,8 @@ struct CreateBody {
     scopes: Option<Vec<String>>,
     metadata: Option<Metadata>,
     format: Option<KeyFormat>,
+    allowed_cidrs: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
@@ -978,6 +1011,10 @@ struct UpdateBody {
     metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "some")]
     expires_at: Option<Option<DateTime<Utc>>>,
+    #[serde(default, deserialize_with = "some")]
+    allowed_cidrs: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "some")]
+    allowed_origins: Option<Option<Vec<String>>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1001,6 +1038,36 @@ fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, AdminResponse> {
         .ok_or_else(|| AdminResponse::bad_request("the body must be a JSON object"))?;
     serde_json::from_str(text)
         .map_err(|e| AdminResponse::bad_request(format!("invalid JSON body: {e}")))
+}
+
+/// `allowedCidrs` entries, each strictly (400 naming the first bad entry by position; the
+/// value itself is not echoed).
+fn parse_cidrs(texts: &[String]) -> Result<Vec<Cidr>, AdminResponse> {
+    parse_each(texts, "allowedCidrs", MAX_ALLOWED_CIDRS)
+}
+
+/// `allowedOrigins` entries, as [`parse_cidrs`].
+fn parse_origins(texts: &[String]) -> Result<Vec<AllowedOrigin>, AdminResponse> {
+    parse_each(texts, "allowedOrigins", MAX_ALLOWED_ORIGINS)
+}
+
+fn parse_each<T>(texts: &[String], field: &str, max: usize) -> Result<Vec<T>, AdminResponse>
+where
+    T: std::str::FromStr<Err = NetworkError>,
+{
+    if texts.len() > max {
+        return Err(AdminResponse::bad_request(format!(
+            "{field}: more than {max} entries"
+        )));
+    }
+    texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            text.parse()
+                .map_err(|e: NetworkError| AdminResponse::bad_request(format!("{field}[{i}]: {e}")))
+        })
+        .collect()
 }
 
 fn parse_id(id: &str) -> Result<KeyId, AdminResponse> {

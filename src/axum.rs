@@ -82,15 +82,17 @@
 //! [`Authenticate::optional`] to have every answer name your realm.
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::{Body, Bytes};
+use axum::extract::ConnectInfo;
 use axum::extract::{FromRef, FromRequest, FromRequestParts, OptionalFromRequestParts, State};
 use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use axum::http::request::Parts;
-use axum::http::{HeaderName, HeaderValue, Request, StatusCode};
+use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, post};
 use axum::Router;
@@ -102,6 +104,7 @@ use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome};
 pub use crate::http::{Authenticate, Require};
 use crate::leaks::{LeakReports, LeakRequest, LeakResponse, IDENTIFIER_HEADER, SIGNATURE_HEADER};
+use crate::limits::RequestContext;
 use crate::principal::{Permission, Principal};
 
 /// Renders the refusal: its status, `WWW-Authenticate`, `Retry-After` and JSON body. A
@@ -188,12 +191,26 @@ async fn verify_parts(parts: &mut Parts, gate: &Keygate) -> Result<Principal, Au
         .get_all(AUTHORIZATION)
         .iter()
         .map(HeaderValue::as_bytes);
+    let context = request_context(gate, &parts.headers, &parts.extensions);
     let principal = gate
-        .verify_headers(values)
+        .verify_headers_with(values, &context)
         .await
         .map_err(|e| AuthError::new(e, gate))?;
     parts.extensions.insert(principal.clone());
     Ok(principal)
+}
+
+/// The request's [`RequestContext`]: the peer from axum's [`ConnectInfo`] (serve with
+/// `into_make_service_with_connect_info::<SocketAddr>()`; without it the address is
+/// unknown, and keys with allowed networks are refused), read through the gate's trusted
+/// proxies, and the `Origin` header.
+fn request_context(gate: &Keygate, headers: &HeaderMap, extensions: &Extensions) -> RequestContext {
+    let peer = extensions
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    gate.request_context(peer, |name| {
+        headers.get_all(name).iter().map(HeaderValue::as_bytes)
+    })
 }
 
 /// `Principal` as an extractor: 401, 400 or 503 (see [`crate::http`]) unless the request
@@ -266,7 +283,8 @@ impl Authenticate {
             .get_all(AUTHORIZATION)
             .iter()
             .map(HeaderValue::as_bytes);
-        match self.gate.verify_headers(values).await {
+        let context = request_context(&self.gate, request.headers(), request.extensions());
+        match self.gate.verify_headers_with(values, &context).await {
             Ok(principal) => {
                 self.permits(&principal)?;
                 request.extensions_mut().insert(principal);

@@ -9,6 +9,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::error::BuildError;
 use crate::gate::{Inner, Keygate};
 use crate::hash::Pepper;
+use crate::http::TrustedProxies;
 use crate::jwt::JwtSecret;
 use crate::key;
 use crate::refusals::Refusals;
@@ -38,6 +39,7 @@ impl Keygate {
             store_timeout: None,
             realm: "api".to_owned(),
             refusal_log_interval: Duration::from_secs(1),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -54,6 +56,7 @@ pub struct KeygateBuilder {
     store_timeout: Option<Duration>,
     realm: String,
     refusal_log_interval: Duration,
+    trusted_proxies: TrustedProxies,
 }
 
 impl KeygateBuilder {
@@ -121,6 +124,27 @@ impl KeygateBuilder {
         self
     }
 
+    /// The reverse proxies in front of the application, whose `X-Forwarded-For` (or
+    /// `Forwarded`) header gives the client address of the requests they forward (see
+    /// [`TrustedProxies`]). None by default: the client address is the connection's peer,
+    /// and forwarding headers, which any client can send, are ignored. Only matters for
+    /// keys with allowed networks ([`NetworkPolicy`](crate::limits::NetworkPolicy)).
+    ///
+    /// ```
+    /// use keygate::http::{ProxyHeader, TrustedProxies};
+    /// use keygate::{Keygate, MemoryStore, Pepper};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
+    ///     .trusted_proxies(TrustedProxies::new(["10.0.0.0/8".parse()?]).header(ProxyHeader::XForwardedFor))
+    ///     .build()?;
+    /// # let _ = gate; Ok(()) }
+    /// ```
+    pub fn trusted_proxies(mut self, proxies: TrustedProxies) -> Self {
+        self.trusted_proxies = proxies;
+        self
+    }
+
     /// Checks the configuration and builds the gate.
     ///
     /// # Errors
@@ -145,6 +169,7 @@ impl KeygateBuilder {
                     i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
                 ),
                 pepper_check: tokio::sync::OnceCell::new(),
+                trusted_proxies: self.trusted_proxies,
             }),
         })
     }
@@ -160,6 +185,7 @@ impl fmt::Debug for KeygateBuilder {
             .field("last_used_interval", &self.last_used_interval)
             .field("store_timeout", &self.store_timeout)
             .field("refusal_log_interval", &self.refusal_log_interval)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish_non_exhaustive()
     }
 }

@@ -197,12 +197,32 @@ pub enum VerifyError {
         /// The pepper version of the key's hash.
         version: u32,
     },
+    /// A valid key used from a client address outside its allowed networks, or from an
+    /// unknown address (HTTP 403 `network_not_allowed`). See
+    /// [`NetworkPolicy`](crate::limits::NetworkPolicy).
+    #[error("API key not allowed from this network")]
+    NetworkNotAllowed,
+    /// A valid key used from a browser origin it does not allow, or without an `Origin`
+    /// header while it allows only some (HTTP 403 `origin_not_allowed`). See
+    /// [`NetworkPolicy`](crate::limits::NetworkPolicy).
+    #[error("API key not allowed from this origin")]
+    OriginNotAllowed,
+}
+
+impl From<crate::limits::NetworkRefusal> for VerifyError {
+    fn from(refusal: crate::limits::NetworkRefusal) -> Self {
+        match refusal {
+            crate::limits::NetworkRefusal::Network => VerifyError::NetworkNotAllowed,
+            crate::limits::NetworkRefusal::Origin => VerifyError::OriginNotAllowed,
+        }
+    }
 }
 
 impl VerifyError {
     /// A stable machine-readable reason for logs: the [`Rejection`] or [`RequestError`]
     /// code, or `"missing_credentials"`, `"insufficient_scope"`, `"store_unavailable"`,
-    /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`.
+    /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`,
+    /// `"network_not_allowed"`, `"origin_not_allowed"`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingCredentials => "missing_credentials",
@@ -213,6 +233,8 @@ impl VerifyError {
             VerifyError::StoreCorrupt(_) => "store_corrupt",
             VerifyError::DirectoryUnavailable(_) => "directory_unavailable",
             VerifyError::PepperMismatch { .. } => "pepper_mismatch",
+            VerifyError::NetworkNotAllowed => "network_not_allowed",
+            VerifyError::OriginNotAllowed => "origin_not_allowed",
         }
     }
 
@@ -262,7 +284,7 @@ pub enum Error {
     #[error("no API key with id {0}")]
     NotFound(KeyId),
     /// A conditional change ([`KeyPatch::if_unchanged`](crate::KeyPatch::if_unchanged)) met
-    /// a record whose owner, scopes, active flag or expiry changed since it was read:
+    /// a record whose owner, scopes, active flag, expiry or network policy changed since it was read:
     /// nothing was written. Read the record again and decide anew.
     #[error("API key {0} changed since it was read; nothing was written")]
     Changed(KeyId),

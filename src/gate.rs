@@ -14,6 +14,7 @@ use crate::hash::{HashScheme, Pepper};
 use crate::http;
 use crate::jwt::{self, JwtSecret};
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
+use crate::limits::RequestContext;
 use crate::record::{Expiry, KeyPatch, KeyRecord, NewKey};
 use crate::refusals::Refusals;
 use crate::secret::Secret;
@@ -79,6 +80,8 @@ pub(crate) struct Inner {
     pub(crate) refusals: Refusals,
     /// [`Keygate::check_pepper`]'s verdict, once known.
     pub(crate) pepper_check: tokio::sync::OnceCell<crate::pepper_check::PepperVerdict>,
+    /// See [`KeygateBuilder::trusted_proxies`](crate::KeygateBuilder::trusted_proxies).
+    pub(crate) trusted_proxies: http::TrustedProxies,
 }
 
 impl Drop for Inner {
@@ -123,6 +126,49 @@ impl Keygate {
         &self.inner.realm
     }
 
+    /// The proxies whose forwarding header this gate believes (see
+    /// [`KeygateBuilder::trusted_proxies`](crate::KeygateBuilder::trusted_proxies)).
+    pub fn trusted_proxies(&self) -> &http::TrustedProxies {
+        &self.inner.trusted_proxies
+    }
+
+    /// The [`RequestContext`] of a request whose connection comes from `peer` (`None`
+    /// when unknown), with `headers` giving the values of a header by (lowercase) name:
+    /// the client address from the peer, or from the forwarding header when the peer is
+    /// a [trusted proxy](crate::KeygateBuilder::trusted_proxies), and the `Origin`
+    /// header. For [`verify_headers_with`](Self::verify_headers_with); the axum and actix
+    /// integrations call it for every request.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keygate::{Keygate, MemoryStore, Pepper};
+    ///
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+    /// let headers = [("origin", "https://app.example.com"), ("x-forwarded-for", "1.2.3.4")];
+    /// let context = gate.request_context(Some("198.51.100.7".parse()?), |name| {
+    ///     headers.iter().filter(move |(n, _)| *n == name).map(|(_, v)| v.as_bytes())
+    /// });
+    /// // No trusted proxies: the header is ignored, the peer is the client.
+    /// assert_eq!(context.client(), Some("198.51.100.7".parse()?));
+    /// assert_eq!(context.origin_header(), Some("https://app.example.com"));
+    /// # Ok(()) }
+    /// ```
+    pub fn request_context<'h, F, I>(
+        &self,
+        peer: Option<std::net::IpAddr>,
+        headers: F,
+    ) -> RequestContext
+    where
+        F: Fn(&'static str) -> I,
+        I: IntoIterator<Item = &'h [u8]>,
+    {
+        let proxies = &self.inner.trusted_proxies;
+        let client = proxies.client_addr(peer, headers(proxies.proxy_header().name()));
+        RequestContext::new()
+            .maybe_client_addr(client)
+            .origin_headers(headers("origin"))
+    }
+
     /// The HTTP answer for `error` with this gate's realm; see [`VerifyError::http`].
     pub fn http_outcome(&self, error: &VerifyError) -> http::HttpOutcome {
         error.http(&self.inner.realm)
@@ -162,6 +208,11 @@ impl Keygate {
     ///   control, bidi or invisible characters.
     /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::bounds::MAX_METADATA_BYTES) as compact JSON.
     /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY).
+    /// - `allowed_cidrs`, `allowed_origins`: more than
+    ///   [`MAX_ALLOWED_CIDRS`](crate::bounds::MAX_ALLOWED_CIDRS) or
+    ///   [`MAX_ALLOWED_ORIGINS`](crate::bounds::MAX_ALLOWED_ORIGINS) (each entry was
+    ///   checked when it was parsed, see [`Cidr`](crate::limits::Cidr) and
+    ///   [`AllowedOrigin`](crate::limits::AllowedOrigin)).
     ///
     /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
     /// failure is [`Error::Store`].
@@ -252,6 +303,7 @@ impl Keygate {
             active: new.active,
             scopes: new.scopes,
             metadata: new.metadata,
+            network: new.network,
         };
         // What verify will demand of the record, demanded before it is written.
         record
@@ -334,7 +386,7 @@ impl Keygate {
     /// [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY)); a refused patch writes nothing.
     ///
     /// A patch made conditional with [`KeyPatch::if_unchanged`] that meets a record whose
-    /// owner, scopes, active flag or expiry changed since it was read writes nothing and
+    /// owner, scopes, active flag, expiry or network policy changed since it was read writes nothing and
     /// is [`Error::Changed`] (the store checks it inside its atomic update). An empty
     /// conditional patch is checked against the record it returns.
     ///
@@ -361,6 +413,20 @@ impl Keygate {
         }
         if let Some(Some(at)) = patch.expires_at {
             validate::expiry("expires_at", at)?;
+        }
+        if patch
+            .allowed_cidrs
+            .as_ref()
+            .is_some_and(|c| c.len() > crate::limits::MAX_ALLOWED_CIDRS)
+        {
+            return Err(Error::invalid("allowed_cidrs", "more than 64 networks"));
+        }
+        if patch
+            .allowed_origins
+            .as_ref()
+            .is_some_and(|o| o.len() > crate::limits::MAX_ALLOWED_ORIGINS)
+        {
+            return Err(Error::invalid("allowed_origins", "more than 64 origins"));
         }
         if patch.is_empty() {
             let record = self.get(id).await?.ok_or(Error::NotFound(id))?;
@@ -411,7 +477,7 @@ impl Keygate {
     }
 
     /// Replaces a key: mints a new one with the old one's name, description, owner,
-    /// `created_by`, scopes, metadata and format, expiring when the old one did (never
+    /// `created_by`, scopes, metadata, network policy and format, expiring when the old one did (never
     /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
     /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
@@ -493,6 +559,7 @@ impl Keygate {
         new.description.clone_from(&old.description);
         new.created_by.clone_from(&old.created_by);
         new.scopes.clone_from(&old.scopes);
+        new.network.clone_from(&old.network);
         if let Some(at) = old.expires_at {
             new = new.expires_at(at);
         }

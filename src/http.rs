@@ -7,6 +7,7 @@
 //! | malformed header (two headers, bad syntax, oversize) | 400 | `… error="invalid_request"` |
 //! | bad, unknown, expired, revoked key; inactive owner | 401 | `… error="invalid_token"` |
 //! | valid key lacking a permission or scope | 403 | `… error="insufficient_scope"` |
+//! | valid key used from a network or origin it does not allow | 403 | none: the key is fine |
 //! | store or directory unavailable | 503 | `Retry-After` |
 //! | store returned a corrupt record | 500 | none: retrying does not help |
 //!
@@ -32,6 +33,8 @@
 //! | `invalid_request` | 400 | malformed `Authorization` header; admin API: a body or query it cannot accept (bad JSON, an unknown field, a bad value; the description names the field) |
 //! | `invalid_token` | 401 | bad, unknown, expired or revoked key; inactive owner |
 //! | `insufficient_scope` | 403 | a permission or scope is missing; the admin API's refusals (with `reason`) |
+//! | `network_not_allowed` | 403 | a valid key used from a client address outside its allowed networks, or from an unknown one |
+//! | `origin_not_allowed` | 403 | a valid key used from a browser origin it does not allow, or without `Origin` when it allows only some |
 //! | `not_found` | 404 | admin API: no such key, or no such route |
 //! | `method_not_allowed` | 405 | admin API: the route does not take this method (`Allow` lists those it does) |
 //! | `conflict` | 409 | admin API: the change conflicts with the stored state |
@@ -47,6 +50,10 @@
 use std::fmt;
 #[cfg(any(feature = "axum", feature = "actix"))]
 use std::marker::PhantomData;
+
+mod forwarded;
+
+pub use forwarded::{ProxyHeader, TrustedProxies, MAX_FORWARDED_HOPS};
 
 use crate::error::{RequestError, VerifyError};
 use crate::gate::Keygate;
@@ -241,6 +248,18 @@ impl VerifyError {
                 www_authenticate: None,
                 retry_after: None,
                 body: r#"{"error":"server_error","error_description":"Key verification failed on the server"}"#,
+            },
+            VerifyError::NetworkNotAllowed => HttpOutcome {
+                status: 403,
+                www_authenticate: None,
+                retry_after: None,
+                body: r#"{"error":"network_not_allowed","error_description":"The API key may not be used from this network"}"#,
+            },
+            VerifyError::OriginNotAllowed => HttpOutcome {
+                status: 403,
+                www_authenticate: None,
+                retry_after: None,
+                body: r#"{"error":"origin_not_allowed","error_description":"The API key may not be used from this origin"}"#,
             },
             VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_) => {
                 HttpOutcome {
@@ -632,6 +651,8 @@ mod tests {
                 None,
             ),
             (VerifyError::PepperMismatch { version: 1 }, 500, None),
+            (VerifyError::NetworkNotAllowed, 403, None),
+            (VerifyError::OriginNotAllowed, 403, None),
         ];
         for (error, status, header) in cases {
             let out = error.http(realm);
@@ -686,6 +707,8 @@ mod tests {
                 },
                 VerifyError::StoreUnavailable(StoreError::Timeout),
                 VerifyError::StoreCorrupt(StoreError::Corrupt("bad row".into())),
+                VerifyError::NetworkNotAllowed,
+                VerifyError::OriginNotAllowed,
             ]
         };
         let made = errors()
@@ -748,6 +771,6 @@ mod tests {
             );
             seen += 1;
         }
-        assert_eq!(seen, 12);
+        assert_eq!(seen, 16);
     }
 }

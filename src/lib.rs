@@ -228,7 +228,8 @@
 //!    same HMAC and compare), active, not expired (`now >= expires_at` is expired; the
 //!    store's `expires_at` is the authority).
 //! 5. Owner, through the [`UserDirectory`]: exists and active; permissions are the owner's
-//!    now, narrowed by the key's scopes.
+//!    now, narrowed by the key's scopes. Then the key's network policy, if it has one
+//!    ([below](#network-restrictions)): 403 for a key that would otherwise be accepted.
 //! 6. Success: last-used is recorded off the request path, at most once per key per
 //!    [`KeygateBuilder::last_used_interval`] (default 60 s), in one batch per flush, and never
 //!    for a refused attempt.
@@ -243,6 +244,29 @@
 //! for refusals the token alone proves (garbage, typos, missing credentials), at WARN for
 //! an unavailable store or directory and at ERROR for a corrupt record.
 //!
+//! # Network restrictions
+//!
+//! A key may carry allowed client networks and browser origins
+//! ([`limits::NetworkPolicy`]; [`NewKey::allowed_cidrs`], [`NewKey::allowed_origins`],
+//! [`KeyPatch::allowed_cidrs`], the admin API's `allowedCidrs`/`allowedOrigins`). A request
+//! from elsewhere is refused with [`VerifyError::NetworkNotAllowed`] or
+//! [`VerifyError::OriginNotAllowed`] (403 `network_not_allowed` / `origin_not_allowed`).
+//!
+//! The client address comes from the connection: axum's `ConnectInfo` (serve with
+//! `into_make_service_with_connect_info::<SocketAddr>()`), actix-web's peer address. Only
+//! when that peer is a proxy declared with [`KeygateBuilder::trusted_proxies`] does keygate
+//! read the proxies' `X-Forwarded-For` (or, if declared, `Forwarded`), right to left,
+//! skipping the trusted hops ([`http::TrustedProxies`]); anyone else's forwarding header is
+//! ignored. IPv4-mapped IPv6 peers count as IPv4.
+//!
+//! It fails closed: a restricted key is refused when the client address (or, for allowed
+//! origins, the `Origin` header) is unknown, and [`Keygate::verify`] and the other entry
+//! points without a [`limits::RequestContext`] know neither. Pass one with
+//! [`Keygate::verify_with`] / [`Keygate::verify_headers_with`]; the framework integrations
+//! do it for every request. The admin API's no-escalation rule covers the policy too: a
+//! caller confined to some networks cannot mint a key usable elsewhere, nor lift a key's
+//! restriction.
+//!
 //! # Stores
 //!
 //! [`KeyStore`] is a small async trait (object safe, `async-trait`); its docs state the
@@ -253,8 +277,8 @@
 //! |---|---|---|---|
 //! | [`MemoryStore`] | — | tests, examples, one process | — |
 //! | [`SqliteStore`] | `sqlite` | one server, embedded | — (one process owns the file) |
-//! | [`PostgresStore`] | `postgres` | many app servers, one database | `LISTEN/NOTIFY` |
-//! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub |
+//! | [`PostgresStore`] | `postgres` | many app servers, one database | `LISTEN/NOTIFY` + change log |
+//! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub + change log |
 //! | [`CachedStore<S>`](CachedStore) | — | in front of any of them | follows `S`'s feed |
 //!
 //! [`open_store`] picks one from a URL (`sqlite://keys.db`, `postgres://…`, `redis://…`), as
@@ -298,10 +322,24 @@
 //! # let _ = gate; Ok(()) }
 //! ```
 //!
-//! The revocation bound is then the notification latency (about 1 ms median on a local
-//! PostgreSQL or Redis); if the feed drops, entries still expire after `ttl`, and the feed
-//! reconnects by itself and clears the cache once it is back. Without a feed, `ttl` alone is
-//! the bound. The negative cache bounds *repeated* unknown ids only: the checksum is public,
+//! A revoke then usually reaches every node within a few milliseconds (the notification
+//! latency). A lost notification cannot undo it: every write also appends to a change
+//! sequence in the store, in the same transaction or script, and the notice carries its
+//! number; each node's feed reads the sequence on its own connection every
+//! [`FeedConfig::heartbeat`] and replays what it missed (a skipped number triggers that at
+//! once; a reconnect replays from the last number seen; a log trimmed past it drops the
+//! whole cache). A node whose feed cannot prove it is up to date stops serving from memory
+//! and reads the store on every lookup until it can. **Worst-case staleness**, from the
+//! revoke's commit to the moment no lookup on another node accepts the key, whatever is
+//! lost (notices, the feed's connection, silently or not):
+//!
+//! ```text
+//! min(CacheConfig::ttl, FeedConfig::heartbeat + FeedConfig::deadline)
+//!     defaults: min(5 s, 250 ms + 250 ms) = 500 ms
+//! ```
+//!
+//! ([`PostgresConfig::feed`], [`RedisConfig::feed`]; see [`FeedConfig`] for why.) Without a
+//! feed, `ttl` alone is the bound. The negative cache bounds *repeated* unknown ids only: the checksum is public,
 //! so each new made-up id costs one store read; put rate limiting in front of the gate if
 //! that matters for your store.
 //!
@@ -420,6 +458,7 @@ mod json;
 mod jwt;
 mod key;
 pub mod leaks;
+pub mod limits;
 mod pepper_check;
 mod pepper_source;
 mod principal;
@@ -468,8 +507,8 @@ pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondit
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, InvalidCursor,
-    KeyStore, ListQuery, MemoryStore, Page, StoreError,
+    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
+    InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -493,8 +532,10 @@ pub use user::{DirectoryError, DirectoryUser, Owner, Permissions, UserDirectory}
 pub mod bounds {
     pub use crate::gate::MAX_PAGE;
     pub use crate::hash::MIN_PEPPER_LEN;
+    pub use crate::http::MAX_FORWARDED_HOPS;
     pub use crate::jwt::MIN_JWT_SECRET_LEN;
     pub use crate::key::MAX_OPAQUE_LEN;
+    pub use crate::limits::{MAX_ALLOWED_CIDRS, MAX_ALLOWED_ORIGINS, MAX_ORIGIN_LEN};
     pub use crate::record::MAX_STORED_OWNER_LEN;
     pub use crate::validate::{
         MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::SecretHash;
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{AllowedOrigin, Cidr, NetworkPolicy};
 
 /// Longest owner id a stored record may carry, in bytes. Owner ids are user ids (a UUID,
 /// an email address); anything longer is not one.
@@ -67,6 +68,11 @@ pub struct KeyRecord {
     pub scopes: Option<BTreeSet<String>>,
     /// Application metadata.
     pub metadata: Metadata,
+    /// Where the key may be used from: allowed client networks and browser origins.
+    /// Unrestricted by default, and when absent from a serialized record (records from
+    /// before keygate had network restrictions).
+    #[serde(default, skip_serializing_if = "NetworkPolicy::is_unrestricted")]
+    pub network: NetworkPolicy,
 }
 
 impl KeyRecord {
@@ -95,6 +101,7 @@ impl KeyRecord {
             active: true,
             scopes: None,
             metadata: Metadata::new(),
+            network: NetworkPolicy::new(),
         }
     }
 
@@ -115,7 +122,11 @@ impl KeyRecord {
     /// - an opaque record has a hash (a JWT record may lack one: an imported
     ///   Audiobookshelf key rests on its signature);
     /// - every instant lies in the years 1 to 9999 (what RFC 3339, SQL and JSON clients
-    ///   all represent), so no arithmetic or rendering on it can fail.
+    ///   all represent), so no arithmetic or rendering on it can fail;
+    /// - the network policy has at most
+    ///   [`MAX_ALLOWED_CIDRS`](crate::bounds::MAX_ALLOWED_CIDRS) networks and
+    ///   [`MAX_ALLOWED_ORIGINS`](crate::bounds::MAX_ALLOWED_ORIGINS) origins (each entry
+    ///   is valid by its type).
     ///
     /// The JSON fields need no check here: their types (a set of strings, a JSON object)
     /// are what the stores' decoders must produce or refuse as
@@ -139,6 +150,9 @@ impl KeyRecord {
                 return Err(InvalidRecord::new(field, "outside the years 1 to 9999"));
             }
         }
+        self.network
+            .check_bounds()
+            .map_err(|(field, reason)| InvalidRecord::new(field, reason))?;
         Ok(())
     }
 }
@@ -242,6 +256,7 @@ pub struct NewKey {
     pub(crate) scopes: Option<BTreeSet<String>>,
     pub(crate) metadata: Metadata,
     pub(crate) format: KeyFormat,
+    pub(crate) network: NetworkPolicy,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +279,7 @@ impl NewKey {
             scopes: None,
             metadata: Metadata::new(),
             format: KeyFormat::Opaque,
+            network: NetworkPolicy::new(),
         }
     }
 
@@ -320,6 +336,37 @@ impl NewKey {
         self.format = format;
         self
     }
+
+    /// Restricts the key to client addresses inside these networks (see
+    /// [`NetworkPolicy`]); parse them with `"10.0.0.0/8".parse::<Cidr>()`. At most
+    /// [`MAX_ALLOWED_CIDRS`](crate::bounds::MAX_ALLOWED_CIDRS).
+    ///
+    /// ```
+    /// use keygate::limits::Cidr;
+    /// use keygate::NewKey;
+    ///
+    /// # fn main() -> Result<(), keygate::limits::NetworkError> {
+    /// let office: Cidr = "203.0.113.0/24".parse()?;
+    /// let request = NewKey::new("CI deploy key", "user-42").allowed_cidrs([office]);
+    /// # let _ = request; Ok(()) }
+    /// ```
+    pub fn allowed_cidrs(mut self, cidrs: impl IntoIterator<Item = Cidr>) -> Self {
+        self.network = self.network.with_cidrs(cidrs);
+        self
+    }
+
+    /// Restricts the key to requests whose `Origin` header is one of these (see
+    /// [`NetworkPolicy`]). At most [`MAX_ALLOWED_ORIGINS`](crate::bounds::MAX_ALLOWED_ORIGINS).
+    pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.network = self.network.with_origins(origins);
+        self
+    }
+
+    /// Sets the whole network policy (allowed networks and origins).
+    pub fn network(mut self, policy: NetworkPolicy) -> Self {
+        self.network = policy;
+        self
+    }
 }
 
 /// A change to a record: every `Some` field is set, every `None` field left alone.
@@ -354,6 +401,10 @@ pub struct KeyPatch {
     pub scopes: Option<Option<BTreeSet<String>>>,
     /// New metadata, replacing the old.
     pub metadata: Option<Metadata>,
+    /// New allowed client networks, replacing the old (empty: any address).
+    pub allowed_cidrs: Option<Vec<Cidr>>,
+    /// New allowed browser origins, replacing the old (empty: any origin).
+    pub allowed_origins: Option<Vec<AllowedOrigin>>,
     /// A re-hash under a newer pepper or hash scheme: set by keygate only (read it with
     /// [`KeyPatch::new_hash`]).
     pub(crate) hash: Option<SecretHash>,
@@ -366,8 +417,8 @@ pub struct KeyPatch {
 }
 
 /// What a record must still hold for a conditional [`KeyPatch`] to apply: the fields that
-/// decide what a key can do (owner, scopes, active, expiry), as they were in the copy the
-/// patch was decided on. Made by [`KeyPatch::if_unchanged`].
+/// decide what a key can do (owner, scopes, active, expiry, network policy), as they were
+/// in the copy the patch was decided on. Made by [`KeyPatch::if_unchanged`].
 ///
 /// Other fields (name, description, metadata, `last_used_at`, `updated_at`, the hash) may
 /// change meanwhile without failing it: renames and last-used writes must not make every
@@ -378,6 +429,7 @@ pub struct Precondition {
     scopes: Option<BTreeSet<String>>,
     active: bool,
     expires_at: Option<DateTime<Utc>>,
+    network: NetworkPolicy,
 }
 
 impl Precondition {
@@ -388,15 +440,18 @@ impl Precondition {
             scopes: record.scopes.clone(),
             active: record.active,
             expires_at: record.expires_at,
+            network: record.network.clone(),
         }
     }
 
-    /// Whether `record` still has the owner, scopes, active flag and expiry this requires.
+    /// Whether `record` still has the owner, scopes, active flag, expiry and network
+    /// policy this requires.
     pub fn holds(&self, record: &KeyRecord) -> bool {
         self.owner == record.owner
             && self.scopes == record.scopes
             && self.active == record.active
             && self.expires_at == record.expires_at
+            && self.network == record.network
     }
 }
 
@@ -452,9 +507,22 @@ impl KeyPatch {
         self
     }
 
+    /// Replace the allowed client networks; an empty list lifts the restriction.
+    pub fn allowed_cidrs(mut self, cidrs: impl IntoIterator<Item = Cidr>) -> Self {
+        self.allowed_cidrs = Some(cidrs.into_iter().collect());
+        self
+    }
+
+    /// Replace the allowed browser origins; an empty list lifts the restriction.
+    pub fn allowed_origins(mut self, origins: impl IntoIterator<Item = AllowedOrigin>) -> Self {
+        self.allowed_origins = Some(origins.into_iter().collect());
+        self
+    }
+
     /// Makes the patch conditional on `record`, the copy of the record it was decided on
     /// (checked against, or computed from): it applies only if the stored record's owner,
-    /// scopes, active flag and expiry are still those of `record` (see [`Precondition`]).
+    /// scopes, active flag, expiry and network policy are still those of `record` (see
+    /// [`Precondition`]).
     /// Otherwise [`apply`](Self::apply), and so every store's
     /// [`update`](crate::KeyStore::update), writes nothing and fails with
     /// [`StoreError::Changed`](crate::StoreError::Changed), which
@@ -496,6 +564,8 @@ impl KeyPatch {
             expires_at,
             scopes,
             metadata,
+            allowed_cidrs,
+            allowed_origins,
             hash,
             updated_at,
             precondition: _,
@@ -507,6 +577,8 @@ impl KeyPatch {
             && expires_at.is_none()
             && scopes.is_none()
             && metadata.is_none()
+            && allowed_cidrs.is_none()
+            && allowed_origins.is_none()
             && hash.is_none()
             && updated_at.is_none()
     }
@@ -550,6 +622,13 @@ impl KeyPatch {
         if let Some(metadata) = &self.metadata {
             record.metadata.clone_from(metadata);
         }
+        if let Some(cidrs) = &self.allowed_cidrs {
+            record.network = std::mem::take(&mut record.network).with_cidrs(cidrs.iter().copied());
+        }
+        if let Some(origins) = &self.allowed_origins {
+            record.network =
+                std::mem::take(&mut record.network).with_origins(origins.iter().cloned());
+        }
         if let Some(hash) = &self.hash {
             record.hash = Some(hash.clone());
         }
@@ -583,6 +662,7 @@ mod tests {
             active: true,
             scopes: None,
             metadata: Metadata::new(),
+            network: NetworkPolicy::new(),
         }
     }
 

@@ -14,7 +14,7 @@ use crate::key::KeyId;
 
 /// Every reason code [`Keygate::verify`](crate::Keygate::verify) can refuse with, in the
 /// order of [`RefusalCounts`]. Each is a [`VerifyError::reason`] code.
-const REASONS: [&str; 28] = [
+const REASONS: [&str; 30] = [
     // Before any store access (`Rejection::decided_without_store`).
     "malformed",
     "wrong_prefix",
@@ -47,6 +47,9 @@ const REASONS: [&str; 28] = [
     "directory_unavailable",
     "store_corrupt",
     "pepper_mismatch",
+    // A valid key from where it may not be used.
+    "network_not_allowed",
+    "origin_not_allowed",
 ];
 
 /// The position of `error`'s reason in [`REASONS`]; `None` for errors verify never
@@ -85,6 +88,8 @@ fn slot(error: &VerifyError) -> Option<usize> {
         VerifyError::DirectoryUnavailable(_) => 25,
         VerifyError::StoreCorrupt(_) => 26,
         VerifyError::PepperMismatch { .. } => 27,
+        VerifyError::NetworkNotAllowed => 28,
+        VerifyError::OriginNotAllowed => 29,
         VerifyError::InsufficientScope { .. } => return None,
     };
     Some(slot)
@@ -313,6 +318,8 @@ mod tests {
         )));
         errors.push(VerifyError::StoreCorrupt(StoreError::Timeout));
         errors.push(VerifyError::PepperMismatch { version: 1 });
+        errors.push(VerifyError::NetworkNotAllowed);
+        errors.push(VerifyError::OriginNotAllowed);
         assert_eq!(errors.len(), REASONS.len());
         for (i, error) in errors.iter().enumerate() {
             assert_eq!(slot(error), Some(i));

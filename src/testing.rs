@@ -35,6 +35,7 @@ use serde_json::json;
 
 use crate::hash::{HashScheme, PepperFingerprint, SecretHash};
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{AllowedOrigin, Cidr, NetworkPolicy};
 use crate::record::{KeyPatch, KeyRecord, Metadata};
 use crate::store::{Cursor, KeyStore, ListQuery, StoreError};
 
@@ -45,6 +46,7 @@ pub async fn run_all(store: Arc<dyn KeyStore>) {
     not_found_is_none(&*store).await;
     hash_and_format_round_trip(&*store).await;
     expiry_and_active_round_trip(&*store).await;
+    network_round_trip(&*store).await;
     unicode_round_trip(&*store).await;
     paging(&*store).await;
     last_used_batches(&*store).await;
@@ -86,6 +88,7 @@ pub fn sample_record(owner: &str) -> KeyRecord {
         active: true,
         scopes: None,
         metadata: Metadata::new(),
+        network: NetworkPolicy::new(),
     }
 }
 
@@ -289,6 +292,90 @@ pub async fn hash_and_format_round_trip(store: &dyn KeyStore) {
         record,
         "formats: rehash persisted"
     );
+}
+
+/// A network policy (IPv4 and IPv6 networks, origins with ports and wildcards) survives
+/// insert, get, list and updates that set, change and lift it; the conditional update
+/// sees a change to it.
+pub async fn network_round_trip(store: &dyn KeyStore) {
+    let cidr = |text: &str| text.parse::<Cidr>().expect("network: a valid CIDR");
+    let origin = |text: &str| {
+        text.parse::<AllowedOrigin>()
+            .expect("network: a valid origin")
+    };
+    let owner = unique_owner("network");
+    let mut record = sample_record(&owner);
+    record.network = NetworkPolicy::new()
+        .with_cidrs([
+            cidr("10.0.0.0/8"),
+            cidr("203.0.113.7"),
+            cidr("2001:db8::/32"),
+            cidr("::1"),
+        ])
+        .with_origins([
+            origin("https://app.example.com"),
+            origin("http://localhost:3000"),
+            origin("https://*.example.org"),
+            origin("http://[::1]:8080"),
+        ]);
+    store.insert(record.clone()).await.expect("network: insert");
+    assert_eq!(
+        must_get(store, record.id, "network").await,
+        record,
+        "network: round trip"
+    );
+    let listed = store
+        .list(&ListQuery::new().owner(owner.clone()))
+        .await
+        .expect("network: list");
+    assert_eq!(
+        listed,
+        vec![record.clone()],
+        "network: list returns the policy"
+    );
+
+    // Narrow the networks, keep the origins.
+    let narrower = KeyPatch::new().allowed_cidrs([cidr("10.1.0.0/16")]);
+    let updated = store
+        .update(record.id, &narrower)
+        .await
+        .expect("network: update")
+        .expect("network: found");
+    narrower.apply(&mut record).expect("network: applies");
+    assert_eq!(updated, record, "network: update returns the new policy");
+    assert_eq!(record.network.cidrs(), &[cidr("10.1.0.0/16")][..]);
+    assert_eq!(record.network.origins().len(), 4);
+    assert_eq!(must_get(store, record.id, "network").await, record);
+
+    // A conditional patch decided before a policy change does not apply after it.
+    let stale = record.clone();
+    let lifted_origins = KeyPatch::new().allowed_origins([]);
+    store
+        .update(record.id, &lifted_origins)
+        .await
+        .expect("network: update")
+        .expect("network: found");
+    lifted_origins.apply(&mut record).expect("network: applies");
+    let conditional = KeyPatch::new().name("renamed").if_unchanged(&stale);
+    assert!(
+        matches!(
+            store.update(record.id, &conditional).await,
+            Err(StoreError::Changed(id)) if id == record.id
+        ),
+        "network: a conditional patch fails on a changed policy"
+    );
+
+    // Lifting every restriction reads back as unrestricted.
+    let lifted = KeyPatch::new().allowed_cidrs([]);
+    store
+        .update(record.id, &lifted)
+        .await
+        .expect("network: update")
+        .expect("network: found");
+    let back = must_get(store, record.id, "network").await;
+    assert!(back.network.is_unrestricted(), "network: lifted");
+    lifted.apply(&mut record).expect("network: applies");
+    assert_eq!(back, record);
 }
 
 /// Expiry instants and the active flag survive writes in both directions.

@@ -22,5 +22,6 @@ pub(crate) fn record(format: KeyFormat) -> KeyRecord {
         active: true,
         scopes: None,
         metadata: Metadata::new(),
+        network: crate::limits::NetworkPolicy::new(),
     }
 }

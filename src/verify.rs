@@ -11,6 +11,7 @@ use crate::gate::Keygate;
 use crate::hash::{HashScheme, SecretHash};
 use crate::http;
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
+use crate::limits::{RequestContext, UNKNOWN_CONTEXT};
 use crate::principal::Principal;
 use crate::record::KeyRecord;
 use crate::refusals::RefusalCounts;
@@ -45,9 +46,30 @@ impl Keygate {
     where
         I: IntoIterator<Item = &'a [u8]>,
     {
+        self.verify_headers_with(values, &UNKNOWN_CONTEXT).await
+    }
+
+    /// [`verify_headers`](Self::verify_headers) for a request from `context` (client
+    /// address, `Origin`), which a key with a
+    /// [`NetworkPolicy`](crate::limits::NetworkPolicy) is checked against. The axum and
+    /// actix integrations call it with [`request_context`](Self::request_context).
+    ///
+    /// # Errors
+    ///
+    /// As [`verify_headers`](Self::verify_headers), plus
+    /// [`VerifyError::NetworkNotAllowed`] and [`VerifyError::OriginNotAllowed`] for a valid
+    /// key the context does not satisfy.
+    pub async fn verify_headers_with<'a, I>(
+        &self,
+        values: I,
+        context: &RequestContext,
+    ) -> Result<Principal, VerifyError>
+    where
+        I: IntoIterator<Item = &'a [u8]>,
+    {
         let settle = {
             let refused = match http::bearer_token(values) {
-                Ok(token) => match self.check(token).await {
+                Ok(token) => match self.check(token, context).await {
                     Ok(principal) => return Ok(principal),
                     Err(refused) => refused,
                 },
@@ -75,10 +97,49 @@ impl Keygate {
     /// expired or revoked key or an unknown or inactive owner;
     /// [`VerifyError::StoreUnavailable`] or [`VerifyError::DirectoryUnavailable`] when the store
     /// or directory fails or times out; [`VerifyError::StoreCorrupt`] for a stored record keygate
-    /// cannot trust. [`VerifyError::http`] maps each to its HTTP answer.
+    /// cannot trust; [`VerifyError::NetworkNotAllowed`] or [`VerifyError::OriginNotAllowed`]
+    /// for a key with a [`NetworkPolicy`](crate::limits::NetworkPolicy): with no request
+    /// context, its client address and origin are unknown, so such a key is refused (use
+    /// [`verify_with`](Self::verify_with)). [`VerifyError::http`] maps each to its HTTP answer.
     pub async fn verify(&self, token: &str) -> Result<Principal, VerifyError> {
+        self.verify_with(token, &UNKNOWN_CONTEXT).await
+    }
+
+    /// [`verify`](Self::verify) for a request from `context`: its client address and
+    /// `Origin`, which a key with a [`NetworkPolicy`](crate::limits::NetworkPolicy) must
+    /// satisfy (checked after every other check passed, so only a valid key learns it is
+    /// restricted).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use keygate::limits::{Cidr, RequestContext};
+    /// use keygate::{Keygate, MemoryStore, NewKey, Pepper, VerifyError};
+    ///
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+    /// let office: Cidr = "203.0.113.0/24".parse()?;
+    /// let key = gate.mint(NewKey::new("ci", "user-1").allowed_cidrs([office])).await?.key;
+    ///
+    /// let inside = RequestContext::new().client_addr("203.0.113.9".parse()?);
+    /// assert!(gate.verify_with(key.expose(), &inside).await.is_ok());
+    /// let outside = RequestContext::new().client_addr("198.51.100.1".parse()?);
+    /// let refused = gate.verify_with(key.expose(), &outside).await.unwrap_err();
+    /// assert!(matches!(refused, VerifyError::NetworkNotAllowed));
+    /// assert_eq!(refused.http("api").status, 403);
+    /// // No context: the address is unknown, and a restricted key fails closed.
+    /// assert!(matches!(gate.verify(key.expose()).await, Err(VerifyError::NetworkNotAllowed)));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`verify`](Self::verify).
+    pub async fn verify_with(
+        &self,
+        token: &str,
+        context: &RequestContext,
+    ) -> Result<Principal, VerifyError> {
         let settle = {
-            let refused = match self.check(token).await {
+            let refused = match self.check(token, context).await {
                 Ok(principal) => return Ok(principal),
                 Err(refused) => refused,
             };
@@ -122,12 +183,12 @@ impl Keygate {
         self.inner.refusals.counts()
     }
 
-    async fn check(&self, token: &str) -> Result<Principal, Refused> {
+    async fn check(&self, token: &str, context: &RequestContext) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         // Opaque keys (a `[a-z0-9]` prefix, `_`, base62) have no `.`; JWTs do.
         if token.as_bytes().contains(&b'.') {
-            return self.check_jwt(token, now).await;
+            return self.check_jwt(token, now, context).await;
         }
         if token.len() > key::MAX_OPAQUE_LEN {
             return Err(reject(Rejection::Malformed));
@@ -147,7 +208,7 @@ impl Keygate {
             _ => None,
         };
         match (record, checked) {
-            (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None).await,
+            (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None, context).await,
             (record, _) => {
                 // Same HMAC work as a real comparison: timing does not tell ids apart.
                 inner.pepper.burn(key.bound);
@@ -164,7 +225,12 @@ impl Keygate {
     }
 
     /// [`check`](Self::check) of a token with a `.`: a JWT.
-    async fn check_jwt(&self, token: &str, now: usage::Micros) -> Result<Principal, Refused> {
+    async fn check_jwt(
+        &self,
+        token: &str,
+        now: usage::Micros,
+        context: &RequestContext,
+    ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
         let claims = jwt.verify(token, now).map_err(reject)?;
@@ -184,7 +250,7 @@ impl Keygate {
             Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
             None => None,
         };
-        self.accept(record, now, rehash, claims.exp).await
+        self.accept(record, now, rehash, claims.exp, context).await
     }
 
     /// The record for `id` from the store's [`get`](crate::KeyStore::get), within the
@@ -275,15 +341,17 @@ impl Keygate {
         self.refuse(refused)
     }
 
-    /// The record-side checks (active, expiry, owner) of a key whose token checked out;
-    /// `token_exp` is a JWT's own `exp` (microseconds), which bounds the principal's
-    /// lifetime as much as the record's `expires_at` does.
+    /// The record-side checks (active, expiry, owner, then the network policy against
+    /// `context`) of a key whose token checked out; `token_exp` is a JWT's own `exp`
+    /// (microseconds), which bounds the principal's lifetime as much as the record's
+    /// `expires_at` does.
     async fn accept(
         &self,
         record: Arc<KeyRecord>,
         now: usage::Micros,
         rehash: Option<SecretHash>,
         token_exp: Option<usage::Micros>,
+        context: &RequestContext,
     ) -> Result<Principal, Refused> {
         let inner = &*self.inner;
         if !record.active {
@@ -311,6 +379,14 @@ impl Keygate {
                 Some(Arc::new(owner))
             }
         };
+        // Last: a 403 only for a key that would otherwise be accepted. Nothing is marked
+        // as used for a refused request.
+        if let Err(refusal) = record.network.check(context) {
+            return Err(Refused {
+                error: refusal.into(),
+                key: Some(record.id),
+            });
+        }
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }

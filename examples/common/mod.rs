@@ -16,6 +16,10 @@
 //!   the one the database's keys were made with stops the server at start.
 //! - `KEYGATE_JWT_SECRET`: optional (32+ bytes); enables Audiobookshelf-style JWT keys
 //!   (`"format":"jwt"` on create).
+//! - `KEYGATE_TRUSTED_PROXIES`: optional, comma-separated CIDRs of the reverse proxies in
+//!   front of the server (e.g. `127.0.0.1/32,10.0.0.0/8`); their `X-Forwarded-For` gives
+//!   the client address that keys with `allowedCidrs` are checked against. Without it the
+//!   client address is the connection's peer and the header is ignored.
 //! - `RUST_LOG`: what is logged to stderr (default `info,keygate=debug`: refusal reasons
 //!   included).
 
@@ -117,6 +121,14 @@ pub async fn open_gate(config: &Config) -> Result<Keygate, BoxError> {
     if let Ok(secret) = std::env::var("KEYGATE_JWT_SECRET") {
         builder = builder.jwt_secret(JwtSecret::new(secret)?);
         eprintln!("keygate example: JWT keys enabled");
+    }
+    if let Ok(proxies) = std::env::var("KEYGATE_TRUSTED_PROXIES") {
+        let networks = proxies
+            .split(',')
+            .map(|cidr| cidr.trim().parse::<keygate::limits::Cidr>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("KEYGATE_TRUSTED_PROXIES: {e}"))?;
+        builder = builder.trusted_proxies(keygate::http::TrustedProxies::new(networks));
     }
     let gate = builder.build()?;
     // Before taking requests: the wrong pepper would refuse every key and mint keys that

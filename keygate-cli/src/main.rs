@@ -34,6 +34,7 @@ use chrono::TimeDelta;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
+use keygate::limits::{AllowedOrigin, Cidr, RequestContext};
 use keygate::{
     Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
 };
@@ -76,6 +77,39 @@ enum Command {
         /// Longer description.
         #[arg(long)]
         description: Option<String>,
+        /// Accept the key only from client addresses in this network, e.g. 10.0.0.0/8,
+        /// 2001:db8::/32, or one address (repeatable).
+        #[arg(long = "allow-cidr", value_name = "CIDR")]
+        allow_cidrs: Vec<Cidr>,
+        /// Accept the key only from browser requests with this Origin, e.g.
+        /// https://app.example.com or https://*.example.com (repeatable).
+        #[arg(long = "allow-origin", value_name = "ORIGIN")]
+        allow_origins: Vec<AllowedOrigin>,
+    },
+    /// Set or lift a key's network restrictions: each list given replaces the key's;
+    /// --any-network and --any-origin lift them; what is not mentioned stays.
+    Restrict {
+        id: String,
+        /// Allowed client network (repeatable; replaces the key's list).
+        #[arg(
+            long = "allow-cidr",
+            value_name = "CIDR",
+            conflicts_with = "any_network"
+        )]
+        allow_cidrs: Vec<Cidr>,
+        /// Allowed browser origin (repeatable; replaces the key's list).
+        #[arg(
+            long = "allow-origin",
+            value_name = "ORIGIN",
+            conflicts_with = "any_origin"
+        )]
+        allow_origins: Vec<AllowedOrigin>,
+        /// Lift the network restriction: any client address.
+        #[arg(long)]
+        any_network: bool,
+        /// Lift the origin restriction: any origin.
+        #[arg(long)]
+        any_origin: bool,
     },
     /// List keys (by id), optionally one user's.
     List {
@@ -103,7 +137,15 @@ enum Command {
     },
     /// Verify a key read from stdin (its first line) or KEYGATE_KEY, never from an
     /// argument: exit 0 with the principal as JSON, or exit 1 with the reason.
-    Verify,
+    Verify {
+        /// The client address to check a key's allowed networks against (without it, a
+        /// key with allowed networks is refused: the address is unknown).
+        #[arg(long, value_name = "IP")]
+        client_addr: Option<std::net::IpAddr>,
+        /// The Origin to check a key's allowed origins against.
+        #[arg(long, value_name = "ORIGIN")]
+        origin: Option<String>,
+    },
     /// Apply pending schema migrations (opening the store also does this).
     Migrate,
     /// Run the server: forward auth for reverse proxies (/auth), the admin API
@@ -240,7 +282,7 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     let prefix = cli.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
     let needs_secrets = matches!(
         cli.command,
-        Command::Mint { .. } | Command::Rotate { .. } | Command::Verify
+        Command::Mint { .. } | Command::Rotate { .. } | Command::Verify { .. }
     );
     // Configuration first: a missing or bad secret is said before any network wait.
     let pepper = if needs_secrets {
@@ -300,11 +342,16 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             scopes,
             format,
             description,
+            allow_cidrs,
+            allow_origins,
         } => {
-            let mut new = NewKey::new(name, user).format(match format {
-                Format::Opaque => KeyFormat::Opaque,
-                Format::Jwt => KeyFormat::Jwt,
-            });
+            let mut new = NewKey::new(name, user)
+                .allowed_cidrs(allow_cidrs)
+                .allowed_origins(allow_origins)
+                .format(match format {
+                    Format::Opaque => KeyFormat::Opaque,
+                    Format::Jwt => KeyFormat::Jwt,
+                });
             if let Some(lifetime) = expires_in {
                 new = new.expires_in(lifetime);
             }
@@ -379,21 +426,61 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             );
             println!("{}", issued.key.expose());
         }
-        Command::Verify => match gate.verify(&read_key()?).await {
-            Ok(principal) => println!("{}", to_json(&principal)?),
-            Err(error @ keygate::VerifyError::PepperMismatch { .. }) => {
-                return Err(Fail(CONFIG, wrong_pepper(&error)));
+        Command::Restrict {
+            id,
+            allow_cidrs,
+            allow_origins,
+            any_network,
+            any_origin,
+        } => {
+            let mut patch = KeyPatch::new();
+            if any_network || !allow_cidrs.is_empty() {
+                patch = patch.allowed_cidrs(allow_cidrs);
             }
-            // A store that is down or holds a corrupt record is the store's failure (3),
-            // never a refused key (1).
-            Err(error) if error.is_server_error() => {
-                return Err(Fail(STORE, chain(&error)));
+            if any_origin || !allow_origins.is_empty() {
+                patch = patch.allowed_origins(allow_origins);
             }
-            Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
-        },
+            if patch.is_empty() {
+                return Err(Fail(
+                    CONFIG,
+                    "restrict: give --allow-cidr, --allow-origin, --any-network or --any-origin"
+                        .to_owned(),
+                ));
+            }
+            let record = gate.update(parse_id(&id)?, patch).await?;
+            eprintln!("keygate: restricted {}", record.id);
+            println!("{}", to_json(&KeyView(&record))?);
+        }
+        Command::Verify {
+            client_addr,
+            origin,
+        } => {
+            let mut context = RequestContext::new().maybe_client_addr(client_addr);
+            if let Some(origin) = &origin {
+                context = context.origin(origin);
+            }
+            verify(gate, &context).await?;
+        }
         // `run` applied the migrations when it opened the store: nothing is left to do;
         // `main` ran `serve` before getting here.
         Command::Migrate | Command::Serve { .. } => {}
+    }
+    Ok(())
+}
+
+/// `keygate verify`: the key from stdin or the environment, checked in `context`.
+async fn verify(gate: &Keygate, context: &RequestContext) -> Result<(), Fail> {
+    match gate.verify_with(&read_key()?, context).await {
+        Ok(principal) => println!("{}", to_json(&principal)?),
+        Err(error @ keygate::VerifyError::PepperMismatch { .. }) => {
+            return Err(Fail(CONFIG, wrong_pepper(&error)));
+        }
+        // A store that is down or holds a corrupt record is the store's failure (3),
+        // never a refused key (1).
+        Err(error) if error.is_server_error() => {
+            return Err(Fail(STORE, chain(&error)));
+        }
+        Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
     }
     Ok(())
 }

@@ -722,3 +722,115 @@ fn a_password_in_the_query_string_is_not_printed() {
     assert!(err.contains("password=***"), "{err}");
     assert!(!err.contains("hunter2"), "the password leaked: {err}");
 }
+
+/// Network restrictions from the CLI: set at mint, checked by `verify --client-addr`
+/// (refused without one: the address is unknown), changed and lifted by `restrict`, and
+/// bad values refused by the argument parser with nothing written.
+#[tokio::test]
+async fn network_restrictions() {
+    let path = support::sqlite_temp_path();
+    let cli = Cli {
+        db: format!("sqlite://{}", path.display()),
+        prefix: "clitest".into(),
+    };
+    let owner = format!("net-{}", KeyId::random());
+    let key = cli.ok(&[
+        "mint",
+        "--user",
+        &owner,
+        "--name",
+        "office",
+        "--allow-cidr",
+        "203.0.113.0/24",
+        "--allow-cidr",
+        "2001:db8::/32",
+    ]);
+    let key = key.trim();
+    let verify_from = |args: &[&str]| {
+        let mut all = vec!["verify"];
+        all.extend_from_slice(args);
+        cli.run_full(
+            &all,
+            &[("KEYGATE_PEPPER", PEPPER)],
+            Some(format!("{key}\n").as_bytes()),
+        )
+    };
+    assert!(verify_from(&["--client-addr", "203.0.113.9"])
+        .status
+        .success());
+    assert!(verify_from(&["--client-addr", "2001:db8::1"])
+        .status
+        .success());
+    for refused in [&["--client-addr", "198.51.100.1"][..], &[]] {
+        let out = verify_from(refused);
+        assert_eq!(out.status.code(), Some(1), "{refused:?}");
+        assert!(
+            stderr(&out).contains("network_not_allowed"),
+            "{}",
+            stderr(&out)
+        );
+    }
+
+    let id = principal_id_from(&verify_from(&["--client-addr", "203.0.113.9"]));
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "restrict",
+        &id,
+        "--allow-origin",
+        "https://App.example.com:443",
+    ]))
+    .unwrap();
+    assert_eq!(
+        shown["allowedCidrs"],
+        serde_json::json!(["203.0.113.0/24", "2001:db8::/32"])
+    );
+    assert_eq!(
+        shown["allowedOrigins"],
+        serde_json::json!(["https://app.example.com"])
+    );
+    let out = verify_from(&["--client-addr", "203.0.113.9"]);
+    assert!(
+        stderr(&out).contains("origin_not_allowed"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(verify_from(&[
+        "--client-addr",
+        "203.0.113.9",
+        "--origin",
+        "https://app.example.com"
+    ])
+    .status
+    .success());
+
+    // Bad values: the parser refuses them (exit 2) and nothing changes.
+    for bad in [
+        vec!["restrict", &id, "--allow-cidr", "203.0.113.9/24"],
+        vec!["restrict", &id, "--allow-origin", "https://a.example/path"],
+        vec!["restrict", &id],
+    ] {
+        let out = cli.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
+    let before = cli.count(&owner).await;
+    let out = cli.run(&[
+        "mint",
+        "--user",
+        &owner,
+        "--name",
+        "x",
+        "--allow-cidr",
+        "10.1.2.3/8",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(cli.count(&owner).await, before);
+
+    cli.ok(&["restrict", &id, "--any-network", "--any-origin"]);
+    assert!(verify_from(&[]).status.success(), "lifted");
+    support::remove_sqlite(&path);
+}
+
+fn principal_id_from(out: &Output) -> String {
+    assert!(out.status.success(), "verify: {}", stderr(out));
+    let principal: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    principal["keyId"].as_str().unwrap().to_owned()
+}

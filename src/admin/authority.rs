@@ -21,14 +21,16 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
+use crate::limits::NetworkPolicy;
 use crate::record::KeyRecord;
 use crate::user::Permissions;
 
-/// What a key can do: its effective permissions, and until when.
+/// What a key can do: its effective permissions, until when, and from where.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reach {
     permissions: Permissions,
     until: Option<DateTime<Utc>>,
+    network: NetworkPolicy,
 }
 
 impl Reach {
@@ -46,12 +48,22 @@ impl Reach {
                 Permissions::Only(held.intersection(scopes).cloned().collect())
             }
         };
-        Self { permissions, until }
+        Self {
+            permissions,
+            until,
+            network: NetworkPolicy::new(),
+        }
+    }
+
+    /// This reach, usable only from where `network` allows (unrestricted by default).
+    pub(crate) fn confined_to(mut self, network: &NetworkPolicy) -> Self {
+        self.network = network.clone();
+        self
     }
 
     /// The reach of `record` for an owner holding `owner`.
     pub(crate) fn of(record: &KeyRecord, owner: &Permissions) -> Self {
-        Self::new(owner, record.scopes.as_ref(), record.expires_at)
+        Self::new(owner, record.scopes.as_ref(), record.expires_at).confined_to(&record.network)
     }
 
     /// Whether these permissions include every one of `other`.
@@ -72,9 +84,11 @@ impl Reach {
         }
     }
 
-    /// Whether `other` can do nothing this cannot, for no longer.
+    /// Whether `other` can do nothing this cannot, for no longer, from nowhere else.
     fn covers(&self, other: &Reach) -> bool {
-        self.covers_permissions(&other.permissions) && self.outlives(other.until)
+        self.covers_permissions(&other.permissions)
+            && self.outlives(other.until)
+            && self.network.covers(&other.network)
     }
 }
 
@@ -87,6 +101,9 @@ pub(crate) enum Refusal {
     WiderPermissions,
     /// The key produced or widened would outlive the caller's key.
     LongerLifetime,
+    /// The key produced or widened would be usable from networks or origins the caller's
+    /// key is not.
+    WiderNetwork,
 }
 
 impl Refusal {
@@ -96,6 +113,7 @@ impl Refusal {
             Refusal::OwnerOutOfReach => "owner_out_of_reach",
             Refusal::WiderPermissions => "wider_permissions",
             Refusal::LongerLifetime => "longer_lifetime",
+            Refusal::WiderNetwork => "wider_network",
         }
     }
 
@@ -109,6 +127,9 @@ impl Refusal {
                 "the resulting key would hold permissions that the calling key does not"
             }
             Refusal::LongerLifetime => "the resulting key would outlive the calling key",
+            Refusal::WiderNetwork => {
+                "the resulting key would be usable from networks or origins the calling key is not"
+            }
         }
     }
 }
@@ -135,13 +156,17 @@ pub(crate) fn check(
         if !caller.outlives(result.until) {
             return Err(Refusal::LongerLifetime);
         }
+        if !caller.network.covers(&result.network) {
+            return Err(Refusal::WiderNetwork);
+        }
     }
     Ok(())
 }
 
 /// Whether changing `before` (owner holding `before_owner`) into `after` (owner holding
 /// `after_owner`) widens the key: it acts for someone else, is switched back on, or can do
-/// something, or live until a time, that it could not before.
+/// something, live until a time, or be used from a network or origin, that it could not
+/// before (lifting or widening a network restriction widens).
 pub(crate) fn widens(
     before: &KeyRecord,
     before_owner: &Permissions,
@@ -257,7 +282,72 @@ mod tests {
             active,
             scopes: scopes.map(set),
             metadata: crate::record::Metadata::new(),
+            network: crate::limits::NetworkPolicy::new(),
         }
+    }
+
+    fn net(cidrs: &[&str], origins: &[&str]) -> NetworkPolicy {
+        NetworkPolicy::new()
+            .with_cidrs(cidrs.iter().map(|c| c.parse().unwrap()))
+            .with_origins(origins.iter().map(|o| o.parse().unwrap()))
+    }
+
+    #[test]
+    fn a_network_restricted_caller_cannot_produce_a_key_usable_elsewhere() {
+        let office = net(&["10.0.0.0/8"], &[]);
+        let caller = reach(&Permissions::All, None, None).confined_to(&office);
+        for wider in [
+            net(&[], &[]),
+            net(&["0.0.0.0/0"], &[]),
+            net(&["10.0.0.0/8", "192.0.2.0/24"], &[]),
+            net(&[], &["https://a.example"]),
+        ] {
+            let result = reach(&Permissions::All, Some(&[]), None).confined_to(&wider);
+            assert_eq!(
+                check(&caller, &[], Some(&result)),
+                Err(Refusal::WiderNetwork),
+                "{wider:?}"
+            );
+        }
+        for within in [
+            office.clone(),
+            net(&["10.1.0.0/16"], &[]),
+            net(&["10.1.0.0/16"], &["https://a.example"]),
+        ] {
+            let result = reach(&Permissions::All, Some(&[]), None).confined_to(&within);
+            assert_eq!(check(&caller, &[], Some(&result)), Ok(()), "{within:?}");
+        }
+        // An unrestricted caller may produce anything, restricted or not.
+        let root = reach(&Permissions::All, None, None);
+        let result = reach(&Permissions::All, None, None).confined_to(&office);
+        assert_eq!(check(&root, &[], Some(&result)), Ok(()));
+        // Narrowing calls are not judged by it: a confined admin can still revoke.
+        assert_eq!(check(&caller, &[&Permissions::All], None), Ok(()));
+    }
+
+    #[test]
+    fn lifting_or_widening_a_network_restriction_widens_the_key() {
+        let all = Permissions::All;
+        let mut before = record("alice", true, None, None);
+        before.network = net(&["10.0.0.0/8"], &["https://a.example"]);
+        let with = |network: NetworkPolicy| {
+            let mut after = before.clone();
+            after.network = network;
+            widens(&before, &all, &after, &all)
+        };
+        assert!(with(net(&[], &[])), "lifting both");
+        assert!(
+            with(net(&[], &["https://a.example"])),
+            "lifting the networks"
+        );
+        assert!(with(net(&["10.0.0.0/8"], &[])), "lifting the origins");
+        assert!(with(net(&["0.0.0.0/0"], &["https://a.example"])));
+        assert!(with(net(&["10.0.0.0/8"], &["https://*.example"])));
+        assert!(!with(before.network.clone()));
+        assert!(
+            !with(net(&["10.2.0.0/16"], &["https://a.example"])),
+            "narrowing"
+        );
     }
 
     #[test]

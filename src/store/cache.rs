@@ -101,8 +101,17 @@ pub struct CacheStats {
     pub invalidations: u64,
     /// Entries (found or negative) evicted to stay within the capacities.
     pub evictions: u64,
-    /// Times the whole cache was dropped because the change feed reconnected.
+    /// Times the whole cache was dropped because the change feed could not replay what it
+    /// missed (a first sync, a trimmed change log, a store that was reset).
     pub resyncs: u64,
+    /// Lookups not answered from memory because the change feed's lease had run out (it
+    /// has not proved recently that it is up to date; see [`FeedConfig`](crate::FeedConfig));
+    /// each read the store instead, so it is also counted in [`loads`](Self::loads) unless
+    /// collapsed with another.
+    pub lapsed: u64,
+    /// Times the change feed proved it was up to date and renewed the lease
+    /// ([`ChangeListener::synced`]): one per successful heartbeat.
+    pub syncs: u64,
     /// Found records held now (at most [`CacheConfig::capacity`]).
     pub entries: u64,
     /// "No such key" entries held now (at most [`CacheConfig::negative_capacity`]).
@@ -122,8 +131,11 @@ pub struct CacheStats {
 ///   that started before such a write (or before [`invalidate`](Self::invalidate)) never
 ///   caches what it read.
 /// - [`follow_changes`](Self::follow_changes) connects the inner store's change feed, so
-///   writes made on other nodes drop entries here too; if the feed drops, entries still
-///   expire after the TTL, and a reconnected feed clears the cache.
+///   writes made on other nodes drop entries here too. A feed that proves it is in sync
+///   (the built-in PostgreSQL and Redis feeds, through [`ChangeListener::synced`]) also
+///   holds a lease: once it runs out (lost notices, a dead connection) nothing is served
+///   from memory until the feed has caught up, so a revoke on another node is refused
+///   within `min(ttl, heartbeat + deadline)` ([`FeedConfig`](crate::FeedConfig)) at worst.
 ///
 /// ```
 /// use keygate::{CacheConfig, CachedStore, MemoryStore};
@@ -181,7 +193,19 @@ struct State {
     invalidations: AtomicU64,
     evictions: Arc<AtomicU64>,
     resyncs: AtomicU64,
+    lapsed: Padded,
+    syncs: AtomicU64,
+    /// Until when cached records may be served, in nanoseconds after `base`;
+    /// [`UNLEASED`] while no feed has called [`ChangeListener::synced`] (the TTL alone
+    /// bounds staleness then).
+    lease: AtomicU64,
+    base: Instant,
 }
+
+/// [`State::lease`] before any [`ChangeListener::synced`].
+const UNLEASED: u64 = u64::MAX;
+/// The longest lease [`State::lease`] holds (one below [`UNLEASED`]).
+const LONGEST: u64 = 0xFFFF_FFFF_FFFF_FFFE;
 
 /// An atomic counter alone on its cache line.
 #[derive(Default)]
@@ -251,6 +275,10 @@ impl<S: KeyStore> CachedStore<S> {
                 invalidations: AtomicU64::new(0),
                 evictions,
                 resyncs: AtomicU64::new(0),
+                lapsed: Padded::default(),
+                syncs: AtomicU64::new(0),
+                lease: AtomicU64::new(UNLEASED),
+                base: Instant::now(),
             }),
         }
     }
@@ -291,6 +319,8 @@ impl<S: KeyStore> CachedStore<S> {
             invalidations: s.invalidations.load(Ordering::Relaxed),
             evictions: s.evictions.load(Ordering::Relaxed),
             resyncs: s.resyncs.load(Ordering::Relaxed),
+            lapsed: s.lapsed.load(Ordering::Relaxed),
+            syncs: s.syncs.load(Ordering::Relaxed),
             entries: u64::try_from(s.found.len()).unwrap_or(u64::MAX),
             negative_entries: u64::try_from(s.missing.len()).unwrap_or(u64::MAX),
         }
@@ -317,12 +347,32 @@ impl State {
     fn cached(&self, id: KeyId) -> Option<Option<Arc<KeyRecord>>> {
         let now = Instant::now();
         if let Some(found) = self.found.get(&id) {
-            if fresh(found.until, now) {
+            if self.serves(&found, now) {
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 return Some(Some(found.record));
             }
+            if fresh(found.until, now) {
+                self.lapsed.fetch_add(1, Ordering::Relaxed);
+            }
         }
         self.cached_missing(id, now).then_some(None)
+    }
+
+    /// Whether `found` may be served at `now`: within its TTL, and within the feed's
+    /// lease if a feed holds one. ("No such key" answers are not leased: a stale one
+    /// only refuses a newly minted key, for at most the negative TTL.)
+    fn serves(&self, found: &Found, now: Instant) -> bool {
+        if !fresh(found.until, now) {
+            return false;
+        }
+        // Acquire: the invalidations a feed passed on before renewing the lease are
+        // visible to a reader that sees the renewed lease.
+        let lease = self.lease.load(Ordering::Acquire);
+        if lease == UNLEASED {
+            return true;
+        }
+        let elapsed = now.saturating_duration_since(self.base).as_nanos();
+        elapsed < u128::from(lease)
     }
 
     fn cached_missing(&self, id: KeyId, now: Instant) -> bool {
@@ -350,6 +400,23 @@ impl ChangeListener for State {
     fn resync(&self) {
         self.clear();
         self.resyncs.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn synced(&self, until: Instant) {
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        // Nanoseconds after `base`, below UNLEASED; a lease never moves backwards (an
+        // older proof stays true), so a late answer cannot shorten a newer one.
+        let nanos = until.saturating_duration_since(self.base).as_nanos();
+        let nanos = u64::try_from(nanos).unwrap_or(LONGEST).min(LONGEST);
+        let _ = self
+            .lease
+            .fetch_update(Ordering::Release, Ordering::Relaxed, |lease| {
+                if lease == UNLEASED {
+                    Some(nanos)
+                } else {
+                    Some(lease.max(nanos))
+                }
+            });
     }
 }
 
@@ -398,7 +465,7 @@ impl<S: KeyStore> KeyStore for CachedStore<S> {
         };
         // The caller before us may have found the record: that answer is in the other cache.
         if let Some(found) = state.found.get(&id) {
-            if fresh(found.until, Instant::now()) {
+            if state.serves(&found, Instant::now()) {
                 state.hits.fetch_add(1, Ordering::Relaxed);
                 return Ok(Some(found.record));
             }
@@ -565,6 +632,57 @@ mod tests {
 
     fn record() -> KeyRecord {
         crate::testing_support::record(KeyFormat::Jwt)
+    }
+
+    /// The lease: once a feed has called `synced`, entries are served only until the
+    /// instant it named, whatever the TTL; a renewal restores hits.
+    #[tokio::test(start_paused = true)]
+    async fn a_leased_cache_serves_nothing_past_its_lease() {
+        let cache = CachedStore::new(Slow::default(), CacheConfig::new().ttl(Duration::MAX));
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        let lease = Duration::from_millis(500);
+        cache.state.synced(Instant::now() + lease);
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_millis(499)).await;
+        assert!(cache.get_now(r.id).is_some(), "within the lease: a hit");
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 1);
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(cache.get_now(r.id).is_none(), "at the lease's end: no hit");
+        cache.get(r.id).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        assert_eq!(cache.inner().gets.load(Ordering::SeqCst), 3, "read through");
+        assert!(cache.stats().lapsed >= 3, "{:?}", cache.stats());
+        // A late answer naming an earlier instant does not shorten a newer lease.
+        cache.state.synced(Instant::now() + lease);
+        cache.state.synced(Instant::now());
+        assert!(cache.get_now(r.id).is_some(), "renewed: a hit again");
+        assert_eq!(cache.stats().syncs, 3);
+        // A revoke passed on before the renewal is seen by every reader of the renewal.
+        cache
+            .inner()
+            .inner
+            .update(r.id, &KeyPatch::new().active(false))
+            .await
+            .unwrap();
+        cache.state.changed(r.id);
+        cache.state.synced(Instant::now() + lease);
+        assert!(!cache.get(r.id).await.unwrap().unwrap().active);
+    }
+
+    /// Without a feed that leases (never `synced`), the TTL alone decides, as before.
+    #[tokio::test(start_paused = true)]
+    async fn an_unleased_cache_serves_until_the_ttl() {
+        let cache = CachedStore::new(
+            Slow::default(),
+            CacheConfig::new().ttl(Duration::from_secs(5)),
+        );
+        let r = record();
+        cache.inner().inner.insert(r.clone()).await.unwrap();
+        cache.get(r.id).await.unwrap();
+        tokio::time::advance(Duration::from_millis(4999)).await;
+        assert!(cache.get_now(r.id).is_some());
+        assert_eq!(cache.stats().lapsed, 0);
     }
 
     #[tokio::test(start_paused = true)]

@@ -5,6 +5,7 @@ use std::error::Error as StdError;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -102,8 +103,11 @@ pub trait KeyStore: Send + Sync + 'static {
     /// shares this backend (PostgreSQL `LISTEN/NOTIFY`, Redis pub/sub), until the listener
     /// is dropped. Returns `Ok(false)` when the backend has no such feed (the default).
     ///
-    /// A feed that loses its connection must call [`ChangeListener::resync`] once it is
-    /// back, since notices may have been missed, and keep reconnecting on its own.
+    /// A feed that loses its connection must, once it is back, either replay what it
+    /// missed (the built-in feeds read it from the store's change log) or call
+    /// [`ChangeListener::resync`], and keep reconnecting on its own. A feed that can
+    /// prove it is up to date calls [`ChangeListener::synced`] (see there): that is what
+    /// bounds staleness when notices are lost.
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
         let _ = listener;
         Ok(false)
@@ -127,12 +131,249 @@ pub trait KeyStore: Send + Sync + 'static {
 
 /// Receives a store's change notices; see [`KeyStore::subscribe`]. [`CachedStore`]
 /// implements it to bound revocation staleness across nodes.
+///
+/// The contract between a feed and its listener:
+/// - [`changed`](Self::changed) for every record written anywhere, as soon as the feed
+///   hears of it (in any order; repeats are harmless);
+/// - [`resync`](Self::resync) when changes may have been missed and cannot be replayed;
+/// - [`synced`](Self::synced)`(until)` once the feed has *proved* that every change
+///   committed before some instant `s` has been passed on (it read the store's change
+///   sequence at `s` or later and replayed everything up to it), with `until = s + lease`.
+///   A listener that has heard `synced` at least once serves nothing it cached after
+///   `until` until the next `synced`, so a lost notice or a silently dead connection is
+///   bounded by the lease, whatever the cache's TTL. A feed that never calls it leaves
+///   the listener's TTL as the only bound (as for a feed of notices alone).
 pub trait ChangeListener: Send + Sync + 'static {
     /// The record `id` was inserted, updated or deleted somewhere.
     fn changed(&self, id: KeyId);
 
-    /// Notices may have been lost (the feed reconnected): forget everything.
+    /// Notices may have been lost and cannot be replayed: forget everything.
     fn resync(&self);
+
+    /// Every change committed before the instant `until - lease` has been passed to
+    /// [`changed`](Self::changed) (or covered by [`resync`](Self::resync)): what is
+    /// cached may be trusted until `until`. See [`FeedConfig`] for the lease. The default
+    /// does nothing.
+    fn synced(&self, until: tokio::time::Instant) {
+        let _ = until;
+    }
+}
+
+/// How the built-in change feeds ([`PostgresStore`], [`RedisStore`]) prove that a
+/// [`CachedStore`] following them is up to date, and so bound how long a revoke made on
+/// another node can go unseen when notices are lost.
+///
+/// Every write appends to a change sequence in the store (PostgreSQL: the
+/// `keygate_changes` table; Redis: a counter and a capped sorted set), in the same
+/// transaction or script as the write, and the notice it publishes carries the sequence
+/// number. Each feed, every [`heartbeat`](Self::heartbeat), reads the store's current
+/// sequence *on its own connection* and replays any change it has not seen (a lost
+/// notice, a reconnect); a notice whose number skips one triggers that at once. A
+/// heartbeat that succeeds renews a lease of `heartbeat + deadline` from the moment it was
+/// sent; a cache whose lease ran out serves nothing from memory (each lookup reads the
+/// store) until a heartbeat succeeds again. A heartbeat unanswered for
+/// [`dead_after`](Self::dead_after) means the connection is dead: the feed reconnects and
+/// replays from its last sequence number (or drops the whole cache, if the log was trimmed
+/// past it).
+///
+/// **Worst-case staleness.** On a node whose [`CachedStore`] follows the feed, a key
+/// revoked (updated, deleted) on another node is refused by every lookup that starts
+/// later than
+///
+/// ```text
+/// min(CacheConfig::ttl, heartbeat + deadline)        (defaults: min(5 s, 500 ms) = 500 ms)
+/// ```
+///
+/// after the revoke committed, whatever is lost: notices, the feed's connection (closed,
+/// killed, or silently partitioned), or the feed's task. Normally it is far less (a
+/// notice arrives within milliseconds). The bound needs the node's monotonic clock to
+/// run at the rate of real time; it does not depend on clocks agreeing across machines.
+///
+/// ```
+/// use std::time::Duration;
+/// let feed = keygate::FeedConfig::new()
+///     .heartbeat(Duration::from_millis(100))
+///     .deadline(Duration::from_millis(100));
+/// assert_eq!(feed.lease(), Duration::from_millis(200));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FeedConfig {
+    /// How often the feed reads the store's change sequence on its connection. Default
+    /// 250 ms: one tiny query per node per heartbeat.
+    pub heartbeat: Duration,
+    /// How late a heartbeat's answer may be before the cache stops trusting its entries
+    /// (they are then read from the store). Default 250 ms.
+    pub deadline: Duration,
+    /// How long an unanswered heartbeat (or a reconnection attempt) may take before the
+    /// feed's connection is given up and replaced. Default 2 s. It does not affect the
+    /// staleness bound, only how soon a dead connection is replaced.
+    pub dead_after: Duration,
+}
+
+impl FeedConfig {
+    /// The defaults: 250 ms heartbeat, 250 ms deadline (so a 500 ms lease), 2 s to declare
+    /// a connection dead.
+    pub const fn new() -> Self {
+        Self {
+            heartbeat: Duration::from_millis(250),
+            deadline: Duration::from_millis(250),
+            dead_after: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets [`heartbeat`](Self::heartbeat) (at least 1 ms is used).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = every;
+        self
+    }
+
+    /// Sets [`deadline`](Self::deadline).
+    pub fn deadline(mut self, deadline: Duration) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// Sets [`dead_after`](Self::dead_after) (at least 1 ms is used).
+    pub fn dead_after(mut self, after: Duration) -> Self {
+        self.dead_after = after;
+        self
+    }
+
+    /// `heartbeat + deadline` (saturating): how long a successful heartbeat lets a cache
+    /// trust its entries, and the worst-case staleness with a cache TTL at least as long.
+    pub fn lease(&self) -> Duration {
+        self.heartbeat.saturating_add(self.deadline)
+    }
+
+    /// [`heartbeat`](Self::heartbeat), at least 1 ms (a zero period would spin).
+    #[allow(dead_code)] // used by the feature-gated stores
+    pub(crate) fn period(&self) -> Duration {
+        self.heartbeat.max(Duration::from_millis(1))
+    }
+
+    /// [`dead_after`](Self::dead_after), at least 1 ms.
+    #[allow(dead_code)]
+    pub(crate) fn give_up_after(&self) -> Duration {
+        self.dead_after.max(Duration::from_millis(1))
+    }
+}
+
+impl Default for FeedConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `at + by`, or as far as the clock goes (a year on) when that overflows.
+#[allow(dead_code)] // used by the feature-gated stores
+pub(crate) fn later(at: tokio::time::Instant, by: Duration) -> tokio::time::Instant {
+    at.checked_add(by)
+        .or_else(|| at.checked_add(Duration::from_secs(365 * 24 * 3600)))
+        .unwrap_or(at)
+}
+
+/// How many changes a feed replays from the store's log before it drops its whole cache
+/// instead.
+#[allow(dead_code)] // used by the feature-gated stores
+pub(crate) const MAX_REPLAY: i64 = 10_000;
+
+/// How many changes the stores keep in their change log (trimmed every 1024 writes).
+#[allow(dead_code)]
+pub(crate) const CHANGE_LOG_KEEP: i64 = 100_000;
+
+/// A change notice's payload: `<sequence>:<key id>`. A bare `<key id>` (a keygate before
+/// the change sequence) has no sequence number.
+#[allow(dead_code)]
+pub(crate) fn parse_notice(payload: &str) -> Option<(Option<i64>, KeyId)> {
+    match payload.split_once(':') {
+        Some((seq, id)) => Some((Some(seq.parse().ok()?), id.parse().ok()?)),
+        None => Some((None, payload.parse().ok()?)),
+    }
+}
+
+/// Where a feed stands in the store's change sequence, and what to do with a notice or a
+/// read of the log. Shared by the PostgreSQL and Redis feeds.
+#[allow(dead_code)]
+#[derive(Debug, Default)]
+pub(crate) struct Sequence {
+    /// The last sequence number up to which every change was passed on.
+    last: Option<i64>,
+}
+
+/// What a feed must do after a notice.
+#[allow(dead_code)]
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next {
+    /// Nothing more.
+    Nothing,
+    /// Read the log now: a notice was skipped (or carried no number).
+    CatchUp,
+}
+
+#[allow(dead_code)]
+impl Sequence {
+    /// The last sequence number passed on, if any.
+    pub(crate) fn last(&self) -> Option<i64> {
+        self.last
+    }
+
+    /// A notice: pass the id on (unless a replay passed it on already); say whether the
+    /// log must be read.
+    pub(crate) fn notice(
+        &mut self,
+        listener: &dyn ChangeListener,
+        seq: Option<i64>,
+        id: KeyId,
+    ) -> Next {
+        match (seq, self.last) {
+            // Everything up to `last` was passed on.
+            (Some(seq), Some(last)) if seq <= last => Next::Nothing,
+            (Some(seq), Some(last)) if Some(seq) == last.checked_add(1) => {
+                listener.changed(id);
+                self.last = Some(seq);
+                Next::Nothing
+            }
+            _ => {
+                listener.changed(id);
+                Next::CatchUp
+            }
+        }
+    }
+
+    /// The log read at some instant: the store's `current` sequence number and the
+    /// entries after [`last`](Self::last) up to it (`(seq, id)`, ascending). Passes them on,
+    /// or resyncs the listener when they do not cover the gap exactly (a trimmed log, a
+    /// reset store, a first read). Returns whether the listener was resynced.
+    pub(crate) fn replay(
+        &mut self,
+        listener: &dyn ChangeListener,
+        current: i64,
+        entries: &[(i64, KeyId)],
+    ) -> bool {
+        let complete = match self.last {
+            Some(last) if current == last => true,
+            Some(last) if current > last => {
+                let expected = last.checked_add(1);
+                current.checked_sub(last) == i64::try_from(entries.len()).ok()
+                    && entries.first().map(|e| e.0) == expected
+                    && entries.windows(2).all(|w| match w {
+                        [a, b] => a.0.checked_add(1) == Some(b.0),
+                        _ => true,
+                    })
+            }
+            _ => false,
+        };
+        if complete {
+            for (_, id) in entries {
+                listener.changed(*id);
+            }
+        } else {
+            listener.resync();
+        }
+        self.last = Some(current);
+        !complete
+    }
 }
 
 /// Which records [`KeyStore::list`] returns.
@@ -290,7 +531,7 @@ pub enum StoreError {
     #[error("a key with id {0} already exists")]
     Conflict(KeyId),
     /// [`KeyStore::update`] with a patch made conditional by [`KeyPatch::if_unchanged`]:
-    /// the record changed since it was read (its owner, scopes, active flag or expiry are
+    /// the record changed since it was read (its owner, scopes, active flag, expiry or network policy are
     /// no longer those the patch was decided on); nothing was written.
     #[error("the record of key {0} changed since it was read; nothing was written")]
     Changed(KeyId),
@@ -412,6 +653,93 @@ impl<T: KeyStore + ?Sized> KeyStore for Arc<T> {
         Self: 'f,
     {
         (**self).remember_pepper(version, fingerprint)
+    }
+}
+
+#[cfg(test)]
+mod sequence_tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Heard {
+        changed: Mutex<Vec<KeyId>>,
+        resyncs: Mutex<u32>,
+    }
+
+    impl ChangeListener for Heard {
+        fn changed(&self, id: KeyId) {
+            self.changed.lock().unwrap().push(id);
+        }
+        fn resync(&self) {
+            let mut resyncs = self.resyncs.lock().unwrap();
+            *resyncs = resyncs.saturating_add(1);
+        }
+    }
+
+    impl Heard {
+        fn take(&self) -> (Vec<KeyId>, u32) {
+            let changed = std::mem::take(&mut *self.changed.lock().unwrap());
+            let resyncs = std::mem::take(&mut *self.resyncs.lock().unwrap());
+            (changed, resyncs)
+        }
+    }
+
+    #[test]
+    fn notices_in_order_pass_on_and_a_gap_asks_for_the_log() {
+        let heard = Heard::default();
+        let mut seq = Sequence::default();
+        // The first read resyncs (what was cached before may predate the feed).
+        assert!(seq.replay(&heard, 7, &[]));
+        assert_eq!(heard.take(), (vec![], 1));
+        let (a, b, c) = (KeyId::random(), KeyId::random(), KeyId::random());
+        assert_eq!(seq.notice(&heard, Some(8), a), Next::Nothing);
+        assert_eq!(seq.last(), Some(8));
+        // 9 lost: 10 is passed on, and the log must be read.
+        assert_eq!(seq.notice(&heard, Some(10), c), Next::CatchUp);
+        assert_eq!(seq.last(), Some(8));
+        assert!(!seq.replay(&heard, 10, &[(9, b), (10, c)]));
+        assert_eq!(heard.take(), (vec![a, c, b, c], 0));
+        assert_eq!(seq.last(), Some(10));
+        // A notice the replay covered already is not passed on again.
+        assert_eq!(seq.notice(&heard, Some(10), c), Next::Nothing);
+        assert_eq!(heard.take(), (vec![], 0));
+        // A notice without a number (an older keygate wrote it): passed on, log read.
+        assert_eq!(seq.notice(&heard, None, a), Next::CatchUp);
+        assert_eq!(heard.take(), (vec![a], 0));
+    }
+
+    #[test]
+    fn a_log_that_does_not_cover_the_gap_resyncs() {
+        let heard = Heard::default();
+        let (a, b) = (KeyId::random(), KeyId::random());
+        for (current, entries) in [
+            (12, vec![(12, a)]),          // 11 trimmed away
+            (12, vec![(11, a)]),          // 12 missing
+            (12, vec![(11, a), (11, b)]), // not a sequence
+            (13, vec![(11, a), (13, b)]), // a hole
+            (4, vec![]),                  // the store was reset (counter went back)
+        ] {
+            let mut seq = Sequence::default();
+            seq.replay(&heard, 10, &[]);
+            heard.take();
+            assert!(
+                seq.replay(&heard, current, &entries),
+                "{current} {entries:?}"
+            );
+            assert_eq!(heard.take(), (vec![], 1));
+            assert_eq!(seq.last(), Some(current));
+        }
+    }
+
+    #[test]
+    fn notice_payloads() {
+        let id = KeyId::random();
+        assert_eq!(parse_notice(&format!("42:{id}")), Some((Some(42), id)));
+        assert_eq!(parse_notice(&id.to_string()), Some((None, id)));
+        assert_eq!(parse_notice("x:y"), None);
+        assert_eq!(parse_notice(&format!("x:{id}")), None);
+        assert_eq!(parse_notice(""), None);
     }
 }
 

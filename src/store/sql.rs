@@ -8,6 +8,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSa
 
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
+use crate::limits::NetworkPolicy;
 use crate::record::in_stored_range;
 use crate::store::{Cursor, StoreError};
 
@@ -17,7 +18,7 @@ macro_rules! key_columns {
     () => {
         "id, format, hash_version, hash_digest, name, description, owner_id, created_by, \
          created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, \
-         hash_scheme"
+         hash_scheme, network"
     };
 }
 pub(crate) use key_columns;
@@ -116,6 +117,31 @@ pub(crate) fn hash_from(
         _ => Err(corrupt(
             "hash version and digest must be both set or both null",
         )),
+    }
+}
+
+/// The `network` column of a record: its policy as JSON, or `None` (SQL `NULL`) when
+/// unrestricted.
+pub(crate) fn network_to(policy: &NetworkPolicy) -> Result<Option<String>, StoreError> {
+    if policy.is_unrestricted() {
+        return Ok(None);
+    }
+    serde_json::to_string(policy)
+        .map(Some)
+        .map_err(StoreError::backend)
+}
+
+/// A record's policy from its `network` column: `NULL` is unrestricted; anything that is
+/// not a valid policy (an unknown field, an entry that does not parse) is corrupt.
+pub(crate) fn network_from(json: Option<&str>) -> Result<NetworkPolicy, StoreError> {
+    match json {
+        None => Ok(NetworkPolicy::new()),
+        Some(text) => match crate::json::object_text(text.as_bytes()) {
+            Some(object) => {
+                serde_json::from_str(object).map_err(|e| StoreError::Corrupt(Box::new(e)))
+            }
+            None => Err(corrupt("network policy is not a JSON object")),
+        },
     }
 }
 
@@ -308,6 +334,30 @@ mod tests {
                 hash_from(Some(1), Some(vec![0; 32]), scheme),
                 Err(StoreError::Corrupt(_))
             ));
+        }
+    }
+
+    #[test]
+    fn network_policies_round_trip_and_bad_ones_are_corrupt() {
+        assert_eq!(network_to(&NetworkPolicy::new()).unwrap(), None);
+        assert_eq!(network_from(None).unwrap(), NetworkPolicy::new());
+        let policy = NetworkPolicy::new()
+            .with_cidrs(["10.0.0.0/8".parse().unwrap()])
+            .with_origins(["https://a.example".parse().unwrap()]);
+        let json = network_to(&policy).unwrap().unwrap();
+        assert_eq!(network_from(Some(&json)).unwrap(), policy);
+        for bad in [
+            "{",
+            "[]",
+            r#"{"cidrs":["10.1.0.0/8"]}"#,
+            r#"{"cidrs":"10.0.0.0/8"}"#,
+            r#"{"origins":["https://a.example/path"]}"#,
+            r#"{"hosts":[]}"#,
+        ] {
+            assert!(
+                matches!(network_from(Some(bad)), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
         }
     }
 

@@ -41,6 +41,11 @@ const MIGRATIONS: &[Script] = &[
         description: "create keygate_peppers",
         sql: include_str!("../../migrations/sqlite/0004_pepper_fingerprints.sql"),
     },
+    Script {
+        version: 7,
+        description: "add keygate_keys.network",
+        sql: include_str!("../../migrations/sqlite/0007_network_policy.sql"),
+    },
 ];
 
 /// The first runner's `keygate_migrations` (see [`LegacyTable`]), in SQLite.
@@ -362,6 +367,7 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let format: String = required(row, "format")?;
     let scopes: Option<String> = optional(row, "scopes")?;
     let metadata: String = required(row, "metadata")?;
+    let network: Option<String> = optional(row, "network")?;
     let opt_instant = |column: &str| optional::<i64>(row, column)?.map(instant).transpose();
     Ok(KeyRecord {
         id,
@@ -382,10 +388,11 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         active: required(row, "active")?,
         scopes: scopes_from_json(scopes.as_deref())?,
         metadata: metadata_from_json(&metadata)?,
+        network: sql::network_from(network.as_deref())?,
     })
 }
 
-/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`, as the
+/// Binds every column of `record` in [`key_columns`] order to `?1`..`?17`, as the
 /// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -408,7 +415,8 @@ fn bind_record<'q>(
         .bind(record.active)
         .bind(scopes_to_json(record.scopes.as_ref())?)
         .bind(metadata_to_json(&record.metadata)?)
-        .bind(hash_scheme))
+        .bind(hash_scheme)
+        .bind(sql::network_to(&record.network)?))
 }
 
 #[async_trait]
@@ -417,7 +425,7 @@ impl KeyStore for SqliteStore {
         let query = sqlx::query(concat!(
             "INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)"
         ));
         match bind_record(query, &record)?.execute(&self.pool).await {
             Ok(_) => Ok(()),
@@ -465,7 +473,7 @@ impl KeyStore for SqliteStore {
             "UPDATE keygate_keys SET format = ?2, hash_version = ?3, hash_digest = ?4, \
              name = ?5, description = ?6, owner_id = ?7, created_by = ?8, created_at = ?9, \
              updated_at = ?10, expires_at = ?11, last_used_at = ?12, active = ?13, \
-             scopes = ?14, metadata = ?15, hash_scheme = ?16 WHERE id = ?1",
+             scopes = ?14, metadata = ?15, hash_scheme = ?16, network = ?17 WHERE id = ?1",
         );
         bind_record(query, &record)?
             .execute(&mut *tx)

@@ -24,6 +24,7 @@ mod flood;
 mod interop_node;
 mod leaks;
 mod lifecycle;
+mod network;
 mod pepper;
 mod permissions;
 mod property;

@@ -18,3 +18,4 @@ mod actix;
 mod admin_page;
 mod axum;
 mod leaks;
+mod network;

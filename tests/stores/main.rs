@@ -16,6 +16,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod lost_notices;
 mod memory;
 mod postgres;
 mod redis;

@@ -182,6 +182,11 @@ async fn concurrent_migrations_apply_once() {
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
             (4, "create keygate_peppers".to_owned()),
+            (7, "add keygate_keys.network".to_owned()),
+            (
+                8,
+                "create the change sequence keygate_change_seq and log keygate_changes".to_owned()
+            ),
         ]
     );
     assert_eq!(indexes.len(), 2, "{indexes:?}");
@@ -306,13 +311,32 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .execute(&mut conn)
         .await
         .unwrap();
+        // The first runner's keygate wrote no change log: insert the row by hand.
+        sqlx::query(
+            "INSERT INTO keygate_keys (id, format, hash_version, hash_digest, name, description, \
+             owner_id, created_by, created_at, updated_at, expires_at, last_used_at, active, \
+             scopes, metadata, hash_scheme) \
+             VALUES ($1, 'opaque', $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
+        )
+        .bind(*record.id.as_uuid())
+        .bind(record.hash.as_ref().map(|h| i64::from(h.version)))
+        .bind(record.hash.as_ref().map(|h| h.digest.to_vec()))
+        .bind(&record.name)
+        .bind(&record.description)
+        .bind(&record.owner)
+        .bind(&record.created_by)
+        .bind(record.created_at)
+        .bind(record.updated_at)
+        .bind(record.expires_at)
+        .bind(record.last_used_at)
+        .bind(record.active)
+        .bind(record.scopes.as_ref().map(sqlx::types::Json))
+        .bind(sqlx::types::Json(&record.metadata))
+        .bind(record.hash.as_ref().map_or("secret", |h| h.scheme.as_str()))
+        .execute(&mut conn)
+        .await
+        .unwrap();
         conn.close().await.unwrap();
-        let pool = PgPoolOptions::new().connect(&schema.url).await.unwrap();
-        PostgresStore::from_pool(pool.clone())
-            .insert(record.clone())
-            .await
-            .unwrap();
-        pool.close().await;
     }
     let store = PostgresStore::connect(&schema.url).await.unwrap();
     let upgraded = checksums(&store).await;
@@ -335,7 +359,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         again.pool().close().await;
     }
     schema.drop().await;
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 5);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
     assert_eq!(upgraded, expected);
     assert_eq!(got.as_deref(), Some(&record));
@@ -809,6 +833,7 @@ async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
     let issued = a.gate.mint(NewKey::new("feed", "owner")).await.unwrap();
     let key = issued.key.expose();
     b.gate.verify(key).await.unwrap();
+    let resyncs = b.cache.stats().resyncs;
     let killed = terminate(&url, &format!("{b_app}-listener")).await;
     assert_eq!(killed, 1, "b's feed has one connection");
     a.gate.revoke(issued.record.id).await.unwrap();
@@ -827,13 +852,16 @@ async fn the_feed_reconnects_and_resyncs_after_its_connection_is_killed() {
     }
     let missed_revoke = revoked.elapsed();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while b.cache.stats().resyncs == 0 {
+    let syncs = b.cache.stats().syncs;
+    while b.cache.stats().syncs == syncs {
         assert!(
             Instant::now() < deadline,
-            "no resync after the feed reconnected"
+            "no heartbeat after the feed reconnected"
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    // The missed revoke was replayed from the change log: the cache was not dropped.
+    assert_eq!(b.cache.stats().resyncs, resyncs);
     // And notices flow again.
     let mut samples = Vec::new();
     for _ in 0..5 {
@@ -922,6 +950,14 @@ async fn scratch_store(
         None => store.migrate().await.unwrap(),
         Some(table) => {
             sqlx::raw_sql(table).execute(store.pool()).await.unwrap();
+            // Writes need the change sequence (migration 8), whatever the table.
+            sqlx::raw_sql(include_str!(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/migrations/postgres/0008_change_log.sql"
+            )))
+            .execute(store.pool())
+            .await
+            .unwrap();
         }
     }
     (store, schema)
@@ -956,7 +992,7 @@ const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
     description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
-    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT
+    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT, network JSONB
 );
 CREATE TABLE keygate_peppers (version BIGINT PRIMARY KEY, fingerprint BYTEA)";
 
@@ -991,6 +1027,16 @@ async fn a_table_without_keygates_constraints_fails_closed() {
         ("scopes a string", "SET scopes = '\"admin\"'"),
         ("metadata an array", "SET metadata = '[]'"),
         ("metadata NULL", "SET metadata = NULL"),
+        ("network an array", "SET network = '[]'"),
+        (
+            "network with host bits",
+            "SET network = '{\"cidrs\": [\"10.1.0.0/8\"]}'",
+        ),
+        ("network, unknown field", "SET network = '{\"hosts\": []}'"),
+        (
+            "network, a path in an origin",
+            "SET network = '{\"origins\": [\"https://a.example/x\"]}'",
+        ),
         (
             "expiry in year 10000",
             "SET expires_at = '10000-01-01T00:00:00Z'",
@@ -1098,4 +1144,52 @@ async fn cursors_outside_the_stored_years_list_all_or_nothing() {
     assert_eq!(all, [record]);
     let none = store.list(&after(DateTime::<Utc>::MAX_UTC)).await.unwrap();
     assert!(none.is_empty());
+}
+
+/// Every insert, update and delete appends one numbered entry to `keygate_changes`, in
+/// order; last-used times and failed writes append none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_postgres),
+    ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+)]
+async fn every_write_appends_to_the_change_log() {
+    let url = support::postgres_url();
+    let store = connect(&url, &support::unique("kg-log")).await;
+    let record = keygate::testing::sample_record(&support::unique("log-owner"));
+    let id = record.id;
+    let logged = |store: PostgresStore| async move {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT seq FROM keygate_changes WHERE key_id = $1 ORDER BY seq",
+        )
+        .bind(*id.as_uuid())
+        .fetch_all(store.pool())
+        .await
+        .unwrap()
+    };
+    store.insert(record.clone()).await.unwrap();
+    assert!(matches!(
+        store.insert(record.clone()).await,
+        Err(StoreError::Conflict(_))
+    ));
+    store
+        .record_last_used(&[(id, keygate::chrono::Utc::now())])
+        .await
+        .unwrap();
+    assert_eq!(logged(store.clone()).await.len(), 1, "insert only");
+    store
+        .update(id, &keygate::KeyPatch::new().active(false))
+        .await
+        .unwrap();
+    assert!(store.delete(id).await.unwrap());
+    assert!(!store.delete(id).await.unwrap());
+    let seqs = logged(store.clone()).await;
+    assert_eq!(seqs.len(), 3, "insert, update, delete: {seqs:?}");
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let current: i64 = sqlx::query_scalar("SELECT seq FROM keygate_change_seq")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert!(current >= seqs[2]);
+    store.pool().close().await;
 }

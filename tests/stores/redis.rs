@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 /// Tests that open, count or kill change-feed connections take this, so they do not see
 /// each other's feeds.
-static FEEDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static FEEDS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn pepper() -> Pepper {
     Pepper::new(1, [7u8; 32]).unwrap()
@@ -44,20 +44,20 @@ fn gate(store: Arc<dyn KeyStore>) -> Keygate {
 }
 
 /// A random namespace; every key under it is removed when the test ends.
-struct Scratch {
+pub(crate) struct Scratch {
     url: String,
     namespace: String,
 }
 
 impl Scratch {
-    fn new(url: &str) -> Self {
+    pub(crate) fn new(url: &str) -> Self {
         Self {
             url: url.to_owned(),
             namespace: format!("keygate-test:{}:", KeyId::random().as_uuid().simple()),
         }
     }
 
-    fn config(&self) -> RedisConfig {
+    pub(crate) fn config(&self) -> RedisConfig {
         RedisConfig::new().namespace(self.namespace.clone())
     }
 
@@ -315,9 +315,36 @@ async fn layout_and_change_notices() {
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].last_used_at, Some(later));
 
-    // Delete removes every trace, with one notice.
+    // Delete removes every trace of the record, with one notice; what stays is the
+    // change sequence: one numbered entry per write (insert, update, delete), none
+    // for last-used times.
     assert!(store.delete(record.id).await.unwrap());
     assert_eq!(recorder.take(1).await, [record.id]);
+    let seq: i64 = redis::cmd("GET")
+        .arg(format!("{v1}change_seq"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let log: Vec<(String, i64)> = redis::cmd("ZRANGE")
+        .arg(format!("{v1}change_log"))
+        .arg(0)
+        .arg(-1)
+        .arg("WITHSCORES")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(log.len() as i64, seq);
+    for (i, (entry, score)) in log.iter().enumerate() {
+        let n = i as i64 + 1;
+        assert_eq!((entry.as_str(), *score), (format!("{n}:{id}").as_str(), n));
+    }
+    for key in ["change_seq", "change_log"] {
+        redis::cmd("DEL")
+            .arg(format!("{v1}{key}"))
+            .exec_async(&mut conn)
+            .await
+            .unwrap();
+    }
     let left: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("{ns}*"))
         .query_async(&mut conn)
@@ -349,7 +376,9 @@ async fn layout_and_change_notices() {
     assert!(matches!(store.get(bad).await, Err(StoreError::Corrupt(_))));
     assert!(store.delete(bad).await.unwrap());
     assert!(store.get(bad).await.unwrap().is_none());
-    assert_eq!(*recorder.resyncs.lock().unwrap(), 0);
+    // One resync: the first heartbeat's (whatever was cached before subscribing may
+    // predate changes the feed never saw); none since, every change came with its number.
+    assert_eq!(*recorder.resyncs.lock().unwrap(), 1);
 
     // The feed ends once the listener is gone.
     let before = feed_clients(&mut conn).await;
@@ -690,7 +719,6 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
         (Mode::Refuse, "server gone"),
         (Mode::Blackhole, "partition"),
     ] {
-        let resyncs = cache_b.stats().resyncs;
         proxy.set(mode);
         let mut times = Vec::new();
         for _ in 0..3 {
@@ -701,6 +729,7 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
         let started = Instant::now();
         assert!(gate.mint(NewKey::new("during", "owner")).await.is_err());
         assert!(started.elapsed() < bound);
+        let syncs = cache_b.stats().syncs;
         proxy.set(Mode::Forward);
         let back = Instant::now();
         let recovery = until_recovered(&gate, key).await;
@@ -712,8 +741,9 @@ async fn outages_are_unavailable_and_heal_by_themselves() {
             "{label}: verify with a 100 ms Keygate store_timeout ok again {impatient_recovery:?} later"
         );
 
-        // The feed noticed (a silent connection by its idle PING), came back and resynced.
-        while cache_b.stats().resyncs == resyncs {
+        // The feed noticed (a silent connection by its heartbeat), came back and proved
+        // it is in sync again.
+        while cache_b.stats().syncs == syncs {
             assert!(
                 back.elapsed() < Duration::from_secs(8),
                 "{label}: node B's feed did not come back"
@@ -893,17 +923,24 @@ async fn a_revoke_on_one_node_reaches_the_other_through_the_feed() {
         .copied()
         .collect();
     assert_eq!(ours.len(), 2, "one feed connection per node: {ours:?}");
-    let resyncs = (cache_a.stats().resyncs, cache_b.stats().resyncs);
     let killed = Instant::now();
     for id in &ours {
         kill_client(&mut conn, *id).await;
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while cache_a.stats().resyncs == resyncs.0 || cache_b.stats().resyncs == resyncs.1 {
+    let syncs = (cache_a.stats().syncs, cache_b.stats().syncs);
+    while feed_clients(&mut conn)
+        .await
+        .difference(&feeds_before)
+        .count()
+        < 2
+        || cache_a.stats().syncs == syncs.0
+        || cache_b.stats().syncs == syncs.1
+    {
         assert!(Instant::now() < deadline, "the feeds did not reconnect");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    eprintln!("feeds resynced {:?} after CLIENT KILL", killed.elapsed());
+    eprintln!("feeds reconnected {:?} after CLIENT KILL", killed.elapsed());
     let now = feed_clients(&mut conn).await;
     assert!(ours.iter().all(|id| !now.contains(id)));
     assert_eq!(now.difference(&feeds_before).count(), 2);

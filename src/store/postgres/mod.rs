@@ -15,9 +15,10 @@ use sqlx::{QueryBuilder, Row};
 use uuid::Uuid;
 
 use super::sql::{self, key_columns, store_error, LegacyTable, Script};
-use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use super::{ChangeListener, FeedConfig, KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
+use crate::limits::NetworkPolicy;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 mod feed;
@@ -44,7 +45,37 @@ const MIGRATIONS: &[Script] = &[
         description: "create keygate_peppers",
         sql: include_str!("../../../migrations/postgres/0004_pepper_fingerprints.sql"),
     },
+    Script {
+        version: 7,
+        description: "add keygate_keys.network",
+        sql: include_str!("../../../migrations/postgres/0007_network_policy.sql"),
+    },
+    Script {
+        version: 8,
+        description: "create the change sequence keygate_change_seq and log keygate_changes",
+        sql: include_str!("../../../migrations/postgres/0008_change_log.sql"),
+    },
 ];
+
+/// The end of every write statement, after a CTE `written` that returns the written
+/// row's `id`: takes the next change number (the counter row's lock is held to commit, so
+/// numbers commit in order, without holes), appends `(seq, id)` to the change log, trims
+/// the log every 1024th change to its latest 100 000 entries ([`CHANGE_LOG_KEEP`]), and
+/// notifies `<seq>:<id>`. Nothing happens when `written` is empty.
+///
+/// [`CHANGE_LOG_KEEP`]: crate::store::CHANGE_LOG_KEEP
+macro_rules! log_and_notify {
+    () => {
+        ", numbered AS (UPDATE keygate_change_seq SET seq = seq + 1 \
+             WHERE EXISTS (SELECT 1 FROM written) RETURNING seq), \
+         logged AS (INSERT INTO keygate_changes (seq, key_id) \
+             SELECT numbered.seq, written.id FROM numbered, written RETURNING seq, key_id), \
+         trimmed AS (DELETE FROM keygate_changes \
+             WHERE seq <= (SELECT seq FROM logged) - 100000 \
+               AND (SELECT seq FROM logged) % 1024 = 0) \
+         SELECT pg_notify('keygate_changes', seq::text || ':' || key_id::text) FROM logged"
+    };
+}
 
 /// The first runner's `keygate_migrations` (see [`LegacyTable`]), in PostgreSQL. The
 /// table is the one `keygate_migrations` resolves to on the `search_path`.
@@ -90,6 +121,9 @@ pub struct PostgresConfig {
     /// Whether [`connect_with`](PostgresStore::connect_with) applies pending migrations.
     /// Default `true`.
     pub migrate: bool,
+    /// The change feed's heartbeat and lease ([`FeedConfig`]); default
+    /// [`FeedConfig::new`].
+    pub feed: FeedConfig,
 }
 
 impl PostgresConfig {
@@ -100,6 +134,7 @@ impl PostgresConfig {
             acquire_timeout: Duration::from_secs(2),
             application_name: None,
             migrate: true,
+            feed: FeedConfig::new(),
         }
     }
 
@@ -126,6 +161,12 @@ impl PostgresConfig {
         self.migrate = migrate;
         self
     }
+
+    /// Sets [`feed`](Self::feed).
+    pub fn feed(mut self, feed: FeedConfig) -> Self {
+        self.feed = feed;
+        self
+    }
 }
 
 impl Default for PostgresConfig {
@@ -136,11 +177,16 @@ impl Default for PostgresConfig {
 
 /// A [`KeyStore`] in PostgreSQL, for many app servers sharing one database.
 ///
-/// Every insert, update and delete sends `NOTIFY keygate_changes, '<key id>'` in its
-/// transaction, and [`subscribe`](KeyStore::subscribe) follows that channel, so a
+/// Every insert, update and delete takes the next number of the change sequence, appends
+/// it with the key id to the table `keygate_changes` and sends
+/// `NOTIFY keygate_changes, '<seq>:<key id>'`, all in its transaction, and
+/// [`subscribe`](KeyStore::subscribe) follows that channel, so a
 /// [`CachedStore`](crate::CachedStore) with
 /// [`follow_changes`](crate::CachedStore::follow_changes) drops a revoked key as soon as
-/// the revoking node commits. Records hold hashes only, never a plaintext key.
+/// the revoking node commits. A lost notice cannot undo a revoke: the feed reads the
+/// sequence every [`FeedConfig::heartbeat`] on its own connection and replays what it
+/// missed, and the cache stops serving from memory when the feed cannot prove it is up
+/// to date (bound: [`FeedConfig`]). Records hold hashes only, never a plaintext key.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -159,6 +205,7 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    feed: FeedConfig,
 }
 
 impl PostgresStore {
@@ -201,7 +248,10 @@ impl PostgresStore {
             .connect_with(connect)
             .await
             .map_err(store_error)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            feed: config.feed,
+        };
         if config.migrate {
             store.migrate().await?;
         }
@@ -212,7 +262,17 @@ impl PostgresStore {
     /// (`PgPoolOptions::connect_lazy`) so the app can start while the database is down.
     /// Migrations are *not* applied: call [`migrate`](Self::migrate).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            feed: FeedConfig::new(),
+        }
+    }
+
+    /// This store with the change feed's settings `feed` (for a store made by
+    /// [`from_pool`](Self::from_pool); [`PostgresConfig::feed`] otherwise).
+    pub fn with_feed(mut self, feed: FeedConfig) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// The connection pool.
@@ -308,6 +368,7 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let format: String = row.try_get("format").map_err(store_error)?;
     let scopes: Option<Json<BTreeSet<String>>> = row.try_get("scopes").map_err(store_error)?;
     let metadata: Json<Metadata> = row.try_get("metadata").map_err(store_error)?;
+    let network: Option<Json<NetworkPolicy>> = row.try_get("network").map_err(store_error)?;
     Ok(KeyRecord {
         id: KeyId::from(id),
         format: sql::format_from(&format)?,
@@ -327,6 +388,7 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         active: row.try_get("active").map_err(store_error)?,
         scopes: scopes.map(|s| s.0),
         metadata: metadata.0,
+        network: network.map(|n| n.0).unwrap_or_default(),
     })
 }
 
@@ -339,7 +401,7 @@ fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`, as the
+/// Binds every column of `record` in [`key_columns`] order to `$1`..`$17`, as the
 /// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
     let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
@@ -360,17 +422,18 @@ fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
         .bind(record.scopes.as_ref().map(Json))
         .bind(Json(&record.metadata))
         .bind(hash_scheme)
+        .bind((!record.network.is_unrestricted()).then_some(Json(&record.network)))
 }
 
 #[async_trait]
 impl KeyStore for PostgresStore {
     async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
         let query = sqlx::query(concat!(
-            "WITH inserted AS (INSERT INTO keygate_keys (",
+            "WITH written AS (INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
-             RETURNING id) \
-             SELECT pg_notify('keygate_changes', id::text) FROM inserted"
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17) \
+             RETURNING id)",
+            log_and_notify!()
         ));
         match bind_record(query, &record).execute(&self.pool).await {
             Ok(_) => Ok(()),
@@ -409,14 +472,14 @@ impl KeyStore for PostgresStore {
         };
         let mut record = decode(&row)?;
         patch.apply(&mut record)?; // an error drops (rolls back) the transaction
-        let query = sqlx::query(
-            "WITH updated AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
+        let query = sqlx::query(concat!(
+            "WITH written AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
              hash_digest = $4, name = $5, description = $6, owner_id = $7, created_by = $8, \
              created_at = $9, updated_at = $10, expires_at = $11, last_used_at = $12, \
-             active = $13, scopes = $14, metadata = $15, hash_scheme = $16 \
-             WHERE id = $1 RETURNING id) \
-             SELECT pg_notify('keygate_changes', id::text) FROM updated",
-        );
+             active = $13, scopes = $14, metadata = $15, hash_scheme = $16, network = $17 \
+             WHERE id = $1 RETURNING id)",
+            log_and_notify!()
+        ));
         bind_record(query, &record)
             .execute(&mut *tx)
             .await
@@ -426,10 +489,10 @@ impl KeyStore for PostgresStore {
     }
 
     async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "WITH deleted AS (DELETE FROM keygate_keys WHERE id = $1 RETURNING id) \
-             SELECT pg_notify('keygate_changes', id::text) FROM deleted",
-        )
+        let done = sqlx::query(concat!(
+            "WITH written AS (DELETE FROM keygate_keys WHERE id = $1 RETURNING id)",
+            log_and_notify!()
+        ))
         .bind(*id.as_uuid())
         .execute(&self.pool)
         .await
@@ -495,15 +558,21 @@ impl KeyStore for PostgresStore {
     }
 
     /// Follows `NOTIFY keygate_changes` on a dedicated connection (application name
-    /// `<name>-listener`). If that connection drops, the feed reconnects with backoff and
-    /// then calls [`ChangeListener::resync`]; it stops once `listener` is dropped.
+    /// `<name>-listener`), reading the change sequence on it every
+    /// [`FeedConfig::heartbeat`] to replay what was missed and renew the listener's lease
+    /// ([`ChangeListener::synced`]). If that connection drops or goes silent, the feed
+    /// reconnects with backoff and replays from its last sequence number (or calls
+    /// [`ChangeListener::resync`] when the log no longer reaches back that far); it stops
+    /// once `listener` is dropped. The first heartbeat (which resyncs the listener) is
+    /// done before this returns.
     ///
     /// # Errors
     ///
     /// [`StoreError::Timeout`] or [`StoreError::Backend`] if the first connection cannot
-    /// be made or `LISTEN` fails.
+    /// be made, `LISTEN` fails, or the change sequence cannot be read (a database without
+    /// migration 8, e.g. one opened with [`PostgresConfig::migrate`] off and not migrated).
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
-        feed::subscribe(&self.pool, listener).await
+        feed::subscribe(&self.pool, self.feed, listener).await
     }
 
     async fn remember_pepper(

@@ -1,9 +1,14 @@
 //! The change feed of a [`RedisStore`]: a pub/sub subscription on a RESP3 connection of
-//! its own, passing each notice to a [`ChangeListener`] from a spawned task, reconnecting
-//! with backoff (then [`ChangeListener::resync`]) until the listener is dropped.
+//! its own, passing each notice to a [`ChangeListener`] from a spawned task, with a
+//! heartbeat that reads the change sequence on that same connection (replaying what a lost
+//! notice or a reconnect missed, and renewing the listener's lease, [`FeedConfig`]),
+//! reconnecting with backoff until the listener is dropped. The same loop as the
+//! PostgreSQL feed's (see there).
 
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use ::redis::aio::MultiplexedConnection;
 use ::redis::{
@@ -12,12 +17,10 @@ use ::redis::{
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::conn::{backend, connect_limit, Supervisor};
+use super::scripts::{self, Keys};
 use super::{ChangeListener, RedisStore, StoreError};
-use crate::key::KeyId;
+use crate::store::{later, parse_notice, FeedConfig, Next, Sequence, MAX_REPLAY};
 
-/// How often an idle change feed checks that its listener is still alive and PINGs the
-/// server (to notice a connection that died without closing).
-const FEED_TICK: Duration = Duration::from_secs(2);
 /// First and longest pause between change-feed reconnection attempts (doubling).
 const FEED_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const FEED_BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -26,14 +29,22 @@ const FEED_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// connection plus a response timeout) and spawns the task that follows the feed.
 pub(super) async fn subscribe(
     supervisor: &Supervisor,
-    channel: &str,
+    keys: Arc<Keys>,
     listener: Weak<dyn ChangeListener>,
 ) -> Result<(), StoreError> {
-    let feed = Feed::new(supervisor, channel)?;
-    let connection = match tokio::time::timeout(feed.connect_limit, feed.connect()).await {
+    let mut feed = Feed::new(supervisor, keys)?;
+    let mut connection = match tokio::time::timeout(feed.connect_limit, feed.connect()).await {
         Ok(result) => result.map_err(backend)?,
         Err(_) => return Err(StoreError::Timeout),
     };
+    if let Some(strong) = listener.upgrade() {
+        // The listener holds a lease once this returns.
+        let limit = feed.connect_limit;
+        match tokio::time::timeout(limit, feed.heartbeat(&mut connection.0, &*strong)).await {
+            Ok(result) => result.map_err(backend)?,
+            Err(_) => return Err(StoreError::Timeout),
+        }
+    }
     tokio::spawn(feed.run(connection, listener));
     Ok(())
 }
@@ -41,16 +52,18 @@ pub(super) async fn subscribe(
 /// The change feed of one subscription.
 struct Feed {
     client: Client,
-    channel: String,
+    keys: Arc<Keys>,
     connection_timeout: Duration,
     response_timeout: Duration,
     connect_limit: Duration,
+    config: FeedConfig,
+    sequence: Sequence,
 }
 
 type FeedConnection = (MultiplexedConnection, UnboundedReceiver<PushInfo>);
 
 impl Feed {
-    fn new(supervisor: &Supervisor, channel: &str) -> Result<Self, StoreError> {
+    fn new(supervisor: &Supervisor, keys: Arc<Keys>) -> Result<Self, StoreError> {
         // Subscribed RESP3 connections still answer PING and take pushes through a plain
         // channel, so the feed needs no stream machinery.
         let info = supervisor.client.get_connection_info().clone();
@@ -62,10 +75,12 @@ impl Feed {
         let config = &supervisor.config;
         Ok(Self {
             client,
-            channel: channel.to_owned(),
+            keys,
             connection_timeout: config.connection_timeout,
             response_timeout: config.response_timeout,
             connect_limit: connect_limit(config),
+            config: config.feed,
+            sequence: Sequence::default(),
         })
     }
 
@@ -85,68 +100,97 @@ impl Feed {
             .arg(RedisStore::FEED_CLIENT_NAME)
             .exec_async(&mut connection)
             .await;
-        connection.subscribe(&self.channel).await?;
+        connection.subscribe(&self.keys.channel).await?;
         Ok((connection, receiver))
     }
 
-    async fn run(self, connection: FeedConnection, listener: Weak<dyn ChangeListener>) {
+    async fn run(mut self, connection: FeedConnection, listener: Weak<dyn ChangeListener>) {
         let (mut connection, mut receiver) = connection;
         loop {
             if !self.follow(&mut connection, &mut receiver, &listener).await {
                 return;
             }
-            tracing::warn!(target: "keygate", channel = %self.channel, "redis change feed lost; reconnecting");
+            tracing::warn!(target: "keygate", channel = %self.keys.channel, "redis change feed lost; reconnecting");
             drop(receiver);
             let Some(fresh) = self.reconnect(&listener).await else {
                 return;
             };
+            // `follow` replays what was missed at once.
             (connection, receiver) = fresh;
-            // Notices published while the feed was down are lost.
-            let Some(listener) = listener.upgrade() else {
-                return;
-            };
-            listener.resync();
-            tracing::info!(target: "keygate", channel = %self.channel, "redis change feed reconnected; cache resynced");
+            tracing::info!(target: "keygate", channel = %self.keys.channel, "redis change feed reconnected; replaying from the change log");
         }
+    }
+
+    /// Reads the change sequence on the feed's connection, passes on what was missed and
+    /// renews the listener's lease from the moment the read was sent.
+    async fn heartbeat(
+        &mut self,
+        connection: &mut MultiplexedConnection,
+        listener: &dyn ChangeListener,
+    ) -> Result<(), RedisError> {
+        let sent = Instant::now();
+        let (current, entries) =
+            scripts::read_log(connection, &self.keys, self.sequence.last(), MAX_REPLAY).await?;
+        if self.sequence.replay(listener, current, &entries) {
+            tracing::info!(target: "keygate", current, "redis change feed could not replay the change log; cache cleared");
+        }
+        listener.synced(later(sent, self.config.lease()));
+        Ok(())
     }
 
     /// Passes notices on until the connection fails (`true`) or the listener is gone
     /// (`false`).
     async fn follow(
-        &self,
+        &mut self,
         connection: &mut MultiplexedConnection,
         receiver: &mut UnboundedReceiver<PushInfo>,
         listener: &Weak<dyn ChangeListener>,
     ) -> bool {
+        // The first heartbeat is immediate: after a reconnect, replay at once.
+        let mut next_beat = Instant::now();
         loop {
-            match tokio::time::timeout(FEED_TICK, receiver.recv()).await {
+            let catch_up = match tokio::time::timeout_at(next_beat, receiver.recv()).await {
                 Ok(Some(push)) => match push.kind {
                     PushKind::Message => {
-                        let Some(listener) = listener.upgrade() else {
+                        let Some(strong) = listener.upgrade() else {
                             return false;
                         };
-                        match Msg::from_push_info(push).and_then(|m| parse_id(&m)) {
-                            Some(id) => listener.changed(id),
-                            None => {
-                                tracing::debug!(target: "keygate", channel = %self.channel, "ignoring a malformed change notice")
+                        let notice = Msg::from_push_info(push).and_then(|m| {
+                            parse_notice(std::str::from_utf8(m.get_payload_bytes()).ok()?)
+                        });
+                        match notice {
+                            Some((seq, id)) => {
+                                self.sequence.notice(&*strong, seq, id) == Next::CatchUp
                             }
+                            // Not ours to interpret: the safe answer is to read the log.
+                            None => true,
                         }
                     }
                     PushKind::Disconnection => return true,
-                    _ => {}
+                    _ => false,
                 },
                 Ok(None) => return true,
-                Err(_idle) => {
-                    if listener.strong_count() == 0 {
-                        return false;
-                    }
-                    let ping = ::redis::cmd("PING");
-                    match tokio::time::timeout(self.response_timeout, ping.exec_async(connection))
-                        .await
-                    {
-                        Ok(Ok(())) => {}
-                        _ => return true,
-                    }
+                Err(_beat) => {
+                    next_beat = later(Instant::now(), self.config.period());
+                    true
+                }
+            };
+            if !catch_up {
+                continue;
+            }
+            let Some(strong) = listener.upgrade() else {
+                return false;
+            };
+            let limit = self.config.give_up_after();
+            match tokio::time::timeout(limit, self.heartbeat(connection, &*strong)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::warn!(target: "keygate", %error, "redis change feed heartbeat failed");
+                    return true;
+                }
+                Err(_) => {
+                    tracing::warn!(target: "keygate", "redis change feed heartbeat unanswered");
+                    return true;
                 }
             }
         }
@@ -171,11 +215,4 @@ impl Feed {
             delay = delay.saturating_mul(2).min(FEED_BACKOFF_MAX);
         }
     }
-}
-
-fn parse_id(message: &Msg) -> Option<KeyId> {
-    std::str::from_utf8(message.get_payload_bytes())
-        .ok()?
-        .parse()
-        .ok()
 }

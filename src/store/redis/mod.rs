@@ -24,7 +24,7 @@ use chrono::{DateTime, Utc};
 
 use self::conn::{backend, Supervisor};
 use self::scripts::{Cas, Entry, Keys};
-use super::{ChangeListener, KeyStore, ListQuery, StoreError};
+use super::{ChangeListener, FeedConfig, KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{KeyPatch, KeyRecord};
@@ -63,6 +63,10 @@ pub struct RedisConfig {
     /// fails with [`StoreError::Timeout`]. Also the per-command response timeout of the
     /// underlying connection. Default 1 s.
     pub response_timeout: Duration,
+    /// The change feed's heartbeat and lease ([`FeedConfig`]); default
+    /// [`FeedConfig::new`]. The feed's heartbeat is also bounded by
+    /// [`response_timeout`](Self::response_timeout).
+    pub feed: FeedConfig,
 }
 
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
@@ -73,7 +77,14 @@ impl RedisConfig {
             namespace: "keygate:".to_owned(),
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
+            feed: FeedConfig::new(),
         }
+    }
+
+    /// Sets [`feed`](Self::feed).
+    pub fn feed(mut self, feed: FeedConfig) -> Self {
+        self.feed = feed;
+        self
     }
 
     /// Sets [`namespace`](Self::namespace).
@@ -128,7 +139,9 @@ impl Default for RedisConfig {
 /// | `keygate:v1:last_used` | hash | field `<id>`: `last_used_at` in Unix microseconds |
 /// | `keygate:v1:created` | sorted set | every record's position (below), all scores 0 |
 /// | `keygate:v1:owner:<owner>` | sorted set | the owner's records' positions, likewise |
-/// | `keygate:changes` | pub/sub channel | the id of every inserted, updated or deleted record |
+/// | `keygate:v1:change_seq` | string | the change sequence: the number of the latest change |
+/// | `keygate:v1:change_log` | sorted set | `<seq>:<id>` scored `<seq>`, for the latest 100 000 changes |
+/// | `keygate:changes` | pub/sub channel | `<seq>:<id>` of every inserted, updated or deleted record |
 /// | `keygate:peppers` | hash | field `<version>`: that pepper version's [`PepperFingerprint`] (32 bytes) |
 ///
 /// A record's position is `<created_at>:<id>`: its `created_at` in Unix microseconds plus
@@ -143,7 +156,9 @@ impl Default for RedisConfig {
 /// here and writes it back only if the record is unchanged (else it re-reads), so
 /// concurrent updates never lose each other. Last-used times live in their own hash so a
 /// batch never rewrites records; they are kept to the microsecond and publish no change
-/// notices.
+/// notices. Every other write script also takes the next change number (`INCR`), logs
+/// and publishes it, so a feed that missed a notice replays it from the log (see
+/// [`FeedConfig`]).
 ///
 /// A record's JSON is private to this store, versioned by its `schema` field (1), with
 /// exactly the fields `schema`, `id`, `format` (`"opaque"` or `"jwt"`), `hash`
@@ -471,12 +486,15 @@ impl KeyStore for RedisStore {
     }
 
     /// Subscribes to `<namespace>changes` on a connection of its own and calls
-    /// [`ChangeListener::changed`] for every notice, from a spawned task. That task
-    /// reconnects with backoff when the connection drops (then calls
-    /// [`ChangeListener::resync`]) and ends within a few seconds of the listener being
-    /// dropped. Fails if the first subscription cannot be made.
+    /// [`ChangeListener::changed`] for every notice, from a spawned task, which also reads
+    /// the change sequence on that connection every [`FeedConfig::heartbeat`] (replaying
+    /// what was missed, renewing the listener's lease). The task reconnects with backoff
+    /// when the connection drops or goes silent (then replays from its last sequence
+    /// number, or calls [`ChangeListener::resync`] if the log no longer reaches back that
+    /// far) and ends within a heartbeat of the listener being dropped. Fails if the first
+    /// subscription or heartbeat cannot be made.
     async fn subscribe(&self, listener: Weak<dyn ChangeListener>) -> Result<bool, StoreError> {
-        feed::subscribe(&self.conn, &self.keys.channel, listener).await?;
+        feed::subscribe(&self.conn, self.keys.clone(), listener).await?;
         Ok(true)
     }
 

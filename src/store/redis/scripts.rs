@@ -21,6 +21,10 @@ pub(super) struct Keys {
     last_used: String,
     owner_prefix: String,
     pub(super) channel: String,
+    /// The change sequence's counter (string) and log (sorted set, score = member's
+    /// number, member `<seq>:<id>`).
+    pub(super) change_seq: String,
+    pub(super) change_log: String,
 }
 
 impl Keys {
@@ -31,6 +35,8 @@ impl Keys {
             last_used: format!("{ns}v1:last_used"),
             owner_prefix: format!("{ns}v1:owner:"),
             channel: format!("{ns}changes"),
+            change_seq: format!("{ns}v1:change_seq"),
+            change_log: format!("{ns}v1:change_log"),
         }
     }
 
@@ -127,11 +133,33 @@ pub(super) async fn fetch(
         .await
 }
 
-// KEYS: record, created, owner index, last_used.
+/// The Lua function every write script ends with: takes the next change number, logs
+/// `<seq>:<id>` under it (trimming the log every 1024th change to its latest 100 000
+/// entries, [`CHANGE_LOG_KEEP`](crate::store::CHANGE_LOG_KEEP)) and publishes the same.
+/// In the script, so atomic with the write: a node that read the counter at n finds every
+/// change up to n in the log (unless trimmed).
+macro_rules! log_change_lua {
+    () => {
+        r#"
+local function log_change(seq_key, log_key, channel, id)
+  local seq = redis.call('INCR', seq_key)
+  local entry = string.format('%d', seq) .. ':' .. id
+  redis.call('ZADD', log_key, seq, entry)
+  if seq % 1024 == 0 then
+    redis.call('ZREMRANGEBYSCORE', log_key, '-inf', seq - 100000)
+  end
+  redis.call('PUBLISH', channel, entry)
+end
+"#
+    };
+}
+
+// KEYS: record, created, owner index, last_used, change_seq, change_log.
 // ARGV: json, id, channel, last-used micros or "", position.
 // 1 inserted, 0 the id exists.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        log_change_lua!(),
         r#"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
@@ -142,10 +170,10 @@ if ARGV[4] == '' then
 else
   redis.call('HSET', KEYS[4], ARGV[2], ARGV[4])
 end
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+log_change(KEYS[5], KEYS[6], ARGV[3], ARGV[2])
 return 1
 "#,
-    )
+    ))
 });
 
 /// Writes a new record and indexes it at `entry`; `false` if the id exists.
@@ -165,6 +193,8 @@ pub(super) async fn insert(
         .key(&keys.created)
         .key(keys.index(Some(&entry.owner)))
         .key(&keys.last_used)
+        .key(&keys.change_seq)
+        .key(&keys.change_log)
         .arg(json)
         .arg(id)
         .arg(&keys.channel)
@@ -175,12 +205,13 @@ pub(super) async fn insert(
     Ok(inserted == 1)
 }
 
-// KEYS: record, created, old owner index, new owner index.
+// KEYS: record, created, old owner index, new owner index, change_seq, change_log.
 // ARGV: sha1 of the JSON the patch was applied to, new json, id, channel, old position,
 // new position.
 // 1 written, 0 the record changed meanwhile, -1 it is gone.
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        log_change_lua!(),
         r#"
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
@@ -194,10 +225,10 @@ if KEYS[3] ~= KEYS[4] or ARGV[5] ~= ARGV[6] then
   redis.call('ZREM', KEYS[3], ARGV[5])
   redis.call('ZADD', KEYS[4], 0, ARGV[6])
 end
-redis.call('PUBLISH', ARGV[4], ARGV[3])
+log_change(KEYS[5], KEYS[6], ARGV[4], ARGV[3])
 return 1
 "#,
-    )
+    ))
 });
 
 /// Replaces the record read as `read` (indexed at `old`) by `json` (indexed at `new`),
@@ -214,6 +245,8 @@ pub(super) async fn update(
         .key(&keys.created)
         .key(keys.index(Some(&old.owner)))
         .key(keys.index(Some(&new.owner)))
+        .key(&keys.change_seq)
+        .key(&keys.change_log)
         .arg(sha1_hex(read))
         .arg(json)
         .arg(id)
@@ -225,11 +258,13 @@ pub(super) async fn update(
     Ok(Cas::of(written))
 }
 
-// KEYS: record, created, owner index (or created again when unknown), last_used.
+// KEYS: record, created, owner index (or created again when unknown), last_used,
+// change_seq, change_log.
 // ARGV: sha1 of the JSON read, id, channel, position ("" when unknown).
 // 1 deleted, 0 the record changed meanwhile, -1 there was none.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        log_change_lua!(),
         r#"
 local current = redis.call('GET', KEYS[1])
 if not current then return -1 end
@@ -240,10 +275,10 @@ if ARGV[4] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[4])
 end
 redis.call('HDEL', KEYS[4], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+log_change(KEYS[5], KEYS[6], ARGV[3], ARGV[2])
 return 1
 "#,
-    )
+    ))
 });
 
 /// Deletes the record read as `read`, unless it changed since, and its index entries
@@ -265,6 +300,8 @@ pub(super) async fn delete(
         .key(&keys.created)
         .key(owner_index)
         .key(&keys.last_used)
+        .key(&keys.change_seq)
+        .key(&keys.change_log)
         .arg(sha1_hex(read))
         .arg(id)
         .arg(&keys.channel)
@@ -272,6 +309,48 @@ pub(super) async fn delete(
         .invoke_async(conn)
         .await?;
     Ok(Cas::of(deleted))
+}
+
+// KEYS: change_seq, change_log. ARGV: the last number seen (-1: none), most entries.
+// {current, {entries after the last seen, up to current}}; no entries when there is
+// nothing to replay or more than the most (the caller then resyncs).
+static READ_LOG: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local current = tonumber(redis.call('GET', KEYS[1]) or '0')
+local last = tonumber(ARGV[1])
+if last < 0 or current <= last or current - last > tonumber(ARGV[2]) then
+  return {current, {}}
+end
+return {current, redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[1], current)}
+"#,
+    )
+});
+
+/// The change counter and the log entries after `after` up to it (`(seq, id)`
+/// ascending), in one atomic read; at most `max` entries (none when there are more).
+/// Entries that do not parse are left out (the caller then sees a hole and resyncs).
+pub(super) async fn read_log<C: ::redis::aio::ConnectionLike>(
+    conn: &mut C,
+    keys: &Keys,
+    after: Option<i64>,
+    max: i64,
+) -> Result<(i64, Vec<(i64, KeyId)>), RedisError> {
+    let (current, entries): (i64, Vec<String>) = READ_LOG
+        .key(&keys.change_seq)
+        .key(&keys.change_log)
+        .arg(after.unwrap_or(-1))
+        .arg(max)
+        .invoke_async(conn)
+        .await?;
+    let entries = entries
+        .iter()
+        .filter_map(|entry| match crate::store::parse_notice(entry)? {
+            (Some(seq), id) => Some((seq, id)),
+            (None, _) => None,
+        })
+        .collect();
+    Ok((current, entries))
 }
 
 // KEYS: last_used, then the record key of each pair. ARGV: id1, micros1, id2, micros2, ...

@@ -8,6 +8,12 @@
 //! nothing else may be: a missing `scopes`, `expires_at` or `hash` read as a default would
 //! be unscoped, never-expiring or signature-only, i.e. failing open. Anything else, or a
 //! `schema` other than [`SCHEMA`], is [`StoreError::Corrupt`].
+//!
+//! One exception, `network` (allowed networks and origins): written only for a key that
+//! has a restriction, and absent means none. Records written before keygate had network
+//! restrictions have no such field and are unrestricted; an unrestricted record stays
+//! byte-for-byte what older versions write; and an older version that meets a restricted
+//! record refuses it as corrupt (an unknown field), rather than ignoring the restriction.
 
 use std::collections::BTreeSet;
 
@@ -18,6 +24,7 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{AllowedOrigin, Cidr, NetworkPolicy};
 use crate::record::{KeyRecord, Metadata};
 
 /// The `schema` every record written by this version carries, and the only one it reads.
@@ -48,6 +55,27 @@ struct StoredRecord {
     #[serde(deserialize_with = "Option::deserialize")]
     scopes: Option<BTreeSet<String>>,
     metadata: Metadata,
+    /// Absent: unrestricted (see the module docs). Present: both lists, strictly.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present"
+    )]
+    network: Option<StoredNetwork>,
+}
+
+/// A field that, when present, must hold a value (`null` is not "none" here).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<StoredNetwork>, D::Error> {
+    StoredNetwork::deserialize(d).map(Some)
+}
+
+/// A key's network restrictions as stored: canonical CIDR and origin texts, both lists
+/// required; an entry that does not parse is corrupt.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredNetwork {
+    cidrs: Vec<Cidr>,
+    origins: Vec<AllowedOrigin>,
 }
 
 /// A stored hash: every field required.
@@ -154,6 +182,10 @@ pub(super) fn encode(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
         active: record.active,
         scopes: record.scopes.clone(),
         metadata: record.metadata.clone(),
+        network: (!record.network.is_unrestricted()).then(|| StoredNetwork {
+            cidrs: record.network.cidrs().to_vec(),
+            origins: record.network.origins().to_vec(),
+        }),
     };
     serde_json::to_vec(&stored).map_err(StoreError::backend)
 }
@@ -191,6 +223,11 @@ pub(super) fn decode(
         active: stored.active,
         scopes: stored.scopes,
         metadata: stored.metadata,
+        network: stored.network.map_or_else(NetworkPolicy::new, |n| {
+            NetworkPolicy::new()
+                .with_cidrs(n.cidrs)
+                .with_origins(n.origins)
+        }),
     })
 }
 
@@ -271,6 +308,41 @@ mod tests {
             decode(id, &json, Some(b"yesterday")),
             Err(StoreError::Corrupt(_))
         ));
+    }
+
+    #[test]
+    fn network_is_written_only_when_restricted_and_read_strictly() {
+        let id = KeyId::random();
+        // Records from before network restrictions: unrestricted.
+        let old = decodes(&schema_1(id), id).unwrap();
+        assert!(old.network.is_unrestricted());
+        // An unrestricted record is written as before, without the field.
+        let json: serde_json::Value = serde_json::from_slice(&encode(&old).unwrap()).unwrap();
+        assert!(json.get("network").is_none());
+        let mut restricted = schema_1(id);
+        restricted["network"] = serde_json::json!({
+            "cidrs": ["10.0.0.0/8", "2001:db8::/32"], "origins": ["https://a.example:8443"]
+        });
+        let record = decodes(&restricted, id).unwrap();
+        assert_eq!(record.network.cidrs().len(), 2);
+        assert_eq!(record.network.origins().len(), 1);
+        let json: serde_json::Value = serde_json::from_slice(&encode(&record).unwrap()).unwrap();
+        assert_eq!(json["network"], restricted["network"]);
+        for bad in [
+            serde_json::json!(null),
+            serde_json::json!([]),
+            serde_json::json!({"cidrs": ["10.0.0.0/8"]}),
+            serde_json::json!({"cidrs": ["10.1.0.0/8"], "origins": []}),
+            serde_json::json!({"cidrs": [], "origins": ["a.example"]}),
+            serde_json::json!({"cidrs": [], "origins": [], "hosts": []}),
+        ] {
+            let mut value = schema_1(id);
+            value["network"] = bad.clone();
+            assert!(
+                matches!(decodes(&value, id), Err(StoreError::Corrupt(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
@@ -360,6 +432,12 @@ mod tests {
             active: false,
             scopes: Some(BTreeSet::from(["a:read".to_owned()])),
             metadata,
+            network: NetworkPolicy::new()
+                .with_cidrs([
+                    "10.0.0.0/8".parse().unwrap(),
+                    "2001:db8::/32".parse().unwrap(),
+                ])
+                .with_origins(["https://*.example.com".parse().unwrap()]),
         }
     }
 
