@@ -7,9 +7,12 @@
 //! - `keygate_test_redis`: `KEYGATE_TEST_REDIS_URL` is set.
 //! - `keygate_test_node`: the Node interop fixture is installed (`npm ci` in
 //!   `tests/fixtures/node`).
+//! - `keygate_test_tls`: the TLS servers of `.ci/tls.sh` are configured:
+//!   `KEYGATE_TEST_POSTGRES_TLS_URL`, `KEYGATE_TEST_REDIS_TLS_URL`, `KEYGATE_TEST_TLS_CA`
+//!   and `KEYGATE_TEST_TLS_WRONG_CA` are all set (`eval "$(.ci/tls.sh start)"`).
 //!
-//! Under `CI=true` all three are set: CI runs every test, and one whose service is missing
-//! fails.
+//! Under `CI=true` all of them are set: CI runs every test, and one whose service is
+//! missing fails.
 
 use std::path::Path;
 
@@ -28,6 +31,23 @@ fn main() {
         if set || ci {
             println!("cargo::rustc-cfg={cfg}");
         }
+    }
+
+    println!("cargo::rustc-check-cfg=cfg(keygate_test_tls)");
+    let tls_vars = [
+        "KEYGATE_TEST_POSTGRES_TLS_URL",
+        "KEYGATE_TEST_REDIS_TLS_URL",
+        "KEYGATE_TEST_TLS_CA",
+        "KEYGATE_TEST_TLS_WRONG_CA",
+    ];
+    for var in tls_vars {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let tls_set = tls_vars
+        .iter()
+        .all(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
+    if tls_set || ci {
+        println!("cargo::rustc-cfg=keygate_test_tls");
     }
 
     println!("cargo::rustc-check-cfg=cfg(keygate_test_node)");

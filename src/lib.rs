@@ -287,6 +287,15 @@
 //! with the conformance suite in [`testing`] (feature `testing`), which keygate runs against
 //! every store it ships.
 //!
+//! **TLS** (feature `tls`: rustls on ring, no OpenSSL) is asked for in the URL: PostgreSQL's
+//! `sslmode=require|verify-ca|verify-full` with `sslrootcert=/path/ca.pem`, Redis's
+//! `rediss://` with [`RedisConfig::tls_root_cert`] (or `?sslrootcert=` in a URL given to
+//! [`open_store`]). keygate never falls back to cleartext: only `sslmode=disable` is
+//! cleartext to a remote PostgreSQL (PostgreSQL's default, `prefer`, means `require`), and
+//! a build without `tls` refuses a URL that asks for TLS with
+//! [`StoreError::TlsUnavailable`]. The rules, and why `verify-full` beats `verify-ca`:
+//! [`PostgresStore`]'s and [`RedisStore`]'s "TLS" sections.
+//!
 //! **Schema and migrations.** SQL stores keep everything in one table, `keygate_keys`: `id`
 //! (UUID primary key), `format`, `hash_version` + `hash_digest` + `hash_scheme` (the HMAC and
 //! what it covers, never the key), `name`, `description`, `owner_id`, `created_by`,

@@ -43,7 +43,8 @@ use keygate_cli::{chain, redact_url};
 #[derive(Parser)]
 #[command(name = "keygate", version, about = "Manage keygate API keys", long_about = None)]
 struct Cli {
-    /// Store URL: sqlite://path, postgres://…, redis://… [default: sqlite://keygate.db]
+    /// Store URL: sqlite://path, postgres://… (TLS: ?sslmode=verify-full&sslrootcert=ca.pem),
+    /// redis://… or rediss://… (?sslrootcert=ca.pem) [default: sqlite://keygate.db]
     #[arg(long, env = "KEYGATE_DB", global = true)]
     db: Option<String>,
 
@@ -209,7 +210,10 @@ fn store_exit_code(error: &StoreError) -> u8 {
 }
 
 fn is_config_error(error: &StoreError) -> bool {
-    if matches!(error, StoreError::InvalidUrl(_)) {
+    if matches!(
+        error,
+        StoreError::InvalidUrl(_) | StoreError::TlsUnavailable(_)
+    ) {
         return true;
     }
     let mut source = std::error::Error::source(error);
@@ -668,7 +672,8 @@ async fn connect_failure(url: &str) -> Option<String> {
     if !matches!(scheme.as_deref(), Some("postgres" | "postgresql")) {
         return None;
     }
-    let options: keygate::sqlx::postgres::PgConnectOptions = url.parse().ok()?;
+    // With keygate's TLS rules, as the store connected: never a cleartext retry.
+    let options = keygate::PostgresStore::connect_options(url).ok()?;
     match tokio::time::timeout(PROBE_TIMEOUT, options.connect()).await {
         Ok(Err(error)) => Some(chain(&error)),
         Ok(Ok(_)) | Err(_) => None,

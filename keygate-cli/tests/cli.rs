@@ -572,6 +572,73 @@ async fn redis_workflow() {
     .await;
 }
 
+/// The TLS servers of `.ci/tls.sh`, and their CA files: `(postgres, redis, ca, wrong_ca)`.
+#[cfg(feature = "tls")]
+fn tls_servers() -> Option<(String, String, String, String)> {
+    Some((
+        support::tls_setting("KEYGATE_TEST_POSTGRES_TLS_URL")?,
+        support::tls_setting("KEYGATE_TEST_REDIS_TLS_URL")?,
+        support::tls_setting("KEYGATE_TEST_TLS_CA")?,
+        support::tls_setting("KEYGATE_TEST_TLS_WRONG_CA")?,
+    ))
+}
+
+/// Store URLs that ask for TLS, with the server's CA: the whole workflow works over
+/// `verify-full` and `rediss://` (both servers refuse cleartext).
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_workflow() {
+    let Some((postgres, redis, ca, _)) = tls_servers() else {
+        return;
+    };
+    for db in [
+        format!("{postgres}?sslmode=verify-full&sslrootcert={ca}"),
+        format!("{redis}?sslrootcert={ca}"),
+    ] {
+        full_workflow(&Cli {
+            db,
+            prefix: "clitls".into(),
+        })
+        .await;
+    }
+}
+
+/// A certificate from another CA is the store's failure (3), saying why once; a URL that
+/// turns the check off is the operator's configuration (2). Nothing is connected in
+/// cleartext.
+#[cfg(feature = "tls")]
+#[test]
+fn tls_refusals_say_why() {
+    let Some((postgres, redis, _, wrong_ca)) = tls_servers() else {
+        return;
+    };
+    for db in [
+        format!("{postgres}?sslmode=verify-full&sslrootcert={wrong_ca}"),
+        format!("{redis}?sslrootcert={wrong_ca}"),
+    ] {
+        let cli = Cli {
+            db: db.clone(),
+            prefix: "clitls".into(),
+        };
+        let out = cli.run(&["list"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(3), "{db}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{db}: {err}");
+        assert!(
+            err.contains("UnknownIssuer") || err.contains("unknown issuer"),
+            "{db}: {err}"
+        );
+    }
+    let cli = Cli {
+        db: format!("{redis}#insecure"),
+        prefix: "clitls".into(),
+    };
+    let out = cli.run(&["list"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("#insecure"), "{err}");
+}
+
 /// A store nobody listens on: exit 3, one line, the driver's cause said exactly once
 /// (it used to be said twice for Redis, and lost behind "timed out" for PostgreSQL).
 #[test]

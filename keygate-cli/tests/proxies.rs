@@ -157,6 +157,20 @@ permissions = []
         r#"{"name":"podcasts only","userId":"reader","scopes":["podcast:read"]}"#,
     );
     let (guest, _) = mint(&admin_key, r#"{"name":"guest","userId":"guest"}"#);
+    // Network and origin restrictions, checked against the client the proxy forwards
+    // (this test's client is 127.0.0.1; keygate trusts loopback proxies by default).
+    let (local, _) = mint(
+        &admin_key,
+        r#"{"name":"local","userId":"reader","allowedCidrs":["127.0.0.1/32"]}"#,
+    );
+    let (office, _) = mint(
+        &admin_key,
+        r#"{"name":"office","userId":"reader","allowedCidrs":["10.9.9.0/24"]}"#,
+    );
+    let (web, _) = mint(
+        &admin_key,
+        r#"{"name":"web","userId":"reader","allowedOrigins":["https://app.example.com"]}"#,
+    );
     let mut typo = reader.clone();
     let last = typo.pop().unwrap();
     typo.push(if last == 'a' { 'b' } else { 'a' });
@@ -204,6 +218,60 @@ permissions = []
         );
         let seen = upstream.reached(&target).unwrap();
         assert_eq!(seen["x-keygate-scopes"], "podcast:read", "{proxy}");
+
+        // A key allowed from the client's network passes; the upstream sees the identity.
+        let target = path("/things/");
+        let answer = get(&target, &[("Authorization", &bearer(&local))]);
+        assert_eq!(answer.status, 200, "{proxy}, allowed network: {answer:?}");
+        assert!(upstream.reached(&target).is_some(), "{proxy}");
+        // One allowed elsewhere is refused, even when the client claims an address there.
+        for spoof in [None, Some("10.9.9.9")] {
+            let target = path("/things/");
+            let mut headers = vec![("Authorization", bearer(&office))];
+            if let Some(claimed) = spoof {
+                headers.push(("X-Forwarded-For", claimed.to_owned()));
+                headers.push(("Forwarded", format!("for={claimed}")));
+            }
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let answer = get(&target, &headers);
+            assert_eq!(answer.status, 403, "{proxy}, {spoof:?}: {answer:?}");
+            let error = if proxy == "nginx" {
+                "access_denied"
+            } else {
+                "network_not_allowed"
+            };
+            assert!(
+                answer.body.contains(&format!(r#""error":"{error}""#)),
+                "{proxy}: {answer:?}"
+            );
+            assert_eq!(answer.header("www-authenticate"), None, "{proxy}");
+            assert!(
+                upstream.reached(&target).is_none(),
+                "{proxy}, {spoof:?}: the upstream was reached"
+            );
+        }
+        // An origin-restricted key: the client's Origin reaches keygate.
+        let target = path("/things/");
+        let answer = get(
+            &target,
+            &[
+                ("Authorization", &bearer(&web)),
+                ("Origin", "https://app.example.com"),
+            ],
+        );
+        assert_eq!(answer.status, 200, "{proxy}, allowed origin: {answer:?}");
+        assert!(upstream.reached(&target).is_some(), "{proxy}");
+        let target = path("/things/");
+        let answer = get(
+            &target,
+            &[
+                ("Authorization", &bearer(&web)),
+                ("Origin", "https://evil.example.net"),
+            ],
+        );
+        assert_eq!(answer.status, 403, "{proxy}, other origin: {answer:?}");
+        assert!(upstream.reached(&target).is_none(), "{proxy}");
 
         // Refusals: the right status and challenge, and the upstream never reached.
         let revoked = mint(&admin_key, r#"{"name":"to revoke","userId":"reader"}"#);

@@ -18,10 +18,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use std::net::SocketAddr;
+
 use axum::body::Body;
+use axum::extract::ConnectInfo;
 use axum::http::{Request, StatusCode};
 use chrono::{DateTime, Utc};
 use keygate::admin::AdminApi;
+use keygate::http::{ProxyHeader, TrustedProxies};
 use keygate::{
     ChangeListener, KeyId, KeyPatch, KeyRecord, KeyStore, Keygate, ListQuery, MemoryStore, NewKey,
     Pepper, PepperFingerprint, Rejection, StoreError, VerifyError,
@@ -238,6 +242,242 @@ async fn auth_refuses_as_the_library_does() {
     gate.flush().await.unwrap();
     let after = store.list(&ListQuery::new()).await.unwrap();
     assert_eq!(before, after);
+}
+
+/// As [`call`], over a connection from `peer` (what `serve` tells the router).
+async fn call_from(app: &App, peer: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::builder().method("GET").uri("/auth");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let mut request = request.body(Body::empty()).unwrap();
+    let peer: SocketAddr = peer.parse().unwrap();
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let response = app.router().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    Reply {
+        status,
+        headers,
+        body: String::from_utf8(body.to_vec()).unwrap(),
+    }
+}
+
+/// A gate trusting the proxy at 127.0.0.1 (as `keygate serve` does by default), its app,
+/// and a key allowed only from 198.51.100.0/24.
+async fn restricted_app(header: ProxyHeader) -> (App, Keygate, String) {
+    let store = Arc::new(MemoryStore::new());
+    let gate = Keygate::builder(Arc::clone(&store), Pepper::new(1, PEPPER).unwrap())
+        .realm("keygate")
+        .trusted_proxies(TrustedProxies::new(["127.0.0.0/8".parse().unwrap()]).header(header))
+        .build()
+        .unwrap();
+    let app = App::new(gate.clone(), store);
+    let key = gate
+        .mint(NewKey::new("office", "user-1").allowed_cidrs(["198.51.100.0/24".parse().unwrap()]))
+        .await
+        .unwrap();
+    (app, gate, key.key.expose().to_owned())
+}
+
+fn assert_refused(reply: &Reply, error: &str) {
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.body);
+    assert!(
+        reply.body.contains(&format!(r#""error":"{error}""#)),
+        "{}",
+        reply.body
+    );
+    for name in ["x-keygate-key-id", "x-keygate-owner", "x-keygate-scopes"] {
+        assert!(reply.header(name).is_none(), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn auth_checks_network_restrictions_against_the_forwarded_client() {
+    let (app, _, key) = restricted_app(ProxyHeader::XForwardedFor).await;
+    let auth = bearer(&key);
+    // Through the trusted proxy, from an allowed client: admitted.
+    let reply = call_from(
+        &app,
+        "127.0.0.1:50000",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    assert_eq!(reply.header("x-keygate-owner"), Some("user-1"));
+    // A client's own entry to the left of what the proxy appended changes nothing.
+    let reply = call_from(
+        &app,
+        "127.0.0.1:50000",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "198.51.100.7, 203.0.113.9"),
+        ],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
+    // Through the trusted proxy, from a client outside: refused.
+    let reply = call_from(
+        &app,
+        "127.0.0.1:50000",
+        &[("authorization", &auth), ("x-forwarded-for", "203.0.113.9")],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
+    // The trusted proxy forwarded no address: unknown, refused (never the proxy's own).
+    let reply = call_from(&app, "127.0.0.1:50000", &[("authorization", &auth)]).await;
+    assert_refused(&reply, "network_not_allowed");
+    // No peer known at all (served without connect info): refused.
+    let reply = call(
+        &app,
+        "GET",
+        "/auth",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
+}
+
+#[tokio::test]
+async fn auth_from_an_untrusted_peer_knows_no_client_address() {
+    let (app, _, key) = restricted_app(ProxyHeader::XForwardedFor).await;
+    let auth = bearer(&key);
+    // The very request that passes through the trusted proxy, from a peer that is not
+    // one: the header is not believed, and the peer is a proxy, not the client.
+    let reply = call_from(
+        &app,
+        "192.0.2.10:50000",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
+    // Even when the untrusted peer is itself inside the allowed network: /auth is always
+    // called by a proxy, so its own address says nothing about the client.
+    for headers in [
+        vec![("authorization", auth.as_str())],
+        vec![
+            ("authorization", auth.as_str()),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+        vec![
+            ("authorization", auth.as_str()),
+            ("forwarded", "for=198.51.100.7"),
+        ],
+    ] {
+        let reply = call_from(&app, "198.51.100.20:50000", &headers).await;
+        assert_refused(&reply, "network_not_allowed");
+    }
+    // An unrestricted key still passes from anywhere.
+    let (app, gate, _) = restricted_app(ProxyHeader::XForwardedFor).await;
+    let open = gate.mint(NewKey::new("open", "user-2")).await.unwrap();
+    let reply = call_from(
+        &app,
+        "192.0.2.10:50000",
+        &[("authorization", &bearer(open.key.expose()))],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn auth_reads_the_header_the_proxies_are_configured_with() {
+    let (app, _, key) = restricted_app(ProxyHeader::Forwarded).await;
+    let auth = bearer(&key);
+    let reply = call_from(
+        &app,
+        "[::ffff:127.0.0.1]:50000",
+        &[
+            ("authorization", &auth),
+            ("forwarded", "for=198.51.100.7;proto=https"),
+        ],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    // X-Forwarded-For is not the configured header: ignored, so the address is unknown.
+    let reply = call_from(
+        &app,
+        "127.0.0.1:50000",
+        &[
+            ("authorization", &auth),
+            ("x-forwarded-for", "198.51.100.7"),
+        ],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
+}
+
+#[tokio::test]
+async fn auth_checks_origin_restrictions_against_the_forwarded_origin() {
+    let (app, gate, _) = restricted_app(ProxyHeader::XForwardedFor).await;
+    let key = gate
+        .mint(
+            NewKey::new("web app", "user-1")
+                .allowed_origins(["https://app.example.com".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let auth = bearer(key.key.expose());
+    // The proxy passes the original request's Origin; the peer does not matter here.
+    for peer in ["127.0.0.1:50000", "192.0.2.10:50000"] {
+        let reply = call_from(
+            &app,
+            peer,
+            &[
+                ("authorization", &auth),
+                ("origin", "https://app.example.com"),
+            ],
+        )
+        .await;
+        assert_eq!(reply.status, StatusCode::OK, "{peer}: {}", reply.body);
+        let reply = call_from(
+            &app,
+            peer,
+            &[
+                ("authorization", &auth),
+                ("origin", "https://evil.example.net"),
+            ],
+        )
+        .await;
+        assert_refused(&reply, "origin_not_allowed");
+    }
+    // Both restrictions: the network is checked against the forwarded client.
+    let both = gate
+        .mint(
+            NewKey::new("both", "user-1")
+                .allowed_cidrs(["198.51.100.0/24".parse().unwrap()])
+                .allowed_origins(["https://app.example.com".parse().unwrap()]),
+        )
+        .await
+        .unwrap();
+    let auth = bearer(both.key.expose());
+    let origin = ("origin", "https://app.example.com");
+    let forwarded = ("x-forwarded-for", "198.51.100.7");
+    let reply = call_from(
+        &app,
+        "127.0.0.1:1",
+        &[("authorization", &auth), origin, forwarded],
+    )
+    .await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+    let reply = call_from(
+        &app,
+        "192.0.2.10:1",
+        &[("authorization", &auth), origin, forwarded],
+    )
+    .await;
+    assert_refused(&reply, "network_not_allowed");
 }
 
 #[tokio::test]

@@ -544,6 +544,13 @@ pub enum StoreError {
     /// A store URL that cannot be opened: unknown scheme, or a store whose feature is off.
     #[error("{0}")]
     InvalidUrl(String),
+    /// The URL or configuration asks for TLS, or could only be honoured without it on the
+    /// network (PostgreSQL's default `sslmode=prefer` to a remote host), but this build of
+    /// keygate has no TLS: enable the `tls` feature, or say `sslmode=disable` where
+    /// cleartext is meant. keygate never falls back to cleartext. The payload names what
+    /// asked for TLS (never the URL, which may hold a password).
+    #[error("{0} asks for TLS, but this build of keygate has none: enable the `tls` feature")]
+    TlsUnavailable(&'static str),
     /// The backend failed: connection, I/O, query.
     #[error("key store backend failed")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),

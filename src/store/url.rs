@@ -16,11 +16,11 @@ use super::{KeyStore, StoreError};
 /// `PostgresConfig`, `RedisConfig`); SQL stores apply their migrations on open. For other
 /// settings call that store's `connect_with(url, config)` instead.
 ///
-/// # Errors
-///
-/// [`StoreError::InvalidUrl`] for an unknown scheme or one whose feature is off; otherwise
-/// whatever that store's `connect` answers (an unparsable URL, an unreachable server, a
-/// failed migration).
+/// TLS (feature `tls`) is asked for in the URL: PostgreSQL's `sslmode` and `sslrootcert`
+/// (see [`PostgresStore`](crate::PostgresStore#tls): only `sslmode=disable` is cleartext
+/// over the network), Redis's `rediss://` scheme with an optional `sslrootcert=/path/ca.pem`
+/// parameter (see [`RedisStore`](crate::RedisStore#tls)). A URL that asks for TLS on a
+/// build without it is [`StoreError::TlsUnavailable`], never a cleartext connection.
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
@@ -32,8 +32,9 @@ use super::{KeyStore, StoreError};
 /// # Errors
 ///
 /// [`StoreError::InvalidUrl`] for an unknown scheme or one whose feature is off, or a URL
-/// the store cannot read; the store's own error when it cannot be opened (unreachable,
-/// refused, a failed migration).
+/// the store cannot read; [`StoreError::TlsUnavailable`] for a URL that asks for TLS on a
+/// build without the `tls` feature; the store's own error when it cannot be opened
+/// (unreachable, refused, a failed migration, a failed TLS handshake).
 pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
@@ -71,7 +72,11 @@ async fn postgres(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
 
 #[cfg(feature = "redis")]
 async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::RedisStore::connect(url).await?))
+    let mut config = crate::RedisConfig::new();
+    config.tls_root_cert = super::redis::root_cert_in_url(url);
+    Ok(Arc::new(
+        crate::RedisStore::connect_with(url, config).await?,
+    ))
 }
 
 #[cfg(not(feature = "redis"))]
@@ -84,4 +89,53 @@ fn disabled(feature: &str) -> StoreError {
     StoreError::InvalidUrl(format!(
         "this build of keygate has no {feature} store: enable the `{feature}` feature"
     ))
+}
+
+/// A build without `tls`: every URL that asks for TLS is a configuration error before any
+/// connection (the addresses below are closed ports, so a connection attempt would say
+/// something else). CI runs these with `--features postgres,redis` (see `.ci/run`).
+#[cfg(all(test, not(feature = "tls")))]
+mod tests {
+    use super::*;
+
+    #[allow(dead_code)] // unused when no store feature is on
+    async fn assert_tls_unavailable(url: &str) {
+        match open_store(url).await {
+            Err(StoreError::TlsUnavailable(what)) => {
+                assert!(!what.contains("127.0.0.1"), "echoes the URL: {what}");
+            }
+            Err(other) => panic!("{url}: {other:?}"),
+            Ok(_) => panic!("{url}: opened"),
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test]
+    async fn postgres_urls_asking_for_tls_are_refused_without_it() {
+        for url in [
+            "postgres://u:pw@db.example:1/x",
+            "postgres://u:pw@db.example:1/x?sslmode=prefer",
+            "postgres://u:pw@db.example:1/x?sslmode=allow",
+            "postgres://u:pw@127.0.0.1:1/x?sslmode=require",
+            "postgres://u:pw@127.0.0.1:1/x?sslmode=verify-ca&sslrootcert=/ca.pem",
+            "postgres://u:pw@localhost:1/x?sslmode=verify-full",
+        ] {
+            assert_tls_unavailable(url).await;
+        }
+    }
+
+    #[cfg(feature = "redis")]
+    #[tokio::test]
+    async fn redis_urls_asking_for_tls_are_refused_without_it() {
+        for url in [
+            "rediss://:pw@127.0.0.1:1/",
+            "rediss://:pw@127.0.0.1:1/#insecure",
+            "rediss://:pw@127.0.0.1:1/?sslrootcert=/ca.pem",
+            "redis://:pw@127.0.0.1:1/?sslrootcert=/ca.pem",
+        ] {
+            assert_tls_unavailable(url).await;
+        }
+        let direct = crate::RedisStore::connect("rediss://127.0.0.1:1/").await;
+        assert!(matches!(direct, Err(StoreError::TlsUnavailable(_))));
+    }
 }

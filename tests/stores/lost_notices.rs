@@ -247,10 +247,13 @@ mod postgres {
         let options: PgConnectOptions = url.parse().unwrap();
         let proxy =
             StallProxy::start(upstream(&options), format!("{b_app}-listener").as_bytes()).await;
+        // Cleartext on loopback: the proxy reads the startup packet, which `prefer` would
+        // encrypt when the build has `tls` and the server offers it.
         let proxied = options
             .host("127.0.0.1")
             .port(proxy.addr().port())
-            .application_name(&b_app);
+            .application_name(&b_app)
+            .ssl_mode(sqlx::postgres::PgSslMode::Disable);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect_with(proxied)

@@ -21,3 +21,4 @@ mod memory;
 mod postgres;
 mod redis;
 mod sqlite;
+mod tls;

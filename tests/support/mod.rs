@@ -34,6 +34,13 @@ pub fn redis_url() -> String {
     service_url("KEYGATE_TEST_REDIS_URL", "Redis")
 }
 
+/// A setting of the TLS servers `.ci/tls.sh` starts (`KEYGATE_TEST_POSTGRES_TLS_URL`,
+/// `KEYGATE_TEST_REDIS_TLS_URL`, `KEYGATE_TEST_TLS_CA`, `KEYGATE_TEST_TLS_WRONG_CA`), for
+/// tests marked with `keygate_test_tls`.
+pub fn tls_setting(var: &str) -> String {
+    service_url(var, "TLS server (eval \"$(.ci/tls.sh start)\")")
+}
+
 /// The service's URL. A test that asks for it runs only when the URL was set at build time
 /// or under `CI=true` (otherwise it is ignored), so an unset URL here is a failure: CI
 /// without the service, or `--ignored` without the URL.

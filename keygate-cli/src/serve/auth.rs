@@ -14,19 +14,29 @@
 //!   for a malformed header, 403 `insufficient_scope`, 429 with `Retry-After`, 503 with
 //!   `Retry-After` when the store is down, 500 for a corrupt record.
 //!
+//! Keys restricted to networks or origins are checked against the *original* request. The
+//! connection to `/auth` is always the proxy's, never the client's: the client address is
+//! read from the forwarding header the gate's trusted proxies write (`X-Forwarded-For` or
+//! `Forwarded`), and only when the connection comes from one of them. From any other peer
+//! it is unknown (a restricted key is refused `403 network_not_allowed`), never the peer's
+//! own address, which would let everyone behind a local proxy pass for `127.0.0.1`. The
+//! `Origin` is the original request's: nginx and Caddy pass the client's headers on.
+//!
 //! A protected location names what it needs in the query: `/auth?scope=library:read`
 //! (repeat `scope` to require several). Any other query parameter, or a scope that is not a
 //! scope, is the proxy's misconfiguration: `500`, logged, and nothing is let through.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
 
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use keygate::http::AuthError;
-use keygate::Principal;
+use keygate::limits::RequestContext;
+use keygate::{Keygate, Principal};
 
 use super::App;
 
@@ -62,7 +72,12 @@ pub(crate) async fn auth(State(app): State<App>, request: Request) -> Response {
         .get_all(AUTHORIZATION)
         .iter()
         .map(HeaderValue::as_bytes);
-    let verified = match gate.verify_headers(values).await {
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let context = original_context(gate, peer, headers);
+    let verified = match gate.verify_headers_with(values, &context).await {
         Ok(principal) => required
             .iter()
             .try_for_each(|scope| principal.require(scope))
@@ -87,6 +102,20 @@ pub(crate) async fn auth(State(app): State<App>, request: Request) -> Response {
         );
     }
     response
+}
+
+/// Where the original request came from: the client address from the forwarding header
+/// when `peer` (the connection's, `None` when unknown) is a trusted proxy, else unknown
+/// (never `peer` itself: `/auth` is always called by a proxy); the `Origin` header as the
+/// proxy passed it on.
+fn original_context(gate: &Keygate, peer: Option<IpAddr>, headers: &HeaderMap) -> RequestContext {
+    let proxy = peer
+        .map(|peer| peer.to_canonical())
+        .filter(|peer| gate.trusted_proxies().trusts(*peer));
+    // With no peer, the gate reads no forwarding header and leaves the address unknown.
+    gate.request_context(proxy, |name| {
+        headers.get_all(name).iter().map(HeaderValue::as_bytes)
+    })
 }
 
 /// The 200 for `principal`, with the identity headers.

@@ -20,15 +20,30 @@
 //! | `store_timeout_ms` | `KEYGATE_STORE_TIMEOUT_MS` | `2000` |
 //! | `original_uri_header` | `KEYGATE_ORIGINAL_URI_HEADER` | `X-Original-URI` |
 //! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
+//! | `trusted_proxies` | `KEYGATE_TRUSTED_PROXIES` (comma-separated) | `["127.0.0.0/8", "::1/128"]`: loopback |
+//! | `proxy_header` | `KEYGATE_PROXY_HEADER` | `x-forwarded-for` (or `forwarded`, RFC 7239) |
 //! | `github_keys_file` | `KEYGATE_GITHUB_KEYS_FILE` | none: no `/leaks/github` (GitHub's secret-scanning public keys, saved from `https://api.github.com/meta/public_keys/secret_scanning`) |
 //! | `[users.<id>]` | (file only) | none: no user directory |
 //!
 //! The file is named by `--config` or `KEYGATE_CONFIG`.
+//!
+//! `trusted_proxies` are the CIDRs of the reverse proxies whose `proxy_header` keygate
+//! believes: `/auth` checks keys with allowed networks against the client address they
+//! forward, and refuses them when the caller is not one of these proxies. Loopback is
+//! trusted by default because `/auth` is meant to sit behind a proxy on the same host (as
+//! in the shipped nginx and Caddy snippets), and the default `addr` only takes local
+//! connections; the price is that any local process can claim any client address. List
+//! your proxies' addresses when they run elsewhere, or set `trusted_proxies = []`
+//! (`KEYGATE_TRUSTED_PROXIES=""`) to trust none (every network-restricted key is then
+//! refused by `/auth`). The admin API reads the same setting: a peer that is not a trusted
+//! proxy is itself the client there.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keygate::http::ProxyHeader;
+use keygate::limits::Cidr;
 use serde::Deserialize;
 
 /// Longest configuration file read (64 KiB): a path naming something else is not read whole.
@@ -53,6 +68,8 @@ struct FileConfig {
     store_timeout_ms: Option<u64>,
     original_uri_header: Option<String>,
     original_method_header: Option<String>,
+    trusted_proxies: Option<Vec<String>>,
+    proxy_header: Option<String>,
     github_keys_file: Option<PathBuf>,
     users: Option<BTreeMap<String, User>>,
 }
@@ -158,6 +175,10 @@ pub struct Config {
     pub original_uri_header: String,
     /// The header carrying the original request's method (logged; nginx sets it).
     pub original_method_header: String,
+    /// The reverse proxies whose forwarding header is believed (loopback by default).
+    pub trusted_proxies: Vec<Cidr>,
+    /// The header those proxies record the client in.
+    pub proxy_header: ProxyHeader,
     /// GitHub's secret-scanning public keys (JSON, as GitHub publishes them); `None`: no
     /// leak-report endpoint.
     pub github_keys_file: Option<PathBuf>,
@@ -342,6 +363,23 @@ impl Config {
             },
             None => file.bootstrap.unwrap_or(true),
         };
+        let trusted_proxies = match env("KEYGATE_TRUSTED_PROXIES") {
+            Some(list) => cidrs(
+                "KEYGATE_TRUSTED_PROXIES",
+                list.split(',').filter(|c| !c.trim().is_empty()),
+            )?,
+            None => match &file.trusted_proxies {
+                Some(list) => cidrs("trusted_proxies", list.iter().map(String::as_str))?,
+                None => cidrs("trusted_proxies", DEFAULT_TRUSTED_PROXIES)?,
+            },
+        };
+        let proxy_header = match env("KEYGATE_PROXY_HEADER") {
+            Some(value) => proxy_header("KEYGATE_PROXY_HEADER", &value)?,
+            None => match &file.proxy_header {
+                Some(value) => proxy_header("proxy_header", value)?,
+                None => ProxyHeader::XForwardedFor,
+            },
+        };
         let log = env("KEYGATE_LOG")
             .or_else(|| env("RUST_LOG"))
             .or(file.log)
@@ -384,6 +422,8 @@ impl Config {
                 file.original_method_header,
                 "X-Original-Method",
             ),
+            trusted_proxies,
+            proxy_header,
             github_keys_file: env("KEYGATE_GITHUB_KEYS_FILE")
                 .map(PathBuf::from)
                 .or(file.github_keys_file),
@@ -420,6 +460,34 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// Trusted when nothing is configured: a proxy on the same host.
+const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+/// CIDRs, the setting `name` naming the one that does not parse.
+fn cidrs<'a>(
+    name: &str,
+    list: impl IntoIterator<Item = &'a str>,
+) -> Result<Vec<Cidr>, ConfigError> {
+    list.into_iter()
+        .map(|text| {
+            text.trim()
+                .parse::<Cidr>()
+                .map_err(|e| ConfigError::invalid(name, format!("{:?}: {e}", text.trim())))
+        })
+        .collect()
+}
+
+fn proxy_header(name: &str, value: &str) -> Result<ProxyHeader, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "x-forwarded-for" => Ok(ProxyHeader::XForwardedFor),
+        "forwarded" => Ok(ProxyHeader::Forwarded),
+        _ => Err(ConfigError::invalid(
+            name,
+            "expected x-forwarded-for or forwarded",
+        )),
     }
 }
 
@@ -494,5 +562,44 @@ mod tests {
         assert!(e.to_string().starts_with("original_uri_header:"), "{e}");
         let e = resolve(&[], "store_timeout_ms = 0\n").unwrap_err();
         assert!(e.to_string().starts_with("store_timeout_ms:"), "{e}");
+        let e = resolve(&[], "trusted_proxies = [\"10.0.0.1/8\"]\n").unwrap_err();
+        assert!(e.to_string().starts_with("trusted_proxies:"), "{e}");
+        let e = resolve(&[("KEYGATE_TRUSTED_PROXIES", "10.0.0.0/8,nope")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_TRUSTED_PROXIES:"), "{e}");
+        let e = resolve(&[("KEYGATE_PROXY_HEADER", "x-real-ip")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_PROXY_HEADER:"), "{e}");
+    }
+
+    #[test]
+    fn trusted_proxies_default_to_loopback_and_can_be_emptied() {
+        let cidr = |text: &str| text.parse::<Cidr>().unwrap();
+        let config = resolve(&[], "").unwrap();
+        assert_eq!(
+            config.trusted_proxies,
+            [cidr("127.0.0.0/8"), cidr("::1/128")]
+        );
+        assert_eq!(config.proxy_header, ProxyHeader::XForwardedFor);
+        let config = resolve(
+            &[],
+            "trusted_proxies = [\"10.0.0.0/8\"]\nproxy_header = \"forwarded\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.trusted_proxies, [cidr("10.0.0.0/8")]);
+        assert_eq!(config.proxy_header, ProxyHeader::Forwarded);
+        let config = resolve(
+            &[("KEYGATE_TRUSTED_PROXIES", " 10.1.0.0/16 , 192.0.2.1/32 ")],
+            "trusted_proxies = [\"10.0.0.0/8\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.trusted_proxies,
+            [cidr("10.1.0.0/16"), cidr("192.0.2.1/32")]
+        );
+        let config = resolve(&[("KEYGATE_TRUSTED_PROXIES", "")], "").unwrap();
+        assert!(config.trusted_proxies.is_empty());
+        assert!(resolve(&[], "trusted_proxies = []\n")
+            .unwrap()
+            .trusted_proxies
+            .is_empty());
     }
 }

@@ -21,7 +21,9 @@
 //! `/auth` verifies the request's `Authorization: Bearer` key and answers `200` with
 //! `X-Keygate-Key-Id`, `X-Keygate-Owner` and `X-Keygate-Scopes`, or the library's refusal
 //! (401/400/403/429/503/500, `WWW-Authenticate` and `Retry-After` included). A location
-//! that needs a permission says so in the query: `/auth?scope=library:read`.
+//! that needs a permission says so in the query: `/auth?scope=library:read`. Keys with
+//! allowed networks are checked against the client address the proxy forwards, believed
+//! only from `trusted_proxies` (loopback by default; see [`config`]).
 //!
 //! # Admin authority
 //!
@@ -43,6 +45,7 @@ mod health;
 use std::error::Error as StdError;
 use std::future::{Future, IntoFuture};
 use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -54,6 +57,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use keygate::admin::{AdminApi, AdminPage, ADMIN_PERMISSION};
+use keygate::http::TrustedProxies;
 use keygate::leaks::{GithubKeys, LeakReports, GITHUB_PATH};
 use keygate::{
     CacheConfig, CachedStore, JwtSecret, KeyId, KeyStore, Keygate, ListQuery, NewKey, Pepper,
@@ -366,7 +370,10 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
     let mut builder = Keygate::builder(cached, pepper)
         .prefix(&config.prefix)
         .realm(&config.realm)
-        .store_timeout(config.store_timeout);
+        .store_timeout(config.store_timeout)
+        .trusted_proxies(
+            TrustedProxies::new(config.trusted_proxies.iter().copied()).header(config.proxy_header),
+        );
     if let Some(users) = &config.users {
         builder = builder.users(directory::StaticUsers::new(users));
     }
@@ -605,7 +612,11 @@ pub async fn serve(
         tracing::info!("shutting down: draining requests under way");
         let _ = stopping.send(true);
     };
-    let server = axum::serve(listener, app.router())
+    // The peer's address reaches `/auth` (is it a trusted proxy?) and the admin API.
+    let routes = app
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, routes)
         .with_graceful_shutdown(signal)
         .into_future();
     let deadline = async move {

@@ -22,6 +22,12 @@ pub fn redis_url() -> Option<String> {
     service_url("KEYGATE_TEST_REDIS_URL", "Redis")
 }
 
+/// A setting of the TLS servers `.ci/tls.sh` starts (`KEYGATE_TEST_POSTGRES_TLS_URL`,
+/// `KEYGATE_TEST_REDIS_TLS_URL`, `KEYGATE_TEST_TLS_CA`, `KEYGATE_TEST_TLS_WRONG_CA`).
+pub fn tls_setting(var: &str) -> Option<String> {
+    service_url(var, "TLS server (eval \"$(.ci/tls.sh start)\")")
+}
+
 fn service_url(var: &str, service: &str) -> Option<String> {
     match std::env::var(var) {
         Ok(url) if !url.trim().is_empty() => Some(url),

@@ -2,7 +2,6 @@
 //! (in [`feed`]).
 
 use std::collections::BTreeSet;
-use std::str::FromStr;
 use std::sync::{Arc, Weak};
 
 use std::time::Duration;
@@ -22,6 +21,7 @@ use crate::limits::NetworkPolicy;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 mod feed;
+mod tls;
 
 /// The schema migrations, in order. Applied by [`PostgresStore::migrate`].
 const MIGRATIONS: &[Script] = &[
@@ -201,6 +201,45 @@ impl Default for PostgresConfig {
 ///     .build()?;
 /// # let _ = gate; Ok(()) }
 /// ```
+///
+/// # TLS
+///
+/// With the `tls` feature keygate speaks TLS to PostgreSQL through rustls on ring (no
+/// OpenSSL). The URL's `sslmode` decides (or `PGSSLMODE` when the URL names none, as sqlx
+/// reads it), as in libpq, with one rule on top: **only `sslmode=disable` connects in
+/// cleartext over the network.**
+///
+/// | URL says | remote host, `tls` on | remote host, `tls` off | this machine¹ |
+/// |---|---|---|---|
+/// | `sslmode=disable` | cleartext | cleartext | cleartext |
+/// | nothing, `prefer`, `allow` | as `require`² | [`StoreError::TlsUnavailable`] | as said (TLS if offered, with `tls`) |
+/// | `require` | encrypted, certificate not checked² | `TlsUnavailable` | as remote |
+/// | `verify-ca` | certificate chains to a trusted CA³ | `TlsUnavailable` | as remote |
+/// | `verify-full` | that, and the certificate names the host | `TlsUnavailable` | as remote |
+///
+/// ¹ A loopback address, `localhost` or a Unix socket: nothing leaves the machine.
+/// ² With a CA file (`sslrootcert=/path/ca.pem`), `require` (and what became `require`)
+/// is `verify-ca`, as in libpq: a CA you name is a CA you want checked.
+/// ³ The trusted CAs are the system's root certificates plus the `sslrootcert` file (sqlx
+/// adds the file to the system roots; libpq would trust the file alone). With
+/// `verify-ca` any certificate from a public CA therefore passes: **use `verify-full`**,
+/// which also checks the host name, for anything that crosses a network you do not trust.
+///
+/// A handshake that fails is [`StoreError::Backend`], and keygate never retries in
+/// cleartext: its source is [`sqlx::Error::Tls`] for a server that does not speak TLS, and
+/// [`sqlx::Error::Io`] carrying rustls's `InvalidCertificate` error for a certificate that
+/// is refused (an unknown CA, another host name, expired). The change feed's connection is opened with the same options.
+/// [`PostgresStore::connect_options`] applies these rules for a pool of your own; a pool
+/// handed to [`from_pool`](PostgresStore::from_pool) is used as it is.
+///
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keygate::StoreError> {
+/// let store = keygate::PostgresStore::connect(
+///     "postgres://app@db.internal/app?sslmode=verify-full&sslrootcert=/etc/keygate/db-ca.pem",
+/// )
+/// .await?;
+/// # let _ = store; Ok(()) }
+/// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
@@ -229,13 +268,13 @@ impl PostgresStore {
     /// # Errors
     ///
     /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
-    /// URL, which may hold a password); [`StoreError::Timeout`] if no connection could be
-    /// made within the acquire timeout; [`StoreError::Backend`] if connecting fails
-    /// otherwise, or the migrations fail as described under [`migrate`](Self::migrate).
+    /// URL, which may hold a password); [`StoreError::TlsUnavailable`] as
+    /// [`connect_options`](Self::connect_options) says; [`StoreError::Timeout`] if no
+    /// connection could be made within the acquire timeout; [`StoreError::Backend`] if
+    /// connecting fails otherwise (including a TLS handshake: see [`PostgresStore`], "TLS"),
+    /// or the migrations fail as described under [`migrate`](Self::migrate).
     pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
-        // The message names the problem, never the URL (it may hold a password).
-        let mut connect = PgConnectOptions::from_str(url)
-            .map_err(|e| StoreError::InvalidUrl(format!("invalid PostgreSQL URL: {e}")))?;
+        let mut connect = Self::connect_options(url)?;
         let name = config
             .application_name
             .clone()
@@ -256,6 +295,36 @@ impl PostgresStore {
             store.migrate().await?;
         }
         Ok(store)
+    }
+
+    /// `url` parsed as [`PgConnectOptions`], with keygate's TLS rules applied (see
+    /// [`PostgresStore`], "TLS"): what [`connect_with`](Self::connect_with) connects with.
+    /// For a pool of your own ([`from_pool`](Self::from_pool)) that follows the same rules.
+    ///
+    /// ```
+    /// use keygate::sqlx::postgres::PgSslMode;
+    /// use keygate::PostgresStore;
+    ///
+    /// // Cleartext only where the URL says so.
+    /// let plain = PostgresStore::connect_options("postgres://app@db.internal/keys?sslmode=disable")?;
+    /// assert!(matches!(plain.get_ssl_mode(), PgSslMode::Disable));
+    ///
+    /// // PostgreSQL's default (`prefer`) to a remote host: TLS required, or no connection.
+    /// let default = PostgresStore::connect_options("postgres://app@db.internal/keys");
+    /// match default {
+    ///     Ok(options) => assert!(matches!(options.get_ssl_mode(), PgSslMode::Require)), // `tls`
+    ///     Err(e) => assert!(matches!(e, keygate::StoreError::TlsUnavailable(_))), // without it
+    /// }
+    /// # Ok::<(), keygate::StoreError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
+    /// URL); [`StoreError::TlsUnavailable`] if it asks for TLS (or would fall back to
+    /// cleartext over the network) and this build has no `tls` feature.
+    pub fn connect_options(url: &str) -> Result<PgConnectOptions, StoreError> {
+        tls::connect_options(url)
     }
 
     /// A store over an existing pool, e.g. the application's own, or a lazy one

@@ -63,6 +63,7 @@ pub(super) async fn connect(
     client: &Client,
     config: &RedisConfig,
 ) -> Result<ConnectionManager, StoreError> {
+    super::tls::prepare(client);
     let probe_config = AsyncConnectionConfig::new()
         .set_connection_timeout(Some(config.connection_timeout))
         .set_response_timeout(Some(config.response_timeout));

@@ -14,11 +14,12 @@
 //! `::redis`.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use ::redis::aio::ConnectionManager;
-use ::redis::{Client, ErrorKind, IntoConnectionInfo};
+use ::redis::{Client, IntoConnectionInfo};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
@@ -33,6 +34,9 @@ mod conn;
 mod feed;
 mod scripts;
 mod stored;
+mod tls;
+
+pub(crate) use self::tls::root_cert_in_url;
 
 /// Read-modify-write rounds [`KeyStore::update`] and [`KeyStore::delete`] attempt before
 /// giving up on a record that keeps changing under them.
@@ -63,6 +67,13 @@ pub struct RedisConfig {
     /// fails with [`StoreError::Timeout`]. Also the per-command response timeout of the
     /// underlying connection. Default 1 s.
     pub response_timeout: Duration,
+    /// A PEM file of the CA certificates that sign the server's certificate, for a
+    /// `rediss://` URL (feature `tls`): the server must present a certificate for the URL's
+    /// host name that chains to one of them; the system's root certificates are then not
+    /// used. Default `None`: the system's roots. Read by
+    /// [`connect_with`](RedisStore::connect_with); [`open_store`](crate::open_store) sets it
+    /// from the URL's `sslrootcert` parameter.
+    pub tls_root_cert: Option<PathBuf>,
     /// The change feed's heartbeat and lease ([`FeedConfig`]); default
     /// [`FeedConfig::new`]. The feed's heartbeat is also bounded by
     /// [`response_timeout`](Self::response_timeout).
@@ -77,6 +88,7 @@ impl RedisConfig {
             namespace: "keygate:".to_owned(),
             connection_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(1),
+            tls_root_cert: None,
             feed: FeedConfig::new(),
         }
     }
@@ -102,6 +114,12 @@ impl RedisConfig {
     /// Sets [`response_timeout`](Self::response_timeout).
     pub fn response_timeout(mut self, timeout: Duration) -> Self {
         self.response_timeout = timeout;
+        self
+    }
+
+    /// Sets [`tls_root_cert`](Self::tls_root_cert).
+    pub fn tls_root_cert(mut self, pem_file: impl Into<PathBuf>) -> Self {
+        self.tls_root_cert = Some(pem_file.into());
         self
     }
 }
@@ -187,6 +205,32 @@ impl Default for RedisConfig {
 /// Cheap to clone; clones share the connection. Needs a Tokio runtime with the timer
 /// enabled. Redis Cluster is not supported (the scripts touch keys of many slots): point
 /// the store at one server (a primary, not a replica).
+///
+/// # TLS
+///
+/// With the `tls` feature, a `rediss://` URL connects over TLS (rustls on ring, no
+/// OpenSSL), checking that the server's certificate names the URL's host and chains to a
+/// trusted CA: the system's root certificates, or only the CA file of
+/// [`RedisConfig::tls_root_cert`] (`sslrootcert=/path/ca.pem` in a URL given to
+/// [`open_store`](crate::open_store) or the CLI). A failed handshake (an unknown CA, a
+/// server that does not speak TLS) is [`StoreError::Backend`]; keygate never retries in
+/// cleartext. `rediss://…#insecure` (no certificate check) is refused, and so are
+/// `rediss://` and a CA file on a build without `tls` ([`StoreError::TlsUnavailable`]).
+/// The change feed's connection uses the same settings.
+///
+/// The `redis` driver builds its TLS configuration from rustls's process-wide
+/// `CryptoProvider`. If the application installed none when the first `rediss://` store
+/// connects, keygate installs rustls's ring provider (the one the `tls` feature compiles
+/// in) as that default; install your own before connecting to use another.
+///
+/// ```no_run
+/// use keygate::{RedisConfig, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keygate::StoreError> {
+/// let config = RedisConfig::new().tls_root_cert("/etc/keygate/redis-ca.pem");
+/// let store = RedisStore::connect_with("rediss://:password@cache.internal:6380/0", config).await?;
+/// # let _ = store; Ok(()) }
+/// ```
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 #[derive(Clone)]
 pub struct RedisStore {
@@ -199,9 +243,8 @@ impl RedisStore {
     /// The `CLIENT SETNAME` of change-feed connections, as `CLIENT LIST` shows them.
     pub const FEED_CLIENT_NAME: &'static str = "keygate-feed";
 
-    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`, `rediss://…` with a TLS feature
-    /// of the `redis` crate, `redis+unix:///run/redis.sock`) with the default
-    /// [`RedisConfig`].
+    /// Connects to `url` (e.g. `redis://127.0.0.1:6379/0`, `rediss://…` with the `tls`
+    /// feature, `redis+unix:///run/redis.sock`) with the default [`RedisConfig`].
     ///
     /// # Errors
     ///
@@ -227,23 +270,20 @@ impl RedisStore {
     /// # Errors
     ///
     /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
-    /// URL, which may hold a password); otherwise as [`from_client`](Self::from_client).
+    /// URL, which may hold a password), ends in `#insecure`, or the CA file of
+    /// [`RedisConfig::tls_root_cert`] is unreadable, holds no certificate or comes with a
+    /// cleartext URL; [`StoreError::TlsUnavailable`] for `rediss://` or a CA file on a
+    /// build without the `tls` feature; otherwise as [`from_client`](Self::from_client).
     pub async fn connect_with(
         url: impl IntoConnectionInfo,
         config: RedisConfig,
     ) -> Result<Self, StoreError> {
-        let client = Client::open(url).map_err(|e| {
-            if e.kind() == ErrorKind::InvalidClientConfig {
-                // The driver's messages name the problem, never the URL.
-                StoreError::InvalidUrl(format!("invalid Redis URL: {e}"))
-            } else {
-                backend(e)
-            }
-        })?;
+        let client = tls::client(url, &config)?;
         Self::from_client(client, config).await
     }
 
-    /// Connects with a [`Client`] built by the caller (e.g. with TLS settings).
+    /// Connects with a [`Client`] built by the caller (e.g. with TLS settings of its own:
+    /// [`RedisConfig::tls_root_cert`] is not applied here).
     ///
     /// # Errors
     ///
