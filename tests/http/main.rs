@@ -17,4 +17,5 @@ mod support;
 mod actix;
 mod admin_page;
 mod axum;
+mod leaks;
 mod network;
