@@ -109,6 +109,7 @@ use crate::error::VerifyError;
 use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome, DEFAULT_REALM};
 pub use crate::http::{Authenticate, Require};
+use crate::leaks::{LeakReports, LeakRequest, LeakResponse, IDENTIFIER_HEADER, SIGNATURE_HEADER};
 use crate::limits::RequestContext;
 use crate::principal::{Permission, Principal};
 
@@ -557,4 +558,59 @@ async fn page_handler(req: HttpRequest, mounted: web::Data<MountedPage>) -> Http
             req.match_info().unprocessed(),
         )
         .respond_to(&req)
+}
+
+/// Renders a leak-report answer: its status, body and [headers](LeakResponse::headers).
+impl Responder for LeakResponse {
+    type Body = BoxBody;
+
+    fn respond_to(self, _req: &HttpRequest) -> HttpResponse<Self::Body> {
+        let mut response = HttpResponse::build(status(self.status));
+        for (name, value) in self.headers() {
+            response.insert_header((name, value));
+        }
+        response.body(self.body)
+    }
+}
+
+/// The leak-report endpoint ([`crate::leaks`]) as a [`Resource`](actix_web::Resource) at
+/// `path` (by convention [`GITHUB_PATH`](crate::leaks::GITHUB_PATH), `/leaks/github`).
+/// `POST` only (405 otherwise). The body is read up to [`LeakReports::body_limit`] bytes,
+/// whatever the application's [`PayloadConfig`](web::PayloadConfig) (413 beyond). No
+/// bearer key is asked: the request is authenticated by GitHub's signature.
+///
+/// ```
+/// use actix_web::App;
+/// use keygate::leaks::{GithubKeys, LeakReports};
+///
+/// # fn demo(gate: keygate::Keygate, keys: GithubKeys) {
+/// let app = App::new()
+///     .service(keygate::actix::leak_resource("/leaks/github", LeakReports::new(gate, keys)));
+/// # let _ = app; }
+/// ```
+pub fn leak_resource(path: &str, reports: LeakReports) -> actix_web::Resource {
+    web::resource(path)
+        .app_data(web::Data::new(reports))
+        .route(web::post().to(leak))
+}
+
+/// The one leak-report handler: read the body (bounded), hand it over with the headers.
+async fn leak(
+    req: HttpRequest,
+    payload: web::Payload,
+    reports: web::Data<LeakReports>,
+) -> HttpResponse {
+    let limit = reports.body_limit();
+    let body = match payload.to_bytes_limited(limit).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => return LeakResponse::unreadable_body(false, limit).respond_to(&req),
+        Err(_) => return LeakResponse::unreadable_body(true, limit).respond_to(&req),
+    };
+    let headers = req.headers();
+    let request = LeakRequest::new(
+        headers.get_all(IDENTIFIER_HEADER).map(|v| v.as_bytes()),
+        headers.get_all(SIGNATURE_HEADER).map(|v| v.as_bytes()),
+        &body,
+    );
+    reports.handle(request).await.respond_to(&req)
 }

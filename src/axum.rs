@@ -94,7 +94,7 @@ use axum::http::header::{AUTHORIZATION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTIC
 use axum::http::request::Parts;
 use axum::http::{Extensions, HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, post};
 use axum::Router;
 
 use crate::admin::page::PageResponse;
@@ -103,6 +103,7 @@ use crate::error::VerifyError;
 use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome};
 pub use crate::http::{Authenticate, Require};
+use crate::leaks::{LeakReports, LeakRequest, LeakResponse, IDENTIFIER_HEADER, SIGNATURE_HEADER};
 use crate::limits::RequestContext;
 use crate::principal::{Permission, Principal};
 
@@ -538,5 +539,68 @@ async fn page_handler(State(mounted): State<MountedPage>, request: Request<Body>
     mounted
         .page
         .respond_at(&mounted.mount, request.method().as_str(), rest)
+        .into_response()
+}
+
+/// Renders a leak-report answer: its status, body and [headers](LeakResponse::headers).
+impl IntoResponse for LeakResponse {
+    fn into_response(self) -> Response {
+        let mut response = status(self.status).into_response();
+        for (name, value) in self.headers() {
+            if let Ok(value) = HeaderValue::from_str(&value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+        }
+        *response.body_mut() = Body::from(self.body);
+        response
+    }
+}
+
+/// The leak-report endpoint ([`crate::leaks`]) at `path` (by convention
+/// [`GITHUB_PATH`](crate::leaks::GITHUB_PATH), `/leaks/github`), as a router to
+/// [`merge`](Router::merge) into the application. `POST` only (405 otherwise). The body is
+/// read up to [`LeakReports::body_limit`] bytes, whatever the application's
+/// [`DefaultBodyLimit`](axum::extract::DefaultBodyLimit) (413 beyond). No bearer key is
+/// asked: the request is authenticated by GitHub's signature.
+///
+/// ```
+/// use keygate::leaks::{GithubKeys, LeakReports};
+///
+/// # fn demo(gate: keygate::Keygate, keys: GithubKeys) {
+/// let app: axum::Router = axum::Router::new()
+///     .merge(keygate::axum::leak_routes("/leaks/github", LeakReports::new(gate, keys)));
+/// # let _ = app; }
+/// ```
+pub fn leak_routes<S>(path: &str, reports: LeakReports) -> Router<S> {
+    let limit = axum::extract::DefaultBodyLimit::max(reports.body_limit());
+    Router::new()
+        .route(path, post(leak).layer(limit))
+        .with_state(reports)
+}
+
+/// The one leak-report handler: read the body (bounded), hand it over with the headers.
+async fn leak(State(reports): State<LeakReports>, request: Request<Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = match Bytes::from_request(Request::from_parts(parts.clone(), body), &()).await {
+        Ok(body) => body,
+        Err(rejection) => {
+            let too_large = rejection.status() == StatusCode::PAYLOAD_TOO_LARGE;
+            return LeakResponse::unreadable_body(too_large, reports.body_limit()).into_response();
+        }
+    };
+    let values = |name: &str| {
+        parts
+            .headers
+            .get_all(name)
+            .iter()
+            .map(HeaderValue::as_bytes)
+            .collect::<Vec<_>>()
+    };
+    let (identifiers, signatures) = (values(IDENTIFIER_HEADER), values(SIGNATURE_HEADER));
+    reports
+        .handle(LeakRequest::new(identifiers, signatures, &body))
+        .await
         .into_response()
 }

@@ -38,6 +38,7 @@
 //! - [JWT keys (Audiobookshelf)](#jwt-keys-audiobookshelf)
 //! - [Verification](#verification)
 //! - [Stores](#stores)
+//! - [Leaked-key reports (GitHub)](#leaked-key-reports-github)
 //! - [Security notes](#security-notes)
 //! - [Feature flags](#feature-flags)
 //!
@@ -398,6 +399,36 @@
 //! record it cannot read, or one that fails keygate's record checks, is
 //! [`VerifyError::StoreCorrupt`]: HTTP 500 without `Retry-After`, logged with the key id.
 //!
+//! # Leaked-key reports (GitHub)
+//!
+//! [`leaks`] implements GitHub's secret scanning partner program: when GitHub finds one of
+//! your keys in a public repository, it `POST`s the match, signed with its ECDSA P-256 key,
+//! to your endpoint. [`leaks::LeakReports`] checks the signature over the exact bytes
+//! received before reading anything, revokes every reported key of this gate (an opaque
+//! key by checksum, id and hash; a JWT key by signature and record), logs a `KeyLeaked`
+//! event (key id, owner, where it was found; never the token) and answers with the
+//! protocol's `true_positive`/`false_positive` labels. Unsigned, wrongly signed or altered
+//! reports are refused and change nothing. Mount it with
+//! [`axum::leak_routes`] or
+//! [`actix::leak_resource`] at `/leaks/github`:
+//!
+//! ```
+//! # #[cfg(feature = "axum")]
+//! # fn demo(gate: keygate::Keygate) -> Result<(), keygate::leaks::KeysError> {
+//! use keygate::leaks::{GithubKeys, LeakReports};
+//!
+//! // GitHub's public keys, saved from https://api.github.com/meta/public_keys/secret_scanning
+//! let keys = GithubKeys::from_file("github-secret-scanning-keys.json")?;
+//! let app: axum::Router = axum::Router::new()
+//!     .merge(keygate::axum::leak_routes("/leaks/github", LeakReports::new(gate, keys)));
+//! # let _ = app; Ok(()) }
+//! ```
+//!
+//! To enrol, send GitHub (secret-scanning@github.com) a name for your token type, the
+//! regular expression [`SCANNER_REGEX`] (or [`scanner_regex`]`("abs")` for your prefix
+//! alone), and the public URL of the endpoint. Refresh the keys file when GitHub rotates its
+//! keys and call [`leaks::LeakReports::set_keys`]; keygate makes no network requests.
+//!
 //! # Security notes
 //!
 //! - The plaintext exists once, in [`IssuedKey::key`], a [`Secret`] that zeroizes on drop and
@@ -474,6 +505,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+pub mod leaks;
 pub mod limits;
 mod pepper_check;
 mod pepper_source;

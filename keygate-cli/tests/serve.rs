@@ -1050,3 +1050,77 @@ fn with_a_user_directory_the_first_key_belongs_to_an_admin_user() {
     let _ = std::fs::remove_file(&file);
     support::remove_sqlite(&db);
 }
+
+/// `/leaks/github` exists only with GitHub's public keys configured; then a report signed
+/// by GitHub's key revokes the key it names, and an unsigned one is refused.
+#[tokio::test]
+async fn leak_reports_are_served_when_github_keys_are_configured() {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
+    use keygate::leaks::{GithubKeys, LeakReports};
+    use ring::rand::SystemRandom;
+    use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
+
+    let (app, gate, store) = app();
+    assert_eq!(
+        call(&app, "POST", "/leaks/github", &[]).await.status,
+        StatusCode::NOT_FOUND
+    );
+
+    // GitHub's signing key, and its public key as GitHub publishes it (PEM of the SPKI).
+    let rng = SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, &rng).unwrap();
+    let pair =
+        EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_ASN1_SIGNING, pkcs8.as_ref(), &rng).unwrap();
+    let mut spki = vec![
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    spki.extend_from_slice(pair.public_key().as_ref());
+    let pem = format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        STANDARD.encode(spki)
+    );
+    let document = serde_json::json!({"public_keys": [
+        {"key_identifier": "gh1", "key": pem, "is_current": true}
+    ]});
+    let keys = GithubKeys::from_json(document.to_string().as_bytes()).unwrap();
+    let app = app.leak_reports(LeakReports::new(gate.clone(), keys));
+
+    let issued = gate.mint(NewKey::new("leaky", "alice")).await.unwrap();
+    let body = serde_json::json!([{
+        "token": issued.key.expose(),
+        "type": "keygate_api_key",
+        "url": "https://github.com/octocat/Hello-World/blob/main/leak.txt",
+        "source": "content",
+    }])
+    .to_string();
+    let signature = STANDARD.encode(pair.sign(&rng, body.as_bytes()).unwrap().as_ref());
+    let post = |signature: Option<String>| {
+        let mut request = Request::post("/leaks/github")
+            .header("content-type", "application/json")
+            .header("github-public-key-identifier", "gh1");
+        if let Some(signature) = signature {
+            request = request.header("github-public-key-signature", signature);
+        }
+        app.router()
+            .oneshot(request.body(Body::from(body.clone())).unwrap())
+    };
+
+    let refused = post(None).await.unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert!(store.get(issued.record.id).await.unwrap().unwrap().active);
+
+    let answer = post(Some(signature)).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    let labels: serde_json::Value = serde_json::from_slice(
+        &axum::body::to_bytes(answer.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(labels[0]["label"], "true_positive");
+    assert_eq!(labels[0]["token_raw"], issued.key.expose());
+    assert!(!store.get(issued.record.id).await.unwrap().unwrap().active);
+    assert!(gate.verify(issued.key.expose()).await.is_err());
+}

@@ -22,6 +22,7 @@ mod admin_authority;
 mod events;
 mod flood;
 mod interop_node;
+mod leaks;
 mod lifecycle;
 mod limits;
 mod network;

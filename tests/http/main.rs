@@ -17,5 +17,6 @@ mod support;
 mod actix;
 mod admin_page;
 mod axum;
+mod leaks;
 mod limits;
 mod network;

@@ -13,6 +13,7 @@
 
 pub mod capture;
 pub mod doubles;
+pub mod github;
 pub mod stall;
 
 #[allow(unused_imports)] // each test binary uses some of these

@@ -22,6 +22,7 @@
 //! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
 //! | `trusted_proxies` | `KEYGATE_TRUSTED_PROXIES` (comma-separated) | `["127.0.0.0/8", "::1/128"]`: loopback |
 //! | `proxy_header` | `KEYGATE_PROXY_HEADER` | `x-forwarded-for` (or `forwarded`, RFC 7239) |
+//! | `github_keys_file` | `KEYGATE_GITHUB_KEYS_FILE` | none: no `/leaks/github` (GitHub's secret-scanning public keys, saved from `https://api.github.com/meta/public_keys/secret_scanning`) |
 //! | `[users.<id>]` | (file only) | none: no user directory |
 //!
 //! The file is named by `--config` or `KEYGATE_CONFIG`.
@@ -69,6 +70,7 @@ struct FileConfig {
     original_method_header: Option<String>,
     trusted_proxies: Option<Vec<String>>,
     proxy_header: Option<String>,
+    github_keys_file: Option<PathBuf>,
     users: Option<BTreeMap<String, User>>,
 }
 
@@ -177,6 +179,9 @@ pub struct Config {
     pub trusted_proxies: Vec<Cidr>,
     /// The header those proxies record the client in.
     pub proxy_header: ProxyHeader,
+    /// GitHub's secret-scanning public keys (JSON, as GitHub publishes them); `None`: no
+    /// leak-report endpoint.
+    pub github_keys_file: Option<PathBuf>,
     /// The static user directory; `None`: no directory.
     pub users: Option<BTreeMap<String, User>>,
 }
@@ -419,6 +424,9 @@ impl Config {
             ),
             trusted_proxies,
             proxy_header,
+            github_keys_file: env("KEYGATE_GITHUB_KEYS_FILE")
+                .map(PathBuf::from)
+                .or(file.github_keys_file),
             users: file.users,
         };
         config.check()?;

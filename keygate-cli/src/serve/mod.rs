@@ -6,6 +6,7 @@
 //! | `/auth` (any method) | forward auth for nginx `auth_request`, Traefik `ForwardAuth`, Caddy `forward_auth` (see [`auth`](self#forward-auth)) |
 //! | `/api/api-keys` | the admin API ([`keygate::admin`]) |
 //! | `/admin/` | the admin web page ([`keygate::admin::AdminPage`]), which signs in with an admin key and calls the admin API |
+//! | `POST /leaks/github` | GitHub secret-scanning reports ([`keygate::leaks`]), when `github_keys_file` is set ([`config`]) |
 //! | `GET /healthz` | liveness: `200 ok` |
 //! | `GET /readyz` | readiness: `200` when the store answers, else `503` with `Retry-After` |
 //!
@@ -57,6 +58,7 @@ use axum::routing::{any, get};
 use axum::Router;
 use keygate::admin::{AdminApi, AdminPage, ADMIN_PERMISSION};
 use keygate::http::TrustedProxies;
+use keygate::leaks::{GithubKeys, LeakReports, GITHUB_PATH};
 use keygate::{
     CacheConfig, CachedStore, JwtSecret, KeyId, KeyStore, Keygate, ListQuery, NewKey, Pepper,
     StoreError,
@@ -156,6 +158,7 @@ pub struct App {
     store_timeout: Duration,
     original_uri_header: HeaderName,
     original_method_header: HeaderName,
+    leaks: Option<LeakReports>,
 }
 
 impl std::fmt::Debug for App {
@@ -178,7 +181,16 @@ impl App {
             store_timeout: Duration::from_secs(2),
             original_uri_header: HeaderName::from_static("x-original-uri"),
             original_method_header: HeaderName::from_static("x-original-method"),
+            leaks: None,
         }
+    }
+
+    /// Serves GitHub's secret-scanning reports at `/leaks/github` ([`keygate::leaks`]);
+    /// without this, that path is a 404.
+    #[must_use]
+    pub fn leak_reports(mut self, reports: LeakReports) -> Self {
+        self.leaks = Some(reports);
+        self
     }
 
     /// How long `/readyz` waits for the store.
@@ -220,6 +232,11 @@ impl App {
     /// Every route of the server (see the [module docs](self)).
     pub fn router(&self) -> Router {
         let admin = AdminApi::new(self.gate.clone());
+        // GitHub's secret-scanning reports, when GitHub's public keys are configured.
+        let leaks = match &self.leaks {
+            Some(reports) => keygate::axum::leak_routes(GITHUB_PATH, reports.clone()),
+            None => Router::new(),
+        };
         Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
@@ -231,11 +248,7 @@ impl App {
                 "/admin",
                 AdminPage::new().api_base("../api/api-keys"),
             ))
-            // MOUNT POINT (issue 11, leaks slice, not on main yet): GitHub secret-scanning
-            // reports, `.merge(keygate::axum::leak_routes("/leaks/github", keygate::leaks::LeakReports::new(gate, keys)))`
-            // with `keys = keygate::leaks::GithubKeys::from_file(…)` from a new setting
-            // (e.g. `github_keys_file` / `KEYGATE_GITHUB_KEYS_FILE` in config.rs), mounted
-            // only when it is set.
+            .merge(leaks)
             .fallback(not_found)
             .with_state(self.clone())
     }
@@ -385,9 +398,20 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
     })?;
     let uri = header_name(&config.original_uri_header)?;
     let method = header_name(&config.original_method_header)?;
-    Ok(App::new(gate, store)
+    let mut app = App::new(gate.clone(), store)
         .store_timeout(config.store_timeout)
-        .original_headers(uri, method))
+        .original_headers(uri, method);
+    if let Some(path) = &config.github_keys_file {
+        let keys = GithubKeys::from_file(path).map_err(|e| {
+            ServeError::setup(
+                format!("cannot load GitHub's public keys from {}", path.display()),
+                e,
+            )
+        })?;
+        tracing::info!(path = %GITHUB_PATH, "GitHub secret-scanning reports accepted");
+        app = app.leak_reports(LeakReports::new(gate, keys));
+    }
+    Ok(app)
 }
 
 fn header_name(name: &str) -> Result<HeaderName, ServeError> {
