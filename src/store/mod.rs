@@ -23,6 +23,8 @@ mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod usage;
 mod url;
 
 #[cfg(feature = "redis")]

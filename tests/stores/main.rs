@@ -16,6 +16,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod limits;
 mod memory;
 mod postgres;
 mod redis;

@@ -21,6 +21,7 @@ use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
 mod feed;
+mod limits;
 
 /// The schema migrations, in order. Applied by [`PostgresStore::migrate`].
 const MIGRATIONS: &[Script] = &[
@@ -43,6 +44,11 @@ const MIGRATIONS: &[Script] = &[
         version: 4,
         description: "create keygate_peppers",
         sql: include_str!("../../../migrations/postgres/0004_pepper_fingerprints.sql"),
+    },
+    Script {
+        version: 6,
+        description: "create keygate_usage",
+        sql: include_str!("../../../migrations/postgres/0006_usage_state.sql"),
     },
 ];
 
@@ -142,6 +148,12 @@ impl Default for PostgresConfig {
 /// [`follow_changes`](crate::CachedStore::follow_changes) drops a revoked key as soon as
 /// the revoking node commits. Records hold hashes only, never a plaintext key.
 ///
+/// It is also a [`Limiter`](crate::limits::Limiter) ([`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter)):
+/// rate limits and credits exact across every app server on the database, one statement
+/// per check on the table `keygate_usage` (one row per key or owner, locked by the
+/// statement, written only when everything in the check is allowed). It decides at the
+/// gate's clock, so app servers must keep their clocks in step.
+///
 /// ```no_run
 /// use std::time::Duration;
 /// use keygate::{CacheConfig, CachedStore, Keygate, Pepper, PostgresStore};
@@ -159,6 +171,8 @@ impl Default for PostgresConfig {
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// Whether limiter writes wait for the WAL flush (see [`durable_limits`](Self::durable_limits)).
+    durable_limits: bool,
 }
 
 impl PostgresStore {
@@ -201,7 +215,10 @@ impl PostgresStore {
             .connect_with(connect)
             .await
             .map_err(store_error)?;
-        let store = Self { pool };
+        let store = Self {
+            pool,
+            durable_limits: false,
+        };
         if config.migrate {
             store.migrate().await?;
         }
@@ -212,12 +229,32 @@ impl PostgresStore {
     /// (`PgPoolOptions::connect_lazy`) so the app can start while the database is down.
     /// Migrations are *not* applied: call [`migrate`](Self::migrate).
     pub fn from_pool(pool: PgPool) -> Self {
-        Self { pool }
+        Self {
+            pool,
+            durable_limits: false,
+        }
     }
 
     /// The connection pool.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// Whether the limiter's writes (see [`Limiter`](crate::limits::Limiter) below) wait
+    /// for PostgreSQL to flush them to disk before answering. Default `false`: each check
+    /// commits with `synchronous_commit = off` for its own transaction only (key records are
+    /// written as before). A check takes its subject's row lock, so checks of one key run one
+    /// after another, and with a flush each holds the lock for a disk sync: about 100
+    /// checks per second per key on a disk that syncs in 9 ms (this test machine), against
+    /// about 1,300 without. The price of `false`: if the *database server* crashes, checks
+    /// committed in the last moments before the crash (at most three `wal_writer_delay`s,
+    /// 600 ms by default) are undone, so those requests' rate-limit units and credits are
+    /// given back; decisions stay exact while it runs, and an app server crash loses
+    /// nothing. `true` makes every check durable.
+    #[must_use]
+    pub fn durable_limits(mut self, durable: bool) -> Self {
+        self.durable_limits = durable;
+        self
     }
 
     /// Applies the schema migrations that are not applied yet, with sqlx's
