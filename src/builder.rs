@@ -11,6 +11,8 @@ use crate::gate::{Inner, Keygate};
 use crate::hash::Pepper;
 use crate::jwt::JwtSecret;
 use crate::key;
+use crate::limits::events::LimitEvents;
+use crate::limits::{FailureMode, Limiter, MemoryLimiter, RateLimit};
 use crate::refusals::Refusals;
 
 /// The id of the next gate built in this process: a [`Principal`](crate::Principal) remembers
@@ -38,6 +40,10 @@ impl Keygate {
             store_timeout: None,
             realm: "api".to_owned(),
             refusal_log_interval: Duration::from_secs(1),
+            limiter: None,
+            limiter_failure: FailureMode::Closed,
+            owner_ratelimits: Vec::new(),
+            limit_event_interval: Duration::from_secs(60),
         }
     }
 }
@@ -54,6 +60,10 @@ pub struct KeygateBuilder {
     store_timeout: Option<Duration>,
     realm: String,
     refusal_log_interval: Duration,
+    limiter: Option<Arc<dyn Limiter>>,
+    limiter_failure: FailureMode,
+    owner_ratelimits: Vec<RateLimit>,
+    limit_event_interval: Duration,
 }
 
 impl KeygateBuilder {
@@ -121,13 +131,60 @@ impl KeygateBuilder {
         self
     }
 
+    /// Where rate-limit and credit state lives (default: a [`MemoryLimiter`] of this gate).
+    /// Pass an `Arc` and keep a clone to share one limiter between gates. See
+    /// [`crate::limits`].
+    pub fn limiter(mut self, limiter: impl Limiter) -> Self {
+        self.limiter = Some(Arc::new(limiter));
+        self
+    }
+
+    /// What a request gets when the limiter fails (default [`FailureMode::Closed`]: 503).
+    pub fn limiter_failure(mut self, mode: FailureMode) -> Self {
+        self.limiter_failure = mode;
+        self
+    }
+
+    /// Rate limits every owner's keys share, for owners whose
+    /// [`Owner::ratelimits`](crate::Owner::ratelimits) is `None` (and every owner on a gate
+    /// without a directory). Checked at [`build`](Self::build).
+    ///
+    /// ```
+    /// use keygate::limits::RateLimit;
+    /// use keygate::{Keygate, MemoryStore, Pepper};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
+    ///     .owner_ratelimits([RateLimit::new("requests", 10_000, 3_600_000)])
+    ///     .build()?;
+    /// # let _ = gate; Ok(()) }
+    /// ```
+    pub fn owner_ratelimits(mut self, limits: impl IntoIterator<Item = RateLimit>) -> Self {
+        self.owner_ratelimits = limits.into_iter().collect();
+        self
+    }
+
+    /// The least time between two events about the same key (or owner) hitting a limit,
+    /// running out of credits or passing unlimited when the limiter fails open (default
+    /// 60 s); each event carries how many refusals the previous interval held.
+    pub fn limit_event_interval(mut self, interval: Duration) -> Self {
+        self.limit_event_interval = interval;
+        self
+    }
+
     /// Checks the configuration and builds the gate.
     ///
     /// # Errors
     ///
-    /// [`BuildError::InvalidPrefix`] for a prefix that is not `[a-z][a-z0-9]{0,15}`.
+    /// [`BuildError::InvalidPrefix`] for a prefix that is not `[a-z][a-z0-9]{0,15}`;
+    /// [`BuildError::InvalidRateLimits`] for [`owner_ratelimits`](Self::owner_ratelimits)
+    /// that fail [`validate_ratelimits`](crate::limits::validate_ratelimits).
     pub fn build(self) -> Result<Keygate, BuildError> {
         key::validate_prefix(&self.prefix)?;
+        crate::limits::validate_ratelimits(&self.owner_ratelimits).map_err(|e| match e {
+            crate::Error::InvalidInput { reason, .. } => BuildError::InvalidRateLimits(reason),
+            _ => BuildError::InvalidRateLimits("invalid"),
+        })?;
         let interval = i64::try_from(self.last_used_interval.as_micros()).unwrap_or(i64::MAX);
         Ok(Keygate {
             inner: Arc::new(Inner {
@@ -145,6 +202,14 @@ impl KeygateBuilder {
                     i64::try_from(self.refusal_log_interval.as_micros()).unwrap_or(i64::MAX),
                 ),
                 pepper_check: tokio::sync::OnceCell::new(),
+                limiter: self
+                    .limiter
+                    .unwrap_or_else(|| Arc::new(MemoryLimiter::new())),
+                limiter_failure: self.limiter_failure,
+                owner_ratelimits: self.owner_ratelimits.into(),
+                limit_events: LimitEvents::new(
+                    i64::try_from(self.limit_event_interval.as_micros()).unwrap_or(i64::MAX),
+                ),
             }),
         })
     }
@@ -160,6 +225,9 @@ impl fmt::Debug for KeygateBuilder {
             .field("last_used_interval", &self.last_used_interval)
             .field("store_timeout", &self.store_timeout)
             .field("refusal_log_interval", &self.refusal_log_interval)
+            .field("limiter", &self.limiter.is_some())
+            .field("limiter_failure", &self.limiter_failure)
+            .field("owner_ratelimits", &self.owner_ratelimits)
             .finish_non_exhaustive()
     }
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 
 use crate::key::KeyId;
+use crate::limits::{CreditsExhausted, LimiterError, RateLimited};
 use crate::store::StoreError;
 use crate::user::DirectoryError;
 
@@ -197,12 +198,27 @@ pub enum VerifyError {
         /// The pepper version of the key's hash.
         version: u32,
     },
+    /// A rate limit of the key (or one its owner's keys share) has no room for the request:
+    /// HTTP 429 `rate_limited` with `Retry-After` and the `RateLimit`/`RateLimit-Policy`
+    /// headers. The key is valid; nothing was charged. Never a 401.
+    #[error("rate limit exceeded: {}", .0.limit)]
+    RateLimited(Box<RateLimited>),
+    /// The key has no credits left for the request: HTTP 429 `credits_exhausted`, with
+    /// `Retry-After` when the key is refilled. The key is valid; nothing was charged.
+    #[error("usage credits exhausted")]
+    CreditsExhausted(Box<CreditsExhausted>),
+    /// The [`Limiter`](crate::limits::Limiter) failed, and the gate fails closed (the
+    /// default, see [`FailureMode`](crate::limits::FailureMode)): HTTP 503 with
+    /// `Retry-After`. Never a bad key, never a success without a decision.
+    #[error("usage limiter unavailable")]
+    LimiterUnavailable(#[source] LimiterError),
 }
 
 impl VerifyError {
     /// A stable machine-readable reason for logs: the [`Rejection`] or [`RequestError`]
     /// code, or `"missing_credentials"`, `"insufficient_scope"`, `"store_unavailable"`,
-    /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`.
+    /// `"store_corrupt"`, `"directory_unavailable"`, `"pepper_mismatch"`, `"rate_limited"`,
+    /// `"credits_exhausted"`, `"limiter_unavailable"`.
     pub fn reason(&self) -> &'static str {
         match self {
             VerifyError::MissingCredentials => "missing_credentials",
@@ -213,7 +229,19 @@ impl VerifyError {
             VerifyError::StoreCorrupt(_) => "store_corrupt",
             VerifyError::DirectoryUnavailable(_) => "directory_unavailable",
             VerifyError::PepperMismatch { .. } => "pepper_mismatch",
+            VerifyError::RateLimited(_) => "rate_limited",
+            VerifyError::CreditsExhausted(_) => "credits_exhausted",
+            VerifyError::LimiterUnavailable(_) => "limiter_unavailable",
         }
+    }
+
+    /// Whether a usage limit refused the request (rate limit or credits, HTTP 429): the key
+    /// is valid.
+    pub fn is_limited(&self) -> bool {
+        matches!(
+            self,
+            VerifyError::RateLimited(_) | VerifyError::CreditsExhausted(_)
+        )
     }
 
     /// The rejection, when the key itself was refused.
@@ -230,7 +258,9 @@ impl VerifyError {
     pub fn is_unavailable(&self) -> bool {
         matches!(
             self,
-            VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_)
+            VerifyError::StoreUnavailable(_)
+                | VerifyError::DirectoryUnavailable(_)
+                | VerifyError::LimiterUnavailable(_)
         )
     }
 
@@ -311,6 +341,10 @@ pub enum BuildError {
     /// The same pepper version twice in one keyring.
     #[error("pepper version {0} given twice")]
     DuplicatePepperVersion(u32),
+    /// [`KeygateBuilder::owner_ratelimits`](crate::KeygateBuilder::owner_ratelimits) out of
+    /// bounds; the text says how.
+    #[error("invalid owner rate limits: {0}")]
+    InvalidRateLimits(&'static str),
     /// A JWT secret shorter than the minimum.
     #[error("JWT secret too short: {got} bytes, need at least {min}")]
     JwtSecretTooShort {

@@ -79,6 +79,12 @@ pub(crate) struct Inner {
     pub(crate) refusals: Refusals,
     /// [`Keygate::check_pepper`]'s verdict, once known.
     pub(crate) pepper_check: tokio::sync::OnceCell<crate::pepper_check::PepperVerdict>,
+    /// Rate-limit and credit state.
+    pub(crate) limiter: Arc<dyn crate::limits::Limiter>,
+    pub(crate) limiter_failure: crate::limits::FailureMode,
+    /// Owner limits for owners the directory gives none (and every owner without one).
+    pub(crate) owner_ratelimits: Arc<[crate::limits::RateLimit]>,
+    pub(crate) limit_events: crate::limits::events::LimitEvents,
 }
 
 impl Drop for Inner {
@@ -252,6 +258,12 @@ impl Keygate {
             active: new.active,
             scopes: new.scopes,
             metadata: new.metadata,
+            ratelimits: new.ratelimits,
+            credits: new.credits.map(|mut credits| {
+                // The count starts now (see `CreditPolicy::set_at`).
+                credits.set_at = Some(now);
+                credits
+            }),
         };
         // What verify will demand of the record, demanded before it is written.
         record
@@ -406,6 +418,16 @@ impl Keygate {
             return Err(Error::NotFound(id));
         }
         self.inner.usage.forget(id);
+        // The key's usage state goes with it (best effort: a stale entry only holds memory
+        // or a row until the limiter drops it; no key can use it again).
+        if let Err(error) = self
+            .inner
+            .limiter
+            .forget(crate::limits::Subject::Key(id))
+            .await
+        {
+            tracing::warn!(target: "keygate", key_id = %id, error = %error, "could not drop a deleted key's usage state");
+        }
         tracing::info!(target: "keygate", key_id = %id, "key deleted");
         Ok(())
     }

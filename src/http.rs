@@ -7,10 +7,34 @@
 //! | malformed header (two headers, bad syntax, oversize) | 400 | `… error="invalid_request"` |
 //! | bad, unknown, expired, revoked key; inactive owner | 401 | `… error="invalid_token"` |
 //! | valid key lacking a permission or scope | 403 | `… error="insufficient_scope"` |
-//! | store or directory unavailable | 503 | `Retry-After` |
+//! | rate limit hit | 429 | `Retry-After`, `RateLimit-Policy`, `RateLimit`; never 401 |
+//! | credits exhausted | 429 | `Retry-After` (until the next refill, if any), `RateLimit-Policy`, `RateLimit` |
+//! | store, directory or limiter unavailable | 503 | `Retry-After` |
 //! | store returned a corrupt record | 500 | none: retrying does not help |
 //!
 //! Every invalid-key reason gets the same body; the reason goes to logs only.
+//!
+//! # Rate-limit headers
+//!
+//! The `RateLimit-Policy` and `RateLimit` fields follow
+//! [draft-ietf-httpapi-ratelimit-headers](https://datatracker.ietf.org/doc/draft-ietf-httpapi-ratelimit-headers/)
+//! (revisions 08 to 11: structured-field lists of named policies). A rate limit `requests`
+//! of 100 per minute that refused a request renders as
+//!
+//! ```text
+//! HTTP/1.1 429 Too Many Requests
+//! Retry-After: 1
+//! RateLimit-Policy: "requests";q=100;w=60
+//! RateLimit: "requests";r=0;t=60
+//! ```
+//!
+//! `q` is the limit, `w` its window in seconds (rounded up), `r` the units left and `t` the
+//! seconds until the limit is full again (rounded up). An owner's shared limit is named
+//! `"owner-<name>"`. Credits render as the policy `"credits"` (`q` = the refill amount, or
+//! the starting count) with `r` = credits left and, when refilled, `t` = seconds to the next
+//! refill. Successful responses can carry the same two fields for what verify left
+//! ([`allowance_headers`]; the [`Authenticate`] layer and middleware add them with
+//! [`Authenticate::allowance_headers`]).
 //!
 //! # One error shape
 //!
@@ -36,8 +60,10 @@
 //! | `method_not_allowed` | 405 | admin API: the route does not take this method (`Allow` lists those it does) |
 //! | `conflict` | 409 | admin API: the change conflicts with the stored state |
 //! | `payload_too_large` | 413 | admin API: the body exceeds the framework's limit |
+//! | `rate_limited` | 429 | a rate limit of the key or its owner has no room (`Retry-After`, `RateLimit`) |
+//! | `credits_exhausted` | 429 | the key's usage credits are used up (`Retry-After` when refilled) |
 //! | `server_error` | 500 | a corrupt stored record; no gate configured (actix) |
-//! | `temporarily_unavailable` | 503 | store or directory unavailable (`Retry-After`) |
+//! | `temporarily_unavailable` | 503 | store, directory or limiter unavailable (`Retry-After`) |
 //!
 //! The challenge names the gate's realm ([`KeygateBuilder::realm`](crate::KeygateBuilder::realm)):
 //! always in the extractors, guards, middleware and admin API; for a `VerifyError` a
@@ -47,6 +73,9 @@
 use std::fmt;
 #[cfg(any(feature = "axum", feature = "actix"))]
 use std::marker::PhantomData;
+use std::time::Duration;
+
+use crate::limits::{Allowance, LimitReport, LimitScope};
 
 use crate::error::{RequestError, VerifyError};
 use crate::gate::Keygate;
@@ -162,12 +191,15 @@ fn is_b64_char(b: u8) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct HttpOutcome {
-    /// The status code: 400, 401, 403, 500 or 503.
+    /// The status code: 400, 401, 403, 429, 500 or 503.
     pub status: u16,
     /// The `WWW-Authenticate` value, when there is one (not for 503).
     pub www_authenticate: Option<String>,
-    /// The `Retry-After` value in seconds, for 503.
+    /// The `Retry-After` value in seconds, for 503 and 429.
     pub retry_after: Option<u32>,
+    /// Further headers: `RateLimit-Policy` and `RateLimit` for 429 (see [the module
+    /// docs](self#rate-limit-headers)).
+    pub headers: Vec<(&'static str, String)>,
     /// A JSON body, `{"error":"…","error_description":"…"}` (the [one error
     /// shape](self#one-error-shape)); the same for every invalid-key reason.
     pub body: &'static str,
@@ -205,18 +237,21 @@ impl VerifyError {
                 status: 401,
                 www_authenticate: challenge(None, ""),
                 retry_after: None,
+                headers: Vec::new(),
                 body: r#"{"error":"unauthorized","error_description":"Bearer credentials required"}"#,
             },
             VerifyError::InvalidRequest(_) => HttpOutcome {
                 status: 400,
                 www_authenticate: challenge(Some("invalid_request"), ""),
                 retry_after: None,
+                headers: Vec::new(),
                 body: r#"{"error":"invalid_request","error_description":"Malformed Authorization header"}"#,
             },
             VerifyError::InvalidKey(_) => HttpOutcome {
                 status: 401,
                 www_authenticate: challenge(Some("invalid_token"), ""),
                 retry_after: None,
+                headers: Vec::new(),
                 body: r#"{"error":"invalid_token","error_description":"The API key is invalid, expired or revoked"}"#,
             },
             VerifyError::InsufficientScope { required } => {
@@ -233,6 +268,7 @@ impl VerifyError {
                     status: 403,
                     www_authenticate: challenge(Some("insufficient_scope"), &scope),
                     retry_after: None,
+                    headers: Vec::new(),
                     body: r#"{"error":"insufficient_scope","error_description":"The API key lacks the required permission"}"#,
                 }
             }
@@ -240,18 +276,125 @@ impl VerifyError {
                 status: 500,
                 www_authenticate: None,
                 retry_after: None,
+                headers: Vec::new(),
                 body: r#"{"error":"server_error","error_description":"Key verification failed on the server"}"#,
             },
-            VerifyError::StoreUnavailable(_) | VerifyError::DirectoryUnavailable(_) => {
-                HttpOutcome {
-                    status: 503,
-                    www_authenticate: None,
-                    retry_after: Some(RETRY_AFTER_SECS),
-                    body: r#"{"error":"temporarily_unavailable","error_description":"Key verification is temporarily unavailable"}"#,
-                }
-            }
+            VerifyError::StoreUnavailable(_)
+            | VerifyError::DirectoryUnavailable(_)
+            | VerifyError::LimiterUnavailable(_) => HttpOutcome {
+                status: 503,
+                www_authenticate: None,
+                retry_after: Some(RETRY_AFTER_SECS),
+                headers: Vec::new(),
+                body: r#"{"error":"temporarily_unavailable","error_description":"Key verification is temporarily unavailable"}"#,
+            },
+            VerifyError::RateLimited(limited) => HttpOutcome {
+                status: 429,
+                www_authenticate: None,
+                retry_after: limited.retry_after.map(secs_up),
+                headers: limit_headers(std::slice::from_ref(&limited.limit), None),
+                body: r#"{"error":"rate_limited","error_description":"Rate limit exceeded; retry after the time in Retry-After"}"#,
+            },
+            VerifyError::CreditsExhausted(exhausted) => HttpOutcome {
+                status: 429,
+                www_authenticate: None,
+                retry_after: exhausted.retry_after.map(secs_up),
+                headers: limit_headers(&[], Some((exhausted.remaining, exhausted.retry_after))),
+                body: r#"{"error":"credits_exhausted","error_description":"The API key has no usage credits left"}"#,
+            },
         }
     }
+}
+
+/// Whole seconds, rounded up, at least 1 and at most `u32::MAX`: for `Retry-After`, which
+/// must never tell a client to retry before the limit has room.
+fn secs_up(after: Duration) -> u32 {
+    let secs = after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0));
+    u32::try_from(secs.max(1)).unwrap_or(u32::MAX)
+}
+
+/// Whole seconds, rounded up (0 stays 0).
+fn secs_ceil(after: Duration) -> u64 {
+    after
+        .as_secs()
+        .saturating_add(u64::from(after.subsec_nanos() > 0))
+}
+
+/// The `RateLimit-Policy` and `RateLimit` fields for `limits` and, optionally, credits
+/// (`(remaining, until the next refill)`); see [the module docs](self#rate-limit-headers).
+fn limit_headers(
+    limits: &[LimitReport],
+    credits: Option<(u64, Option<Duration>)>,
+) -> Vec<(&'static str, String)> {
+    use std::fmt::Write as _;
+    let mut policy = String::new();
+    let mut state = String::new();
+    for report in limits {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let prefix = match report.scope {
+            LimitScope::Key => "",
+            LimitScope::Owner => "owner-",
+        };
+        // Names are `[A-Za-z0-9_.:-]`: nothing to escape in a structured-field string.
+        let _ = write!(
+            policy,
+            "\"{prefix}{}\";q={};w={}",
+            report.name,
+            report.limit,
+            secs_ceil(report.window).max(1)
+        );
+        let _ = write!(
+            state,
+            "\"{prefix}{}\";r={};t={}",
+            report.name,
+            report.remaining,
+            secs_ceil(report.reset_after)
+        );
+    }
+    if let Some((remaining, refill)) = credits {
+        if !policy.is_empty() {
+            policy.push_str(", ");
+            state.push_str(", ");
+        }
+        let _ = write!(policy, "\"credits\";q={remaining}");
+        let _ = write!(state, "\"credits\";r={remaining}");
+        if let Some(refill) = refill {
+            let _ = write!(state, ";t={}", secs_ceil(refill));
+        }
+    }
+    if policy.is_empty() {
+        return Vec::new();
+    }
+    vec![("ratelimit-policy", policy), ("ratelimit", state)]
+}
+
+/// The `RateLimit-Policy` and `RateLimit` headers for what a successful verify left
+/// ([`Principal::allowance`](crate::Principal::allowance)): empty when nothing is limited.
+/// The [`Authenticate`] layer and middleware add them to successful responses with
+/// [`Authenticate::allowance_headers`]; handlers can add them by hand.
+///
+/// ```
+/// use keygate::limits::RateLimit;
+/// use keygate::{http, Keygate, MemoryStore, NewKey, Pepper};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+/// let issued = gate
+///     .mint(NewKey::new("script", "u1").ratelimits([RateLimit::new("requests", 10, 60_000)]))
+///     .await?;
+/// let principal = gate.verify(issued.key.expose()).await?;
+/// let headers = http::allowance_headers(principal.allowance().unwrap());
+/// assert_eq!(headers[0], ("ratelimit-policy", r#""requests";q=10;w=60"#.to_owned()));
+/// assert_eq!(headers[1], ("ratelimit", r#""requests";r=9;t=6"#.to_owned()));
+/// # Ok(()) }
+/// ```
+pub fn allowance_headers(allowance: &Allowance) -> Vec<(&'static str, String)> {
+    limit_headers(&allowance.limits, allowance.credits.map(|c| (c, None)))
 }
 
 /// Why a request was refused, with the answer to send: a [`VerifyError`] and the
@@ -330,6 +473,7 @@ impl AuthError {
                 status: 500,
                 www_authenticate: None,
                 retry_after: None,
+                headers: Vec::new(),
                 body: r#"{"error":"server_error","error_description":"API key verification is not configured"}"#,
             },
             default_realm: false,
@@ -424,6 +568,7 @@ pub struct Authenticate {
     pub(crate) gate: Keygate,
     pub(crate) optional: bool,
     pub(crate) permissions: Vec<String>,
+    pub(crate) allowance_headers: bool,
 }
 
 #[cfg(any(feature = "axum", feature = "actix"))]
@@ -434,6 +579,7 @@ impl Authenticate {
             gate,
             optional: false,
             permissions: Vec::new(),
+            allowance_headers: false,
         }
     }
 
@@ -451,6 +597,15 @@ impl Authenticate {
     #[must_use]
     pub fn permission(mut self, permission: impl Into<String>) -> Self {
         self.permissions.push(permission.into());
+        self
+    }
+
+    /// Adds `RateLimit-Policy` and `RateLimit` headers for what verify left of the key's
+    /// (and its owner's) limits and credits to every response of a verified request
+    /// ([`allowance_headers`]), unless the handler set them itself. Off by default.
+    #[must_use]
+    pub fn allowance_headers(mut self) -> Self {
+        self.allowance_headers = true;
         self
     }
 

@@ -383,6 +383,7 @@ pub mod http;
 mod json;
 mod jwt;
 mod key;
+pub mod limits;
 mod pepper_check;
 mod pepper_source;
 mod principal;
@@ -458,6 +459,10 @@ pub mod bounds {
     pub use crate::hash::MIN_PEPPER_LEN;
     pub use crate::jwt::MIN_JWT_SECRET_LEN;
     pub use crate::key::MAX_OPAQUE_LEN;
+    pub use crate::limits::{
+        MAX_CREDITS, MAX_RATELIMITS, MAX_RATELIMIT_DURATION_MS, MAX_RATELIMIT_LIMIT,
+        MAX_RATELIMIT_NAME_LEN,
+    };
     pub use crate::record::MAX_STORED_OWNER_LEN;
     pub use crate::validate::{
         MAX_DESCRIPTION_LEN, MAX_EXPIRY, MAX_ID_LEN, MAX_METADATA_BYTES, MAX_NAME_LEN, MAX_SCOPES,

@@ -8,6 +8,7 @@ use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::error::VerifyError;
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::Allowance;
 use crate::record::KeyRecord;
 use crate::user::{Owner, Permissions};
 
@@ -54,6 +55,8 @@ pub struct Principal {
     /// Which [`Keygate`](crate::Keygate) verified it (see
     /// [`Keygate::verified`](crate::Keygate::verified)).
     gate: u64,
+    /// What the usage limits left after this request, when the key or owner has any.
+    allowance: Option<Arc<Allowance>>,
 }
 
 impl Principal {
@@ -70,7 +73,27 @@ impl Principal {
             verified_at,
             token_expires_at,
             gate,
+            allowance: None,
         }
+    }
+
+    /// This principal, with what verify's usage limits left.
+    pub(crate) fn with_allowance(mut self, allowance: Option<Allowance>) -> Self {
+        self.allowance = allowance.map(Arc::new);
+        self
+    }
+
+    /// The owner as the directory gave it at verify time (`None` without a directory).
+    pub(crate) fn owner(&self) -> Option<&Owner> {
+        self.owner.as_deref()
+    }
+
+    /// What the key's (and its owner's) auto-applied rate limits and credits left after
+    /// this request: `None` when neither has any. The HTTP integrations can send it as
+    /// `RateLimit`/`RateLimit-Policy` headers (see
+    /// [`http::allowance_headers`](crate::http::allowance_headers)).
+    pub fn allowance(&self) -> Option<&Allowance> {
+        self.allowance.as_deref()
     }
 
     /// The id of the gate that verified this principal.

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hash::SecretHash;
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{CreditPolicy, RateLimit};
 
 /// Longest owner id a stored record may carry, in bytes. Owner ids are user ids (a UUID,
 /// an email address); anything longer is not one.
@@ -67,6 +68,13 @@ pub struct KeyRecord {
     pub scopes: Option<BTreeSet<String>>,
     /// Application metadata.
     pub metadata: Metadata,
+    /// The key's rate limits (Unkey's `ratelimits`); empty: none. See [`crate::limits`].
+    #[serde(default)]
+    pub ratelimits: Vec<RateLimit>,
+    /// The key's usage credits policy (Unkey's `credits`); `None`: unlimited uses. The
+    /// count left lives in the gate's [`Limiter`](crate::limits::Limiter).
+    #[serde(default)]
+    pub credits: Option<CreditPolicy>,
 }
 
 impl KeyRecord {
@@ -95,6 +103,8 @@ impl KeyRecord {
             active: true,
             scopes: None,
             metadata: Metadata::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -138,6 +148,20 @@ impl KeyRecord {
             if at.is_some_and(|at| !in_stored_range(at)) {
                 return Err(InvalidRecord::new(field, "outside the years 1 to 9999"));
             }
+        }
+        if !self.ratelimits.is_empty() {
+            crate::limits::validate_ratelimits(&self.ratelimits).map_err(|e| match e {
+                crate::Error::InvalidInput { reason, .. } => {
+                    InvalidRecord::new("ratelimits", reason)
+                }
+                _ => InvalidRecord::new("ratelimits", "invalid"),
+            })?;
+        }
+        if let Some(credits) = &self.credits {
+            credits.validate().map_err(|e| match e {
+                crate::Error::InvalidInput { reason, .. } => InvalidRecord::new("credits", reason),
+                _ => InvalidRecord::new("credits", "invalid"),
+            })?;
         }
         Ok(())
     }
@@ -242,6 +266,8 @@ pub struct NewKey {
     pub(crate) scopes: Option<BTreeSet<String>>,
     pub(crate) metadata: Metadata,
     pub(crate) format: KeyFormat,
+    pub(crate) ratelimits: Vec<RateLimit>,
+    pub(crate) credits: Option<CreditPolicy>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -264,6 +290,8 @@ impl NewKey {
             scopes: None,
             metadata: Metadata::new(),
             format: KeyFormat::Opaque,
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 
@@ -320,6 +348,27 @@ impl NewKey {
         self.format = format;
         self
     }
+
+    /// Rate limits on the key (see [`crate::limits`]); replaces any set before.
+    ///
+    /// ```
+    /// use keygate::limits::RateLimit;
+    /// use keygate::NewKey;
+    ///
+    /// let request = NewKey::new("script", "user-1")
+    ///     .ratelimits([RateLimit::new("requests", 100, 60_000)]);
+    /// # let _ = request;
+    /// ```
+    pub fn ratelimits(mut self, limits: impl IntoIterator<Item = RateLimit>) -> Self {
+        self.ratelimits = limits.into_iter().collect();
+        self
+    }
+
+    /// Usage credits for the key (see [`crate::limits`]).
+    pub fn credits(mut self, credits: CreditPolicy) -> Self {
+        self.credits = Some(credits);
+        self
+    }
 }
 
 /// A change to a record: every `Some` field is set, every `None` field left alone.
@@ -354,6 +403,12 @@ pub struct KeyPatch {
     pub scopes: Option<Option<BTreeSet<String>>>,
     /// New metadata, replacing the old.
     pub metadata: Option<Metadata>,
+    /// New rate limits, replacing the old (`Some(vec![])` removes them all). Their state
+    /// (each limit's TAT, by name) carries over in the limiter.
+    pub ratelimits: Option<Vec<RateLimit>>,
+    /// New credits policy (`Some(None)` removes it: unlimited uses). Setting one restarts
+    /// the count from its `remaining`.
+    pub credits: Option<Option<CreditPolicy>>,
     /// A re-hash under a newer pepper or hash scheme: set by keygate only (read it with
     /// [`KeyPatch::new_hash`]).
     pub(crate) hash: Option<SecretHash>,
@@ -366,7 +421,8 @@ pub struct KeyPatch {
 }
 
 /// What a record must still hold for a conditional [`KeyPatch`] to apply: the fields that
-/// decide what a key can do (owner, scopes, active, expiry), as they were in the copy the
+/// decide what a key can do (owner, scopes, active, expiry) and how much (rate limits,
+/// credits policy), as they were in the copy the
 /// patch was decided on. Made by [`KeyPatch::if_unchanged`].
 ///
 /// Other fields (name, description, metadata, `last_used_at`, `updated_at`, the hash) may
@@ -378,6 +434,8 @@ pub struct Precondition {
     scopes: Option<BTreeSet<String>>,
     active: bool,
     expires_at: Option<DateTime<Utc>>,
+    ratelimits: Vec<RateLimit>,
+    credits: Option<CreditPolicy>,
 }
 
 impl Precondition {
@@ -388,15 +446,20 @@ impl Precondition {
             scopes: record.scopes.clone(),
             active: record.active,
             expires_at: record.expires_at,
+            ratelimits: record.ratelimits.clone(),
+            credits: record.credits.clone(),
         }
     }
 
-    /// Whether `record` still has the owner, scopes, active flag and expiry this requires.
+    /// Whether `record` still has the owner, scopes, active flag, expiry, rate limits and
+    /// credits policy this requires.
     pub fn holds(&self, record: &KeyRecord) -> bool {
         self.owner == record.owner
             && self.scopes == record.scopes
             && self.active == record.active
             && self.expires_at == record.expires_at
+            && self.ratelimits == record.ratelimits
+            && self.credits == record.credits
     }
 }
 
@@ -452,6 +515,18 @@ impl KeyPatch {
         self
     }
 
+    /// Replace the rate limits (an empty list removes them).
+    pub fn ratelimits(mut self, limits: impl IntoIterator<Item = RateLimit>) -> Self {
+        self.ratelimits = Some(limits.into_iter().collect());
+        self
+    }
+
+    /// Set (restarting the count from its `remaining`) or remove the credits policy.
+    pub fn credits(mut self, credits: Option<CreditPolicy>) -> Self {
+        self.credits = Some(credits);
+        self
+    }
+
     /// Makes the patch conditional on `record`, the copy of the record it was decided on
     /// (checked against, or computed from): it applies only if the stored record's owner,
     /// scopes, active flag and expiry are still those of `record` (see [`Precondition`]).
@@ -496,6 +571,8 @@ impl KeyPatch {
             expires_at,
             scopes,
             metadata,
+            ratelimits,
+            credits,
             hash,
             updated_at,
             precondition: _,
@@ -507,6 +584,8 @@ impl KeyPatch {
             && expires_at.is_none()
             && scopes.is_none()
             && metadata.is_none()
+            && ratelimits.is_none()
+            && credits.is_none()
             && hash.is_none()
             && updated_at.is_none()
     }
@@ -550,6 +629,12 @@ impl KeyPatch {
         if let Some(metadata) = &self.metadata {
             record.metadata.clone_from(metadata);
         }
+        if let Some(limits) = &self.ratelimits {
+            record.ratelimits.clone_from(limits);
+        }
+        if let Some(credits) = &self.credits {
+            record.credits.clone_from(credits);
+        }
         if let Some(hash) = &self.hash {
             record.hash = Some(hash.clone());
         }
@@ -583,6 +668,8 @@ mod tests {
             active: true,
             scopes: None,
             metadata: Metadata::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 

@@ -14,7 +14,7 @@ use crate::key::KeyId;
 
 /// Every reason code [`Keygate::verify`](crate::Keygate::verify) can refuse with, in the
 /// order of [`RefusalCounts`]. Each is a [`VerifyError::reason`] code.
-const REASONS: [&str; 28] = [
+const REASONS: [&str; 31] = [
     // Before any store access (`Rejection::decided_without_store`).
     "malformed",
     "wrong_prefix",
@@ -47,6 +47,10 @@ const REASONS: [&str; 28] = [
     "directory_unavailable",
     "store_corrupt",
     "pepper_mismatch",
+    // Usage limits (the key is valid).
+    "rate_limited",
+    "credits_exhausted",
+    "limiter_unavailable",
 ];
 
 /// The position of `error`'s reason in [`REASONS`]; `None` for errors verify never
@@ -85,6 +89,9 @@ fn slot(error: &VerifyError) -> Option<usize> {
         VerifyError::DirectoryUnavailable(_) => 25,
         VerifyError::StoreCorrupt(_) => 26,
         VerifyError::PepperMismatch { .. } => 27,
+        VerifyError::RateLimited(_) => 28,
+        VerifyError::CreditsExhausted(_) => 29,
+        VerifyError::LimiterUnavailable(_) => 30,
         VerifyError::InsufficientScope { .. } => return None,
     };
     Some(slot)
@@ -128,6 +135,10 @@ impl Refusals {
             return;
         };
         counter.total.fetch_add(1, Ordering::Relaxed);
+        if error.is_limited() {
+            // Logged per key and interval, with a count, by the gate's limit events.
+            return;
+        }
         let next = counter.next_event.load(Ordering::Relaxed);
         let due = now >= next
             && counter
@@ -174,6 +185,13 @@ fn log(error: &VerifyError, key_id: Option<KeyId>, suppressed: u64) {
     match (error, key_id) {
         (VerifyError::StoreUnavailable(e), _) => tracing::warn!(
             target: "keygate", error = %e, suppressed, "key store unavailable during verify"
+        ),
+        (VerifyError::LimiterUnavailable(e), id) => tracing::warn!(
+            target: "keygate",
+            key_id = %id.map(|id| id.to_string()).unwrap_or_default(),
+            error = %e,
+            suppressed,
+            "usage limiter unavailable during verify; request refused (fail closed)"
         ),
         (VerifyError::DirectoryUnavailable(e), _) => tracing::warn!(
             target: "keygate", error = %e, suppressed, "user directory unavailable during verify"
@@ -313,6 +331,30 @@ mod tests {
         )));
         errors.push(VerifyError::StoreCorrupt(StoreError::Timeout));
         errors.push(VerifyError::PepperMismatch { version: 1 });
+        errors.push(VerifyError::RateLimited(Box::new(
+            crate::limits::RateLimited {
+                limit: crate::limits::LimitReport {
+                    name: "r".into(),
+                    scope: crate::limits::LimitScope::Key,
+                    limit: 1,
+                    window: std::time::Duration::from_secs(1),
+                    remaining: 0,
+                    reset_after: std::time::Duration::from_secs(1),
+                },
+                retry_after: None,
+                cost: 1,
+            },
+        )));
+        errors.push(VerifyError::CreditsExhausted(Box::new(
+            crate::limits::CreditsExhausted {
+                remaining: 0,
+                cost: 1,
+                retry_after: None,
+            },
+        )));
+        errors.push(VerifyError::LimiterUnavailable(
+            crate::limits::LimiterError::Timeout,
+        ));
         assert_eq!(errors.len(), REASONS.len());
         for (i, error) in errors.iter().enumerate() {
             assert_eq!(slot(error), Some(i));

@@ -46,6 +46,7 @@ pub async fn run_all(store: Arc<dyn KeyStore>) {
     hash_and_format_round_trip(&*store).await;
     expiry_and_active_round_trip(&*store).await;
     unicode_round_trip(&*store).await;
+    usage_policy_round_trips(&*store).await;
     paging(&*store).await;
     last_used_batches(&*store).await;
     large_metadata(&*store).await;
@@ -86,6 +87,8 @@ pub fn sample_record(owner: &str) -> KeyRecord {
         active: true,
         scopes: None,
         metadata: Metadata::new(),
+        ratelimits: Vec::new(),
+        credits: None,
     }
 }
 
@@ -352,6 +355,67 @@ pub async fn unicode_round_trip(store: &dyn KeyStore) {
         .expect("unicode: list");
     assert_eq!(page.len(), 1, "unicode: list by unicode owner");
     assert_eq!(page[0], record, "unicode: listed record");
+}
+
+/// The usage policy ([`KeyRecord::ratelimits`], [`KeyRecord::credits`]) round-trips through
+/// insert, get, list and update: several limits (one manual, one with a burst), credits with
+/// a monthly refill and a `set_at`, then replaced, then removed.
+pub async fn usage_policy_round_trips(store: &dyn KeyStore) {
+    use crate::limits::{CreditPolicy, CreditRefill, RateLimit};
+    let owner = unique_owner("usage-policy");
+    let mut record = sample_record(&owner);
+    record.ratelimits = vec![
+        RateLimit::new("requests", 100, 60_000),
+        RateLimit::new("tokens", 50_000, 3_600_000)
+            .manual()
+            .with_burst(5_000),
+    ];
+    let mut credits = CreditPolicy::new(1_000).refill(CreditRefill::monthly(500, 31));
+    credits.set_at = Some(now());
+    record.credits = Some(credits);
+    store
+        .insert(record.clone())
+        .await
+        .expect("usage policy: insert");
+    assert_eq!(
+        must_get(store, record.id, "usage policy").await,
+        record,
+        "usage policy: round trip"
+    );
+    let page = store
+        .list(&ListQuery::new().owner(owner.clone()))
+        .await
+        .expect("usage policy: list");
+    assert_eq!(page, vec![record.clone()], "usage policy: listed record");
+    let daily = CreditPolicy::new(0).refill(CreditRefill::daily(10));
+    let patch = KeyPatch::new()
+        .ratelimits([RateLimit::new("requests", 1, 1)])
+        .credits(Some(daily.clone()))
+        .if_unchanged(&record);
+    let updated = store
+        .update(record.id, &patch)
+        .await
+        .expect("usage policy: update")
+        .expect("usage policy: updated record");
+    assert_eq!(updated.ratelimits, vec![RateLimit::new("requests", 1, 1)]);
+    assert_eq!(updated.credits, Some(daily));
+    assert_eq!(must_get(store, record.id, "usage policy").await, updated);
+    // A patch decided on the record before the change of limits must not apply.
+    let stale = KeyPatch::new().name("stale").if_unchanged(&record);
+    assert!(
+        matches!(
+            store.update(record.id, &stale).await,
+            Err(StoreError::Changed(_))
+        ),
+        "usage policy: a change of limits fails a stale conditional patch"
+    );
+    let cleared = store
+        .update(record.id, &KeyPatch::new().ratelimits([]).credits(None))
+        .await
+        .expect("usage policy: clear")
+        .expect("usage policy: cleared record");
+    assert!(cleared.ratelimits.is_empty() && cleared.credits.is_none());
+    assert_eq!(must_get(store, record.id, "usage policy").await, cleared);
 }
 
 /// Listing by owner in pages: creation order (`created_at`, then id, as [`Cursor`] orders

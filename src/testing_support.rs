@@ -22,5 +22,7 @@ pub(crate) fn record(format: KeyFormat) -> KeyRecord {
         active: true,
         scopes: None,
         metadata: Metadata::new(),
+        ratelimits: Vec::new(),
+        credits: None,
     }
 }

@@ -28,6 +28,10 @@ pub struct Owner {
     pub active: bool,
     /// What the owner may do.
     pub permissions: Permissions,
+    /// Rate limits shared by all of this owner's keys; `None`: the gate's default
+    /// ([`KeygateBuilder::owner_ratelimits`](crate::KeygateBuilder::owner_ratelimits)).
+    /// See [`crate::limits`].
+    pub ratelimits: Option<Vec<crate::limits::RateLimit>>,
 }
 
 impl Owner {
@@ -40,6 +44,7 @@ impl Owner {
         Self {
             active: true,
             permissions: Permissions::Only(permissions.into_iter().map(Into::into).collect()),
+            ratelimits: None,
         }
     }
 
@@ -53,6 +58,7 @@ impl Owner {
         Self {
             active: true,
             permissions: Permissions::All,
+            ratelimits: None,
         }
     }
 
@@ -61,7 +67,29 @@ impl Owner {
         Self {
             active: false,
             permissions: Permissions::Only(BTreeSet::new()),
+            ratelimits: None,
         }
+    }
+
+    /// This owner, with rate limits shared by all of their keys (instead of the gate's
+    /// default, [`KeygateBuilder::owner_ratelimits`](crate::KeygateBuilder::owner_ratelimits));
+    /// an empty list: none. Limits that fail [`validate_ratelimits`](crate::limits::validate_ratelimits)
+    /// are refused at verify as a directory failure (503), never ignored.
+    ///
+    /// ```
+    /// use keygate::limits::RateLimit;
+    /// use keygate::Owner;
+    ///
+    /// let team = Owner::unrestricted().with_ratelimits([RateLimit::new("requests", 1000, 60_000)]);
+    /// assert_eq!(team.ratelimits.unwrap().len(), 1);
+    /// ```
+    #[must_use]
+    pub fn with_ratelimits(
+        mut self,
+        limits: impl IntoIterator<Item = crate::limits::RateLimit>,
+    ) -> Self {
+        self.ratelimits = Some(limits.into_iter().collect());
+        self
     }
 
     /// This owner, deactivated (their permissions kept): every key they own is refused.

@@ -5,17 +5,24 @@
 //! logs it (through [`Refusals`](crate::refusals::Refusals)).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::error::{Rejection, VerifyError};
 use crate::gate::Keygate;
 use crate::hash::{HashScheme, SecretHash};
 use crate::http;
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
+use crate::limits::events::LimitEvent;
+use crate::limits::{
+    self, Allowance, Charge, CreditSpend, CreditsExhausted, FailureMode, LimitCheck, LimitOutcome,
+    LimitReport, LimitScope, LimitStatus, LimiterError, RateLimit, RateLimited, Subject,
+};
 use crate::principal::Principal;
 use crate::record::KeyRecord;
 use crate::refusals::RefusalCounts;
 use crate::store::StoreError;
 use crate::usage;
+use crate::user::Owner;
 
 /// How long a refused request waits for the gate's first pepper check when the gate has
 /// no `store_timeout` (see `settle`).
@@ -311,10 +318,342 @@ impl Keygate {
                 Some(Arc::new(owner))
             }
         };
+        // Usage limits last: a refused or bad key never consumes anything.
+        let allowance = self
+            .enforce(&record, owner.as_deref(), now, Spend::Verify)
+            .await?;
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(record, owner, now, token_exp, inner.id))
+        Ok(Principal::new(record, owner, now, token_exp, inner.id).with_allowance(allowance))
+    }
+
+    /// The owner's shared limits, then the key's own limits and credits, each one
+    /// all-or-nothing [`Limiter`] call, for `spend`. `Ok(None)`: nothing to limit. A key
+    /// refused after its owner's limits were charged gives the owner's charge back.
+    async fn enforce(
+        &self,
+        record: &KeyRecord,
+        owner: Option<&Owner>,
+        now: usage::Micros,
+        spend: Spend<'_>,
+    ) -> Result<Option<Allowance>, Refused> {
+        let inner = &*self.inner;
+        let owner_limits: &[RateLimit] = owner
+            .and_then(|o| o.ratelimits.as_deref())
+            .unwrap_or(&inner.owner_ratelimits);
+        let owner_charges = spend.charges(owner_limits);
+        let key_charges = spend.charges(&record.ratelimits);
+        let credits = match (&record.credits, spend) {
+            (Some(policy), Spend::Verify) => Some(CreditSpend::new(policy, 1)),
+            (Some(policy), Spend::Credits(cost)) => Some(CreditSpend::new(policy, cost)),
+            _ => None,
+        };
+        if owner_charges.is_empty() && key_charges.is_empty() && credits.is_none() {
+            return Ok(None);
+        }
+        if owner.is_some_and(|o| o.ratelimits.is_some())
+            && limits::validate_ratelimits(owner_limits).is_err()
+        {
+            // The directory answered limits keygate cannot apply: refuse, never ignore.
+            let error = std::io::Error::other("the user directory gave invalid owner rate limits");
+            return Err(Refused {
+                error: VerifyError::DirectoryUnavailable(crate::DirectoryError::new(error)),
+                key: Some(record.id),
+            });
+        }
+        let mut allowance = Allowance::default();
+        let owner_check = LimitCheck::new(Subject::Owner(&record.owner), &owner_charges, None, now);
+        if !owner_charges.is_empty() {
+            match self.limit_call(&owner_check, record.id).await? {
+                Some(outcome) if !outcome.allowed => {
+                    return Err(self.limited(&owner_check, &outcome, LimitScope::Owner, record.id))
+                }
+                Some(outcome) => report(&mut allowance, &owner_check, &outcome, LimitScope::Owner),
+                None => {}
+            }
+        }
+        if !key_charges.is_empty() || credits.is_some() {
+            let key_check = LimitCheck::new(Subject::Key(record.id), &key_charges, credits, now);
+            let outcome = match self.limit_call(&key_check, record.id).await {
+                Ok(outcome) => outcome,
+                Err(refused) => {
+                    self.give_back(&owner_check).await;
+                    return Err(refused);
+                }
+            };
+            match outcome {
+                Some(outcome) if !outcome.allowed => {
+                    self.give_back(&owner_check).await;
+                    return Err(self.limited(&key_check, &outcome, LimitScope::Key, record.id));
+                }
+                Some(outcome) => report(&mut allowance, &key_check, &outcome, LimitScope::Key),
+                None => {}
+            }
+        }
+        Ok(Some(allowance))
+    }
+
+    /// One limiter call: at once when the limiter answers in process, else within the
+    /// gate's `store_timeout`. A failure is refused per the gate's [`FailureMode`]: closed,
+    /// [`VerifyError::LimiterUnavailable`]; open, `Ok(None)` (let through) and an event.
+    async fn limit_call(
+        &self,
+        check: &LimitCheck<'_>,
+        key: KeyId,
+    ) -> Result<Option<LimitOutcome>, Refused> {
+        let inner = &*self.inner;
+        let result = match inner.limiter.check_now(check) {
+            Some(result) => result,
+            None => {
+                let call = inner.limiter.check(check);
+                match inner.store_timeout {
+                    None => call.await,
+                    Some(limit) => tokio::time::timeout(limit, call)
+                        .await
+                        .unwrap_or(Err(LimiterError::Timeout)),
+                }
+            }
+        };
+        match result {
+            Ok(outcome) => Ok(Some(outcome)),
+            Err(error) => match inner.limiter_failure {
+                FailureMode::Open => {
+                    inner.limit_events.note(
+                        &check.subject.to_owned_subject(),
+                        LimitEvent::FailedOpen,
+                        &error.to_string(),
+                        check.now,
+                    );
+                    Ok(None)
+                }
+                _ => Err(Refused {
+                    error: VerifyError::LimiterUnavailable(error),
+                    key: Some(key),
+                }),
+            },
+        }
+    }
+
+    /// Gives back an owner check that was charged before the key's check refused
+    /// (best effort: a failure is logged).
+    async fn give_back(&self, owner_check: &LimitCheck<'_>) {
+        if owner_check.limits.is_empty() {
+            return;
+        }
+        if let Err(error) = self.inner.limiter.refund(owner_check).await {
+            tracing::warn!(target: "keygate", error = %error, "could not give back an owner's rate-limit charge");
+        }
+    }
+
+    /// The refusal for a check its limiter refused, with the aggregated event: credits
+    /// first when they ran out (retrying sooner cannot help), else the first limit that
+    /// had no room.
+    fn limited(
+        &self,
+        check: &LimitCheck<'_>,
+        outcome: &LimitOutcome,
+        scope: LimitScope,
+        key: KeyId,
+    ) -> Refused {
+        let subject = check.subject.to_owned_subject();
+        if let (Some(status), Some(spend)) = (outcome.credits, check.credits) {
+            if !status.allowed {
+                self.inner.limit_events.note(
+                    &subject,
+                    LimitEvent::CreditsExhausted,
+                    "credits",
+                    check.now,
+                );
+                let retry_after = status.next_refill.and_then(|at| {
+                    u64::try_from(at.saturating_sub(check.now))
+                        .ok()
+                        .map(Duration::from_micros)
+                });
+                return Refused {
+                    error: VerifyError::CreditsExhausted(Box::new(CreditsExhausted {
+                        remaining: status.remaining,
+                        cost: spend.cost,
+                        retry_after,
+                    })),
+                    key: Some(key),
+                };
+            }
+        }
+        let refusing = check
+            .limits
+            .iter()
+            .zip(&outcome.limits)
+            .find(|(_, status)| !status.allowed);
+        match refusing {
+            Some((charge, status)) => {
+                self.inner.limit_events.note(
+                    &subject,
+                    LimitEvent::RateLimited,
+                    &charge.limit.name,
+                    check.now,
+                );
+                Refused {
+                    error: VerifyError::RateLimited(Box::new(RateLimited {
+                        limit: limit_report(charge, status, scope),
+                        retry_after: status.retry_after_us.map(Duration::from_micros),
+                        cost: charge.cost,
+                    })),
+                    key: Some(key),
+                }
+            }
+            // A limiter that refused without saying why: fail closed.
+            None => Refused {
+                error: VerifyError::LimiterUnavailable(LimiterError::Corrupt(
+                    "the limiter refused without a refusing limit".into(),
+                )),
+                key: Some(key),
+            },
+        }
+    }
+
+    /// Charges `cost` units against the rate limits named `limit` of `principal`'s key and
+    /// of its owner (shared by the owner's keys), after verify: per token, per byte, per
+    /// row. Auto-applied or not, every limit with that name is charged, the owner's first,
+    /// each subject all-or-nothing; a key or owner without a limit of that name is not
+    /// limited by it. Uses the limits the key had when it was verified.
+    ///
+    /// ```
+    /// use keygate::limits::RateLimit;
+    /// use keygate::{Keygate, MemoryStore, NewKey, Pepper, VerifyError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+    /// let tokens = RateLimit::new("tokens", 1000, 60_000).manual(); // 1000 tokens a minute
+    /// let issued = gate.mint(NewKey::new("llm client", "user-1").ratelimits([tokens])).await?;
+    ///
+    /// let principal = gate.verify(issued.key.expose()).await?;
+    /// gate.charge(&principal, "tokens", 800).await?; // after generating 800 tokens
+    /// let refused = gate.charge(&principal, "tokens", 250).await.unwrap_err();
+    /// assert!(matches!(refused, VerifyError::RateLimited(_)));
+    /// assert_eq!(refused.http("api").status, 429);
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::RateLimited`] when a limit has no room (nothing is charged to that
+    /// subject, and an owner charge already made is given back);
+    /// [`VerifyError::LimiterUnavailable`] when the limiter fails and the gate fails closed.
+    pub async fn charge(
+        &self,
+        principal: &Principal,
+        limit: &str,
+        cost: u64,
+    ) -> Result<Allowance, VerifyError> {
+        let now = self.inner.clock.now_micros();
+        self.enforce(
+            principal.record(),
+            principal.owner(),
+            now,
+            Spend::Limit(limit, cost),
+        )
+        .await
+        .map(Option::unwrap_or_default)
+        .map_err(|refused| self.refuse(refused))
+    }
+
+    /// Spends `cost` more credits of `principal`'s key (verify spent one already), after
+    /// verify: for requests that cost more than one use. A key without credits is not
+    /// limited.
+    ///
+    /// # Errors
+    ///
+    /// [`VerifyError::CreditsExhausted`] when fewer than `cost` are left (none are spent);
+    /// [`VerifyError::LimiterUnavailable`] when the limiter fails and the gate fails closed.
+    pub async fn spend_credits(
+        &self,
+        principal: &Principal,
+        cost: u64,
+    ) -> Result<Allowance, VerifyError> {
+        let now = self.inner.clock.now_micros();
+        self.enforce(
+            principal.record(),
+            principal.owner(),
+            now,
+            Spend::Credits(cost),
+        )
+        .await
+        .map(Option::unwrap_or_default)
+        .map_err(|refused| self.refuse(refused))
+    }
+
+    /// The credits `record`'s key has left now (refills applied), read from the limiter
+    /// without spending: `None` for a key without credits. For key views.
+    ///
+    /// # Errors
+    ///
+    /// [`LimiterError`] when the limiter cannot be read.
+    pub async fn credits_remaining(&self, record: &KeyRecord) -> Result<Option<u64>, LimiterError> {
+        let Some(policy) = &record.credits else {
+            return Ok(None);
+        };
+        let now = self.inner.clock.now_micros();
+        self.inner
+            .limiter
+            .credits(record.id, policy, now)
+            .await
+            .map(Some)
+    }
+}
+
+/// What an [`enforce`](Keygate::enforce) call spends.
+#[derive(Clone, Copy)]
+enum Spend<'a> {
+    /// A verify: 1 of every auto-applied limit and 1 credit.
+    Verify,
+    /// [`Keygate::charge`]: `cost` of every limit with this name.
+    Limit(&'a str, u64),
+    /// [`Keygate::spend_credits`]: `cost` credits, no limit.
+    Credits(u64),
+}
+
+impl Spend<'_> {
+    fn charges<'l>(&self, limits: &'l [RateLimit]) -> Vec<Charge<'l>> {
+        match *self {
+            Spend::Verify => limits
+                .iter()
+                .filter(|l| l.auto_apply)
+                .map(|l| Charge::new(l, 1))
+                .collect(),
+            Spend::Limit(name, cost) => limits
+                .iter()
+                .filter(|l| l.name == name)
+                .map(|l| Charge::new(l, cost))
+                .collect(),
+            Spend::Credits(_) => Vec::new(),
+        }
+    }
+}
+
+/// Adds an allowed check's limits and credits to `allowance`.
+fn report(
+    allowance: &mut Allowance,
+    check: &LimitCheck<'_>,
+    outcome: &LimitOutcome,
+    scope: LimitScope,
+) {
+    for (charge, status) in check.limits.iter().zip(&outcome.limits) {
+        allowance.limits.push(limit_report(charge, status, scope));
+    }
+    if let Some(credits) = outcome.credits {
+        allowance.credits = Some(credits.remaining);
+    }
+}
+
+fn limit_report(charge: &Charge<'_>, status: &LimitStatus, scope: LimitScope) -> LimitReport {
+    LimitReport {
+        name: charge.limit.name.clone(),
+        scope,
+        limit: charge.limit.limit,
+        window: charge.limit.window(),
+        remaining: status.remaining,
+        reset_after: Duration::from_micros(status.reset_after_us),
     }
 }
 

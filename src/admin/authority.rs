@@ -257,6 +257,8 @@ mod tests {
             active,
             scopes: scopes.map(set),
             metadata: crate::record::Metadata::new(),
+            ratelimits: Vec::new(),
+            credits: None,
         }
     }
 

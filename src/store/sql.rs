@@ -17,7 +17,7 @@ macro_rules! key_columns {
     () => {
         "id, format, hash_version, hash_digest, name, description, owner_id, created_by, \
          created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, \
-         hash_scheme"
+         hash_scheme, ratelimits, credits"
     };
 }
 pub(crate) use key_columns;
@@ -64,6 +64,39 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
     error
         .as_database_error()
         .is_some_and(|e| e.is_unique_violation())
+}
+
+/// A record's `ratelimits` column (a JSON array in Unkey's shape) as stored.
+pub(crate) fn ratelimits_to_json(
+    limits: &[crate::limits::RateLimit],
+) -> Result<String, StoreError> {
+    serde_json::to_string(limits).map_err(StoreError::backend)
+}
+
+/// A record's `credits` column (a JSON object, or NULL) as stored.
+pub(crate) fn credits_to_json(
+    credits: Option<&crate::limits::CreditPolicy>,
+) -> Result<Option<String>, StoreError> {
+    credits
+        .map(serde_json::to_string)
+        .transpose()
+        .map_err(StoreError::backend)
+}
+
+/// Reads a `ratelimits` column; anything but an array of valid limits is corrupt.
+pub(crate) fn ratelimits_from_json(
+    json: &str,
+) -> Result<Vec<crate::limits::RateLimit>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(Box::new(e)))
+}
+
+/// Reads a `credits` column.
+pub(crate) fn credits_from_json(
+    json: Option<&str>,
+) -> Result<Option<crate::limits::CreditPolicy>, StoreError> {
+    json.map(serde_json::from_str)
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
 /// A [`StoreError::Corrupt`] with `message`.

@@ -44,6 +44,11 @@ const MIGRATIONS: &[Script] = &[
         sql: include_str!("../../migrations/sqlite/0004_pepper_fingerprints.sql"),
     },
     Script {
+        version: 5,
+        description: "add keygate_keys.ratelimits and keygate_keys.credits",
+        sql: include_str!("../../migrations/sqlite/0005_usage_policy.sql"),
+    },
+    Script {
         version: 6,
         description: "create keygate_usage",
         sql: include_str!("../../migrations/sqlite/0006_usage_state.sql"),
@@ -375,6 +380,8 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
     let format: String = required(row, "format")?;
     let scopes: Option<String> = optional(row, "scopes")?;
     let metadata: String = required(row, "metadata")?;
+    let ratelimits: String = required(row, "ratelimits")?;
+    let credits: Option<String> = optional(row, "credits")?;
     let opt_instant = |column: &str| optional::<i64>(row, column)?.map(instant).transpose();
     Ok(KeyRecord {
         id,
@@ -395,10 +402,12 @@ fn decode(row: &SqliteRow) -> Result<KeyRecord, StoreError> {
         active: required(row, "active")?,
         scopes: scopes_from_json(scopes.as_deref())?,
         metadata: metadata_from_json(&metadata)?,
+        ratelimits: sql::ratelimits_from_json(&ratelimits)?,
+        credits: sql::credits_from_json(credits.as_deref())?,
     })
 }
 
-/// Binds every column of `record` in [`key_columns`] order to `?1`..`?16`, as the
+/// Binds every column of `record` in [`key_columns`] order to `?1`..`?18`, as the
 /// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(
     query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
@@ -421,7 +430,9 @@ fn bind_record<'q>(
         .bind(record.active)
         .bind(scopes_to_json(record.scopes.as_ref())?)
         .bind(metadata_to_json(&record.metadata)?)
-        .bind(hash_scheme))
+        .bind(hash_scheme)
+        .bind(sql::ratelimits_to_json(&record.ratelimits)?)
+        .bind(sql::credits_to_json(record.credits.as_ref())?))
 }
 
 #[async_trait]
@@ -430,7 +441,8 @@ impl KeyStore for SqliteStore {
         let query = sqlx::query(concat!(
             "INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)"
+            ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, \
+             ?18)"
         ));
         match bind_record(query, &record)?.execute(&self.pool).await {
             Ok(_) => Ok(()),
@@ -478,7 +490,8 @@ impl KeyStore for SqliteStore {
             "UPDATE keygate_keys SET format = ?2, hash_version = ?3, hash_digest = ?4, \
              name = ?5, description = ?6, owner_id = ?7, created_by = ?8, created_at = ?9, \
              updated_at = ?10, expires_at = ?11, last_used_at = ?12, active = ?13, \
-             scopes = ?14, metadata = ?15, hash_scheme = ?16 WHERE id = ?1",
+             scopes = ?14, metadata = ?15, hash_scheme = ?16, ratelimits = ?17, credits = ?18 \
+             WHERE id = ?1",
         );
         bind_record(query, &record)?
             .execute(&mut *tx)

@@ -46,6 +46,11 @@ const MIGRATIONS: &[Script] = &[
         sql: include_str!("../../../migrations/postgres/0004_pepper_fingerprints.sql"),
     },
     Script {
+        version: 5,
+        description: "add keygate_keys.ratelimits and keygate_keys.credits",
+        sql: include_str!("../../../migrations/postgres/0005_usage_policy.sql"),
+    },
+    Script {
         version: 6,
         description: "create keygate_usage",
         sql: include_str!("../../../migrations/postgres/0006_usage_state.sql"),
@@ -345,6 +350,10 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
     let format: String = row.try_get("format").map_err(store_error)?;
     let scopes: Option<Json<BTreeSet<String>>> = row.try_get("scopes").map_err(store_error)?;
     let metadata: Json<Metadata> = row.try_get("metadata").map_err(store_error)?;
+    let ratelimits: Json<Vec<crate::limits::RateLimit>> =
+        row.try_get("ratelimits").map_err(store_error)?;
+    let credits: Option<Json<crate::limits::CreditPolicy>> =
+        row.try_get("credits").map_err(store_error)?;
     Ok(KeyRecord {
         id: KeyId::from(id),
         format: sql::format_from(&format)?,
@@ -364,6 +373,8 @@ fn decode(row: &PgRow) -> Result<KeyRecord, StoreError> {
         active: row.try_get("active").map_err(store_error)?,
         scopes: scopes.map(|s| s.0),
         metadata: metadata.0,
+        ratelimits: ratelimits.0,
+        credits: credits.map(|c| c.0),
     })
 }
 
@@ -376,7 +387,7 @@ fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
 
 type PgQuery<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
 
-/// Binds every column of `record` in [`key_columns`] order to `$1`..`$16`, as the
+/// Binds every column of `record` in [`key_columns`] order to `$1`..`$18`, as the
 /// `INSERT` and `UPDATE` below name them.
 fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
     let (hash_version, hash_digest, hash_scheme) = sql::hash_to(record.hash.as_ref());
@@ -397,6 +408,8 @@ fn bind_record<'q>(query: PgQuery<'q>, record: &'q KeyRecord) -> PgQuery<'q> {
         .bind(record.scopes.as_ref().map(Json))
         .bind(Json(&record.metadata))
         .bind(hash_scheme)
+        .bind(Json(&record.ratelimits))
+        .bind(record.credits.as_ref().map(Json))
 }
 
 #[async_trait]
@@ -405,7 +418,8 @@ impl KeyStore for PostgresStore {
         let query = sqlx::query(concat!(
             "WITH inserted AS (INSERT INTO keygate_keys (",
             key_columns!(),
-            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16) \
+            ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, \
+             $17, $18) \
              RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM inserted"
         ));
@@ -450,7 +464,8 @@ impl KeyStore for PostgresStore {
             "WITH updated AS (UPDATE keygate_keys SET format = $2, hash_version = $3, \
              hash_digest = $4, name = $5, description = $6, owner_id = $7, created_by = $8, \
              created_at = $9, updated_at = $10, expires_at = $11, last_used_at = $12, \
-             active = $13, scopes = $14, metadata = $15, hash_scheme = $16 \
+             active = $13, scopes = $14, metadata = $15, hash_scheme = $16, ratelimits = $17, \
+             credits = $18 \
              WHERE id = $1 RETURNING id) \
              SELECT pg_notify('keygate_changes', id::text) FROM updated",
         );

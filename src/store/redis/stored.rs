@@ -18,6 +18,7 @@ use uuid::Uuid;
 use super::StoreError;
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{CreditPolicy, RateLimit};
 use crate::record::{KeyRecord, Metadata};
 
 /// The `schema` every record written by this version carries, and the only one it reads.
@@ -48,6 +49,15 @@ struct StoredRecord {
     #[serde(deserialize_with = "Option::deserialize")]
     scopes: Option<BTreeSet<String>>,
     metadata: Metadata,
+    /// The usage policy (issue 9), in Unkey's JSON shapes (`RateLimit`, `CreditPolicy`:
+    /// their serde shapes are a public, documented contract, so they are the storage
+    /// format too). The one exception to "every field present": records written before
+    /// these fields existed have none, and had no limits; a record written with them is
+    /// refused as corrupt by older versions (`deny_unknown_fields`), never read unlimited.
+    #[serde(default)]
+    ratelimits: Vec<RateLimit>,
+    #[serde(default)]
+    credits: Option<CreditPolicy>,
 }
 
 /// A stored hash: every field required.
@@ -154,6 +164,8 @@ pub(super) fn encode(record: &KeyRecord) -> Result<Vec<u8>, StoreError> {
         active: record.active,
         scopes: record.scopes.clone(),
         metadata: record.metadata.clone(),
+        ratelimits: record.ratelimits.clone(),
+        credits: record.credits.clone(),
     };
     serde_json::to_vec(&stored).map_err(StoreError::backend)
 }
@@ -191,6 +203,8 @@ pub(super) fn decode(
         active: stored.active,
         scopes: stored.scopes,
         metadata: stored.metadata,
+        ratelimits: stored.ratelimits,
+        credits: stored.credits,
     })
 }
 
@@ -360,6 +374,11 @@ mod tests {
             active: false,
             scopes: Some(BTreeSet::from(["a:read".to_owned()])),
             metadata,
+            ratelimits: vec![crate::limits::RateLimit::new("r", 5, 1000).with_burst(2)],
+            credits: Some(
+                crate::limits::CreditPolicy::new(7)
+                    .refill(crate::limits::CreditRefill::monthly(9, 31)),
+            ),
         }
     }
 
