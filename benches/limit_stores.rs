@@ -38,11 +38,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::Criterion;
-use keygate::Clock;
 use keygate::limits::{Charge, LimitCheck, RateLimit, Subject};
 use keygate::redis;
 use keygate::sqlx::{self, Connection};
-use keygate::{KeyId, Keygate, MemoryStore, NewKey, Pepper, PostgresStore, RedisConfig, RedisStore};
+use keygate::Clock;
+use keygate::{
+    KeyId, Keygate, MemoryStore, NewKey, Pepper, PostgresStore, RedisConfig, RedisStore,
+};
 use tokio::runtime::Runtime;
 
 /// Requests per chunk of the interleaved timing.
@@ -87,10 +89,18 @@ struct Paired {
 
 impl Paired {
     fn new() -> Self {
-        Self { ratios: RefCell::default() }
+        Self {
+            ratios: RefCell::default(),
+        }
     }
 
-    fn run(&self, iters: u64, rt: &Runtime, a: &mut dyn FnMut() -> Duration, b: &mut dyn FnMut() -> Duration) -> Duration {
+    fn run(
+        &self,
+        iters: u64,
+        rt: &Runtime,
+        a: &mut dyn FnMut() -> Duration,
+        b: &mut dyn FnMut() -> Duration,
+    ) -> Duration {
         let _ = rt;
         let mut total = Duration::ZERO;
         let mut left = iters;
@@ -103,7 +113,9 @@ impl Paired {
                 tb += b();
             }
             if n == CHUNK {
-                self.ratios.borrow_mut().push(ta.as_secs_f64() / tb.as_secs_f64());
+                self.ratios
+                    .borrow_mut()
+                    .push(ta.as_secs_f64() / tb.as_secs_f64());
             }
             total += ta;
             left -= n;
@@ -145,7 +157,10 @@ struct RedisSetup {
 }
 
 fn redis_setup(rt: &Runtime, url: &str) -> RedisSetup {
-    let namespace = format!("keygate-bench-limits:{}:", KeyId::random().as_uuid().simple());
+    let namespace = format!(
+        "keygate-bench-limits:{}:",
+        KeyId::random().as_uuid().simple()
+    );
     rt.block_on(async {
         let store = RedisStore::connect_with(url, RedisConfig::new().namespace(namespace.clone()))
             .await
@@ -154,14 +169,17 @@ fn redis_setup(rt: &Runtime, url: &str) -> RedisSetup {
             .limiter(store.clone())
             .build()
             .unwrap();
-        let limited = gate.mint(NewKey::new("limited", "bench").ratelimits([roomy()])).await.unwrap();
+        let limited = gate
+            .mint(NewKey::new("limited", "bench").ratelimits([roomy()]))
+            .await
+            .unwrap();
         let plain = gate.mint(NewKey::new("plain", "bench")).await.unwrap();
         RedisSetup {
             gate,
             store,
-            limited: limited.token().expose().to_owned(),
-            plain: plain.token().expose().to_owned(),
-            id: limited.id(),
+            limited: limited.key.expose().to_owned(),
+            plain: plain.key.expose().to_owned(),
+            id: limited.record.id,
             namespace,
         }
     })
@@ -171,9 +189,17 @@ fn redis_cleanup(rt: &Runtime, url: &str, namespace: &str) {
     rt.block_on(async {
         let client = redis::Client::open(url).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-        let keys: Vec<String> = redis::cmd("KEYS").arg(format!("{namespace}*")).query_async(&mut conn).await.unwrap();
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{namespace}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         if !keys.is_empty() {
-            let _: () = redis::cmd("DEL").arg(keys).query_async(&mut conn).await.unwrap();
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
         }
     });
 }
@@ -181,11 +207,17 @@ fn redis_cleanup(rt: &Runtime, url: &str, namespace: &str) {
 /// Every command Redis ran since `CONFIG RESETSTAT`, from `INFO commandstats`, less the
 /// `INFO` itself; and the `evalsha` count alone.
 async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
-    let info: String = redis::cmd("INFO").arg("commandstats").query_async(conn).await.unwrap();
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(conn)
+        .await
+        .unwrap();
     let mut total = 0;
     let mut evalsha = 0;
     for line in info.lines() {
-        let Some(rest) = line.strip_prefix("cmdstat_") else { continue };
+        let Some(rest) = line.strip_prefix("cmdstat_") else {
+            continue;
+        };
         let (name, stats) = rest.split_once(':').unwrap();
         let calls: u64 = stats
             .split(',')
@@ -210,7 +242,11 @@ fn round_trips(rt: &Runtime, url: &str) {
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
         // Warm: the script is loaded, the connection settled.
         setup.gate.verify(&setup.limited).await.unwrap();
-        let _: () = redis::cmd("CONFIG").arg("RESETSTAT").query_async(&mut conn).await.unwrap();
+        let _: () = redis::cmd("CONFIG")
+            .arg("RESETSTAT")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
         for _ in 0..COUNTED {
             setup.gate.verify(&setup.limited).await.unwrap();
         }
@@ -231,22 +267,27 @@ fn round_trips(rt: &Runtime, url: &str) {
 
 fn bench_redis(c: &mut Criterion, rt: &Runtime, url: &str) {
     let setup = redis_setup(rt, url);
-    let mut bare_conn = rt.block_on(async {
-        redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap()
+    let bare_conn = rt.block_on(async {
+        redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     });
     let limit = roomy();
     let charges = [Charge::new(&limit, 1)];
-    let bare = |conn: &mut redis::aio::MultiplexedConnection| {
+    let bare = |conn: redis::aio::MultiplexedConnection| {
         let now = keygate::SystemClock.now_micros();
         let check = LimitCheck::new(Subject::Key(setup.id), &charges, None, now);
         let call = setup.store.limit_invocation(&check).unwrap();
         async move {
-            let answer: redis::Value = call.invoke_async(conn).await.unwrap();
+            let mut conn = conn;
+            let answer: redis::Value = call.invoke_async(&mut conn).await.unwrap();
             black_box(answer);
         }
     };
     // Loads the script on the bare connection's server (the same one).
-    rt.block_on(bare(&mut bare_conn));
+    rt.block_on(bare(bare_conn.clone()));
 
     let mut group = c.benchmark_group("limit_redis");
     let paired = Paired::new();
@@ -255,19 +296,27 @@ fn bench_redis(c: &mut Criterion, rt: &Runtime, url: &str) {
             paired.run(
                 iters,
                 rt,
-                &mut || timed(rt, async { black_box(setup.gate.verify(&setup.limited).await.unwrap()); }),
-                &mut || timed(rt, bare(&mut bare_conn)),
+                &mut || {
+                    timed(rt, async {
+                        black_box(setup.gate.verify(&setup.limited).await.unwrap());
+                    })
+                },
+                &mut || timed(rt, bare(bare_conn.clone())),
             )
         })
     });
     paired.save("limit_redis", "verify_limit");
     group.bench_function("bare_evalsha", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| timed(rt, bare(&mut bare_conn))).sum())
+        b.iter_custom(|iters| (0..iters).map(|_| timed(rt, bare(bare_conn.clone()))).sum())
     });
     group.bench_function("verify_nolimit", |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| timed(rt, async { black_box(setup.gate.verify(&setup.plain).await.unwrap()); }))
+                .map(|_| {
+                    timed(rt, async {
+                        black_box(setup.gate.verify(&setup.plain).await.unwrap());
+                    })
+                })
                 .sum()
         })
     });
@@ -290,9 +339,18 @@ fn bench_pg(c: &mut Criterion, rt: &Runtime, base: &str) {
             .limiter(store.clone())
             .build()
             .unwrap();
-        let limited = gate.mint(NewKey::new("limited", "bench").ratelimits([roomy()])).await.unwrap();
+        let limited = gate
+            .mint(NewKey::new("limited", "bench").ratelimits([roomy()]))
+            .await
+            .unwrap();
         let plain = gate.mint(NewKey::new("plain", "bench")).await.unwrap();
-        (gate, store, limited.token().expose().to_owned(), plain.token().expose().to_owned(), limited.id())
+        (
+            gate,
+            store,
+            limited.key.expose().to_owned(),
+            plain.key.expose().to_owned(),
+            limited.record.id,
+        )
     });
     let limit = roomy();
     let charges = [Charge::new(&limit, 1)];
@@ -312,7 +370,11 @@ fn bench_pg(c: &mut Criterion, rt: &Runtime, base: &str) {
             paired.run(
                 iters,
                 rt,
-                &mut || timed(rt, async { black_box(gate.verify(&limited).await.unwrap()); }),
+                &mut || {
+                    timed(rt, async {
+                        black_box(gate.verify(&limited).await.unwrap());
+                    })
+                },
                 &mut || timed(rt, bare()),
             )
         })
@@ -324,7 +386,11 @@ fn bench_pg(c: &mut Criterion, rt: &Runtime, base: &str) {
     group.bench_function("verify_nolimit", |b| {
         b.iter_custom(|iters| {
             (0..iters)
-                .map(|_| timed(rt, async { black_box(gate.verify(&plain).await.unwrap()); }))
+                .map(|_| {
+                    timed(rt, async {
+                        black_box(gate.verify(&plain).await.unwrap());
+                    })
+                })
                 .sum()
         })
     });
@@ -333,10 +399,12 @@ fn bench_pg(c: &mut Criterion, rt: &Runtime, base: &str) {
     rt.block_on(async {
         store.pool().close().await;
         let mut admin = sqlx::PgConnection::connect(base).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
-            .execute(&mut admin)
-            .await
-            .unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA \"{schema}\" CASCADE"
+        )))
+        .execute(&mut admin)
+        .await
+        .unwrap();
     });
 }
 
@@ -352,9 +420,14 @@ fn main() {
             round_trips(&rt, &url);
             bench_redis(&mut c, &rt, &url);
         }
-        None => eprintln!("limit_redis skipped: set KEYGATE_BENCH_REDIS_URL or KEYGATE_TEST_REDIS_URL"),
+        None => {
+            eprintln!("limit_redis skipped: set KEYGATE_BENCH_REDIS_URL or KEYGATE_TEST_REDIS_URL")
+        }
     }
-    match std::env::var("KEYGATE_TEST_POSTGRES_URL").ok().filter(|u| !u.trim().is_empty()) {
+    match std::env::var("KEYGATE_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|u| !u.trim().is_empty())
+    {
         Some(url) => bench_pg(&mut c, &rt, &url),
         None => eprintln!("limit_pg skipped: set KEYGATE_TEST_POSTGRES_URL"),
     }

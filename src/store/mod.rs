@@ -23,9 +23,9 @@ mod redis;
 mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
+mod url;
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
 mod usage;
-mod url;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisConfig, RedisStore};

@@ -23,7 +23,8 @@
 //! remainder (Redis). A limit whose burst times interval exceeds 63 years behaves as if it
 //! were 63 years.
 
-use crate::limits::{gcra, CreditState, LimitCheck, LimitOutcome, LimitStatus, LimiterError};
+use crate::limits::gcra::CreditState;
+use crate::limits::{gcra, LimitCheck, LimitOutcome, LimitStatus, LimiterError};
 use crate::store::StoreError;
 
 /// The largest increment or tolerance passed to a store, in nanoseconds (2 * 10^18, about
@@ -92,7 +93,9 @@ struct ClockBeforeEpoch;
 /// instants) or past the year 2262 (nanoseconds no longer fit an `i64`).
 pub(crate) fn prepare(check: &LimitCheck<'_>) -> Result<Prepared, LimiterError> {
     let now_us = check.now;
-    let now_ns = i64::try_from(gcra::now_ns(now_us)).ok().filter(|_| now_us >= 0);
+    let now_ns = i64::try_from(gcra::now_ns(now_us))
+        .ok()
+        .filter(|_| now_us >= 0);
     let Some(now_ns) = now_ns else {
         return Err(LimiterError::backend(ClockBeforeEpoch));
     };
@@ -103,9 +106,7 @@ pub(crate) fn prepare(check: &LimitCheck<'_>) -> Result<Prepared, LimiterError> 
         let t = gcra::emission_interval_ns(charge.limit);
         names.push(charge.limit.name.clone());
         incs.push(capped(i128::from(charge.cost).saturating_mul(t)));
-        tols.push(capped(
-            i128::from(charge.limit.burst()).saturating_mul(t),
-        ));
+        tols.push(capped(i128::from(charge.limit.burst()).saturating_mul(t)));
     }
     let credits = check.credits.map(|spend| {
         let policy = spend.policy;
@@ -144,7 +145,7 @@ pub(crate) fn outcome(
     credits: Option<CreditState>,
 ) -> LimitOutcome {
     let now = check.now;
-    let limits: Vec<LimitStatus> = check
+    let mut limits: Vec<LimitStatus> = check
         .limits
         .iter()
         .enumerate()
@@ -157,8 +158,19 @@ pub(crate) fn outcome(
         let state = gcra::credits_at(credits, spend.policy, now);
         gcra::spend(state, spend.policy, now, spend.cost).0
     });
-    let expected =
-        limits.iter().all(|s| s.allowed) && credit_status.is_none_or(|s| s.allowed);
+    let expected = limits.iter().all(|s| s.allowed) && credit_status.is_none_or(|s| s.allowed);
+    if !allowed {
+        // Nothing was charged: a limit that had room reports how it stands (as
+        // `MemoryLimiter` does).
+        for ((i, charge), status) in check.limits.iter().enumerate().zip(limits.iter_mut()) {
+            if status.allowed {
+                let tat = tats.get(i).copied().flatten();
+                let (unchanged, _) = gcra::decide(tat, now, charge.limit, 0);
+                status.remaining = unchanged.remaining;
+                status.reset_after_us = unchanged.reset_after_us;
+            }
+        }
+    }
     if expected != allowed {
         tracing::warn!(target: "keygate", subject = %check.subject.storage_key(), store = allowed, arithmetic = expected,
             "limiter store and GCRA arithmetic disagree (a limit beyond the 63-year cap?); the store's decision stands");
@@ -198,9 +210,8 @@ pub(crate) fn credit_state(
 ) -> Result<Option<CreditState>, LimiterError> {
     match (remaining, last_refill, set_at) {
         (Some(remaining), Some(last_refill), Some(set_at)) => {
-            let remaining = u64::try_from(remaining).map_err(|_| {
-                LimiterError::Corrupt(Box::new(NotANumber(remaining.to_string())))
-            })?;
+            let remaining = u64::try_from(remaining)
+                .map_err(|_| LimiterError::Corrupt(Box::new(NotANumber(remaining.to_string()))))?;
             Ok(Some(CreditState::new(remaining, last_refill, set_at)))
         }
         _ => Ok(None),

@@ -33,7 +33,9 @@ use keygate::limits::{
     Charge, CreditPolicy, CreditRefill, CreditSpend, FailureMode, LimitCheck, Limiter,
     MemoryLimiter, RateLimit, Subject,
 };
-use keygate::{KeyId, KeyStore, Keygate, ManualClock, MemoryStore, NewKey, Pepper, VerifyError};
+use keygate::{
+    Clock, KeyId, KeyStore, Keygate, ManualClock, MemoryStore, NewKey, Pepper, VerifyError,
+};
 
 fn pepper() -> Pepper {
     Pepper::new(1, [9u8; 32]).unwrap()
@@ -82,7 +84,7 @@ async fn rate_exactness(gates: &[Keygate], clock: &ManualClock) {
         .mint(NewKey::new("exact", "owner-1").ratelimits([RateLimit::new("requests", 100, 60_000)]))
         .await
         .unwrap();
-    let token = issued.token().expose().to_owned();
+    let token = issued.key.expose().to_owned();
     assert_eq!(flood(gates, &token, 2_000).await, (100, 1_900, 0));
     clock.advance(TimeDelta::microseconds(599_999));
     assert_eq!(flood(gates, &token, 200).await, (0, 200, 0));
@@ -92,21 +94,31 @@ async fn rate_exactness(gates: &[Keygate], clock: &ManualClock) {
 
 /// The credit proof: 10,000 concurrent uses of a key with 5,000 credits -> exactly 5,000,
 /// and the count each limiter reads afterwards is 0. Returns the key id.
-async fn credit_exactness(gates: &[Keygate], limiters: &[Arc<dyn Limiter>], clock: &ManualClock) -> KeyId {
+async fn credit_exactness(
+    gates: &[Keygate],
+    limiters: &[Arc<dyn Limiter>],
+    clock: &ManualClock,
+) -> KeyId {
     let policy = CreditPolicy::new(5_000);
     let issued = gates[0]
         .mint(NewKey::new("credits", "owner-2").credits(policy.clone()))
         .await
         .unwrap();
-    let token = issued.token().expose().to_owned();
+    let token = issued.key.expose().to_owned();
     assert_eq!(flood(gates, &token, 10_000).await, (5_000, 0, 5_000));
-    let record = gates[0].get(issued.id()).await.unwrap().unwrap();
+    let record = gates[0].get(issued.record.id).await.unwrap().unwrap();
     let stored = record.credits.clone().unwrap();
     for limiter in limiters {
         let now = clock.now_micros();
-        assert_eq!(limiter.credits(issued.id(), &stored, now).await.unwrap(), 0);
+        assert_eq!(
+            limiter
+                .credits(issued.record.id, &stored, now)
+                .await
+                .unwrap(),
+            0
+        );
     }
-    issued.id()
+    issued.record.id
 }
 
 /// Credits refill at the exact instant (midnight UTC for a daily refill), and a rate limit
@@ -117,31 +129,49 @@ async fn refill_edges(gate: &Keygate, clock: &ManualClock) {
         .mint(NewKey::new("refill", "owner-3").credits(policy))
         .await
         .unwrap();
-    let token = issued.token().expose().to_owned();
+    let token = issued.key.expose().to_owned();
     gate.verify(&token).await.unwrap();
-    assert!(matches!(gate.verify(&token).await, Err(VerifyError::CreditsExhausted(_))));
+    assert!(matches!(
+        gate.verify(&token).await,
+        Err(VerifyError::CreditsExhausted(_))
+    ));
     let midnight = Utc.with_ymd_and_hms(2026, 3, 11, 0, 0, 0).unwrap();
     clock.set(midnight - TimeDelta::microseconds(1));
-    assert!(matches!(gate.verify(&token).await, Err(VerifyError::CreditsExhausted(_))));
+    assert!(matches!(
+        gate.verify(&token).await,
+        Err(VerifyError::CreditsExhausted(_))
+    ));
     clock.set(midnight);
     for _ in 0..3 {
         gate.verify(&token).await.unwrap();
     }
-    assert!(matches!(gate.verify(&token).await, Err(VerifyError::CreditsExhausted(_))));
+    assert!(matches!(
+        gate.verify(&token).await,
+        Err(VerifyError::CreditsExhausted(_))
+    ));
 
     // 3 per second, burst 1: T = ceil(10^9 / 3) ns = 333,333,334 ns.
     let issued = gate
-        .mint(NewKey::new("edge", "owner-3").ratelimits([RateLimit::new("r", 3, 1_000).with_burst(1)]))
+        .mint(
+            NewKey::new("edge", "owner-3")
+                .ratelimits([RateLimit::new("r", 3, 1_000).with_burst(1)]),
+        )
         .await
         .unwrap();
-    let token = issued.token().expose().to_owned();
+    let token = issued.key.expose().to_owned();
     gate.verify(&token).await.unwrap();
     let t0 = clock.now();
     clock.set(t0 + TimeDelta::nanoseconds(333_333_000)); // 333,333 µs: 334 ns short
-    assert!(matches!(gate.verify(&token).await, Err(VerifyError::RateLimited(_))));
+    assert!(matches!(
+        gate.verify(&token).await,
+        Err(VerifyError::RateLimited(_))
+    ));
     clock.set(t0 + TimeDelta::microseconds(333_334)); // the first whole µs at or past T
     gate.verify(&token).await.unwrap();
-    assert!(matches!(gate.verify(&token).await, Err(VerifyError::RateLimited(_))));
+    assert!(matches!(
+        gate.verify(&token).await,
+        Err(VerifyError::RateLimited(_))
+    ));
 }
 
 /// A tiny deterministic generator (xorshift), so a failing sequence can be replayed.
@@ -176,25 +206,29 @@ async fn agrees_with_memory(limiter: &dyn Limiter, seed: u64) {
     policy.set_at = Some(start());
     let keys = [KeyId::random(), KeyId::random()];
     let owner = support::unique("agree-owner");
-    let mut now = Utc.with_ymd_and_hms(2026, 3, 10, 23, 59, 50).unwrap().timestamp_micros();
+    let mut now = Utc
+        .with_ymd_and_hms(2026, 3, 10, 23, 59, 50)
+        .unwrap()
+        .timestamp_micros();
     for step in 0..400 {
         now += i64::try_from(rng.below(400_000)).unwrap();
         if step == 200 {
             policy.set_at = Some(chrono::DateTime::from_timestamp_micros(now).unwrap());
             policy.remaining = 4;
         }
-        let charges: Vec<Charge<'_>> = limits
-            .iter()
-            .filter(|_| rng.below(3) > 0)
-            .map(|limit| Charge::new(limit, rng.below(5)))
-            .collect();
+        let mut charges: Vec<Charge<'_>> = Vec::new();
+        for limit in &limits {
+            if rng.below(3) > 0 {
+                charges.push(Charge::new(limit, rng.below(5)));
+            }
+        }
         let which = rng.below(3);
         let subject = match which {
             0 | 1 => Subject::Key(keys[usize::try_from(which).unwrap()]),
             _ => Subject::Owner(&owner),
         };
-        let credits = matches!(subject, Subject::Key(_))
-            .then(|| CreditSpend::new(&policy, rng.below(3)));
+        let credits =
+            matches!(subject, Subject::Key(_)).then(|| CreditSpend::new(&policy, rng.below(3)));
         let check = LimitCheck::new(subject, &charges, credits, now);
         let want = memory.check(&check).await.unwrap();
         let got = limiter.check(&check).await.unwrap();
@@ -222,7 +256,7 @@ async fn failure_modes(broken: Arc<dyn Limiter>) {
         .mint(NewKey::new("broken", "owner-4").ratelimits([RateLimit::new("r", 10, 1_000)]))
         .await
         .unwrap();
-    let token = issued.token().expose().to_owned();
+    let token = issued.key.expose().to_owned();
     let err = closed.verify(&token).await.unwrap_err();
     assert!(matches!(err, VerifyError::LimiterUnavailable(_)), "{err:?}");
     assert_eq!(err.reason(), "limiter_unavailable");
@@ -256,25 +290,40 @@ mod redis_backend {
         fn new() -> Self {
             Self {
                 url: support::redis_url(),
-                namespace: format!("keygate-limits-test:{}:", KeyId::random().as_uuid().simple()),
+                namespace: format!(
+                    "keygate-limits-test:{}:",
+                    KeyId::random().as_uuid().simple()
+                ),
             }
         }
 
         async fn store(&self) -> RedisStore {
-            RedisStore::connect_with(self.url.as_str(), RedisConfig::new().namespace(self.namespace.clone()))
+            // A flood of thousands of requests at once queues on each node's one
+            // connection: generous timeouts, so only a wrong answer fails the test.
+            let config = RedisConfig::new()
+                .namespace(self.namespace.clone())
+                .response_timeout(std::time::Duration::from_secs(60));
+            RedisStore::connect_with(self.url.as_str(), config)
                 .await
                 .unwrap()
         }
 
         fn conn(&self) -> redis::Connection {
-            Client::open(self.url.as_str()).unwrap().get_connection().unwrap()
+            Client::open(self.url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap()
         }
     }
 
     impl Drop for Scratch {
         fn drop(&mut self) {
-            let Ok(client) = Client::open(self.url.as_str()) else { return };
-            let Ok(mut conn) = client.get_connection() else { return };
+            let Ok(client) = Client::open(self.url.as_str()) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
             let keys: Vec<String> = redis::cmd("KEYS")
                 .arg(format!("{}*", self.namespace))
                 .query(&mut conn)
@@ -285,7 +334,10 @@ mod redis_backend {
         }
     }
 
-    async fn two_nodes(scratch: &Scratch, clock: &Arc<ManualClock>) -> (Vec<Keygate>, Vec<Arc<dyn Limiter>>) {
+    async fn two_nodes(
+        scratch: &Scratch,
+        clock: &Arc<ManualClock>,
+    ) -> (Vec<Keygate>, Vec<Arc<dyn Limiter>>) {
         let mut gates = Vec::new();
         let mut limiters: Vec<Arc<dyn Limiter>> = Vec::new();
         for _ in 0..2 {
@@ -298,7 +350,10 @@ mod redis_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_two_nodes_admit_exactly_the_burst_then_one_per_interval() {
         let scratch = Scratch::new();
         let clock = Arc::new(ManualClock::new(start()));
@@ -307,7 +362,10 @@ mod redis_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_two_nodes_spend_exactly_the_credits() {
         let scratch = Scratch::new();
         let clock = Arc::new(ManualClock::new(start()));
@@ -322,7 +380,10 @@ mod redis_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_refills_at_the_exact_instant() {
         let scratch = Scratch::new();
         let clock = Arc::new(ManualClock::new(start()));
@@ -331,7 +392,10 @@ mod redis_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_limiter_agrees_with_the_memory_limiter() {
         let scratch = Scratch::new();
         let store = scratch.store().await;
@@ -340,11 +404,15 @@ mod redis_backend {
         }
     }
 
-    /// The subject's keys share a Cluster slot (`CLUSTER KEYSLOT` works on a standalone
-    /// server too), and the rate-limit hash expires while the credit hash does not.
+    /// The rate-limit hash expires (a minute after its last TAT) while the credit hash does
+    /// not, and `forget` removes both. (That a subject's keys share a Cluster slot is a
+    /// unit test next to the script: `CLUSTER KEYSLOT` needs a cluster-enabled server.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
-    async fn redis_keys_share_a_slot_and_only_rate_state_expires() {
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
+    async fn redis_only_rate_state_expires_and_forget_removes_both() {
         let scratch = Scratch::new();
         let store = scratch.store().await;
         let limit = RateLimit::new("r", 10, 1_000);
@@ -353,36 +421,48 @@ mod redis_backend {
         let id = KeyId::random();
         let now = start().timestamp_micros();
         let out = store
-            .check(&LimitCheck::new(Subject::Key(id), &charges, Some(CreditSpend::new(&policy, 1)), now))
+            .check(&LimitCheck::new(
+                Subject::Key(id),
+                &charges,
+                Some(CreditSpend::new(&policy, 1)),
+                now,
+            ))
             .await
             .unwrap();
         assert!(out.allowed);
         let mut conn = scratch.conn();
         let rl = format!("{}v1:usage:{{key:{id}}}:rl", scratch.namespace);
         let cr = format!("{}v1:usage:{{key:{id}}}:cr", scratch.namespace);
-        let slot = |key: &str, conn: &mut redis::Connection| -> i64 {
-            redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(conn).unwrap()
-        };
-        assert_eq!(slot(&rl, &mut conn), slot(&cr, &mut conn));
         let rl_ttl: i64 = redis::cmd("PTTL").arg(&rl).query(&mut conn).unwrap();
         let cr_ttl: i64 = redis::cmd("PTTL").arg(&cr).query(&mut conn).unwrap();
         assert!(rl_ttl > 60_000 && rl_ttl <= 60_100, "{rl_ttl}");
         assert_eq!(cr_ttl, -1);
         store.forget(Subject::Key(id)).await.unwrap();
-        let exists: i64 = redis::cmd("EXISTS").arg(&rl).arg(&cr).query(&mut conn).unwrap();
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg(&rl)
+            .arg(&cr)
+            .query(&mut conn)
+            .unwrap();
         assert_eq!(exists, 0);
     }
 
     /// State Redis cannot run the script on (a key of the wrong type) is a limiter
     /// failure: 503 by default, through with fail open.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_redis), ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL")]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_failure_is_answered_per_the_failure_mode() {
         let scratch = Scratch::new();
         let store = scratch.store().await;
         // Every key subject's rate-limit key would be a hash; make all of them strings by
         // pointing the limiter at a namespace whose keys we break as they are used.
-        let broken = BrokenRedis { inner: store, conn: tokio::sync::Mutex::new(scratch.conn()), ns: scratch.namespace.clone() };
+        let broken = BrokenRedis {
+            inner: store,
+            conn: tokio::sync::Mutex::new(scratch.conn()),
+            ns: scratch.namespace.clone(),
+        };
         failure_modes(Arc::new(broken)).await;
     }
 
@@ -395,13 +475,25 @@ mod redis_backend {
 
     #[keygate::async_trait::async_trait]
     impl Limiter for BrokenRedis {
-        async fn check(&self, check: &LimitCheck<'_>) -> Result<keygate::limits::LimitOutcome, keygate::limits::LimiterError> {
+        async fn check(
+            &self,
+            check: &LimitCheck<'_>,
+        ) -> Result<keygate::limits::LimitOutcome, keygate::limits::LimiterError> {
             let key = format!("{}v1:usage:{{{}}}:rl", self.ns, check.subject.storage_key());
-            redis::cmd("SET").arg(key).arg("not a hash").query::<()>(&mut *self.conn.lock().await).unwrap();
+            redis::cmd("SET")
+                .arg(key)
+                .arg("not a hash")
+                .query::<()>(&mut *self.conn.lock().await)
+                .unwrap();
             self.inner.check(check).await
         }
 
-        async fn credits(&self, key: KeyId, policy: &CreditPolicy, now: i64) -> Result<u64, keygate::limits::LimiterError> {
+        async fn credits(
+            &self,
+            key: KeyId,
+            policy: &CreditPolicy,
+            now: i64,
+        ) -> Result<u64, keygate::limits::LimiterError> {
             self.inner.credits(key, policy, now).await
         }
 
@@ -438,21 +530,32 @@ mod postgres_backend {
         }
 
         async fn store(&self) -> PostgresStore {
-            PostgresStore::connect_with(&self.url, PostgresConfig::new().max_connections(8))
+            let config = PostgresConfig::new()
+                .max_connections(8)
+                .acquire_timeout(std::time::Duration::from_secs(120));
+            PostgresStore::connect_with(&self.url, config)
                 .await
                 .unwrap()
         }
 
         async fn drop(self) {
-            let mut admin = sqlx::PgConnection::connect(&support::postgres_url()).await.unwrap();
-            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP SCHEMA \"{}\" CASCADE", self.name)))
-                .execute(&mut admin)
+            let mut admin = sqlx::PgConnection::connect(&support::postgres_url())
                 .await
                 .unwrap();
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA \"{}\" CASCADE",
+                self.name
+            )))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         }
     }
 
-    async fn two_nodes(schema: &Schema, clock: &Arc<ManualClock>) -> (Vec<Keygate>, Vec<Arc<dyn Limiter>>, PostgresStore) {
+    async fn two_nodes(
+        schema: &Schema,
+        clock: &Arc<ManualClock>,
+    ) -> (Vec<Keygate>, Vec<Arc<dyn Limiter>>, PostgresStore) {
         let mut gates = Vec::new();
         let mut limiters: Vec<Arc<dyn Limiter>> = Vec::new();
         let mut last = None;
@@ -467,7 +570,10 @@ mod postgres_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_postgres), ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL")]
+    #[cfg_attr(
+        not(keygate_test_postgres),
+        ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+    )]
     async fn postgres_two_nodes_admit_exactly_the_burst_then_one_per_interval() {
         let schema = Schema::new().await;
         let clock = Arc::new(ManualClock::new(start()));
@@ -478,24 +584,31 @@ mod postgres_backend {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_postgres), ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL")]
+    #[cfg_attr(
+        not(keygate_test_postgres),
+        ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+    )]
     async fn postgres_two_nodes_spend_exactly_the_credits() {
         let schema = Schema::new().await;
         let clock = Arc::new(ManualClock::new(start()));
         let (gates, limiters, store) = two_nodes(&schema, &clock).await;
         let id = credit_exactness(&gates, &limiters, &clock).await;
-        let stored: Option<i64> = sqlx::query_scalar("SELECT credits FROM keygate_usage WHERE subject = $1")
-            .bind(format!("key:{id}"))
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT credits FROM keygate_usage WHERE subject = $1")
+                .bind(format!("key:{id}"))
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
         assert_eq!(stored, Some(0));
         drop((gates, limiters, store));
         schema.drop().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    #[cfg_attr(not(keygate_test_postgres), ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL")]
+    #[cfg_attr(
+        not(keygate_test_postgres),
+        ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+    )]
     async fn postgres_refills_at_the_exact_instant_and_agrees_with_memory() {
         let schema = Schema::new().await;
         let clock = Arc::new(ManualClock::new(start()));
@@ -555,11 +668,12 @@ mod sqlite_backend {
         let limiter: Arc<dyn Limiter> = Arc::new(store.clone());
         let gate = node(Arc::new(store.clone()), Arc::clone(&limiter), &clock);
         let id = credit_exactness(&[gate], &[limiter], &clock).await;
-        let stored: Option<i64> = sqlx::query_scalar("SELECT credits FROM keygate_usage WHERE subject = ?1")
-            .bind(format!("key:{id}"))
-            .fetch_one(store.pool())
-            .await
-            .unwrap();
+        let stored: Option<i64> =
+            sqlx::query_scalar("SELECT credits FROM keygate_usage WHERE subject = ?1")
+                .bind(format!("key:{id}"))
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
         assert_eq!(stored, Some(0));
     }
 

@@ -176,9 +176,7 @@ fn invocation(
     let prepared = usage::prepare(check)?;
     let (rl, cr) = usage_keys(namespace, &check.subject);
     let mut call = SPEND.key(rl);
-    call.key(cr)
-        .arg(prepared.now_us)
-        .arg(prepared.names.len());
+    call.key(cr).arg(prepared.now_us).arg(prepared.names.len());
     for ((name, inc), tol) in prepared
         .names
         .iter()
@@ -274,14 +272,8 @@ impl Limiter for RedisStore {
             })
             .await
             .map_err(limiter_error)?;
-        let field = |i: usize| {
-            parse_opt(
-                fields
-                    .get(i)
-                    .and_then(Option::as_deref)
-                    .unwrap_or_default(),
-            )
-        };
+        let field =
+            |i: usize| parse_opt(fields.get(i).and_then(Option::as_deref).unwrap_or_default());
         let state = credit_state(field(0)?, field(1)?, field(2)?)?;
         Ok(gcra::credits_at(state, policy, now).remaining)
     }

@@ -17,7 +17,8 @@ use async_trait::async_trait;
 
 use super::SqliteStore;
 use crate::key::KeyId;
-use crate::limits::{gcra, CreditPolicy, CreditState, LimitCheck, LimitOutcome, Limiter, LimiterError, Subject};
+use crate::limits::gcra::CreditState;
+use crate::limits::{gcra, CreditPolicy, LimitCheck, LimitOutcome, Limiter, LimiterError, Subject};
 use crate::store::sql::store_error;
 use crate::store::usage::{self, credit_state, limiter_error, NotANumber};
 
@@ -98,7 +99,8 @@ WHERE u.subject = ?1
 type Row = (String, Option<i64>, Option<i64>, Option<i64>);
 
 fn tats_of(json: &str) -> Result<HashMap<String, i64>, LimiterError> {
-    serde_json::from_str(json).map_err(|_| LimiterError::Corrupt(Box::new(NotANumber(json.to_owned()))))
+    serde_json::from_str(json)
+        .map_err(|_| LimiterError::Corrupt(Box::new(NotANumber(json.to_owned()))))
 }
 
 /// Rate limits and credits in the same SQLite database as the keys (table
@@ -143,7 +145,8 @@ impl Limiter for SqliteStore {
                     .collect();
                 let state = match (c, credit_state(credits, last, set)?) {
                     (Some(c), Some(s)) => Some(CreditState::new(
-                        s.remaining.saturating_add(u64::try_from(c.cost).unwrap_or(0)),
+                        s.remaining
+                            .saturating_add(u64::try_from(c.cost).unwrap_or(0)),
                         s.last_refill,
                         s.set_at,
                     )),
@@ -165,8 +168,11 @@ impl Limiter for SqliteStore {
                     }
                     None => (HashMap::new(), None),
                 };
-                let tats: Vec<Option<i64>> =
-                    prepared.names.iter().map(|name| tats.get(name).copied()).collect();
+                let tats: Vec<Option<i64>> = prepared
+                    .names
+                    .iter()
+                    .map(|name| tats.get(name).copied())
+                    .collect();
                 Ok(usage::outcome(check, false, &tats, state))
             }
         }
