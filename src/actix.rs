@@ -177,6 +177,9 @@ fn outcome_response(outcome: &HttpOutcome) -> HttpResponse {
     if let Some(secs) = outcome.retry_after {
         response.insert_header((RETRY_AFTER, secs));
     }
+    for (name, value) in &outcome.headers {
+        response.insert_header((*name, value.as_str()));
+    }
     response.body(outcome.body)
 }
 
@@ -381,10 +384,30 @@ where
         let config = Rc::clone(&self.config);
         Box::pin(async move {
             match config.check(&req).await {
-                Ok(()) => service
-                    .call(req)
-                    .await
-                    .map(|r| with_realm(r, &config.gate).map_into_left_body()),
+                Ok(()) => {
+                    let allowance = config
+                        .allowance_headers
+                        .then(|| {
+                            req.extensions()
+                                .get::<Principal>()
+                                .and_then(Principal::allowance)
+                                .map(crate::http::allowance_headers)
+                        })
+                        .flatten();
+                    service.call(req).await.map(|r| {
+                        let mut r = with_realm(r, &config.gate);
+                        for (name, value) in allowance.iter().flatten() {
+                            let name = actix_web::http::header::HeaderName::from_static(name);
+                            if r.headers().contains_key(&name) {
+                                continue;
+                            }
+                            if let Ok(value) = HeaderValue::from_str(value) {
+                                r.headers_mut().insert(name, value);
+                            }
+                        }
+                        r.map_into_left_body()
+                    })
+                }
                 Err(error) => {
                     let response = AuthError::new(error, &config.gate).error_response();
                     Ok(req.into_response(response).map_into_right_body())

@@ -7,15 +7,32 @@
 //! | method and path | body | answer |
 //! |---|---|---|
 //! | `GET /` | — (query `userId`, `limit`, `after`) | `{"apiKeys":[key…]}` (+ `"next"` when there is more) |
-//! | `POST /` | `name`, `userId`, `expiresIn` (s), `isActive`, + `description`, `scopes`, `metadata`, `format` | `{"apiKey":{…, "apiKey":"<key>"}}`, the plaintext this once |
+//! | `POST /` | `name`, `userId`, `expiresIn` (s), `isActive`, + `description`, `scopes`, `metadata`, `format`, `ratelimits`, `credits` | `{"apiKey":{…, "apiKey":"<key>"}}`, the plaintext this once |
 //! | `GET /:id` | — | `{"apiKey":{…}}` |
-//! | `PATCH /:id` | `isActive`, `userId`, + `name`, `description`, `scopes`, `metadata`, `expiresAt` | `{"apiKey":{…}}` |
+//! | `PATCH /:id` | `isActive`, `userId`, + `name`, `description`, `scopes`, `metadata`, `expiresAt`, `ratelimits`, `credits` | `{"apiKey":{…}}` |
 //! | `DELETE /:id` | — | `200 OK` |
 //! | `POST /:id/rotate` | `gracePeriod` (s, default 0) | `{"apiKey":{…new, "apiKey":"<key>"}, "previous":{…}}` |
 //!
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
-//! "createdByUserId","createdAt","updatedAt","scopes","metadata","format"}` (camelCase,
-//! timestamps RFC 3339, like Audiobookshelf's). Statuses: 400 bad input (including an
+//! "createdByUserId","createdAt","updatedAt","scopes","metadata","format","ratelimits",
+//! "credits"}` (camelCase, timestamps RFC 3339, like Audiobookshelf's).
+//!
+//! # Usage limits: Unkey's shapes as extensions of Audiobookshelf's
+//!
+//! Audiobookshelf's keys have no usage limits; keygate adds two fields, in the shapes of
+//! Unkey's API so that clients moving from Unkey recognise them:
+//!
+//! ```json
+//! {"ratelimits": [{"name": "requests", "limit": 100, "duration": 60000, "autoApply": true}],
+//!  "credits": {"remaining": 1000, "refill": {"interval": "monthly", "amount": 1000, "refillDay": 1}}}
+//! ```
+//!
+//! `duration` is in milliseconds; `autoApply` defaults to `true`; `burst` (keygate's
+//! extension) defaults to `limit`. In views `credits.remaining` is what the key has left
+//! *now* (read from the gate's limiter) and `credits.setAt` when the count started; on
+//! create and update it is the count to start from: a `PATCH` with `credits` restarts the
+//! count, `"credits": null` removes them (unlimited uses), `"ratelimits": []` removes every
+//! limit. Bounds: [`crate::limits`]. Changing a key's limits is subject to rule 3 below. Statuses: 400 bad input (including an
 //! unknown `userId`, and a body field the route does not know: `{"expires_in":60}` is
 //! refused, not ignored), 403 refused (see below), 404 unknown id or route, 405 another
 //! method (with `Allow`), 409 the key changed while the request was checked (see below),
@@ -50,13 +67,22 @@
 //!   mint a never-expiring one. The calling key's expiry is
 //!   [`Principal::expires_at`]: for a JWT key, the earlier of its record's and its
 //!   token's `exp`;
+//! - the key a call produces, and a key a patch loosens (a rate limit removed, raised or made
+//!   manual, credits set above what the key has left, a refill added or made larger or more
+//!   frequent, credits removed), must be at least as limited as the calling key: each of
+//!   the caller's rate limits matched by name with no higher rate and no larger burst, and,
+//!   if the caller has credits, no more credits than it has left now and no larger or more
+//!   frequent refill. A caller without limits may set any. (Each key is bounded, not the
+//!   owner: bound an owner with owner-shared limits, which no admin call changes; see
+//!   [`crate::limits`].)
 //! - narrowing changes (`isActive: false`, delete, rename, description, metadata, fewer
-//!   scopes, an earlier expiry) need only the first rule, so an expiring admin key can still
-//!   revoke a leaked key.
+//!   scopes, an earlier expiry, tighter limits, fewer credits) need only the first rule, so
+//!   an expiring admin key can still revoke a leaked key.
 //!
 //! A refusal is `403` with `WWW-Authenticate: Bearer realm="…", error="insufficient_scope"`
 //! and `{"error":"insufficient_scope","error_description":…,"reason":…}`, `reason` one of `not_admin`,
-//! `owner_out_of_reach`, `wider_permissions`, `longer_lifetime`; nothing is written.
+//! `owner_out_of_reach`, `wider_permissions`, `longer_lifetime`, `looser_limits`; nothing is
+//! written.
 //! Reading (`GET`) is open to every admin: records hold no secret.
 //!
 //! So a bootstrap key scoped `["admin"]` on a gate without a directory can list keys,
@@ -112,10 +138,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use self::authority::{Reach, Refusal};
+use self::authority::{Reach, Refusal, Usage};
 use crate::error::{Error, VerifyError};
 use crate::gate::{IssuedKey, Keygate, MAX_PAGE};
 use crate::key::{KeyFormat, KeyId};
+use crate::limits::{CreditPolicy, RateLimit};
 use crate::principal::Principal;
 use crate::record::{KeyPatch, KeyRecord, Metadata, NewKey};
 use crate::store::{ListQuery, StoreError};
@@ -538,7 +565,7 @@ impl AdminApi {
     /// The authority rule ([`authority::check`]) for `call`: `owners` are the owners of
     /// the keys touched (before and after), `result` the reach of the key produced or
     /// widened. A refusal is logged and answered 403.
-    fn authorize(
+    async fn authorize(
         &self,
         call: &Call<'_>,
         target: &str,
@@ -546,11 +573,17 @@ impl AdminApi {
         result: Option<&Reach>,
     ) -> Result<(), AdminResponse> {
         let caller = call.caller;
+        // The caller's own limits matter only when the call produces or widens a key.
+        let usage = match result {
+            Some(_) => Usage::of(caller.record(), self.credits_left(caller.record()).await?),
+            None => Usage::default(),
+        };
         let reach = Reach::new(
             caller.owner_permissions(),
             caller.scopes(),
             caller.expires_at(),
-        );
+        )
+        .with_usage(usage);
         let others: Vec<&Permissions> = owners
             .iter()
             .filter(|(owner, _)| *owner != caller.owner_id())
@@ -598,7 +631,10 @@ impl AdminApi {
             }
         }
         let page = self.gate.list(list).await.map_err(fail)?;
-        let keys: Vec<KeyView<'_>> = page.records.iter().map(KeyView).collect();
+        let mut keys = Vec::with_capacity(page.records.len());
+        for record in &page.records {
+            keys.push(self.view(record).await?);
+        }
         let mut body = Map::new();
         body.insert("apiKeys".to_owned(), json!(keys));
         if let Some(next) = page.next {
@@ -649,11 +685,19 @@ impl AdminApi {
         if let Some(metadata) = body.metadata {
             new = new.metadata(metadata);
         }
-        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at);
-        self.authorize(call, "-", &[(&user_id, &owner)], Some(&result))?;
+        if let Some(limits) = body.ratelimits {
+            new = new.ratelimits(limits);
+        }
+        if let Some(credits) = body.credits {
+            new = new.credits(credits);
+        }
+        let result = Reach::new(&owner, new.scopes.as_ref(), expires_at)
+            .with_usage(Usage::from_policy(&new.ratelimits, new.credits.as_ref()));
+        self.authorize(call, "-", &[(&user_id, &owner)], Some(&result))
+            .await?;
         let IssuedKey { record, key } = self.gate.mint(new).await.map_err(fail)?;
         changed(call, record.id, &record.owner, None);
-        let mut view = view_of(&record)?;
+        let mut view = self.view(&record).await?;
         view.insert("apiKey".to_owned(), Value::String(key.expose().to_owned()));
         Ok(AdminResponse::json(200, json!({ "apiKey": view })))
     }
@@ -663,7 +707,7 @@ impl AdminApi {
         let record = self.record(id).await?;
         Ok(AdminResponse::json(
             200,
-            json!({ "apiKey": KeyView(&record) }),
+            json!({ "apiKey": self.view(&record).await? }),
         ))
     }
 
@@ -702,9 +746,19 @@ impl AdminApi {
         if let Some(expires_at) = body.expires_at {
             patch = patch.expires_at(expires_at);
         }
+        if let Some(limits) = body.ratelimits {
+            patch = patch.ratelimits(limits.unwrap_or_default());
+        }
+        let sets_credits = body.credits.is_some();
+        if let Some(credits) = body.credits {
+            patch = patch.credits(credits);
+        }
 
         let before = self.record(id).await?;
         let before_owner = self.owner_permissions(&before.owner).await?;
+        let before_left = self.credits_left(&before).await?;
+        // Unless the patch sets credits, the key keeps the count it has.
+        let after_left = if sets_credits { None } else { before_left };
         let mut after = before.clone();
         // No precondition on it yet: this cannot fail.
         patch
@@ -714,14 +768,18 @@ impl AdminApi {
             Some((user_id, owner)) => (user_id.as_str(), owner),
             None => (before.owner.as_str(), &before_owner),
         };
-        let widened = authority::widens(&before, &before_owner, &after, after_owner);
-        let result = widened.then(|| Reach::of(&after, after_owner));
+        let widened = authority::widens(
+            (&before, &before_owner, before_left),
+            (&after, after_owner, after_left),
+        );
+        let result = widened.then(|| Reach::of(&after, after_owner, after_left));
         self.authorize(
             call,
             &id.to_string(),
             &[(&before.owner, &before_owner), (after_id, after_owner)],
             result.as_ref(),
-        )?;
+        )
+        .await?;
 
         // Written only onto the record checked above: a change landing in between (another
         // PATCH, a rotate) makes this a 409 and writes nothing.
@@ -730,7 +788,7 @@ impl AdminApi {
         changed(call, id, &record.owner, None);
         Ok(AdminResponse::json(
             200,
-            json!({ "apiKey": KeyView(&record) }),
+            json!({ "apiKey": self.view(&record).await? }),
         ))
     }
 
@@ -738,7 +796,8 @@ impl AdminApi {
         let id = parse_id(id)?;
         let record = self.record(id).await?;
         let owner = self.owner_permissions(&record.owner).await?;
-        self.authorize(call, &id.to_string(), &[(&record.owner, &owner)], None)?;
+        self.authorize(call, &id.to_string(), &[(&record.owner, &owner)], None)
+            .await?;
         self.gate.delete(id).await.map_err(fail)?;
         changed(call, id, &record.owner, None);
         Ok(AdminResponse::text(200, "OK"))
@@ -773,13 +832,15 @@ impl AdminApi {
         // The new key is exactly what `rotate` mints from this record: the old owner,
         // scopes and `expires_at` (it only ever cuts that shorter). The rotation runs only
         // if the record still has them (else 409), so the check judges what is written.
-        let result = Reach::of(&old, &owner);
+        // The new key continues the old one's credit count (`Keygate::rotate`).
+        let result = Reach::of(&old, &owner, self.credits_left(&old).await?);
         self.authorize(
             call,
             &id.to_string(),
             &[(&old.owner, &owner)],
             Some(&result),
-        )?;
+        )
+        .await?;
         let IssuedKey { record, key } = self
             .gate
             .rotate_from(id, grace, Some(&old))
@@ -787,12 +848,36 @@ impl AdminApi {
             .map_err(fail)?;
         changed(call, id, &record.owner, Some(record.id));
         let previous = self.gate.get(id).await.map_err(fail)?;
-        let mut view = view_of(&record)?;
+        let mut view = self.view(&record).await?;
         view.insert("apiKey".to_owned(), Value::String(key.expose().to_owned()));
+        let previous = match &previous {
+            Some(previous) => Some(self.view(previous).await?),
+            None => None,
+        };
         Ok(AdminResponse::json(
             200,
-            json!({ "apiKey": view, "previous": previous.as_ref().map(KeyView) }),
+            json!({ "apiKey": view, "previous": previous }),
         ))
+    }
+
+    /// The credits `record` has left now, from the gate's limiter (`None` without
+    /// credits); 503 when the limiter cannot be read.
+    async fn credits_left(&self, record: &KeyRecord) -> Result<Option<u64>, AdminResponse> {
+        self.gate.credits_remaining(record).await.map_err(|error| {
+            tracing::warn!(target: "keygate", error = %error, "admin API: usage limiter failed");
+            unavailable()
+        })
+    }
+
+    /// A key's view ([`KeyView`]) with `credits.remaining` what it has left now.
+    async fn view(&self, record: &KeyRecord) -> Result<Map<String, Value>, AdminResponse> {
+        let mut view = view_of(record)?;
+        if let Some(left) = self.credits_left(record).await? {
+            if let Some(Value::Object(credits)) = view.get_mut("credits") {
+                credits.insert("remaining".to_owned(), json!(left));
+            }
+        }
+        Ok(view)
     }
 
     /// The record `id`, or 404.
@@ -871,7 +956,9 @@ fn view_of(record: &KeyRecord) -> Result<Map<String, Value>, AdminResponse> {
     }
 }
 
-/// A record as the admin API shows it (camelCase, no hash).
+/// A record as the admin API shows it (camelCase, no hash). `credits` is the policy as
+/// stored (`remaining`: the count it started from); the admin API replaces `remaining`
+/// with what the key has left now.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyView<'a>(pub &'a KeyRecord);
 
@@ -893,6 +980,8 @@ impl Serialize for KeyView<'_> {
             scopes: Option<&'a BTreeSet<String>>,
             metadata: &'a Metadata,
             format: KeyFormat,
+            ratelimits: &'a [RateLimit],
+            credits: Option<&'a CreditPolicy>,
         }
         let r = self.0;
         View {
@@ -909,6 +998,8 @@ impl Serialize for KeyView<'_> {
             scopes: r.scopes.as_ref(),
             metadata: &r.metadata,
             format: r.format,
+            ratelimits: &r.ratelimits,
+            credits: r.credits.as_ref(),
         }
         .serialize(serializer)
     }
@@ -925,6 +1016,8 @@ struct CreateBody {
     scopes: Option<Vec<String>>,
     metadata: Option<Metadata>,
     format: Option<KeyFormat>,
+    ratelimits: Option<Vec<RateLimit>>,
+    credits: Option<CreditPolicy>,
 }
 
 #[derive(Deserialize)]
@@ -940,6 +1033,12 @@ struct UpdateBody {
     metadata: Option<Metadata>,
     #[serde(default, deserialize_with = "some")]
     expires_at: Option<Option<DateTime<Utc>>>,
+    /// `null` or `[]` removes every limit.
+    #[serde(default, deserialize_with = "some")]
+    ratelimits: Option<Option<Vec<RateLimit>>>,
+    /// `null` removes the credits.
+    #[serde(default, deserialize_with = "some")]
+    credits: Option<Option<CreditPolicy>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1006,6 +1105,10 @@ fn fail(error: Error) -> AdminResponse {
         }
         // The server's configuration, not the request: 500, no Retry-After. The gate
         // logged it at error level when it found out.
+        Error::Limiter(e) => {
+            tracing::warn!(target: "keygate", error = %e, "admin API: usage limiter failed");
+            unavailable()
+        }
         Error::PepperMismatch { .. } => AdminResponse::error(
             500,
             "server_error",

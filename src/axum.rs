@@ -166,7 +166,21 @@ fn outcome_response(outcome: &HttpOutcome) -> Response {
     if let Some(secs) = outcome.retry_after {
         headers.insert(RETRY_AFTER, HeaderValue::from(secs));
     }
+    add_headers(headers, &outcome.headers);
     response
+}
+
+/// Adds `extra` (static lowercase names) to `headers`, keeping any already set.
+fn add_headers(headers: &mut axum::http::HeaderMap, extra: &[(&'static str, String)]) {
+    for (name, value) in extra {
+        let name = HeaderName::from_static(name);
+        if headers.contains_key(&name) {
+            continue;
+        }
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(name, value);
+        }
+    }
 }
 
 /// Left in the extensions by an optional [`Authenticate`] layer that found no credentials,
@@ -329,8 +343,17 @@ where
             if let Err(error) = config.admit(&mut request).await {
                 return Ok(AuthError::new(error, &config.gate).into_response());
             }
-            let response = inner.call(request).await?;
-            Ok(with_realm(response, &config.gate))
+            let allowance = config
+                .allowance_headers
+                .then(|| request.extensions().get::<Principal>())
+                .flatten()
+                .and_then(Principal::allowance)
+                .map(crate::http::allowance_headers);
+            let mut response = with_realm(inner.call(request).await?, &config.gate);
+            if let Some(allowance) = allowance {
+                add_headers(response.headers_mut(), &allowance);
+            }
+            Ok(response)
         })
     }
 }

@@ -302,6 +302,10 @@ pub enum Error {
     /// The store failed; nothing is known to have been written.
     #[error("key store error")]
     Store(#[from] StoreError),
+    /// The usage limiter could not be read (rotating a key with credits reads what is
+    /// left); nothing was written.
+    #[error("usage limiter error")]
+    Limiter(#[source] LimiterError),
     /// The gate's pepper of this version is not the one the store recorded for it: keys
     /// minted with it could never verify, so nothing was written. A configuration error;
     /// see [`Keygate::check_pepper`](crate::Keygate::check_pepper).

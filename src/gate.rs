@@ -168,6 +168,9 @@ impl Keygate {
     ///   control, bidi or invisible characters.
     /// - `metadata`: over [`MAX_METADATA_BYTES`](crate::bounds::MAX_METADATA_BYTES) as compact JSON.
     /// - `expires_at`: not in the future, or after [`MAX_EXPIRY`](crate::bounds::MAX_EXPIRY).
+    /// - `ratelimits`: more than [`MAX_RATELIMITS`](crate::bounds::MAX_RATELIMITS), two with
+    ///   one name, or one out of the bounds of [`RateLimit::validate`](crate::limits::RateLimit::validate).
+    /// - `credits`: out of the bounds of [`CreditPolicy::validate`](crate::limits::CreditPolicy::validate).
     ///
     /// And a JWT key on a gate without a JWT secret is [`Error::JwtDisabled`]; a store
     /// failure is [`Error::Store`].
@@ -187,6 +190,10 @@ impl Keygate {
             validate::scopes(scopes.iter())?;
         }
         validate::metadata(&new.metadata)?;
+        crate::limits::validate_ratelimits(&new.ratelimits)?;
+        if let Some(credits) = &new.credits {
+            credits.validate()?;
+        }
         self.mint_checked(new).await
     }
 
@@ -374,6 +381,12 @@ impl Keygate {
         if let Some(Some(at)) = patch.expires_at {
             validate::expiry("expires_at", at)?;
         }
+        if let Some(limits) = &patch.ratelimits {
+            crate::limits::validate_ratelimits(limits)?;
+        }
+        if let Some(Some(credits)) = &patch.credits {
+            credits.validate()?;
+        }
         if patch.is_empty() {
             let record = self.get(id).await?.ok_or(Error::NotFound(id))?;
             if !patch.precondition_holds(&record) {
@@ -382,7 +395,12 @@ impl Keygate {
             return Ok(record);
         }
         let mut patch = patch;
-        patch.updated_at = Some(self.inner.clock.now().trunc_subsecs(6));
+        let now = self.inner.clock.now().trunc_subsecs(6);
+        patch.updated_at = Some(now);
+        if let Some(Some(credits)) = &mut patch.credits {
+            // A policy set now restarts the count now (see `CreditPolicy::set_at`).
+            credits.set_at = Some(now);
+        }
         // Stores keep microseconds; so does every timestamp keygate writes.
         patch.expires_at = patch.expires_at.map(|at| at.map(|at| at.trunc_subsecs(6)));
         let record = match self.inner.store.update(id, &patch).await {
@@ -433,7 +451,8 @@ impl Keygate {
     }
 
     /// Replaces a key: mints a new one with the old one's name, description, owner,
-    /// `created_by`, scopes, metadata and format, expiring when the old one did (never
+    /// `created_by`, scopes, metadata, format, rate limits and credits (the new key starts
+    /// with the credits the old one has left, so rotating never refills them), expiring when the old one did (never
     /// later), then lets the old one live for `grace` more at most (zero: it stops now).
     ///
     /// Refused before anything is written ([`Error::InvalidInput`]): a negative `grace`,
@@ -515,6 +534,18 @@ impl Keygate {
         new.description.clone_from(&old.description);
         new.created_by.clone_from(&old.created_by);
         new.scopes.clone_from(&old.scopes);
+        new.ratelimits.clone_from(&old.ratelimits);
+        if let Some(policy) = &old.credits {
+            // The new key continues the old one's count: rotating never refills credits.
+            let left = self
+                .credits_remaining(&old)
+                .await
+                .map_err(Error::Limiter)?
+                .unwrap_or(policy.remaining);
+            let mut continued = policy.clone();
+            continued.remaining = left;
+            new.credits = Some(continued);
+        }
         if let Some(at) = old.expires_at {
             new = new.expires_at(at);
         }

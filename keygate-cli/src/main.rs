@@ -34,6 +34,7 @@ use chrono::TimeDelta;
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
+use keygate::limits::{CreditPolicy, CreditRefill, RateLimit};
 use keygate::{
     Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
 };
@@ -80,6 +81,20 @@ enum Command {
         /// Longer description.
         #[arg(long)]
         description: Option<String>,
+        #[command(flatten)]
+        usage: UsageArgs,
+    },
+    /// Set or remove a key's rate limits and credits (each flag replaces what it names).
+    Limits {
+        id: String,
+        #[command(flatten)]
+        usage: UsageArgs,
+        /// Remove every rate limit.
+        #[arg(long, conflicts_with = "ratelimits")]
+        no_ratelimits: bool,
+        /// Remove the credits (unlimited uses).
+        #[arg(long, conflicts_with_all = ["credits", "refill"])]
+        no_credits: bool,
     },
     /// List keys (by id), optionally one user's.
     List {
@@ -112,6 +127,78 @@ enum Command {
     Migrate,
 }
 
+/// Usage limits at mint or with `limits` (Unkey's model; see `keygate::limits`).
+#[derive(clap::Args)]
+struct UsageArgs {
+    /// A rate limit NAME=LIMIT/WINDOW[:burst=N][:manual], e.g. requests=100/1m
+    /// (repeatable; replaces the key's limits). A manual limit is charged only by handlers.
+    #[arg(long = "ratelimit", value_parser = parse_ratelimit)]
+    ratelimits: Vec<RateLimit>,
+    /// Usage credits to start with (restarts the count).
+    #[arg(long)]
+    credits: Option<u64>,
+    /// Refill the credits: daily:AMOUNT or monthly:AMOUNT[:DAY] (needs --credits).
+    #[arg(long, value_parser = parse_refill, requires = "credits")]
+    refill: Option<CreditRefill>,
+}
+
+impl UsageArgs {
+    fn credits(&self) -> Option<CreditPolicy> {
+        self.credits.map(|remaining| {
+            let policy = CreditPolicy::new(remaining);
+            match self.refill {
+                Some(refill) => policy.refill(refill),
+                None => policy,
+            }
+        })
+    }
+}
+
+/// `requests=100/1m`, `tokens=50000/1h:burst=5000:manual`.
+fn parse_ratelimit(text: &str) -> Result<RateLimit, String> {
+    let bad =
+        || format!("{text:?}: expected NAME=LIMIT/WINDOW[:burst=N][:manual], e.g. requests=100/1m");
+    let (name, rest) = text.split_once('=').ok_or_else(bad)?;
+    let mut parts = rest.split(':');
+    let (limit, window) = parts
+        .next()
+        .and_then(|p| p.split_once('/'))
+        .ok_or_else(bad)?;
+    let limit: u64 = limit.parse().map_err(|_| bad())?;
+    let window = parse_duration(window)?;
+    let ms = u64::try_from(window.num_milliseconds()).map_err(|_| bad())?;
+    let mut rate = RateLimit::new(name, limit, ms);
+    for option in parts {
+        match option.split_once('=') {
+            Some(("burst", n)) => rate = rate.with_burst(n.parse().map_err(|_| bad())?),
+            None if option == "manual" => rate = rate.manual(),
+            _ => return Err(bad()),
+        }
+    }
+    rate.validate().map_err(|e| format!("{text:?}: {e}"))?;
+    Ok(rate)
+}
+
+/// `daily:100`, `monthly:1000`, `monthly:1000:15`.
+fn parse_refill(text: &str) -> Result<CreditRefill, String> {
+    let bad = || format!("{text:?}: expected daily:AMOUNT or monthly:AMOUNT[:DAY]");
+    let mut parts = text.split(':');
+    let refill = match (parts.next(), parts.next(), parts.next()) {
+        (Some("daily"), Some(amount), None) => {
+            CreditRefill::daily(amount.parse().map_err(|_| bad())?)
+        }
+        (Some("monthly"), Some(amount), day) => CreditRefill::monthly(
+            amount.parse().map_err(|_| bad())?,
+            day.map_or(Ok(1), str::parse).map_err(|_| bad())?,
+        ),
+        _ => return Err(bad()),
+    };
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(refill)
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum Format {
     Opaque,
@@ -130,6 +217,7 @@ impl From<Error> for Fail {
     fn from(error: Error) -> Self {
         match error {
             Error::Store(e) => Fail(store_exit_code(&e), format!("store: {}", chain(&e))),
+            Error::Limiter(e) => Fail(STORE, format!("usage limiter: {}", chain(&e))),
             Error::PepperMismatch { .. } => Fail(CONFIG, wrong_pepper(&error)),
             other => Fail(CONFIG, chain(&other)),
         }
@@ -305,6 +393,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             scopes,
             format,
             description,
+            usage,
         } => {
             let mut new = NewKey::new(name, user).format(match format {
                 Format::Opaque => KeyFormat::Opaque,
@@ -319,6 +408,10 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             if let Some(description) = description {
                 new = new.description(description);
             }
+            if let Some(credits) = usage.credits() {
+                new = new.credits(credits);
+            }
+            new = new.ratelimits(usage.ratelimits);
             let issued = gate.mint(new).await?;
             eprintln!(
                 "keygate: minted key {} for {}",
@@ -358,6 +451,33 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
         Command::Show { id } => {
             let id = parse_id(&id)?;
             let record = gate.get(id).await?.ok_or(Error::NotFound(id))?;
+            println!("{}", to_json(&KeyView(&record))?);
+        }
+        Command::Limits {
+            id,
+            usage,
+            no_ratelimits,
+            no_credits,
+        } => {
+            let mut patch = KeyPatch::new();
+            if no_ratelimits {
+                patch = patch.ratelimits([]);
+            } else if !usage.ratelimits.is_empty() {
+                patch = patch.ratelimits(usage.ratelimits.clone());
+            }
+            if no_credits {
+                patch = patch.credits(None);
+            } else if let Some(credits) = usage.credits() {
+                patch = patch.credits(Some(credits));
+            }
+            if patch.is_empty() {
+                return Err(Fail(
+                    CONFIG,
+                    "nothing to change: give --ratelimit, --credits, --no-ratelimits or --no-credits"
+                        .to_owned(),
+                ));
+            }
+            let record = gate.update(parse_id(&id)?, patch).await?;
             println!("{}", to_json(&KeyView(&record))?);
         }
         Command::Revoke { id } => {

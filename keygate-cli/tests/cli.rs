@@ -722,3 +722,79 @@ fn a_password_in_the_query_string_is_not_printed() {
     assert!(err.contains("password=***"), "{err}");
     assert!(!err.contains("hunter2"), "the password leaked: {err}");
 }
+
+#[tokio::test]
+async fn limits_are_set_at_mint_and_changed_later() {
+    let path = support::sqlite_temp_path();
+    let cli = Cli {
+        db: format!("sqlite://{}", path.display()),
+        prefix: "clitest".into(),
+    };
+    let key = cli.ok(&[
+        "mint",
+        "--user",
+        "u1",
+        "--name",
+        "metered",
+        "--ratelimit",
+        "requests=100/1m",
+        "--ratelimit",
+        "tokens=50000/1h:burst=5000:manual",
+        "--credits",
+        "1000",
+        "--refill",
+        "monthly:1000:15",
+    ]);
+    let id = principal_id(&cli, key.trim());
+    let shown: serde_json::Value = serde_json::from_str(&cli.ok(&["show", &id])).unwrap();
+    assert_eq!(
+        shown["ratelimits"],
+        serde_json::json!([
+            {"name": "requests", "limit": 100, "duration": 60000, "autoApply": true},
+            {"name": "tokens", "limit": 50000, "duration": 3600000, "autoApply": false, "burst": 5000}
+        ])
+    );
+    assert_eq!(shown["credits"]["remaining"], 1000);
+    assert_eq!(
+        shown["credits"]["refill"],
+        serde_json::json!({"interval": "monthly", "amount": 1000, "refillDay": 15})
+    );
+    let changed: serde_json::Value = serde_json::from_str(&cli.ok(&[
+        "limits",
+        &id,
+        "--ratelimit",
+        "requests=10/1s",
+        "--no-credits",
+    ]))
+    .unwrap();
+    assert_eq!(changed["ratelimits"][0]["limit"], 10);
+    assert_eq!(changed["credits"], serde_json::Value::Null);
+    // Bad limits are refused by clap (exit 2) before anything is written.
+    for bad in [
+        vec![
+            "mint",
+            "--user",
+            "u1",
+            "--name",
+            "x",
+            "--ratelimit",
+            "requests=0/1m",
+        ],
+        vec![
+            "mint",
+            "--user",
+            "u1",
+            "--name",
+            "x",
+            "--ratelimit",
+            "requests",
+        ],
+        vec!["mint", "--user", "u1", "--name", "x", "--refill", "daily:5"],
+        vec!["limits", &id],
+    ] {
+        let out = cli.run(&bad);
+        assert_eq!(out.status.code(), Some(2), "{bad:?}: {}", stderr(&out));
+    }
+    assert_eq!(cli.count("u1").await, 1);
+    support::remove_sqlite(&path);
+}

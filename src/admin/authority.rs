@@ -13,22 +13,108 @@
 //!    rotate), or a key a patch *widens* (see [`widens`]), must end with permissions
 //!    within `C`'s and a lifetime that ends no later than `C`'s.
 //!
+//! 3. **No looser usage limits than the caller.** A key the call produces, or a key a
+//!    patch *loosens* (removes a rate limit, raises its rate or burst, makes it manual,
+//!    sets credits above what the key has left, adds or speeds up a refill, removes
+//!    credits), must end at least as limited as `C`'s own key ([`Usage::bounds`]): for
+//!    each of `C`'s rate limits, a limit of the same name, auto-applied if `C`'s is, with
+//!    no higher rate (`limit / duration`) and no larger burst; if `C` has credits, credits
+//!    no more than `C` has left *now* (read from the limiter), refilled to no more than
+//!    `C`'s refill amount and no more often (none if `C`'s are never refilled). A caller
+//!    without limits or credits may set any.
+//!
 //! Narrowing changes (revoke, delete, rename, description or metadata, fewer scopes, an
-//! earlier expiry) need only rule 1, so an expiring admin key can still revoke a leaked
-//! key of an owner it has authority over.
+//! earlier expiry, tighter limits, fewer credits) need only rule 1, so an expiring admin
+//! key can still revoke a leaked key of an owner it has authority over, and any admin
+//! within reach can tighten a key's limits.
+//!
+//! Rule 3 bounds each key, not an owner: a limited caller can still mint several keys
+//! each as limited as itself. Limits an owner cannot multiply that way are owner-shared
+//! limits ([`KeygateBuilder::owner_ratelimits`](crate::KeygateBuilder::owner_ratelimits),
+//! [`Owner::with_ratelimits`](crate::Owner::with_ratelimits)), which the host application
+//! sets and no admin call can change.
 
 use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
+use crate::limits::{CreditPolicy, CreditRefill, RateLimit, RefillInterval};
 use crate::record::KeyRecord;
 use crate::user::Permissions;
 
-/// What a key can do: its effective permissions, and until when.
+/// How much a key may use: its rate limits and, with credits, how many it has left and
+/// how it is refilled.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Usage {
+    limits: Vec<RateLimit>,
+    credits: Option<(u64, Option<CreditRefill>)>,
+}
+
+impl Usage {
+    /// The usage limits of `record`, with `left` the credits it has left now (`None`: the
+    /// policy's starting count, for a policy being set).
+    pub(crate) fn of(record: &KeyRecord, left: Option<u64>) -> Self {
+        Self {
+            limits: record.ratelimits.clone(),
+            credits: record
+                .credits
+                .as_ref()
+                .map(|policy| (left.unwrap_or(policy.remaining), policy.refill)),
+        }
+    }
+
+    /// The usage limits a key is about to be minted with.
+    pub(crate) fn from_policy(limits: &[RateLimit], credits: Option<&CreditPolicy>) -> Self {
+        Self {
+            limits: limits.to_vec(),
+            credits: credits.map(|policy| (policy.remaining, policy.refill)),
+        }
+    }
+
+    /// Whether `other` is at least as limited as this (rule 3).
+    pub(crate) fn bounds(&self, other: &Usage) -> bool {
+        let limits = self.limits.iter().all(|mine| {
+            other.limits.iter().any(|theirs| {
+                theirs.name == mine.name
+                    && (theirs.auto_apply || !mine.auto_apply)
+                    && no_faster(theirs, mine)
+                    && theirs.burst() <= mine.burst()
+            })
+        });
+        let credits = match (&self.credits, &other.credits) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some((mine, my_refill)), Some((theirs, their_refill))) => {
+                theirs <= mine
+                    && match (my_refill, their_refill) {
+                        (_, None) => true,
+                        (None, Some(_)) => false,
+                        (Some(m), Some(t)) => t.amount <= m.amount && no_more_often(t, m),
+                    }
+            }
+        };
+        limits && credits
+    }
+}
+
+/// `a`'s rate (`limit / duration`) is no higher than `b`'s (compared exactly, by cross
+/// multiplication).
+fn no_faster(a: &RateLimit, b: &RateLimit) -> bool {
+    u128::from(a.limit).saturating_mul(u128::from(b.duration))
+        <= u128::from(b.limit).saturating_mul(u128::from(a.duration))
+}
+
+/// Refill `a` comes no more often than refill `b` (daily is more often than monthly).
+fn no_more_often(a: &CreditRefill, b: &CreditRefill) -> bool {
+    !(a.interval == RefillInterval::Daily && b.interval == RefillInterval::Monthly)
+}
+
+/// What a key can do: its effective permissions, until when, and how much.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Reach {
     permissions: Permissions,
     until: Option<DateTime<Utc>>,
+    usage: Usage,
 }
 
 impl Reach {
@@ -46,12 +132,24 @@ impl Reach {
                 Permissions::Only(held.intersection(scopes).cloned().collect())
             }
         };
-        Self { permissions, until }
+        Self {
+            permissions,
+            until,
+            usage: Usage::default(),
+        }
     }
 
-    /// The reach of `record` for an owner holding `owner`.
-    pub(crate) fn of(record: &KeyRecord, owner: &Permissions) -> Self {
+    /// This reach, limited by `usage`.
+    pub(crate) fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = usage;
+        self
+    }
+
+    /// The reach of `record` for an owner holding `owner`, with `left` credits left
+    /// (see [`Usage::of`]).
+    pub(crate) fn of(record: &KeyRecord, owner: &Permissions, left: Option<u64>) -> Self {
         Self::new(owner, record.scopes.as_ref(), record.expires_at)
+            .with_usage(Usage::of(record, left))
     }
 
     /// Whether these permissions include every one of `other`.
@@ -72,9 +170,11 @@ impl Reach {
         }
     }
 
-    /// Whether `other` can do nothing this cannot, for no longer.
+    /// Whether `other` can do nothing this cannot, for no longer, using no more.
     fn covers(&self, other: &Reach) -> bool {
-        self.covers_permissions(&other.permissions) && self.outlives(other.until)
+        self.covers_permissions(&other.permissions)
+            && self.outlives(other.until)
+            && self.usage.bounds(&other.usage)
     }
 }
 
@@ -87,6 +187,8 @@ pub(crate) enum Refusal {
     WiderPermissions,
     /// The key produced or widened would outlive the caller's key.
     LongerLifetime,
+    /// The key produced or loosened would be less limited than the caller's key.
+    LooserLimits,
 }
 
 impl Refusal {
@@ -96,6 +198,7 @@ impl Refusal {
             Refusal::OwnerOutOfReach => "owner_out_of_reach",
             Refusal::WiderPermissions => "wider_permissions",
             Refusal::LongerLifetime => "longer_lifetime",
+            Refusal::LooserLimits => "looser_limits",
         }
     }
 
@@ -109,6 +212,10 @@ impl Refusal {
                 "the resulting key would hold permissions that the calling key does not"
             }
             Refusal::LongerLifetime => "the resulting key would outlive the calling key",
+            Refusal::LooserLimits => {
+                "the resulting key would have looser rate limits or more credits than the \
+                 calling key"
+            }
         }
     }
 }
@@ -135,22 +242,30 @@ pub(crate) fn check(
         if !caller.outlives(result.until) {
             return Err(Refusal::LongerLifetime);
         }
+        if !caller.usage.bounds(&result.usage) {
+            return Err(Refusal::LooserLimits);
+        }
     }
     Ok(())
 }
 
-/// Whether changing `before` (owner holding `before_owner`) into `after` (owner holding
-/// `after_owner`) widens the key: it acts for someone else, is switched back on, or can do
-/// something, or live until a time, that it could not before.
+/// Whether changing `before` (owner holding `before_owner`, `before_left` credits left)
+/// into `after` (owner holding `after_owner`, `after_left` credits left: the same count
+/// unless the change sets credits) widens the key: it acts for someone else, is switched
+/// back on, or can do something, live until a time, or use more, than it could before.
 pub(crate) fn widens(
-    before: &KeyRecord,
-    before_owner: &Permissions,
-    after: &KeyRecord,
-    after_owner: &Permissions,
+    before: (&KeyRecord, &Permissions, Option<u64>),
+    after: (&KeyRecord, &Permissions, Option<u64>),
 ) -> bool {
+    let (before, before_owner, before_left) = before;
+    let (after, after_owner, after_left) = after;
     after.owner != before.owner
         || (after.active && !before.active)
-        || !Reach::of(before, before_owner).covers(&Reach::of(after, after_owner))
+        || !Reach::of(before, before_owner, before_left).covers(&Reach::of(
+            after,
+            after_owner,
+            after_left,
+        ))
 }
 
 #[cfg(test)]
@@ -266,7 +381,7 @@ mod tests {
     fn widening_is_any_new_owner_activation_permission_or_time() {
         let all = Permissions::All;
         let before = record("alice", true, Some(&["a", "b"]), at(12));
-        let same = |after: &KeyRecord| widens(&before, &all, after, &all);
+        let same = |after: &KeyRecord| widens((&before, &all, None), (after, &all, None));
         // Narrowing, or nothing that matters.
         assert!(!same(&before));
         assert!(!same(&record("alice", true, Some(&["a"]), at(12))));
@@ -280,17 +395,115 @@ mod tests {
         assert!(same(&record("bob", true, Some(&["a"]), at(12))));
         let off = record("alice", false, Some(&["a"]), at(12));
         assert!(widens(
-            &off,
-            &all,
-            &record("alice", true, Some(&["a"]), at(12)),
-            &all
+            (&off, &all, None),
+            (&record("alice", true, Some(&["a"]), at(12)), &all, None),
         ));
         // A new owner with fewer permissions is still another identity.
         assert!(widens(
-            &before,
-            &all,
-            &record("bob", true, Some(&["a"]), at(12)),
-            &only(&[])
+            (&before, &all, None),
+            (&record("bob", true, Some(&["a"]), at(12)), &only(&[]), None),
         ));
+    }
+
+    fn limited(limits: Vec<RateLimit>, credits: Option<crate::limits::CreditPolicy>) -> KeyRecord {
+        let mut r = record("alice", true, None, None);
+        r.ratelimits = limits;
+        r.credits = credits;
+        r
+    }
+
+    #[test]
+    fn usage_bounds_compare_rates_bursts_and_credits() {
+        use crate::limits::CreditPolicy;
+        let per_min = |n| RateLimit::new("r", n, 60_000);
+        let caller = Usage::of(&limited(vec![per_min(100)], None), None);
+        // The same rate in other units is no faster.
+        let per_sec = Usage::of(&limited(vec![RateLimit::new("r", 1, 600)], None), None);
+        assert!(caller.bounds(&per_sec));
+        assert!(caller.bounds(&Usage::of(&limited(vec![per_min(99)], None), None)));
+        for looser in [
+            limited(vec![], None),
+            limited(vec![per_min(101)], None),
+            limited(vec![per_min(100).with_burst(101)], None),
+            limited(vec![per_min(100).manual()], None),
+            limited(vec![RateLimit::new("other", 1, 60_000)], None),
+        ] {
+            assert!(!caller.bounds(&Usage::of(&looser, None)), "{looser:?}");
+        }
+        let monthly = CreditPolicy::new(50).refill(CreditRefill::monthly(50, 1));
+        let with_credits = Usage::of(&limited(vec![], Some(monthly.clone())), Some(10));
+        let ok = CreditPolicy::new(10).refill(CreditRefill::monthly(50, 9));
+        assert!(with_credits.bounds(&Usage::of(&limited(vec![], Some(ok)), None)));
+        assert!(with_credits.bounds(&Usage::of(
+            &limited(vec![], Some(CreditPolicy::new(0))),
+            None
+        )));
+        for looser in [
+            None,
+            Some(CreditPolicy::new(11)),
+            Some(CreditPolicy::new(1).refill(CreditRefill::daily(1))),
+            Some(CreditPolicy::new(1).refill(CreditRefill::monthly(51, 1))),
+        ] {
+            let looser = limited(vec![], looser);
+            assert!(
+                !with_credits.bounds(&Usage::of(&looser, None)),
+                "{looser:?}"
+            );
+        }
+        // An unlimited caller bounds everything.
+        assert!(Usage::default().bounds(&Usage::of(&limited(vec![], Some(monthly)), None)));
+        assert!(Usage::default().bounds(&Usage::default()));
+    }
+
+    #[test]
+    fn lifting_limits_or_topping_up_credits_widens() {
+        use crate::limits::CreditPolicy;
+        let all = Permissions::All;
+        let before = limited(
+            vec![RateLimit::new("r", 10, 1000)],
+            Some(CreditPolicy::new(100)),
+        );
+        let w = |after: &KeyRecord, left| widens((&before, &all, Some(5)), (after, &all, left));
+        assert!(!w(&before, Some(5)));
+        assert!(!w(
+            &limited(
+                vec![RateLimit::new("r", 5, 1000)],
+                Some(CreditPolicy::new(100))
+            ),
+            Some(5)
+        ));
+        assert!(!w(
+            &limited(
+                vec![RateLimit::new("r", 10, 1000)],
+                Some(CreditPolicy::new(3))
+            ),
+            None
+        ));
+        assert!(w(&limited(vec![], Some(CreditPolicy::new(100))), Some(5)));
+        assert!(w(&limited(vec![RateLimit::new("r", 10, 1000)], None), None));
+        // Setting the policy again with its old start is a top-up from 5 to 100.
+        assert!(w(
+            &limited(
+                vec![RateLimit::new("r", 10, 1000)],
+                Some(CreditPolicy::new(100))
+            ),
+            None
+        ));
+        // The caller is refused a looser key than its own, not a tighter one.
+        let caller = Reach::new(&all, None, None).with_usage(Usage::of(&before, Some(5)));
+        let looser = Reach::of(&limited(vec![], None), &all, None);
+        assert_eq!(
+            check(&caller, &[], Some(&looser)),
+            Err(Refusal::LooserLimits)
+        );
+        let tighter = Reach::of(
+            &limited(
+                vec![RateLimit::new("r", 1, 1000)],
+                Some(CreditPolicy::new(5)),
+            ),
+            &all,
+            None,
+        );
+        assert_eq!(check(&caller, &[], Some(&tighter)), Ok(()));
     }
 }

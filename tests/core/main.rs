@@ -23,6 +23,7 @@ mod events;
 mod flood;
 mod interop_node;
 mod lifecycle;
+mod limits;
 mod pepper;
 mod permissions;
 mod property;

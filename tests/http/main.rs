@@ -16,3 +16,4 @@ mod support;
 
 mod actix;
 mod axum;
+mod limits;

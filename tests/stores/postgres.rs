@@ -182,6 +182,10 @@ async fn concurrent_migrations_apply_once() {
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
             (4, "create keygate_peppers".to_owned()),
+            (
+                5,
+                "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
+            ),
         ]
     );
     assert_eq!(indexes.len(), 2, "{indexes:?}");
@@ -308,8 +312,21 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .unwrap();
         conn.close().await.unwrap();
         let pool = PgPoolOptions::new().connect(&schema.url).await.unwrap();
+        // This build writes the usage-policy columns of migration 5: add them for the
+        // insert, then drop them again, leaving a row as the first runner's schema held it.
+        sqlx::raw_sql(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/postgres/0005_usage_policy.sql"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
         PostgresStore::from_pool(pool.clone())
             .insert(record.clone())
+            .await
+            .unwrap();
+        sqlx::raw_sql("ALTER TABLE keygate_keys DROP COLUMN ratelimits, DROP COLUMN credits")
+            .execute(&pool)
             .await
             .unwrap();
         pool.close().await;
@@ -335,7 +352,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         again.pool().close().await;
     }
     schema.drop().await;
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 5);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
     assert_eq!(upgraded, expected);
     assert_eq!(got.as_deref(), Some(&record));
@@ -956,7 +973,7 @@ const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id UUID, format TEXT, hash_version BIGINT, hash_digest BYTEA, name TEXT,
     description TEXT, owner_id TEXT, created_by TEXT, created_at TIMESTAMPTZ,
     updated_at TIMESTAMPTZ, expires_at TIMESTAMPTZ, last_used_at TIMESTAMPTZ,
-    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT
+    active BOOLEAN, scopes JSONB, metadata JSONB, hash_scheme TEXT, ratelimits JSONB, credits JSONB
 );
 CREATE TABLE keygate_peppers (version BIGINT PRIMARY KEY, fingerprint BYTEA)";
 

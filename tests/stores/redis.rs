@@ -956,9 +956,12 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
         .unwrap();
     let written: serde_json::Value = serde_json::from_str(&written).unwrap();
     let fields: Vec<String> = written.as_object().unwrap().keys().cloned().collect();
-    assert_eq!(fields.len(), 14, "{fields:?}");
+    assert_eq!(fields.len(), 16, "{fields:?}");
+    // `ratelimits` and `credits` may be absent: records written before they existed had
+    // no usage policy (see `StoredRecord`). Present, they must be well-formed (below).
     let mut cases: Vec<(String, serde_json::Value)> = fields
         .iter()
+        .filter(|field| !matches!(field.as_str(), "ratelimits" | "credits"))
         .map(|field| {
             let mut record = written.clone();
             record.as_object_mut().unwrap().remove(field);
@@ -991,6 +994,14 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
     edit("metadata an array", &|r| {
         r["metadata"] = serde_json::json!([])
     });
+    edit("ratelimits an object", &|r| {
+        r["ratelimits"] = serde_json::json!({})
+    });
+    edit(
+        "a rate limit of 0",
+        &|r| r["ratelimits"] = serde_json::json!([{"name": "r", "limit": 0, "duration": 1000}]),
+    );
+    edit("credits a number", &|r| r["credits"] = serde_json::json!(5));
     edit("a last_used_at in the JSON", &|r| {
         r["last_used_at"] = "2026-01-01T00:00:00Z".into()
     });
@@ -1011,7 +1022,7 @@ async fn hand_written_records_missing_a_field_are_corrupt() {
     for (case, got, listed, accepted, status) in outcomes {
         // Whole JSON with a bad value (an empty owner, an opaque record without a hash)
         // decodes; the gate's record check refuses it.
-        if !["an empty owner", "a null hash"].contains(&case.as_str()) {
+        if !["an empty owner", "a null hash", "a rate limit of 0"].contains(&case.as_str()) {
             assert!(
                 matches!(got, Err(StoreError::Corrupt(_))),
                 "{case}: get {got:?}"

@@ -157,6 +157,10 @@ async fn migrations_are_idempotent_and_keygates_own() {
             (2, "add keygate_keys.hash_scheme".to_owned()),
             (3, "index keygate_keys in creation order".to_owned()),
             (4, "create keygate_peppers".to_owned()),
+            (
+                5,
+                "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
+            ),
         ]
     );
     // No `_sqlx_migrations`: an application's own sqlx migrator on the same file is safe.
@@ -281,7 +285,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .unwrap()
     };
     let expected = checksums(fresh).await;
-    assert_eq!(expected.len(), 4);
+    assert_eq!(expected.len(), 5);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
 
     // Migrations 1 and 2 applied by the first runner: its table had no checksums.
@@ -322,10 +326,26 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .execute(&pool)
         .await
         .unwrap();
+        // This build writes the usage-policy columns of migration 5: add them for the
+        // insert, then drop them again, leaving a row as the first runner's schema held it.
+        sqlx::raw_sql(include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/migrations/sqlite/0005_usage_policy.sql"
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
         SqliteStore::from_pool(pool.clone())
             .insert(record.clone())
             .await
             .unwrap();
+        sqlx::raw_sql(
+            "ALTER TABLE keygate_keys DROP COLUMN ratelimits;
+             ALTER TABLE keygate_keys DROP COLUMN credits;",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
         pool.close().await;
     }
     let store = SqliteStore::connect(db.path()).await.unwrap();
@@ -551,7 +571,8 @@ fn mint_until_killed(var: &str, db: &str) -> (Vec<String>, std::process::ExitSta
 /// table, which mint needs.
 const LOOSE_TABLE: &str = "CREATE TABLE keygate_keys (
     id, format, hash_version, hash_digest, name, description, owner_id, created_by,
-    created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme
+    created_at, updated_at, expires_at, last_used_at, active, scopes, metadata, hash_scheme,
+    ratelimits, credits
 );
 CREATE TABLE keygate_peppers (version INTEGER PRIMARY KEY, fingerprint BLOB)";
 
