@@ -120,7 +120,7 @@ UPDATE keygate_usage AS u SET
 WHERE u.subject = $1
 "#;
 
-/// [`SPEND`] with `check`'s binds (public to the crate for the benches' bare statement).
+/// [`SPEND`] with `check`'s binds.
 fn query<'q>(
     subject: &'q str,
     prepared: &'q usage::Prepared,

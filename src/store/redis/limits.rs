@@ -168,7 +168,7 @@ return 1
     )
 });
 
-/// The script's invocation for `check` (public to the crate for the benches' bare call).
+/// The script's invocation for `check`.
 fn invocation(
     namespace: &str,
     check: &LimitCheck<'_>,
@@ -317,6 +317,7 @@ impl Limiter for RedisStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::arithmetic_side_effects, clippy::indexing_slicing)] // small known strings
 mod tests {
     use super::*;
 
