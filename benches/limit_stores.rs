@@ -10,12 +10,13 @@
 //! 2. **`limit_pg`**: the same with `PostgresStore` as the limiter, against the bare
 //!    statement through sqlx on the store's own pool (`bare_statement`: same SQL, same
 //!    binds, the row fetched but not decoded).
-//! 3. **Round trips** (counted, not timed; runs first): 2,000 verifies with one limit
-//!    through a Redis whose command statistics are reset before (`CONFIG RESETSTAT`) and
-//!    read after (`INFO commandstats`). Every command Redis executed, divided by the
-//!    requests, is written to `target/criterion/limit_stores/round_trips.json`. Meant for a
-//!    Redis of the bench's own (`benches/limit_stores.sh` starts one on port 6391), so that
-//!    no other client's commands are counted.
+//! 3. **Round trips** (counted, not timed; runs first): 2,000 verifies with one limit, the
+//!    limiter's connection going through a counting TCP proxy that parses the commands the
+//!    client sends (a command a script runs inside Redis never crosses it): commands sent
+//!    per request is round trips per request. `INFO commandstats` deltas (which count the
+//!    script's inner commands too) are written beside, to
+//!    `target/criterion/limit_stores/round_trips.json`. `benches/limit_stores.sh` runs
+//!    this against a Redis of its own (port 6391).
 //!
 //! Each timed side runs its baseline in alternating chunks of [`CHUNK`] requests inside
 //! every criterion sample; the median over all chunk pairs of measured/baseline is written
@@ -35,7 +36,11 @@
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use criterion::Criterion;
 use keygate::limits::{Charge, LimitCheck, RateLimit, Subject};
@@ -206,7 +211,9 @@ fn redis_cleanup(rt: &Runtime, url: &str, namespace: &str) {
 
 /// Every command Redis ran since `CONFIG RESETSTAT`, from `INFO commandstats`, less the
 /// `INFO` itself; and the `evalsha` count alone.
-async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
+async fn commands(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> (u64, u64, serde_json::Map<String, serde_json::Value>) {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query_async(conn)
@@ -214,6 +221,7 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
         .unwrap();
     let mut total = 0;
     let mut evalsha = 0;
+    let mut by_name = serde_json::Map::new();
     for line in info.lines() {
         let Some(rest) = line.strip_prefix("cmdstat_") else {
             continue;
@@ -230,13 +238,122 @@ async fn commands(conn: &mut redis::aio::MultiplexedConnection) -> (u64, u64) {
         if name == "evalsha" {
             evalsha = calls;
         }
+        by_name.insert(name.to_owned(), calls.into());
         total += calls;
     }
-    (total, evalsha)
+    (total, evalsha, by_name)
+}
+
+/// Counts the commands clients send through it: a TCP proxy to Redis that parses the
+/// client-to-server RESP stream (arrays of bulk strings) and counts top-level commands.
+/// Commands a script runs inside Redis never cross it, so this counts round trips.
+struct CountingProxy {
+    port: u16,
+    commands: Arc<AtomicU64>,
+}
+
+/// Incremental RESP request parser: counts complete top-level arrays.
+#[derive(Default)]
+struct Resp {
+    buf: Vec<u8>,
+}
+
+impl Resp {
+    /// Feeds bytes; returns how many commands completed.
+    fn feed(&mut self, bytes: &[u8]) -> u64 {
+        self.buf.extend_from_slice(bytes);
+        let mut done = 0;
+        while let Some(used) = Self::command_len(&self.buf) {
+            self.buf.drain(..used);
+            done += 1;
+        }
+        done
+    }
+
+    fn line(buf: &[u8], at: usize) -> Option<(&[u8], usize)> {
+        let end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+        Some((&buf[at..end], end + 2))
+    }
+
+    /// The length of the first complete command in `buf`, if there is one.
+    fn command_len(buf: &[u8]) -> Option<usize> {
+        let (head, mut at) = Self::line(buf, 0)?;
+        let n: usize = std::str::from_utf8(head.strip_prefix(b"*")?)
+            .ok()?
+            .parse()
+            .ok()?;
+        for _ in 0..n {
+            let (len, next) = Self::line(buf, at)?;
+            let len: usize = std::str::from_utf8(len.strip_prefix(b"$")?)
+                .ok()?
+                .parse()
+                .ok()?;
+            at = next + len + 2;
+            if buf.len() < at {
+                return None;
+            }
+        }
+        Some(at)
+    }
+}
+
+impl CountingProxy {
+    async fn start(upstream: std::net::SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let commands = Arc::new(AtomicU64::new(0));
+        let counter = Arc::clone(&commands);
+        tokio::spawn(async move {
+            loop {
+                let Ok((client, _)) = listener.accept().await else {
+                    return;
+                };
+                let server = tokio::net::TcpStream::connect(upstream).await.unwrap();
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    let mut resp = Resp::default();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        let n = match cr.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => n,
+                        };
+                        counter.fetch_add(resp.feed(&buf[..n]), Ordering::Relaxed);
+                        if sw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = tokio::io::copy(&mut sr, &mut cw).await;
+                });
+            }
+        });
+        Self { port, commands }
+    }
 }
 
 fn round_trips(rt: &Runtime, url: &str) {
-    let setup = redis_setup(rt, url);
+    let upstream = {
+        let info = redis::Client::open(url)
+            .unwrap()
+            .get_connection_info()
+            .addr()
+            .to_string();
+        let hostport = info
+            .trim_start_matches("redis://")
+            .trim_end_matches('/')
+            .to_owned();
+        std::net::ToSocketAddrs::to_socket_addrs(&hostport)
+            .unwrap()
+            .next()
+            .unwrap()
+    };
+    let proxy = rt.block_on(CountingProxy::start(upstream));
+    let proxied = format!("redis://127.0.0.1:{}/", proxy.port);
+    let setup = redis_setup(rt, &proxied);
     let result = rt.block_on(async {
         let client = redis::Client::open(url).unwrap();
         let mut conn = client.get_multiplexed_async_connection().await.unwrap();
@@ -247,17 +364,21 @@ fn round_trips(rt: &Runtime, url: &str) {
             .query_async(&mut conn)
             .await
             .unwrap();
+        let before = proxy.commands.load(Ordering::Relaxed);
         for _ in 0..COUNTED {
             setup.gate.verify(&setup.limited).await.unwrap();
         }
-        let (total, evalsha) = commands(&mut conn).await;
+        let sent = proxy.commands.load(Ordering::Relaxed) - before;
+        let (total, evalsha, by_name) = commands(&mut conn).await;
         // The reset itself is counted after it ran.
         let total = total.saturating_sub(1);
         serde_json::json!({
             "requests": COUNTED,
-            "commands": total,
+            "client_commands": sent,
+            "round_trips_per_request": sent as f64 / COUNTED as f64,
+            "server_commands": total,
             "evalsha": evalsha,
-            "commands_per_request": total as f64 / COUNTED as f64,
+            "server_commands_by_name": by_name,
         })
     });
     println!("limit_redis round trips: {result}");

@@ -5,7 +5,7 @@
 #
 #   verify with one limit (Redis limiter)  vs  a bare EVALSHA of the same script
 #   verify with one limit (PG limiter)     vs  the bare statement through sqlx
-#   Redis commands per verified request (INFO commandstats delta on a private Redis)
+#   Redis round trips per verified request (commands sent, counted by a TCP proxy)
 #
 #   bash benches/limit_stores.sh            # bench, then print the table
 #   bash benches/limit_stores.sh --table    # only print the table of the last run
@@ -70,8 +70,10 @@ for group, base in [("limit_redis", "bare_evalsha"), ("limit_pg", "bare_statemen
 rt = load("limit_stores", "round_trips.json")
 print()
 if rt:
-    print(f"Redis: {rt['commands']} commands for {rt['requests']} verifies with one limit "
-          f"({rt['evalsha']} EVALSHA): **{rt['commands_per_request']:.3f} round trips per request** (target 1).")
+    print(f"Redis: {rt['requests']} verifies with one limit sent {rt['client_commands']} commands "
+          f"(counting proxy): **{rt['round_trips_per_request']:.3f} round trips per request** (target 1). "
+          f"Redis ran {rt['server_commands']} commands in all ({rt['evalsha']} EVALSHA, the rest inside the script: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(rt['server_commands_by_name'].items())) + ").")
 else:
     print("Redis round trips: not measured (no Redis).")
 PY

@@ -186,6 +186,7 @@ async fn concurrent_migrations_apply_once() {
                 5,
                 "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
             ),
+            (6, "create keygate_usage".to_owned()),
         ]
     );
     assert_eq!(indexes.len(), 2, "{indexes:?}");
@@ -352,7 +353,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         again.pool().close().await;
     }
     schema.drop().await;
-    assert_eq!(expected.len(), 5);
+    assert_eq!(expected.len(), 6);
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
     assert_eq!(upgraded, expected);
     assert_eq!(got.as_deref(), Some(&record));
