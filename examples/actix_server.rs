@@ -19,6 +19,7 @@
 //! - `GET /api/libraries`: a demo resource; needs `library:read`.
 //! - `/api/api-keys` (and `/api/api-keys/`): the admin API (`keygate::admin`), for callers
 //!   the directory grants `admin`.
+//! - `/admin/`: the admin page (`keygate::admin::page`) over that API.
 //! - `GET /api/ping-open` and `GET /api/ping`: the same tiny body without and with key
 //!   verification. They exist for `benches/http.sh`, which measures what keygate adds
 //!   to a request.
@@ -32,8 +33,8 @@ mod common;
 use std::process::ExitCode;
 
 use actix_web::{web, App, HttpResponse, HttpServer};
-use keygate::actix::{admin_scope, Require};
-use keygate::admin::AdminApi;
+use keygate::actix::{admin_page_scope, admin_scope, Require};
+use keygate::admin::{AdminApi, AdminPage};
 use keygate::{Keygate, Principal};
 use serde_json::json;
 
@@ -77,7 +78,8 @@ fn routes(cfg: &mut web::ServiceConfig, gate: &Keygate) {
         .route("/api/libraries", web::get().to(libraries))
         .route("/api/ping-open", web::get().to(ping_open))
         .route("/api/ping", web::get().to(ping))
-        .service(admin_scope("/api/api-keys", admin));
+        .service(admin_scope("/api/api-keys", admin))
+        .service(admin_page_scope("/admin", AdminPage::new()));
 }
 
 fn main() -> ExitCode {

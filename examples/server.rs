@@ -27,6 +27,8 @@
 //! - `GET /api/me`: the caller's [`Principal`] as JSON.
 //! - `GET /api/libraries`: a demo resource; needs `library:read`.
 //! - `/api/api-keys`: the admin API (`keygate::admin`), for callers the directory grants `admin`.
+//! - `/admin/`: the admin page (`keygate::admin::page`) over that API: open
+//!   <http://127.0.0.1:3000/admin/> and sign in with the printed key.
 //! - `GET /api/ping-open` and `GET /api/ping`: the same tiny body without and with key
 //!   verification. They exist for `benches/http.sh`, which measures what keygate adds
 //!   to a request.
@@ -40,8 +42,8 @@ use std::process::ExitCode;
 
 use axum::routing::get;
 use axum::{Json, Router};
-use keygate::admin::AdminApi;
-use keygate::axum::{admin_routes, Require};
+use keygate::admin::{AdminApi, AdminPage};
+use keygate::axum::{admin_page, admin_routes, Require};
 use keygate::{Keygate, Principal};
 use serde_json::{json, Value};
 
@@ -86,6 +88,10 @@ fn app(gate: Keygate) -> Router {
         .route("/api/ping-open", get(ping_open))
         .route("/api/ping", get(ping))
         .merge(admin_routes("/api/api-keys", admin))
+        .merge(admin_page(
+            "/admin",
+            AdminPage::new().api_base("/api/api-keys"),
+        ))
         .with_state(gate)
 }
 

@@ -101,7 +101,8 @@ use actix_web::{
     Scope,
 };
 
-use crate::admin::{AdminApi, AdminResponse, AdminRoute};
+use crate::admin::page::PageResponse;
+use crate::admin::{AdminApi, AdminPage, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome, DEFAULT_REALM};
@@ -480,5 +481,67 @@ async fn admin(req: HttpRequest, payload: web::Payload, api: web::Data<AdminApi>
     let query = Some(req.query_string()).filter(|q| !q.is_empty());
     api.handle(&caller, route.request(query, &body))
         .await
+        .respond_to(&req)
+}
+
+/// Renders a page answer: its status, headers and body.
+impl Responder for PageResponse {
+    type Body = BoxBody;
+
+    fn respond_to(self, _req: &HttpRequest) -> HttpResponse<Self::Body> {
+        let mut response = HttpResponse::build(status(self.status));
+        for (name, value) in self.headers {
+            response.insert_header((name, value));
+        }
+        match self.body {
+            std::borrow::Cow::Borrowed(bytes) => response.body(web::Bytes::from_static(bytes)),
+            std::borrow::Cow::Owned(bytes) => response.body(bytes),
+        }
+    }
+}
+
+/// The admin page and its mount path, for its handler.
+struct MountedPage {
+    page: AdminPage,
+    mount: String,
+}
+
+/// The [admin page](crate::admin::page) as a [`Scope`] mounted at `path` (e.g.
+/// `/admin`), beside the [admin API](admin_scope) it calls (at [`AdminPage::api_base`],
+/// `/api/api-keys` by default, on the same origin). `path` redirects to `path/`, which
+/// serves the page; its assets are under `path/`. Every answer carries the page's
+/// Content-Security-Policy and security headers ([`crate::admin::page`]).
+///
+/// ```
+/// use actix_web::App;
+/// use keygate::actix::{admin_page_scope, admin_scope};
+/// use keygate::admin::{AdminApi, AdminPage};
+///
+/// # fn demo(gate: keygate::Keygate) {
+/// let app = App::new()
+///     .service(admin_scope("/api/api-keys", AdminApi::new(gate)))
+///     .service(admin_page_scope("/admin", AdminPage::new()));
+/// # let _ = app; }
+/// ```
+pub fn admin_page_scope(path: &str, page: AdminPage) -> Scope {
+    let mount = path.trim_end_matches('/');
+    let mounted = MountedPage {
+        page,
+        mount: mount.to_owned(),
+    };
+    web::scope(mount)
+        .app_data(web::Data::new(mounted))
+        .default_service(web::to(page_handler))
+}
+
+/// The admin page's one handler: the file the path names, or a redirect, 404 or 405.
+async fn page_handler(req: HttpRequest, mounted: web::Data<MountedPage>) -> HttpResponse {
+    mounted
+        .page
+        .respond_at(
+            &mounted.mount,
+            req.method().as_str(),
+            req.match_info().unprocessed(),
+        )
         .respond_to(&req)
 }

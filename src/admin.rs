@@ -12,10 +12,20 @@
 //! | `PATCH /:id` | `isActive`, `userId`, + `name`, `description`, `scopes`, `metadata`, `expiresAt`, `ratelimits`, `credits` | `{"apiKey":{…}}` |
 //! | `DELETE /:id` | — | `200 OK` |
 //! | `POST /:id/rotate` | `gracePeriod` (s, default 0) | `{"apiKey":{…new, "apiKey":"<key>"}, "previous":{…}}` |
+//! | `GET /users` | — | `{"users":[{"id","name"}…] or null, "caller":{"keyId","userId"}}` |
 //!
 //! A key is `{"id","name","description","expiresAt","lastUsedAt","isActive","userId",
 //! "createdByUserId","createdAt","updatedAt","scopes","metadata","format","ratelimits",
-//! "credits"}` (camelCase, timestamps RFC 3339, like Audiobookshelf's).
+//! "credits"}` (camelCase, timestamps RFC 3339, like Audiobookshelf's; `ratelimits` and
+//! `credits` are [below](#usage-limits-unkeys-shapes-as-extensions-of-audiobookshelfs)). `GET /users` is keygate's own (the admin
+//! page's user picker): the users the [`UserDirectory`](crate::UserDirectory) lists
+//! ([`UserDirectory::users`](crate::UserDirectory::users); `null` when there is no
+//! directory or it does not list them) and who is calling. Statuses: 400 bad input (including an
+//! unknown `userId`, and a body field the route does not know: `{"expires_in":60}` is
+//! refused, not ignored), 403 refused (see below), 404 unknown id or route, 405 another
+//! method (with `Allow`), 409 the key changed while the request was checked (see below),
+//! 413 body too large, 503 store or directory unavailable. Errors have keygate's
+//! [one error shape](crate::http#one-error-shape): `{"error": code, "error_description": text}`.
 //!
 //! # Usage limits: Unkey's shapes as extensions of Audiobookshelf's
 //!
@@ -32,12 +42,8 @@
 //! *now* (read from the gate's limiter) and `credits.setAt` when the count started; on
 //! create and update it is the count to start from: a `PATCH` with `credits` restarts the
 //! count, `"credits": null` removes them (unlimited uses), `"ratelimits": []` removes every
-//! limit. Bounds: [`crate::limits`]. Changing a key's limits is subject to rule 3 below. Statuses: 400 bad input (including an
-//! unknown `userId`, and a body field the route does not know: `{"expires_in":60}` is
-//! refused, not ignored), 403 refused (see below), 404 unknown id or route, 405 another
-//! method (with `Allow`), 409 the key changed while the request was checked (see below),
-//! 413 body too large, 503 store or directory unavailable. Errors have keygate's
-//! [one error shape](crate::http#one-error-shape): `{"error": code, "error_description": text}`.
+//! limit. Bounds: [`crate::limits`]. No call leaves a key less limited than the calling key
+//! (see below).
 //!
 //! # Who may do what
 //!
@@ -129,6 +135,12 @@
 //!   are more.
 
 mod authority;
+#[cfg(any(feature = "axum", feature = "actix"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix"))))]
+pub mod page;
+
+#[cfg(any(feature = "axum", feature = "actix"))]
+pub use page::AdminPage;
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -228,6 +240,8 @@ pub enum AdminRequest<'a> {
         /// The request body (may be empty).
         body: &'a [u8],
     },
+    /// `GET /users`: the directory's users and the caller, for the admin page.
+    Users,
 }
 
 impl AdminRequest<'_> {
@@ -240,6 +254,7 @@ impl AdminRequest<'_> {
             AdminRequest::Update { .. } => "update",
             AdminRequest::Delete { .. } => "delete",
             AdminRequest::Rotate { .. } => "rotate",
+            AdminRequest::Users => "users",
         }
     }
 
@@ -247,7 +262,9 @@ impl AdminRequest<'_> {
     /// segment that is no key id (never the raw text, which the caller chose).
     fn target(&self) -> String {
         match self {
-            AdminRequest::List { .. } | AdminRequest::Create { .. } => "-".to_owned(),
+            AdminRequest::List { .. } | AdminRequest::Create { .. } | AdminRequest::Users => {
+                "-".to_owned()
+            }
             AdminRequest::Get { id }
             | AdminRequest::Update { id, .. }
             | AdminRequest::Delete { id }
@@ -374,6 +391,7 @@ impl AdminResponse {
 /// | `GET`, `POST` | `` or `/` | [`List`](Self::List), [`Create`](Self::Create) |
 /// | `GET`, `PATCH`, `DELETE` | `/{id}` | [`Get`](Self::Get), [`Update`](Self::Update), [`Delete`](Self::Delete) |
 /// | `POST` | `/{id}/rotate` | [`Rotate`](Self::Rotate) |
+/// | `GET` | `/users` | [`Users`](Self::Users) (no key id is `users`: ids are UUIDs) |
 ///
 /// Any other path is 404 `not_found`; another method on a known path is 405
 /// `method_not_allowed` with `Allow`. An `{id}` that is no key id is routed, and answered
@@ -415,6 +433,8 @@ pub enum AdminRoute<'a> {
         /// The id path segment, as sent.
         id: &'a str,
     },
+    /// `GET /users`.
+    Users,
 }
 
 impl<'a> AdminRoute<'a> {
@@ -442,6 +462,8 @@ impl<'a> AdminRoute<'a> {
             return Err(AdminResponse::no_route());
         }
         match (tail, method) {
+            (None, "GET") if id == "users" => Ok(Self::Users),
+            (None, _) if id == "users" => Err(AdminResponse::method_not_allowed("GET")),
             (None, "GET") => Ok(Self::Get { id }),
             (None, "PATCH") => Ok(Self::Update { id }),
             (None, "DELETE") => Ok(Self::Delete { id }),
@@ -471,6 +493,7 @@ impl<'a> AdminRoute<'a> {
             Self::Update { id } => AdminRequest::Update { id, body },
             Self::Delete { id } => AdminRequest::Delete { id },
             Self::Rotate { id } => AdminRequest::Rotate { id, body },
+            Self::Users => AdminRequest::Users,
         }
     }
 }
@@ -542,6 +565,7 @@ impl AdminApi {
             AdminRequest::Update { id, body } => self.update(&call, id, body).await,
             AdminRequest::Delete { id } => self.delete(&call, id).await,
             AdminRequest::Rotate { id, body } => self.rotate(&call, id, body).await,
+            AdminRequest::Users => self.users(caller).await,
         };
         result.unwrap_or_else(|response| response)
     }
@@ -641,6 +665,22 @@ impl AdminApi {
             body.insert("next".to_owned(), json!(next.to_string()));
         }
         Ok(AdminResponse::json(200, Value::Object(body)))
+    }
+
+    /// `GET /users`: the directory's users (or `null`) and the caller's key and owner.
+    async fn users(&self, caller: &Principal) -> Result<AdminResponse, AdminResponse> {
+        let users = self
+            .gate
+            .directory_users()
+            .await
+            .map_err(|_| unavailable())?;
+        Ok(AdminResponse::json(
+            200,
+            json!({
+                "users": users,
+                "caller": { "keyId": caller.key_id(), "userId": caller.owner_id() },
+            }),
+        ))
     }
 
     async fn create(&self, call: &Call<'_>, body: &[u8]) -> Result<AdminResponse, AdminResponse> {
@@ -1214,7 +1254,10 @@ mod tests {
             AdminRoute::resolve("POST", "/abc/rotate"),
             Ok(AdminRoute::Rotate { id })
         );
+        assert_eq!(AdminRoute::resolve("GET", "/users"), Ok(AdminRoute::Users));
+        assert!(!AdminRoute::Users.reads_body());
         for (method, path, allow) in [
+            ("POST", "/users", "GET"),
             ("HEAD", "/", "GET, POST"),
             ("PUT", "/abc", "GET, PATCH, DELETE"),
             ("DELETE", "/abc/rotate", "POST"),

@@ -95,7 +95,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
 
-use crate::admin::{AdminApi, AdminResponse, AdminRoute};
+use crate::admin::page::PageResponse;
+use crate::admin::{AdminApi, AdminPage, AdminResponse, AdminRoute};
 use crate::error::VerifyError;
 use crate::gate::Keygate;
 use crate::http::{AuthError, HttpOutcome};
@@ -443,5 +444,81 @@ async fn admin(State(mounted): State<Mounted>, request: Request<Body>) -> Respon
         .api
         .handle(&caller, route.request(uri.query(), &body))
         .await
+        .into_response()
+}
+
+/// Renders a page answer: its status, headers and body.
+impl IntoResponse for PageResponse {
+    fn into_response(self) -> Response {
+        let mut response = status(self.status).into_response();
+        for (name, value) in &self.headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response
+                    .headers_mut()
+                    .insert(HeaderName::from_static(name), value);
+            }
+        }
+        *response.body_mut() = match self.body {
+            std::borrow::Cow::Borrowed(bytes) => Body::from(Bytes::from_static(bytes)),
+            std::borrow::Cow::Owned(bytes) => Body::from(bytes),
+        };
+        response
+    }
+}
+
+/// The admin page and where it is mounted, for its handler.
+#[derive(Clone)]
+struct MountedPage {
+    page: AdminPage,
+    /// The mount path without a trailing slash.
+    mount: Arc<str>,
+}
+
+/// The [admin page](crate::admin::page) at `path` (e.g. `/admin`), as a router to
+/// [`merge`](Router::merge) into the application beside the
+/// [admin API](admin_routes) it calls (at [`AdminPage::api_base`], `/api/api-keys` by
+/// default, on the same origin). `path` redirects to `path/`, which serves the page;
+/// its assets are under `path/`. Every answer carries the page's Content-Security-Policy
+/// and security headers ([`crate::admin::page`]). The page itself holds no secret and
+/// needs no key; everything it shows comes from the admin API, with the key the admin
+/// signs in with.
+///
+/// ```
+/// use axum::Router;
+/// use keygate::admin::{AdminApi, AdminPage};
+/// use keygate::axum::{admin_page, admin_routes};
+///
+/// # fn demo(gate: keygate::Keygate) {
+/// let app: Router = Router::new()
+///     .merge(admin_routes("/api/api-keys", AdminApi::new(gate)))
+///     .merge(admin_page("/admin", AdminPage::new().api_base("/api/api-keys")));
+/// # let _ = app; }
+/// ```
+pub fn admin_page<S>(path: &str, page: AdminPage) -> Router<S> {
+    let mount = path.trim_end_matches('/');
+    let state = MountedPage {
+        page,
+        mount: Arc::from(mount),
+    };
+    let router = if mount.is_empty() {
+        Router::new()
+    } else {
+        Router::new().route(mount, any(page_handler))
+    };
+    router
+        .route(&format!("{mount}/"), any(page_handler))
+        .route(&format!("{mount}/{{*rest}}"), any(page_handler))
+        .with_state(state)
+}
+
+/// The admin page's one handler: the file the path names, or a redirect, 404 or 405.
+async fn page_handler(State(mounted): State<MountedPage>, request: Request<Body>) -> Response {
+    let path = request.uri().path();
+    let Some(rest) = path.strip_prefix(&*mounted.mount) else {
+        return PageResponse::not_found().into_response();
+    };
+    mounted
+        .page
+        .respond_at(&mounted.mount, request.method().as_str(), rest)
         .into_response()
 }

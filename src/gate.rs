@@ -700,6 +700,24 @@ impl Keygate {
         }
     }
 
+    /// The users the [`UserDirectory`] lists ([`UserDirectory::users`]), at most
+    /// [`MAX_PAGE`]; `Ok(None)` without a directory or when it does not list its users.
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError`](crate::DirectoryError) when the directory could not be asked.
+    pub async fn directory_users(
+        &self,
+    ) -> Result<Option<Vec<crate::DirectoryUser>>, crate::DirectoryError> {
+        match &self.inner.users {
+            None => Ok(None),
+            Some(users) => Ok(users.users().await?.map(|mut list| {
+                list.truncate(MAX_PAGE);
+                list
+            })),
+        }
+    }
+
     /// Writes queued last-used times and re-hashes now, after any background write under
     /// way has finished. Call it at shutdown. Otherwise they are written in the
     /// background, at most once per

@@ -55,6 +55,11 @@
 //!   *explicitly* granted `"admin"` ([`Principal::grants`]: by the directory, or by the
 //!   key's own scopes; never because there is no directory), and unable to mint or widen
 //!   a key beyond the calling key's own reach.
+//! - `admin::AdminPage` (features `axum`, `actix`): the API Keys web page over that API,
+//!   as Audiobookshelf's Settings → Users → API Keys has it (list, create and show once,
+//!   switch on and off, rotate, delete), shipped inside the crate under a strict
+//!   Content-Security-Policy; mounted with `keygate::axum::admin_page` or
+//!   `keygate::actix::admin_page_scope`. See the `admin::page` module.
 //!
 //! # Owners and permissions
 //!
@@ -223,9 +228,47 @@
 //!    store's `expires_at` is the authority).
 //! 5. Owner, through the [`UserDirectory`]: exists and active; permissions are the owner's
 //!    now, narrowed by the key's scopes.
-//! 6. Success: last-used is recorded off the request path, at most once per key per
+//! 6. Usage limits (issue 9, [`limits`]): the owner's shared rate limits, then the key's own
+//!    auto-applied limits and one credit, each one all-or-nothing [`limits::Limiter`] call.
+//!    Only a key that passed every check above is charged; a refusal is 429
+//!    ([`VerifyError::RateLimited`], [`VerifyError::CreditsExhausted`]), never 401.
+//! 7. Success: last-used is recorded off the request path, at most once per key per
 //!    [`KeygateBuilder::last_used_interval`] (default 60 s), in one batch per flush, and never
 //!    for a refused attempt.
+//!
+//! # Usage limits
+//!
+//! Keys carry named rate limits (GCRA: exact, no window edges) and usage credits with an
+//! optional daily or monthly refill, in Unkey's shapes; owners can share limits across
+//! their keys. State lives in a [`limits::Limiter`] (in process by default). A handler
+//! charges a cost after verify:
+//!
+//! ```
+//! use keygate::limits::{CreditPolicy, RateLimit};
+//! use keygate::{Keygate, MemoryStore, NewKey, Pepper};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
+//!     .owner_ratelimits([RateLimit::new("requests", 10_000, 3_600_000)]) // per owner, per hour
+//!     .build()?;
+//! let issued = gate
+//!     .mint(
+//!         NewKey::new("llm client", "user-1")
+//!             .ratelimits([
+//!                 RateLimit::new("requests", 60, 60_000),          // 60 a minute, every verify
+//!                 RateLimit::new("tokens", 100_000, 60_000).manual(), // charged by the handler
+//!             ])
+//!             .credits(CreditPolicy::new(1_000)),
+//!     )
+//!     .await?;
+//! let principal = gate.verify(issued.key.expose()).await?; // 1 request, 1 credit
+//! gate.charge(&principal, "tokens", 1_500).await?;         // after generating 1,500 tokens
+//! assert_eq!(principal.allowance().unwrap().credits, Some(999));
+//! # Ok(()) }
+//! ```
+//!
+//! See [`limits`] for the model, the [`limits::Limiter`] contract, failure modes and
+//! events, and [`http`] for the 429 answers and the `RateLimit` headers.
 //!
 //! [`VerifyError::http`] (or [`Keygate::http_outcome`], with the gate's realm) maps every
 //! outcome to an RFC 6750 answer: the table is in [`http`]. [`VerifyError::reason`] and
@@ -362,8 +405,8 @@
 //! | `sqlite` | [`SqliteStore`] (bundled libsqlite3) |
 //! | `postgres` | [`PostgresStore`], with `LISTEN/NOTIFY` cache invalidation |
 //! | `redis` | [`RedisStore`], with pub/sub cache invalidation |
-//! | `axum` | [`keygate::axum`](crate::axum): extractors, guards, the `Authenticate` layer, the admin API router |
-//! | `actix` | [`keygate::actix`](crate::actix): extractors, guards, the `Authenticate` middleware, the admin API scope |
+//! | `axum` | [`keygate::axum`](crate::axum): extractors, guards, the `Authenticate` layer, the admin API router, the admin page |
+//! | `actix` | [`keygate::actix`](crate::actix): extractors, guards, the `Authenticate` middleware, the admin API scope, the admin page |
 //! | `testing` | [`keygate::testing`](crate::testing): the public store conformance suite |
 //!
 //! The operator CLI is the separate package `keygate-cli` (binary `keygate`).
@@ -449,7 +492,7 @@ pub use store::{RedisConfig, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteConfig, SqliteStore};
-pub use user::{DirectoryError, Owner, Permissions, UserDirectory};
+pub use user::{DirectoryError, DirectoryUser, Owner, Permissions, UserDirectory};
 
 /// The size and range bounds keygate enforces: on what [`Keygate::mint`], [`Keygate::update`] and the
 /// admin API accept, on stored records, on tokens, and on secrets.

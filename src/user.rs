@@ -147,6 +147,74 @@ pub trait UserDirectory: Send + Sync + 'static {
     /// The user with this id: `Ok(None)` if there is none (deleted), `Err` if the directory
     /// could not be asked (keygate then answers "unavailable", never "invalid key").
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError>;
+
+    /// The users an admin may pick as the owner of a new key, for the admin page's user
+    /// picker (the admin API's `GET /users`): at most
+    /// [`MAX_PAGE`](crate::bounds::MAX_PAGE) are shown. `Ok(None)`, the default, means the
+    /// directory does not list its users; the page then asks for a user id instead.
+    ///
+    /// Listing grants nothing: minting for a listed user still needs the caller's authority
+    /// over them (see [`crate::admin`]).
+    ///
+    /// ```
+    /// use async_trait::async_trait;
+    /// use keygate::{DirectoryError, DirectoryUser, Owner, UserDirectory};
+    ///
+    /// struct Users;
+    ///
+    /// #[async_trait]
+    /// impl UserDirectory for Users {
+    ///     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+    ///         Ok((user_id == "alice").then(|| Owner::with_permissions(["library:read"])))
+    ///     }
+    ///
+    ///     async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+    ///         Ok(Some(vec![DirectoryUser::new("alice").name("Alice Liddell")]))
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`DirectoryError`] when the directory could not be asked (the API answers 503).
+    async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+        Ok(None)
+    }
+}
+
+/// One user as [`UserDirectory::users`] lists them: the id keys are minted for, and a name
+/// to show beside it.
+///
+/// ```
+/// use keygate::DirectoryUser;
+///
+/// let alice = DirectoryUser::new("u-17").name("Alice");
+/// assert_eq!((alice.id.as_str(), alice.name.as_deref()), ("u-17", Some("Alice")));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct DirectoryUser {
+    /// The user id (a key's `userId`).
+    pub id: String,
+    /// A display name (e.g. the username), if the directory has one.
+    pub name: Option<String>,
+}
+
+impl DirectoryUser {
+    /// The user `id`, without a display name.
+    pub fn new(id: impl Into<String>) -> Self {
+        Self {
+            id: id.into(),
+            name: None,
+        }
+    }
+
+    /// Sets the display name.
+    #[must_use]
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
 }
 
 /// A failure of the user directory.

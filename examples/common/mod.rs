@@ -24,9 +24,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use async_trait::async_trait;
+use keygate::limits::RateLimit;
 use keygate::{
-    CacheConfig, CachedStore, DirectoryError, JwtSecret, KeyStore, Keygate, ListQuery, NewKey,
-    Owner, Pepper, Permission, SqliteStore, UserDirectory,
+    CacheConfig, CachedStore, DirectoryError, DirectoryUser, JwtSecret, KeyStore, Keygate,
+    ListQuery, NewKey, Owner, Pepper, Permission, SqliteStore, UserDirectory,
 };
 
 pub type BoxError = Box<dyn Error + Send + Sync>;
@@ -58,6 +59,11 @@ fn env_or(name: &str, default: &str) -> String {
 /// The demo's users: a static `admin` and `user`. A real application asks its own user
 /// table; keygate reads the owner on every verify, so deactivating a user or changing
 /// permissions takes effect at once. (The owners are built once: this runs per request.)
+///
+/// `user`'s keys share a rate limit, enforced in process: [`USER_REQUESTS_PER_MINUTE`]
+/// requests a minute across all of them, then 429 with `Retry-After` (see
+/// `keygate::limits`). Per-key limits and credits are set when a key is minted (admin API
+/// `ratelimits`/`credits`, CLI `--ratelimit`/`--credits`).
 pub struct DemoUsers {
     admin: Owner,
     user: Owner,
@@ -67,7 +73,11 @@ impl DemoUsers {
     pub fn new() -> Self {
         Self {
             admin: Owner::with_permissions(["admin", "library:read"]),
-            user: Owner::with_permissions(["library:read"]),
+            user: Owner::with_permissions(["library:read"]).with_ratelimits([RateLimit::new(
+                "requests",
+                USER_REQUESTS_PER_MINUTE,
+                60_000,
+            )]),
         }
     }
 }
@@ -81,7 +91,18 @@ impl UserDirectory for DemoUsers {
             _ => None,
         })
     }
+
+    /// For the admin page's user picker.
+    async fn users(&self) -> Result<Option<Vec<DirectoryUser>>, DirectoryError> {
+        Ok(Some(vec![
+            DirectoryUser::new("admin").name("Admin"),
+            DirectoryUser::new("user").name("Demo user"),
+        ]))
+    }
 }
+
+/// The requests a minute all of `user`'s keys share.
+pub const USER_REQUESTS_PER_MINUTE: u64 = 20;
 
 /// The permission `GET /api/libraries` needs.
 pub struct LibraryRead;

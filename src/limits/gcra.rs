@@ -40,15 +40,19 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use super::{CreditPolicy, CreditRefill, LimitStatus, RateLimit, RefillInterval};
 
 const NANOS_PER_MICRO: i128 = 1_000;
-const NANOS_PER_MILLI: i128 = 1_000_000;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// The emission interval of `limit`, in nanoseconds: `ceil(duration * 10^6 / limit)`, at
 /// least 1.
 pub fn emission_interval_ns(limit: &RateLimit) -> i128 {
-    let window = i128::from(limit.duration).saturating_mul(NANOS_PER_MILLI);
-    let units = i128::from(limit.limit.max(1));
-    // Ceiling division of non-negative numbers.
+    i128::from(interval_ns(limit))
+}
+
+/// [`emission_interval_ns`] in `u64` (a validated limit's window is at most 3.2e16 ns, so
+/// it fits): one 64-bit division, which the verify path pays per limit.
+fn interval_ns(limit: &RateLimit) -> u64 {
+    let window = limit.duration.saturating_mul(1_000_000);
+    let units = limit.limit.max(1);
     window
         .saturating_add(units.saturating_sub(1))
         .checked_div(units)
@@ -66,14 +70,11 @@ pub fn stored(ns: i128) -> i64 {
     i64::try_from(ns).unwrap_or(if ns < 0 { i64::MIN } else { i64::MAX })
 }
 
-/// Nanoseconds to whole microseconds, rounded up, never negative.
+/// Nanoseconds to whole microseconds, rounded up, never negative (64-bit division by a
+/// constant: a multiply).
 fn ceil_us(ns: i128) -> u64 {
-    let us = ns
-        .max(0)
-        .saturating_add(NANOS_PER_MICRO.saturating_sub(1))
-        .checked_div(NANOS_PER_MICRO)
-        .unwrap_or(0);
-    u64::try_from(us).unwrap_or(u64::MAX)
+    let ns = u64::try_from(ns.max(0)).unwrap_or(u64::MAX);
+    ns.div_ceil(1_000)
 }
 
 /// One GCRA decision: the limit's `tat` (ns, `None` for no state), a request of `cost`
@@ -97,16 +98,20 @@ pub fn decide(
     limit: &RateLimit,
     cost: u64,
 ) -> (LimitStatus, Option<i64>) {
-    let t = emission_interval_ns(limit);
+    let t64 = interval_ns(limit);
+    let t = i128::from(t64);
     let burst = i128::from(limit.burst());
     let now = now_ns(now_us);
     let tat = tat.map_or(now, |tat| i128::from(tat).max(now));
     let tolerance = burst.saturating_mul(t);
     let new_tat = tat.saturating_add(i128::from(cost).saturating_mul(t));
     let allow_at = new_tat.saturating_sub(tolerance);
+    // Units that fit before `tat` passes `now + tolerance`: at most the burst. Divided in
+    // 64 bits (an `i128` division is a slow library call on the verify path).
     let remaining_at = |tat: i128| {
         let room = now.saturating_add(tolerance).saturating_sub(tat).max(0);
-        u64::try_from(room.checked_div(t).unwrap_or(0)).unwrap_or(u64::MAX)
+        let room = u64::try_from(room).unwrap_or(u64::MAX);
+        room.checked_div(t64).unwrap_or(0).min(limit.burst())
     };
     if now >= allow_at {
         let status = LimitStatus::new(

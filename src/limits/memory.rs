@@ -21,7 +21,7 @@ const SWEEP_EVERY: u32 = 4096;
 /// `remaining`; use a store-backed limiter where that matters, or where several processes
 /// serve the same keys).
 ///
-/// State is a hash map in [`SHARDS`](self) shards behind plain mutexes: a check locks one
+/// State is a hash map in 64 shards behind plain mutexes: a check locks one
 /// shard, runs [`gcra`] over the subject's limits and credits, and writes only if all
 /// allowed, so each check is all-or-nothing. Entries whose limits are all full and that
 /// hold no credits are swept as the map grows, so memory stays bounded by the keys and
@@ -108,10 +108,15 @@ impl MemoryLimiter {
         let now = check.now;
         let state = shard.state(check.subject);
         let mut statuses = Vec::with_capacity(check.limits.len());
+        // The new TATs, kept for the write (one GCRA step per limit, not two).
+        let mut tats = [None; super::MAX_RATELIMITS];
         let mut allowed = true;
-        for charge in check.limits {
+        for (i, charge) in check.limits.iter().enumerate() {
             let tat = state.and_then(|s| s.tat(&charge.limit.name));
-            let (status, _) = gcra::decide(tat, now, charge.limit, charge.cost);
+            let (status, new_tat) = gcra::decide(tat, now, charge.limit, charge.cost);
+            if let Some(slot) = tats.get_mut(i) {
+                *slot = new_tat;
+            }
             allowed &= status.allowed;
             statuses.push(status);
         }
@@ -135,13 +140,20 @@ impl MemoryLimiter {
         }
         if allowed {
             let state = shard.state_mut(check.subject, now);
-            for charge in check.limits {
-                let (_, tat) = gcra::decide(
-                    state.tat(&charge.limit.name),
-                    now,
-                    charge.limit,
-                    charge.cost,
-                );
+            for (i, charge) in check.limits.iter().enumerate() {
+                let tat = match tats.get(i) {
+                    Some(tat) => *tat,
+                    // More limits than a key may carry (an unchecked caller): step again.
+                    None => {
+                        gcra::decide(
+                            state.tat(&charge.limit.name),
+                            now,
+                            charge.limit,
+                            charge.cost,
+                        )
+                        .1
+                    }
+                };
                 if let Some(tat) = tat {
                     state.set_tat(&charge.limit.name, tat);
                 }

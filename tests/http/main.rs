@@ -15,5 +15,6 @@
 mod support;
 
 mod actix;
+mod admin_page;
 mod axum;
 mod limits;
