@@ -901,3 +901,176 @@ pub async fn concurrent_updates_are_atomic(store: Arc<dyn KeyStore>) {
         "atomic: a scopes update was lost"
     );
 }
+
+/// Checks a [`Limiter`](crate::limits::Limiter) against the contract and arithmetic of
+/// [`crate::limits::gcra`], with instants it chooses (no clock): a fresh limit allows
+/// exactly its burst and then one per emission interval; a check is all-or-nothing across
+/// its limits and credits; a refused check reports the wait; credits never go below zero
+/// and refill at the exact instant; a newer policy restarts the count, an older one does
+/// not; keys and owners are separate subjects; `forget` drops a key's state.
+///
+/// Each run uses fresh random key ids and owner names, so it can share a backend with
+/// other tests.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// keygate::testing::limiter_conformance(&keygate::limits::MemoryLimiter::new()).await;
+/// # }
+/// ```
+pub async fn limiter_conformance(limiter: &dyn crate::limits::Limiter) {
+    use crate::limits::{
+        Charge, CreditPolicy, CreditRefill, CreditSpend, LimitCheck, RateLimit, Subject,
+    };
+    // 2030-01-01T12:00:00Z, in µs.
+    let t0: i64 = 1_893_499_200_000_000;
+    let key = KeyId::random();
+    let per_min = RateLimit::new("requests", 100, 60_000); // T = 600 ms
+    let one = [Charge::new(&per_min, 1)];
+    let check = |now| LimitCheck::new(Subject::Key(key), &one, None, now);
+    for i in 0..100 {
+        let out = limiter.check(&check(t0)).await.expect("limiter: check");
+        assert!(out.allowed, "limiter: request {i} of the burst refused");
+        assert_eq!(
+            out.limits[0].remaining,
+            99 - i,
+            "limiter: remaining after {i}"
+        );
+    }
+    let refused = limiter.check(&check(t0)).await.expect("limiter: check");
+    assert!(
+        !refused.allowed,
+        "limiter: the burst + 1st request was allowed"
+    );
+    assert_eq!(
+        refused.limits[0].retry_after_us,
+        Some(600_000),
+        "limiter: retry after"
+    );
+    assert!(
+        !limiter
+            .check(&check(t0 + 599_999))
+            .await
+            .expect("limiter: check")
+            .allowed,
+        "limiter: allowed before the emission interval"
+    );
+    assert!(
+        limiter
+            .check(&check(t0 + 600_000))
+            .await
+            .expect("limiter: check")
+            .allowed,
+        "limiter: refused at the emission interval"
+    );
+    assert!(
+        !limiter
+            .check(&check(t0 + 600_000))
+            .await
+            .expect("limiter: check")
+            .allowed,
+        "limiter: more than one after the emission interval"
+    );
+
+    // All-or-nothing: a wide limit plus credits that run out.
+    let key2 = KeyId::random();
+    let wide = RateLimit::new("wide", 10, 1_000);
+    let narrow = RateLimit::new("narrow", 1, 1_000);
+    let both = [Charge::new(&wide, 1), Charge::new(&narrow, 1)];
+    let first = LimitCheck::new(Subject::Key(key2), &both, None, t0);
+    assert!(limiter.check(&first).await.expect("limiter: check").allowed);
+    let second = limiter.check(&first).await.expect("limiter: check");
+    assert!(!second.allowed && second.limits[0].allowed && !second.limits[1].allowed);
+    let peek = [Charge::new(&wide, 0)];
+    let after = limiter
+        .check(&LimitCheck::new(Subject::Key(key2), &peek, None, t0))
+        .await
+        .expect("limiter: check");
+    assert_eq!(
+        after.limits[0].remaining, 9,
+        "limiter: a refused check charged a limit"
+    );
+
+    // Credits: exact, never below zero, refilled at the instant (daily, midnight UTC).
+    let key3 = KeyId::random();
+    let mut policy = CreditPolicy::new(2).refill(CreditRefill::daily(5));
+    policy.set_at = DateTime::from_timestamp_micros(t0);
+    let spend = |cost, now| {
+        LimitCheck::new(
+            Subject::Key(key3),
+            &[],
+            Some(CreditSpend::new(&policy, cost)),
+            now,
+        )
+    };
+    assert!(
+        !limiter
+            .check(&spend(3, t0))
+            .await
+            .expect("limiter: credits")
+            .allowed
+    );
+    assert!(
+        limiter
+            .check(&spend(2, t0))
+            .await
+            .expect("limiter: credits")
+            .allowed
+    );
+    let out = limiter
+        .check(&spend(1, t0))
+        .await
+        .expect("limiter: credits");
+    assert!(!out.allowed, "limiter: credits went below zero");
+    let midnight: i64 = 1_893_542_400_000_000; // 2030-01-02T00:00:00Z
+    assert_eq!(
+        out.credits.expect("credit status").next_refill,
+        Some(midnight)
+    );
+    assert_eq!(
+        limiter
+            .credits(key3, &policy, midnight - 1)
+            .await
+            .expect("read"),
+        0
+    );
+    assert_eq!(
+        limiter
+            .credits(key3, &policy, midnight)
+            .await
+            .expect("read"),
+        5
+    );
+    // An older policy (a stale cached record) does not restart the count; a newer one does.
+    let mut older = policy.clone();
+    older.set_at = DateTime::from_timestamp_micros(t0 - 1);
+    assert_eq!(limiter.credits(key3, &older, t0).await.expect("read"), 0);
+    let mut newer = CreditPolicy::new(7);
+    newer.set_at = DateTime::from_timestamp_micros(t0 + 1);
+    assert_eq!(
+        limiter.credits(key3, &newer, t0 + 1).await.expect("read"),
+        7
+    );
+
+    // Owners are their own subjects.
+    let owner = format!("conformance-owner-{}", KeyId::random());
+    let tiny = RateLimit::new("requests", 1, 60_000);
+    let charge = [Charge::new(&tiny, 1)];
+    let o = LimitCheck::new(Subject::Owner(&owner), &charge, None, t0);
+    assert!(limiter.check(&o).await.expect("limiter: owner").allowed);
+    assert!(!limiter.check(&o).await.expect("limiter: owner").allowed);
+    let k = LimitCheck::new(Subject::Key(KeyId::random()), &charge, None, t0);
+    assert!(limiter.check(&k).await.expect("limiter: key").allowed);
+
+    // forget drops a key's state.
+    limiter
+        .forget(Subject::Key(key))
+        .await
+        .expect("limiter: forget");
+    assert!(
+        limiter
+            .check(&check(t0 + 600_000))
+            .await
+            .expect("limiter: check")
+            .allowed
+    );
+}

@@ -38,22 +38,18 @@ use keygate::limits::{CreditPolicy, CreditRefill, RateLimit};
 use keygate::{
     Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
 };
+use keygate_cli::{chain, redact_url};
 
 #[derive(Parser)]
 #[command(name = "keygate", version, about = "Manage keygate API keys", long_about = None)]
 struct Cli {
-    /// Store URL: sqlite://path, postgres://…, redis://…
-    #[arg(
-        long,
-        env = "KEYGATE_DB",
-        global = true,
-        default_value = "sqlite://keygate.db"
-    )]
-    db: String,
+    /// Store URL: sqlite://path, postgres://…, redis://… [default: sqlite://keygate.db]
+    #[arg(long, env = "KEYGATE_DB", global = true)]
+    db: Option<String>,
 
-    /// Prefix of opaque keys ([a-z][a-z0-9]{0,15}).
-    #[arg(long, env = "KEYGATE_PREFIX", global = true, default_value = "key")]
-    prefix: String,
+    /// Prefix of opaque keys ([a-z][a-z0-9]{0,15}). [default: key]
+    #[arg(long, env = "KEYGATE_PREFIX", global = true)]
+    prefix: Option<String>,
 
     #[command(subcommand)]
     command: Command,
@@ -125,7 +121,20 @@ enum Command {
     Verify,
     /// Apply pending schema migrations (opening the store also does this).
     Migrate,
+    /// Run the server: forward auth for reverse proxies (/auth), the admin API
+    /// (/api/api-keys), /healthz and /readyz. Settings: a TOML file, KEYGATE_* variables,
+    /// flags (see keygate-cli's README).
+    Serve {
+        /// TOML configuration file (else KEYGATE_CONFIG); the environment overrides it.
+        #[arg(long, value_name = "FILE")]
+        config: Option<std::path::PathBuf>,
+    },
 }
+
+/// The store URL when neither `--db` nor `KEYGATE_DB` gives one.
+const DEFAULT_DB: &str = "sqlite://keygate.db";
+/// The opaque-key prefix when neither `--prefix` nor `KEYGATE_PREFIX` gives one.
+const DEFAULT_PREFIX: &str = "key";
 
 /// Usage limits at mint or with `limits` (Unkey's model; see `keygate::limits`).
 #[derive(clap::Args)]
@@ -265,23 +274,6 @@ fn is_config_error(error: &StoreError) -> bool {
     false
 }
 
-/// `error` and its causes, `: `-separated, each said once: drivers often repeat their
-/// cause in their own message (`error communicating with database: Connection refused`,
-/// then the `Connection refused` I/O error as its source).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        let cause = e.to_string();
-        if !cause.is_empty() && !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-        source = e.source();
-    }
-    text
-}
-
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -308,6 +300,10 @@ fn main() -> ExitCode {
             return ExitCode::from(CONFIG);
         }
     };
+    if let Command::Serve { config } = cli.command {
+        let overrides = keygate_cli::serve::Overrides::new(cli.db, cli.prefix, config);
+        return keygate_cli::serve::main(&overrides);
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -328,6 +324,8 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
+    let db = cli.db.as_deref().unwrap_or(DEFAULT_DB);
+    let prefix = cli.prefix.as_deref().unwrap_or(DEFAULT_PREFIX);
     let needs_secrets = matches!(
         cli.command,
         Command::Mint { .. } | Command::Rotate { .. } | Command::Verify
@@ -349,12 +347,12 @@ async fn run(cli: Cli) -> Result<(), Fail> {
     } else {
         None
     };
-    let store = match keygate::open_store(&cli.db).await {
+    let store = match keygate::open_store(db).await {
         Ok(store) => store,
         Err(e) => {
-            let mut message = format!("cannot open {}: {}", redact_url(&cli.db), chain(&e));
+            let mut message = format!("cannot open {}: {}", redact_url(db), chain(&e));
             if matches!(e, StoreError::Timeout) {
-                if let Some(cause) = connect_failure(&cli.db).await {
+                if let Some(cause) = connect_failure(db).await {
                     message.push_str(": ");
                     message.push_str(&cause);
                 }
@@ -363,13 +361,10 @@ async fn run(cli: Cli) -> Result<(), Fail> {
         }
     };
     if let Command::Migrate = cli.command {
-        eprintln!(
-            "keygate: migrations applied to {}",
-            escape(&redact_url(&cli.db))
-        );
+        eprintln!("keygate: migrations applied to {}", escape(&redact_url(db)));
         return Ok(());
     }
-    let mut builder = Keygate::builder(store, pepper).prefix(&cli.prefix);
+    let mut builder = Keygate::builder(store, pepper).prefix(prefix);
     if let Some(secret) = jwt_secret {
         builder = builder.jwt_secret(secret);
     }
@@ -516,8 +511,9 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
             }
             Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
         },
-        // `run` applied the migrations when it opened the store: nothing is left to do.
-        Command::Migrate => {}
+        // `run` applied the migrations when it opened the store: nothing is left to do;
+        // `main` ran `serve` before getting here.
+        Command::Migrate | Command::Serve { .. } => {}
     }
     Ok(())
 }
@@ -712,52 +708,6 @@ async fn connect_failure(url: &str) -> Option<String> {
     }
 }
 
-/// The URL without its secrets, for messages: the password of `user:password@` and the
-/// value of every query parameter whose name suggests a secret (`password`, `pass`,
-/// `sslpassword`, any name containing `pass`, `secret` or `token`, in any case) become
-/// `***`. Errs on the side of masking more: the URL may be malformed (that is when it is
-/// printed), so the userinfo runs to the last `@`, and the query is whatever follows the
-/// first `?` left once the userinfo is masked.
-fn redact_url(url: &str) -> String {
-    mask_query(&mask_userinfo(url))
-}
-
-/// `scheme://user:***@rest`: everything from the userinfo's first `:` to the last `@`.
-fn mask_userinfo(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let Some((userinfo, host)) = rest.rsplit_once('@') else {
-        return url.to_owned();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_owned(),
-    }
-}
-
-/// The query (after the first `?`) with the values of secret-looking parameters masked.
-fn mask_query(url: &str) -> String {
-    let Some((base, query)) = url.split_once('?') else {
-        return url.to_owned();
-    };
-    let query: Vec<String> = query
-        .split('&')
-        .map(|pair| match pair.split_once('=') {
-            Some((name, _)) if is_secret_parameter(name) => format!("{name}=***"),
-            _ => pair.to_owned(),
-        })
-        .collect();
-    format!("{base}?{}", query.join("&"))
-}
-
-fn is_secret_parameter(name: &str) -> bool {
-    let name = name.to_ascii_lowercase();
-    ["pass", "secret", "token"]
-        .iter()
-        .any(|word| name.contains(word))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -771,41 +721,6 @@ mod tests {
         assert_eq!(parse_duration("2w").unwrap(), TimeDelta::weeks(2));
         for bad in ["", "d", "3y", "-5s", "1.5h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn passwords_are_kept_out_of_messages() {
-        assert_eq!(
-            redact_url("postgres://app:hunter2@db:5432/keys"),
-            "postgres://app:***@db:5432/keys"
-        );
-        assert_eq!(redact_url("sqlite://keys.db"), "sqlite://keys.db");
-        assert_eq!(redact_url("redis://127.0.0.1/"), "redis://127.0.0.1/");
-        for (url, redacted) in [
-            (
-                "postgres://app@db/keys?sslmode=require&password=hunter2",
-                "postgres://app@db/keys?sslmode=require&password=***",
-            ),
-            (
-                "postgres://db/keys?pass=hunter2&sslpassword=hunter2&PGPASSWORD=hunter2",
-                "postgres://db/keys?pass=***&sslpassword=***&PGPASSWORD=***",
-            ),
-            (
-                "postgres://db/keys?password=hunter2@x",
-                "postgres://db/keys?password=***",
-            ),
-            (
-                "postgres://app:hunter2?x@db/keys?password=hunter2",
-                "postgres://app:***@db/keys?password=***",
-            ),
-            ("sqlite:keys.db?mode=rwc", "sqlite:keys.db?mode=rwc"),
-            (
-                "redis://db/?auth_token=hunter2",
-                "redis://db/?auth_token=***",
-            ),
-        ] {
-            assert_eq!(redact_url(url), redacted, "{url}");
         }
     }
 }

@@ -78,3 +78,8 @@ async fn arc_forwards_the_change_feed() {
     listener.resync();
     assert_eq!(cache.stats().resyncs, 1);
 }
+
+#[tokio::test]
+async fn the_memory_limiter_passes_the_limiter_conformance_checks() {
+    keygate::testing::limiter_conformance(&keygate::limits::MemoryLimiter::new()).await;
+}

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Real nginx and Caddy in front of `keygate serve`, for keygate-cli/tests/proxies.rs and
+# benches/forward_auth.sh. Uses the snippets of keygate-cli/README.md verbatim
+# (keygate-cli/proxies/nginx.conf and Caddyfile): nginx on 127.0.0.1:17182 and Caddy on
+# 127.0.0.1:17183, in front of keygate on 127.0.0.1:17180 and the application on 17181.
+# Config, pid, log and data files live in /tmp/keygate-proxies. Idempotent.
+#
+#   .ci/proxies.sh install   apt-get install nginx and caddy (and wrk) when missing
+#   .ci/proxies.sh start     start both unless they are running (fails loudly if missing)
+#   .ci/proxies.sh stop      stop both if they are running
+#   .ci/proxies.sh status
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=/tmp/keygate-proxies
+snippets="$root/keygate-cli/proxies"
+
+running() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "proxies.sh: nothing listens on 127.0.0.1:$1" >&2
+  return 1
+}
+
+nginx_conf() {
+  cat <<CONF
+pid $dir/nginx/nginx.pid;
+error_log $dir/nginx/error.log warn;
+worker_processes 1;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  client_body_temp_path $dir/nginx/body;
+  proxy_temp_path $dir/nginx/proxy;
+  fastcgi_temp_path $dir/nginx/fastcgi;
+  uwsgi_temp_path $dir/nginx/uwsgi;
+  scgi_temp_path $dir/nginx/scgi;
+  include $snippets/nginx.conf;
+${NGINX_EXTRA:-}
+}
+CONF
+}
+
+caddy_conf() {
+  cat <<CONF
+{
+	admin off
+	auto_https off
+	storage file_system $dir/caddy/data
+}
+import $snippets/Caddyfile
+CONF
+}
+
+start() {
+  local missing=()
+  command -v nginx >/dev/null || missing+=(nginx)
+  command -v caddy >/dev/null || missing+=(caddy)
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "proxies.sh: ${missing[*]} not installed (apt-get install -y ${missing[*]}, or .ci/proxies.sh install)" >&2
+    exit 1
+  fi
+  mkdir -p "$dir/nginx" "$dir/caddy/data"
+  # A proxy running with other snippets than the checked-out ones is restarted.
+  local nginx_sum caddy_sum
+  nginx_sum=$( { nginx_conf; cat "$snippets/nginx.conf"; } | sha256sum)
+  caddy_sum=$( { caddy_conf; cat "$snippets/Caddyfile"; } | sha256sum)
+  if running "$dir/nginx/nginx.pid" && [ "$(cat "$dir/nginx/sum" 2>/dev/null)" != "$nginx_sum" ]; then
+    stop_nginx
+  fi
+  if running "$dir/caddy/caddy.pid" && [ "$(cat "$dir/caddy/sum" 2>/dev/null)" != "$caddy_sum" ]; then
+    stop_caddy
+  fi
+  if running "$dir/nginx/nginx.pid"; then
+    echo "nginx already running (pid $(cat "$dir/nginx/nginx.pid"))"
+  else
+    nginx_conf > "$dir/nginx/nginx.conf"
+    nginx -t -q -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+    nginx -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log"
+    echo "$nginx_sum" > "$dir/nginx/sum"
+    wait_port 17182
+    echo "nginx started on 127.0.0.1:17182"
+  fi
+  if running "$dir/caddy/caddy.pid"; then
+    echo "caddy already running (pid $(cat "$dir/caddy/caddy.pid"))"
+  else
+    caddy_conf > "$dir/caddy/Caddyfile"
+    HOME="$dir/caddy" XDG_DATA_HOME="$dir/caddy/data" XDG_CONFIG_HOME="$dir/caddy" \
+      nohup caddy run --adapter caddyfile --config "$dir/caddy/Caddyfile" \
+      --pidfile "$dir/caddy/caddy.pid" > "$dir/caddy/caddy.log" 2>&1 &
+    if ! wait_port 17183; then cat "$dir/caddy/caddy.log" >&2; exit 1; fi
+    echo "$caddy_sum" > "$dir/caddy/sum"
+    echo "caddy started on 127.0.0.1:17183"
+  fi
+}
+
+stop_nginx() {
+  if running "$dir/nginx/nginx.pid"; then
+    nginx -c "$dir/nginx/nginx.conf" -e "$dir/nginx/error.log" -s quit || true
+    for _ in $(seq 1 50); do running "$dir/nginx/nginx.pid" || break; sleep 0.1; done
+    echo "nginx stopped"
+  fi
+}
+
+stop_caddy() {
+  if running "$dir/caddy/caddy.pid"; then
+    kill "$(cat "$dir/caddy/caddy.pid")"
+    for _ in $(seq 1 50); do running "$dir/caddy/caddy.pid" || break; sleep 0.1; done
+    rm -f "$dir/caddy/caddy.pid"
+    echo "caddy stopped"
+  fi
+}
+
+stop() { stop_nginx; stop_caddy; }
+
+case "${1:-}" in
+  install)
+    missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v caddy >/dev/null || missing+=(caddy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    if [ ${#missing[@]} -gt 0 ]; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    # Debian's packages start their system services where an init system runs; these tests
+    # use their own instances only.
+    nginx -v; caddy version ;;
+  start) start ;;
+  stop) stop ;;
+  restart) stop; start ;;
+  status)
+    running "$dir/nginx/nginx.pid" && echo "nginx running" || echo "nginx stopped"
+    running "$dir/caddy/caddy.pid" && echo "caddy running" || echo "caddy stopped" ;;
+  *) echo "usage: $0 install|start|stop|restart|status" >&2; exit 2 ;;
+esac

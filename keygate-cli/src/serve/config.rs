@@ -1,0 +1,490 @@
+//! `keygate serve`'s settings: a TOML file, the environment, and the command line, in
+//! rising precedence (a flag beats the environment, which beats the file, which beats the
+//! default). Unknown keys in the file are refused, and so are secrets: the file names the
+//! pepper's and JWT secret's *files*, never their values.
+//!
+//! | file key | environment | default |
+//! |---|---|---|
+//! | `addr` | `KEYGATE_ADDR` | `127.0.0.1:3000` |
+//! | `db` | `KEYGATE_DB` (`--db`) | `sqlite://keygate.db` |
+//! | `prefix` | `KEYGATE_PREFIX` (`--prefix`) | `key` |
+//! | `realm` | `KEYGATE_REALM` | `keygate` |
+//! | `pepper_file` | `KEYGATE_PEPPER_FILE`, or the value in `KEYGATE_PEPPER` | `<database>.pepper` for a SQLite file |
+//! | `pepper_version` | `KEYGATE_PEPPER_VERSION` | `1` |
+//! | `jwt_secret_file` | `KEYGATE_JWT_SECRET_FILE`, or the value in `KEYGATE_JWT_SECRET` | none (no JWT keys) |
+//! | `log` | `KEYGATE_LOG`, then `RUST_LOG` | `info,keygate=debug` (refusal reasons, rate-limited); add `access=debug` for a line per `/auth` decision |
+//! | `log_format` | `KEYGATE_LOG_FORMAT` | `json`, or `text` when stderr is a terminal |
+//! | `bootstrap` | `KEYGATE_BOOTSTRAP` | `true` |
+//! | `bootstrap_owner` | `KEYGATE_BOOTSTRAP_OWNER` | `admin` |
+//! | `cache_ttl_secs` | `KEYGATE_CACHE_TTL_SECS` | `5` |
+//! | `store_timeout_ms` | `KEYGATE_STORE_TIMEOUT_MS` | `2000` |
+//! | `original_uri_header` | `KEYGATE_ORIGINAL_URI_HEADER` | `X-Original-URI` |
+//! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
+//! | `[users.<id>]` | (file only) | none: no user directory |
+//!
+//! The file is named by `--config` or `KEYGATE_CONFIG`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// Longest configuration file read (64 KiB): a path naming something else is not read whole.
+const MAX_FILE_LEN: u64 = 64 * 1024;
+
+/// What the configuration file may hold. Every key is optional; an unknown key is an error.
+#[derive(Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    addr: Option<String>,
+    db: Option<String>,
+    prefix: Option<String>,
+    realm: Option<String>,
+    pepper_file: Option<PathBuf>,
+    pepper_version: Option<u32>,
+    jwt_secret_file: Option<PathBuf>,
+    log: Option<String>,
+    log_format: Option<LogFormat>,
+    bootstrap: Option<bool>,
+    bootstrap_owner: Option<String>,
+    cache_ttl_secs: Option<u64>,
+    store_timeout_ms: Option<u64>,
+    original_uri_header: Option<String>,
+    original_method_header: Option<String>,
+    users: Option<BTreeMap<String, User>>,
+}
+
+/// One user of the static directory (`[users.<id>]` in the file).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// The user's permissions; `"*"` stands for every permission.
+    #[serde(default)]
+    pub permissions: Vec<String>,
+    /// Whether the user's keys work (default `true`).
+    #[serde(default = "yes")]
+    pub active: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// How log lines are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line (`tracing-subscriber`'s JSON format).
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+impl LogFormat {
+    fn parse(name: &str, value: &str) -> Result<Self, ConfigError> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "text" => Ok(Self::Text),
+            _ => Err(ConfigError::invalid(name, "expected json or text")),
+        }
+    }
+}
+
+/// Where the pepper comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PepperSource {
+    /// `KEYGATE_PEPPER` or `KEYGATE_PEPPER_FILE`: read by `Pepper::from_default_env`, as
+    /// the CLI and the example servers read it.
+    Env,
+    /// The file's `pepper_file`, under `version`.
+    File {
+        /// The pepper file.
+        path: PathBuf,
+        /// The pepper version.
+        version: u32,
+    },
+    /// Nothing configured: a SQLite file database keeps its pepper beside it (created on the
+    /// first start, as the example servers do); other stores refuse to start.
+    BesideDatabase {
+        /// The pepper version.
+        version: u32,
+    },
+}
+
+/// Where the JWT secret comes from (JWT keys are off without one).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtSource {
+    /// No JWT keys.
+    None,
+    /// The value of `KEYGATE_JWT_SECRET`.
+    Env,
+    /// A file (`KEYGATE_JWT_SECRET_FILE` or the file's `jwt_secret_file`).
+    File(PathBuf),
+}
+
+/// The resolved settings of `keygate serve` (see the [module docs](self) for where each
+/// comes from).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Config {
+    /// Listen address.
+    pub addr: String,
+    /// Store URL.
+    pub db: String,
+    /// Prefix of opaque keys.
+    pub prefix: String,
+    /// The realm of `WWW-Authenticate` challenges.
+    pub realm: String,
+    /// The pepper's source.
+    pub pepper: PepperSource,
+    /// The JWT secret's source.
+    pub jwt_secret: JwtSource,
+    /// The log filter (`tracing-subscriber` `EnvFilter` syntax).
+    pub log: String,
+    /// The log format.
+    pub log_format: LogFormat,
+    /// Whether to mint and print an admin key on the first start against an empty store.
+    pub bootstrap: bool,
+    /// The owner of that key.
+    pub bootstrap_owner: String,
+    /// How long a record is served from the cache (the revocation bound on this node).
+    pub cache_ttl: Duration,
+    /// How long a store call may take before the request is answered 503.
+    pub store_timeout: Duration,
+    /// The header carrying the original request's URI (logged; nginx sets it).
+    pub original_uri_header: String,
+    /// The header carrying the original request's method (logged; nginx sets it).
+    pub original_method_header: String,
+    /// The static user directory; `None`: no directory.
+    pub users: Option<BTreeMap<String, User>>,
+}
+
+/// Values from the command line (`--db`, `--prefix`, which clap also fills from the
+/// environment), and the configuration file's path.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct Overrides {
+    /// `--db`.
+    pub db: Option<String>,
+    /// `--prefix`.
+    pub prefix: Option<String>,
+    /// `--config` (else `KEYGATE_CONFIG`).
+    pub config: Option<PathBuf>,
+}
+
+impl Overrides {
+    /// Overrides for these flags.
+    pub fn new(db: Option<String>, prefix: Option<String>, config: Option<PathBuf>) -> Self {
+        Self { db, prefix, config }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read the configuration file {}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is longer than 64 KiB.
+    #[error("the configuration file {} is longer than 64 KiB", path.display())]
+    TooLong {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The file is not valid TOML, or holds an unknown key or a value of the wrong type.
+    #[error("the configuration file {}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (it names the key and line; values are not secrets here).
+        message: String,
+    },
+    /// A setting has a value that cannot be used.
+    #[error("{name}: {message}")]
+    Invalid {
+        /// The variable or key.
+        name: String,
+        /// Why.
+        message: String,
+    },
+}
+
+impl ConfigError {
+    fn invalid(name: &str, message: impl Into<String>) -> Self {
+        Self::Invalid {
+            name: name.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+impl Config {
+    /// Loads the settings: the file named by `overrides.config` or `KEYGATE_CONFIG` (if
+    /// any), the process environment, then `overrides`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`] when the file cannot be read or parsed (an unknown key included), or
+    /// a value cannot be used.
+    pub fn load(overrides: &Overrides) -> Result<Self, ConfigError> {
+        let env = |name: &str| std::env::var(name).ok();
+        let path = overrides
+            .config
+            .clone()
+            .or_else(|| env("KEYGATE_CONFIG").map(PathBuf::from));
+        let text = match &path {
+            Some(path) => Some((path.as_path(), read_file(path)?)),
+            None => None,
+        };
+        Self::resolve(
+            overrides,
+            &env,
+            text.as_ref().map(|(p, t)| (*p, t.as_str())),
+        )
+    }
+
+    /// The settings from `file` (its path and text), the environment as `env` answers it,
+    /// and `overrides`, in rising precedence. [`load`](Self::load) calls it with the process
+    /// environment; tests call it with their own.
+    ///
+    /// # Errors
+    ///
+    /// As [`load`](Self::load), without the reading.
+    pub fn resolve(
+        overrides: &Overrides,
+        env: &dyn Fn(&str) -> Option<String>,
+        file: Option<(&Path, &str)>,
+    ) -> Result<Self, ConfigError> {
+        let file: FileConfig = match file {
+            Some((path, text)) => toml::from_str(text).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: e.message().to_owned() + &location(text, e.span()),
+            })?,
+            None => FileConfig::default(),
+        };
+        let string = |var: &str, from_file: Option<String>, default: &str| {
+            env(var).or(from_file).unwrap_or_else(|| default.to_owned())
+        };
+        let number = |var: &str, from_file: Option<u64>, default: u64| match env(var) {
+            Some(text) => text
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ConfigError::invalid(var, "expected a whole number")),
+            None => Ok(from_file.unwrap_or(default)),
+        };
+
+        let pepper_version = match env("KEYGATE_PEPPER_VERSION") {
+            Some(text) => text
+                .trim()
+                .parse::<u32>()
+                .map_err(|_| ConfigError::invalid("KEYGATE_PEPPER_VERSION", "expected a number"))?,
+            None => file.pepper_version.unwrap_or(1),
+        };
+        let pepper = if env("KEYGATE_PEPPER").is_some() || env("KEYGATE_PEPPER_FILE").is_some() {
+            PepperSource::Env
+        } else if let Some(path) = file.pepper_file {
+            PepperSource::File {
+                path,
+                version: pepper_version,
+            }
+        } else {
+            PepperSource::BesideDatabase {
+                version: pepper_version,
+            }
+        };
+        let jwt_secret = match (env("KEYGATE_JWT_SECRET"), env("KEYGATE_JWT_SECRET_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "KEYGATE_JWT_SECRET",
+                    "both KEYGATE_JWT_SECRET and KEYGATE_JWT_SECRET_FILE are set: set one",
+                ))
+            }
+            (Some(_), None) => JwtSource::Env,
+            (None, Some(path)) => JwtSource::File(PathBuf::from(path)),
+            (None, None) => file
+                .jwt_secret_file
+                .map_or(JwtSource::None, JwtSource::File),
+        };
+        let log_format = match env("KEYGATE_LOG_FORMAT") {
+            Some(value) => LogFormat::parse("KEYGATE_LOG_FORMAT", &value)?,
+            None => file.log_format.unwrap_or_else(|| {
+                use std::io::IsTerminal;
+                if std::io::stderr().is_terminal() {
+                    LogFormat::Text
+                } else {
+                    LogFormat::Json
+                }
+            }),
+        };
+        let bootstrap = match env("KEYGATE_BOOTSTRAP") {
+            Some(value) => match value.trim().to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" | "on" => true,
+                "0" | "false" | "no" | "off" => false,
+                _ => {
+                    return Err(ConfigError::invalid(
+                        "KEYGATE_BOOTSTRAP",
+                        "expected true or false",
+                    ))
+                }
+            },
+            None => file.bootstrap.unwrap_or(true),
+        };
+        let log = env("KEYGATE_LOG")
+            .or_else(|| env("RUST_LOG"))
+            .or(file.log)
+            .unwrap_or_else(|| "info,keygate=debug".to_owned());
+
+        let config = Self {
+            addr: string("KEYGATE_ADDR", file.addr, "127.0.0.1:3000"),
+            db: overrides
+                .db
+                .clone()
+                .unwrap_or_else(|| string("KEYGATE_DB", file.db, "sqlite://keygate.db")),
+            prefix: overrides
+                .prefix
+                .clone()
+                .unwrap_or_else(|| string("KEYGATE_PREFIX", file.prefix, "key")),
+            realm: string("KEYGATE_REALM", file.realm, "keygate"),
+            pepper,
+            jwt_secret,
+            log,
+            log_format,
+            bootstrap,
+            bootstrap_owner: string("KEYGATE_BOOTSTRAP_OWNER", file.bootstrap_owner, "admin"),
+            cache_ttl: Duration::from_secs(number(
+                "KEYGATE_CACHE_TTL_SECS",
+                file.cache_ttl_secs,
+                5,
+            )?),
+            store_timeout: Duration::from_millis(number(
+                "KEYGATE_STORE_TIMEOUT_MS",
+                file.store_timeout_ms,
+                2000,
+            )?),
+            original_uri_header: string(
+                "KEYGATE_ORIGINAL_URI_HEADER",
+                file.original_uri_header,
+                "X-Original-URI",
+            ),
+            original_method_header: string(
+                "KEYGATE_ORIGINAL_METHOD_HEADER",
+                file.original_method_header,
+                "X-Original-Method",
+            ),
+            users: file.users,
+        };
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Values that parse but cannot work.
+    fn check(&self) -> Result<(), ConfigError> {
+        if self.store_timeout.is_zero() {
+            return Err(ConfigError::invalid(
+                "store_timeout_ms",
+                "must be at least 1",
+            ));
+        }
+        for (name, value) in [
+            ("original_uri_header", &self.original_uri_header),
+            ("original_method_header", &self.original_method_header),
+        ] {
+            if axum::http::HeaderName::from_bytes(value.as_bytes()).is_err() {
+                return Err(ConfigError::invalid(name, "not a header name"));
+            }
+        }
+        if let Some(users) = &self.users {
+            for (id, user) in users {
+                if user.permissions.iter().any(|p| p.is_empty()) {
+                    return Err(ConfigError::invalid(
+                        &format!("users.{id}.permissions"),
+                        "a permission must not be empty",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// ` (line N)` for a parser error's span, when it has one.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = text.get(..span.start).unwrap_or(text);
+    let line = before.matches('\n').count().saturating_add(1);
+    format!(" (line {line})")
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read;
+    let read = |source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_LEN.saturating_add(1))
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if u64::try_from(text.len()).unwrap_or(u64::MAX) > MAX_FILE_LEN {
+        return Err(ConfigError::TooLong {
+            path: path.to_owned(),
+        });
+    }
+    Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(env: &[(&str, &str)], file: &str) -> Result<Config, ConfigError> {
+        let env: BTreeMap<String, String> = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        Config::resolve(
+            &Overrides::default(),
+            &|name| env.get(name).cloned(),
+            Some((Path::new("keygate.toml"), file)),
+        )
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_their_line() {
+        let error = resolve(&[], "addr = \"127.0.0.1:1\"\nadress = \"x\"\n").unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("adress"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+        let error = resolve(&[], "[users.a]\npermisions = []\n").unwrap_err();
+        assert!(error.to_string().contains("permisions"), "{error}");
+    }
+
+    #[test]
+    fn a_pepper_value_cannot_be_put_in_the_file() {
+        assert!(resolve(&[], "pepper = \"a secret in a config file\"\n").is_err());
+        assert!(resolve(&[], "jwt_secret = \"a secret in a config file\"\n").is_err());
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let e = resolve(&[("KEYGATE_BOOTSTRAP", "maybe")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_BOOTSTRAP:"), "{e}");
+        let e = resolve(&[("KEYGATE_CACHE_TTL_SECS", "-1")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_CACHE_TTL_SECS:"), "{e}");
+        let e = resolve(&[], "original_uri_header = \"a b\"\n").unwrap_err();
+        assert!(e.to_string().starts_with("original_uri_header:"), "{e}");
+        let e = resolve(&[], "store_timeout_ms = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("store_timeout_ms:"), "{e}");
+    }
+}
