@@ -8,7 +8,8 @@
 //!   stored count of 0.
 //! - Refills at the exact instant, with a `ManualClock`.
 //! - The same answers as the in-process `MemoryLimiter` over random sequences (both run
-//!   `keygate::limits::gcra`; this checks each store's script or statement does).
+//!   `keygate::limits::gcra`; this checks each store's script or statement does), and the
+//!   public `keygate::testing::limiter_conformance` suite.
 //! - A failing limiter store is answered per the failure mode: 503 by default.
 //!
 //! Redis tests work in a random namespace, PostgreSQL tests in a schema of their own, so
@@ -402,6 +403,7 @@ mod redis_backend {
         for seed in [1, 0x5eed, 0xdead_beef] {
             agrees_with_memory(&store, seed).await;
         }
+        keygate::testing::limiter_conformance(&store).await;
     }
 
     /// The rate-limit hash expires (a minute after its last TAT) while the credit hash does
@@ -617,6 +619,7 @@ mod postgres_backend {
         for seed in [1, 0x5eed, 0xdead_beef] {
             agrees_with_memory(&store, seed).await;
         }
+        keygate::testing::limiter_conformance(&store).await;
         drop((gates, store));
         schema.drop().await;
     }
@@ -686,6 +689,7 @@ mod sqlite_backend {
         for seed in [1, 0x5eed, 0xdead_beef] {
             agrees_with_memory(&store, seed).await;
         }
+        keygate::testing::limiter_conformance(&store).await;
     }
 
     /// A closed pool: the limiter fails.
