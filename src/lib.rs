@@ -320,6 +320,11 @@
 //! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub + change log |
 //! | [`CachedStore<S>`](CachedStore) | — | in front of any of them | follows `S`'s feed |
 //!
+//! [`SqliteStore`], [`PostgresStore`] and [`RedisStore`] are also
+//! [`Limiter`](limits::Limiter)s: `.limiter(store.clone())` on the builder keeps rate-limit
+//! and credit state next to the keys, exact across every app server sharing the database
+//! or Redis (one statement or one `EVALSHA` per check; see each store's docs).
+//!
 //! [`open_store`] picks one from a URL (`sqlite://keys.db`, `postgres://…`, `redis://…`), as
 //! the CLI does. Each store re-exports its driver (`keygate::sqlx`, `keygate::redis`) so you
 //! can build pools and clients with the same version. Third-party stores prove themselves

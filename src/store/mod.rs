@@ -25,6 +25,8 @@ mod sql;
 #[cfg(feature = "sqlite")]
 mod sqlite;
 mod url;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "redis"))]
+mod usage;
 
 #[cfg(feature = "redis")]
 pub use self::redis::{RedisConfig, RedisStore};

@@ -19,6 +19,8 @@ use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
 use crate::record::{in_stored_range, KeyPatch, KeyRecord, Metadata};
 
+mod limits;
+
 /// The schema migrations, in order. Applied by [`SqliteStore::migrate`].
 const MIGRATIONS: &[Script] = &[
     Script {
@@ -45,6 +47,11 @@ const MIGRATIONS: &[Script] = &[
         version: 5,
         description: "add keygate_keys.ratelimits and keygate_keys.credits",
         sql: include_str!("../../migrations/sqlite/0005_usage_policy.sql"),
+    },
+    Script {
+        version: 6,
+        description: "create keygate_usage",
+        sql: include_str!("../../migrations/sqlite/0006_usage_state.sql"),
     },
     Script {
         version: 7,
@@ -138,6 +145,12 @@ impl Default for SqliteConfig {
 ///
 /// SQLite has no change feed, so [`KeyStore::subscribe`] answers `Ok(false)`: one
 /// process owns the file, and its [`CachedStore`](crate::CachedStore) sees its own writes.
+///
+/// It is also a [`Limiter`](crate::limits::Limiter) ([`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter)):
+/// rate limits and credits that survive a restart, one statement per check on the table
+/// `keygate_usage`. An allowed check is one write transaction, so it costs what any
+/// durable SQLite write costs (`synchronous = FULL`: a WAL sync per allowed request);
+/// the in-process limiter is far cheaper where limits need not survive restarts.
 ///
 /// ```no_run
 /// use keygate::{Keygate, Pepper, SqliteStore};

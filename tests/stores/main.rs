@@ -16,6 +16,7 @@
 #[path = "../support/mod.rs"]
 mod support;
 
+mod limits;
 mod lost_notices;
 mod memory;
 mod postgres;

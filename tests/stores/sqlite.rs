@@ -161,6 +161,7 @@ async fn migrations_are_idempotent_and_keygates_own() {
                 5,
                 "add keygate_keys.ratelimits and keygate_keys.credits".to_owned(),
             ),
+            (6, "create keygate_usage".to_owned()),
             (7, "add keygate_keys.network".to_owned()),
         ]
     );
@@ -172,7 +173,12 @@ async fn migrations_are_idempotent_and_keygates_own() {
             .unwrap();
     assert_eq!(
         tables,
-        ["keygate_keys", "keygate_migrations", "keygate_peppers"]
+        [
+            "keygate_keys",
+            "keygate_migrations",
+            "keygate_peppers",
+            "keygate_usage"
+        ]
     );
     let indexes: Vec<String> = sqlx::query_scalar(
         "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'keygate_keys' \
@@ -286,7 +292,7 @@ async fn a_migrations_table_from_the_first_runner_is_upgraded() {
         .unwrap()
     };
     let expected = checksums(fresh).await;
-    assert_eq!(expected.len(), 6); // 0001-0005, 0007
+    assert_eq!(expected.len(), 7); // 0001-0007
     assert!(expected.iter().all(|(_, sum)| sum.len() == 48), "SHA-384");
 
     // Migrations 1 and 2 applied by the first runner: its table had no checksums.

@@ -32,6 +32,7 @@ use crate::record::{KeyPatch, KeyRecord};
 
 mod conn;
 mod feed;
+mod limits;
 mod scripts;
 mod stored;
 mod tls;
@@ -188,6 +189,29 @@ impl Default for RedisConfig {
 /// never a default. It is not [`KeyRecord`]'s serde shape, so changes to that public type
 /// do not change data at rest.
 ///
+/// # Limits and credits
+///
+/// A `RedisStore` is also a [`Limiter`](crate::limits::Limiter): pass it to
+/// [`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter) and every app server's gate
+/// decides rate limits and credits exactly, on shared state, with one round trip per check
+/// (one `EVALSHA` of a script that reads a subject's limits and credits, decides, and
+/// writes all of them or nothing). Per subject (a key, or an owner's shared limits) it
+/// keeps two hashes, `<namespace>v1:usage:{<subject>}:rl` (GCRA times, expiring a minute
+/// after the last one matters) and `<namespace>v1:usage:{<subject>}:cr` (credits, never
+/// expiring), which share a hash tag so they sit in one Redis Cluster slot. The script
+/// decides at the gate's clock, so app servers must keep their clocks in step.
+///
+/// ```no_run
+/// use keygate::{Keygate, Pepper, RedisStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = RedisStore::connect("redis://127.0.0.1:6379/").await?;
+/// let gate = Keygate::builder(store.clone(), Pepper::new(1, b"load me from a secret store, 32+ bytes")?)
+///     .limiter(store)
+///     .build()?;
+/// # let _ = gate; Ok(()) }
+/// ```
+///
 /// # Connections and failures
 ///
 /// Commands go through one multiplexed [`ConnectionManager`], which reconnects by itself
@@ -203,8 +227,9 @@ impl Default for RedisConfig {
 /// later, Valkey) and is named [`RedisStore::FEED_CLIENT_NAME`].
 ///
 /// Cheap to clone; clones share the connection. Needs a Tokio runtime with the timer
-/// enabled. Redis Cluster is not supported (the scripts touch keys of many slots): point
-/// the store at one server (a primary, not a replica).
+/// enabled. Redis Cluster is not supported for records (their scripts touch keys of many
+/// slots; the limiter's script does not): point the store at one server (a primary, not a
+/// replica).
 ///
 /// # TLS
 ///
