@@ -40,6 +40,13 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use super::{CreditPolicy, CreditRefill, LimitStatus, RateLimit, RefillInterval};
 
 const NANOS_PER_MICRO: i128 = 1_000;
+
+/// The largest increment (`cost * T`) or tolerance (`B * T`) the arithmetic uses, in
+/// nanoseconds (2 * 10^18, about 63 years): a limit whose burst spans longer acts as if it
+/// spanned 63 years. It keeps every `TAT` (at most `now + 2 * CAP_NS`) inside an `i64` of
+/// nanoseconds until the year 2262, so a stored `TAT` is never clamped: a clamped one
+/// would let every later request fit. The store-backed limiters cap the same way.
+pub(crate) const CAP_NS: i128 = 2_000_000_000_000_000_000;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// The emission interval of `limit`, in nanoseconds: `ceil(duration * 10^6 / limit)`, at
@@ -103,9 +110,11 @@ pub fn decide(
     let burst = i128::from(limit.burst());
     let now = now_ns(now_us);
     let tat = tat.map_or(now, |tat| i128::from(tat).max(now));
-    let tolerance = burst.saturating_mul(t);
-    let new_tat = tat.saturating_add(i128::from(cost).saturating_mul(t));
+    let tolerance = burst.saturating_mul(t).min(CAP_NS);
+    let new_tat = tat.saturating_add(i128::from(cost).saturating_mul(t).min(CAP_NS));
     let allow_at = new_tat.saturating_sub(tolerance);
+    // A cost above the burst never fits, capped or not.
+    let fits = i128::from(cost) <= burst;
     // Units that fit before `tat` passes `now + tolerance`: at most the burst. Divided in
     // 64 bits (an `i128` division is a slow library call on the verify path).
     let remaining_at = |tat: i128| {
@@ -113,7 +122,7 @@ pub fn decide(
         let room = u64::try_from(room).unwrap_or(u64::MAX);
         room.checked_div(t64).unwrap_or(0).min(limit.burst())
     };
-    if now >= allow_at {
+    if fits && now >= allow_at {
         let status = LimitStatus::new(
             true,
             remaining_at(new_tat),
@@ -122,7 +131,7 @@ pub fn decide(
         );
         (status, Some(stored(new_tat)))
     } else {
-        let retry = (i128::from(cost) <= burst).then(|| ceil_us(allow_at.saturating_sub(now)));
+        let retry = fits.then(|| ceil_us(allow_at.saturating_sub(now)));
         let status = LimitStatus::new(
             false,
             remaining_at(tat),
@@ -341,6 +350,35 @@ mod tests {
         assert!(!s.allowed && tat.is_none() && s.retry_after_us.is_none());
         let (s, _) = decide(None, 0, &limit, 5);
         assert!(s.allowed && s.remaining == 0);
+    }
+
+    #[test]
+    fn a_tolerance_beyond_the_year_2262_never_lets_a_limit_run_unlimited() {
+        // 1 per 366 days with a burst of 1000: B * T is ~1000 years of nanoseconds, more
+        // than an `i64` TAT can hold. Clamping the stored TAT at `i64::MAX` used to make
+        // every later request fit (allow_at = i64::MAX + T - B * T < now): unlimited.
+        let limit =
+            RateLimit::new("r", 1, super::super::MAX_RATELIMIT_DURATION_MS).with_burst(1000);
+        let now = us(2026, 1, 1, 0, 0, 0);
+        let mut tat = None;
+        let mut allowed = 0u64;
+        for _ in 0..5000 {
+            let (status, next) = decide(tat, now, &limit, 1);
+            if status.allowed {
+                allowed += 1;
+                tat = next;
+            }
+        }
+        assert!(
+            allowed <= limit.burst(),
+            "allowed {allowed} of a burst of 1000"
+        );
+        // As the store limiters: a burst past about 63 years of intervals acts as 63 years.
+        let cap = u64::try_from(CAP_NS / emission_interval_ns(&limit)).unwrap();
+        assert_eq!(allowed, cap);
+        // Capped, a cost above the burst still never fits, even with the limit full.
+        let (over, none) = decide(None, now, &limit, 1001);
+        assert!(!over.allowed && none.is_none() && over.retry_after_us.is_none());
     }
 
     #[test]

@@ -28,8 +28,9 @@ use crate::limits::{gcra, LimitCheck, LimitOutcome, LimitStatus, LimiterError};
 use crate::store::StoreError;
 
 /// The largest increment or tolerance passed to a store, in nanoseconds (2 * 10^18, about
-/// 63 years): `now + 2 * CAP_NS` stays below `i64::MAX` until the year 2262.
-pub(crate) const CAP_NS: i128 = 2_000_000_000_000_000_000;
+/// 63 years): `now + 2 * CAP_NS` (+ 1) stays below `i64::MAX` until the year 2262. The
+/// same cap as [`gcra::decide`]'s.
+pub(crate) const CAP_NS: i128 = gcra::CAP_NS;
 
 /// The largest credit cost passed to a store: one more than the largest count a policy
 /// may hold (2^53 - 1), so a larger cost is refused exactly as it would be, and every
@@ -105,8 +106,16 @@ pub(crate) fn prepare(check: &LimitCheck<'_>) -> Result<Prepared, LimiterError> 
     for charge in check.limits {
         let t = gcra::emission_interval_ns(charge.limit);
         names.push(charge.limit.name.clone());
-        incs.push(capped(i128::from(charge.cost).saturating_mul(t)));
-        tols.push(capped(i128::from(charge.limit.burst()).saturating_mul(t)));
+        let tol = capped(i128::from(charge.limit.burst()).saturating_mul(t));
+        let mut inc = capped(i128::from(charge.cost).saturating_mul(t));
+        if charge.cost > charge.limit.burst() {
+            // Capped, both could be `CAP_NS` and the charge would fit when the limit is
+            // full: a cost above the burst never fits, so its increment exceeds the
+            // tolerance (by 1 ns at most past the cap).
+            inc = inc.max(tol.saturating_add(1));
+        }
+        incs.push(inc);
+        tols.push(tol);
     }
     let credits = check.credits.map(|spend| {
         let policy = spend.policy;
