@@ -41,12 +41,25 @@ use super::{CreditPolicy, CreditRefill, LimitStatus, RateLimit, RefillInterval};
 
 const NANOS_PER_MICRO: i128 = 1_000;
 
-/// The largest increment (`cost * T`) or tolerance (`B * T`) the arithmetic uses, in
-/// nanoseconds (2 * 10^18, about 63 years): a limit whose burst spans longer acts as if it
-/// spanned 63 years. It keeps every `TAT` (at most `now + 2 * CAP_NS`) inside an `i64` of
-/// nanoseconds until the year 2262, so a stored `TAT` is never clamped: a clamped one
-/// would let every later request fit. The store-backed limiters cap the same way.
+/// The longest tolerance (`B * T`) the arithmetic uses, in nanoseconds (2 * 10^18, about
+/// 63 years): a limit whose burst spans longer acts as if its burst were the units that
+/// fit in 63 years ([`effective_burst`]). It keeps every `TAT` (at most
+/// `now + 2 * CAP_NS`) inside an `i64` of nanoseconds until the year 2262, so a stored
+/// `TAT` is never clamped: a clamped one would let every later request fit. The
+/// store-backed limiters use the same burst.
 pub(crate) const CAP_NS: i128 = 2_000_000_000_000_000_000;
+
+/// The burst the arithmetic applies: [`RateLimit::burst`], or the units that fit in about
+/// 63 years ([`CAP_NS`]) when that is fewer (only for limits whose burst times interval
+/// spans longer; at least 63 units, since a validated interval is at most 366 days).
+pub(crate) fn effective_burst(limit: &RateLimit) -> u64 {
+    let t = interval_ns(limit);
+    let units = u64::try_from(CAP_NS)
+        .unwrap_or(u64::MAX)
+        .checked_div(t)
+        .unwrap_or(u64::MAX);
+    limit.burst().min(units)
+}
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// The emission interval of `limit`, in nanoseconds: `ceil(duration * 10^6 / limit)`, at
@@ -107,22 +120,21 @@ pub fn decide(
 ) -> (LimitStatus, Option<i64>) {
     let t64 = interval_ns(limit);
     let t = i128::from(t64);
-    let burst = i128::from(limit.burst());
+    let burst_units = effective_burst(limit);
+    let burst = i128::from(burst_units);
     let now = now_ns(now_us);
     let tat = tat.map_or(now, |tat| i128::from(tat).max(now));
-    let tolerance = burst.saturating_mul(t).min(CAP_NS);
-    let new_tat = tat.saturating_add(i128::from(cost).saturating_mul(t).min(CAP_NS));
+    let tolerance = burst.saturating_mul(t);
+    let new_tat = tat.saturating_add(i128::from(cost).saturating_mul(t));
     let allow_at = new_tat.saturating_sub(tolerance);
-    // A cost above the burst never fits, capped or not.
-    let fits = i128::from(cost) <= burst;
     // Units that fit before `tat` passes `now + tolerance`: at most the burst. Divided in
     // 64 bits (an `i128` division is a slow library call on the verify path).
     let remaining_at = |tat: i128| {
         let room = now.saturating_add(tolerance).saturating_sub(tat).max(0);
         let room = u64::try_from(room).unwrap_or(u64::MAX);
-        room.checked_div(t64).unwrap_or(0).min(limit.burst())
+        room.checked_div(t64).unwrap_or(0).min(burst_units)
     };
-    if fits && now >= allow_at {
+    if now >= allow_at {
         let status = LimitStatus::new(
             true,
             remaining_at(new_tat),
@@ -131,7 +143,7 @@ pub fn decide(
         );
         (status, Some(stored(new_tat)))
     } else {
-        let retry = fits.then(|| ceil_us(allow_at.saturating_sub(now)));
+        let retry = (i128::from(cost) <= burst).then(|| ceil_us(allow_at.saturating_sub(now)));
         let status = LimitStatus::new(
             false,
             remaining_at(tat),
@@ -375,10 +387,13 @@ mod tests {
         );
         // As the store limiters: a burst past about 63 years of intervals acts as 63 years.
         let cap = u64::try_from(CAP_NS / emission_interval_ns(&limit)).unwrap();
-        assert_eq!(allowed, cap);
-        // Capped, a cost above the burst still never fits, even with the limit full.
-        let (over, none) = decide(None, now, &limit, 1001);
+        assert_eq!((allowed, effective_burst(&limit)), (cap, cap));
+        // A cost above that burst never fits, even with the limit full: one big charge
+        // cannot take more than 63 years of emission time either.
+        let (over, none) = decide(None, now, &limit, cap + 1);
         assert!(!over.allowed && none.is_none() && over.retry_after_us.is_none());
+        let (fits, _) = decide(None, now, &limit, cap);
+        assert!(fits.allowed && fits.remaining == 0);
     }
 
     #[test]

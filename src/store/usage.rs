@@ -17,11 +17,12 @@
 //!   the arithmetic. The store's decision is authoritative; the two agree (the tests check
 //!   it against random sequences).
 //!
-//! Increments and tolerances are capped at [`CAP_NS`] (about 63 years) so that
+//! Tolerances are at most [`CAP_NS`] (about 63 years: the burst is
+//! [`gcra::effective_burst`]) and increments are capped at one more than that, so that
 //! `now + tolerance + increment` stays inside an `i64` of nanoseconds (SQL) and inside the
 //! 2^53 integers a Lua number holds exactly when split into microseconds and a nanosecond
-//! remainder (Redis). A limit whose burst times interval exceeds 63 years behaves as if it
-//! were 63 years.
+//! remainder (Redis). A limit whose burst times interval exceeds 63 years behaves as if its
+//! burst were what fits in 63 years.
 
 use crate::limits::gcra::CreditState;
 use crate::limits::{gcra, LimitCheck, LimitOutcome, LimitStatus, LimiterError};
@@ -106,9 +107,11 @@ pub(crate) fn prepare(check: &LimitCheck<'_>) -> Result<Prepared, LimiterError> 
     for charge in check.limits {
         let t = gcra::emission_interval_ns(charge.limit);
         names.push(charge.limit.name.clone());
-        let tol = capped(i128::from(charge.limit.burst()).saturating_mul(t));
+        // The burst `gcra::decide` applies: its tolerance is at most `CAP_NS`.
+        let burst = gcra::effective_burst(charge.limit);
+        let tol = capped(i128::from(burst).saturating_mul(t));
         let mut inc = capped(i128::from(charge.cost).saturating_mul(t));
-        if charge.cost > charge.limit.burst() {
+        if charge.cost > burst {
             // Capped, both could be `CAP_NS` and the charge would fit when the limit is
             // full: a cost above the burst never fits, so its increment exceeds the
             // tolerance (by 1 ns at most past the cap).
