@@ -560,8 +560,8 @@ pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondit
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
-    InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
+    open_store, open_store_with_limiter, CacheConfig, CacheStats, CachedStore, ChangeListener,
+    Cursor, FeedConfig, InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -3,6 +3,17 @@
 use std::sync::Arc;
 
 use super::{KeyStore, StoreError};
+use crate::limits::Limiter;
+
+/// A store opened from a URL, as a key store and as a limiter.
+type Opened = (Arc<dyn KeyStore>, Arc<dyn Limiter>);
+
+/// Both views of one store.
+#[allow(dead_code)] // unused when no store feature is on
+fn both<S: KeyStore + Limiter>(store: S) -> Opened {
+    let store = Arc::new(store);
+    (store.clone(), store)
+}
 
 /// Opens the store a URL names, with the default options of each:
 ///
@@ -36,6 +47,21 @@ use super::{KeyStore, StoreError};
 /// build without the `tls` feature; the store's own error when it cannot be opened
 /// (unreachable, refused, a failed migration, a failed TLS handshake).
 pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    open_store_with_limiter(url).await.map(|(store, _)| store)
+}
+
+/// Opens the store a URL names, as [`open_store`], and returns it twice: as the
+/// [`KeyStore`] and as the [`Limiter`] that keeps rate-limit and credit state in it. Give
+/// the second to [`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter) so that
+/// credits and limits outlive a restart and are exact across every server on the store;
+/// the default in-process limiter starts every key's credit count afresh in each process.
+///
+/// # Errors
+///
+/// As [`open_store`].
+pub async fn open_store_with_limiter(
+    url: &str,
+) -> Result<(Arc<dyn KeyStore>, Arc<dyn Limiter>), StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres(url).await,
@@ -51,36 +77,34 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
 }
 
 #[cfg(feature = "sqlite")]
-async fn sqlite(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::SqliteStore::connect(url).await?))
+async fn sqlite(url: &str) -> Result<Opened, StoreError> {
+    Ok(both(crate::SqliteStore::connect(url).await?))
 }
 
 #[cfg(not(feature = "sqlite"))]
-async fn sqlite(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn sqlite(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("sqlite"))
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::PostgresStore::connect(url).await?))
+async fn postgres(url: &str) -> Result<Opened, StoreError> {
+    Ok(both(crate::PostgresStore::connect(url).await?))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn postgres(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("postgres"))
 }
 
 #[cfg(feature = "redis")]
-async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn redis(url: &str) -> Result<Opened, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
-    Ok(Arc::new(
-        crate::RedisStore::connect_with(url, config).await?,
-    ))
+    Ok(both(crate::RedisStore::connect_with(url, config).await?))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn redis(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("redis"))
 }
 

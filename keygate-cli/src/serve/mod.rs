@@ -16,6 +16,10 @@
 //! Ctrl-C stops it gracefully: it stops accepting connections, lets requests under way
 //! finish (at most 10 s), then writes the pending last-used times ([`Keygate::flush`]).
 //!
+//! Rate limits and credits are kept in the store the server runs over (its own
+//! [`Limiter`](keygate::limits::Limiter)), not in the process: a restart does not refill
+//! any key's credits, and several servers on one PostgreSQL or Redis agree exactly.
+//!
 //! # Forward auth
 //!
 //! `/auth` verifies the request's `Authorization: Bearer` key and answers `200` with
@@ -350,12 +354,15 @@ pub async fn run(config: &Config) -> Result<(), ServeError> {
 /// for a missing or wrong pepper, a bad JWT secret or prefix.
 pub async fn open(config: &Config) -> Result<App, ServeError> {
     let db = redact_url(&config.db);
-    let store = keygate::open_store(&config.db)
-        .await
-        .map_err(|source| ServeError::Store {
-            context: format!("cannot open {db}"),
-            source,
-        })?;
+    // Rate limits and credits are kept in the store itself: a restart must not hand every
+    // key a fresh credit count, and several servers on one store must agree.
+    let (store, limiter) =
+        keygate::open_store_with_limiter(&config.db)
+            .await
+            .map_err(|source| ServeError::Store {
+                context: format!("cannot open {db}"),
+                source,
+            })?;
     let pepper = load_pepper(config, &store).await?;
     let cached = CachedStore::new(Arc::clone(&store), CacheConfig::new().ttl(config.cache_ttl));
     match cached.follow_changes().await {
@@ -371,6 +378,7 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
         .prefix(&config.prefix)
         .realm(&config.realm)
         .store_timeout(config.store_timeout)
+        .limiter(limiter)
         .trusted_proxies(
             TrustedProxies::new(config.trusted_proxies.iter().copied()).header(config.proxy_header),
         );
