@@ -89,9 +89,11 @@ use crate::key::KeyId;
 
 pub(crate) mod events;
 pub mod gcra;
+mod local_first;
 mod memory;
 mod network;
 
+pub use local_first::{LocalFirst, LocalFirstConfig, NoRuntime, SyncReport};
 pub use memory::MemoryLimiter;
 pub(crate) use network::UNKNOWN as UNKNOWN_CONTEXT;
 pub use network::{
