@@ -87,15 +87,18 @@ async fn simulate(
     let one = [Charge::new(limit, 1)];
     let mut admitted = vec![0u64; steps];
     let mut exact_total = 0;
+    let mut syncs = vec![0i64; nodes];
     for (step, slot) in admitted.iter_mut().enumerate() {
         let now = T0 + step as i64 * step_us;
         for (j, node) in gates.iter().enumerate() {
             let offset = match phase {
                 Phase::Aligned => 0,
-                Phase::Staggered => j as i64 * sync_us / nodes as i64,
+                // Whole steps, so every node's sync instant is one the clock reaches.
+                Phase::Staggered => j as i64 * sync_us / nodes as i64 / step_us * step_us,
             };
             if step > 0 && (now - T0 - offset).rem_euclid(sync_us) == 0 {
                 node.sync().await.unwrap();
+                syncs[j] += 1;
             }
         }
         for (j, node) in gates.iter().enumerate() {
@@ -111,6 +114,9 @@ async fn simulate(
             }
         }
     }
+    // Every node synced every interval (the bound assumes it).
+    let intervals = steps as i64 * step_us / sync_us;
+    assert!(syncs.iter().all(|&n| n >= intervals - 1), "{syncs:?}");
     let calls = gates.iter().map(LocalFirst::store_calls).sum();
     Run {
         admitted,
