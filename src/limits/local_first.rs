@@ -1,130 +1,7 @@
 //! [`LocalFirst`]: rate limits decided from memory, converging on a shared store limiter
 //! in the background.
 //!
-//! # What it does
-//!
-//! `LocalFirst<L>` wraps an authoritative [`Limiter`] `L` (a store limiter: Redis,
-//! PostgreSQL, SQLite, or any other) and is itself a [`Limiter`]:
-//!
-//! - **Decisions from memory.** A check of rate limits runs [`gcra`] over this node's own
-//!   copy of the subject's state, under a shard lock, and answers at once
-//!   ([`Limiter::check_now`]): no store call on the request path, whatever the store's
-//!   latency or health.
-//! - **Usage synced in the background.** What this node admitted is added up per
-//!   (subject, limit) and sent to `L` every [`sync_interval`](LocalFirstConfig::sync_interval)
-//!   `S`: one store call per subject per interval (per distinct batch instant when a
-//!   subject's limits stand at different instants), whatever the number of requests.
-//! - **Convergence.** Each sync *adopts* the store's answer: the subject's state in the
-//!   store (every node's synced usage) plus what this node admitted while the call was
-//!   under way becomes the local state, if it is further along than the local one. A
-//!   subject this node still holds state for (not yet full again) is read back each
-//!   interval even when it saw no request, so N nodes converge on one state.
-//! - **Credits stay exact.** A check that spends credits decides its rate limits locally,
-//!   then spends the credits in `L` with one call, on the request path (so a credit key's
-//!   verify costs one store round trip, as without `LocalFirst`); if the credits are
-//!   refused or the call fails, the local rate-limit charge is given back. Credits are a
-//!   count that must never go below zero and are often money: no overshoot is offered for
-//!   them. Rate limits are where local-first pays.
-//!
-//! # How usage is recorded
-//!
-//! A batch of `k` units of a limit with emission interval `T` is sent as one charge of
-//! `k` against a copy of the limit whose burst is raised to [`MAX_RATELIMIT_LIMIT`]
-//! (the same name, so the same stored `TAT`, and the same `T`): the store then always
-//! *records* it (`TAT := max(TAT, x) + k·T`) instead of refusing what was already
-//! admitted, and a store `TAT` beyond `now + B·T` is debt every node then sees and waits
-//! out. The batch is dated `x = L − k·T` (this node's local `TAT` `L` less the batch,
-//! clamped to the latest instant this node has seen): the instant the batch's own
-//! admissions started from. For one node alone this reproduces its local state exactly;
-//! dating batches at the sync instant instead would over-record idle time and refuse
-//! steady traffic at the allowed rate.
-//!
-//! The store's new `TAT` is read back from the charge's `reset_after_us` (whole
-//! microseconds, rounded up by the store; taken 999 ns earlier here, so rounding never
-//! makes a node stricter than the store).
-//!
-//! # The overshoot bound
-//!
-//! Settings: `N` nodes sharing one store limiter, each syncing every `S`, a store call
-//! taking at most `λ`; a limit of rate `r = 1/T` with burst `B`. Let `D = 2·(S + λ)`.
-//! Over any window of length `W`, all nodes together admit at most
-//!
-//! ```text
-//! B + ⌈W/T⌉ + (N − 1) · (B + ⌈D/T⌉)          units,
-//! ```
-//!
-//! that is, at most `(N − 1)·(B + ⌈2·r·(S + λ)⌉)` more than one exact limiter
-//! ([`overshoot_bound`](LocalFirstConfig::overshoot_bound) computes it). Why:
-//!
-//! 1. A node never admits more than a private exact limiter fed only its own admissions
-//!    would (adopting only ever moves its `TAT` later), so in any span of length `D` one
-//!    node admits at most `B + ⌈D/T⌉`.
-//! 2. The store's `TAT` after recording a batch is at least the window's start plus `T`
-//!    for every in-window unit recorded so far (each record adds `k·T` after a `max`,
-//!    and a batch is dated no earlier than its first in-window admission less the
-//!    pre-window part of the batch).
-//! 3. Take the last admission in the window, by node `i` at `t`. Its local `TAT`
-//!    contains the store's `TAT` as of its last adopted sync (begun at `s ≥ t − S − λ`)
-//!    and everything it admitted since, and GCRA admitted at `t`: so those units number at
-//!    most `B + ⌈W/T⌉`. What it did not know is what the other nodes admitted after their
-//!    last batch the store had recorded by then: for each, a span of at most
-//!    `(t − s) + S + λ ≤ D`, so at most `B + ⌈D/T⌉` units by (1).
-//!
-//! Assumptions: the nodes' clocks agree (as for any store limiter, see the Redis limiter's
-//! notes), every sync succeeds within `λ`, and a node's state for a subject it has not
-//! seen for a whole interval is either still synced (it is not yet full) or dropped (it
-//! is full, and so is the store's as last read). The bound is not an average: under
-//! sustained saturation from every node the measured excess is about
-//! `(N − 1)·(B + r·S)` (the cold start) and the debt is then paid back, so over long
-//! windows the admitted rate tends to `r` (`benches/local_first.rs` measures it; see
-//! `benches/README.md`). Conversely, traffic that conforms to the limit in total is never
-//! refused: batches are dated so that no node's state runs ahead of the exact one.
-//!
-//! # When the store fails
-//!
-//! A failed or timed-out sync keeps its batch (added back, sent with the next one):
-//! nothing admitted is forgotten. While the store is down each node limits on its own,
-//! so the fleet admits up to `N` times the limit (never unlimited). What happens after
-//! [`max_staleness`](LocalFirstConfig::max_staleness) of failing syncs is
-//! [`on_store_failure`](LocalFirstConfig::on_store_failure):
-//!
-//! - [`FailureMode::Closed`] (the default): checks fail with
-//!   [`LimiterError::Backend`], and the gate answers them per its own
-//!   [`FailureMode`] (by default 503), until a sync succeeds again;
-//! - [`FailureMode::Open`]: checks keep being decided locally (each node on its own), with
-//!   a warning when it starts and when it ends.
-//!
-//! Credit checks always need the store and fail (per the gate's failure mode) when it is
-//! down.
-//!
-//! # Lifecycle
-//!
-//! [`LocalFirst::start`] spawns the sync task on the current Tokio runtime;
-//! [`LocalFirst::new`] does not (call [`sync`](LocalFirst::sync) yourself: for tests and
-//! simulations). Call [`shutdown`](LocalFirst::shutdown) when the server stops: it stops
-//! the task and sends what is still pending. A `LocalFirst` dropped without it loses up to
-//! one interval of usage (the store never hears of it).
-//!
-//! ```
-//! use std::sync::Arc;
-//! use std::time::Duration;
-//! use keygate::limits::{LocalFirst, LocalFirstConfig, MemoryLimiter};
-//! use keygate::{Keygate, MemoryStore, Pepper};
-//!
-//! # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! // The authoritative limiter: a RedisStore or PostgresStore shared by every node.
-//! let shared = Arc::new(MemoryLimiter::new());
-//! let limiter = LocalFirst::start(
-//!     Arc::clone(&shared),
-//!     LocalFirstConfig::new().sync_interval(Duration::from_millis(200)),
-//! )?;
-//! let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
-//!     .limiter(limiter.clone())
-//!     .build()?;
-//! // ... serve ...
-//! limiter.shutdown().await?; // sends the last interval's usage
-//! # let _ = gate; Ok(()) }
-//! ```
+//! The design, the overshoot bound and failure handling are documented on [`LocalFirst`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -184,7 +61,7 @@ impl LocalFirstConfig {
     }
 
     /// How often usage is sent and state read back (default 100 ms; at least 1 ms). The
-    /// overshoot bound grows with it (see the [module docs](self)).
+    /// overshoot bound grows with it (see [`LocalFirst`]).
     #[must_use]
     pub fn sync_interval(mut self, interval: Duration) -> Self {
         self.sync_interval = interval.max(Duration::from_millis(1));
@@ -226,7 +103,7 @@ impl LocalFirstConfig {
     /// The documented bound on what `nodes` local-first nodes with this configuration,
     /// whose store calls take at most `latency`, admit of `limit` beyond what one exact
     /// limiter would, over any window: `(N − 1)·(B + ⌈2·(S + λ)/T⌉)` units (see the
-    /// [module docs](self)).
+    /// [`LocalFirst`]).
     ///
     /// ```
     /// use std::time::Duration;
@@ -274,11 +151,135 @@ pub struct SyncReport {
 }
 
 /// Rate limits decided in process and synced to a shared store limiter in the
-/// background; credits exact in the store. See the [module docs](self) for the design,
-/// the overshoot bound and failure handling.
+/// background; credits exact in the store.
 ///
 /// Cheap to clone (one `Arc`): give one clone to the gate's
 /// [`limiter`](crate::KeygateBuilder::limiter), keep one to [`shutdown`](Self::shutdown).
+///
+/// # What it does
+///
+/// `LocalFirst<L>` wraps an authoritative [`Limiter`] `L` (a store limiter: Redis,
+/// PostgreSQL, SQLite, or any other) and is itself a [`Limiter`]:
+///
+/// - **Decisions from memory.** A check of rate limits runs [`gcra`] over this node's own
+///   copy of the subject's state, under a shard lock, and answers at once
+///   ([`Limiter::check_now`]): no store call on the request path, whatever the store's
+///   latency or health.
+/// - **Usage synced in the background.** What this node admitted is added up per
+///   (subject, limit) and sent to `L` every [`sync_interval`](LocalFirstConfig::sync_interval)
+///   `S`: one store call per subject per interval (per distinct batch instant when a
+///   subject's limits stand at different instants), whatever the number of requests.
+/// - **Convergence.** Each sync *adopts* the store's answer: the subject's state in the
+///   store (every node's synced usage) plus what this node admitted while the call was
+///   under way becomes the local state, if it is further along than the local one. A
+///   subject this node still holds state for (not yet full again) is read back each
+///   interval even when it saw no request, so N nodes converge on one state.
+/// - **Credits stay exact.** A check that spends credits decides its rate limits locally,
+///   then spends the credits in `L` with one call, on the request path (so a credit key's
+///   verify costs one store round trip, as without `LocalFirst`); if the credits are
+///   refused or the call fails, the local rate-limit charge is given back. Credits are a
+///   count that must never go below zero and are often money: no overshoot is offered for
+///   them. Rate limits are where local-first pays.
+///
+/// # How usage is recorded
+///
+/// A batch of `k` units of a limit with emission interval `T` is sent as one charge of
+/// `k` against a copy of the limit whose burst is raised to [`MAX_RATELIMIT_LIMIT`]
+/// (the same name, so the same stored `TAT`, and the same `T`): the store then always
+/// *records* it (`TAT := max(TAT, x) + k·T`) instead of refusing what was already
+/// admitted, and a store `TAT` beyond `now + B·T` is debt every node then sees and waits
+/// out. The batch is dated `x = L − k·T` (this node's local `TAT` `L` less the batch,
+/// clamped to the latest instant this node has seen): the instant the batch's own
+/// admissions started from. For one node alone this reproduces its local state exactly;
+/// dating batches at the sync instant instead would over-record idle time and refuse
+/// steady traffic at the allowed rate.
+///
+/// The store's new `TAT` is read back from the charge's `reset_after_us` (whole
+/// microseconds, rounded up by the store; taken 999 ns earlier here, so rounding never
+/// makes a node stricter than the store).
+///
+/// # The overshoot bound
+///
+/// Settings: `N` nodes sharing one store limiter, each syncing every `S`, a store call
+/// taking at most `λ`; a limit of rate `r = 1/T` with burst `B`. Let `D = 2·(S + λ)`.
+/// Over any window of length `W`, all nodes together admit at most
+///
+/// ```text
+/// B + ⌈W/T⌉ + (N − 1) · (B + ⌈D/T⌉)          units,
+/// ```
+///
+/// that is, at most `(N − 1)·(B + ⌈2·r·(S + λ)⌉)` more than one exact limiter
+/// ([`overshoot_bound`](LocalFirstConfig::overshoot_bound) computes it). Why:
+///
+/// 1. A node never admits more than a private exact limiter fed only its own admissions
+///    would (adopting only ever moves its `TAT` later), so in any span of length `D` one
+///    node admits at most `B + ⌈D/T⌉`.
+/// 2. The store's `TAT` after recording a batch is at least the window's start plus `T`
+///    for every in-window unit recorded so far (each record adds `k·T` after a `max`,
+///    and a batch is dated no earlier than its first in-window admission less the
+///    pre-window part of the batch).
+/// 3. Take the last admission in the window, by node `i` at `t`. Its local `TAT`
+///    contains the store's `TAT` as of its last adopted sync (begun at `s ≥ t − S − λ`)
+///    and everything it admitted since, and GCRA admitted at `t`: so those units number at
+///    most `B + ⌈W/T⌉`. What it did not know is what the other nodes admitted after their
+///    last batch the store had recorded by then: for each, a span of at most
+///    `(t − s) + S + λ ≤ D`, so at most `B + ⌈D/T⌉` units by (1).
+///
+/// Assumptions: the nodes' clocks agree (as for any store limiter, see the Redis limiter's
+/// notes), every sync succeeds within `λ`, and a node's state for a subject it has not
+/// seen for a whole interval is either still synced (it is not yet full) or dropped (it
+/// is full, and so is the store's as last read). The bound is not an average: under
+/// sustained saturation from every node the measured excess is about
+/// `(N − 1)·(B + r·S)` (the cold start) and the debt is then paid back, so over long
+/// windows the admitted rate tends to `r` (`benches/local_first.rs` measures it; see
+/// `benches/README.md`). Conversely, traffic that conforms to the limit in total is never
+/// refused: batches are dated so that no node's state runs ahead of the exact one.
+///
+/// # When the store fails
+///
+/// A failed or timed-out sync keeps its batch (added back, sent with the next one):
+/// nothing admitted is forgotten. While the store is down each node limits on its own,
+/// so the fleet admits up to `N` times the limit (never unlimited). What happens after
+/// [`max_staleness`](LocalFirstConfig::max_staleness) of failing syncs is
+/// [`on_store_failure`](LocalFirstConfig::on_store_failure):
+///
+/// - [`FailureMode::Closed`] (the default): checks fail with
+///   [`LimiterError::Backend`], and the gate answers them per its own
+///   [`FailureMode`] (by default 503), until a sync succeeds again;
+/// - [`FailureMode::Open`]: checks keep being decided locally (each node on its own), with
+///   a warning when it starts and when it ends.
+///
+/// Credit checks always need the store and fail (per the gate's failure mode) when it is
+/// down.
+///
+/// # Lifecycle
+///
+/// [`LocalFirst::start`] spawns the sync task on the current Tokio runtime;
+/// [`LocalFirst::new`] does not (call [`sync`](LocalFirst::sync) yourself: for tests and
+/// simulations). Call [`shutdown`](LocalFirst::shutdown) when the server stops: it stops
+/// the task and sends what is still pending. A `LocalFirst` dropped without it loses up to
+/// one interval of usage (the store never hears of it).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::time::Duration;
+/// use keygate::limits::{LocalFirst, LocalFirstConfig, MemoryLimiter};
+/// use keygate::{Keygate, MemoryStore, Pepper};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// // The authoritative limiter: a RedisStore or PostgresStore shared by every node.
+/// let shared = Arc::new(MemoryLimiter::new());
+/// let limiter = LocalFirst::start(
+///     Arc::clone(&shared),
+///     LocalFirstConfig::new().sync_interval(Duration::from_millis(200)),
+/// )?;
+/// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?)
+///     .limiter(limiter.clone())
+///     .build()?;
+/// // ... serve ...
+/// limiter.shutdown().await?; // sends the last interval's usage
+/// # let _ = gate; Ok(()) }
+/// ```
 pub struct LocalFirst<L: Limiter> {
     shared: Arc<Shared<L>>,
 }

@@ -40,7 +40,7 @@
 //! agree exactly. Between the two, [`LocalFirst`] wraps a store limiter: rate limits are
 //! decided from memory and synced in the background, so N servers converge with a bounded
 //! overshoot (the bound, its derivation and its measurement are in [`LocalFirst`]'s
-//! module docs), while credits stay exact in the store.
+//! docs), while credits stay exact in the store.
 //!
 //! # On a request
 //!
