@@ -957,7 +957,14 @@ async fn limits_are_set_at_mint_and_changed_later() {
     .unwrap();
     assert_eq!(changed["ratelimits"][0]["limit"], 10);
     assert_eq!(changed["credits"], serde_json::Value::Null);
-    cli.ok(&["restrict", &id, "--allow-cidr", "10.0.0.0/8", "--allow-cidr", "::1"]);
+    cli.ok(&[
+        "restrict",
+        &id,
+        "--allow-cidr",
+        "10.0.0.0/8",
+        "--allow-cidr",
+        "::1",
+    ]);
     let table = cli.ok(&["list", "--user", "u1"]);
     assert_eq!(
         table.trim_end().split('\t').nth(5),

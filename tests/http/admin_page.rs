@@ -495,7 +495,10 @@ where
     }
     let (_, now) = call("GET", path.clone(), None).await;
     assert_eq!(now["apiKey"]["name"], "Metered sync");
-    assert_eq!(now["apiKey"]["allowedCidrs"], json!(["127.0.0.0/8", "::1/128"]));
+    assert_eq!(
+        now["apiKey"]["allowedCidrs"],
+        json!(["127.0.0.0/8", "::1/128"])
+    );
     assert_eq!(now["apiKey"]["credits"]["remaining"], 4199);
 
     // Sending credits restarts the count from them; the list shows the count left.
