@@ -665,13 +665,18 @@ fn limits_summary(record: &KeyRecord) -> String {
 /// A rate limit's window as `--ratelimit` takes it (`1m`, `24h`, `90s`); a window of
 /// milliseconds that is no whole second (set through the API) as `1500ms`.
 fn window_text(ms: u64) -> String {
-    if ms % 1000 != 0 {
+    // `Some(n)` when `size` divides `total` n times.
+    let times = |total: u64, size: u64| {
+        (total.checked_rem(size) == Some(0))
+            .then(|| total.checked_div(size))
+            .flatten()
+    };
+    let Some(secs) = times(ms, 1000) else {
         return format!("{ms}ms");
-    }
-    let secs = ms / 1000;
+    };
     for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
-        if secs % size == 0 {
-            return format!("{}{unit}", secs / size);
+        if let Some(n) = times(secs, size) {
+            return format!("{n}{unit}");
         }
     }
     format!("{secs}s")
