@@ -117,10 +117,8 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
     heartbeats(b, 2).await;
     cached(b, revoked.key.expose()).await;
     cached(b, kept.key.expose()).await;
-    assert!(
-        !proxy.marked().is_empty(),
-        "b's feed goes through the proxy"
-    );
+    let dialled = proxy.marked().len();
+    assert!(dialled > 0, "b's feed goes through the proxy");
     proxy.stall();
     // Let any heartbeat answered before the stall land, so what follows is silence.
     tokio::time::sleep(feed.lease()).await;
@@ -138,12 +136,46 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
         "b refused because its lease ran out: {:?}",
         stats(b)
     );
+    // The silence is detected, not only outlived: a heartbeat unanswered for `dead_after`
+    // makes the feed give up the connection (nothing closed it) and dial a new one (which
+    // the proxy marks, and stalls, too).
+    let detect_by = Instant::now() + support::bound(feed.heartbeat + feed.dead_after);
+    while proxy.marked().len() <= dialled {
+        assert!(
+            Instant::now() < detect_by,
+            "b's feed never gave up its silent connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Healed: b's feed proves it is in sync again and b serves from memory again.
     proxy.resume();
     heartbeats(b, 2).await;
     cached(b, kept.key.expose()).await;
     assert!(refused_as_revoked(
         b.gate.verify(revoked.key.expose()).await
+    ));
+
+    // The tight case: the feed goes silent while b holds a fresh lease, and the revoke
+    // follows at once. The lease b holds was renewed by a heartbeat sent before the stall,
+    // so once one lease has passed after the revoke committed, b refuses.
+    let second = a.gate.mint(NewKey::new("revoked 2", "owner")).await.unwrap();
+    heartbeats(b, 2).await;
+    cached(b, second.key.expose()).await;
+    cached(b, kept.key.expose()).await;
+    proxy.stall();
+    let lapsed = stats(b).lapsed;
+    a.gate.revoke(second.record.id).await.unwrap();
+    tokio::time::sleep(feed.lease()).await;
+    assert!(
+        refused_as_revoked(b.gate.verify(second.key.expose()).await),
+        "b accepted a key revoked a whole lease ago, its feed silenced just before"
+    );
+    b.gate.verify(kept.key.expose()).await.unwrap();
+    assert!(stats(b).lapsed > lapsed, "{:?}", stats(b));
+    proxy.resume();
+    heartbeats(b, 2).await;
+    assert!(refused_as_revoked(
+        b.gate.verify(second.key.expose()).await
     ));
 }
 
