@@ -9,8 +9,10 @@
 //!   was called, until B's first refusal (B verifies every millisecond). Every 4th trial
 //!   first stalls B's feed connection (the proxy stops forwarding it, closing nothing),
 //!   waits a random 0-250 ms, then revokes; the proxy resumes after the trial and the next
-//!   trial waits until B's feed is back in sync. Prints p50/p99/max for all trials, the
-//!   normal ones and the dropped-connection ones.
+//!   trial waits until B's feed is back in sync. Every 4th trial from the second instead
+//!   has the server close B's feed connection (`pg_terminate_backend`, `CLIENT KILL`)
+//!   0-50 ms before the revoke, so the revoke lands while the feed reconnects. Prints
+//!   p50/p99/max for all trials and for each kind.
 //! - `write-cost <postgres|redis> <writes>`: the cost of the change log per write, both
 //!   sides in alternating order in one run on one row: PostgreSQL, the store's update
 //!   statement with the log (counter row + log insert + trim check + NOTIFY `<seq>:<id>`)
@@ -146,7 +148,11 @@ async fn latency(backend: &str, trials: usize) {
                 .await
                 .unwrap();
             let b = node(PostgresStore::from_pool(pool)).await;
-            run_trials("PostgreSQL", &a, &b, &proxy, trials).await;
+            let killer = Killer::Postgres {
+                url: url.clone(),
+                listener: format!("{b_app}-listener"),
+            };
+            run_trials("PostgreSQL", &a, &b, &proxy, &killer, trials).await;
         }
         "redis" => {
             let url = env("KEYGATE_TEST_REDIS_URL");
@@ -167,7 +173,8 @@ async fn latency(backend: &str, trials: usize) {
             let proxy = StallProxy::start(upstream, RedisStore::FEED_CLIENT_NAME.as_bytes()).await;
             let proxied = format!("redis://{}/", proxy.addr());
             let b = node(RedisStore::connect_with(proxied, config).await.unwrap()).await;
-            run_trials("Redis", &a, &b, &proxy, trials).await;
+            let killer = Killer::Redis { url: url.clone() };
+            run_trials("Redis", &a, &b, &proxy, &killer, trials).await;
             // Clean up the namespace.
             let mut conn = keygate::redis::Client::open(url.as_str())
                 .unwrap()
@@ -200,17 +207,73 @@ async fn in_sync<S: KeyStore>(b: &Node<S>) {
     }
 }
 
+/// Closes node B's feed connection from the server's side (as a server restart, a
+/// failover or an idle-connection reaper would).
+enum Killer {
+    /// `pg_terminate_backend` of the connection named `listener`.
+    Postgres { url: String, listener: String },
+    /// `CLIENT KILL ADDR` of every feed connection the proxy has seen.
+    Redis { url: String },
+}
+
+impl Killer {
+    async fn kill(&self, proxy: &StallProxy) {
+        match self {
+            Killer::Postgres { url, listener } => {
+                use keygate::sqlx::Connection;
+                let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+                let killed: Vec<bool> = sqlx::query_scalar(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE application_name = $1",
+                )
+                .bind(listener)
+                .fetch_all(&mut conn)
+                .await
+                .unwrap();
+                // Normally one; a connection the feed gave up in a stalled trial may
+                // linger until the proxy drains it.
+                assert!(
+                    !killed.is_empty() && killed.iter().all(|k| *k),
+                    "B's feed was killed"
+                );
+            }
+            Killer::Redis { url } => {
+                let mut conn = keygate::redis::Client::open(url.as_str())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let mut killed = 0;
+                for addr in proxy.marked() {
+                    // Connections already gone answer an error.
+                    killed += keygate::redis::cmd("CLIENT")
+                        .arg("KILL")
+                        .arg("ADDR")
+                        .arg(addr.to_string())
+                        .arg("SKIPME")
+                        .arg("no")
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .unwrap_or(0);
+                }
+                assert!(killed >= 1, "B's feed was killed");
+            }
+        }
+    }
+}
+
 async fn run_trials<S: KeyStore, T: KeyStore>(
     label: &str,
     a: &Node<S>,
     b: &Node<T>,
     proxy: &StallProxy,
+    killer: &Killer,
     trials: usize,
 ) {
     let mut normal = Vec::new();
     let mut dropped = Vec::new();
+    let mut killed = Vec::new();
     for trial in 0..trials {
-        let drop_feed = trial % 4 == 3;
         let issued = a.gate.mint(NewKey::new("bench", "owner")).await.unwrap();
         let key = issued.key.expose();
         // B past the insert's own notice, then serving the key from memory.
@@ -222,17 +285,29 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
             b.cache.stats().hits > hits,
             "B serves the key from its cache"
         );
-        if drop_feed {
-            proxy.stall();
-            let wait = u64::from(KeyId::random().as_uuid().as_bytes()[0]) % 251;
-            tokio::time::sleep(Duration::from_millis(wait)).await;
+        let random = u64::from(KeyId::random().as_uuid().as_bytes()[0]);
+        match trial % 4 {
+            3 => {
+                proxy.stall();
+                tokio::time::sleep(Duration::from_millis(random % 251)).await;
+            }
+            1 => {
+                killer.kill(proxy).await;
+                tokio::time::sleep(Duration::from_millis(random % 51)).await;
+            }
+            _ => {}
         }
         let started = Instant::now();
         a.gate.revoke(issued.record.id).await.unwrap();
+        // The revoke committed before `revoke` returned: a lookup that started later than
+        // `returned + lease` and still accepted the key would break the documented bound.
+        let returned = Instant::now();
+        let mut last_accepted = None;
         loop {
+            let asked = Instant::now();
             match b.gate.verify(key).await {
                 Err(e) if e.rejection() == Some(Rejection::Inactive) => break,
-                Ok(_) => {}
+                Ok(_) => last_accepted = Some(asked),
                 Err(other) => panic!("unexpected answer on B: {other:?}"),
             }
             assert!(
@@ -242,19 +317,32 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let took = started.elapsed();
-        if drop_feed {
-            dropped.push(took);
-            proxy.resume();
-        } else {
-            normal.push(took);
+        let late = last_accepted.map_or(Duration::ZERO, |t| t.saturating_duration_since(returned));
+        let took = (took, late);
+        match trial % 4 {
+            3 => {
+                dropped.push(took);
+                proxy.resume();
+            }
+            1 => killed.push(took),
+            _ => normal.push(took),
         }
     }
-    let all: Vec<Duration> = normal.iter().chain(&dropped).copied().collect();
+    let all: Vec<(Duration, Duration)> = normal
+        .iter()
+        .chain(&dropped)
+        .chain(&killed)
+        .copied()
+        .collect();
     row(&format!("{label}, all trials"), all);
     row(&format!("{label}, feed connected"), normal);
     row(
-        &format!("{label}, feed silently dropped before the revoke"),
+        &format!("{label}, feed silently dropped 0-250 ms before the revoke"),
         dropped,
+    );
+    row(
+        &format!("{label}, feed connection killed by the server 0-50 ms before the revoke"),
+        killed,
     );
 }
 
@@ -266,17 +354,20 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
-fn row(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    if samples.is_empty() {
+fn row(label: &str, trials: Vec<(Duration, Duration)>) {
+    if trials.is_empty() {
         return;
     }
+    let late = trials.iter().map(|t| t.1).max().unwrap_or_default();
+    let mut samples: Vec<Duration> = trials.into_iter().map(|t| t.0).collect();
+    samples.sort();
     println!(
-        "| {label} | {} | {} | {} | {} | {} |",
+        "| {label} | {} | {} | {} | {} | {} | {} |",
         samples.len(),
         ms(pick(&samples, 0.5)),
         ms(pick(&samples, 0.99)),
         ms(samples[samples.len() - 1]),
+        ms(late),
         if pick(&samples, 0.99) <= Duration::from_secs(1) {
             "pass"
         } else {
@@ -743,7 +834,9 @@ async fn copy_keys(pool: &sqlx::PgPool, seed: u64, owner: &str, from: u64, to: u
         )
         .unwrap();
         if buf.len() > (4 << 20) - 512 {
-            copy.send(std::mem::take(&mut buf).into_bytes()).await.unwrap();
+            copy.send(std::mem::take(&mut buf).into_bytes())
+                .await
+                .unwrap();
             buf.reserve(4 << 20);
         }
     }
@@ -755,7 +848,12 @@ async fn copy_keys(pool: &sqlx::PgPool, seed: u64, owner: &str, from: u64, to: u
 
 /// `PostgresStore::get` of `samples` keys drawn at random from keys `0..n` of `seed`
 /// (the cost of one cache miss), p50 and mean.
-async fn miss_cost(store: &PostgresStore, seed: u64, n: u64, samples: usize) -> (Duration, Duration) {
+async fn miss_cost(
+    store: &PostgresStore,
+    seed: u64,
+    n: u64,
+    samples: usize,
+) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(samples);
     let mut state = seed ^ 0x5555;
     for _ in 0..samples {
@@ -779,7 +877,10 @@ async fn scale(n: u64, hot: u64) {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(existing, 0, "scale wants a database of its own (benches/scale.sh makes one)");
+    assert_eq!(
+        existing, 0,
+        "scale wants a database of its own (benches/scale.sh makes one)"
+    );
     let seed = splitmix(std::process::id() as u64 ^ 0xC0FFEE);
     let owner = "bench-scale";
     const SMALL: u64 = 1_000;
@@ -787,7 +888,10 @@ async fn scale(n: u64, hot: u64) {
 
     // 1. The baseline table: 1e3 keys; the cost of a miss there.
     copy_keys(&pool, seed, owner, 0, SMALL).await;
-    sqlx::query("ANALYZE keygate_keys").execute(&pool).await.unwrap();
+    sqlx::query("ANALYZE keygate_keys")
+        .execute(&pool)
+        .await
+        .unwrap();
     let small_miss = miss_cost(&store, seed, SMALL, MISS_SAMPLES).await;
 
     // 2. The bulk load: indexes dropped, COPY, indexes rebuilt (as a migration of this
@@ -808,7 +912,10 @@ async fn scale(n: u64, hot: u64) {
     let copied = first.await.unwrap() + second;
     let loaded = started.elapsed();
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::query("SET maintenance_work_mem = '1GB'").execute(&mut *conn).await.unwrap();
+    sqlx::query("SET maintenance_work_mem = '1GB'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
     for ddl in [
         "ALTER TABLE keygate_keys ADD PRIMARY KEY (id)",
         "CREATE INDEX keygate_keys_created ON keygate_keys (created_at, id)",
@@ -819,12 +926,11 @@ async fn scale(n: u64, hot: u64) {
     }
     drop(conn);
     let indexed = started.elapsed();
-    let size: String =
-        sqlx::query("SELECT pg_size_pretty(pg_total_relation_size('keygate_keys'))")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-            .get(0);
+    let size: String = sqlx::query("SELECT pg_size_pretty(pg_total_relation_size('keygate_keys'))")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
     eprintln!(
         "loaded {copied} keys (+{SMALL}) in {loaded:?}, indexed and analyzed by {indexed:?}; table and indexes {size}"
     );
@@ -866,13 +972,20 @@ async fn scale(n: u64, hot: u64) {
     assert_eq!(cache.stats().entries as u64, hot);
     // A wrong secret on a loaded id is refused (the hashes are not a pass-anything).
     let (_, mut token) = scale_key(seed, 7);
-    let flipped = if token.as_bytes()[40] == b'A' { "B" } else { "A" };
+    let flipped = if token.as_bytes()[40] == b'A' {
+        "B"
+    } else {
+        "A"
+    };
     token.replace_range(40..41, flipped);
     let crc = crc32fast::hash(&token.as_bytes()[..token.len() - 6]);
     let mut tail = [0u8; 6];
     base62_fixed(u128::from(crc), &mut tail);
     token.replace_range(token.len() - 6.., std::str::from_utf8(&tail).unwrap());
-    assert!(gate.verify(&token).await.is_err(), "a wrong secret verified");
+    assert!(
+        gate.verify(&token).await.is_err(),
+        "a wrong secret verified"
+    );
 
     const CHUNK: u64 = 10_000;
     const TASKS: u64 = 64;
