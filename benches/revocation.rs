@@ -34,6 +34,15 @@
 //!   the `n` (mostly not cached, so it reads PostgreSQL), against the same loop with every
 //!   lookup in the hot set (100% hits), interleaved in chunks of 10 000 lookups, each chunk
 //!   spread over 64 concurrent tasks (as requests on a server; the pool has 10 connections).
+//! - `scale <n> <hot>` (run by `bash benches/scale.sh`, on an empty database of its own):
+//!   `n` real opaque keys, each a pure function of (run seed, index) so the bench can
+//!   rebuild any plaintext, with their HMACs computed here, streamed in by `COPY` (indexes
+//!   dropped and rebuilt around it); then full `Keygate::verify`s through a
+//!   `CachedStore<PostgresStore>` (capacity `2 * hot`) warmed with `hot` of them: 99% to the
+//!   hot set and 1% to any of the `n`, against 100% to the hot set, interleaved in chunks of
+//!   10 000 verifies over 64 tasks. Also the cost of one miss (`PostgresStore::get`) with
+//!   1e3 keys in the table (before the load) and with `n`, and the resident-set growth of
+//!   warming the hot set. Fails if a real key is refused or a wrong secret accepted.
 //!
 //! Needs `KEYGATE_TEST_POSTGRES_URL` / `KEYGATE_TEST_REDIS_URL`.
 
@@ -787,10 +796,8 @@ fn scale_key(seed: u64, i: u64) -> (keygate::uuid::Uuid, String) {
     let id = keygate::uuid::Builder::from_random_bytes(bytes).into_uuid();
     let mut body = [0u8; 71];
     base62_fixed(id.as_u128(), &mut body[..22]);
-    let mut k = 2u64;
-    for chunk in body[22..65].chunks_mut(8) {
+    for (k, chunk) in (2u64..).zip(body[22..65].chunks_mut(8)) {
         let word = splitmix(base ^ k).to_le_bytes();
-        k += 1;
         for (slot, byte) in chunk.iter_mut().zip(word) {
             *slot = BASE62[usize::from(byte) % 62];
         }
@@ -1006,7 +1013,7 @@ async fn scale(n: u64, hot: u64) {
                         let mut failures = 0u64;
                         for _ in 0..CHUNK / TASKS {
                             state = splitmix(state);
-                            let i = if side == 0 && state % 100 == 0 {
+                            let i = if side == 0 && state.is_multiple_of(100) {
                                 splitmix(state ^ 1) % n
                             } else {
                                 (splitmix(state ^ 2) % hot) * stride
