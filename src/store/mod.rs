@@ -36,7 +36,7 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
-pub use url::open_store;
+pub use url::{open_store, open_store_with_limiter};
 
 /// Where key records live.
 ///
