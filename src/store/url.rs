@@ -5,15 +5,8 @@ use std::sync::Arc;
 use super::{KeyStore, StoreError};
 use crate::limits::Limiter;
 
-/// A store opened from a URL, as a key store and as a limiter.
+/// A store opened from a URL, as a key store and as a limiter (the same instance).
 type Opened = (Arc<dyn KeyStore>, Arc<dyn Limiter>);
-
-/// Both views of one store.
-#[allow(dead_code)] // unused when no store feature is on
-fn both<S: KeyStore + Limiter>(store: S) -> Opened {
-    let store = Arc::new(store);
-    (store.clone(), store)
-}
 
 /// Opens the store a URL names, with the default options of each:
 ///
@@ -50,18 +43,16 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     open_store_with_limiter(url).await.map(|(store, _)| store)
 }
 
-/// Opens the store a URL names, as [`open_store`], and returns it twice: as the
-/// [`KeyStore`] and as the [`Limiter`] that keeps rate-limit and credit state in it. Give
-/// the second to [`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter) so that
-/// credits and limits outlive a restart and are exact across every server on the store;
-/// the default in-process limiter starts every key's credit count afresh in each process.
+/// Opens the store a URL names, as [`open_store`] does, and also returns it as a
+/// [`Limiter`]: one instance (one pool or connection) serving both, so that rate-limit
+/// and credit state can live beside the keys (every built-in store is a limiter). Give the
+/// limiter to [`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter), directly
+/// (exact across servers) or inside a [`LocalFirst`](crate::limits::LocalFirst).
 ///
 /// # Errors
 ///
 /// As [`open_store`].
-pub async fn open_store_with_limiter(
-    url: &str,
-) -> Result<(Arc<dyn KeyStore>, Arc<dyn Limiter>), StoreError> {
+pub async fn open_store_with_limiter(url: &str) -> Result<Opened, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres(url).await,
@@ -78,7 +69,8 @@ pub async fn open_store_with_limiter(
 
 #[cfg(feature = "sqlite")]
 async fn sqlite(url: &str) -> Result<Opened, StoreError> {
-    Ok(both(crate::SqliteStore::connect(url).await?))
+    let store = Arc::new(crate::SqliteStore::connect(url).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "sqlite"))]
@@ -88,7 +80,8 @@ async fn sqlite(_: &str) -> Result<Opened, StoreError> {
 
 #[cfg(feature = "postgres")]
 async fn postgres(url: &str) -> Result<Opened, StoreError> {
-    Ok(both(crate::PostgresStore::connect(url).await?))
+    let store = Arc::new(crate::PostgresStore::connect(url).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -100,7 +93,8 @@ async fn postgres(_: &str) -> Result<Opened, StoreError> {
 async fn redis(url: &str) -> Result<Opened, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
-    Ok(both(crate::RedisStore::connect_with(url, config).await?))
+    let store = Arc::new(crate::RedisStore::connect_with(url, config).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "redis"))]
