@@ -793,6 +793,82 @@ fn unknown_file_keys_and_secrets_in_the_file_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------
+// usage limits: kept in the store, not in the process
+
+/// With `limits = "store"`, credits and rate limits live in the database `keygate serve`
+/// runs over: a restart (or a second node on the same database) neither hands every key a
+/// fresh credit count nor a fresh burst. (With the default `memory`, a restart refills
+/// every key's credits.)
+#[tokio::test]
+async fn store_limits_outlive_a_restart_and_are_shared_by_nodes() {
+    use keygate::limits::{CreditPolicy, RateLimit};
+
+    let db = support::sqlite_temp_path();
+    let url = format!("sqlite://{}", db.display());
+    let config = resolve(
+        &Overrides::default(),
+        &[("KEYGATE_DB", &url), ("KEYGATE_LIMITS", "store")],
+        "",
+    );
+    let first = serve::open(&config).await.unwrap();
+    let metered = first
+        .gate()
+        .mint(NewKey::new("metered", "user-1").credits(CreditPolicy::new(2)))
+        .await
+        .unwrap();
+    let limited = first
+        .gate()
+        .mint(
+            NewKey::new("limited", "user-1").ratelimits([RateLimit::new("requests", 2, 3_600_000)]),
+        )
+        .await
+        .unwrap();
+    let ask = |app: &App, key: &str| {
+        let auth = bearer(key);
+        let app = app.clone();
+        async move { call(&app, "GET", "/auth", &[("authorization", &auth)]).await }
+    };
+    assert_eq!(
+        ask(&first, metered.key.expose()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        ask(&first, limited.key.expose()).await.status,
+        StatusCode::OK
+    );
+
+    // A second node on the same database, or this one restarted.
+    let second = serve::open(&config).await.unwrap();
+    assert_eq!(
+        ask(&second, metered.key.expose()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        ask(&second, limited.key.expose()).await.status,
+        StatusCode::OK
+    );
+    for app in [&first, &second] {
+        let spent = ask(app, metered.key.expose()).await;
+        assert_eq!(
+            spent.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            spent.body
+        );
+        assert!(spent.body.contains("credits_exhausted"), "{}", spent.body);
+        let limited = ask(app, limited.key.expose()).await;
+        assert_eq!(
+            limited.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            limited.body
+        );
+    }
+    drop((first, second));
+    let _ = std::fs::remove_file(&db);
+}
+
+// ---------------------------------------------------------------------------------------
 // shutdown, in-process: the last-used times pending at shutdown are written
 
 #[tokio::test]
