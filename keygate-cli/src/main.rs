@@ -271,6 +271,12 @@ impl From<Error> for Fail {
             Error::Store(e) => Fail(store_exit_code(&e), format!("store: {}", chain(&e))),
             Error::Limiter(e) => Fail(STORE, format!("usage limiter: {}", chain(&e))),
             Error::PepperMismatch { .. } => Fail(CONFIG, wrong_pepper(&error)),
+            // The library says "build the gate with a JWT secret"; an operator sets a variable.
+            Error::JwtDisabled => Fail(
+                CONFIG,
+                "JWT keys are not enabled: set KEYGATE_JWT_SECRET or KEYGATE_JWT_SECRET_FILE"
+                    .into(),
+            ),
             other => Fail(CONFIG, chain(&other)),
         }
     }

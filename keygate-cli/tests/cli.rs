@@ -281,6 +281,19 @@ async fn full_workflow(cli: &Cli) {
         &[("KEYGATE_PEPPER", "short")],
     );
     assert_eq!(out.status.code(), Some(2));
+    // A JWT key without a JWT secret names the variable to set (it used to repeat the
+    // library's "build the gate with a JWT secret").
+    let out = cli.run_env(
+        &["mint", "--user", &owner, "--name", "x", "--format", "jwt"],
+        &[("KEYGATE_PEPPER", PEPPER)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("set KEYGATE_JWT_SECRET or KEYGATE_JWT_SECRET_FILE"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         cli.count(&owner).await,
         before,
@@ -549,6 +562,7 @@ async fn sqlite_workflow() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keygate_test_postgres), ignore = "set KEYGATE_TEST_POSTGRES_URL")]
 async fn postgres_workflow() {
     let Some(url) = support::postgres_url() else {
         return;
@@ -561,6 +575,7 @@ async fn postgres_workflow() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keygate_test_redis), ignore = "set KEYGATE_TEST_REDIS_URL")]
 async fn redis_workflow() {
     let Some(url) = support::redis_url() else {
         return;
@@ -587,6 +602,10 @@ fn tls_servers() -> Option<(String, String, String, String)> {
 /// `verify-full` and `rediss://` (both servers refuse cleartext).
 #[cfg(feature = "tls")]
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_tls),
+    ignore = "start the TLS servers: eval \"$(.ci/tls.sh start)\""
+)]
 async fn tls_workflow() {
     let Some((postgres, redis, ca, _)) = tls_servers() else {
         return;
@@ -608,6 +627,10 @@ async fn tls_workflow() {
 /// cleartext.
 #[cfg(feature = "tls")]
 #[test]
+#[cfg_attr(
+    not(keygate_test_tls),
+    ignore = "start the TLS servers: eval \"$(.ci/tls.sh start)\""
+)]
 fn tls_refusals_say_why() {
     let Some((postgres, redis, _, wrong_ca)) = tls_servers() else {
         return;
@@ -675,6 +698,9 @@ fn malformed_store_urls_are_configuration_errors() {
         ("postgres://user:pw@[::1/db", "invalid PostgreSQL URL"),
         ("nosuch://x", "unsupported store URL scheme"),
         ("redis://[::1/", "did not parse"),
+        // No file named: it used to be exit 3, "No such file or directory".
+        ("sqlite://", "names no database file"),
+        ("sqlite:", "names no database file"),
     ] {
         let cli = Cli {
             db: db.into(),
