@@ -610,6 +610,18 @@ async fn verify(gate: &Keygate, context: &RequestContext) -> Result<(), Fail> {
         Err(error) if error.is_server_error() => {
             return Err(Fail(STORE, chain(&error)));
         }
+        // The key is another application's, or the prefix setting is not this store's:
+        // say which prefix was expected and where it comes from.
+        Err(error) if error.rejection() == Some(keygate::Rejection::WrongPrefix) => {
+            return Err(Fail(
+                1,
+                format!(
+                    "key refused: wrong_prefix (expected {}_…; the prefix comes from \
+                     KEYGATE_PREFIX or --prefix)",
+                    gate.prefix()
+                ),
+            ));
+        }
         Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
     }
     Ok(())

@@ -395,6 +395,28 @@ async fn verify_never_takes_the_key_from_argv() {
     }
 }
 
+/// A key with another prefix (the example servers' `abs_` keys checked with the CLI's
+/// default) says which prefix was expected and where it is set; it used to say only
+/// `wrong_prefix`.
+#[tokio::test]
+async fn a_wrong_prefix_names_the_expected_one() {
+    let scratch = Scratch::new();
+    let key = scratch.0.ok(&["mint", "--user", "u", "--name", "prefix"]);
+    let other = Cli {
+        db: scratch.0.db.clone(),
+        prefix: "other".into(),
+    };
+    let out = other.verify(key.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out).trim(),
+        "keygate: error: key refused: wrong_prefix (expected other_…; the prefix comes from \
+         KEYGATE_PREFIX or --prefix)"
+    );
+    scratch.0.verify_ok(key.trim());
+}
+
 /// `rotate --grace 100000000d` used to panic (exit 101) after writing the new key.
 #[tokio::test]
 async fn rotate_with_a_huge_grace_exits_2_and_writes_nothing() {
