@@ -352,7 +352,10 @@ async fn allowances_list_every_limit_charged_on_both_paths() {
     );
     h.gate.verify(&many).await.unwrap();
     let limited = rate_limited(h.gate.verify(&many).await);
-    assert_eq!((limited.limit.name.as_str(), limited.limit.scope), ("b", LimitScope::Key));
+    assert_eq!(
+        (limited.limit.name.as_str(), limited.limit.scope),
+        ("b", LimitScope::Key)
+    );
     // Both refusals gave the owner's charge back: 3 verifies allowed so far.
     let other = mint(&h, NewKey::new("other", "alice")).await;
     let principal = h.gate.verify(&other).await.unwrap();
