@@ -65,7 +65,7 @@ use keygate::{
 };
 use tokio::net::TcpListener;
 
-pub use self::auth::{KEY_ID, OWNER, SCOPES};
+pub use self::auth::{ERROR, ERROR_DESCRIPTION, KEY_ID, OWNER, SCOPES};
 pub use self::config::{Config, ConfigError, Overrides};
 use self::config::{JwtSource, LogFormat, PepperSource};
 use crate::{chain, redact_url};
@@ -533,9 +533,17 @@ fn jwt_secret(source: &JwtSource) -> Result<Option<JwtSecret>, ServeError> {
         .map_err(|e| ServeError::setup("the JWT secret is not usable", e))
 }
 
+/// The id of the first-start admin key, the same for every server: the store lets only one
+/// key have it, so that of several servers starting at once on an empty store, exactly one
+/// mints and prints a key ([`bootstrap`]). Ids are not secret; this one only says which key
+/// came first.
+pub const BOOTSTRAP_KEY_ID: KeyId = KeyId::from_u128(0x6b65_7967_6174_4500_8000_0000_0000_0001);
+
 /// First start: mints an admin key when the store holds no key at all, and writes it once
 /// to `out` as `admin API key: <key>`. Returns its id, or `None` when the store already
-/// held keys (nothing is minted or written).
+/// held keys, or when another server minted the first key at the same moment (nothing is
+/// minted or written: the key has the fixed id [`BOOTSTRAP_KEY_ID`], which the store
+/// inserts at most once, atomically).
 ///
 /// Without a directory (`directory` false) the key is scoped `["admin"]` (admin authority
 /// is never implied by missing configuration); with one, it is an unscoped key of `owner`,
@@ -556,6 +564,7 @@ pub async fn bootstrap(
         .await
         .map_err(|e| ServeError::from_keygate("cannot list the store's keys", e))?;
     if !page.records.is_empty() {
+        tracing::info!("the store holds keys: no first-start key");
         return Ok(None);
     }
     let mut new = NewKey::new("Admin key (first start)", owner).created_by(owner);
@@ -576,10 +585,19 @@ pub async fn bootstrap(
     } else {
         new = new.scopes([ADMIN_PERMISSION]);
     }
-    let issued = gate
-        .mint(new)
-        .await
-        .map_err(|e| ServeError::from_keygate("cannot mint the first admin key", e))?;
+    // One fixed id: of servers starting together on an empty store, the store lets one
+    // insert it; the others get a conflict, print nothing and serve with that key.
+    let issued = match gate.mint(new.id(BOOTSTRAP_KEY_ID)).await {
+        Ok(issued) => issued,
+        Err(keygate::Error::Store(StoreError::Conflict(_))) => {
+            tracing::info!(
+                key_id = %BOOTSTRAP_KEY_ID,
+                "another server minted the first admin key at the same time: it printed it"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(ServeError::from_keygate("cannot mint the first admin key", e)),
+    };
     writeln!(out, "admin API key: {}", issued.key.expose())
         .and_then(|()| out.flush())
         .map_err(|e| ServeError::setup("cannot print the first admin key", e))?;
