@@ -323,6 +323,19 @@ impl NewKey {
     ///
     /// Ids are not secret (they are in the key and in every listing); a fixed id makes a
     /// key no easier to guess.
+    ///
+    /// ```
+    /// use keygate::{Error, KeyId, Keygate, MemoryStore, NewKey, Pepper, StoreError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+    /// let id = KeyId::from_u128(0x6b65_7967_6174_4500_8000_0000_0000_0042);
+    /// let first = gate.mint(NewKey::new("setup", "admin").id(id)).await?;
+    /// assert_eq!(first.record.id, id);
+    /// let again = gate.mint(NewKey::new("setup", "admin").id(id)).await;
+    /// assert!(matches!(again, Err(Error::Store(StoreError::Conflict(conflict))) if conflict == id));
+    /// # Ok(()) }
+    /// ```
     pub fn id(mut self, id: KeyId) -> Self {
         self.id = Some(id);
         self

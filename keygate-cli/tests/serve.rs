@@ -654,7 +654,7 @@ async fn bootstrap_mints_one_admin_key_on_an_empty_store_only() {
 /// A store whose first two `list` calls wait for each other: two servers that both find
 /// the store empty before either mints (the race of two servers starting at once).
 struct ListTogether {
-    inner: Arc<MemoryStore>,
+    inner: Arc<dyn KeyStore>,
     barrier: tokio::sync::Barrier,
     lists: std::sync::atomic::AtomicUsize,
 }
@@ -692,9 +692,9 @@ impl KeyStore for ListTogether {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn servers_starting_together_mint_one_first_key_between_them() {
-    let store = Arc::new(MemoryStore::new());
+/// Two servers' bootstraps on the empty `store`, both listing it before either mints: one
+/// key between them.
+async fn servers_starting_together_mint_one_first_key(store: Arc<dyn KeyStore>) {
     let together = Arc::new(ListTogether {
         inner: Arc::clone(&store),
         barrier: tokio::sync::Barrier::new(2),
@@ -728,6 +728,39 @@ async fn servers_starting_together_mint_one_first_key_between_them() {
     assert_eq!(records[0].id, serve::BOOTSTRAP_KEY_ID);
     assert_eq!(a.verify(key).await.unwrap().key_id(), serve::BOOTSTRAP_KEY_ID);
     assert_eq!(b.verify(key).await.unwrap().key_id(), serve::BOOTSTRAP_KEY_ID);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_in_memory_and_sqlite() {
+    servers_starting_together_mint_one_first_key(Arc::new(MemoryStore::new())).await;
+    let db = support::sqlite_temp_path();
+    let store = keygate::open_store(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
+    support::remove_sqlite(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_on_postgres() {
+    let Some(base) = support::postgres_url() else {
+        return;
+    };
+    let (url, name, pool) = fresh_postgres(&base).await;
+    let store = keygate::open_store(&url).await.unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
+    drop_postgres(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_on_redis() {
+    let Some(base) = support::redis_url() else {
+        return;
+    };
+    let store = keygate::open_store(&fresh_redis(&base, 12).await)
+        .await
+        .unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
 }
 
 #[tokio::test]
@@ -1212,7 +1245,8 @@ async fn leak_reports_are_served_when_github_keys_are_configured() {
 async fn fresh_postgres(base: &str) -> (String, String, keygate::sqlx::PgPool) {
     let pool = keygate::sqlx::PgPool::connect(base).await.unwrap();
     let name = format!("kg_serve_{}", KeyId::random().as_uuid().simple());
-    keygate::sqlx::query(&format!("CREATE DATABASE {name}"))
+    // The name is ours: `kg_serve_` and hex digits.
+    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&pool)
         .await
         .unwrap();
@@ -1226,15 +1260,24 @@ async fn fresh_postgres(base: &str) -> (String, String, keygate::sqlx::PgPool) {
     (format!("{server}/{name}{query}"), name, pool)
 }
 
-/// Redis database 11 of `KEYGATE_TEST_REDIS_URL`'s server, emptied: the store starts empty
-/// (the other tests use the URL's own database).
-async fn fresh_redis(base: &str) -> String {
+async fn drop_postgres(pool: &keygate::sqlx::PgPool, name: &str) {
+    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Redis database `db` of `KEYGATE_TEST_REDIS_URL`'s server, emptied: the store starts
+/// empty (the other tests use the URL's own database; each test here its own number).
+async fn fresh_redis(base: &str, db: u8) -> String {
     let (url, _) = base.split_once('?').unwrap_or((base, ""));
     let server = match url.rsplit_once('/') {
         Some((server, db)) if db.is_empty() || db.bytes().all(|b| b.is_ascii_digit()) => server,
         _ => url,
     };
-    let url = format!("{server}/11");
+    let url = format!("{server}/{db}");
     let client = keygate::redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: () = keygate::redis::cmd("FLUSHDB")
@@ -1379,10 +1422,7 @@ async fn serve_over_postgres_two_servers_one_first_key() {
     };
     let (url, name, pool) = fresh_postgres(&base).await;
     two_servers_share_one_store(url).await;
-    keygate::sqlx::query(&format!("DROP DATABASE {name} WITH (FORCE)"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    drop_postgres(&pool, &name).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1390,6 +1430,6 @@ async fn serve_over_redis_two_servers_one_first_key() {
     let Some(base) = support::redis_url() else {
         return;
     };
-    let url = fresh_redis(&base).await;
+    let url = fresh_redis(&base, 11).await;
     two_servers_share_one_store(url).await;
 }
