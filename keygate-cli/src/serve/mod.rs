@@ -20,7 +20,9 @@
 //!
 //! `/auth` verifies the request's `Authorization: Bearer` key and answers `200` with
 //! `X-Keygate-Key-Id`, `X-Keygate-Owner` and `X-Keygate-Scopes`, or the library's refusal
-//! (401/400/403/429/503/500, `WWW-Authenticate` and `Retry-After` included). A location
+//! (401/400/403/429/503/500, `WWW-Authenticate` and `Retry-After` included), its error
+//! code and description repeated in [`ERROR`] and [`ERROR_DESCRIPTION`] for nginx, whose
+//! `auth_request` drops bodies. A location
 //! that needs a permission says so in the query: `/auth?scope=library:read`. Keys with
 //! allowed networks are checked against the client address the proxy forwards, believed
 //! only from `trusted_proxies` (loopback by default; see [`config`]).
