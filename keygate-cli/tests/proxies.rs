@@ -75,8 +75,8 @@ fn mint(admin_key: &str, body: &str) -> (String, String) {
 
 /// The `error` member of a JSON refusal body (keygate's, or nginx's copy of it).
 fn error_code(answer: &support::Answer) -> String {
-    let body: serde_json::Value = serde_json::from_str(&answer.body)
-        .unwrap_or_else(|_| panic!("a JSON body: {answer:?}"));
+    let body: serde_json::Value =
+        serde_json::from_str(&answer.body).unwrap_or_else(|_| panic!("a JSON body: {answer:?}"));
     body["error"].as_str().unwrap().to_owned()
 }
 
@@ -318,8 +318,16 @@ permissions = []
             let answer = get(&target, &[("Authorization", &bearer(key))]);
             assert_eq!(answer.status, 429, "{proxy}, {error}: {answer:?}");
             assert_eq!(error_code(&answer), error, "{proxy}: {answer:?}");
-            assert_eq!(answer.header("retry-after"), retry_after, "{proxy}, {error}");
-            assert_eq!(answer.header("ratelimit"), Some(ratelimit), "{proxy}, {error}");
+            assert_eq!(
+                answer.header("retry-after"),
+                retry_after,
+                "{proxy}, {error}"
+            );
+            assert_eq!(
+                answer.header("ratelimit"),
+                Some(ratelimit),
+                "{proxy}, {error}"
+            );
             assert_eq!(
                 answer.header("ratelimit-policy"),
                 Some(policy),
@@ -343,8 +351,17 @@ permissions = []
         let invalid = r#"Bearer realm="keygate", error="invalid_token""#;
         let scope = r#"Bearer realm="keygate", error="insufficient_scope", scope="library:read""#;
         let anonymous = r#"Bearer realm="keygate""#;
-        let cases: Vec<(&str, &str, Option<String>, u16, &str, &str)> = vec![
-            ("missing key", "/things/", None, 401, anonymous, "unauthorized"),
+        // (what, location, Authorization, status, challenge, error code)
+        type Case<'a> = (&'a str, &'a str, Option<String>, u16, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
+            (
+                "missing key",
+                "/things/",
+                None,
+                401,
+                anonymous,
+                "unauthorized",
+            ),
             (
                 "another scheme",
                 "/things/",

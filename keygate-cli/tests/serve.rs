@@ -711,7 +711,11 @@ async fn servers_starting_together_mint_one_first_key(store: Arc<dyn KeyStore>) 
         .into_iter()
         .flatten()
         .collect();
-    assert_eq!(minted, [serve::BOOTSTRAP_KEY_ID], "exactly one server minted");
+    assert_eq!(
+        minted,
+        [serve::BOOTSTRAP_KEY_ID],
+        "exactly one server minted"
+    );
     let printed: Vec<String> = [out_a, out_b]
         .into_iter()
         .map(|out| String::from_utf8(out).unwrap())
@@ -726,8 +730,14 @@ async fn servers_starting_together_mint_one_first_key(store: Arc<dyn KeyStore>) 
     let records = store.list(&ListQuery::new()).await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].id, serve::BOOTSTRAP_KEY_ID);
-    assert_eq!(a.verify(key).await.unwrap().key_id(), serve::BOOTSTRAP_KEY_ID);
-    assert_eq!(b.verify(key).await.unwrap().key_id(), serve::BOOTSTRAP_KEY_ID);
+    assert_eq!(
+        a.verify(key).await.unwrap().key_id(),
+        serve::BOOTSTRAP_KEY_ID
+    );
+    assert_eq!(
+        b.verify(key).await.unwrap().key_id(),
+        serve::BOOTSTRAP_KEY_ID
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1246,10 +1256,12 @@ async fn fresh_postgres(base: &str) -> (String, String, keygate::sqlx::PgPool) {
     let pool = keygate::sqlx::PgPool::connect(base).await.unwrap();
     let name = format!("kg_serve_{}", KeyId::random().as_uuid().simple());
     // The name is ours: `kg_serve_` and hex digits.
-    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&pool)
-        .await
-        .unwrap();
+    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
     let (url, query) = base.split_once('?').unwrap_or((base, ""));
     let (server, _) = url.rsplit_once('/').unwrap();
     let query = if query.is_empty() {

@@ -378,7 +378,10 @@ mod tests {
         }
         let response = misconfigured();
         assert_eq!(response.headers()[ERROR], "server_error");
-        assert_eq!(error_fields(r#"{"error":"a\"b","error_description":"c"}"#), None);
+        assert_eq!(
+            error_fields(r#"{"error":"a\"b","error_description":"c"}"#),
+            None
+        );
         assert_eq!(error_fields("not json"), None);
     }
 

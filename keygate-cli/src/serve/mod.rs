@@ -598,7 +598,12 @@ pub async fn bootstrap(
             );
             return Ok(None);
         }
-        Err(e) => return Err(ServeError::from_keygate("cannot mint the first admin key", e)),
+        Err(e) => {
+            return Err(ServeError::from_keygate(
+                "cannot mint the first admin key",
+                e,
+            ))
+        }
     };
     writeln!(out, "admin API key: {}", issued.key.expose())
         .and_then(|()| out.flush())
