@@ -312,6 +312,9 @@ pub fn main(overrides: &Overrides) -> ExitCode {
 /// address cannot be bound, or the last-used times cannot be written at the end.
 pub async fn run(config: &Config) -> Result<(), ServeError> {
     let app = open(config).await?;
+    // Before the server is announced: a stop signal from now on is a graceful stop (while
+    // the store is being opened, it still ends the process at once: nothing to flush).
+    let shutdown = shutdown_signal();
     let listener = TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServeError::Io {
@@ -338,7 +341,7 @@ pub async fn run(config: &Config) -> Result<(), ServeError> {
         )
         .await?;
     }
-    serve(listener, app, shutdown_signal(), DRAIN_TIMEOUT).await
+    serve(listener, app, shutdown, DRAIN_TIMEOUT).await
 }
 
 /// Opens the store `config.db` names and builds the gate over it: cached (TTL
@@ -668,28 +671,36 @@ pub async fn serve(
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Completes on SIGTERM or Ctrl-C (SIGINT). On Unix the handlers are installed when this
+/// is called, not when the future is first polled: a SIGTERM that arrives between the
+/// "listening" log and the server's first poll is then a graceful stop, never the default
+/// action (the process killed, last-used times lost). Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            let wait = |installed: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match installed {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wait(terminate) => {}
+                () = wait(interrupt) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 
