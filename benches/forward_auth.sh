@@ -22,7 +22,7 @@
 #
 # Environment: DURATION (5s), CONNECTIONS (16), THREADS (1), ROUNDS (3), PIN (1: with 2+
 # CPUs, nginx and keygate on CPU 0 and wrk on CPU 1; 0: no pinning).
-# Needs wrk and nginx (and caddy and traefik, which .ci/proxies.sh starts too):
+# Needs wrk and nginx (and Caddy and Traefik, which .ci/proxies.sh starts too):
 # `.ci/proxies.sh install`. The table is printed and written to target/forward-auth-bench.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,7 +33,7 @@ THREADS=${THREADS:-1}
 ROUNDS=${ROUNDS:-3}
 PIN=${PIN:-1}
 
-for tool in wrk nginx caddy traefik; do
+for tool in wrk nginx; do
   command -v "$tool" >/dev/null || { echo "$tool is required: .ci/proxies.sh install" >&2; exit 1; }
 done
 server_cpu=() wrk_cpu=()
