@@ -915,6 +915,82 @@ fn unknown_file_keys_and_secrets_in_the_file_are_refused() {
 }
 
 // ---------------------------------------------------------------------------------------
+// usage limits: kept in the store, not in the process
+
+/// With `limits = "store"`, credits and rate limits live in the database `keygate serve`
+/// runs over: a restart (or a second node on the same database) neither hands every key a
+/// fresh credit count nor a fresh burst. (With the default `memory`, a restart refills
+/// every key's credits.)
+#[tokio::test]
+async fn store_limits_outlive_a_restart_and_are_shared_by_nodes() {
+    use keygate::limits::{CreditPolicy, RateLimit};
+
+    let db = support::sqlite_temp_path();
+    let url = format!("sqlite://{}", db.display());
+    let config = resolve(
+        &Overrides::default(),
+        &[("KEYGATE_DB", &url), ("KEYGATE_LIMITS", "store")],
+        "",
+    );
+    let first = serve::open(&config).await.unwrap();
+    let metered = first
+        .gate()
+        .mint(NewKey::new("metered", "user-1").credits(CreditPolicy::new(2)))
+        .await
+        .unwrap();
+    let limited = first
+        .gate()
+        .mint(
+            NewKey::new("limited", "user-1").ratelimits([RateLimit::new("requests", 2, 3_600_000)]),
+        )
+        .await
+        .unwrap();
+    let ask = |app: &App, key: &str| {
+        let auth = bearer(key);
+        let app = app.clone();
+        async move { call(&app, "GET", "/auth", &[("authorization", &auth)]).await }
+    };
+    assert_eq!(
+        ask(&first, metered.key.expose()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        ask(&first, limited.key.expose()).await.status,
+        StatusCode::OK
+    );
+
+    // A second node on the same database, or this one restarted.
+    let second = serve::open(&config).await.unwrap();
+    assert_eq!(
+        ask(&second, metered.key.expose()).await.status,
+        StatusCode::OK
+    );
+    assert_eq!(
+        ask(&second, limited.key.expose()).await.status,
+        StatusCode::OK
+    );
+    for app in [&first, &second] {
+        let spent = ask(app, metered.key.expose()).await;
+        assert_eq!(
+            spent.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            spent.body
+        );
+        assert!(spent.body.contains("credits_exhausted"), "{}", spent.body);
+        let limited = ask(app, limited.key.expose()).await;
+        assert_eq!(
+            limited.status,
+            StatusCode::TOO_MANY_REQUESTS,
+            "{}",
+            limited.body
+        );
+    }
+    drop((first, second));
+    let _ = std::fs::remove_file(&db);
+}
+
+// ---------------------------------------------------------------------------------------
 // shutdown, in-process: the last-used times pending at shutdown are written
 
 #[tokio::test]
@@ -965,6 +1041,57 @@ async fn shutdown_writes_pending_last_used_times() {
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
     assert!(last_used(second.record.id).await.is_some());
+}
+
+// ---------------------------------------------------------------------------------------
+// limits = "local-first": decided in process, the last usage sent to the store at shutdown
+
+#[tokio::test]
+async fn local_first_limits_reach_the_store_when_the_server_stops() {
+    let db = support::sqlite_temp_path();
+    let file = |limits: &str| {
+        format!(
+            "db = \"sqlite://{}\"\nbootstrap = false\nlimits = \"{limits}\"\nlimits_sync_ms = 3600000\n",
+            db.display()
+        )
+    };
+    // One server, local-first, syncing hourly: only the shutdown sends its usage.
+    let local = serve::open(&resolve(&Overrides::default(), &[], &file("local-first")))
+        .await
+        .unwrap();
+    let gate = local.gate().clone();
+    let limit = keygate::limits::RateLimit::new("requests", 3, 3_600_000);
+    let issued = gate
+        .mint(NewKey::new("script", "user-1").ratelimits([limit]))
+        .await
+        .unwrap();
+    let key = issued.key.expose().to_owned();
+    gate.verify(&key).await.unwrap();
+    gate.verify(&key).await.unwrap();
+    drop(gate);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve::serve(
+        listener,
+        local,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    // A server keeping limits in the store sees the two uses: one of three left.
+    let exact = serve::open(&resolve(&Overrides::default(), &[], &file("store")))
+        .await
+        .unwrap();
+    exact.gate().verify(&key).await.unwrap();
+    let refused = exact.gate().verify(&key).await.unwrap_err();
+    assert!(
+        matches!(refused, VerifyError::RateLimited(_)),
+        "{refused:?}"
+    );
+    let _ = std::fs::remove_file(&db);
 }
 
 // ---------------------------------------------------------------------------------------

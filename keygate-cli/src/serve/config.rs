@@ -18,6 +18,8 @@
 //! | `bootstrap_owner` | `KEYGATE_BOOTSTRAP_OWNER` | `admin` |
 //! | `cache_ttl_secs` | `KEYGATE_CACHE_TTL_SECS` | `5` |
 //! | `store_timeout_ms` | `KEYGATE_STORE_TIMEOUT_MS` | `2000` |
+//! | `limits` | `KEYGATE_LIMITS` | `memory`: rate limits and credits in this process (`store`: exact in the `db` store, shared by every server on it; `local-first`: rate limits decided in this process and synced to the store in the background, credits exact in the store) |
+//! | `limits_sync_ms` | `KEYGATE_LIMITS_SYNC_MS` | `100`: how often `local-first` syncs |
 //! | `original_uri_header` | `KEYGATE_ORIGINAL_URI_HEADER` | `X-Original-URI` |
 //! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
 //! | `trusted_proxies` | `KEYGATE_TRUSTED_PROXIES` (comma-separated) | `["127.0.0.0/8", "::1/128"]`: loopback |
@@ -26,6 +28,12 @@
 //! | `[users.<id>]` | (file only) | none: no user directory |
 //!
 //! The file is named by `--config` or `KEYGATE_CONFIG`.
+//!
+//! `limits`: with one `keygate serve`, `memory` is exact. Several servers on one
+//! PostgreSQL or Redis need `store` (one store round trip per limited request, exact) or
+//! `local-first` (no round trip for rate limits; across N servers a limit may be exceeded
+//! by up to `(N − 1)·(burst + 2·rate·(limits_sync_ms + store latency))` units, see
+//! `keygate::limits::LocalFirst`). Limit state in `memory` is lost on restart.
 //!
 //! `trusted_proxies` are the CIDRs of the reverse proxies whose `proxy_header` keygate
 //! believes: `/auth` checks keys with allowed networks against the client address they
@@ -66,6 +74,8 @@ struct FileConfig {
     bootstrap_owner: Option<String>,
     cache_ttl_secs: Option<u64>,
     store_timeout_ms: Option<u64>,
+    limits: Option<String>,
+    limits_sync_ms: Option<u64>,
     original_uri_header: Option<String>,
     original_method_header: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -110,6 +120,21 @@ impl LogFormat {
     }
 }
 
+/// Where rate-limit and credit state lives (`limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitsMode {
+    /// In this process (`MemoryLimiter`): exact for one server, lost on restart.
+    Memory,
+    /// In the `db` store: exact across every server sharing it.
+    Store,
+    /// `LocalFirst` over the `db` store, syncing every `sync`.
+    LocalFirst {
+        /// The sync interval.
+        sync: Duration,
+    },
+}
+
 /// Where the pepper comes from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PepperSource {
@@ -143,8 +168,8 @@ pub enum JwtSource {
 }
 
 /// The resolved settings of `keygate serve` (see the [module docs](self) for where each
-/// comes from).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// comes from). `Debug` shows the store URL with its password and query masked.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// Listen address.
@@ -171,6 +196,8 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// How long a store call may take before the request is answered 503.
     pub store_timeout: Duration,
+    /// Where rate-limit and credit state lives.
+    pub limits: LimitsMode,
     /// The header carrying the original request's URI (logged; nginx sets it).
     pub original_uri_header: String,
     /// The header carrying the original request's method (logged; nginx sets it).
@@ -186,9 +213,45 @@ pub struct Config {
     pub users: Option<BTreeMap<String, User>>,
 }
 
+// A store URL can carry a password (`postgres://user:secret@…`): never in a Debug print.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("db", &crate::redact_url(&self.db))
+            .field("prefix", &self.prefix)
+            .field("realm", &self.realm)
+            .field("pepper", &self.pepper)
+            .field("jwt_secret", &self.jwt_secret)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("bootstrap", &self.bootstrap)
+            .field("bootstrap_owner", &self.bootstrap_owner)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("store_timeout", &self.store_timeout)
+            .field("original_uri_header", &self.original_uri_header)
+            .field("original_method_header", &self.original_method_header)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_header", &self.proxy_header)
+            .field("github_keys_file", &self.github_keys_file)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("db", &self.db.as_deref().map(crate::redact_url))
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 /// Values from the command line (`--db`, `--prefix`, which clap also fills from the
-/// environment), and the configuration file's path.
-#[derive(Debug, Clone, Default)]
+/// environment), and the configuration file's path. `Debug` masks the store URL's password.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct Overrides {
     /// `--db`.
@@ -380,6 +443,34 @@ impl Config {
                 None => ProxyHeader::XForwardedFor,
             },
         };
+        let limits_sync =
+            Duration::from_millis(number("KEYGATE_LIMITS_SYNC_MS", file.limits_sync_ms, 100)?);
+        let (limits_name, limits_value) = match env("KEYGATE_LIMITS") {
+            Some(value) => ("KEYGATE_LIMITS", Some(value)),
+            None => ("limits", file.limits),
+        };
+        let limits = match limits_value
+            .as_deref()
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => LimitsMode::Memory,
+            Some(value) => match value.as_str() {
+                "memory" => LimitsMode::Memory,
+                "store" => LimitsMode::Store,
+                "local-first" => {
+                    if limits_sync.is_zero() {
+                        return Err(ConfigError::invalid("limits_sync_ms", "must be at least 1"));
+                    }
+                    LimitsMode::LocalFirst { sync: limits_sync }
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        limits_name,
+                        "expected memory, store or local-first",
+                    ))
+                }
+            },
+        };
         let log = env("KEYGATE_LOG")
             .or_else(|| env("RUST_LOG"))
             .or(file.log)
@@ -412,6 +503,7 @@ impl Config {
                 file.store_timeout_ms,
                 2000,
             )?),
+            limits,
             original_uri_header: string(
                 "KEYGATE_ORIGINAL_URI_HEADER",
                 file.original_uri_header,
@@ -537,6 +629,24 @@ mod tests {
     }
 
     #[test]
+    fn debug_never_shows_the_store_password() {
+        let url = "postgres://keygate:hunter2secret@db.example:5432/keys?password=alsosecret";
+        let config = resolve(&[("KEYGATE_DB", url), ("KEYGATE_PEPPER", "x")], "").unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("db.example"), "{shown}");
+        assert!(
+            !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
+            "{shown}"
+        );
+        let overrides = Overrides::new(Some(url.to_owned()), None, None);
+        let shown = format!("{overrides:?}");
+        assert!(
+            !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
+            "{shown}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused_with_their_line() {
         let error = resolve(&[], "addr = \"127.0.0.1:1\"\nadress = \"x\"\n").unwrap_err();
         let text = error.to_string();
@@ -568,6 +678,35 @@ mod tests {
         assert!(e.to_string().starts_with("KEYGATE_TRUSTED_PROXIES:"), "{e}");
         let e = resolve(&[("KEYGATE_PROXY_HEADER", "x-real-ip")], "").unwrap_err();
         assert!(e.to_string().starts_with("KEYGATE_PROXY_HEADER:"), "{e}");
+    }
+
+    #[test]
+    fn limits_default_to_memory_and_local_first_takes_its_interval() {
+        assert_eq!(resolve(&[], "").unwrap().limits, LimitsMode::Memory);
+        assert_eq!(
+            resolve(&[], "limits = \"store\"\n").unwrap().limits,
+            LimitsMode::Store
+        );
+        assert_eq!(
+            resolve(&[], "limits = \"local-first\"\nlimits_sync_ms = 250\n")
+                .unwrap()
+                .limits,
+            LimitsMode::LocalFirst {
+                sync: Duration::from_millis(250)
+            }
+        );
+        assert_eq!(
+            resolve(&[("KEYGATE_LIMITS", "Local-First")], "limits = \"store\"\n")
+                .unwrap()
+                .limits,
+            LimitsMode::LocalFirst {
+                sync: Duration::from_millis(100)
+            }
+        );
+        let e = resolve(&[("KEYGATE_LIMITS", "redis")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_LIMITS:"), "{e}");
+        let e = resolve(&[], "limits = \"local-first\"\nlimits_sync_ms = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("limits_sync_ms:"), "{e}");
     }
 
     #[test]
