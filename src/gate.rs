@@ -279,7 +279,7 @@ impl Keygate {
 
         // A key hashed under the wrong pepper could never verify: write none.
         self.check_pepper().await?;
-        let id = KeyId::random();
+        let id = new.id.unwrap_or_else(KeyId::random);
         let (token, hash) = match new.format {
             KeyFormat::Opaque => {
                 let token = OpaqueKey::generate(&inner.prefix, id);

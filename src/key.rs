@@ -130,6 +130,12 @@ impl KeyId {
         Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
+    /// The id whose UUID is `value` (for a fixed, well-known id; see
+    /// [`NewKey::id`](crate::NewKey::id)).
+    pub const fn from_u128(value: u128) -> Self {
+        Self(Uuid::from_u128(value))
+    }
+
     /// The UUID.
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
