@@ -2,7 +2,7 @@
 //! `bash benches/revocation.sh`, which prints the tables of benches/README.md; one mode per
 //! invocation (the first argument):
 //!
-//! - `latency <postgres|redis> <trials>`: two nodes with the **default settings**
+//! - `latency <postgres|redis|redis-cluster> <trials>`: two nodes with the **default settings**
 //!   (`CacheConfig::new()`: 5 s TTL; `FeedConfig::new()`: 250 ms heartbeat + 250 ms
 //!   deadline), node B connected through a local TCP proxy. Each trial mints a key on A,
 //!   makes B serve it from its cache, revokes it on A and times, from the moment `revoke`
@@ -10,7 +10,10 @@
 //!   first stalls B's feed connection (the proxy stops forwarding it, closing nothing),
 //!   waits a random 0-250 ms, then revokes; the proxy resumes after the trial and the next
 //!   trial waits until B's feed is back in sync. Prints p50/p99/max for all trials, the
-//!   normal ones and the dropped-connection ones.
+//!   normal ones and the dropped-connection ones. On Redis Cluster
+//!   (`KEYGATE_TEST_REDIS_CLUSTER_URLS`, `.ci/cluster.sh`) B talks to every node, so no one
+//!   proxy sits in its path: every 4th trial instead kills the feed connections
+//!   (`CLIENT KILL` of the sharded subscribers on the namespace's primary), then waits.
 //! - `write-cost <postgres|redis> <writes>`: the cost of the change log per write, both
 //!   sides in alternating order in one run on one row: PostgreSQL, the store's update
 //!   statement with the log (counter row + log insert + trim check + NOTIFY `<seq>:<id>`)
@@ -145,7 +148,7 @@ async fn latency(backend: &str, trials: usize) {
                 .await
                 .unwrap();
             let b = node(PostgresStore::from_pool(pool)).await;
-            run_trials("PostgreSQL", &a, &b, &proxy, trials).await;
+            run_trials("PostgreSQL", &a, &b, &Dropper::Stall(&proxy), trials).await;
         }
         "redis" => {
             let url = env("KEYGATE_TEST_REDIS_URL");
@@ -166,7 +169,7 @@ async fn latency(backend: &str, trials: usize) {
             let proxy = StallProxy::start(upstream, RedisStore::FEED_CLIENT_NAME.as_bytes()).await;
             let proxied = format!("redis://{}/", proxy.addr());
             let b = node(RedisStore::connect_with(proxied, config).await.unwrap()).await;
-            run_trials("Redis", &a, &b, &proxy, trials).await;
+            run_trials("Redis", &a, &b, &Dropper::Stall(&proxy), trials).await;
             // Clean up the namespace.
             let mut conn = keygate::redis::Client::open(url.as_str())
                 .unwrap()
@@ -186,7 +189,140 @@ async fn latency(backend: &str, trials: usize) {
                     .unwrap();
             }
         }
+        "redis-cluster" => {
+            let urls: Vec<String> = env("KEYGATE_TEST_REDIS_CLUSTER_URLS")
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            let ns = format!("keygate-bench:{}:", KeyId::random().as_uuid().simple());
+            let config = RedisConfig::new().namespace(ns.clone());
+            let a = node(RedisStore::connect_cluster(urls.clone(), config.clone()).await.unwrap()).await;
+            let b = node(RedisStore::connect_cluster(urls.clone(), config).await.unwrap()).await;
+            let primary = slot_primary(&urls[0], &format!("{{{ns}}}")).await;
+            run_trials("Redis Cluster", &a, &b, &Dropper::KillFeeds(primary), trials).await;
+            // The records sit in the namespace's slot, on that primary.
+            let mut conn = keygate::redis::Client::open(format!("redis://{primary}/"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let keys: Vec<String> = keygate::redis::cmd("KEYS")
+                .arg(format!("{{{ns}}}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for key in keys {
+                let _: () = keygate::redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
         other => panic!("unknown backend {other}"),
+    }
+}
+
+/// `host:port` of the cluster primary serving `key`'s slot, asked of the node at `url`.
+async fn slot_primary(url: &str, key: &str) -> String {
+    let mut conn = keygate::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slot: i64 = keygate::redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let slots: Vec<(i64, i64, (String, i64))> = {
+        let raw: Vec<keygate::redis::Value> = keygate::redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        raw.into_iter()
+            .map(|range| {
+                let keygate::redis::Value::Array(parts) = range else {
+                    panic!("CLUSTER SLOTS: {range:?}");
+                };
+                let int = |v: &keygate::redis::Value| match v {
+                    keygate::redis::Value::Int(i) => *i,
+                    other => panic!("{other:?}"),
+                };
+                let keygate::redis::Value::Array(node) = &parts[2] else {
+                    panic!("CLUSTER SLOTS node");
+                };
+                let host = match &node[0] {
+                    keygate::redis::Value::BulkString(b) => String::from_utf8(b.clone()).unwrap(),
+                    other => panic!("{other:?}"),
+                };
+                (int(&parts[0]), int(&parts[1]), (host, int(&node[1])))
+            })
+            .collect()
+    };
+    let (_, _, (host, port)) = slots
+        .into_iter()
+        .find(|(lo, hi, _)| (*lo..=*hi).contains(&slot))
+        .expect("a primary serves the slot");
+    format!("{host}:{port}")
+}
+
+/// How a trial cuts B's feed: a proxy that silently stops forwarding it, or (Redis
+/// Cluster, where B speaks to every node and no one proxy sits in its path) `CLIENT KILL`
+/// of every sharded subscriber on the primary of the namespace's slot (A's feed too).
+enum Dropper<'a> {
+    Stall(&'a StallProxy),
+    KillFeeds(String),
+}
+
+impl Dropper<'_> {
+    async fn cut(&self) {
+        match self {
+            Self::Stall(proxy) => proxy.stall(),
+            Self::KillFeeds(primary) => {
+                let mut conn = keygate::redis::Client::open(format!("redis://{primary}/"))
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let list: String = keygate::redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                for line in list.lines() {
+                    let sharded = line
+                        .split(' ')
+                        .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"));
+                    if let (true, Some(id)) =
+                        (sharded, line.split(' ').find_map(|kv| kv.strip_prefix("id=")))
+                    {
+                        let _: i64 = keygate::redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("ID")
+                            .arg(id)
+                            .query_async(&mut conn)
+                            .await
+                            .unwrap();
+                    }
+                }
+            }
+        }
+    }
+
+    fn resume(&self) {
+        if let Self::Stall(proxy) = self {
+            proxy.resume();
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Stall(_) => "feed silently dropped before the revoke",
+            Self::KillFeeds(_) => "feed connection killed before the revoke",
+        }
     }
 }
 
@@ -203,7 +339,7 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
     label: &str,
     a: &Node<S>,
     b: &Node<T>,
-    proxy: &StallProxy,
+    proxy: &Dropper<'_>,
     trials: usize,
 ) {
     let mut normal = Vec::new();
@@ -222,7 +358,7 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
             "B serves the key from its cache"
         );
         if drop_feed {
-            proxy.stall();
+            proxy.cut().await;
             let wait = u64::from(KeyId::random().as_uuid().as_bytes()[0]) % 251;
             tokio::time::sleep(Duration::from_millis(wait)).await;
         }
@@ -251,10 +387,7 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
     let all: Vec<Duration> = normal.iter().chain(&dropped).copied().collect();
     row(&format!("{label}, all trials"), all);
     row(&format!("{label}, feed connected"), normal);
-    row(
-        &format!("{label}, feed silently dropped before the revoke"),
-        dropped,
-    );
+    row(&format!("{label}, {}", proxy.label()), dropped);
 }
 
 fn pick(sorted: &[Duration], q: f64) -> Duration {

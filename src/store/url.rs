@@ -11,6 +11,7 @@ use super::{KeyStore, StoreError};
 /// | `sqlite://path`, `sqlite:path`, `sqlite::memory:`, a plain path | `SqliteStore` | `sqlite` |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` | `postgres` |
 /// | `redis://…`, `rediss://…`, `redis+unix://…` | `RedisStore` | `redis` |
+/// | `redis+cluster://host:port,host:port/`, `redis+sentinel://host:port,…/<master>` (and `rediss+…`) | `RedisStore` ([`connect_url`](crate::RedisStore::connect_url)) | `redis` |
 ///
 /// Each store opens with its `connect(url)` and default config (`SqliteConfig`,
 /// `PostgresConfig`, `RedisConfig`); SQL stores apply their migrations on open. For other
@@ -39,7 +40,10 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres(url).await,
-        Some("redis" | "rediss" | "redis+unix") => redis(url).await,
+        Some(
+            "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster"
+            | "redis+sentinel" | "rediss+sentinel",
+        ) => redis(url).await,
         Some("sqlite") => sqlite(url).await,
         // A bare path (`keys.db`, `./data/keys.db`, `/var/lib/app/keys.db`).
         None => sqlite(url).await,
@@ -75,7 +79,7 @@ async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
     Ok(Arc::new(
-        crate::RedisStore::connect_with(url, config).await?,
+        crate::RedisStore::connect_url(url, config).await?,
     ))
 }
 
