@@ -28,7 +28,10 @@ fn main() {
     for (cfg, var) in [
         ("keygate_test_postgres", "KEYGATE_TEST_POSTGRES_URL"),
         ("keygate_test_redis", "KEYGATE_TEST_REDIS_URL"),
-        ("keygate_test_redis_cluster", "KEYGATE_TEST_REDIS_CLUSTER_URLS"),
+        (
+            "keygate_test_redis_cluster",
+            "KEYGATE_TEST_REDIS_CLUSTER_URLS",
+        ),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={var}");

@@ -196,10 +196,27 @@ async fn latency(backend: &str, trials: usize) {
                 .collect();
             let ns = format!("keygate-bench:{}:", KeyId::random().as_uuid().simple());
             let config = RedisConfig::new().namespace(ns.clone());
-            let a = node(RedisStore::connect_cluster(urls.clone(), config.clone()).await.unwrap()).await;
-            let b = node(RedisStore::connect_cluster(urls.clone(), config).await.unwrap()).await;
+            let a = node(
+                RedisStore::connect_cluster(urls.clone(), config.clone())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let b = node(
+                RedisStore::connect_cluster(urls.clone(), config)
+                    .await
+                    .unwrap(),
+            )
+            .await;
             let primary = slot_primary(&urls[0], &format!("{{{ns}}}")).await;
-            run_trials("Redis Cluster", &a, &b, &Dropper::KillFeeds(primary), trials).await;
+            run_trials(
+                "Redis Cluster",
+                &a,
+                &b,
+                &Dropper::KillFeeds(primary),
+                trials,
+            )
+            .await;
             // The records sit in the namespace's slot, on that primary.
             let mut conn = keygate::redis::Client::open(format!("redis://{primary}/"))
                 .unwrap()
@@ -296,9 +313,10 @@ impl Dropper<'_> {
                     let sharded = line
                         .split(' ')
                         .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"));
-                    if let (true, Some(id)) =
-                        (sharded, line.split(' ').find_map(|kv| kv.strip_prefix("id=")))
-                    {
+                    if let (true, Some(id)) = (
+                        sharded,
+                        line.split(' ').find_map(|kv| kv.strip_prefix("id=")),
+                    ) {
                         let _: i64 = keygate::redis::cmd("CLIENT")
                             .arg("KILL")
                             .arg("ID")

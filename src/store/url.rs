@@ -78,9 +78,7 @@ async fn postgres(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
 async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
-    Ok(Arc::new(
-        crate::RedisStore::connect_url(url, config).await?,
-    ))
+    Ok(Arc::new(crate::RedisStore::connect_url(url, config).await?))
 }
 
 #[cfg(not(feature = "redis"))]

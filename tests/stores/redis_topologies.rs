@@ -85,7 +85,10 @@ impl Scratch {
             })
             .collect();
         Self {
-            namespace: format!("keygate-test:{}:", keygate::KeyId::random().as_uuid().simple()),
+            namespace: format!(
+                "keygate-test:{}:",
+                keygate::KeyId::random().as_uuid().simple()
+            ),
             ports,
         }
     }
@@ -169,7 +172,15 @@ async fn slot_owner(key: &str) -> (u16, u16) {
         .map(|l| l.split(' ').collect::<Vec<_>>())
         .collect();
     let port = |fields: &[&str]| -> u16 {
-        fields[1].split('@').next().unwrap().rsplit(':').next().unwrap().parse().unwrap()
+        fields[1]
+            .split('@')
+            .next()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap()
     };
     let primary = lines
         .iter()
@@ -247,7 +258,10 @@ async fn sentinel_failover() {
             eprintln!("sentinel failover: {before} -> {now}");
             return;
         }
-        assert!(Instant::now() < deadline, "SENTINEL FAILOVER did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "SENTINEL FAILOVER did not finish"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -382,7 +396,8 @@ async fn cluster_feed_killed_during_a_burst_of_revocations_loses_none() {
     burst(&a, &b, || async {
         // Only feeds hold sharded subscriptions: a's and b's, on that primary.
         let killed = kill_clients(primary, |line| {
-            line.split(' ').any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"))
+            line.split(' ')
+                .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"))
         })
         .await;
         assert_eq!(killed, 2, "a's and b's feed connections were killed");
@@ -530,7 +545,10 @@ where
             accepted.push(issued.record.id);
         }
     }
-    assert!(accepted.is_empty(), "revoked keys accepted on b: {accepted:?}");
+    assert!(
+        accepted.is_empty(),
+        "revoked keys accepted on b: {accepted:?}"
+    );
     eprintln!("b's cache after the failover: {:?}", stats(b));
     lost
 }
@@ -569,7 +587,10 @@ async fn a_cluster_failover_during_revocations_loses_none() {
     })
     .await;
     // CLUSTER FAILOVER waits for the replica to catch up before it takes over.
-    assert_eq!(lost, 0, "a manual cluster failover loses no acknowledged write");
+    assert_eq!(
+        lost, 0,
+        "a manual cluster failover loses no acknowledged write"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,7 +39,10 @@ pub fn redis_url() -> String {
 /// `KEYGATE_TEST_REDIS_SENTINEL_MASTER`), for tests marked with `keygate_test_redis_cluster`
 /// or `keygate_test_redis_sentinel`.
 pub fn cluster_setting(var: &str) -> String {
-    service_url(var, "Redis Cluster and Sentinel (eval \"$(.ci/cluster.sh start)\")")
+    service_url(
+        var,
+        "Redis Cluster and Sentinel (eval \"$(.ci/cluster.sh start)\")",
+    )
 }
 
 /// A setting of the TLS servers `.ci/tls.sh` starts (`KEYGATE_TEST_POSTGRES_TLS_URL`,

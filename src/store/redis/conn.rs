@@ -20,7 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{AsyncConnectionConfig, Client, ErrorKind, ProtocolVersion, RedisError, ServerErrorKind};
+use ::redis::{
+    AsyncConnectionConfig, Client, ErrorKind, ProtocolVersion, RedisError, ServerErrorKind,
+};
 
 use super::topology::{Conn, Target};
 use super::{RedisConfig, StoreError};
@@ -127,7 +129,11 @@ pub(super) fn watch_primary(supervisor: &Arc<Supervisor>) {
     };
     let seed = Arc::clone(seed);
     let weak = Arc::downgrade(supervisor);
-    let period = supervisor.config.feed.heartbeat.max(Duration::from_millis(10));
+    let period = supervisor
+        .config
+        .feed
+        .heartbeat
+        .max(Duration::from_millis(10));
     let limit = supervisor.config.response_timeout;
     runtime.spawn(async move {
         let mut conns: Vec<Option<::redis::aio::MultiplexedConnection>> =
@@ -143,7 +149,10 @@ pub(super) fn watch_primary(supervisor: &Arc<Supervisor>) {
             };
             if known.as_ref().is_some_and(|k| *k != now) {
                 seed.switches.fetch_add(1, Ordering::AcqRel);
-                supervisor.replace_after(Duration::ZERO, "Sentinel names a new redis primary; reconnecting");
+                supervisor.replace_after(
+                    Duration::ZERO,
+                    "Sentinel names a new redis primary; reconnecting",
+                );
             }
             known = Some(now);
         }
@@ -203,7 +212,10 @@ impl Supervisor {
         match &result {
             Err(StoreError::Timeout) => self.timed_out(),
             Err(e) if matches!(self.target, Target::Sentinel(_)) && lost_primary(e) => {
-                self.replace_after(PRIMARY_RETRY, "the redis primary is gone or was failed over");
+                self.replace_after(
+                    PRIMARY_RETRY,
+                    "the redis primary is gone or was failed over",
+                );
             }
             _ => {}
         }
@@ -255,7 +267,10 @@ impl Supervisor {
             if current.since.elapsed() < age {
                 return;
             }
-            match ConnectionManager::new_lazy_with_config(client.clone(), manager_config(&self.config)) {
+            match ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager_config(&self.config),
+            ) {
                 Ok(manager) => {
                     tracing::warn!(target: "keygate", "{why}");
                     *current = Current {

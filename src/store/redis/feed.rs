@@ -124,7 +124,12 @@ impl Feed {
         let client = match (&self.target, &self.single) {
             (Target::Sentinel(seed), _) => seed.master(ProtocolVersion::RESP3).await?,
             (_, Some(client)) => client.clone(),
-            (_, None) => return Err(RedisError::from((::redis::ErrorKind::Client, "no feed client"))),
+            (_, None) => {
+                return Err(RedisError::from((
+                    ::redis::ErrorKind::Client,
+                    "no feed client",
+                )))
+            }
         };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))

@@ -410,7 +410,9 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let nodes = topology::infos(nodes).map_err(tls::url_error)?;
         if nodes.is_empty() {
-            return Err(StoreError::InvalidUrl("a Redis Cluster needs at least one node".to_owned()));
+            return Err(StoreError::InvalidUrl(
+                "a Redis Cluster needs at least one node".to_owned(),
+            ));
         }
         if nodes.iter().any(|n| n.redis_settings().db() != 0) {
             return Err(StoreError::InvalidUrl(
@@ -449,7 +451,9 @@ impl RedisStore {
     ) -> Result<Self, StoreError> {
         let infos = topology::infos(sentinels).map_err(tls::url_error)?;
         let Some(first) = infos.first() else {
-            return Err(StoreError::InvalidUrl("Sentinel needs at least one sentinel".to_owned()));
+            return Err(StoreError::InvalidUrl(
+                "Sentinel needs at least one sentinel".to_owned(),
+            ));
         };
         tls::check_many(&infos, &config, false)?;
         let redis = first.redis_settings().clone();
@@ -474,7 +478,11 @@ impl RedisStore {
     }
 
     /// The store over `conn`; on a cluster, finds out whether it has sharded pub/sub.
-    async fn assemble(target: Target, mut conn: Conn, config: RedisConfig) -> Result<Self, StoreError> {
+    async fn assemble(
+        target: Target,
+        mut conn: Conn,
+        config: RedisConfig,
+    ) -> Result<Self, StoreError> {
         let cluster = target.is_cluster();
         let sharded = cluster && {
             let limit = conn::connect_limit(&config);
@@ -517,7 +525,11 @@ impl RedisStore {
     pub fn from_manager(client: Client, manager: ConnectionManager, config: RedisConfig) -> Self {
         let keys = Keys::new(&config.namespace, false, false);
         Self {
-            conn: Arc::new(Supervisor::new(Target::Single(client), Conn::Single(manager), config)),
+            conn: Arc::new(Supervisor::new(
+                Target::Single(client),
+                Conn::Single(manager),
+                config,
+            )),
             keys: Arc::new(keys),
         }
     }
@@ -810,8 +822,7 @@ impl KeyStore for RedisStore {
                 if !self.is_cluster() {
                     pipe.atomic();
                 }
-                pipe
-                    .cmd("HSETNX")
+                pipe.cmd("HSETNX")
                     .arg(&key)
                     .arg(version)
                     .arg(&fingerprint.as_bytes()[..])
@@ -832,4 +843,3 @@ impl KeyStore for RedisStore {
         Ok(Some(PepperFingerprint::from_bytes(known)))
     }
 }
-

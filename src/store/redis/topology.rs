@@ -116,7 +116,10 @@ impl ClusterSeed {
 }
 
 #[cfg(feature = "tls")]
-fn with_cluster_root_cert(builder: ClusterClientBuilder, pem: Option<&[u8]>) -> ClusterClientBuilder {
+fn with_cluster_root_cert(
+    builder: ClusterClientBuilder,
+    pem: Option<&[u8]>,
+) -> ClusterClientBuilder {
     match pem {
         Some(pem) => builder.certs(::redis::TlsCertificates {
             client_tls: None,
@@ -161,9 +164,14 @@ impl SentinelSeed {
         for (info, slot) in self.sentinels.iter().zip(conns.iter_mut()) {
             if slot.is_none() {
                 let connect = async {
-                    Client::open(info.clone())?.get_multiplexed_async_connection().await
+                    Client::open(info.clone())?
+                        .get_multiplexed_async_connection()
+                        .await
                 };
-                *slot = tokio::time::timeout(limit, connect).await.ok().and_then(Result::ok);
+                *slot = tokio::time::timeout(limit, connect)
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
             }
             let Some(conn) = slot.as_mut() else {
                 continue;
@@ -172,7 +180,8 @@ impl SentinelSeed {
                 .arg("GET-MASTER-ADDR-BY-NAME")
                 .arg(&self.master)
                 .clone();
-            match tokio::time::timeout(limit, ask.query_async::<Option<(String, u16)>>(conn)).await {
+            match tokio::time::timeout(limit, ask.query_async::<Option<(String, u16)>>(conn)).await
+            {
                 Ok(Ok(Some(addr))) => return Some(addr),
                 _ => *slot = None,
             }
@@ -250,7 +259,10 @@ pub(super) fn parse(url: &str) -> Result<Option<Parsed>, StoreError> {
             StoreError::InvalidUrl("a redis+sentinel:// URL names no sentinel".to_owned())
         })?;
         let (path, query) = match tail.find(['?', '#']) {
-            Some(at) => (tail.get(..at).unwrap_or_default(), tail.get(at..).unwrap_or_default()),
+            Some(at) => (
+                tail.get(..at).unwrap_or_default(),
+                tail.get(at..).unwrap_or_default(),
+            ),
             None => (tail.as_str(), ""),
         };
         let mut parts = path.trim_start_matches('/').splitn(2, '/');
