@@ -213,7 +213,7 @@ async fn latency(backend: &str, trials: usize) {
                 "Redis Cluster",
                 &a,
                 &b,
-                &Dropper::KillFeeds(primary),
+                &Dropper::KillFeeds(primary.clone()),
                 trials,
             )
             .await;

@@ -827,7 +827,7 @@ impl KeyStore for RedisStore {
                     .arg(version)
                     .arg(&fingerprint.as_bytes()[..])
                     .cmd("HGET")
-                    .arg(&key)
+                    .arg(key)
                     .arg(version)
                     .query_async(&mut self.conn.manager())
                     .await

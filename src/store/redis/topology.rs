@@ -22,6 +22,8 @@ pub(super) const SENTINEL_SCHEMES: [&str; 2] = ["redis+sentinel", "rediss+sentin
 
 /// Where the store's data lives.
 #[derive(Clone)]
+// One per store, made once: the size of `Client` does not matter.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Target {
     /// One server (or a proxy in front of one).
     Single(Client),
