@@ -823,7 +823,7 @@ impl KeyStore for RedisStore {
                     pipe.atomic();
                 }
                 pipe.cmd("HSETNX")
-                    .arg(&key)
+                    .arg(key)
                     .arg(version)
                     .arg(&fingerprint.as_bytes()[..])
                     .cmd("HGET")
