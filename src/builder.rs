@@ -156,8 +156,10 @@ impl KeygateBuilder {
     }
 
     /// Where rate-limit and credit state lives (default: a [`MemoryLimiter`] of this gate).
-    /// Pass an `Arc` and keep a clone to share one limiter between gates. See
-    /// [`crate::limits`].
+    /// Pass an `Arc` and keep a clone to share one limiter between gates. For rate limits
+    /// decided in process and synced to a store limiter in the background, pass a
+    /// [`LocalFirst`](crate::limits::LocalFirst) (and keep a clone to
+    /// [`shutdown`](crate::limits::LocalFirst::shutdown) it). See [`crate::limits`].
     pub fn limiter(mut self, limiter: impl Limiter) -> Self {
         self.limiter = Some(Arc::new(limiter));
         self

@@ -323,7 +323,10 @@
 //! [`SqliteStore`], [`PostgresStore`] and [`RedisStore`] are also
 //! [`Limiter`](limits::Limiter)s: `.limiter(store.clone())` on the builder keeps rate-limit
 //! and credit state next to the keys, exact across every app server sharing the database
-//! or Redis (one statement or one `EVALSHA` per check; see each store's docs).
+//! or Redis (one statement or one `EVALSHA` per check; see each store's docs). Wrapped in
+//! [`limits::LocalFirst`], rate limits are decided in process and synced to the store in
+//! the background instead (no store call on the request path; a documented, measured
+//! overshoot across nodes; credits stay exact).
 //!
 //! [`open_store`] picks one from a URL (`sqlite://keys.db`, `postgres://…`, `redis://…`), as
 //! the CLI does. Each store re-exports its driver (`keygate::sqlx`, `keygate::redis`) so you
@@ -560,8 +563,8 @@ pub use record::{InvalidRecord, KeyPatch, KeyRecord, Metadata, NewKey, Precondit
 pub use refusals::RefusalCounts;
 pub use secret::Secret;
 pub use store::{
-    open_store, CacheConfig, CacheStats, CachedStore, ChangeListener, Cursor, FeedConfig,
-    InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
+    open_store, open_store_with_limiter, CacheConfig, CacheStats, CachedStore, ChangeListener,
+    Cursor, FeedConfig, InvalidCursor, KeyStore, ListQuery, MemoryStore, Page, StoreError,
 };
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -35,9 +35,10 @@ use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Parser, Subcommand, ValueEnum};
 use keygate::admin::KeyView;
 use keygate::limits::{AllowedOrigin, Cidr, RequestContext};
-use keygate::limits::{CreditPolicy, CreditRefill, RateLimit};
+use keygate::limits::{CreditPolicy, CreditRefill, RateLimit, RefillInterval};
 use keygate::{
-    Error, JwtSecret, KeyFormat, KeyId, KeyPatch, Keygate, ListQuery, NewKey, Pepper, StoreError,
+    Error, JwtSecret, KeyFormat, KeyId, KeyPatch, KeyRecord, Keygate, ListQuery, NewKey, Pepper,
+    StoreError,
 };
 use keygate_cli::{chain, redact_url};
 
@@ -476,7 +477,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
                         println!("{}", to_json(&KeyView(record))?);
                     } else {
                         println!(
-                            "{}\t{}\t{}\t{}\t{}\t{}",
+                            "{}\t{}\t{}\t{}\t{}\t{}\t{}",
                             record.id,
                             if record.active { "active" } else { "inactive" },
                             record.format,
@@ -484,6 +485,7 @@ async fn command(gate: &Keygate, command: Command) -> Result<(), Fail> {
                             record
                                 .expires_at
                                 .map_or("never".to_owned(), |at| at.to_rfc3339()),
+                            limits_summary(record),
                             escape(&record.name)
                         );
                     }
@@ -607,6 +609,77 @@ async fn verify(gate: &Keygate, context: &RequestContext) -> Result<(), Fail> {
         Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
     }
     Ok(())
+}
+
+/// A key's usage limits and network restrictions for `list`'s table, in the flags'
+/// own syntax, space-separated, `-` for none:
+/// `requests=100/1m tokens=50000/1h:burst=5000:manual credits=1000 refill=monthly:1000:15
+/// cidrs=2 origins=1`. `credits` is the count as set (the count left lives in the
+/// server's limiter; the admin API shows it).
+fn limits_summary(record: &KeyRecord) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for limit in &record.ratelimits {
+        let mut part = format!(
+            "{}={}/{}",
+            escape(&limit.name),
+            limit.limit,
+            window_text(limit.duration)
+        );
+        if let Some(burst) = limit.burst {
+            let _ = write!(part, ":burst={burst}");
+        }
+        if !limit.auto_apply {
+            part.push_str(":manual");
+        }
+        parts.push(part);
+    }
+    if let Some(credits) = &record.credits {
+        parts.push(format!("credits={}", credits.remaining));
+        if let Some(refill) = &credits.refill {
+            parts.push(match refill.interval {
+                RefillInterval::Daily => format!("refill=daily:{}", refill.amount),
+                RefillInterval::Monthly => format!(
+                    "refill=monthly:{}:{}",
+                    refill.amount,
+                    refill.refill_day.unwrap_or(1)
+                ),
+                _ => format!("refill=other:{}", refill.amount),
+            });
+        }
+    }
+    let cidrs = record.network.cidrs().len();
+    if cidrs > 0 {
+        parts.push(format!("cidrs={cidrs}"));
+    }
+    let origins = record.network.origins().len();
+    if origins > 0 {
+        parts.push(format!("origins={origins}"));
+    }
+    if parts.is_empty() {
+        "-".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// A rate limit's window as `--ratelimit` takes it (`1m`, `24h`, `90s`); a window of
+/// milliseconds that is no whole second (set through the API) as `1500ms`.
+fn window_text(ms: u64) -> String {
+    // `Some(n)` when `size` divides `total` n times.
+    let times = |total: u64, size: u64| {
+        (total.checked_rem(size) == Some(0))
+            .then(|| total.checked_div(size))
+            .flatten()
+    };
+    let Some(secs) = times(ms, 1000) else {
+        return format!("{ms}ms");
+    };
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if let Some(n) = times(secs, size) {
+            return format!("{n}{unit}");
+        }
+    }
+    format!("{secs}s")
 }
 
 /// One line of JSON. serde_json escapes C0 controls in strings but writes DEL, C1
@@ -803,6 +876,21 @@ async fn connect_failure(url: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn windows_print_as_the_flag_takes_them() {
+        assert_eq!(window_text(60_000), "1m");
+        assert_eq!(window_text(1000), "1s");
+        assert_eq!(window_text(90_000), "90s");
+        assert_eq!(window_text(86_400_000), "1d");
+        assert_eq!(window_text(1_209_600_000), "2w");
+        assert_eq!(window_text(1500), "1500ms");
+        for ms in [1000, 60_000, 90_000, 3_600_000, 86_400_000] {
+            let text = window_text(ms);
+            let back = parse_duration(&text).unwrap().num_milliseconds();
+            assert_eq!(u64::try_from(back).unwrap(), ms, "{text}");
+        }
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -505,7 +505,7 @@ async fn stored_text_cannot_drive_the_terminal() {
     assert_eq!(line.lines().count(), 1, "{table:?}");
     assert_eq!(
         line.split('\t').count(),
-        6,
+        7,
         "a tab in the name split a column: {line:?}"
     );
     assert!(
@@ -938,6 +938,15 @@ async fn limits_are_set_at_mint_and_changed_later() {
         shown["credits"]["refill"],
         serde_json::json!({"interval": "monthly", "amount": 1000, "refillDay": 15})
     );
+    // list's table shows them in the flags' own syntax, before the name.
+    let table = cli.ok(&["list", "--user", "u1"]);
+    let columns: Vec<&str> = table.trim_end().split('\t').collect();
+    assert_eq!(
+        columns[5],
+        "requests=100/1m tokens=50000/1h:burst=5000:manual credits=1000 refill=monthly:1000:15",
+        "{table:?}"
+    );
+    assert_eq!(columns[6], "metered");
     let changed: serde_json::Value = serde_json::from_str(&cli.ok(&[
         "limits",
         &id,
@@ -948,6 +957,20 @@ async fn limits_are_set_at_mint_and_changed_later() {
     .unwrap();
     assert_eq!(changed["ratelimits"][0]["limit"], 10);
     assert_eq!(changed["credits"], serde_json::Value::Null);
+    cli.ok(&[
+        "restrict",
+        &id,
+        "--allow-cidr",
+        "10.0.0.0/8",
+        "--allow-cidr",
+        "::1",
+    ]);
+    let table = cli.ok(&["list", "--user", "u1"]);
+    assert_eq!(
+        table.trim_end().split('\t').nth(5),
+        Some("requests=10/1s cidrs=2"),
+        "{table:?}"
+    );
     // Bad limits are refused by clap (exit 2) before anything is written.
     for bad in [
         vec![

@@ -846,6 +846,57 @@ async fn shutdown_writes_pending_last_used_times() {
 }
 
 // ---------------------------------------------------------------------------------------
+// limits = "local-first": decided in process, the last usage sent to the store at shutdown
+
+#[tokio::test]
+async fn local_first_limits_reach_the_store_when_the_server_stops() {
+    let db = support::sqlite_temp_path();
+    let file = |limits: &str| {
+        format!(
+            "db = \"sqlite://{}\"\nbootstrap = false\nlimits = \"{limits}\"\nlimits_sync_ms = 3600000\n",
+            db.display()
+        )
+    };
+    // One server, local-first, syncing hourly: only the shutdown sends its usage.
+    let local = serve::open(&resolve(&Overrides::default(), &[], &file("local-first")))
+        .await
+        .unwrap();
+    let gate = local.gate().clone();
+    let limit = keygate::limits::RateLimit::new("requests", 3, 3_600_000);
+    let issued = gate
+        .mint(NewKey::new("script", "user-1").ratelimits([limit]))
+        .await
+        .unwrap();
+    let key = issued.key.expose().to_owned();
+    gate.verify(&key).await.unwrap();
+    gate.verify(&key).await.unwrap();
+    drop(gate);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve::serve(
+        listener,
+        local,
+        async {
+            let _ = stopped.await;
+        },
+        Duration::from_secs(5),
+    ));
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    // A server keeping limits in the store sees the two uses: one of three left.
+    let exact = serve::open(&resolve(&Overrides::default(), &[], &file("store")))
+        .await
+        .unwrap();
+    exact.gate().verify(&key).await.unwrap();
+    let refused = exact.gate().verify(&key).await.unwrap_err();
+    assert!(
+        matches!(refused, VerifyError::RateLimited(_)),
+        "{refused:?}"
+    );
+    let _ = std::fs::remove_file(&db);
+}
+
+// ---------------------------------------------------------------------------------------
 // the binary
 
 async fn sqlite_last_used(db: &Path, id: KeyId) -> Option<DateTime<Utc>> {

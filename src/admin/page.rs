@@ -8,11 +8,17 @@
 //! What the page does: sign in with an admin key (kept in the tab's memory, or in
 //! `sessionStorage` if the admin ticks "stay signed in in this tab"; never in a cookie), sent
 //! as `Authorization: Bearer` to the admin API; list keys (name, user, created, last used,
-//! expires, active); create one (name, user picked from the directory when it lists its
-//! users, see [`UserDirectory::users`](crate::UserDirectory::users), optional expiry,
-//! active) and show its plaintext once with a copy button; switch keys on and off; rotate
-//! (with an optional grace period); delete after a confirmation. Every value it shows is set
-//! as text (`textContent`), never parsed as HTML.
+//! expires, limits, active); create one (name, user picked from the directory when it lists
+//! its users, see [`UserDirectory::users`](crate::UserDirectory::users), optional expiry,
+//! active) and show its plaintext once with a copy button; switch keys on and off; edit
+//! (name, user, active); rotate (with an optional grace period); delete after a
+//! confirmation. The create and edit form has two collapsed sections, "Usage limits" (rate
+//! limits and credits with their refill) and "Network" (allowed networks and origins), in
+//! the admin API's [Unkey shapes](crate::admin#usage-limits-unkeys-shapes-as-extensions-of-audiobookshelfs);
+//! the list sums them up per key (`100/min · 4,200 credits · 2 networks`, credits as the
+//! count left now), and a 400 that names one of these fields is shown at that field. An
+//! edit sends only what changed (so an unchanged credit count is not restarted). Every
+//! value it shows is set as text (`textContent`), never parsed as HTML.
 //!
 //! Every answer carries a strict Content-Security-Policy ([`CONTENT_SECURITY_POLICY`]: no
 //! inline script or style, nothing from another origin, no framing), `X-Content-Type-Options:

@@ -37,7 +37,10 @@
 //! The *state* (each limit's theoretical arrival time, the credits left) changes on every
 //! request and lives apart from the record, which is cached, behind a [`Limiter`]: in
 //! process ([`MemoryLimiter`], the default) or in a shared store so that several servers
-//! agree exactly.
+//! agree exactly. Between the two, [`LocalFirst`] wraps a store limiter: rate limits are
+//! decided from memory and synced in the background, so N servers converge with a bounded
+//! overshoot (the bound, its derivation and its measurement are in [`LocalFirst`]'s
+//! docs), while credits stay exact in the store.
 //!
 //! # On a request
 //!
@@ -89,9 +92,11 @@ use crate::key::KeyId;
 
 pub(crate) mod events;
 pub mod gcra;
+mod local_first;
 mod memory;
 mod network;
 
+pub use local_first::{LocalFirst, LocalFirstConfig, NoRuntime, SyncReport};
 pub use memory::MemoryLimiter;
 pub(crate) use network::UNKNOWN as UNKNOWN_CONTEXT;
 pub use network::{

@@ -36,7 +36,7 @@ pub use memory::MemoryStore;
 pub use postgres::{PostgresConfig, PostgresStore};
 #[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteConfig, SqliteStore};
-pub use url::open_store;
+pub use url::{open_store, open_store_with_limiter};
 
 /// Where key records live.
 ///
@@ -320,8 +320,8 @@ impl Sequence {
         self.last
     }
 
-    /// A notice: pass the id on (unless a replay passed it on already); say whether the
-    /// log must be read.
+    /// A notice: pass the id on (always, even when a replay passed it on already); say
+    /// whether the log must be read.
     pub(crate) fn notice(
         &mut self,
         listener: &dyn ChangeListener,
@@ -329,8 +329,14 @@ impl Sequence {
         id: KeyId,
     ) -> Next {
         match (seq, self.last) {
-            // Everything up to `last` was passed on.
-            (Some(seq), Some(last)) if seq <= last => Next::Nothing,
+            // Normally a change a replay passed on already; but after the store's counter
+            // went back (a failover that lost writes, a restore) it is a new change under a
+            // reused number, which no replay from `last` will ever return. Passing it on
+            // again costs one reload of that record; dropping it could keep a revoke unseen.
+            (Some(seq), Some(last)) if seq <= last => {
+                listener.changed(id);
+                Next::Nothing
+            }
             (Some(seq), Some(last)) if Some(seq) == last.checked_add(1) => {
                 listener.changed(id);
                 self.last = Some(seq);
@@ -710,12 +716,35 @@ mod sequence_tests {
         assert!(!seq.replay(&heard, 10, &[(9, b), (10, c)]));
         assert_eq!(heard.take(), (vec![a, c, b, c], 0));
         assert_eq!(seq.last(), Some(10));
-        // A notice the replay covered already is not passed on again.
+        // A notice the replay covered already is passed on again (harmless; see
+        // `a_notice_numbered_at_or_below_the_last_is_still_passed_on`), nothing more.
         assert_eq!(seq.notice(&heard, Some(10), c), Next::Nothing);
-        assert_eq!(heard.take(), (vec![], 0));
+        assert_eq!(heard.take(), (vec![c], 0));
+        assert_eq!(seq.last(), Some(10));
         // A notice without a number (an older keygate wrote it): passed on, log read.
         assert_eq!(seq.notice(&heard, None, a), Next::CatchUp);
         assert_eq!(heard.take(), (vec![a], 0));
+    }
+
+    /// The store's counter went back (a failover that lost its last writes, a restore from
+    /// a backup): new writes reuse numbers the feed has passed already. Their notices are
+    /// still passed on: an extra invalidation is harmless, a dropped one keeps a revoked
+    /// key cached until its TTL if the counter is back at the feed's number by the next
+    /// heartbeat (which then sees nothing missing).
+    #[test]
+    fn a_notice_numbered_at_or_below_the_last_is_still_passed_on() {
+        let heard = Heard::default();
+        let mut seq = Sequence::default();
+        seq.replay(&heard, 10, &[]);
+        heard.take();
+        // Writes 9 and 10 were lost with the old primary; two new writes take 9 and 10.
+        let (d, e) = (KeyId::random(), KeyId::random());
+        assert_eq!(seq.notice(&heard, Some(9), d), Next::Nothing);
+        assert_eq!(seq.notice(&heard, Some(10), e), Next::Nothing);
+        assert_eq!(heard.take(), (vec![d, e], 0));
+        // The next heartbeat finds the counter at 10 again: nothing to replay.
+        assert!(!seq.replay(&heard, 10, &[]));
+        assert_eq!(seq.last(), Some(10));
     }
 
     #[test]

@@ -3,6 +3,10 @@
 use std::sync::Arc;
 
 use super::{KeyStore, StoreError};
+use crate::limits::Limiter;
+
+/// A store opened from a URL, as a key store and as a limiter (the same instance).
+type Opened = (Arc<dyn KeyStore>, Arc<dyn Limiter>);
 
 /// Opens the store a URL names, with the default options of each:
 ///
@@ -37,6 +41,19 @@ use super::{KeyStore, StoreError};
 /// build without the `tls` feature; the store's own error when it cannot be opened
 /// (unreachable, refused, a failed migration, a failed TLS handshake).
 pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+    open_store_with_limiter(url).await.map(|(store, _)| store)
+}
+
+/// Opens the store a URL names, as [`open_store`] does, and also returns it as a
+/// [`Limiter`]: one instance (one pool or connection) serving both, so that rate-limit
+/// and credit state can live beside the keys (every built-in store is a limiter). Give the
+/// limiter to [`KeygateBuilder::limiter`](crate::KeygateBuilder::limiter), directly
+/// (exact across servers) or inside a [`LocalFirst`](crate::limits::LocalFirst).
+///
+/// # Errors
+///
+/// As [`open_store`].
+pub async fn open_store_with_limiter(url: &str) -> Result<Opened, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres(url).await,
@@ -55,34 +72,37 @@ pub async fn open_store(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
 }
 
 #[cfg(feature = "sqlite")]
-async fn sqlite(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::SqliteStore::connect(url).await?))
+async fn sqlite(url: &str) -> Result<Opened, StoreError> {
+    let store = Arc::new(crate::SqliteStore::connect(url).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "sqlite"))]
-async fn sqlite(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn sqlite(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("sqlite"))
 }
 
 #[cfg(feature = "postgres")]
-async fn postgres(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
-    Ok(Arc::new(crate::PostgresStore::connect(url).await?))
+async fn postgres(url: &str) -> Result<Opened, StoreError> {
+    let store = Arc::new(crate::PostgresStore::connect(url).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "postgres"))]
-async fn postgres(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn postgres(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("postgres"))
 }
 
 #[cfg(feature = "redis")]
-async fn redis(url: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn redis(url: &str) -> Result<Opened, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
-    Ok(Arc::new(crate::RedisStore::connect_url(url, config).await?))
+    let store = Arc::new(crate::RedisStore::connect_url(url, config).await?);
+    Ok((store.clone(), store))
 }
 
 #[cfg(not(feature = "redis"))]
-async fn redis(_: &str) -> Result<Arc<dyn KeyStore>, StoreError> {
+async fn redis(_: &str) -> Result<Opened, StoreError> {
     Err(disabled("redis"))
 }
 

@@ -13,7 +13,11 @@ page at /admin:
   200 -> delete it (cancel first, then confirm) -> gone from the page and from the API
   (404); a key named `<img src=x onerror=alert(1)>` is shown as text (no element, no
   alert); rotate (the old key refused, shown as expired); an API error shown from its
-  JSON (404); edit (rename + switch off); an expiry date (a past one refused in the
+  JSON (404); edit (rename + switch off); usage limits and network restrictions (a rate
+  limit of 1/min set in the form: the second call is 429; a bad CIDR refused by the API
+  with its 400 shown at the field, a hostile value in it shown as text; credits and
+  networks set by editing, shown in the list and the API; the limit removed: 200 again;
+  credits used up outside the page shown as 0 after signing in again); an expiry date (a past one refused in the
   form); keyboard (Enter opens the form, Escape closes it); the page answers with its CSP
   and no CSP violation or script error is logged; a non-admin key is told so; "stay
   signed in" survives a reload, sign out leaves nothing in sessionStorage or cookies.
@@ -239,6 +243,23 @@ class Page:
             == ("On" if want_on else "Off")
         )
 
+    def open_section(self, ident):
+        section = self.by_id(ident)
+        if section.get_attribute("open") is None:
+            section.find_element(By.TAG_NAME, "summary").click()
+        self.wait.until(lambda d: section.get_attribute("open") is not None)
+        return section
+
+    def chips(self, name):
+        return [c.text for c in self.row(name).find_elements(By.CSS_SELECTOR, ".cell-limits .chip")]
+
+    def set_field(self, ident, value):
+        field = self.by_id(ident)
+        field.clear()
+        if value:
+            field.send_keys(value)
+        return field
+
     def confirm(self):
         self.visible("confirm-submit").click()
         self.wait.until(EC.invisibility_of_element_located((By.ID, "confirm-dialog")))
@@ -432,6 +453,134 @@ def run(binary, shots):
         check(tr.find_element(By.CSS_SELECTOR, ".switch-text").text == "Off", "edit did not switch it off")
         expect_status(server, "/api/libraries", tablet, 401, "key switched off by edit")
 
+        # Usage limits in the form: a rate limit of 1 per minute -> the second call is 429.
+        step("Usage limits in the form: a rate limit of 1 per minute -> the second call is 429.")
+        page.visible("add-key").click()
+        page.visible("create-name").send_keys("Metered sync")
+        Select(page.by_id("create-user-select")).select_by_value("user")
+        check(not page.by_id("ratelimit-add").is_displayed(), "the usage section is not collapsed")
+        check(page.by_id("usage-summary").text == "None", "usage summary of a new key")
+        check(page.by_id("network-summary").text == "Any network", "network summary of a new key")
+        page.open_section("usage-section")
+        page.by_id("ratelimit-add").click()
+        limit_row = driver.find_element(By.CSS_SELECTOR, "#ratelimit-rows .limit-row")
+        check(limit_row.find_element(By.CSS_SELECTOR, ".rl-name").get_attribute("value") == "requests", "default limit name")
+        limit_row.find_element(By.CSS_SELECTOR, ".rl-limit").send_keys("1")
+        check(Select(limit_row.find_element(By.CSS_SELECTOR, ".rl-per")).first_selected_option.text == "minute", "default per")
+        check(page.by_id("usage-summary").text == "1/min", f"usage summary: {page.by_id('usage-summary').text!r}")
+        page.shot("desktop-8-limits-form")
+        page.by_id("create-submit").click()
+        metered = page.visible("secret-value").get_attribute("value")
+        page.done_secret()
+        page.wait_row("Metered sync")
+        check(page.chips("Metered sync") == ["1/min"], f"chips: {page.chips('Metered sync')}")
+        metered_id = page.row("Metered sync").get_attribute("data-key-id")
+        expect_status(server, "/api/libraries", metered, 200, "first call of a 1/min key")
+        status, body, headers = server.call("/api/libraries", metered)
+        check(status == 429, f"second call of a 1/min key answered {status}: {body}")
+        check(json.loads(body)["error"] == "rate_limited", f"429 body: {body}")
+        check(any(k.lower() == "retry-after" for k in headers), f"429 without Retry-After: {headers}")
+
+        # Network and credits by editing: the API's 400 is shown at the field it names,
+        # with the value typed (a hostile one as text); then credits and two networks saved.
+        step("Network and credits by editing: the API's 400 at its field; then saved and listed.")
+        page.row("Metered sync").find_element(By.CSS_SELECTOR, 'button[data-action="edit"]').click()
+        page.visible("create-name")
+        check(page.by_id("usage-summary").text == "1/min", "edit form usage summary")
+        page.open_section("network-section")
+        page.set_field("create-cidrs", "10.0.0.1/8")
+        check(page.by_id("network-summary").text == "1 network", f"network summary: {page.by_id('network-summary').text!r}")
+        page.by_id("create-submit").click()
+        error = page.visible("create-error")
+        check(
+            error.text == "Allowed networks, entry 1 “10.0.0.1/8”: address has bits set beyond the prefix length: write the network address.",
+            f"400 for a CIDR: {error.text!r}",
+        )
+        check(page.by_id("create-cidrs").get_attribute("aria-invalid") == "true", "bad CIDR field not marked")
+        check(driver.switch_to.active_element == page.by_id("create-cidrs"), "bad CIDR field not focused")
+        hostile = "<img src=x onerror=alert(2)>"
+        page.set_field("create-cidrs", "127.0.0.0/8\n" + hostile)
+        page.by_id("create-submit").click()
+        page.wait.until(lambda d: "entry 2" in page.by_id("create-error").text)
+        error = page.by_id("create-error").text
+        check(error == f"Allowed networks, entry 2 “{hostile}”: not an IPv4 or IPv6 address.", f"hostile CIDR: {error!r}")
+        check(
+            driver.execute_script("return document.querySelectorAll('#create-error *, dialog img').length") == 0,
+            "the hostile value made an element",
+        )
+        page.shot("desktop-9-cidr-error")
+        page.set_field("create-cidrs", "127.0.0.0/8\n::1")
+        page.open_section("usage-section")
+        page.by_id("credits-on").click()
+        page.set_field("credits-remaining", "4200")
+        Select(page.by_id("credits-refill")).select_by_value("monthly")
+        page.set_field("credits-amount", "1000")
+        page.set_field("credits-day", "40")
+        page.by_id("create-submit").click()
+        page.wait.until(lambda d: "Credits" in page.by_id("create-error").text)
+        error = page.by_id("create-error").text
+        check(error == "Credits: the refill day must be 1 to 31.", f"400 for credits: {error!r}")
+        check(page.by_id("credits-day").get_attribute("aria-invalid") == "true", "refill day not marked")
+        check(page.by_id("create-cidrs").get_attribute("aria-invalid") is None, "an old mark stayed")
+        page.set_field("credits-day", "15")
+        page.by_id("create-submit").click()
+        page.wait.until(EC.invisibility_of_element_located((By.ID, "create-dialog")))
+        page.wait.until(lambda d: len(page.chips("Metered sync")) == 3)
+        chips = page.chips("Metered sync")
+        check(
+            chips[0] == "1/min" and re.fullmatch(r"4[,.\u202f\u00a0]?200 credits", chips[1]) and chips[2] == "2 networks",
+            f"chips after edit: {chips}",
+        )
+        status, body, _ = server.call(f"/api/api-keys/{metered_id}", server.admin_key)
+        view = json.loads(body)["apiKey"]
+        check(view["allowedCidrs"] == ["127.0.0.0/8", "::1/128"], f"allowedCidrs: {view['allowedCidrs']}")
+        check(
+            view["credits"]["remaining"] == 4200
+            and view["credits"]["refill"] == {"interval": "monthly", "amount": 1000, "refillDay": 15},
+            f"credits: {view['credits']}",
+        )
+        check(view["ratelimits"] == [{"name": "requests", "limit": 1, "duration": 60000, "autoApply": True}], f"ratelimits: {view['ratelimits']}")
+        page.shot("desktop-10-list-limits")
+
+        # The edit form shows what was saved; removing the rate limit lets the key through.
+        step("The edit form shows what was saved; removing the rate limit lets the key through.")
+        expect_status(server, "/api/libraries", metered, 429, "still limited")
+        page.row("Metered sync").find_element(By.CSS_SELECTOR, 'button[data-action="edit"]').click()
+        page.visible("create-name")
+        check(page.by_id("network-summary").text == "2 networks", "edit form network summary")
+        page.open_section("usage-section")
+        check(page.by_id("credits-on").is_selected(), "credits box")
+        check(page.by_id("credits-remaining").get_attribute("value") == "4200", "credits left")
+        check(page.by_id("credits-day").get_attribute("value") == "15", "refill day")
+        check(page.by_id("credits-reset-note").is_displayed(), "no note that saving credits restarts the count")
+        driver.find_element(By.CSS_SELECTOR, "#ratelimit-rows [data-remove]").click()
+        check(page.by_id("usage-summary").text.endswith("credits"), f"summary: {page.by_id('usage-summary').text!r}")
+        page.by_id("create-submit").click()
+        page.wait.until(EC.invisibility_of_element_located((By.ID, "create-dialog")))
+        page.wait.until(lambda d: len(page.chips("Metered sync")) == 2)
+        expect_status(server, "/api/libraries", metered, 200, "rate limit removed")
+        status, body, _ = server.call(f"/api/api-keys/{metered_id}", server.admin_key)
+        view = json.loads(body)["apiKey"]
+        check(view["ratelimits"] == [] and view["credits"]["remaining"] == 4199, f"after removing the limit: {view}")
+
+        # Credits used up outside the page: shown as 0 (from the gate's count) after a reload.
+        step("Credits used up outside the page: shown as 0 after a reload.")
+        page.visible("add-key").click()
+        page.visible("create-name").send_keys("Two credits")
+        Select(page.by_id("create-user-select")).select_by_value("user")
+        page.open_section("usage-section")
+        page.by_id("credits-on").click()
+        page.set_field("credits-remaining", "2")
+        page.by_id("create-submit").click()
+        two = page.visible("secret-value").get_attribute("value")
+        page.done_secret()
+        page.wait_row("Two credits")
+        check(page.chips("Two credits") == ["2 credits"], f"chips: {page.chips('Two credits')}")
+        expect_status(server, "/api/libraries", two, 200, "credit 1 of 2")
+        expect_status(server, "/api/libraries", two, 200, "credit 2 of 2")
+        status, body, _ = server.call("/api/libraries", two)
+        check(status == 429 and json.loads(body)["error"] == "credits_exhausted", f"third call: {status} {body}")
+
         # An expiry date: a past one is refused in the form; a future one is kept.
         step('An expiry date: a past one is refused in the form; a future one is kept.')
         page.visible("add-key").click()
@@ -476,7 +625,16 @@ def run(binary, shots):
         page.by_id("add-key").click()
         page.visible("create-name")
         page.shot("phone-2-create")
+        page.open_section("usage-section")
+        page.by_id("ratelimit-add").click()
+        page.by_id("credits-on").click()
+        Select(page.by_id("credits-refill")).select_by_value("monthly")
+        page.open_section("network-section")
+        page.set_field("create-cidrs", "203.0.113.0/24\n2001:db8::/32")
+        page.full_shot("phone-4-limits-form", 390, True)
+        viewport(driver, 390, 844, True)
         driver.switch_to.active_element.send_keys(Keys.ESCAPE)
+        page.wait.until(EC.invisibility_of_element_located((By.ID, "create-dialog")))
         viewport(driver, 1280, 800, False)
         page.shot("desktop-2b-list")
         # The same list in dark mode (prefers-color-scheme).
@@ -517,6 +675,10 @@ def run(binary, shots):
         page.visible("keys")
         driver.refresh()
         page.visible("keys")  # signed in again from sessionStorage
+        page.wait_row("Two credits")
+        chips = page.chips("Two credits")
+        check(chips == ["0 credits"], f"used-up credits after reload: {chips}")
+        check("chip-empty" in page.row("Two credits").find_element(By.CSS_SELECTOR, ".chip").get_attribute("class"), "0 credits not marked")
         page.by_id("sign-out").click()
         page.visible("signin-key")
         check(driver.execute_script("return sessionStorage.length") == 0, "sign out left the key")

@@ -25,6 +25,7 @@ mod interop_node;
 mod leaks;
 mod lifecycle;
 mod limits;
+mod local_first;
 mod network;
 mod pepper;
 mod permissions;

@@ -411,6 +411,137 @@ async fn directory_users_are_capped_and_failures_are_errors() {
     assert_eq!(gate.directory_users().await.unwrap(), None);
 }
 
+/// The admin API as the page's "Usage limits" and "Network" sections use it, through one
+/// framework's mount (`call(method, path, key, body)` answers status and JSON): the create
+/// body; edits that send only the changed fields (the rest keep their values, credits their
+/// count); the 400 texts the page maps to its fields (`allowedCidrs[i]: …`,
+/// `allowedOrigins[i]: …`, `credits: …`, `ratelimits: …`), which write nothing and never
+/// echo the value; restarting the credit count; and lifting everything.
+async fn check_usage_edits<F, Fut>(gate: &Keygate, call: F)
+where
+    F: Fn(&'static str, String, Option<Value>) -> Fut,
+    Fut: std::future::Future<Output = (u16, Value)>,
+{
+    let (status, created) = call(
+        "POST",
+        "/api/api-keys".into(),
+        Some(json!({
+            "name": "Metered sync", "userId": "alice",
+            "ratelimits": [{"name": "requests", "limit": 1, "duration": 60000, "autoApply": true}],
+            "credits": {"remaining": 4200, "refill": {"interval": "monthly", "amount": 1000, "refillDay": 15}},
+        })),
+    )
+    .await;
+    assert_eq!(status, 200, "{created}");
+    let id = created["apiKey"]["id"].as_str().unwrap().to_owned();
+    let key = created["apiKey"]["apiKey"].as_str().unwrap().to_owned();
+    let path = format!("/api/api-keys/{id}");
+    gate.verify(&key).await.unwrap();
+    assert!(
+        gate.verify(&key).await.is_err(),
+        "1 per minute: the second use is refused"
+    );
+
+    // Network only: the limits stay, the credits keep the count left (4,199).
+    let (status, edited) = call(
+        "PATCH",
+        path.clone(),
+        Some(json!({"allowedCidrs": ["127.0.0.0/8", "::1"], "allowedOrigins": ["https://app.example.com"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{edited}");
+    let view = &edited["apiKey"];
+    assert_eq!(view["allowedCidrs"], json!(["127.0.0.0/8", "::1/128"]));
+    assert_eq!(view["allowedOrigins"], json!(["https://app.example.com"]));
+    assert_eq!(
+        view["ratelimits"],
+        json!([{"name": "requests", "limit": 1, "duration": 60000, "autoApply": true}])
+    );
+    assert_eq!(view["credits"]["remaining"], 4199);
+    assert_eq!(
+        view["credits"]["refill"],
+        json!({"interval": "monthly", "amount": 1000, "refillDay": 15})
+    );
+
+    // The 400s the page shows at a field: exact texts, nothing written, no value echoed.
+    let hostile = "<img src=x onerror=alert(1)>";
+    for (body, said) in [
+        (
+            json!({"allowedCidrs": ["10.0.0.0/8", "10.0.0.1/8"], "name": "renamed"}),
+            "allowedCidrs[1]: address has bits set beyond the prefix length: write the network address",
+        ),
+        (
+            json!({"allowedCidrs": [hostile]}),
+            "allowedCidrs[0]: not an IPv4 or IPv6 address",
+        ),
+        (
+            json!({"allowedOrigins": ["https://ok.example", hostile]}),
+            "allowedOrigins[1]: not an origin: expected scheme://host[:port]",
+        ),
+        (
+            json!({"credits": {"remaining": 5, "refill": {"interval": "monthly", "amount": 5, "refillDay": 40}}}),
+            "credits: refillDay must be 1 to 31",
+        ),
+        (
+            json!({"ratelimits": [{"name": "requests", "limit": 0, "duration": 60000, "autoApply": true}]}),
+            "ratelimits: a limit's limit must be 1 to 1000000000",
+        ),
+    ] {
+        let (status, refused) = call("PATCH", path.clone(), Some(body.clone())).await;
+        assert_eq!(status, 400, "{body}: {refused}");
+        assert_eq!(refused["error"], "invalid_request", "{body}");
+        assert_eq!(refused["error_description"], said, "{body}");
+        assert!(!refused.to_string().contains("<img"), "{refused}");
+    }
+    let (_, now) = call("GET", path.clone(), None).await;
+    assert_eq!(now["apiKey"]["name"], "Metered sync");
+    assert_eq!(
+        now["apiKey"]["allowedCidrs"],
+        json!(["127.0.0.0/8", "::1/128"])
+    );
+    assert_eq!(now["apiKey"]["credits"]["remaining"], 4199);
+
+    // Sending credits restarts the count from them; the list shows the count left.
+    let (status, edited) = call(
+        "PATCH",
+        path.clone(),
+        Some(json!({"credits": {"remaining": 10}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{edited}");
+    assert_eq!(edited["apiKey"]["credits"]["remaining"], 10);
+    assert_eq!(edited["apiKey"]["credits"].get("refill"), None);
+    assert_eq!(edited["apiKey"]["ratelimits"][0]["limit"], 1);
+
+    // Everything lifted: the key is used as often as it likes, from anywhere.
+    let (status, lifted) = call(
+        "PATCH",
+        path.clone(),
+        Some(json!({"ratelimits": [], "credits": null, "allowedCidrs": [], "allowedOrigins": []})),
+    )
+    .await;
+    assert_eq!(status, 200, "{lifted}");
+    for (field, empty) in [
+        ("ratelimits", json!([])),
+        ("credits", Value::Null),
+        ("allowedCidrs", json!([])),
+        ("allowedOrigins", json!([])),
+    ] {
+        assert_eq!(lifted["apiKey"][field], empty, "{field}");
+    }
+    for _ in 0..3 {
+        gate.verify(&key).await.unwrap();
+    }
+    let (_, listed) = call("GET", "/api/api-keys".into(), None).await;
+    let row = listed["apiKeys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["id"] == id.as_str())
+        .unwrap();
+    assert_eq!(row["ratelimits"], json!([]));
+}
+
 #[cfg(feature = "axum")]
 mod axum_page {
     use super::*;
@@ -456,6 +587,36 @@ mod axum_page {
         Router::new()
             .merge(admin_routes("/api/api-keys", AdminApi::new(gate)))
             .merge(admin_page("/admin/", AdminPage::new()))
+    }
+
+    #[tokio::test]
+    async fn the_pages_usage_edits_through_axum() {
+        let gate = listed_gate();
+        let admin = gate.mint(NewKey::new("admin", "root")).await.unwrap();
+        let admin = admin.key.expose().to_owned();
+        let app = app(gate.clone());
+        check_usage_edits(&gate, |method, path, body| {
+            let app = app.clone();
+            let admin = admin.clone();
+            async move {
+                let mut request = Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .header("authorization", format!("Bearer {admin}"));
+                if body.is_some() {
+                    request = request.header("content-type", "application/json");
+                }
+                let body = body.map_or_else(Body::empty, |b| Body::from(b.to_string()));
+                let response = app.oneshot(request.body(body).unwrap()).await.unwrap();
+                let status = response.status().as_u16();
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                (
+                    status,
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                )
+            }
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -589,6 +750,40 @@ mod actix_page {
                     headers,
                     body,
                 }
+            })
+            .await;
+        });
+    }
+
+    #[test]
+    fn the_pages_usage_edits_through_actix() {
+        run(async {
+            let gate = listed_gate();
+            let admin = gate.mint(NewKey::new("admin", "root")).await.unwrap();
+            let admin = admin.key.expose().to_owned();
+            let app = test::init_service(
+                App::new().service(admin_scope("/api/api-keys", AdminApi::new(gate.clone()))),
+            )
+            .await;
+            let app = &app;
+            let admin = &admin;
+            check_usage_edits(&gate, |method, path, body| async move {
+                let mut request = TestRequest::default()
+                    .method(method.parse().unwrap())
+                    .uri(&path)
+                    .insert_header(("authorization", format!("Bearer {admin}")));
+                if let Some(body) = body {
+                    request = request
+                        .insert_header(("content-type", "application/json"))
+                        .set_payload(body.to_string());
+                }
+                let response = test::call_service(app, request.to_request()).await;
+                let status = response.status().as_u16();
+                let bytes = test::read_body(response).await;
+                (
+                    status,
+                    serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+                )
             })
             .await;
         });

@@ -11,6 +11,8 @@
 //!   `keygate::limits::gcra`; this checks each store's script or statement does), and the
 //!   public `keygate::testing::limiter_conformance` suite.
 //! - A failing limiter store is answered per the failure mode: 503 by default.
+//! - `LocalFirst` over Redis and PostgreSQL: two nodes overshoot by one burst, then the
+//!   store records both batches (the one above the burst too) and both nodes converge.
 //!
 //! Redis tests work in a random namespace, PostgreSQL tests in a schema of their own, so
 //! concurrent runs never share state.
@@ -80,6 +82,60 @@ async fn flood(gates: &[Keygate], token: &str, n: usize) -> (usize, usize, usize
 /// The rate-limit proof on `gates` (which share one backend): 2,000 concurrent requests
 /// against 100 per minute, burst 100 -> exactly 100; 1 µs before the emission interval
 /// (600 ms) has passed -> none; at it -> exactly one.
+/// `LocalFirst` over a store limiter: two nodes (`limiters`: two instances on one backend)
+/// each spend a whole burst before syncing (the documented `(N - 1)·B` overshoot), then
+/// converge on the store's state: the second batch, above the burst, is *recorded* (not
+/// refused) by the store's own script or statement, and both nodes wait the debt out.
+async fn local_first_converges(limiters: &[Arc<dyn Limiter>]) {
+    use keygate::limits::{LocalFirst, LocalFirstConfig};
+    let nodes: Vec<_> = limiters
+        .iter()
+        .map(|l| LocalFirst::new(Arc::clone(l), LocalFirstConfig::new()))
+        .collect();
+    let limit = RateLimit::new("requests", 10, 60_000); // T = 6 s, B = 10
+    let one = [Charge::new(&limit, 1)];
+    let key = KeyId::random();
+    let t0 = start().timestamp_micros();
+    let check = |now| LimitCheck::new(Subject::Key(key), &one, None, now);
+    for node in &nodes {
+        for i in 0..10 {
+            let out = node.check_now(&check(t0)).unwrap().unwrap();
+            assert!(out.allowed, "{i}");
+        }
+    }
+    for node in [&nodes[0], &nodes[1], &nodes[0]] {
+        node.sync().await.unwrap();
+    }
+    for node in &nodes {
+        assert!(!node.check_now(&check(t0)).unwrap().unwrap().allowed);
+    }
+    // The store holds all 20 units: 120 s of the rate from t0.
+    let peek = [Charge::new(&limit, 0)];
+    let stored = limiters[0]
+        .check(&LimitCheck::new(Subject::Key(key), &peek, None, t0))
+        .await
+        .unwrap();
+    assert_eq!(stored.limits[0].remaining, 0);
+    assert_eq!(stored.limits[0].reset_after_us, 120_000_000);
+    // The debt (60 s beyond the burst) plus one interval: exactly one more.
+    let later = t0 + 66_000_000;
+    assert!(
+        !nodes[0]
+            .check_now(&check(later - 1))
+            .unwrap()
+            .unwrap()
+            .allowed
+    );
+    assert!(nodes[0].check_now(&check(later)).unwrap().unwrap().allowed);
+    assert!(!nodes[0].check_now(&check(later)).unwrap().unwrap().allowed);
+    nodes[0].shutdown().await.unwrap();
+    let stored = limiters[1]
+        .check(&LimitCheck::new(Subject::Key(key), &peek, None, later))
+        .await
+        .unwrap();
+    assert_eq!(stored.limits[0].reset_after_us, 60_000_000);
+}
+
 async fn rate_exactness(gates: &[Keygate], clock: &ManualClock) {
     let issued = gates[0]
         .mint(NewKey::new("exact", "owner-1").ratelimits([RateLimit::new("requests", 100, 60_000)]))
@@ -367,6 +423,18 @@ mod redis_backend {
         not(keygate_test_redis),
         ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
     )]
+    async fn redis_local_first_nodes_converge_on_the_store() {
+        let scratch = Scratch::new();
+        let clock = Arc::new(ManualClock::new(start()));
+        let (_, limiters) = two_nodes(&scratch, &clock).await;
+        local_first_converges(&limiters).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
     async fn redis_two_nodes_spend_exactly_the_credits() {
         let scratch = Scratch::new();
         let clock = Arc::new(ManualClock::new(start()));
@@ -582,6 +650,20 @@ mod postgres_backend {
         let (gates, _, _) = two_nodes(&schema, &clock).await;
         rate_exactness(&gates, &clock).await;
         drop(gates);
+        schema.drop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(keygate_test_postgres),
+        ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+    )]
+    async fn postgres_local_first_nodes_converge_on_the_store() {
+        let schema = Schema::new().await;
+        let clock = Arc::new(ManualClock::new(start()));
+        let (gates, limiters, _) = two_nodes(&schema, &clock).await;
+        local_first_converges(&limiters).await;
+        drop((gates, limiters));
         schema.drop().await;
     }
 

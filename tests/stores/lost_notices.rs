@@ -117,10 +117,8 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
     heartbeats(b, 2).await;
     cached(b, revoked.key.expose()).await;
     cached(b, kept.key.expose()).await;
-    assert!(
-        !proxy.marked().is_empty(),
-        "b's feed goes through the proxy"
-    );
+    let dialled = proxy.marked().len();
+    assert!(dialled > 0, "b's feed goes through the proxy");
     proxy.stall();
     // Let any heartbeat answered before the stall land, so what follows is silence.
     tokio::time::sleep(feed.lease()).await;
@@ -138,6 +136,17 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
         "b refused because its lease ran out: {:?}",
         stats(b)
     );
+    // The silence is detected, not only outlived: a heartbeat unanswered for `dead_after`
+    // makes the feed give up the connection (nothing closed it) and dial a new one (which
+    // the proxy marks, and stalls, too).
+    let detect_by = Instant::now() + support::bound(feed.heartbeat + feed.dead_after);
+    while proxy.marked().len() <= dialled {
+        assert!(
+            Instant::now() < detect_by,
+            "b's feed never gave up its silent connection"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     // Healed: b's feed proves it is in sync again and b serves from memory again.
     proxy.resume();
     heartbeats(b, 2).await;
@@ -145,6 +154,31 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
     assert!(refused_as_revoked(
         b.gate.verify(revoked.key.expose()).await
     ));
+
+    // The tight case: the feed goes silent while b holds a fresh lease, and the revoke
+    // follows at once. The lease b holds was renewed by a heartbeat sent before the stall,
+    // so once one lease has passed after the revoke committed, b refuses.
+    let second = a
+        .gate
+        .mint(NewKey::new("revoked 2", "owner"))
+        .await
+        .unwrap();
+    heartbeats(b, 2).await;
+    cached(b, second.key.expose()).await;
+    cached(b, kept.key.expose()).await;
+    proxy.stall();
+    let lapsed = stats(b).lapsed;
+    a.gate.revoke(second.record.id).await.unwrap();
+    tokio::time::sleep(feed.lease()).await;
+    assert!(
+        refused_as_revoked(b.gate.verify(second.key.expose()).await),
+        "b accepted a key revoked a whole lease ago, its feed silenced just before"
+    );
+    b.gate.verify(kept.key.expose()).await.unwrap();
+    assert!(stats(b).lapsed > lapsed, "{:?}", stats(b));
+    proxy.resume();
+    heartbeats(b, 2).await;
+    assert!(refused_as_revoked(b.gate.verify(second.key.expose()).await));
 }
 
 /// The burst test, for any store: 1,000 keys cached on `b`, all revoked on `a` while
@@ -210,6 +244,87 @@ where
         resyncs,
         "the missed revokes were replayed from the log, not by dropping the cache"
     );
+}
+
+/// The store's counter goes back (a failover that lost its last writes, a restore from a
+/// backup), and new writes reuse the numbers `b` has seen: `b`'s feed must still pass
+/// their notices on. `b` has no heartbeat during the test (a lease of hours), so only
+/// notices can tell it; with a heartbeat, the counter back at `b`'s number would look like
+/// nothing missing. `rewind(n)` sets the store's counter back by `n` and drops those log
+/// entries, as the lost writes would have left them.
+async fn reused_numbers<S: KeyStore, T: KeyStore, F, Fut>(a: &Node<S>, b: &Node<T>, rewind: F)
+where
+    F: FnOnce(i64) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let revoked: Vec<IssuedKey> = vec![
+        a.gate.mint(NewKey::new("one", "owner")).await.unwrap(),
+        a.gate.mint(NewKey::new("two", "owner")).await.unwrap(),
+    ];
+    let lost: Vec<IssuedKey> = vec![
+        a.gate.mint(NewKey::new("lost one", "owner")).await.unwrap(),
+        a.gate.mint(NewKey::new("lost two", "owner")).await.unwrap(),
+    ];
+    for issued in revoked.iter().chain(&lost) {
+        cached(b, issued.key.expose()).await;
+    }
+    // Two writes b hears of: b's last number is theirs once both entries are gone.
+    for issued in &lost {
+        a.cache
+            .update(issued.record.id, &keygate::KeyPatch::new().name("renamed"))
+            .await
+            .unwrap();
+    }
+    wait_until(|| {
+        lost.iter()
+            .all(|issued| b.cache.get_now(issued.record.id).is_none())
+    })
+    .await;
+    for issued in revoked.iter().chain(&lost) {
+        cached(b, issued.key.expose()).await;
+    }
+    // The store loses those two writes; the two revokes take their numbers again.
+    let before = stats(b);
+    rewind(2).await;
+    for issued in &revoked {
+        a.gate.revoke(issued.record.id).await.unwrap();
+    }
+    wait_until(|| {
+        revoked
+            .iter()
+            .all(|issued| b.cache.get_now(issued.record.id).is_none())
+    })
+    .await;
+    for issued in &revoked {
+        assert!(refused_as_revoked(b.gate.verify(issued.key.expose()).await));
+    }
+    // Told by the notices alone: no log read (which would have seen the counter
+    // back and dropped the cache) happened in between.
+    let after = stats(b);
+    assert_eq!(
+        (after.syncs, after.resyncs),
+        (before.syncs, before.resyncs),
+        "{after:?}"
+    );
+}
+
+/// Polls `done` until it holds; fails after a generous bound.
+async fn wait_until(done: impl Fn() -> bool) {
+    let deadline = Instant::now() + support::bound(Duration::from_secs(1));
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "never happened (a notice was not passed on)"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A feed with no heartbeat within a test's time (the first read at subscribe excepted).
+fn no_heartbeat() -> FeedConfig {
+    FeedConfig::new()
+        .heartbeat(Duration::from_secs(3600))
+        .deadline(Duration::from_secs(3600))
 }
 
 #[cfg(feature = "postgres")]
@@ -287,6 +402,91 @@ mod postgres {
             assert_eq!(killed, [true], "b's feed has one connection");
         })
         .await;
+    }
+
+    /// A database created for one test and dropped when the test ends, pass or fail.
+    struct OwnDatabase {
+        url: String,
+        name: String,
+    }
+
+    impl OwnDatabase {
+        async fn create(url: &str, name: &str) -> Self {
+            let mut admin = sqlx::PgConnection::connect(url).await.unwrap();
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+                .execute(&mut admin)
+                .await
+                .unwrap();
+            Self {
+                url: url.to_owned(),
+                name: name.to_owned(),
+            }
+        }
+    }
+
+    impl Drop for OwnDatabase {
+        fn drop(&mut self) {
+            let (url, name) = (self.url.clone(), self.name.clone());
+            // Outside the test's runtime, which may be shutting down.
+            let _ = std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                runtime.block_on(async {
+                    if let Ok(mut admin) = sqlx::PgConnection::connect(&url).await {
+                        let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                        let _ = sqlx::query(sqlx::AssertSqlSafe(drop))
+                            .execute(&mut admin)
+                            .await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(keygate_test_postgres),
+        ignore = "needs PostgreSQL: set KEYGATE_TEST_POSTGRES_URL"
+    )]
+    async fn revokes_under_reused_sequence_numbers_still_reach_the_other_node() {
+        // A database of its own: rewinding the shared one's counter would disturb the
+        // other tests' feeds.
+        let url = support::postgres_url();
+        let name = format!("kg_reused_{}", keygate::KeyId::random().as_uuid().simple());
+        let _dropped = OwnDatabase::create(&url, &name).await;
+        let options: PgConnectOptions = url.parse().unwrap();
+        let own = options.database(&name);
+        let connect = |app: String| {
+            let own = own.clone();
+            async move {
+                let pool = PgPoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(own.application_name(&app))
+                    .await
+                    .unwrap();
+                let store = PostgresStore::from_pool(pool).with_feed(no_heartbeat());
+                store.migrate().await.unwrap();
+                store
+            }
+        };
+        let a = node(connect(support::unique("kg-reused-a")).await).await;
+        let b = node(connect(support::unique("kg-reused-b")).await).await;
+        let pool = a.cache.inner().pool().clone();
+        reused_numbers(&a, &b, |n| async move {
+            sqlx::query(
+                "WITH back AS (UPDATE keygate_change_seq SET seq = seq - $1 RETURNING seq) \
+                 DELETE FROM keygate_changes WHERE seq > (SELECT seq FROM back)",
+            )
+            .bind(n)
+            .execute(&pool)
+            .await
+            .unwrap();
+        })
+        .await;
+        drop((a, b));
     }
 }
 
@@ -396,6 +596,55 @@ mod redis {
                 .await
                 .unwrap();
             assert_eq!(killed, 1, "b's feed connection was killed");
+        })
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[cfg_attr(
+        not(keygate_test_redis),
+        ignore = "needs Redis: set KEYGATE_TEST_REDIS_URL"
+    )]
+    async fn revokes_under_reused_sequence_numbers_still_reach_the_other_node() {
+        let url = support::redis_url();
+        let _feeds = FEEDS.lock().await;
+        let scratch = Scratch::new(&url);
+        let config = scratch.config().feed(no_heartbeat());
+        let (seq_key, log_key) = (
+            format!("{}v1:change_seq", config.namespace),
+            format!("{}v1:change_log", config.namespace),
+        );
+        let a = node(
+            RedisStore::connect_with(url.as_str(), config.clone())
+                .await
+                .unwrap(),
+        )
+        .await;
+        let b = node(
+            RedisStore::connect_with(url.as_str(), config)
+                .await
+                .unwrap(),
+        )
+        .await;
+        let mut admin = redis::Client::open(url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        reused_numbers(&a, &b, |n| async move {
+            let back: i64 = redis::cmd("DECRBY")
+                .arg(&seq_key)
+                .arg(n)
+                .query_async(&mut admin)
+                .await
+                .unwrap();
+            let _: i64 = redis::cmd("ZREMRANGEBYSCORE")
+                .arg(&log_key)
+                .arg(format!("({back}"))
+                .arg("+inf")
+                .query_async(&mut admin)
+                .await
+                .unwrap();
         })
         .await;
     }

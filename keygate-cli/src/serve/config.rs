@@ -18,6 +18,8 @@
 //! | `bootstrap_owner` | `KEYGATE_BOOTSTRAP_OWNER` | `admin` |
 //! | `cache_ttl_secs` | `KEYGATE_CACHE_TTL_SECS` | `5` |
 //! | `store_timeout_ms` | `KEYGATE_STORE_TIMEOUT_MS` | `2000` |
+//! | `limits` | `KEYGATE_LIMITS` | `memory`: rate limits and credits in this process (`store`: exact in the `db` store, shared by every server on it; `local-first`: rate limits decided in this process and synced to the store in the background, credits exact in the store) |
+//! | `limits_sync_ms` | `KEYGATE_LIMITS_SYNC_MS` | `100`: how often `local-first` syncs |
 //! | `original_uri_header` | `KEYGATE_ORIGINAL_URI_HEADER` | `X-Original-URI` |
 //! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
 //! | `trusted_proxies` | `KEYGATE_TRUSTED_PROXIES` (comma-separated) | `["127.0.0.0/8", "::1/128"]`: loopback |
@@ -26,6 +28,12 @@
 //! | `[users.<id>]` | (file only) | none: no user directory |
 //!
 //! The file is named by `--config` or `KEYGATE_CONFIG`.
+//!
+//! `limits`: with one `keygate serve`, `memory` is exact. Several servers on one
+//! PostgreSQL or Redis need `store` (one store round trip per limited request, exact) or
+//! `local-first` (no round trip for rate limits; across N servers a limit may be exceeded
+//! by up to `(N − 1)·(burst + 2·rate·(limits_sync_ms + store latency))` units, see
+//! `keygate::limits::LocalFirst`). Limit state in `memory` is lost on restart.
 //!
 //! `trusted_proxies` are the CIDRs of the reverse proxies whose `proxy_header` keygate
 //! believes: `/auth` checks keys with allowed networks against the client address they
@@ -66,6 +74,8 @@ struct FileConfig {
     bootstrap_owner: Option<String>,
     cache_ttl_secs: Option<u64>,
     store_timeout_ms: Option<u64>,
+    limits: Option<String>,
+    limits_sync_ms: Option<u64>,
     original_uri_header: Option<String>,
     original_method_header: Option<String>,
     trusted_proxies: Option<Vec<String>>,
@@ -108,6 +118,21 @@ impl LogFormat {
             _ => Err(ConfigError::invalid(name, "expected json or text")),
         }
     }
+}
+
+/// Where rate-limit and credit state lives (`limits`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LimitsMode {
+    /// In this process (`MemoryLimiter`): exact for one server, lost on restart.
+    Memory,
+    /// In the `db` store: exact across every server sharing it.
+    Store,
+    /// `LocalFirst` over the `db` store, syncing every `sync`.
+    LocalFirst {
+        /// The sync interval.
+        sync: Duration,
+    },
 }
 
 /// Where the pepper comes from.
@@ -171,6 +196,8 @@ pub struct Config {
     pub cache_ttl: Duration,
     /// How long a store call may take before the request is answered 503.
     pub store_timeout: Duration,
+    /// Where rate-limit and credit state lives.
+    pub limits: LimitsMode,
     /// The header carrying the original request's URI (logged; nginx sets it).
     pub original_uri_header: String,
     /// The header carrying the original request's method (logged; nginx sets it).
@@ -380,6 +407,34 @@ impl Config {
                 None => ProxyHeader::XForwardedFor,
             },
         };
+        let limits_sync =
+            Duration::from_millis(number("KEYGATE_LIMITS_SYNC_MS", file.limits_sync_ms, 100)?);
+        let (limits_name, limits_value) = match env("KEYGATE_LIMITS") {
+            Some(value) => ("KEYGATE_LIMITS", Some(value)),
+            None => ("limits", file.limits),
+        };
+        let limits = match limits_value
+            .as_deref()
+            .map(|v| v.trim().to_ascii_lowercase())
+        {
+            None => LimitsMode::Memory,
+            Some(value) => match value.as_str() {
+                "memory" => LimitsMode::Memory,
+                "store" => LimitsMode::Store,
+                "local-first" => {
+                    if limits_sync.is_zero() {
+                        return Err(ConfigError::invalid("limits_sync_ms", "must be at least 1"));
+                    }
+                    LimitsMode::LocalFirst { sync: limits_sync }
+                }
+                _ => {
+                    return Err(ConfigError::invalid(
+                        limits_name,
+                        "expected memory, store or local-first",
+                    ))
+                }
+            },
+        };
         let log = env("KEYGATE_LOG")
             .or_else(|| env("RUST_LOG"))
             .or(file.log)
@@ -412,6 +467,7 @@ impl Config {
                 file.store_timeout_ms,
                 2000,
             )?),
+            limits,
             original_uri_header: string(
                 "KEYGATE_ORIGINAL_URI_HEADER",
                 file.original_uri_header,
@@ -568,6 +624,35 @@ mod tests {
         assert!(e.to_string().starts_with("KEYGATE_TRUSTED_PROXIES:"), "{e}");
         let e = resolve(&[("KEYGATE_PROXY_HEADER", "x-real-ip")], "").unwrap_err();
         assert!(e.to_string().starts_with("KEYGATE_PROXY_HEADER:"), "{e}");
+    }
+
+    #[test]
+    fn limits_default_to_memory_and_local_first_takes_its_interval() {
+        assert_eq!(resolve(&[], "").unwrap().limits, LimitsMode::Memory);
+        assert_eq!(
+            resolve(&[], "limits = \"store\"\n").unwrap().limits,
+            LimitsMode::Store
+        );
+        assert_eq!(
+            resolve(&[], "limits = \"local-first\"\nlimits_sync_ms = 250\n")
+                .unwrap()
+                .limits,
+            LimitsMode::LocalFirst {
+                sync: Duration::from_millis(250)
+            }
+        );
+        assert_eq!(
+            resolve(&[("KEYGATE_LIMITS", "Local-First")], "limits = \"store\"\n")
+                .unwrap()
+                .limits,
+            LimitsMode::LocalFirst {
+                sync: Duration::from_millis(100)
+            }
+        );
+        let e = resolve(&[("KEYGATE_LIMITS", "redis")], "").unwrap_err();
+        assert!(e.to_string().starts_with("KEYGATE_LIMITS:"), "{e}");
+        let e = resolve(&[], "limits = \"local-first\"\nlimits_sync_ms = 0\n").unwrap_err();
+        assert!(e.to_string().starts_with("limits_sync_ms:"), "{e}");
     }
 
     #[test]

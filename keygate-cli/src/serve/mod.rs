@@ -59,6 +59,7 @@ use axum::Router;
 use keygate::admin::{AdminApi, AdminPage, ADMIN_PERMISSION};
 use keygate::http::TrustedProxies;
 use keygate::leaks::{GithubKeys, LeakReports, GITHUB_PATH};
+use keygate::limits::{Limiter, LocalFirst, LocalFirstConfig};
 use keygate::{
     CacheConfig, CachedStore, JwtSecret, KeyId, KeyStore, Keygate, ListQuery, NewKey, Pepper,
     StoreError,
@@ -66,7 +67,7 @@ use keygate::{
 use tokio::net::TcpListener;
 
 pub use self::auth::{KEY_ID, OWNER, SCOPES};
-pub use self::config::{Config, ConfigError, Overrides};
+pub use self::config::{Config, ConfigError, LimitsMode, Overrides};
 use self::config::{JwtSource, LogFormat, PepperSource};
 use crate::{chain, redact_url};
 
@@ -159,6 +160,7 @@ pub struct App {
     original_uri_header: HeaderName,
     original_method_header: HeaderName,
     leaks: Option<LeakReports>,
+    local_first: Option<LocalFirst<Arc<dyn Limiter>>>,
 }
 
 impl std::fmt::Debug for App {
@@ -182,7 +184,16 @@ impl App {
             original_uri_header: HeaderName::from_static("x-original-uri"),
             original_method_header: HeaderName::from_static("x-original-method"),
             leaks: None,
+            local_first: None,
         }
+    }
+
+    /// The gate's [`LocalFirst`] limiter, shut down (its last usage sent) when
+    /// [`serve`] stops.
+    #[must_use]
+    pub fn local_first(mut self, limiter: LocalFirst<Arc<dyn Limiter>>) -> Self {
+        self.local_first = Some(limiter);
+        self
     }
 
     /// Serves GitHub's secret-scanning reports at `/leaks/github` ([`keygate::leaks`]);
@@ -350,12 +361,13 @@ pub async fn run(config: &Config) -> Result<(), ServeError> {
 /// for a missing or wrong pepper, a bad JWT secret or prefix.
 pub async fn open(config: &Config) -> Result<App, ServeError> {
     let db = redact_url(&config.db);
-    let store = keygate::open_store(&config.db)
-        .await
-        .map_err(|source| ServeError::Store {
-            context: format!("cannot open {db}"),
-            source,
-        })?;
+    let (store, limiter) =
+        keygate::open_store_with_limiter(&config.db)
+            .await
+            .map_err(|source| ServeError::Store {
+                context: format!("cannot open {db}"),
+                source,
+            })?;
     let pepper = load_pepper(config, &store).await?;
     let cached = CachedStore::new(Arc::clone(&store), CacheConfig::new().ttl(config.cache_ttl));
     match cached.follow_changes().await {
@@ -381,6 +393,24 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
         builder = builder.jwt_secret(secret);
         tracing::info!("JWT keys enabled");
     }
+    let mut local_first = None;
+    match config.limits {
+        LimitsMode::Store => {
+            builder = builder.limiter(limiter);
+            tracing::info!("rate limits and credits kept in the store: exact across servers");
+        }
+        LimitsMode::LocalFirst { sync } => {
+            let local = LocalFirst::start(limiter, LocalFirstConfig::new().sync_interval(sync))
+                .map_err(|e| ServeError::setup("cannot start the local-first limiter", e))?;
+            builder = builder.limiter(local.clone());
+            local_first = Some(local);
+            tracing::info!(
+                sync_ms = u64::try_from(sync.as_millis()).unwrap_or(u64::MAX),
+                "rate limits decided locally and synced to the store; credits exact in the store"
+            );
+        }
+        _ => {}
+    }
     let gate = builder
         .build()
         .map_err(|e| ServeError::setup("cannot build the gate", e))?;
@@ -401,6 +431,9 @@ pub async fn open(config: &Config) -> Result<App, ServeError> {
     let mut app = App::new(gate.clone(), store)
         .store_timeout(config.store_timeout)
         .original_headers(uri, method);
+    if let Some(local) = local_first {
+        app = app.local_first(local);
+    }
     if let Some(path) = &config.github_keys_file {
         let keys = GithubKeys::from_file(path).map_err(|e| {
             ServeError::setup(
@@ -606,6 +639,7 @@ pub async fn serve(
     drain: Duration,
 ) -> Result<(), ServeError> {
     let gate = app.gate().clone();
+    let local_first = app.local_first.clone();
     let (stopping, mut stopped) = tokio::sync::watch::channel(false);
     let signal = async move {
         shutdown.await;
@@ -639,6 +673,12 @@ pub async fn serve(
     gate.flush()
         .await
         .map_err(|e| ServeError::from_keygate("cannot write the last-used times", e))?;
+    if let Some(local) = local_first {
+        // The rate-limit usage of the last sync interval, before the process goes.
+        if let Err(error) = local.shutdown().await {
+            tracing::warn!(error = %chain(&error), "cannot send the last rate-limit usage to the store");
+        }
+    }
     tracing::info!("stopped; last-used times written");
     Ok(())
 }

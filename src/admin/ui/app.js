@@ -58,11 +58,13 @@
 
   // ---- the admin API ------------------------------------------------------------------
 
-  function ApiError(status, code, message, reason) {
+  function ApiError(status, code, message, reason, detail) {
     this.status = status;
     this.code = code;
     this.message = message;
     this.reason = reason;
+    // The API's error_description as sent (for 400s that name a field).
+    this.detail = typeof detail === "string" ? detail : "";
   }
 
   function describe(status, data) {
@@ -121,7 +123,8 @@
               response.status,
               data && data.error,
               describe(response.status, data),
-              data && data.reason
+              data && data.reason,
+              data && data.error_description
             );
           }
           return data;
@@ -185,6 +188,117 @@
       }
     }
     return userId;
+  }
+
+  // ---- usage limits and network restrictions -------------------------------------------
+  // Unkey's shapes, as the admin API speaks them: ratelimits [{name, limit, duration (ms),
+  // autoApply, burst?}], credits {remaining, refill?: {interval, amount, refillDay?}},
+  // allowedCidrs [..], allowedOrigins [..].
+
+  var numberFormat = new Intl.NumberFormat();
+  var UNITS = [
+    [86400000, "day", "days", "day"],
+    [3600000, "hour", "hours", "h"],
+    [60000, "minute", "minutes", "min"],
+    [1000, "second", "seconds", "s"],
+  ];
+  // The "per" choices of the form; a key's other durations are added to its select.
+  var PER_CHOICES = [1000, 60000, 3600000, 86400000];
+
+  function count(n) {
+    return typeof n === "number" && isFinite(n) ? numberFormat.format(n) : "?";
+  }
+
+  function plural(n, one, many) {
+    return count(n) + " " + (n === 1 ? one : many);
+  }
+
+  // "minute", "5 minutes", "1.5 seconds", "250 ms".
+  function durationWords(ms) {
+    for (var i = 0; i < UNITS.length; i++) {
+      if (ms % UNITS[i][0] === 0) {
+        var n = ms / UNITS[i][0];
+        return n === 1 ? UNITS[i][1] : count(n) + " " + UNITS[i][2];
+      }
+    }
+    return ms >= 1000 ? count(ms / 1000) + " seconds" : count(ms) + " ms";
+  }
+
+  // "100/min", "10 per 5 min", "3 per 250 ms".
+  function rateText(limit) {
+    for (var i = 0; i < UNITS.length; i++) {
+      if (limit.duration === UNITS[i][0]) return count(limit.limit) + "/" + UNITS[i][3];
+    }
+    return count(limit.limit) + " per " + durationWords(limit.duration);
+  }
+
+  function rateTitle(limit) {
+    var text = limit.name + ": " + plural(limit.limit, "request", "requests") + " per " + durationWords(limit.duration);
+    if (typeof limit.burst === "number") text += ", bursts of up to " + count(limit.burst);
+    text += limit.autoApply === false ? " (charged by the app, not on every request)" : "";
+    return text;
+  }
+
+  function refillText(refill) {
+    if (!refill) return "never refilled";
+    if (refill.interval === "daily") return "refilled to " + count(refill.amount) + " every day";
+    return "refilled to " + count(refill.amount) + " on day " + (refill.refillDay || 1) + " of every month";
+  }
+
+  function limitsOf(key) {
+    return {
+      ratelimits: Array.isArray(key.ratelimits) ? key.ratelimits : [],
+      credits: key.credits && typeof key.credits === "object" ? key.credits : null,
+      cidrs: Array.isArray(key.allowedCidrs) ? key.allowedCidrs : [],
+      origins: Array.isArray(key.allowedOrigins) ? key.allowedOrigins : [],
+    };
+  }
+
+  // The key's limits as short chips: [{text, title, kind}], empty when it has none.
+  function limitChips(key) {
+    var l = limitsOf(key);
+    var chips = [];
+    var auto = l.ratelimits.filter(function (r) {
+      return r && r.autoApply !== false;
+    });
+    var first = auto.length ? auto[0] : l.ratelimits[0];
+    if (first) {
+      var more = l.ratelimits.length - 1;
+      chips.push({
+        kind: "rate",
+        text: rateText(first) + (more > 0 ? " +" + more : ""),
+        title: l.ratelimits.map(rateTitle).join("\n"),
+      });
+    }
+    if (l.credits) {
+      var left = l.credits.remaining;
+      chips.push({
+        kind: left === 0 ? "empty" : "credits",
+        text: plural(left, "credit", "credits"),
+        title: plural(left, "credit", "credits") + " left, " + refillText(l.credits.refill),
+      });
+    }
+    if (l.cidrs.length) {
+      chips.push({ kind: "net", text: plural(l.cidrs.length, "network", "networks"), title: "Allowed networks: " + l.cidrs.join(", ") });
+    }
+    if (l.origins.length) {
+      chips.push({ kind: "net", text: plural(l.origins.length, "origin", "origins"), title: "Allowed origins: " + l.origins.join(", ") });
+    }
+    return chips;
+  }
+
+  function limitsCell(key) {
+    var chips = limitChips(key);
+    var content = chips.length
+      ? el(
+          "span",
+          { className: "chips", "data-limits": chips.map(function (c) { return c.text; }).join(" · ") },
+          chips.map(function (chip) {
+            return el("span", { className: "chip chip-" + chip.kind, title: chip.title, text: chip.text });
+          })
+        )
+      : el("span", { className: "muted", text: "None" });
+    return el("td", { className: "cell-limits", "data-label": "Limits" }, [content]);
   }
 
   // ---- messages -----------------------------------------------------------------------
@@ -382,6 +496,7 @@
       el("td", { className: "cell-time", "data-label": "Created" }, [timeCell(key.createdAt, "—", "date")]),
       el("td", { className: "cell-time", "data-label": "Last used" }, [timeCell(key.lastUsedAt, "Never", "relative")]),
       el("td", { className: "cell-time", "data-label": "Expires" }, [expires]),
+      limitsCell(key),
       activeCell,
       actions,
     ]);
@@ -444,7 +559,257 @@
     $("secret-value").value = "";
   }
 
-  // Create, and edit (name, user, active: what Audiobookshelf's edit form changes).
+  // ---- the form's "Usage limits" and "Network" sections ---------------------------------
+
+  // A problem with what was typed: the message, and the field to mark and focus.
+  function FormProblem(message, field) {
+    this.message = message;
+    this.field = field || null;
+  }
+
+  var limitRowSeq = 0;
+
+  function perSelect(id, duration) {
+    var select = el("select", { id: id, className: "rl-per" });
+    var choices = PER_CHOICES.slice();
+    if (typeof duration === "number" && choices.indexOf(duration) === -1) choices.push(duration);
+    choices.forEach(function (ms) {
+      select.appendChild(el("option", { value: String(ms), text: durationWords(ms) }));
+    });
+    select.value = String(typeof duration === "number" ? duration : 60000);
+    return select;
+  }
+
+  // One rate limit's fields; a limit's burst (set by the CLI or the API) is kept as it is.
+  function addLimitRow(limit) {
+    limitRowSeq += 1;
+    var id = "rl-" + limitRowSeq;
+    var rows = $("ratelimit-rows");
+    var first = rows.children.length === 0;
+    var name = el("input", {
+      id: id + "-name",
+      className: "rl-name",
+      type: "text",
+      maxlength: "64",
+      autocomplete: "off",
+      autocapitalize: "off",
+      spellcheck: "false",
+      placeholder: "requests",
+    });
+    name.value = limit ? limit.name : first ? "requests" : "";
+    var amount = el("input", { id: id + "-limit", className: "rl-limit", type: "number", min: "1", step: "1", inputmode: "numeric", autocomplete: "off", placeholder: "100" });
+    amount.value = limit ? String(limit.limit) : "";
+    var auto = el("input", { id: id + "-auto", className: "rl-auto", type: "checkbox" });
+    auto.checked = limit ? limit.autoApply !== false : true;
+    var burst = limit && typeof limit.burst === "number" ? limit.burst : null;
+    var node = el("div", { className: "limit-row" }, [
+      el("div", { className: "field rl-field-name" }, [el("label", { for: id + "-name", text: "Name" }), name]),
+      el("div", { className: "field rl-field-limit" }, [el("label", { for: id + "-limit", text: "Requests" }), amount]),
+      el("div", { className: "field rl-field-per" }, [el("label", { for: id + "-per", text: "Per" }), perSelect(id + "-per", limit ? limit.duration : 60000)]),
+      el("label", { className: "check rl-field-auto", title: "Off: only requests the app charges to this limit count" }, [auto, "Every request"]),
+      el("button", { type: "button", className: "btn btn-small btn-quiet btn-danger-quiet rl-remove", "data-remove": "", text: "Remove" }),
+      burst !== null ? el("p", { className: "hint rl-burst", text: "Bursts of up to " + count(burst) + " (kept as set)." }) : null,
+    ]);
+    node.keygateBurst = burst;
+    rows.appendChild(node);
+    return node;
+  }
+
+  function syncCredits() {
+    var on = $("credits-on").checked;
+    var interval = $("credits-refill").value;
+    show($("credits-fields"), on);
+    show($("credits-refill-row"), on && !!interval);
+    show($("credits-day-field"), interval === "monthly");
+  }
+
+  // The form's entries: one a line, trimmed, blank lines skipped.
+  function entries(text) {
+    return String(text)
+      .split(/\r?\n/)
+      .map(function (line) {
+        return line.trim();
+      })
+      .filter(function (item) {
+        return item !== "";
+      });
+  }
+
+  function wholeNumber(field, min, what) {
+    var text = field.value.trim();
+    var n = Number(text);
+    if (!/^[0-9]+$/.test(text) || !Number.isSafeInteger(n) || n < min) {
+      throw new FormProblem(what + ": enter a whole number" + (min > 0 ? " from " + min : "") + ".", field);
+    }
+    return n;
+  }
+
+  // What the two sections say, in the API's shapes; throws a FormProblem.
+  function readUsage() {
+    var ratelimits = [];
+    Array.prototype.forEach.call($("ratelimit-rows").children, function (row, i) {
+      var what = "Rate limit " + (i + 1);
+      var nameField = row.querySelector(".rl-name");
+      var name = nameField.value.trim();
+      if (!name) throw new FormProblem(what + ": give it a name, e.g. requests.", nameField);
+      var limit = {
+        name: name,
+        limit: wholeNumber(row.querySelector(".rl-limit"), 1, what + ", requests"),
+        duration: Number(row.querySelector(".rl-per").value),
+        autoApply: row.querySelector(".rl-auto").checked,
+      };
+      if (typeof row.keygateBurst === "number") limit.burst = row.keygateBurst;
+      ratelimits.push(limit);
+    });
+    var credits = null;
+    if ($("credits-on").checked) {
+      credits = { remaining: wholeNumber($("credits-remaining"), 0, "Credits left") };
+      var interval = $("credits-refill").value;
+      if (interval) {
+        var refill = { interval: interval, amount: wholeNumber($("credits-amount"), 0, "Refill to") };
+        if (interval === "monthly") {
+          refill.refillDay = $("credits-day").value.trim() ? wholeNumber($("credits-day"), 1, "Day of the month") : 1;
+        }
+        credits.refill = refill;
+      }
+    }
+    return {
+      ratelimits: ratelimits,
+      credits: credits,
+      cidrs: entries($("create-cidrs").value),
+      origins: entries($("create-origins").value),
+    };
+  }
+
+  // The sections' one-line summaries, from what is typed so far (never throws).
+  function updateSummaries() {
+    var rows = $("ratelimit-rows").children;
+    var parts = [];
+    Array.prototype.forEach.call(rows, function (row) {
+      var n = Number(row.querySelector(".rl-limit").value);
+      if (n > 0) parts.push(rateText({ limit: n, duration: Number(row.querySelector(".rl-per").value) }));
+    });
+    if (parts.length > 2) parts = [parts[0], "+" + (parts.length - 1)];
+    if ($("credits-on").checked) {
+      var left = Number($("credits-remaining").value);
+      if ($("credits-remaining").value.trim() !== "" && left >= 0) parts.push(plural(left, "credit", "credits"));
+      else parts.push("credits");
+    }
+    $("usage-summary").textContent = parts.length ? parts.join(" · ") : "None";
+    var cidrs = entries($("create-cidrs").value).length;
+    var origins = entries($("create-origins").value).length;
+    var net = [];
+    if (cidrs) net.push(plural(cidrs, "network", "networks"));
+    if (origins) net.push(plural(origins, "origin", "origins"));
+    $("network-summary").textContent = net.length ? net.join(" · ") : "Any network";
+  }
+
+  // The form shows `key`'s limits (none for a new key); the sections start closed.
+  function fillUsage(key) {
+    var l = key ? limitsOf(key) : { ratelimits: [], credits: null, cidrs: [], origins: [] };
+    $("ratelimit-rows").replaceChildren();
+    l.ratelimits.forEach(function (limit) {
+      if (limit && typeof limit.name === "string") addLimitRow(limit);
+    });
+    var c = l.credits;
+    var refill = c && c.refill ? c.refill : null;
+    $("credits-on").checked = !!c;
+    $("credits-remaining").value = c ? String(c.remaining) : "";
+    $("credits-refill").value = refill ? refill.interval : "";
+    $("credits-amount").value = refill ? String(refill.amount) : "";
+    $("credits-day").value = refill && refill.interval === "monthly" ? String(refill.refillDay || 1) : "1";
+    $("create-cidrs").value = l.cidrs.join("\n");
+    $("create-origins").value = l.origins.join("\n");
+    $("usage-section").open = false;
+    $("network-section").open = false;
+    show($("credits-reset-note"), !!key && !!c);
+    clearInvalid();
+    syncCredits();
+    updateSummaries();
+  }
+
+  function clearInvalid() {
+    Array.prototype.forEach.call(document.querySelectorAll('#create-form [aria-invalid="true"]'), function (node) {
+      node.removeAttribute("aria-invalid");
+    });
+  }
+
+  // Shows a problem in the form: the message, the field marked, its section opened.
+  function formProblem(problem) {
+    clearInvalid();
+    formError("create-error", problem.message);
+    var field = problem.field;
+    if (!field) return;
+    var section = field.closest("details");
+    if (section) section.open = true;
+    if (field.matches("input, select, textarea")) field.setAttribute("aria-invalid", "true");
+    field.focus();
+  }
+
+  // A 400 that names a usage field, said in the form's words; null for any other error.
+  function usageProblem(error, usage) {
+    if (error.status !== 400 || !error.detail) return null;
+    var detail = error.detail;
+    var m = /^(allowedCidrs|allowedOrigins)\[(\d+)\]: ([\s\S]*)$/.exec(detail);
+    if (m) {
+      var cidrs = m[1] === "allowedCidrs";
+      var list = cidrs ? usage.cidrs : usage.origins;
+      var i = Number(m[2]);
+      var value = i < list.length ? " “" + list[i] + "”" : "";
+      return new FormProblem(
+        (cidrs ? "Allowed networks" : "Allowed origins") + ", entry " + (i + 1) + value + ": " + m[3] + ".",
+        $(cidrs ? "create-cidrs" : "create-origins")
+      );
+    }
+    m = /^(allowedCidrs|allowedOrigins|ratelimits|credits): ([\s\S]*)$/.exec(detail);
+    if (!m) return null;
+    var labels = { allowedCidrs: "Allowed networks", allowedOrigins: "Allowed origins", ratelimits: "Rate limits", credits: "Credits" };
+    var fields = {
+      allowedCidrs: $("create-cidrs"),
+      allowedOrigins: $("create-origins"),
+      ratelimits: $("ratelimit-rows").querySelector(".rl-name") || $("ratelimit-add"),
+      credits: !$("credits-on").checked
+        ? $("credits-on")
+        : /refillDay/.test(m[2])
+        ? $("credits-day")
+        : /refill/.test(m[2])
+        ? $("credits-amount")
+        : $("credits-remaining"),
+    };
+    var text = m[2].replace(/\brefillDay\b/g, "the refill day");
+    return new FormProblem(labels[m[1]] + ": " + text + ".", fields[m[1]]);
+  }
+
+  function sameJson(a, b) {
+    return JSON.stringify(a) === JSON.stringify(b);
+  }
+
+  // A key's limits in the shapes readUsage gives, to tell what an edit changed.
+  function usageOf(key) {
+    var l = limitsOf(key);
+    var credits = null;
+    if (l.credits) {
+      credits = { remaining: l.credits.remaining };
+      var r = l.credits.refill;
+      if (r) {
+        credits.refill = { interval: r.interval, amount: r.amount };
+        if (r.interval === "monthly") credits.refill.refillDay = r.refillDay || 1;
+      }
+    }
+    return {
+      ratelimits: l.ratelimits.map(function (r) {
+        var limit = { name: r.name, limit: r.limit, duration: r.duration, autoApply: r.autoApply !== false };
+        if (typeof r.burst === "number") limit.burst = r.burst;
+        return limit;
+      }),
+      credits: credits,
+      cidrs: l.cidrs,
+      origins: l.origins,
+    };
+  }
+
+  // Create, and edit (name, user, active: what Audiobookshelf's edit form changes; and
+  // the key's usage limits and network restrictions).
   function openCreate(editing) {
     var form = $("create-form");
     form.reset();
@@ -487,16 +852,23 @@
     var tomorrow = new Date(Date.now() + 86400000);
     $("create-date").min = isoDay(tomorrow);
     if (state.editing) $("create-name").value = state.editing.name;
+    fillUsage(state.editing);
     openDialog($("create-dialog"));
     $("create-name").focus();
   }
 
-  // Saves the edit form: only what changed.
-  function submitEdit(key, name, userId, active) {
+  // Saves the edit form: only what changed. Credits are sent only when changed, since
+  // setting them starts the count again.
+  function submitEdit(key, name, userId, active, usage) {
     var body = {};
+    var before = usageOf(key);
     if (name !== key.name) body.name = name;
     if (userId !== key.userId) body.userId = userId;
     if (active !== !!key.isActive) body.isActive = active;
+    if (!sameJson(usage.ratelimits, before.ratelimits)) body.ratelimits = usage.ratelimits;
+    if (!sameJson(usage.credits, before.credits)) body.credits = usage.credits;
+    if (!sameJson(usage.cidrs, before.cidrs)) body.allowedCidrs = usage.cidrs;
+    if (!sameJson(usage.origins, before.origins)) body.allowedOrigins = usage.origins;
     if (Object.keys(body).length === 0) {
       closeDialog($("create-dialog"));
       announce("No changes to save");
@@ -535,6 +907,7 @@
   function submitCreate(event) {
     event.preventDefault();
     formError("create-error", "");
+    clearInvalid();
     var name = $("create-name").value.trim();
     var usingSelect = !$("create-user-select").hidden;
     var userId = (usingSelect ? $("create-user-select").value : $("create-user-input").value).trim();
@@ -556,13 +929,26 @@
       $("create-date").focus();
       return;
     }
+    var usage;
+    try {
+      usage = readUsage();
+    } catch (problem) {
+      if (!(problem instanceof FormProblem)) throw problem;
+      formProblem(problem);
+      return;
+    }
     var button = $("create-submit");
+    var refused = function (error) {
+      if (error.status === 401) return failed(error);
+      var problem = usageProblem(error, usage);
+      if (problem) formProblem(problem);
+      else formError("create-error", error.message);
+    };
     if (state.editing) {
       button.disabled = true;
-      submitEdit(state.editing, name, userId, $("create-active").checked)
+      submitEdit(state.editing, name, userId, $("create-active").checked, usage)
         .catch(function (error) {
-          if (error.status === 401) return failed(error);
-          formError("create-error", error.message);
+          refused(error);
           if (error.status === 404 || error.status === 409) loadKeys(false).catch(failed);
         })
         .then(function () {
@@ -572,6 +958,10 @@
     }
     var body = { name: name, userId: userId, isActive: $("create-active").checked };
     if (seconds) body.expiresIn = seconds;
+    if (usage.ratelimits.length) body.ratelimits = usage.ratelimits;
+    if (usage.credits) body.credits = usage.credits;
+    if (usage.cidrs.length) body.allowedCidrs = usage.cidrs;
+    if (usage.origins.length) body.allowedOrigins = usage.origins;
     button.disabled = true;
     api("POST", "/", body)
       .then(function (data) {
@@ -584,10 +974,7 @@
         closeDialog($("create-dialog"));
         showSecret("API key created", created.name, plaintext);
       })
-      .catch(function (error) {
-        if (error.status === 401) return failed(error);
-        formError("create-error", error.message);
-      })
+      .catch(refused)
       .then(function () {
         button.disabled = false;
       });
@@ -759,6 +1146,32 @@
       if (custom) $("create-date").focus();
     });
     $("confirm-form").addEventListener("submit", submitConfirm);
+    $("ratelimit-add").addEventListener("click", function () {
+      var row = addLimitRow(null);
+      updateSummaries();
+      row.querySelector(".rl-limit").focus();
+    });
+    $("ratelimit-rows").addEventListener("click", function (event) {
+      var remove = event.target.closest("[data-remove]");
+      if (!remove) return;
+      remove.closest(".limit-row").remove();
+      updateSummaries();
+      $("ratelimit-add").focus();
+    });
+    $("credits-on").addEventListener("change", function () {
+      if ($("credits-on").checked && !$("credits-remaining").value) $("credits-remaining").value = "1000";
+      syncCredits();
+      updateSummaries();
+      if ($("credits-on").checked) $("credits-remaining").focus();
+    });
+    $("credits-refill").addEventListener("change", function () {
+      if ($("credits-refill").value && !$("credits-amount").value) $("credits-amount").value = $("credits-remaining").value;
+      syncCredits();
+    });
+    ["usage-section", "network-section"].forEach(function (id) {
+      $(id).addEventListener("input", updateSummaries);
+      $(id).addEventListener("change", updateSummaries);
+    });
     $("secret-copy").addEventListener("click", copySecret);
     $("secret-done").addEventListener("click", closeSecret);
     // The key is shown once: Escape must not throw it away by accident.
