@@ -219,7 +219,12 @@ async fn latency(backend: &str, trials: usize) {
                     .unwrap(),
             )
             .await;
-            let b = node(RedisStore::connect_cluster(urls.clone(), config).await.unwrap()).await;
+            let b = node(
+                RedisStore::connect_cluster(urls.clone(), config)
+                    .await
+                    .unwrap(),
+            )
+            .await;
             let primary = slot_primary(&urls[0], &format!("{{{ns}}}")).await;
             let killer = Killer::RedisCluster {
                 primary: primary.clone(),
@@ -271,7 +276,8 @@ async fn slot_primary(url: &str, key: &str) -> String {
         let Value::Array(parts) = range else {
             panic!("CLUSTER SLOTS: {range:?}");
         };
-        let (Value::Int(lo), Value::Int(hi), Value::Array(node)) = (&parts[0], &parts[1], &parts[2])
+        let (Value::Int(lo), Value::Int(hi), Value::Array(node)) =
+            (&parts[0], &parts[1], &parts[2])
         else {
             panic!("CLUSTER SLOTS: {parts:?}");
         };
@@ -325,9 +331,10 @@ impl Killer {
                     let sharded = line
                         .split(' ')
                         .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"));
-                    if let (true, Some(id)) =
-                        (sharded, line.split(' ').find_map(|kv| kv.strip_prefix("id=")))
-                    {
+                    if let (true, Some(id)) = (
+                        sharded,
+                        line.split(' ').find_map(|kv| kv.strip_prefix("id=")),
+                    ) {
                         killed += keygate::redis::cmd("CLIENT")
                             .arg("KILL")
                             .arg("ID")
