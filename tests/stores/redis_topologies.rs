@@ -400,7 +400,11 @@ async fn cluster_feed_killed_during_a_burst_of_revocations_loses_none() {
                 .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"))
         })
         .await;
-        assert_eq!(killed, 2, "a's and b's feed connections were killed");
+        // A feed of the previous test may still be closing.
+        assert!(
+            killed >= 2,
+            "a's and b's feed connections were killed: {killed}"
+        );
     })
     .await;
 }
@@ -419,7 +423,11 @@ async fn sentinel_feed_killed_during_a_burst_of_revocations_loses_none() {
     burst(&a, &b, || async {
         let name = format!("name={}", RedisStore::FEED_CLIENT_NAME);
         let killed = kill_clients(primary, |line| line.split(' ').any(|kv| kv == name)).await;
-        assert_eq!(killed, 2, "a's and b's feed connections were killed");
+        // A feed of the previous test may still be closing.
+        assert!(
+            killed >= 2,
+            "a's and b's feed connections were killed: {killed}"
+        );
     })
     .await;
 }
