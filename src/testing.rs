@@ -1138,6 +1138,30 @@ pub async fn limiter_conformance(limiter: &dyn crate::limits::Limiter) {
         7
     );
 
+    // A burst spanning centuries (1 per 366 days, burst 300: B * T is ~300 years of
+    // nanoseconds, past what an `i64` TAT holds): at most the burst fits, then nothing;
+    // never unlimited. And a cost above the burst never fits, even with the limit full.
+    let ages = RateLimit::new("ages", 1, crate::limits::MAX_RATELIMIT_DURATION_MS).with_burst(300);
+    let one_age = [Charge::new(&ages, 1)];
+    let key4 = KeyId::random();
+    let mut fitted = 0;
+    for _ in 0..400 {
+        let check = LimitCheck::new(Subject::Key(key4), &one_age, None, t0);
+        if limiter.check(&check).await.expect("limiter: check").allowed {
+            fitted += 1;
+        }
+    }
+    assert!(
+        (1..=300).contains(&fitted),
+        "limiter: a burst of 300 over centuries let {fitted} of 400 through"
+    );
+    let over = [Charge::new(&ages, 301)];
+    let over = LimitCheck::new(Subject::Key(KeyId::random()), &over, None, t0);
+    assert!(
+        !limiter.check(&over).await.expect("limiter: check").allowed,
+        "limiter: a cost above the burst fitted"
+    );
+
     // Owners are their own subjects.
     let owner = format!("conformance-owner-{}", KeyId::random());
     let tiny = RateLimit::new("requests", 1, 60_000);

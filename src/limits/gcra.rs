@@ -40,6 +40,26 @@ use chrono::{DateTime, Datelike, NaiveDate, TimeDelta, Utc};
 use super::{CreditPolicy, CreditRefill, LimitStatus, RateLimit, RefillInterval};
 
 const NANOS_PER_MICRO: i128 = 1_000;
+
+/// The longest tolerance (`B * T`) the arithmetic uses, in nanoseconds (2 * 10^18, about
+/// 63 years): a limit whose burst spans longer acts as if its burst were the units that
+/// fit in 63 years ([`effective_burst`]). It keeps every `TAT` (at most
+/// `now + 2 * CAP_NS`) inside an `i64` of nanoseconds until the year 2262, so a stored
+/// `TAT` is never clamped: a clamped one would let every later request fit. The
+/// store-backed limiters use the same burst.
+pub(crate) const CAP_NS: i128 = 2_000_000_000_000_000_000;
+
+/// The burst the arithmetic applies: [`RateLimit::burst`], or the units that fit in about
+/// 63 years ([`CAP_NS`]) when that is fewer (only for limits whose burst times interval
+/// spans longer; at least 63 units, since a validated interval is at most 366 days).
+pub(crate) fn effective_burst(limit: &RateLimit) -> u64 {
+    let t = interval_ns(limit);
+    let units = u64::try_from(CAP_NS)
+        .unwrap_or(u64::MAX)
+        .checked_div(t)
+        .unwrap_or(u64::MAX);
+    limit.burst().min(units)
+}
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// The emission interval of `limit`, in nanoseconds: `ceil(duration * 10^6 / limit)`, at
@@ -100,7 +120,8 @@ pub fn decide(
 ) -> (LimitStatus, Option<i64>) {
     let t64 = interval_ns(limit);
     let t = i128::from(t64);
-    let burst = i128::from(limit.burst());
+    let burst_units = effective_burst(limit);
+    let burst = i128::from(burst_units);
     let now = now_ns(now_us);
     let tat = tat.map_or(now, |tat| i128::from(tat).max(now));
     let tolerance = burst.saturating_mul(t);
@@ -111,7 +132,7 @@ pub fn decide(
     let remaining_at = |tat: i128| {
         let room = now.saturating_add(tolerance).saturating_sub(tat).max(0);
         let room = u64::try_from(room).unwrap_or(u64::MAX);
-        room.checked_div(t64).unwrap_or(0).min(limit.burst())
+        room.checked_div(t64).unwrap_or(0).min(burst_units)
     };
     if now >= allow_at {
         let status = LimitStatus::new(
@@ -341,6 +362,38 @@ mod tests {
         assert!(!s.allowed && tat.is_none() && s.retry_after_us.is_none());
         let (s, _) = decide(None, 0, &limit, 5);
         assert!(s.allowed && s.remaining == 0);
+    }
+
+    #[test]
+    fn a_tolerance_beyond_the_year_2262_never_lets_a_limit_run_unlimited() {
+        // 1 per 366 days with a burst of 1000: B * T is ~1000 years of nanoseconds, more
+        // than an `i64` TAT can hold. Clamping the stored TAT at `i64::MAX` used to make
+        // every later request fit (allow_at = i64::MAX + T - B * T < now): unlimited.
+        let limit =
+            RateLimit::new("r", 1, super::super::MAX_RATELIMIT_DURATION_MS).with_burst(1000);
+        let now = us(2026, 1, 1, 0, 0, 0);
+        let mut tat = None;
+        let mut allowed = 0u64;
+        for _ in 0..5000 {
+            let (status, next) = decide(tat, now, &limit, 1);
+            if status.allowed {
+                allowed += 1;
+                tat = next;
+            }
+        }
+        assert!(
+            allowed <= limit.burst(),
+            "allowed {allowed} of a burst of 1000"
+        );
+        // As the store limiters: a burst past about 63 years of intervals acts as 63 years.
+        let cap = u64::try_from(CAP_NS / emission_interval_ns(&limit)).unwrap();
+        assert_eq!((allowed, effective_burst(&limit)), (cap, cap));
+        // A cost above that burst never fits, even with the limit full: one big charge
+        // cannot take more than 63 years of emission time either.
+        let (over, none) = decide(None, now, &limit, cap + 1);
+        assert!(!over.allowed && none.is_none() && over.retry_after_us.is_none());
+        let (fits, _) = decide(None, now, &limit, cap);
+        assert!(fits.allowed && fits.remaining == 0);
     }
 
     #[test]

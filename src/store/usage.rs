@@ -17,19 +17,21 @@
 //!   the arithmetic. The store's decision is authoritative; the two agree (the tests check
 //!   it against random sequences).
 //!
-//! Increments and tolerances are capped at [`CAP_NS`] (about 63 years) so that
+//! Tolerances are at most [`CAP_NS`] (about 63 years: the burst is
+//! [`gcra::effective_burst`]) and increments are capped at one more than that, so that
 //! `now + tolerance + increment` stays inside an `i64` of nanoseconds (SQL) and inside the
 //! 2^53 integers a Lua number holds exactly when split into microseconds and a nanosecond
-//! remainder (Redis). A limit whose burst times interval exceeds 63 years behaves as if it
-//! were 63 years.
+//! remainder (Redis). A limit whose burst times interval exceeds 63 years behaves as if its
+//! burst were what fits in 63 years.
 
 use crate::limits::gcra::CreditState;
 use crate::limits::{gcra, LimitCheck, LimitOutcome, LimitStatus, LimiterError};
 use crate::store::StoreError;
 
 /// The largest increment or tolerance passed to a store, in nanoseconds (2 * 10^18, about
-/// 63 years): `now + 2 * CAP_NS` stays below `i64::MAX` until the year 2262.
-pub(crate) const CAP_NS: i128 = 2_000_000_000_000_000_000;
+/// 63 years): `now + 2 * CAP_NS` (+ 1) stays below `i64::MAX` until the year 2262. The
+/// same cap as [`gcra::decide`]'s.
+pub(crate) const CAP_NS: i128 = gcra::CAP_NS;
 
 /// The largest credit cost passed to a store: one more than the largest count a policy
 /// may hold (2^53 - 1), so a larger cost is refused exactly as it would be, and every
@@ -42,6 +44,7 @@ pub(crate) struct Prepared {
     /// `now` in nanoseconds since the epoch.
     pub(crate) now_ns: i64,
     /// `now` in microseconds since the epoch (never negative).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Redis's script takes it
     pub(crate) now_us: i64,
     /// The limits' names, in the check's order.
     pub(crate) names: Vec<String>,
@@ -105,8 +108,18 @@ pub(crate) fn prepare(check: &LimitCheck<'_>) -> Result<Prepared, LimiterError> 
     for charge in check.limits {
         let t = gcra::emission_interval_ns(charge.limit);
         names.push(charge.limit.name.clone());
-        incs.push(capped(i128::from(charge.cost).saturating_mul(t)));
-        tols.push(capped(i128::from(charge.limit.burst()).saturating_mul(t)));
+        // The burst `gcra::decide` applies: its tolerance is at most `CAP_NS`.
+        let burst = gcra::effective_burst(charge.limit);
+        let tol = capped(i128::from(burst).saturating_mul(t));
+        let mut inc = capped(i128::from(charge.cost).saturating_mul(t));
+        if charge.cost > burst {
+            // Capped, both could be `CAP_NS` and the charge would fit when the limit is
+            // full: a cost above the burst never fits, so its increment exceeds the
+            // tolerance (by 1 ns at most past the cap).
+            inc = inc.max(tol.saturating_add(1));
+        }
+        incs.push(inc);
+        tols.push(tol);
     }
     let credits = check.credits.map(|spend| {
         let policy = spend.policy;
@@ -193,6 +206,7 @@ pub(crate) fn limiter_error(error: StoreError) -> LimiterError {
 pub(crate) struct NotANumber(pub(crate) String);
 
 /// Parses a stored integer; empty means absent.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // Redis answers with strings
 pub(crate) fn parse_opt(text: &str) -> Result<Option<i64>, LimiterError> {
     if text.is_empty() {
         return Ok(None);

@@ -168,8 +168,8 @@ pub enum JwtSource {
 }
 
 /// The resolved settings of `keygate serve` (see the [module docs](self) for where each
-/// comes from).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// comes from). `Debug` shows the store URL with its password and query masked.
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Config {
     /// Listen address.
@@ -213,9 +213,45 @@ pub struct Config {
     pub users: Option<BTreeMap<String, User>>,
 }
 
+// A store URL can carry a password (`postgres://user:secret@…`): never in a Debug print.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("addr", &self.addr)
+            .field("db", &crate::redact_url(&self.db))
+            .field("prefix", &self.prefix)
+            .field("realm", &self.realm)
+            .field("pepper", &self.pepper)
+            .field("jwt_secret", &self.jwt_secret)
+            .field("log", &self.log)
+            .field("log_format", &self.log_format)
+            .field("bootstrap", &self.bootstrap)
+            .field("bootstrap_owner", &self.bootstrap_owner)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("store_timeout", &self.store_timeout)
+            .field("original_uri_header", &self.original_uri_header)
+            .field("original_method_header", &self.original_method_header)
+            .field("trusted_proxies", &self.trusted_proxies)
+            .field("proxy_header", &self.proxy_header)
+            .field("github_keys_file", &self.github_keys_file)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for Overrides {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Overrides")
+            .field("db", &self.db.as_deref().map(crate::redact_url))
+            .field("prefix", &self.prefix)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
 /// Values from the command line (`--db`, `--prefix`, which clap also fills from the
-/// environment), and the configuration file's path.
-#[derive(Debug, Clone, Default)]
+/// environment), and the configuration file's path. `Debug` masks the store URL's password.
+#[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct Overrides {
     /// `--db`.
@@ -590,6 +626,24 @@ mod tests {
             &|name| env.get(name).cloned(),
             Some((Path::new("keygate.toml"), file)),
         )
+    }
+
+    #[test]
+    fn debug_never_shows_the_store_password() {
+        let url = "postgres://keygate:hunter2secret@db.example:5432/keys?password=alsosecret";
+        let config = resolve(&[("KEYGATE_DB", url), ("KEYGATE_PEPPER", "x")], "").unwrap();
+        let shown = format!("{config:?}");
+        assert!(shown.contains("db.example"), "{shown}");
+        assert!(
+            !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
+            "{shown}"
+        );
+        let overrides = Overrides::new(Some(url.to_owned()), None, None);
+        let shown = format!("{overrides:?}");
+        assert!(
+            !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
+            "{shown}"
+        );
     }
 
     #[test]
