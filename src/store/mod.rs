@@ -29,7 +29,7 @@ mod url;
 mod usage;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore};
+pub use self::redis::{RedisConfig, RedisConnection, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
