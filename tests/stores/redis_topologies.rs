@@ -529,9 +529,9 @@ where
         retried.load(Ordering::SeqCst)
     );
 
-    // What the store holds now (a store connected after the failover, no cache): a
-    // revoke the old primary acknowledged but had not replicated when it was demoted is
-    // gone (Redis replicates asynchronously).
+    // What the store holds now (a store connected after the failover, no cache): every
+    // revoke above returned Ok in the end; one the store acknowledged but Redis did not
+    // keep (not replicated when the old primary was demoted) counts as lost.
     let fresh = fresh.await;
     let mut lost = 0;
     let mut held = Vec::with_capacity(KEYS);

@@ -280,7 +280,7 @@ impl Default for RedisConfig {
 /// log when its subscription is dropped (a failover or slot move sends `SUNSUBSCRIBE`). A
 /// manual `CLUSTER FAILOVER` loses nothing (the replica catches up first); an automatic
 /// failover after a primary dies can lose the writes it had not yet replicated, as with any
-/// Redis client.
+/// Redis client ([`RedisConfig::replicas`] applies behind Sentinel only).
 ///
 /// [`connect_sentinel`](Self::connect_sentinel) (or `redis+sentinel://host:port,…/<master>`)
 /// asks the sentinels for the primary, then uses it as a single server. The store asks the
@@ -288,11 +288,16 @@ impl Default for RedisConfig {
 /// they name one (and when a call finds its primary gone or read-only); the change feed
 /// then reconnects to it and drops its cache, since the new primary's change sequence may
 /// not hold what the old one took last. Sentinel promotes the replica before it demotes the
-/// old primary, and Redis replicates asynchronously, so writes the old primary acknowledged
-/// in between (at most about one heartbeat's worth) can be lost by Redis itself; what the
-/// store holds afterwards, every node's cache agrees with. Re-check revocations made
-/// during a failover, or set `min-replicas-to-write` on the servers to shorten the window.
-/// TLS to Sentinel (`rediss+sentinel://`) checks the primary's certificate against the
+/// old primary, and Redis replicates asynchronously, so a write the old primary took in
+/// between could be lost; the store therefore acknowledges a key-management write
+/// (insert, update, revoke, delete, rotate) only once `WAIT` saw
+/// [`RedisConfig::replicas`] replicas (default 1) hold it, within
+/// [`RedisConfig::replication_timeout`] (default 1 s), and fails it with
+/// [`StoreError::Unreplicated`] otherwise: a write that returned `Ok` survives the
+/// failover, one that failed should be retried. These writes use a connection of their
+/// own (`WAIT` blocks the connection it is sent on), so verifies never wait behind them;
+/// last-used batches and limiter checks do not wait. With several replicas, ask for all
+/// of them to be sure the one Sentinel promotes has the write. TLS to Sentinel (`rediss+sentinel://`) checks the primary's certificate against the
 /// system's roots only.
 ///
 /// Both are in the `redis` feature (the `redis` crate's `cluster-async` and `sentinel`
@@ -465,7 +470,8 @@ impl RedisStore {
     /// themselves are asked without them). When a call finds that primary gone, refusing
     /// connections or answering as a replica (`READONLY`) after a failover, the store asks
     /// the sentinels again and connects to the new primary; so does the change feed when it
-    /// reconnects.
+    /// reconnects. Key-management writes wait for [`RedisConfig::replicas`] replicas
+    /// (see [`RedisStore`], "Redis Cluster and Sentinel").
     ///
     /// # Errors
     ///
