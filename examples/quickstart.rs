@@ -33,10 +33,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let header = format!("Bearer {}", issued.key.expose());
     let principal = gate.verify_header(&header).await?;
     println!(
-        "verified: key {:?} acts for {} until {:?}",
+        "verified: key {:?} acts for {}, expires {}",
         principal.key_name(),
         principal.owner_id(),
-        principal.expires_at()
+        principal
+            .expires_at()
+            .map_or_else(|| "never".to_owned(), |at| at.to_rfc3339())
     );
 
     // No UserDirectory here, so every owner implicitly holds every permission and

@@ -272,6 +272,12 @@ impl From<Error> for Fail {
             Error::Store(e) => Fail(store_exit_code(&e), format!("store: {}", chain(&e))),
             Error::Limiter(e) => Fail(STORE, format!("usage limiter: {}", chain(&e))),
             Error::PepperMismatch { .. } => Fail(CONFIG, wrong_pepper(&error)),
+            // The library says "build the gate with a JWT secret"; an operator sets a variable.
+            Error::JwtDisabled => Fail(
+                CONFIG,
+                "JWT keys are not enabled: set KEYGATE_JWT_SECRET or KEYGATE_JWT_SECRET_FILE"
+                    .into(),
+            ),
             other => Fail(CONFIG, chain(&other)),
         }
     }
@@ -605,6 +611,18 @@ async fn verify(gate: &Keygate, context: &RequestContext) -> Result<(), Fail> {
         // never a refused key (1).
         Err(error) if error.is_server_error() => {
             return Err(Fail(STORE, chain(&error)));
+        }
+        // The key is another application's, or the prefix setting is not this store's:
+        // say which prefix was expected and where it comes from.
+        Err(error) if error.rejection() == Some(keygate::Rejection::WrongPrefix) => {
+            return Err(Fail(
+                1,
+                format!(
+                    "key refused: wrong_prefix (expected {}_…; the prefix comes from \
+                     KEYGATE_PREFIX or --prefix)",
+                    gate.prefix()
+                ),
+            ));
         }
         Err(error) => return Err(Fail(1, format!("key refused: {}", error.reason()))),
     }

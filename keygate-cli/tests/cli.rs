@@ -281,6 +281,19 @@ async fn full_workflow(cli: &Cli) {
         &[("KEYGATE_PEPPER", "short")],
     );
     assert_eq!(out.status.code(), Some(2));
+    // A JWT key without a JWT secret names the variable to set (it used to repeat the
+    // library's "build the gate with a JWT secret").
+    let out = cli.run_env(
+        &["mint", "--user", &owner, "--name", "x", "--format", "jwt"],
+        &[("KEYGATE_PEPPER", PEPPER)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert!(
+        stderr(&out).contains("set KEYGATE_JWT_SECRET or KEYGATE_JWT_SECRET_FILE"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(
         cli.count(&owner).await,
         before,
@@ -380,6 +393,28 @@ async fn verify_never_takes_the_key_from_argv() {
             "keygate: error: key refused: malformed"
         );
     }
+}
+
+/// A key with another prefix (the example servers' `abs_` keys checked with the CLI's
+/// default) says which prefix was expected and where it is set; it used to say only
+/// `wrong_prefix`.
+#[tokio::test]
+async fn a_wrong_prefix_names_the_expected_one() {
+    let scratch = Scratch::new();
+    let key = scratch.0.ok(&["mint", "--user", "u", "--name", "prefix"]);
+    let other = Cli {
+        db: scratch.0.db.clone(),
+        prefix: "other".into(),
+    };
+    let out = other.verify(key.trim());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        stderr(&out).trim(),
+        "keygate: error: key refused: wrong_prefix (expected other_…; the prefix comes from \
+         KEYGATE_PREFIX or --prefix)"
+    );
+    scratch.0.verify_ok(key.trim());
 }
 
 /// `rotate --grace 100000000d` used to panic (exit 101) after writing the new key.
@@ -549,6 +584,7 @@ async fn sqlite_workflow() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keygate_test_postgres), ignore = "set KEYGATE_TEST_POSTGRES_URL")]
 async fn postgres_workflow() {
     let Some(url) = support::postgres_url() else {
         return;
@@ -561,6 +597,7 @@ async fn postgres_workflow() {
 }
 
 #[tokio::test]
+#[cfg_attr(not(keygate_test_redis), ignore = "set KEYGATE_TEST_REDIS_URL")]
 async fn redis_workflow() {
     let Some(url) = support::redis_url() else {
         return;
@@ -587,6 +624,10 @@ fn tls_servers() -> Option<(String, String, String, String)> {
 /// `verify-full` and `rediss://` (both servers refuse cleartext).
 #[cfg(feature = "tls")]
 #[tokio::test]
+#[cfg_attr(
+    not(keygate_test_tls),
+    ignore = "start the TLS servers: eval \"$(.ci/tls.sh start)\""
+)]
 async fn tls_workflow() {
     let Some((postgres, redis, ca, _)) = tls_servers() else {
         return;
@@ -608,6 +649,10 @@ async fn tls_workflow() {
 /// cleartext.
 #[cfg(feature = "tls")]
 #[test]
+#[cfg_attr(
+    not(keygate_test_tls),
+    ignore = "start the TLS servers: eval \"$(.ci/tls.sh start)\""
+)]
 fn tls_refusals_say_why() {
     let Some((postgres, redis, _, wrong_ca)) = tls_servers() else {
         return;
@@ -675,6 +720,9 @@ fn malformed_store_urls_are_configuration_errors() {
         ("postgres://user:pw@[::1/db", "invalid PostgreSQL URL"),
         ("nosuch://x", "unsupported store URL scheme"),
         ("redis://[::1/", "did not parse"),
+        // No file named: it used to be exit 3, "No such file or directory".
+        ("sqlite://", "names no database file"),
+        ("sqlite:", "names no database file"),
     ] {
         let cli = Cli {
             db: db.into(),

@@ -194,10 +194,10 @@ impl SqliteStore {
     ///
     /// # Errors
     ///
-    /// [`StoreError::InvalidUrl`] if `url` does not parse; [`StoreError::Backend`] if the
-    /// file cannot be created or opened (or another process holds the write lock for
-    /// longer than the busy timeout), or if the migrations fail as described under
-    /// [`migrate`](Self::migrate).
+    /// [`StoreError::InvalidUrl`] if `url` does not parse or names no file (`sqlite://`);
+    /// [`StoreError::Backend`] if the file cannot be created or opened (or another process
+    /// holds the write lock for longer than the busy timeout), or if the migrations fail as
+    /// described under [`migrate`](Self::migrate).
     pub async fn connect_with(url: &str, config: SqliteConfig) -> Result<Self, StoreError> {
         let memory = is_memory(url);
         let read_only = url.starts_with("sqlite:") && has_param(url, "mode=ro");
@@ -207,6 +207,13 @@ impl SqliteStore {
         } else {
             SqliteConnectOptions::new().filename(url)
         };
+        if !memory && options.get_filename().as_os_str().is_empty() {
+            // `sqlite://`, `sqlite:` or `""`: SQLite would open a private temporary
+            // database (or fail with "no such file"), not the store the operator meant.
+            return Err(StoreError::InvalidUrl(
+                "the SQLite URL names no database file: use sqlite://path/to/keys.db".into(),
+            ));
+        }
         let options = options
             .create_if_missing(!read_only)
             .busy_timeout(config.busy_timeout)
@@ -647,5 +654,26 @@ mod tests {
         assert!(!is_memory("sqlite://keys.db"));
         assert!(!is_memory("keys.db"));
         assert!(!is_memory("sqlite:memory.db"));
+    }
+
+    /// `sqlite://` used to fail later as a backend error ("no such file or directory"),
+    /// which the CLI reports as an unreachable store (exit 3) instead of a bad URL.
+    #[tokio::test]
+    async fn a_url_naming_no_file_is_invalid() {
+        for url in [
+            "sqlite://",
+            "sqlite:",
+            "",
+            "sqlite://?mode=rwc",
+            "sqlite://?mode=ro",
+        ] {
+            match SqliteStore::connect(url).await {
+                Err(StoreError::InvalidUrl(why)) => assert!(why.contains("names no"), "{why}"),
+                Err(other) => panic!("{url:?}: {other:?}"),
+                Ok(_) => panic!("{url:?}: opened"),
+            }
+        }
+        // In-memory URLs name no file and are still fine.
+        assert!(SqliteStore::connect("sqlite::memory:").await.is_ok());
     }
 }

@@ -44,6 +44,7 @@ pub(crate) struct Prepared {
     /// `now` in nanoseconds since the epoch.
     pub(crate) now_ns: i64,
     /// `now` in microseconds since the epoch (never negative).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))] // Redis's script takes it
     pub(crate) now_us: i64,
     /// The limits' names, in the check's order.
     pub(crate) names: Vec<String>,
@@ -205,6 +206,7 @@ pub(crate) fn limiter_error(error: StoreError) -> LimiterError {
 pub(crate) struct NotANumber(pub(crate) String);
 
 /// Parses a stored integer; empty means absent.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))] // Redis answers with strings
 pub(crate) fn parse_opt(text: &str) -> Result<Option<i64>, LimiterError> {
     if text.is_empty() {
         return Ok(None);

@@ -287,13 +287,15 @@ impl PostgresStore {
     /// # Errors
     ///
     /// [`StoreError::InvalidUrl`] if `url` does not parse (the message never repeats the
-    /// URL, which may hold a password); [`StoreError::TlsUnavailable`] as
+    /// URL, which may hold a password) or names a CA file (`sslrootcert`) that cannot be
+    /// read; [`StoreError::TlsUnavailable`] as
     /// [`connect_options`](Self::connect_options) says; [`StoreError::Timeout`] if no
     /// connection could be made within the acquire timeout; [`StoreError::Backend`] if
     /// connecting fails otherwise (including a TLS handshake: see [`PostgresStore`], "TLS"),
     /// or the migrations fail as described under [`migrate`](Self::migrate).
     pub async fn connect_with(url: &str, config: PostgresConfig) -> Result<Self, StoreError> {
         let mut connect = Self::connect_options(url)?;
+        tls::check_root_cert(&connect)?;
         let name = config
             .application_name
             .clone()

@@ -70,6 +70,27 @@ fn is_local(options: &PgConnectOptions) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// A CA file the options name (`sslrootcert`, or `PGSSLROOTCERT`) that cannot be read is
+/// the operator's configuration, said with the file's name before any connection. sqlx
+/// would read it only while connecting, and report an I/O error that names no file
+/// ("No such file or directory"), indistinguishable from an unreachable server.
+pub(super) fn check_root_cert(options: &PgConnectOptions) -> Result<(), StoreError> {
+    use sqlx::ConnectOptions;
+
+    if matches!(options.get_ssl_mode(), PgSslMode::Disable) {
+        return Ok(());
+    }
+    // sqlx has no getter for the CA; its URL form writes a file as `file: <path>`.
+    let url = options.to_url_lossy();
+    let named = url.query_pairs().find(|(name, _)| name == "sslrootcert");
+    let Some(path) = named.as_ref().and_then(|(_, v)| v.strip_prefix("file: ")) else {
+        return Ok(()); // none, or an inline PEM (`ssl_root_cert_from_pem`)
+    };
+    std::fs::File::open(path).map(drop).map_err(|e| {
+        StoreError::InvalidUrl(format!("cannot read the PostgreSQL CA file {path}: {e}"))
+    })
+}
+
 /// Whether a CA file (or inline PEM) was named: `sslrootcert` (or sqlx's spellings
 /// `ssl-root-cert`, `ssl-ca`) in the URL's query, or `PGSSLROOTCERT`. sqlx has no getter
 /// for it.
@@ -200,6 +221,28 @@ mod tests {
             ] {
                 assert!(!names_root_cert(url), "{url}");
             }
+        }
+    }
+
+    /// A CA file that is not there used to surface at connect time as an I/O error that
+    /// named no file (the CLI's exit 3, "store unavailable", instead of 2).
+    #[test]
+    fn an_unreadable_root_cert_is_named_before_connecting() {
+        let missing = "/nonexistent-keygate-test/ca.pem";
+        let url =
+            format!("postgres://app@db.internal/keys?sslmode=verify-full&sslrootcert={missing}");
+        match check_root_cert(&options(&url)) {
+            Err(StoreError::InvalidUrl(why)) => assert!(why.contains(missing), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // A readable file, none, or no TLS at all: nothing to say.
+        let here = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        for url in [
+            format!("postgres://app@db.internal/keys?sslmode=verify-full&sslrootcert={here}"),
+            "postgres://app@db.internal/keys?sslmode=verify-full".to_owned(),
+            format!("postgres://app@db.internal/keys?sslmode=disable&sslrootcert={missing}"),
+        ] {
+            assert!(check_root_cert(&options(&url)).is_ok(), "{url}");
         }
     }
 
