@@ -238,7 +238,9 @@ pub struct SyncReport {
 /// # When the store fails
 ///
 /// A failed or timed-out sync keeps its batch (added back, sent with the next one):
-/// nothing admitted is forgotten. While the store is down each node limits on its own,
+/// nothing admitted is forgotten. A call that timed out may still have been recorded by
+/// the store (the request was sent; only its answer was late): its batch is then counted
+/// twice, which errs strict, never loose. While the store is down each node limits on its own,
 /// so the fleet admits up to `N` times the limit (never unlimited). What happens after
 /// [`max_staleness`](LocalFirstConfig::max_staleness) of failing syncs is
 /// [`on_store_failure`](LocalFirstConfig::on_store_failure):
