@@ -229,6 +229,7 @@ impl std::fmt::Debug for Config {
             .field("bootstrap_owner", &self.bootstrap_owner)
             .field("cache_ttl", &self.cache_ttl)
             .field("store_timeout", &self.store_timeout)
+            .field("limits", &self.limits)
             .field("original_uri_header", &self.original_uri_header)
             .field("original_method_header", &self.original_method_header)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -634,6 +635,7 @@ mod tests {
         let config = resolve(&[("KEYGATE_DB", url), ("KEYGATE_PEPPER", "x")], "").unwrap();
         let shown = format!("{config:?}");
         assert!(shown.contains("db.example"), "{shown}");
+        assert!(shown.contains("limits: Memory"), "{shown}");
         assert!(
             !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
             "{shown}"
