@@ -5,6 +5,10 @@
 //!
 //! - `keygate_test_postgres`: `KEYGATE_TEST_POSTGRES_URL` is set.
 //! - `keygate_test_redis`: `KEYGATE_TEST_REDIS_URL` is set.
+//! - `keygate_test_redis_cluster`: `KEYGATE_TEST_REDIS_CLUSTER_URLS` is set (the Redis
+//!   Cluster of `.ci/cluster.sh`: `eval "$(.ci/cluster.sh start)"`).
+//! - `keygate_test_redis_sentinel`: `KEYGATE_TEST_REDIS_SENTINEL_URLS` and
+//!   `KEYGATE_TEST_REDIS_SENTINEL_MASTER` are set (the Sentinel set-up of the same script).
 //! - `keygate_test_node`: the Node interop fixture is installed (`npm ci` in
 //!   `tests/fixtures/node`).
 //! - `keygate_test_tls`: the TLS servers of `.ci/tls.sh` are configured:
@@ -24,6 +28,10 @@ fn main() {
     for (cfg, var) in [
         ("keygate_test_postgres", "KEYGATE_TEST_POSTGRES_URL"),
         ("keygate_test_redis", "KEYGATE_TEST_REDIS_URL"),
+        (
+            "keygate_test_redis_cluster",
+            "KEYGATE_TEST_REDIS_CLUSTER_URLS",
+        ),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={var}");
@@ -31,6 +39,21 @@ fn main() {
         if set || ci {
             println!("cargo::rustc-cfg={cfg}");
         }
+    }
+
+    println!("cargo::rustc-check-cfg=cfg(keygate_test_redis_sentinel)");
+    let sentinel_vars = [
+        "KEYGATE_TEST_REDIS_SENTINEL_URLS",
+        "KEYGATE_TEST_REDIS_SENTINEL_MASTER",
+    ];
+    for var in sentinel_vars {
+        println!("cargo::rerun-if-env-changed={var}");
+    }
+    let sentinel_set = sentinel_vars
+        .iter()
+        .all(|var| std::env::var(var).is_ok_and(|v| !v.trim().is_empty()));
+    if sentinel_set || ci {
+        println!("cargo::rustc-cfg=keygate_test_redis_sentinel");
     }
 
     println!("cargo::rustc-check-cfg=cfg(keygate_test_tls)");

@@ -6,8 +6,10 @@
 #             (quorum 2)
 # All ports (bus included) below 32768, outside Linux's ephemeral range: a server's
 # outgoing connections would otherwise take the ports of servers not started yet.
-# Everything lives in /tmp/keygate-cluster. Not called by .ci/run yet: RedisStore does not
-# support Cluster or Sentinel yet, so no test uses these servers (see ARCHITECTURE.md).
+# Everything lives in /tmp/keygate-cluster. .ci/run starts it for tests/stores/redis_topologies.rs
+# (the conformance suite, a killed feed and a failover on each topology) and
+# benches/revocation.sh uses the cluster. The failover tests leave the roles swapped,
+# which the next run does not mind.
 #
 #   .ci/cluster.sh start   starts what is not running (idempotent), then prints the
 #                          `export` lines a test would read: eval "$(.ci/cluster.sh start)"

@@ -31,7 +31,7 @@ use std::hint::black_box;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use keygate::limits::{Charge, LimitCheck, Limiter, MemoryLimiter, RateLimit, Subject};
 use keygate::{KeyId, Keygate, MemoryStore, NewKey, Pepper};
 use tokio::runtime::Runtime;
@@ -62,24 +62,34 @@ fn order(n: usize) -> Vec<usize> {
 }
 
 fn gate_with(rt: &Runtime, limited: bool) -> (Keygate, Vec<String>) {
+    let (gate, tokens, _) = gate_with_ids(rt, limited);
+    (gate, tokens)
+}
+
+/// [`gate_with`], plus the key id of each token (same order).
+fn gate_with_ids(rt: &Runtime, limited: bool) -> (Keygate, Vec<String>, Vec<KeyId>) {
     let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, PEPPER).unwrap())
         .prefix("abs")
         .build()
         .unwrap();
-    let tokens = rt.block_on(async {
+    let (tokens, ids) = rt.block_on(async {
         let mut tokens = Vec::with_capacity(KEYS);
+        let mut ids = Vec::with_capacity(KEYS);
         for i in 0..KEYS {
             let mut new = NewKey::new("bench", format!("user-{i}"));
             if limited {
                 new = new.ratelimits([roomy()]);
             }
-            tokens.push(gate.mint(new).await.unwrap().key.expose().to_owned());
+            let issued = gate.mint(new).await.unwrap();
+            tokens.push(issued.key.expose().to_owned());
+            ids.push(issued.record.id);
         }
-        tokens
+        (tokens, ids)
     });
     let order = order(KEYS);
     let tokens = order.iter().map(|&i| tokens[i].clone()).collect();
-    (gate, tokens)
+    let ids = order.iter().map(|&i| ids[i]).collect();
+    (gate, tokens, ids)
 }
 
 fn verify(c: &mut Criterion) {
@@ -172,6 +182,143 @@ fn gcra(c: &mut Criterion) {
     group.finish();
 }
 
+// --- Instruction counts (`KEYGATE_CALLGRIND=<iterations>`) ---
+//
+// Under `valgrind --tool=callgrind`, instruction counts do not depend on the machine's
+// load. With `KEYGATE_CALLGRIND=N` set, this binary runs no criterion benchmark: it warms
+// up, then runs N verifies without a limit (`cg_plain`), N with one limit (`cg_one_limit`)
+// and N of the opaque floor of `benches/verify.rs` (`cg_floor`: one HMAC-SHA256 over the
+// secret, one map lookup, a constant-time compare), each in its own function, so that
+// `callgrind_annotate --inclusive=yes` gives each loop's instructions (divide by N).
+// `bash benches/callgrind.sh` does all of that and prints the table.
+
+/// What the floor keeps per key (as in `benches/verify.rs`).
+struct FloorRecord {
+    digest: [u8; 32],
+    active: bool,
+}
+
+/// Opaque key layout: `<prefix>_<22 id><43 secret><6 crc>`.
+fn opaque_secret(token: &str) -> &[u8] {
+    let start = "abs_".len() + 22;
+    &token.as_bytes()[start..start + 43]
+}
+
+#[inline(never)]
+fn opaque_floor(
+    map: &std::collections::HashMap<uuid::Uuid, FloorRecord>,
+    key: &ring::hmac::Key,
+    id: &uuid::Uuid,
+    token: &str,
+) -> bool {
+    let Some(record) = map.get(id) else {
+        return false;
+    };
+    ring::hmac::verify(key, opaque_secret(token), &record.digest).is_ok() && record.active
+}
+
+#[inline(never)]
+fn verify_loop(rt: &Runtime, gate: &Keygate, tokens: &[String], n: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..n {
+        ok += usize::from(black_box(
+            rt.block_on(gate.verify(&tokens[i % KEYS])).is_ok(),
+        ));
+    }
+    ok
+}
+
+#[inline(never)]
+fn floor_loop(rt: &Runtime, floor: &Floor, n: usize) -> usize {
+    let mut ok = 0;
+    for i in 0..n {
+        let j = i % KEYS;
+        let found = rt.block_on(async {
+            opaque_floor(&floor.map, &floor.key, &floor.ids[j], &floor.tokens[j])
+        });
+        ok += usize::from(black_box(found));
+    }
+    ok
+}
+
+struct Floor {
+    map: std::collections::HashMap<uuid::Uuid, FloorRecord>,
+    key: ring::hmac::Key,
+    ids: Vec<uuid::Uuid>,
+    tokens: Vec<String>,
+}
+
+// The two differ (by the `black_box`ed tag), so that the compiler cannot merge them into
+// one function, whose count would then hold both loops.
+#[inline(never)]
+fn cg_plain(rt: &Runtime, gate: &Keygate, tokens: &[String], n: usize) -> usize {
+    black_box("plain");
+    verify_loop(rt, gate, tokens, n)
+}
+
+#[inline(never)]
+fn cg_one_limit(rt: &Runtime, gate: &Keygate, tokens: &[String], n: usize) -> usize {
+    black_box("one limit");
+    verify_loop(rt, gate, tokens, n)
+}
+
+#[inline(never)]
+fn cg_floor(rt: &Runtime, floor: &Floor, n: usize) -> usize {
+    floor_loop(rt, floor, n)
+}
+
+fn callgrind(n: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (plain, plain_tokens, plain_ids) = gate_with_ids(&rt, false);
+    let (limited, limited_tokens, _) = gate_with_ids(&rt, true);
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, PEPPER);
+    let map = plain_tokens
+        .iter()
+        .zip(&plain_ids)
+        .map(|(token, id)| {
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(ring::hmac::sign(&key, opaque_secret(token)).as_ref());
+            (
+                *id.as_uuid(),
+                FloorRecord {
+                    digest,
+                    active: true,
+                },
+            )
+        })
+        .collect();
+    let floor = Floor {
+        map,
+        key,
+        ids: plain_ids.iter().map(|id| *id.as_uuid()).collect(),
+        tokens: plain_tokens.clone(),
+    };
+    // Warm-up: every key verified once (first marks, first limiter entries).
+    assert_eq!(verify_loop(&rt, &plain, &plain_tokens, KEYS), KEYS);
+    assert_eq!(verify_loop(&rt, &limited, &limited_tokens, KEYS), KEYS);
+    assert_eq!(floor_loop(&rt, &floor, KEYS), KEYS);
+    assert_eq!(cg_plain(&rt, &plain, &plain_tokens, n), n);
+    assert_eq!(cg_one_limit(&rt, &limited, &limited_tokens, n), n);
+    assert_eq!(cg_floor(&rt, &floor, n), n);
+    eprintln!("callgrind mode: {n} iterations of each loop done");
+}
+
+fn main() {
+    if let Some(n) = std::env::var_os("KEYGATE_CALLGRIND") {
+        let n = n
+            .to_str()
+            .and_then(|n| n.parse().ok())
+            .expect("KEYGATE_CALLGRIND=<iterations>");
+        callgrind(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
+
 criterion_group! {
     name = benches;
     config = Criterion::default()
@@ -179,4 +326,3 @@ criterion_group! {
         .measurement_time(Duration::from_secs(3));
     targets = verify, gcra
 }
-criterion_main!(benches);

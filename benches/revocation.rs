@@ -2,7 +2,7 @@
 //! `bash benches/revocation.sh`, which prints the tables of benches/README.md; one mode per
 //! invocation (the first argument):
 //!
-//! - `latency <postgres|redis> <trials>`: two nodes with the **default settings**
+//! - `latency <postgres|redis|redis-cluster> <trials>`: two nodes with the **default settings**
 //!   (`CacheConfig::new()`: 5 s TTL; `FeedConfig::new()`: 250 ms heartbeat + 250 ms
 //!   deadline), node B connected through a local TCP proxy. Each trial mints a key on A,
 //!   makes B serve it from its cache, revokes it on A and times, from the moment `revoke`
@@ -12,7 +12,10 @@
 //!   trial waits until B's feed is back in sync. Every 4th trial from the second instead
 //!   has the server close B's feed connection (`pg_terminate_backend`, `CLIENT KILL`)
 //!   0-50 ms before the revoke, so the revoke lands while the feed reconnects. Prints
-//!   p50/p99/max for all trials and for each kind.
+//!   p50/p99/max for all trials and for each kind. `redis-cluster`
+//!   (`KEYGATE_TEST_REDIS_CLUSTER_URLS`, `.ci/cluster.sh`): B talks to every node, so no
+//!   one proxy sits in its path and there are no stalled trials (those are normal ones);
+//!   the killed ones `CLIENT KILL` the sharded subscribers on the namespace's primary.
 //! - `write-cost <postgres|redis> <writes>`: the cost of the change log per write, both
 //!   sides in alternating order in one run on one row: PostgreSQL, the store's update
 //!   statement with the log (counter row + log insert + trim check + NOTIFY `<seq>:<id>`)
@@ -161,7 +164,7 @@ async fn latency(backend: &str, trials: usize) {
                 url: url.clone(),
                 listener: format!("{b_app}-listener"),
             };
-            run_trials("PostgreSQL", &a, &b, &proxy, &killer, trials).await;
+            run_trials("PostgreSQL", &a, &b, Some(&proxy), &killer, trials).await;
         }
         "redis" => {
             let url = env("KEYGATE_TEST_REDIS_URL");
@@ -183,7 +186,7 @@ async fn latency(backend: &str, trials: usize) {
             let proxied = format!("redis://{}/", proxy.addr());
             let b = node(RedisStore::connect_with(proxied, config).await.unwrap()).await;
             let killer = Killer::Redis { url: url.clone() };
-            run_trials("Redis", &a, &b, &proxy, &killer, trials).await;
+            run_trials("Redis", &a, &b, Some(&proxy), &killer, trials).await;
             // Clean up the namespace.
             let mut conn = keygate::redis::Client::open(url.as_str())
                 .unwrap()
@@ -203,8 +206,89 @@ async fn latency(backend: &str, trials: usize) {
                     .unwrap();
             }
         }
+        "redis-cluster" => {
+            let urls: Vec<String> = env("KEYGATE_TEST_REDIS_CLUSTER_URLS")
+                .split(',')
+                .map(str::to_owned)
+                .collect();
+            let ns = format!("keygate-bench:{}:", KeyId::random().as_uuid().simple());
+            let config = RedisConfig::new().namespace(ns.clone());
+            let a = node(
+                RedisStore::connect_cluster(urls.clone(), config.clone())
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let b = node(
+                RedisStore::connect_cluster(urls.clone(), config)
+                    .await
+                    .unwrap(),
+            )
+            .await;
+            let primary = slot_primary(&urls[0], &format!("{{{ns}}}")).await;
+            let killer = Killer::RedisCluster {
+                primary: primary.clone(),
+            };
+            run_trials("Redis Cluster", &a, &b, None, &killer, trials).await;
+            // The records sit in the namespace's slot, on that primary.
+            let mut conn = keygate::redis::Client::open(format!("redis://{primary}/"))
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap();
+            let keys: Vec<String> = keygate::redis::cmd("KEYS")
+                .arg(format!("{{{ns}}}*"))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            for key in keys {
+                let _: () = keygate::redis::cmd("DEL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
         other => panic!("unknown backend {other}"),
     }
+}
+
+/// `host:port` of the cluster primary serving `key`'s slot, asked of the node at `url`.
+async fn slot_primary(url: &str, key: &str) -> String {
+    use keygate::redis::Value;
+    let mut conn = keygate::redis::Client::open(url)
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let slot: i64 = keygate::redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let ranges: Vec<Value> = keygate::redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for range in ranges {
+        let Value::Array(parts) = range else {
+            panic!("CLUSTER SLOTS: {range:?}");
+        };
+        let (Value::Int(lo), Value::Int(hi), Value::Array(node)) =
+            (&parts[0], &parts[1], &parts[2])
+        else {
+            panic!("CLUSTER SLOTS: {parts:?}");
+        };
+        if (*lo..=*hi).contains(&slot) {
+            let (Value::BulkString(host), Value::Int(port)) = (&node[0], &node[1]) else {
+                panic!("CLUSTER SLOTS node: {node:?}");
+            };
+            return format!("{}:{port}", String::from_utf8(host.clone()).unwrap());
+        }
+    }
+    panic!("no primary serves slot {slot}");
 }
 
 async fn in_sync<S: KeyStore>(b: &Node<S>) {
@@ -223,11 +307,45 @@ enum Killer {
     Postgres { url: String, listener: String },
     /// `CLIENT KILL ADDR` of every feed connection the proxy has seen.
     Redis { url: String },
+    /// `CLIENT KILL ID` of every sharded subscriber on the cluster primary `primary`
+    /// (`host:port`) of the namespace's slot: B's feed and A's.
+    RedisCluster { primary: String },
 }
 
 impl Killer {
-    async fn kill(&self, proxy: &StallProxy) {
+    async fn kill(&self, proxy: Option<&StallProxy>) {
         match self {
+            Killer::RedisCluster { primary } => {
+                let mut conn = keygate::redis::Client::open(format!("redis://{primary}/"))
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let list: String = keygate::redis::cmd("CLIENT")
+                    .arg("LIST")
+                    .query_async(&mut conn)
+                    .await
+                    .unwrap();
+                let mut killed = 0;
+                for line in list.lines() {
+                    let sharded = line
+                        .split(' ')
+                        .any(|kv| kv.strip_prefix("ssub=").is_some_and(|n| n != "0"));
+                    if let (true, Some(id)) = (
+                        sharded,
+                        line.split(' ').find_map(|kv| kv.strip_prefix("id=")),
+                    ) {
+                        killed += keygate::redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("ID")
+                            .arg(id)
+                            .query_async::<i64>(&mut conn)
+                            .await
+                            .unwrap_or(0);
+                    }
+                }
+                assert!(killed >= 1, "B's feed was killed");
+            }
             Killer::Postgres { url, listener } => {
                 use keygate::sqlx::Connection;
                 let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
@@ -253,7 +371,7 @@ impl Killer {
                     .await
                     .unwrap();
                 let mut killed = 0;
-                for addr in proxy.marked() {
+                for addr in proxy.expect("Redis trials have a proxy").marked() {
                     // Connections already gone answer an error.
                     killed += keygate::redis::cmd("CLIENT")
                         .arg("KILL")
@@ -275,7 +393,7 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
     label: &str,
     a: &Node<S>,
     b: &Node<T>,
-    proxy: &StallProxy,
+    proxy: Option<&StallProxy>,
     killer: &Killer,
     trials: usize,
 ) {
@@ -297,7 +415,9 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
         let random = u64::from(KeyId::random().as_uuid().as_bytes()[0]);
         match trial % 4 {
             3 => {
-                proxy.stall();
+                if let Some(proxy) = proxy {
+                    proxy.stall();
+                }
                 tokio::time::sleep(Duration::from_millis(random % 251)).await;
             }
             1 => {
@@ -329,9 +449,9 @@ async fn run_trials<S: KeyStore, T: KeyStore>(
         let late = last_accepted.map_or(Duration::ZERO, |t| t.saturating_duration_since(returned));
         let took = (took, late);
         match trial % 4 {
-            3 => {
+            3 if proxy.is_some() => {
                 dropped.push(took);
-                proxy.resume();
+                proxy.into_iter().for_each(StallProxy::resume);
             }
             1 => killed.push(took),
             _ => normal.push(took),

@@ -6,6 +6,10 @@
 #
 #   KEYGATE_TEST_POSTGRES_URL=postgres://… KEYGATE_TEST_REDIS_URL=redis://… bash benches/revocation.sh
 #
+# With KEYGATE_TEST_REDIS_CLUSTER_URLS set (eval "$(.ci/cluster.sh start)") the latency
+# table also has Redis Cluster rows (no stalled trials there, no one proxy sits in B's
+# path: see benches/revocation.rs). ONLY=latency runs the latency table alone.
+#
 # Settings (environment): TRIALS (revoke-to-refusal trials per backend, default 200),
 # WRITES (writes per side for the log's cost, 2000), MEMKEYS (records for memory, 1e6),
 # MANY (keys in PostgreSQL for throughput, 1e6; the figure is 1e7, which needs
@@ -42,6 +46,10 @@ bench() { "$bin" "$@"; }
   echo "|---|---|---|---|---|---|---|"
   bench latency postgres "$TRIALS"
   bench latency redis "$TRIALS"
+  if [ -n "${KEYGATE_TEST_REDIS_CLUSTER_URLS:-}" ]; then
+    bench latency redis-cluster "$TRIALS"
+  fi
+  if [ "${ONLY:-}" = latency ]; then exit 0; fi
   echo
   echo "Cost of the change log per write ($WRITES writes per side, alternating, one row):"
   echo

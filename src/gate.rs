@@ -169,7 +169,10 @@ impl Keygate {
         I: IntoIterator<Item = &'h [u8]>,
     {
         let proxies = &self.inner.trusted_proxies;
-        let client = proxies.client_addr(peer, headers(proxies.proxy_header().name()));
+        // Lazy: the proxy header is looked up only when the peer is a trusted proxy (most
+        // requests reach an application directly: one header lookup less).
+        let name = proxies.proxy_header().name();
+        let client = proxies.client_addr(peer, std::iter::once(name).flat_map(&headers));
         RequestContext::new()
             .maybe_client_addr(client)
             .origin_headers(headers("origin"))
@@ -276,7 +279,7 @@ impl Keygate {
 
         // A key hashed under the wrong pepper could never verify: write none.
         self.check_pepper().await?;
-        let id = KeyId::random();
+        let id = new.id.unwrap_or_else(KeyId::random);
         let (token, hash) = match new.format {
             KeyFormat::Opaque => {
                 let token = OpaqueKey::generate(&inner.prefix, id);

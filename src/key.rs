@@ -130,6 +130,12 @@ impl KeyId {
         Self(uuid::Builder::from_random_bytes(bytes).into_uuid())
     }
 
+    /// The id whose UUID is `value` (for a fixed, well-known id; see
+    /// [`NewKey::id`](crate::NewKey::id)).
+    pub const fn from_u128(value: u128) -> Self {
+        Self(Uuid::from_u128(value))
+    }
+
     /// The UUID.
     pub fn as_uuid(&self) -> &Uuid {
         &self.0
@@ -243,13 +249,14 @@ impl<'a> OpaqueKey<'a> {
     /// Parses `token` as an opaque key with `prefix`. Touches nothing but the input.
     pub fn parse(token: &'a str, prefix: &str) -> Result<Self, Rejection> {
         let bytes = token.as_bytes();
-        if !bytes.contains(&b'_') {
-            return Err(Rejection::Malformed); // not a prefixed key at all
-        }
         let Some(body) = bytes
             .strip_prefix(prefix.as_bytes())
             .and_then(|rest| rest.strip_prefix(b"_"))
         else {
+            // Only now look for a `_` at all (a key with this prefix has one: no search).
+            if !bytes.contains(&b'_') {
+                return Err(Rejection::Malformed); // not a prefixed key at all
+            }
             return Err(Rejection::WrongPrefix);
         };
         // A fixed-size array from here on: its constant sub-ranges below need no bounds check.

@@ -317,7 +317,7 @@
 //! | [`MemoryStore`] | — | tests, examples, one process | — |
 //! | [`SqliteStore`] | `sqlite` | one server, embedded | — (one process owns the file) |
 //! | [`PostgresStore`] | `postgres` | many app servers, one database | `LISTEN/NOTIFY` + change log |
-//! | [`RedisStore`] | `redis` | many app servers, one Redis (not Cluster) | pub/sub + change log |
+//! | [`RedisStore`] | `redis` | many app servers, one Redis, a Redis Cluster or Sentinel | pub/sub (sharded on Cluster) + change log |
 //! | [`CachedStore<S>`](CachedStore) | — | in front of any of them | follows `S`'s feed |
 //!
 //! [`SqliteStore`], [`PostgresStore`] and [`RedisStore`] are also
@@ -571,7 +571,7 @@ pub use store::{
 pub use store::{PostgresConfig, PostgresStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use store::{RedisConfig, RedisStore};
+pub use store::{RedisConfig, RedisConnection, RedisStore};
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::{SqliteConfig, SqliteStore};

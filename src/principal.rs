@@ -1,16 +1,17 @@
 //! [`Principal`]: who a verified key acts for, and what it may do.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
 use serde::ser::{Serialize, SerializeStruct, Serializer};
 
 use crate::error::VerifyError;
 use crate::key::{KeyFormat, KeyId};
-use crate::limits::Allowance;
+use crate::limits::{Allowance, RateLimit};
 use crate::record::KeyRecord;
 use crate::user::{Owner, Permissions};
+use crate::verify::UsageLeft;
 
 /// A permission named at the type level, for the framework guards
 /// (`keygate::axum::Require<P>`, `keygate::actix::Require<P>`).
@@ -56,7 +57,18 @@ pub struct Principal {
     /// [`Keygate::verified`](crate::Keygate::verified)).
     gate: u64,
     /// What the usage limits left after this request, when the key or owner has any.
-    allowance: Option<Arc<Allowance>>,
+    allowance: Option<Arc<LazyAllowance>>,
+}
+
+/// What verify's usage limits left, rendered as an [`Allowance`] on first read (most
+/// requests never read it, and rendering allocates).
+#[derive(Debug)]
+pub(crate) struct LazyAllowance {
+    left: UsageLeft,
+    /// The gate's owner limits, when the owner had none of its own (the owner's own are
+    /// in [`Principal::owner`]).
+    gate_owner_limits: Option<Arc<[RateLimit]>>,
+    rendered: OnceLock<Allowance>,
 }
 
 impl Principal {
@@ -77,9 +89,23 @@ impl Principal {
         }
     }
 
-    /// This principal, with what verify's usage limits left.
-    pub(crate) fn with_allowance(mut self, allowance: Option<Allowance>) -> Self {
-        self.allowance = allowance.map(Arc::new);
+    /// This principal, with what verify's usage limits left; `gate_owner_limits` are the
+    /// gate's limits for owners without their own.
+    pub(crate) fn with_allowance(
+        mut self,
+        left: UsageLeft,
+        gate_owner_limits: &Arc<[RateLimit]>,
+    ) -> Self {
+        let owns_limits = self
+            .owner
+            .as_deref()
+            .is_some_and(|owner| owner.ratelimits.is_some());
+        let gate_limits = !owns_limits && left.has_owner_reports();
+        self.allowance = Some(Arc::new(LazyAllowance {
+            left,
+            gate_owner_limits: gate_limits.then(|| Arc::clone(gate_owner_limits)),
+            rendered: OnceLock::new(),
+        }));
         self
     }
 
@@ -93,7 +119,16 @@ impl Principal {
     /// `RateLimit`/`RateLimit-Policy` headers (see
     /// [`http::allowance_headers`](crate::http::allowance_headers)).
     pub fn allowance(&self) -> Option<&Allowance> {
-        self.allowance.as_deref()
+        let lazy = self.allowance.as_deref()?;
+        Some(lazy.rendered.get_or_init(|| {
+            let owner_limits = self
+                .owner
+                .as_deref()
+                .and_then(|owner| owner.ratelimits.as_deref())
+                .or(lazy.gate_owner_limits.as_deref())
+                .unwrap_or(&[]);
+            lazy.left.allowance(&self.record.ratelimits, owner_limits)
+        }))
     }
 
     /// The id of the gate that verified this principal.

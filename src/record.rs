@@ -283,6 +283,8 @@ pub struct NewKey {
     pub(crate) network: NetworkPolicy,
     pub(crate) ratelimits: Vec<RateLimit>,
     pub(crate) credits: Option<CreditPolicy>,
+    /// A caller-chosen id (see [`NewKey::id`]); `None`: a random one.
+    pub(crate) id: Option<KeyId>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -308,7 +310,35 @@ impl NewKey {
             network: NetworkPolicy::new(),
             ratelimits: Vec::new(),
             credits: None,
+            id: None,
         }
+    }
+
+    /// Mints the key with this id instead of a random one, so that a mint can be done at
+    /// most once: if a record with `id` exists (minted by another process, say), the mint
+    /// fails with [`StoreError::Conflict`](crate::StoreError::Conflict) (as
+    /// [`Error::Store`](crate::Error::Store)) and nothing is written. Every store checks
+    /// this atomically with the insert. `keygate serve` uses it so that servers starting
+    /// together on an empty store mint one first admin key between them.
+    ///
+    /// Ids are not secret (they are in the key and in every listing); a fixed id makes a
+    /// key no easier to guess.
+    ///
+    /// ```
+    /// use keygate::{Error, KeyId, Keygate, MemoryStore, NewKey, Pepper, StoreError};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let gate = Keygate::builder(MemoryStore::new(), Pepper::new(1, [7u8; 32])?).build()?;
+    /// let id = KeyId::from_u128(0x6b65_7967_6174_4500_8000_0000_0000_0042);
+    /// let first = gate.mint(NewKey::new("setup", "admin").id(id)).await?;
+    /// assert_eq!(first.record.id, id);
+    /// let again = gate.mint(NewKey::new("setup", "admin").id(id)).await;
+    /// assert!(matches!(again, Err(Error::Store(StoreError::Conflict(conflict))) if conflict == id));
+    /// # Ok(()) }
+    /// ```
+    pub fn id(mut self, id: KeyId) -> Self {
+        self.id = Some(id);
+        self
     }
 
     /// Expires `lifetime` after minting (must be positive).

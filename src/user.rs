@@ -2,6 +2,7 @@
 
 use std::collections::BTreeSet;
 use std::error::Error as StdError;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -147,6 +148,43 @@ pub trait UserDirectory: Send + Sync + 'static {
     /// The user with this id: `Ok(None)` if there is none (deleted), `Err` if the directory
     /// could not be asked (keygate then answers "unavailable", never "invalid key").
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError>;
+
+    /// The answer to [`owner`](Self::owner) without waiting and shared, for directories
+    /// that hold their users in memory: verify then neither boxes a future nor copies the
+    /// owner per request. `None`, the default, means "ask [`owner`](Self::owner)". When it
+    /// answers, it must answer as `owner` would.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use async_trait::async_trait;
+    /// use keygate::{DirectoryError, Owner, UserDirectory};
+    ///
+    /// struct Users {
+    ///     alice: Arc<Owner>,
+    /// }
+    ///
+    /// #[async_trait]
+    /// impl UserDirectory for Users {
+    ///     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
+    ///         Ok((user_id == "alice").then(|| Owner::clone(&self.alice)))
+    ///     }
+    ///
+    ///     fn owner_now(
+    ///         &self,
+    ///         user_id: &str,
+    ///     ) -> Option<Result<Option<Arc<Owner>>, DirectoryError>> {
+    ///         Some(Ok((user_id == "alice").then(|| Arc::clone(&self.alice))))
+    ///     }
+    /// }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`owner`](Self::owner), inside the `Some`.
+    fn owner_now(&self, user_id: &str) -> Option<Result<Option<Arc<Owner>>, DirectoryError>> {
+        let _ = user_id;
+        None
+    }
 
     /// The users an admin may pick as the owner of a new key, for the admin page's user
     /// picker (the admin API's `GET /users`): at most

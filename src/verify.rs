@@ -11,11 +11,13 @@ use crate::error::{Rejection, VerifyError};
 use crate::gate::Keygate;
 use crate::hash::{HashScheme, SecretHash};
 use crate::http;
+use crate::jwt::VerifiedJwt;
 use crate::key::{self, KeyFormat, KeyId, OpaqueKey};
 use crate::limits::events::LimitEvent;
 use crate::limits::{
-    self, Allowance, Charge, CreditSpend, CreditsExhausted, FailureMode, LimitCheck, LimitOutcome,
-    LimitReport, LimitScope, LimitStatus, LimiterError, RateLimit, RateLimited, Subject,
+    self, Allowance, Charge, CreditSpend, CreditStatus, CreditsExhausted, Decision, FailureMode,
+    LimitCheck, LimitOutcome, LimitReport, LimitScope, LimitStatus, LimiterError, RateLimit,
+    RateLimited, Subject,
 };
 use crate::limits::{RequestContext, UNKNOWN_CONTEXT};
 use crate::principal::Principal;
@@ -76,9 +78,13 @@ impl Keygate {
     {
         let settle = {
             let refused = match http::bearer_token(values) {
-                Ok(token) => match self.check(token, context).await {
-                    Ok(principal) => return Ok(principal),
-                    Err(refused) => refused,
+                Ok(token) => match self.check_fast(token, context) {
+                    Fast::Done(Ok(principal)) => return Ok(principal),
+                    Fast::Done(Err(refused)) => refused,
+                    wait => match Box::pin(self.check_slow(wait, context)).await {
+                        Ok(principal) => return Ok(principal),
+                        Err(refused) => refused,
+                    },
                 },
                 Err(error) => error.into(),
             };
@@ -146,9 +152,14 @@ impl Keygate {
         context: &RequestContext,
     ) -> Result<Principal, VerifyError> {
         let settle = {
-            let refused = match self.check(token, context).await {
-                Ok(principal) => return Ok(principal),
-                Err(refused) => refused,
+            let refused = match self.check_fast(token, context) {
+                Fast::Done(Ok(principal)) => return Ok(principal),
+                Fast::Done(Err(refused)) => refused,
+                // Boxed: see `check_fast`.
+                wait => match Box::pin(self.check_slow(wait, context)).await {
+                    Ok(principal) => return Ok(principal),
+                    Err(refused) => refused,
+                },
             };
             if !self.unsettled(&refused) {
                 return Err(self.refuse(refused));
@@ -190,23 +201,102 @@ impl Keygate {
         self.inner.refusals.counts()
     }
 
-    async fn check(&self, token: &str, context: &RequestContext) -> Result<Principal, Refused> {
+    /// The synchronous part of a check: as far as it goes without waiting (everything, for
+    /// a cached record, a directory and a limiter that answer in process). What is left to
+    /// await is [`check_slow`](Self::check_slow)'s, boxed by the callers so that the verify
+    /// future stays a few words (it is moved several times per request).
+    fn check_fast<'t>(&self, token: &'t str, context: &RequestContext) -> Fast<'t> {
         let inner = &*self.inner;
         let now = inner.clock.now_micros();
         // Opaque keys (a `[a-z0-9]` prefix, `_`, base62) have no `.`; JWTs do.
         if token.as_bytes().contains(&b'.') {
-            return self.check_jwt(token, now, context).await;
+            let Some(jwt) = inner.jwt.as_ref() else {
+                return Fast::Done(Err(reject(Rejection::JwtDisabled)));
+            };
+            let claims = match jwt.verify(token, now) {
+                Ok(claims) => claims,
+                Err(rejection) => return Fast::Done(Err(reject(rejection))),
+            };
+            return match inner.store.get_now(claims.key_id) {
+                None => Fast::Jwt { claims, now },
+                Some(answer) => Fast::step(
+                    checked(claims.key_id, answer)
+                        .and_then(|record| self.jwt_step(&claims, record, now, context)),
+                ),
+            };
         }
         if token.len() > key::MAX_OPAQUE_LEN {
-            return Err(reject(Rejection::Malformed));
+            return Fast::Done(Err(reject(Rejection::Malformed)));
         }
-        let key = OpaqueKey::parse(token, &inner.prefix).map_err(reject)?;
-        let record = match inner.store.get_now(key.id) {
-            Some(answer) => checked(key.id, answer)?,
-            // Boxed: a store read (and its timeout) would more than double the size of
-            // every verify future, while only a read that waits on the store needs it.
-            None => Box::pin(self.lookup(key.id)).await?,
+        let key = match OpaqueKey::parse(token, &inner.prefix) {
+            Ok(key) => key,
+            Err(rejection) => return Fast::Done(Err(reject(rejection))),
         };
+        match inner.store.get_now(key.id) {
+            None => Fast::Opaque { key, now },
+            Some(answer) => Fast::step(
+                checked(key.id, answer)
+                    .and_then(|record| self.opaque_step(&key, record, now, context)),
+            ),
+        }
+    }
+
+    /// The rest of a check [`check_fast`](Self::check_fast) could not finish: the store
+    /// read, the directory, the limiter, each awaited.
+    async fn check_slow(
+        &self,
+        fast: Fast<'_>,
+        context: &RequestContext,
+    ) -> Result<Principal, Refused> {
+        let step = match fast {
+            Fast::Done(result) => return result,
+            Fast::Step(step) => step,
+            Fast::Opaque { key, now } => {
+                let record = self.lookup(key.id).await?;
+                self.opaque_step(&key, record, now, context)?
+            }
+            Fast::Jwt { claims, now } => {
+                let record = self.lookup(claims.key_id).await?;
+                self.jwt_step(&claims, record, now, context)?
+            }
+        };
+        let (accepted, wait) = match step {
+            Step::Done(principal) => return Ok(principal),
+            Step::Owner(accepted) => {
+                let owner = self.ask_owner(&accepted.record).await?;
+                match self.after_owner(accepted, Some(owner), context)? {
+                    AfterOwner::Done(principal) => return Ok(principal),
+                    AfterOwner::Wait(accepted, wait) => (accepted, wait),
+                }
+            }
+            Step::Limits(accepted, wait) => (accepted, wait),
+        };
+        match wait {
+            LimitWait::GiveBack(refused) => {
+                let owner = accepted.owner.as_deref();
+                self.give_back_owner(&accepted.record, owner, accepted.now, Spend::Verify)
+                    .await;
+                Err(refused)
+            }
+            LimitWait::Limits(resume) => {
+                let owner = accepted.owner.as_deref();
+                let left = self
+                    .enforce_slow(&accepted.record, owner, accepted.now, Spend::Verify, resume)
+                    .await?;
+                Ok(self.finish(accepted, left))
+            }
+        }
+    }
+
+    /// An opaque key's record (or none) as the store gave it: the format and the hash in
+    /// constant time, then [`accept_now`](Self::accept_now).
+    fn opaque_step(
+        &self,
+        key: &OpaqueKey<'_>,
+        record: Option<Arc<KeyRecord>>,
+        now: usage::Micros,
+        context: &RequestContext,
+    ) -> Result<Step, Refused> {
         let checked = match record.as_deref() {
             Some(r) if r.format == KeyFormat::Opaque => r
                 .hash
@@ -215,10 +305,10 @@ impl Keygate {
             _ => None,
         };
         match (record, checked) {
-            (Some(record), Some(rehash)) => self.accept(record, now, rehash?, None, context).await,
+            (Some(record), Some(rehash)) => self.accept_now(record, now, rehash?, None, context),
             (record, _) => {
                 // Same HMAC work as a real comparison: timing does not tell ids apart.
-                inner.pepper.burn(key.bound);
+                self.inner.pepper.burn(key.bound);
                 let reason = match record {
                     None => Rejection::UnknownKey,
                     Some(r) if r.format != KeyFormat::Opaque => Rejection::FormatMismatch,
@@ -231,20 +321,16 @@ impl Keygate {
         }
     }
 
-    /// [`check`](Self::check) of a token with a `.`: a JWT.
-    async fn check_jwt(
+    /// A verified JWT's record (or none) as the store gave it: the format and, for keys
+    /// minted here, the hash bound to the exact token; then
+    /// [`accept_now`](Self::accept_now).
+    fn jwt_step(
         &self,
-        token: &str,
+        claims: &VerifiedJwt<'_>,
+        record: Option<Arc<KeyRecord>>,
         now: usage::Micros,
         context: &RequestContext,
-    ) -> Result<Principal, Refused> {
-        let inner = &*self.inner;
-        let jwt = inner.jwt.as_ref().ok_or(reject(Rejection::JwtDisabled))?;
-        let claims = jwt.verify(token, now).map_err(reject)?;
-        let record = match inner.store.get_now(claims.key_id) {
-            Some(answer) => checked(claims.key_id, answer)?,
-            None => Box::pin(self.lookup(claims.key_id)).await?,
-        };
+    ) -> Result<Step, Refused> {
         let Some(record) = record else {
             return Err(reject_key(Rejection::UnknownKey, claims.key_id));
         };
@@ -257,7 +343,7 @@ impl Keygate {
             Some(hash) => self.check_hash(claims.signature, None, hash, record.id)?,
             None => None,
         };
-        self.accept(record, now, rehash, claims.exp, context).await
+        self.accept_now(record, now, rehash, claims.exp, context)
     }
 
     /// The record for `id` from the store's [`get`](crate::KeyStore::get), within the
@@ -349,18 +435,17 @@ impl Keygate {
     }
 
     /// The record-side checks (active, expiry, owner, then the network policy against
-    /// `context`) of a key whose token checked out; `token_exp` is a JWT's own `exp`
-    /// (microseconds), which bounds the principal's lifetime as much as the record's
-    /// `expires_at` does.
-    async fn accept(
+    /// `context`, then the usage limits) of a key whose token checked out, as far as they
+    /// go without waiting; `token_exp` is a JWT's own `exp` (microseconds), which bounds
+    /// the principal's lifetime as much as the record's `expires_at` does.
+    fn accept_now(
         &self,
         record: Arc<KeyRecord>,
         now: usage::Micros,
         rehash: Option<SecretHash>,
         token_exp: Option<usage::Micros>,
         context: &RequestContext,
-    ) -> Result<Principal, Refused> {
-        let inner = &*self.inner;
+    ) -> Result<Step, Refused> {
         if !record.active {
             return Err(reject_key(Rejection::Inactive, record.id));
         }
@@ -370,22 +455,64 @@ impl Keygate {
         {
             return Err(reject_key(Rejection::Expired, record.id));
         }
+        let accepted = Accepted {
+            record,
+            owner: None,
+            now,
+            rehash,
+            token_exp,
+        };
         // Without a directory every owner is active and holds every permission: nothing
         // to look up or share.
-        let owner = match &inner.users {
+        let owner = match &self.inner.users {
             None => None,
-            Some(users) => {
-                let owner = users
-                    .owner(&record.owner)
-                    .await
-                    .map_err(VerifyError::DirectoryUnavailable)?
-                    .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?;
-                if !owner.active {
-                    return Err(reject_key(Rejection::OwnerInactive, record.id));
-                }
-                Some(Arc::new(owner))
-            }
+            Some(users) => match users.owner_now(&accepted.record.owner) {
+                None => return Ok(Step::Owner(accepted)),
+                Some(answer) => Some(self.owner_answer(&accepted.record, answer)?),
+            },
         };
+        Ok(match self.after_owner(accepted, owner, context)? {
+            AfterOwner::Done(principal) => Step::Done(principal),
+            AfterOwner::Wait(accepted, wait) => Step::Limits(accepted, wait),
+        })
+    }
+
+    /// The owner of `record` from the directory's [`owner`](crate::UserDirectory::owner),
+    /// awaited (the gate has a directory: [`accept_now`](Self::accept_now) asked it).
+    async fn ask_owner(&self, record: &KeyRecord) -> Result<Arc<Owner>, Refused> {
+        let answer = match &self.inner.users {
+            Some(users) => users.owner(&record.owner).await.map(|o| o.map(Arc::new)),
+            None => Ok(None),
+        };
+        self.owner_answer(record, answer)
+    }
+
+    /// The directory's answer for `record`'s owner: unknown and inactive owners refuse
+    /// the key, a failure is [`VerifyError::DirectoryUnavailable`].
+    fn owner_answer(
+        &self,
+        record: &KeyRecord,
+        answer: Result<Option<Arc<Owner>>, crate::DirectoryError>,
+    ) -> Result<Arc<Owner>, Refused> {
+        let owner = answer
+            .map_err(VerifyError::DirectoryUnavailable)?
+            .ok_or_else(|| reject_key(Rejection::OwnerUnknown, record.id))?;
+        if !owner.active {
+            return Err(reject_key(Rejection::OwnerInactive, record.id));
+        }
+        Ok(owner)
+    }
+
+    /// After the owner: the network policy, then the usage limits as far as the limiter
+    /// answers in process, then [`finish`](Self::finish).
+    fn after_owner(
+        &self,
+        mut accepted: Accepted,
+        owner: Option<Arc<Owner>>,
+        context: &RequestContext,
+    ) -> Result<AfterOwner, Refused> {
+        accepted.owner = owner;
+        let record = &accepted.record;
         // A 403 only for a key that would otherwise be accepted, and before the usage
         // limits: a request from where the key may not be used consumes no rate limit
         // and no credit (its own or its owner's). Nothing is marked as used for a refused
@@ -398,57 +525,228 @@ impl Keygate {
         }
         // Usage limits last: a refused or bad key (or one used from a disallowed network)
         // never consumes anything.
-        let allowance = self
-            .enforce(&record, owner.as_deref(), now, Spend::Verify)
-            .await?;
+        let owner = accepted.owner.as_deref();
+        if !self.has_limits(record, owner) {
+            return Ok(AfterOwner::Done(self.finish(accepted, None)));
+        }
+        match self.enforce_now(record, owner, accepted.now, Spend::Verify) {
+            Now::Done(left) => Ok(AfterOwner::Done(self.finish(accepted, left?))),
+            Now::GiveBack(refused) => Ok(AfterOwner::Wait(accepted, LimitWait::GiveBack(refused))),
+            Now::Pending(resume) => Ok(AfterOwner::Wait(accepted, LimitWait::Limits(resume))),
+        }
+    }
+
+    /// An accepted key: marked as used (and its re-hash queued), and its principal.
+    fn finish(&self, accepted: Accepted, left: Option<UsageLeft>) -> Principal {
+        let inner = &*self.inner;
+        let Accepted {
+            record,
+            owner,
+            now,
+            rehash,
+            token_exp,
+        } = accepted;
         if inner.usage.mark(record.id, now, rehash) {
             usage::spawn_flush(inner.usage.clone(), inner.store.clone(), now);
         }
-        Ok(Principal::new(record, owner, now, token_exp, inner.id).with_allowance(allowance))
+        let principal = Principal::new(record, owner, now, token_exp, inner.id);
+        match left {
+            None => principal,
+            Some(left) => principal.with_allowance(left, &inner.owner_ratelimits),
+        }
+    }
+
+    /// Whether `record`'s key or its owner has any limit or credits to enforce.
+    fn has_limits(&self, record: &KeyRecord, owner: Option<&Owner>) -> bool {
+        !(record.ratelimits.is_empty()
+            && record.credits.is_none()
+            && self.owner_limits(owner).is_empty())
     }
 
     /// The owner's shared limits, then the key's own limits and credits, each one
     /// all-or-nothing [`Limiter`] call, for `spend`. `Ok(None)`: nothing to limit. A key
     /// refused after its owner's limits were charged gives the owner's charge back.
+    ///
+    /// A limiter that answers in process ([`Limiter::check_now_into`]) is asked without an
+    /// allocation or an await ([`enforce_now`](Self::enforce_now)); the rest is boxed, so
+    /// that it adds nothing to the verify future.
     async fn enforce(
         &self,
         record: &KeyRecord,
         owner: Option<&Owner>,
         now: usage::Micros,
         spend: Spend<'_>,
-    ) -> Result<Option<Allowance>, Refused> {
-        let inner = &*self.inner;
-        let owner_limits: &[RateLimit] = owner
+    ) -> Result<Option<UsageLeft>, Refused> {
+        // Most keys: no limit and no credits, nothing to pick.
+        if !self.has_limits(record, owner) {
+            return Ok(None);
+        }
+        match self.enforce_now(record, owner, now, spend) {
+            Now::Done(result) => result,
+            Now::GiveBack(refused) => {
+                Box::pin(self.give_back_owner(record, owner, now, spend)).await;
+                Err(refused)
+            }
+            Now::Pending(resume) => {
+                Box::pin(self.enforce_slow(record, owner, now, spend, resume)).await
+            }
+        }
+    }
+
+    /// The limits that apply to `owner`'s keys: its own from the directory, else the gate's.
+    fn owner_limits<'a>(&'a self, owner: Option<&'a Owner>) -> &'a [RateLimit] {
+        owner
             .and_then(|o| o.ratelimits.as_deref())
-            .unwrap_or(&inner.owner_ratelimits);
+            .unwrap_or(&self.inner.owner_ratelimits)
+    }
+
+    /// Refuses owner limits from the directory that keygate cannot apply.
+    fn check_owner_limits(&self, record: &KeyRecord, owner: Option<&Owner>) -> Result<(), Refused> {
+        match owner.and_then(|o| o.ratelimits.as_deref()) {
+            Some(limits) if limits::validate_ratelimits(limits).is_err() => {
+                // The directory answered limits keygate cannot apply: refuse, never ignore.
+                let error =
+                    std::io::Error::other("the user directory gave invalid owner rate limits");
+                Err(Refused {
+                    error: VerifyError::DirectoryUnavailable(crate::DirectoryError::new(error)),
+                    key: Some(record.id),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`enforce`](Self::enforce) as far as the limiter answers in process: all of it
+    /// ([`Now::Done`]), or up to the first call it cannot answer now ([`Now::Pending`]).
+    fn enforce_now(
+        &self,
+        record: &KeyRecord,
+        owner: Option<&Owner>,
+        now: usage::Micros,
+        spend: Spend<'_>,
+    ) -> Now {
+        let inner = &*self.inner;
+        let owner_limits = self.owner_limits(owner);
+        let (Some(owner_charges), Some(key_charges)) = (
+            Selected::new(spend, owner_limits),
+            Selected::new(spend, &record.ratelimits),
+        ) else {
+            // More limits than fit on the stack: the allocating path.
+            return Now::Pending(None);
+        };
+        let credits = spend.credits(record);
+        if owner_charges.is_empty() && key_charges.is_empty() && credits.is_none() {
+            return Now::Done(Ok(None));
+        }
+        if let Err(refused) = self.check_owner_limits(record, owner) {
+            return Now::Done(Err(refused));
+        }
+        let mut left = UsageLeft::default();
+        let mut statuses = [BLANK_STATUS; INLINE_CHARGES];
+        if !owner_charges.is_empty() {
+            let check = LimitCheck::new(
+                Subject::Owner(&record.owner),
+                owner_charges.charges(),
+                None,
+                now,
+            );
+            let Some(answer) = inner.limiter.check_now_into(&check, &mut statuses) else {
+                return Now::Pending(None);
+            };
+            let statuses = statuses.get(..check.limits.len()).unwrap_or(&[]);
+            match self.decided(answer, &check, record.id) {
+                Err(refused) => return Now::Done(Err(refused)),
+                Ok(Some(decision)) if !decision.allowed => {
+                    return Now::Done(Err(self.limited(
+                        &check,
+                        statuses,
+                        decision.credits,
+                        LimitScope::Owner,
+                        record.id,
+                    )));
+                }
+                Ok(Some(decision)) => left.add(
+                    &owner_charges,
+                    statuses,
+                    decision.credits,
+                    LimitScope::Owner,
+                    owner_limits,
+                ),
+                Ok(None) => {}
+            }
+        }
+        if !key_charges.is_empty() || credits.is_some() {
+            let check =
+                LimitCheck::new(Subject::Key(record.id), key_charges.charges(), credits, now);
+            let Some(answer) = inner.limiter.check_now_into(&check, &mut statuses) else {
+                return Now::Pending(Some(left));
+            };
+            let statuses = statuses.get(..check.limits.len()).unwrap_or(&[]);
+            let charged_owner = !owner_charges.is_empty();
+            match self.decided(answer, &check, record.id) {
+                Err(refused) if charged_owner => return Now::GiveBack(refused),
+                Err(refused) => return Now::Done(Err(refused)),
+                Ok(Some(decision)) if !decision.allowed => {
+                    let refused = self.limited(
+                        &check,
+                        statuses,
+                        decision.credits,
+                        LimitScope::Key,
+                        record.id,
+                    );
+                    return if charged_owner {
+                        Now::GiveBack(refused)
+                    } else {
+                        Now::Done(Err(refused))
+                    };
+                }
+                Ok(Some(decision)) => left.add(
+                    &key_charges,
+                    statuses,
+                    decision.credits,
+                    LimitScope::Key,
+                    &record.ratelimits,
+                ),
+                Ok(None) => {}
+            }
+        }
+        Now::Done(Ok(Some(left)))
+    }
+
+    /// [`enforce`](Self::enforce) through the limiter's async calls, from where
+    /// [`enforce_now`](Self::enforce_now) stopped: from the start (`resume` is `None`), or
+    /// after the owner's check (`resume` holds what it left).
+    async fn enforce_slow(
+        &self,
+        record: &KeyRecord,
+        owner: Option<&Owner>,
+        now: usage::Micros,
+        spend: Spend<'_>,
+        resume: Option<UsageLeft>,
+    ) -> Result<Option<UsageLeft>, Refused> {
+        let owner_limits = self.owner_limits(owner);
         let owner_charges = spend.charges(owner_limits);
         let key_charges = spend.charges(&record.ratelimits);
-        let credits = match (&record.credits, spend) {
-            (Some(policy), Spend::Verify) => Some(CreditSpend::new(policy, 1)),
-            (Some(policy), Spend::Credits(cost)) => Some(CreditSpend::new(policy, cost)),
-            _ => None,
-        };
+        let credits = spend.credits(record);
         if owner_charges.is_empty() && key_charges.is_empty() && credits.is_none() {
             return Ok(None);
         }
-        if owner.is_some_and(|o| o.ratelimits.is_some())
-            && limits::validate_ratelimits(owner_limits).is_err()
-        {
-            // The directory answered limits keygate cannot apply: refuse, never ignore.
-            let error = std::io::Error::other("the user directory gave invalid owner rate limits");
-            return Err(Refused {
-                error: VerifyError::DirectoryUnavailable(crate::DirectoryError::new(error)),
-                key: Some(record.id),
-            });
-        }
-        let mut allowance = Allowance::default();
+        self.check_owner_limits(record, owner)?;
         let owner_check = LimitCheck::new(Subject::Owner(&record.owner), &owner_charges, None, now);
-        if !owner_charges.is_empty() {
+        let owner_done = resume.is_some();
+        let mut left = resume.unwrap_or_default();
+        if !owner_charges.is_empty() && !owner_done {
             match self.limit_call(&owner_check, record.id).await? {
                 Some(outcome) if !outcome.allowed => {
-                    return Err(self.limited(&owner_check, &outcome, LimitScope::Owner, record.id))
+                    return Err(self.limited(
+                        &owner_check,
+                        &outcome.limits,
+                        outcome.credits,
+                        LimitScope::Owner,
+                        record.id,
+                    ))
                 }
-                Some(outcome) => report(&mut allowance, &owner_check, &outcome, LimitScope::Owner),
+                Some(outcome) => left.add_outcome(&owner_check, &outcome, LimitScope::Owner),
                 None => {}
             }
         }
@@ -464,13 +762,73 @@ impl Keygate {
             match outcome {
                 Some(outcome) if !outcome.allowed => {
                     self.give_back(&owner_check).await;
-                    return Err(self.limited(&key_check, &outcome, LimitScope::Key, record.id));
+                    return Err(self.limited(
+                        &key_check,
+                        &outcome.limits,
+                        outcome.credits,
+                        LimitScope::Key,
+                        record.id,
+                    ));
                 }
-                Some(outcome) => report(&mut allowance, &key_check, &outcome, LimitScope::Key),
+                Some(outcome) => left.add_outcome(&key_check, &outcome, LimitScope::Key),
                 None => {}
             }
         }
-        Ok(Some(allowance))
+        Ok(Some(left))
+    }
+
+    /// Gives back what [`enforce_now`](Self::enforce_now) charged the owner before the
+    /// key's check refused.
+    async fn give_back_owner(
+        &self,
+        record: &KeyRecord,
+        owner: Option<&Owner>,
+        now: usage::Micros,
+        spend: Spend<'_>,
+    ) {
+        let owner_charges = spend.charges(self.owner_limits(owner));
+        let check = LimitCheck::new(Subject::Owner(&record.owner), &owner_charges, None, now);
+        self.give_back(&check).await;
+    }
+
+    /// A limiter's in-process answer, with a failure handled per the gate's
+    /// [`FailureMode`] (as [`limit_call`](Self::limit_call) does).
+    fn decided(
+        &self,
+        answer: Result<Decision, LimiterError>,
+        check: &LimitCheck<'_>,
+        key: KeyId,
+    ) -> Result<Option<Decision>, Refused> {
+        match answer {
+            Ok(decision) => Ok(Some(decision)),
+            Err(error) => self.limiter_failed(error, check, key).map(|()| None),
+        }
+    }
+
+    /// A failed limiter call: `Ok` (let through, with an event) when the gate fails open,
+    /// else the refusal.
+    fn limiter_failed(
+        &self,
+        error: LimiterError,
+        check: &LimitCheck<'_>,
+        key: KeyId,
+    ) -> Result<(), Refused> {
+        let inner = &*self.inner;
+        match inner.limiter_failure {
+            FailureMode::Open => {
+                inner.limit_events.note(
+                    &check.subject.to_owned_subject(),
+                    LimitEvent::FailedOpen,
+                    &error.to_string(),
+                    check.now,
+                );
+                Ok(())
+            }
+            _ => Err(Refused {
+                error: VerifyError::LimiterUnavailable(error),
+                key: Some(key),
+            }),
+        }
     }
 
     /// One limiter call: at once when the limiter answers in process, else within the
@@ -496,21 +854,7 @@ impl Keygate {
         };
         match result {
             Ok(outcome) => Ok(Some(outcome)),
-            Err(error) => match inner.limiter_failure {
-                FailureMode::Open => {
-                    inner.limit_events.note(
-                        &check.subject.to_owned_subject(),
-                        LimitEvent::FailedOpen,
-                        &error.to_string(),
-                        check.now,
-                    );
-                    Ok(None)
-                }
-                _ => Err(Refused {
-                    error: VerifyError::LimiterUnavailable(error),
-                    key: Some(key),
-                }),
-            },
+            Err(error) => self.limiter_failed(error, check, key).map(|()| None),
         }
     }
 
@@ -531,12 +875,13 @@ impl Keygate {
     fn limited(
         &self,
         check: &LimitCheck<'_>,
-        outcome: &LimitOutcome,
+        statuses: &[LimitStatus],
+        credits: Option<CreditStatus>,
         scope: LimitScope,
         key: KeyId,
     ) -> Refused {
         let subject = check.subject.to_owned_subject();
-        if let (Some(status), Some(spend)) = (outcome.credits, check.credits) {
+        if let (Some(status), Some(spend)) = (credits, check.credits) {
             if !status.allowed {
                 self.inner.limit_events.note(
                     &subject,
@@ -562,7 +907,7 @@ impl Keygate {
         let refusing = check
             .limits
             .iter()
-            .zip(&outcome.limits)
+            .zip(statuses)
             .find(|(_, status)| !status.allowed);
         match refusing {
             Some((charge, status)) => {
@@ -574,7 +919,7 @@ impl Keygate {
                 );
                 Refused {
                     error: VerifyError::RateLimited(Box::new(RateLimited {
-                        limit: limit_report(charge, status, scope),
+                        limit: report(charge.limit, status, scope),
                         retry_after: status.retry_after_us.map(Duration::from_micros),
                         cost: charge.cost,
                     })),
@@ -626,15 +971,11 @@ impl Keygate {
         cost: u64,
     ) -> Result<Allowance, VerifyError> {
         let now = self.inner.clock.now_micros();
-        self.enforce(
-            principal.record(),
-            principal.owner(),
-            now,
-            Spend::Limit(limit, cost),
-        )
-        .await
-        .map(Option::unwrap_or_default)
-        .map_err(|refused| self.refuse(refused))
+        let (record, owner) = (principal.record(), principal.owner());
+        self.enforce(record, owner, now, Spend::Limit(limit, cost))
+            .await
+            .map(|left| self.allowance(left, record, owner))
+            .map_err(|refused| self.refuse(refused))
     }
 
     /// Spends `cost` more credits of `principal`'s key (verify spent one already), after
@@ -651,15 +992,22 @@ impl Keygate {
         cost: u64,
     ) -> Result<Allowance, VerifyError> {
         let now = self.inner.clock.now_micros();
-        self.enforce(
-            principal.record(),
-            principal.owner(),
-            now,
-            Spend::Credits(cost),
-        )
-        .await
-        .map(Option::unwrap_or_default)
-        .map_err(|refused| self.refuse(refused))
+        let (record, owner) = (principal.record(), principal.owner());
+        self.enforce(record, owner, now, Spend::Credits(cost))
+            .await
+            .map(|left| self.allowance(left, record, owner))
+            .map_err(|refused| self.refuse(refused))
+    }
+
+    /// What `left` reports, as an [`Allowance`] (empty for `None`).
+    fn allowance(
+        &self,
+        left: Option<UsageLeft>,
+        record: &KeyRecord,
+        owner: Option<&Owner>,
+    ) -> Allowance {
+        left.map(|left| left.allowance(&record.ratelimits, self.owner_limits(owner)))
+            .unwrap_or_default()
     }
 
     /// The credits `record`'s key has left now (refills applied), read from the limiter
@@ -693,44 +1041,261 @@ enum Spend<'a> {
 }
 
 impl Spend<'_> {
-    fn charges<'l>(&self, limits: &'l [RateLimit]) -> Vec<Charge<'l>> {
+    /// The charge this spend makes of `limit`, if any.
+    fn charge<'l>(&self, limit: &'l RateLimit) -> Option<Charge<'l>> {
         match *self {
-            Spend::Verify => limits
-                .iter()
-                .filter(|l| l.auto_apply)
-                .map(|l| Charge::new(l, 1))
-                .collect(),
-            Spend::Limit(name, cost) => limits
-                .iter()
-                .filter(|l| l.name == name)
-                .map(|l| Charge::new(l, cost))
-                .collect(),
-            Spend::Credits(_) => Vec::new(),
+            Spend::Verify => limit.auto_apply.then(|| Charge::new(limit, 1)),
+            Spend::Limit(name, cost) => (limit.name == name).then(|| Charge::new(limit, cost)),
+            Spend::Credits(_) => None,
+        }
+    }
+
+    fn charges<'l>(&self, limits: &'l [RateLimit]) -> Vec<Charge<'l>> {
+        limits.iter().filter_map(|l| self.charge(l)).collect()
+    }
+
+    /// The credits this spend uses of `record`'s key.
+    fn credits<'r>(&self, record: &'r KeyRecord) -> Option<CreditSpend<'r>> {
+        match (&record.credits, *self) {
+            (Some(policy), Spend::Verify) => Some(CreditSpend::new(policy, 1)),
+            (Some(policy), Spend::Credits(cost)) => Some(CreditSpend::new(policy, cost)),
+            _ => None,
+        }
+    }
+}
+/// Where [`Keygate::check_fast`] stopped.
+enum Fast<'t> {
+    /// Decided.
+    Done(Result<Principal, Refused>),
+    /// The record was read and the key checked; the rest waits.
+    Step(Step),
+    /// The store must be read for this opaque key (nothing else was done but parsing).
+    Opaque {
+        key: OpaqueKey<'t>,
+        now: usage::Micros,
+    },
+    /// The store must be read for this verified JWT.
+    Jwt {
+        claims: VerifiedJwt<'t>,
+        now: usage::Micros,
+    },
+}
+
+impl Fast<'_> {
+    fn step(step: Result<Step, Refused>) -> Self {
+        match step {
+            Ok(Step::Done(principal)) => Fast::Done(Ok(principal)),
+            Ok(step) => Fast::Step(step),
+            Err(refused) => Fast::Done(Err(refused)),
         }
     }
 }
 
-/// Adds an allowed check's limits and credits to `allowance`.
-fn report(
-    allowance: &mut Allowance,
-    check: &LimitCheck<'_>,
-    outcome: &LimitOutcome,
-    scope: LimitScope,
-) {
-    for (charge, status) in check.limits.iter().zip(&outcome.limits) {
-        allowance.limits.push(limit_report(charge, status, scope));
+/// Where [`Keygate::accept_now`] stopped.
+enum Step {
+    Done(Principal),
+    /// The directory must be asked for the owner.
+    Owner(Accepted),
+    /// The limiter must be awaited.
+    Limits(Accepted, LimitWait),
+}
+
+/// Where [`Keygate::after_owner`] stopped.
+enum AfterOwner {
+    Done(Principal),
+    Wait(Accepted, LimitWait),
+}
+
+/// What the limiter left to await.
+enum LimitWait {
+    /// Its checks, from the start (`None`) or after the owner's ([`Now::Pending`]).
+    Limits(Option<UsageLeft>),
+    /// Giving back the owner's charge, before refusing ([`Now::GiveBack`]).
+    GiveBack(Refused),
+}
+
+/// A key whose token and record checked out, on its way to a [`Principal`].
+struct Accepted {
+    record: Arc<KeyRecord>,
+    owner: Option<Arc<Owner>>,
+    now: usage::Micros,
+    rehash: Option<SecretHash>,
+    token_exp: Option<usage::Micros>,
+}
+
+/// Where [`Keygate::enforce_now`] stopped.
+enum Now {
+    /// Decided in process, all of it.
+    Done(Result<Option<UsageLeft>, Refused>),
+    /// The key's check refused after the owner's was charged: give that back, then refuse.
+    GiveBack(Refused),
+    /// The limiter must be awaited: from the start (`None`), or after the owner's check.
+    Pending(Option<UsageLeft>),
+}
+
+/// A status to fill the caller's buffer with before a limiter writes to it.
+const BLANK_STATUS: LimitStatus = LimitStatus {
+    allowed: false,
+    remaining: 0,
+    reset_after_us: 0,
+    retry_after_us: None,
+};
+
+/// What fills the unused slots of a [`Selected`]; never charged.
+static UNUSED: RateLimit = RateLimit {
+    name: String::new(),
+    limit: 1,
+    duration: 1,
+    auto_apply: false,
+    burst: None,
+};
+
+/// Charges [`Keygate::enforce_now`] handles on the stack per subject: more (a key may have
+/// up to [`MAX_RATELIMITS`](limits::MAX_RATELIMITS)) take the allocating path. Small, so
+/// that the buffers cost little to fill and move.
+const INLINE_CHARGES: usize = 2;
+
+/// The charges of one [`LimitCheck`] picked from a list of limits, on the stack, with each
+/// one's position in the list.
+struct Selected<'l> {
+    charges: [Charge<'l>; INLINE_CHARGES],
+    index: [u8; INLINE_CHARGES],
+    len: usize,
+}
+
+impl<'l> Selected<'l> {
+    /// The charges `spend` makes of `limits`; `None` when there are more than fit.
+    fn new(spend: Spend<'_>, limits: &'l [RateLimit]) -> Option<Self> {
+        let mut selected = Self {
+            charges: [Charge::new(&UNUSED, 0); INLINE_CHARGES],
+            index: [0; INLINE_CHARGES],
+            len: 0,
+        };
+        for (i, limit) in limits.iter().enumerate() {
+            if let Some(charge) = spend.charge(limit) {
+                *selected.charges.get_mut(selected.len)? = charge;
+                *selected.index.get_mut(selected.len)? = u8::try_from(i).ok()?;
+                selected.len = selected.len.checked_add(1)?;
+            }
+        }
+        Some(selected)
     }
-    if let Some(credits) = outcome.credits {
-        allowance.credits = Some(credits.remaining);
+
+    fn charges(&self) -> &[Charge<'l>] {
+        self.charges.get(..self.len).unwrap_or(&[])
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
     }
 }
 
-fn limit_report(charge: &Charge<'_>, status: &LimitStatus, scope: LimitScope) -> LimitReport {
+/// Reports kept without rendering them: enough for a key's and its owner's usual limit.
+const INLINE_REPORTS: usize = 2;
+
+/// What an allowed [`enforce`](Keygate::enforce) left: per limit charged, which it is and
+/// how it stands, and the credits. Rendered as an [`Allowance`] (which allocates: names,
+/// a vector) only when someone reads it ([`Principal::allowance`]).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct UsageLeft {
+    raw: [RawReport; INLINE_REPORTS],
+    raw_len: usize,
+    /// Reports past the inline ones (or from the limiter's async path), rendered at once;
+    /// they come after every inline one.
+    more: Vec<LimitReport>,
+    credits: Option<u64>,
+}
+
+/// One charged limit: its position in the owner's or the key's list, and its status.
+#[derive(Debug, Clone, Copy, Default)]
+struct RawReport {
+    owner: bool,
+    index: u8,
+    remaining: u64,
+    reset_after_us: u64,
+}
+
+impl UsageLeft {
+    /// Adds an allowed in-process check: `statuses` are those of `selected`'s charges,
+    /// picked from `list`.
+    fn add(
+        &mut self,
+        selected: &Selected<'_>,
+        statuses: &[LimitStatus],
+        credits: Option<CreditStatus>,
+        scope: LimitScope,
+        list: &[RateLimit],
+    ) {
+        for (index, status) in selected.index.iter().zip(statuses).take(selected.len) {
+            let raw = RawReport {
+                owner: scope == LimitScope::Owner,
+                index: *index,
+                remaining: status.remaining,
+                reset_after_us: status.reset_after_us,
+            };
+            match self.raw.get_mut(self.raw_len) {
+                Some(slot) if self.more.is_empty() => {
+                    *slot = raw;
+                    self.raw_len = self.raw_len.saturating_add(1);
+                }
+                _ => {
+                    if let Some(limit) = list.get(usize::from(*index)) {
+                        self.more.push(report(limit, status, scope));
+                    }
+                }
+            }
+        }
+        if let Some(credits) = credits {
+            self.credits = Some(credits.remaining);
+        }
+    }
+
+    /// Adds an allowed check the limiter answered asynchronously.
+    fn add_outcome(&mut self, check: &LimitCheck<'_>, outcome: &LimitOutcome, scope: LimitScope) {
+        for (charge, status) in check.limits.iter().zip(&outcome.limits) {
+            self.more.push(report(charge.limit, status, scope));
+        }
+        if let Some(credits) = outcome.credits {
+            self.credits = Some(credits.remaining);
+        }
+    }
+
+    /// Whether any report is of an owner's limit.
+    pub(crate) fn has_owner_reports(&self) -> bool {
+        self.raw.iter().take(self.raw_len).any(|raw| raw.owner)
+            || self.more.iter().any(|r| r.scope == LimitScope::Owner)
+    }
+
+    /// Rendered, with the key's limits `key` and the owner's `owner` (the lists the
+    /// charges were picked from).
+    pub(crate) fn allowance(&self, key: &[RateLimit], owner: &[RateLimit]) -> Allowance {
+        let mut limits = Vec::with_capacity(self.raw_len.saturating_add(self.more.len()));
+        for raw in self.raw.iter().take(self.raw_len) {
+            let (list, scope) = if raw.owner {
+                (owner, LimitScope::Owner)
+            } else {
+                (key, LimitScope::Key)
+            };
+            if let Some(limit) = list.get(usize::from(raw.index)) {
+                let status = LimitStatus::new(true, raw.remaining, raw.reset_after_us, None);
+                limits.push(report(limit, &status, scope));
+            }
+        }
+        limits.extend(self.more.iter().cloned());
+        Allowance {
+            limits,
+            credits: self.credits,
+        }
+    }
+}
+
+/// How `limit` stands after a check, for headers and refusals.
+fn report(limit: &RateLimit, status: &LimitStatus, scope: LimitScope) -> LimitReport {
     LimitReport {
-        name: charge.limit.name.clone(),
+        name: limit.name.clone(),
         scope,
-        limit: charge.limit.limit,
-        window: charge.limit.window(),
+        limit: limit.limit,
+        window: limit.window(),
         remaining: status.remaining,
         reset_after: Duration::from_micros(status.reset_after_us),
     }

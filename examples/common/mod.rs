@@ -26,6 +26,7 @@
 use std::error::Error;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use keygate::limits::RateLimit;
@@ -69,19 +70,31 @@ fn env_or(name: &str, default: &str) -> String {
 /// `keygate::limits`). Per-key limits and credits are set when a key is minted (admin API
 /// `ratelimits`/`credits`, CLI `--ratelimit`/`--credits`).
 pub struct DemoUsers {
-    admin: Owner,
-    user: Owner,
+    admin: Arc<Owner>,
+    user: Arc<Owner>,
 }
 
 impl DemoUsers {
     pub fn new() -> Self {
         Self {
-            admin: Owner::with_permissions(["admin", "library:read"]),
-            user: Owner::with_permissions(["library:read"]).with_ratelimits([RateLimit::new(
-                "requests",
-                USER_REQUESTS_PER_MINUTE,
-                60_000,
-            )]),
+            admin: Arc::new(Owner::with_permissions(["admin", "library:read"])),
+            user: Arc::new(
+                Owner::with_permissions(["library:read"]).with_ratelimits([RateLimit::new(
+                    "requests",
+                    USER_REQUESTS_PER_MINUTE,
+                    60_000,
+                )]),
+            ),
+        }
+    }
+}
+
+impl DemoUsers {
+    fn shared(&self, user_id: &str) -> Option<Arc<Owner>> {
+        match user_id {
+            "admin" => Some(Arc::clone(&self.admin)),
+            "user" => Some(Arc::clone(&self.user)),
+            _ => None,
         }
     }
 }
@@ -89,11 +102,12 @@ impl DemoUsers {
 #[async_trait]
 impl UserDirectory for DemoUsers {
     async fn owner(&self, user_id: &str) -> Result<Option<Owner>, DirectoryError> {
-        Ok(match user_id {
-            "admin" => Some(self.admin.clone()),
-            "user" => Some(self.user.clone()),
-            _ => None,
-        })
+        Ok(self.shared(user_id).map(|owner| Owner::clone(&owner)))
+    }
+
+    /// The same answer, shared and without waiting: what verify asks first.
+    fn owner_now(&self, user_id: &str) -> Option<Result<Option<Arc<Owner>>, DirectoryError>> {
+        Some(Ok(self.shared(user_id)))
     }
 
     /// For the admin page's user picker.

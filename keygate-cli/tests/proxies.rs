@@ -1,11 +1,13 @@
-//! `keygate serve` behind a real nginx (`auth_request`) and a real Caddy (`forward_auth`),
-//! configured with the README's snippets verbatim (`keygate-cli/proxies/`), in front of a
-//! small upstream that records every request reaching it.
+//! `keygate serve` behind a real nginx (`auth_request`), a real Caddy (`forward_auth`) and
+//! a real Traefik (`ForwardAuth`), configured with the README's snippets verbatim
+//! (`keygate-cli/proxies/`), in front of a small upstream that records every request
+//! reaching it.
 //!
 //! Runs when `KEYGATE_TEST_PROXIES` is set or `CI=true` (build.rs sets
 //! `cfg(keygate_test_proxies)`); otherwise it shows as ignored. It starts the proxies with
-//! `.ci/proxies.sh start` (idempotent; fails when nginx or Caddy is not installed) and uses
-//! the snippets' fixed ports: keygate 17180, upstream 17181, nginx 17182, Caddy 17183.
+//! `.ci/proxies.sh start` (idempotent; fails when a proxy is not installed:
+//! `.ci/proxies.sh install`) and uses the snippets' fixed ports: keygate 17180, upstream
+//! 17181, nginx 17182, Caddy 17183, Traefik 17184.
 
 #![allow(
     clippy::unwrap_used,
@@ -28,7 +30,11 @@ use support::{http, post_json, Process};
 
 const KEYGATE: &str = "127.0.0.1:17180";
 const UPSTREAM: &str = "127.0.0.1:17181";
-const PROXIES: [(&str, &str); 2] = [("nginx", "127.0.0.1:17182"), ("caddy", "127.0.0.1:17183")];
+const PROXIES: [(&str, &str); 3] = [
+    ("nginx", "127.0.0.1:17182"),
+    ("caddy", "127.0.0.1:17183"),
+    ("traefik", "127.0.0.1:17184"),
+];
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -67,6 +73,13 @@ fn mint(admin_key: &str, body: &str) -> (String, String) {
     )
 }
 
+/// The `error` member of a JSON refusal body (keygate's, or nginx's copy of it).
+fn error_code(answer: &support::Answer) -> String {
+    let body: serde_json::Value =
+        serde_json::from_str(&answer.body).unwrap_or_else(|_| panic!("a JSON body: {answer:?}"));
+    body["error"].as_str().unwrap().to_owned()
+}
+
 fn deactivate(admin_key: &str, id: &str) {
     use std::io::{Read, Write};
     let body = r#"{"isActive":false}"#;
@@ -87,9 +100,9 @@ fn deactivate(admin_key: &str, id: &str) {
 #[test]
 #[cfg_attr(
     not(keygate_test_proxies),
-    ignore = "set KEYGATE_TEST_PROXIES=1 (CI=true does) to run against real nginx and Caddy"
+    ignore = "set KEYGATE_TEST_PROXIES=1 (CI=true does) to run against real nginx, Caddy and Traefik"
 )]
-fn nginx_and_caddy_let_valid_keys_through_and_stop_the_rest() {
+fn nginx_caddy_and_traefik_let_valid_keys_through_and_stop_the_rest() {
     let started = std::process::Command::new("bash")
         .arg(workspace().join(".ci/proxies.sh"))
         .arg("start")
@@ -97,7 +110,7 @@ fn nginx_and_caddy_let_valid_keys_through_and_stop_the_rest() {
         .unwrap();
     assert!(
         started.success(),
-        "`.ci/proxies.sh start` failed: nginx and Caddy must be installed (apt-get install -y nginx caddy)"
+        "`.ci/proxies.sh start` failed: nginx, Caddy and Traefik must be installed (.ci/proxies.sh install)"
     );
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -236,13 +249,9 @@ permissions = []
                 headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let answer = get(&target, &headers);
             assert_eq!(answer.status, 403, "{proxy}, {spoof:?}: {answer:?}");
-            let error = if proxy == "nginx" {
-                "access_denied"
-            } else {
-                "network_not_allowed"
-            };
-            assert!(
-                answer.body.contains(&format!(r#""error":"{error}""#)),
+            assert_eq!(
+                error_code(&answer),
+                "network_not_allowed",
                 "{proxy}: {answer:?}"
             );
             assert_eq!(answer.header("www-authenticate"), None, "{proxy}");
@@ -271,7 +280,65 @@ permissions = []
             ],
         );
         assert_eq!(answer.status, 403, "{proxy}, other origin: {answer:?}");
+        assert_eq!(error_code(&answer), "origin_not_allowed", "{proxy}");
         assert!(upstream.reached(&target).is_none(), "{proxy}");
+
+        // Usage limits: a key allowed one request a minute, and one with one credit. The
+        // first request passes; the second is keygate's 429, with its own error code and
+        // headers, and never reaches the upstream.
+        let (limited, _) = mint(
+            &admin_key,
+            r#"{"name":"limited","userId":"reader","ratelimits":[{"name":"requests","limit":1,"duration":60000,"autoApply":true}]}"#,
+        );
+        let (metered, _) = mint(
+            &admin_key,
+            r#"{"name":"metered","userId":"reader","credits":{"remaining":1}}"#,
+        );
+        for (key, error, retry_after, ratelimit, policy) in [
+            (
+                &limited,
+                "rate_limited",
+                Some("60"),
+                r#""requests";r=0;t=60"#,
+                r#""requests";q=1;w=60"#,
+            ),
+            (
+                &metered,
+                "credits_exhausted",
+                None,
+                r#""credits";r=0"#,
+                r#""credits";q=0"#,
+            ),
+        ] {
+            let target = path("/things/");
+            let answer = get(&target, &[("Authorization", &bearer(key))]);
+            assert_eq!(answer.status, 200, "{proxy}, {error}, first: {answer:?}");
+            assert!(upstream.reached(&target).is_some(), "{proxy}, {error}");
+            let target = path("/things/");
+            let answer = get(&target, &[("Authorization", &bearer(key))]);
+            assert_eq!(answer.status, 429, "{proxy}, {error}: {answer:?}");
+            assert_eq!(error_code(&answer), error, "{proxy}: {answer:?}");
+            assert_eq!(
+                answer.header("retry-after"),
+                retry_after,
+                "{proxy}, {error}"
+            );
+            assert_eq!(
+                answer.header("ratelimit"),
+                Some(ratelimit),
+                "{proxy}, {error}"
+            );
+            assert_eq!(
+                answer.header("ratelimit-policy"),
+                Some(policy),
+                "{proxy}, {error}"
+            );
+            assert_eq!(answer.header("www-authenticate"), None, "{proxy}, {error}");
+            assert!(
+                upstream.reached(&target).is_none(),
+                "{proxy}, {error}: the upstream was reached"
+            );
+        }
 
         // Refusals: the right status and challenge, and the upstream never reached.
         let revoked = mint(&admin_key, r#"{"name":"to revoke","userId":"reader"}"#);
@@ -283,20 +350,25 @@ permissions = []
         deactivate(&admin_key, &revoked.1);
         let invalid = r#"Bearer realm="keygate", error="invalid_token""#;
         let scope = r#"Bearer realm="keygate", error="insufficient_scope", scope="library:read""#;
-        let cases: Vec<(&str, &str, Option<String>, u16, &str)> = vec![
+        let anonymous = r#"Bearer realm="keygate""#;
+        // (what, location, Authorization, status, challenge, error code)
+        type Case<'a> = (&'a str, &'a str, Option<String>, u16, &'a str, &'a str);
+        let cases: Vec<Case> = vec![
             (
                 "missing key",
                 "/things/",
                 None,
                 401,
-                r#"Bearer realm="keygate""#,
+                anonymous,
+                "unauthorized",
             ),
             (
                 "another scheme",
                 "/things/",
                 Some("Basic dXNlcjpwYXNz".into()),
                 401,
-                r#"Bearer realm="keygate""#,
+                anonymous,
+                "unauthorized",
             ),
             (
                 "checksum typo",
@@ -304,6 +376,7 @@ permissions = []
                 Some(bearer(&typo)),
                 401,
                 invalid,
+                "invalid_token",
             ),
             (
                 "garbage",
@@ -311,6 +384,7 @@ permissions = []
                 Some(bearer("nonsense")),
                 401,
                 invalid,
+                "invalid_token",
             ),
             (
                 "revoked key",
@@ -318,6 +392,7 @@ permissions = []
                 Some(bearer(&revoked.0)),
                 401,
                 invalid,
+                "invalid_token",
             ),
             (
                 "revoked key, scoped location",
@@ -325,13 +400,15 @@ permissions = []
                 Some(bearer(&revoked.0)),
                 401,
                 invalid,
+                "invalid_token",
             ),
             (
                 "missing key, scoped location",
                 "/library/",
                 None,
                 401,
-                r#"Bearer realm="keygate""#,
+                anonymous,
+                "unauthorized",
             ),
             (
                 "key scoped elsewhere",
@@ -339,6 +416,7 @@ permissions = []
                 Some(bearer(&podcasts)),
                 403,
                 scope,
+                "insufficient_scope",
             ),
             (
                 "owner lacks the permission",
@@ -346,6 +424,7 @@ permissions = []
                 Some(bearer(&guest)),
                 403,
                 scope,
+                "insufficient_scope",
             ),
             (
                 "malformed header",
@@ -353,9 +432,10 @@ permissions = []
                 Some("Bearer a b".into()),
                 400,
                 r#"Bearer realm="keygate", error="invalid_request""#,
+                "invalid_request",
             ),
         ];
-        for (what, prefix, authorization, status, challenge) in cases {
+        for (what, prefix, authorization, status, challenge, error) in cases {
             let target = path(prefix);
             let headers: Vec<(&str, &str)> = authorization
                 .as_deref()
@@ -368,6 +448,14 @@ permissions = []
                 Some(challenge),
                 "{proxy}, {what}"
             );
+            // One challenge, not nginx's copy beside keygate's.
+            let challenges = answer
+                .headers
+                .iter()
+                .filter(|(name, _)| name == "www-authenticate")
+                .count();
+            assert_eq!(challenges, 1, "{proxy}, {what}: {answer:?}");
+            assert_eq!(error_code(&answer), error, "{proxy}, {what}: {answer:?}");
             assert!(
                 upstream.reached(&target).is_none(),
                 "{proxy}, {what}: the upstream was reached"
@@ -375,16 +463,22 @@ permissions = []
         }
     }
 
-    // keygate gone: nginx answers 503 with Retry-After, Caddy 502; nobody gets through.
+    // keygate gone: nginx answers 503 with Retry-After, Caddy 502, Traefik 500; nobody
+    // gets through.
     let stopped = keygate.terminate();
     assert!(stopped.success());
     for (proxy, addr) in PROXIES {
         let target = path("/things/");
         let answer = http(addr, "GET", &target, &[("Authorization", &bearer(&reader))]);
-        let expected = if proxy == "nginx" { 503 } else { 502 };
+        let expected = match proxy {
+            "nginx" => 503,
+            "caddy" => 502,
+            _ => 500,
+        };
         assert_eq!(answer.status, expected, "{proxy}: {answer:?}");
         if proxy == "nginx" {
             assert_eq!(answer.header("retry-after"), Some("5"));
+            assert_eq!(error_code(&answer), "temporarily_unavailable");
         }
         assert!(upstream.reached(&target).is_none(), "{proxy}");
     }
@@ -397,13 +491,16 @@ permissions = []
         let app = Router::new().fallback(move || {
             let code = status.load(Ordering::SeqCst);
             async move {
+                let error = format!("stand_in_{code}");
                 let mut response = (
                     StatusCode::from_u16(code).unwrap(),
                     [("content-type", "application/json")],
-                    r#"{"error":"stand-in"}"#,
+                    format!(r#"{{"error":"{error}","error_description":"A stand-in"}}"#),
                 )
                     .into_response();
                 let headers = response.headers_mut();
+                headers.insert("x-keygate-error", error.parse().unwrap());
+                headers.insert("x-keygate-error-description", "A stand-in".parse().unwrap());
                 if code != 500 {
                     headers.insert("retry-after", "7".parse().unwrap());
                 }
@@ -428,6 +525,11 @@ permissions = []
             let target = path("/things/");
             let answer = http(addr, "GET", &target, &[("Authorization", &bearer(&reader))]);
             assert_eq!(answer.status, code, "{proxy}: {answer:?}");
+            assert_eq!(
+                answer.body,
+                format!(r#"{{"error":"stand_in_{code}","error_description":"A stand-in"}}"#),
+                "{proxy}"
+            );
             let retry = if code == 500 { None } else { Some("7") };
             assert_eq!(answer.header("retry-after"), retry, "{proxy}, {code}");
             if code == 429 {
@@ -451,7 +553,7 @@ permissions = []
 #[test]
 fn the_readme_shows_the_tested_snippets() {
     let readme = std::fs::read_to_string(workspace().join("keygate-cli/README.md")).unwrap();
-    for file in ["nginx.conf", "Caddyfile"] {
+    for file in ["nginx.conf", "Caddyfile", "traefik.yml"] {
         let snippet =
             std::fs::read_to_string(workspace().join("keygate-cli/proxies").join(file)).unwrap();
         assert!(

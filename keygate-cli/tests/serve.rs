@@ -651,6 +651,128 @@ async fn bootstrap_mints_one_admin_key_on_an_empty_store_only() {
     assert_eq!(store.list(&ListQuery::new()).await.unwrap().len(), 1);
 }
 
+/// A store whose first two `list` calls wait for each other: two servers that both find
+/// the store empty before either mints (the race of two servers starting at once).
+struct ListTogether {
+    inner: Arc<dyn KeyStore>,
+    barrier: tokio::sync::Barrier,
+    lists: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl KeyStore for ListTogether {
+    async fn insert(&self, record: KeyRecord) -> Result<(), StoreError> {
+        self.inner.insert(record).await
+    }
+    async fn get(&self, id: KeyId) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        self.inner.get(id).await
+    }
+    async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
+        self.inner.update(id, patch).await
+    }
+    async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
+        self.inner.delete(id).await
+    }
+    async fn list(&self, query: &ListQuery) -> Result<Vec<KeyRecord>, StoreError> {
+        let listed = self.inner.list(query).await;
+        if self.lists.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < 2 {
+            self.barrier.wait().await;
+        }
+        listed
+    }
+    async fn record_last_used(&self, batch: &[(KeyId, DateTime<Utc>)]) -> Result<(), StoreError> {
+        self.inner.record_last_used(batch).await
+    }
+    async fn remember_pepper(
+        &self,
+        version: u32,
+        fingerprint: PepperFingerprint,
+    ) -> Result<Option<PepperFingerprint>, StoreError> {
+        self.inner.remember_pepper(version, fingerprint).await
+    }
+}
+
+/// Two servers' bootstraps on the empty `store`, both listing it before either mints: one
+/// key between them.
+async fn servers_starting_together_mint_one_first_key(store: Arc<dyn KeyStore>) {
+    let together = Arc::new(ListTogether {
+        inner: Arc::clone(&store),
+        barrier: tokio::sync::Barrier::new(2),
+        lists: Default::default(),
+    });
+    let (a, b) = (gate_over(Arc::clone(&together)), gate_over(together));
+    let (mut out_a, mut out_b) = (Vec::new(), Vec::new());
+    // Both list the empty store before either mints (the barrier), then both try.
+    let (minted_a, minted_b) = tokio::join!(
+        serve::bootstrap(&a, "admin", false, &mut out_a),
+        serve::bootstrap(&b, "admin", false, &mut out_b)
+    );
+    let minted: Vec<KeyId> = [minted_a.unwrap(), minted_b.unwrap()]
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(
+        minted,
+        [serve::BOOTSTRAP_KEY_ID],
+        "exactly one server minted"
+    );
+    let printed: Vec<String> = [out_a, out_b]
+        .into_iter()
+        .map(|out| String::from_utf8(out).unwrap())
+        .filter(|out| !out.is_empty())
+        .collect();
+    assert_eq!(printed.len(), 1, "exactly one server printed: {printed:?}");
+    let key = printed[0]
+        .strip_prefix("admin API key: ")
+        .and_then(|rest| rest.strip_suffix('\n'))
+        .unwrap();
+    // The store holds that one key, and it works on both servers.
+    let records = store.list(&ListQuery::new()).await.unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].id, serve::BOOTSTRAP_KEY_ID);
+    assert_eq!(
+        a.verify(key).await.unwrap().key_id(),
+        serve::BOOTSTRAP_KEY_ID
+    );
+    assert_eq!(
+        b.verify(key).await.unwrap().key_id(),
+        serve::BOOTSTRAP_KEY_ID
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_in_memory_and_sqlite() {
+    servers_starting_together_mint_one_first_key(Arc::new(MemoryStore::new())).await;
+    let db = support::sqlite_temp_path();
+    let store = keygate::open_store(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
+    support::remove_sqlite(&db);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_on_postgres() {
+    let Some(base) = support::postgres_url() else {
+        return;
+    };
+    let (url, name, pool) = fresh_postgres(&base).await;
+    let store = keygate::open_store(&url).await.unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
+    drop_postgres(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn servers_starting_together_mint_one_first_key_on_redis() {
+    let Some(base) = support::redis_url() else {
+        return;
+    };
+    let store = keygate::open_store(&fresh_redis(&base, 12).await)
+        .await
+        .unwrap();
+    servers_starting_together_mint_one_first_key(store).await;
+}
+
 #[tokio::test]
 async fn the_admin_api_refuses_keys_that_are_not_admin() {
     let (app, gate, _) = app();
@@ -1250,4 +1372,203 @@ async fn leak_reports_are_served_when_github_keys_are_configured() {
     assert_eq!(labels[0]["token_raw"], issued.key.expose());
     assert!(!store.get(issued.record.id).await.unwrap().unwrap().active);
     assert!(gate.verify(issued.key.expose()).await.is_err());
+}
+
+// ---------------------------------------------------------------------------------------
+// the binary over PostgreSQL and Redis: two servers on one fresh store
+
+/// A fresh PostgreSQL database beside `KEYGATE_TEST_POSTGRES_URL`'s (so the store starts
+/// empty): its URL, and a pool on the original database to drop it with.
+async fn fresh_postgres(base: &str) -> (String, String, keygate::sqlx::PgPool) {
+    let pool = keygate::sqlx::PgPool::connect(base).await.unwrap();
+    let name = format!("kg_serve_{}", KeyId::random().as_uuid().simple());
+    // The name is ours: `kg_serve_` and hex digits.
+    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!(
+        "CREATE DATABASE {name}"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let (url, query) = base.split_once('?').unwrap_or((base, ""));
+    let (server, _) = url.rsplit_once('/').unwrap();
+    let query = if query.is_empty() {
+        String::new()
+    } else {
+        format!("?{query}")
+    };
+    (format!("{server}/{name}{query}"), name, pool)
+}
+
+async fn drop_postgres(pool: &keygate::sqlx::PgPool, name: &str) {
+    keygate::sqlx::query(keygate::sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// Redis database `db` of `KEYGATE_TEST_REDIS_URL`'s server, emptied: the store starts
+/// empty (the other tests use the URL's own database; each test here its own number).
+async fn fresh_redis(base: &str, db: u8) -> String {
+    let (url, _) = base.split_once('?').unwrap_or((base, ""));
+    let server = match url.rsplit_once('/') {
+        Some((server, db)) if db.is_empty() || db.bytes().all(|b| b.is_ascii_digit()) => server,
+        _ => url,
+    };
+    let url = format!("{server}/{db}");
+    let client = keygate::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = keygate::redis::cmd("FLUSHDB")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    url
+}
+
+/// Two `keygate serve` started at once on the empty store `db`: exactly one prints the
+/// first admin key. Then, through the admin API of one: a key is minted, passes `/auth` on
+/// both, is revoked, and is refused on both (the other one hears of it through the
+/// store's change feed).
+async fn two_servers_share_one_store(db: String) {
+    let start = |db: String| {
+        tokio::task::spawn_blocking(move || {
+            let path = support::sqlite_temp_path(); // unused: KEYGATE_DB replaces it
+            Process::start(&path, &[("KEYGATE_DB", db.as_str())], &[])
+        })
+    };
+    let (a, b) = (start(db.clone()), start(db));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    // Each decides: it minted, or another one did, or the store already held a key.
+    let decided = |event: &serde_json::Value| {
+        [
+            "empty store: minted the first admin key (shown once, on stdout)",
+            "another server minted the first admin key at the same time: it printed it",
+            "the store holds keys: no first-start key",
+        ]
+        .contains(&event["message"].as_str().unwrap_or(""))
+    };
+    let (a, b) = tokio::task::spawn_blocking(move || {
+        a.log_until(decided);
+        b.log_until(decided);
+        (a, b)
+    })
+    .await
+    .unwrap();
+    let (a, b, printed) = tokio::task::spawn_blocking(move || {
+        let printed: Vec<String> = [&a, &b]
+            .iter()
+            .filter_map(|server| server.stdout.recv_timeout(Duration::from_secs(2)).ok())
+            .collect();
+        (a, b, printed)
+    })
+    .await
+    .unwrap();
+    assert_eq!(printed.len(), 1, "exactly one server printed: {printed:?}");
+    let admin_key = printed[0]
+        .strip_prefix("admin API key: ")
+        .unwrap()
+        .to_owned();
+
+    let (addr_a, addr_b) = (a.addr.clone(), b.addr.clone());
+    let auth = move |addr: String, key: String| {
+        tokio::task::spawn_blocking(move || {
+            http(&addr, "GET", "/auth", &[("Authorization", &bearer(&key))])
+        })
+    };
+    // The admin key works on both servers.
+    for addr in [&addr_a, &addr_b] {
+        let answer = auth(addr.clone(), admin_key.clone()).await.unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(
+            answer.header("x-keygate-key-id"),
+            Some(serve::BOOTSTRAP_KEY_ID.to_string().as_str())
+        );
+    }
+    // Mint through A's admin API; the key passes on both.
+    let minted = {
+        let (addr, admin) = (addr_a.clone(), bearer(&admin_key));
+        tokio::task::spawn_blocking(move || {
+            let body = r#"{"name":"script","userId":"admin","scopes":["admin"]}"#;
+            post_json(&addr, "/api/api-keys", &admin, body)
+        })
+        .await
+        .unwrap()
+    };
+    let minted: serde_json::Value = serde_json::from_str(&minted).unwrap();
+    let key = minted["apiKey"]["apiKey"].as_str().unwrap().to_owned();
+    let id = minted["apiKey"]["id"].as_str().unwrap().to_owned();
+    for addr in [&addr_a, &addr_b] {
+        let answer = auth(addr.clone(), key.clone()).await.unwrap();
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert_eq!(answer.header("x-keygate-key-id"), Some(id.as_str()));
+        assert_eq!(answer.header("x-keygate-owner"), Some("admin"));
+    }
+    // Revoke through A's admin API.
+    let revoked = {
+        let (addr, admin, id) = (addr_a.clone(), bearer(&admin_key), id.clone());
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let body = r#"{"isActive":false}"#;
+            let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+            write!(
+                stream,
+                "PATCH /api/api-keys/{id} HTTP/1.1\r\nHost: keygate\r\nConnection: close\r\n\
+                 Authorization: {admin}\r\nContent-Type: application/json\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .unwrap();
+            let mut answer = String::new();
+            stream.read_to_string(&mut answer).unwrap();
+            answer
+        })
+        .await
+        .unwrap()
+    };
+    assert!(revoked.starts_with("HTTP/1.1 200"), "{revoked}");
+    // A refuses at once; B as soon as the change feed tells it (bounded wait).
+    let answer = auth(addr_a.clone(), key.clone()).await.unwrap();
+    assert_eq!(answer.status, 401, "{answer:?}");
+    assert_eq!(
+        answer.header("www-authenticate"),
+        Some(r#"Bearer realm="keygate", error="invalid_token""#)
+    );
+    let mut last = None;
+    for _ in 0..300 {
+        let answer = auth(addr_b.clone(), key.clone()).await.unwrap();
+        if answer.status == 401 {
+            last = None;
+            break;
+        }
+        last = Some(answer);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(last.is_none(), "B still admits the revoked key: {last:?}");
+
+    for server in [a, b] {
+        let status = tokio::task::spawn_blocking(move || server.terminate())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_postgres_two_servers_one_first_key() {
+    let Some(base) = support::postgres_url() else {
+        return;
+    };
+    let (url, name, pool) = fresh_postgres(&base).await;
+    two_servers_share_one_store(url).await;
+    drop_postgres(&pool, &name).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_over_redis_two_servers_one_first_key() {
+    let Some(base) = support::redis_url() else {
+        return;
+    };
+    let url = fresh_redis(&base, 11).await;
+    two_servers_share_one_store(url).await;
 }

@@ -8,11 +8,17 @@ use std::sync::{Mutex, MutexGuard};
 use async_trait::async_trait;
 
 use super::gcra::{self, CreditState};
-use super::{CreditPolicy, LimitCheck, LimitOutcome, Limiter, LimiterError, Subject};
+use super::{
+    CreditPolicy, CreditStatus, Decision, LimitCheck, LimitOutcome, LimitStatus, Limiter,
+    LimiterError, Subject,
+};
 use crate::key::{IdMap, KeyId};
 
 /// Shards of the map: one mutex each, so unrelated keys rarely wait on one another.
 const SHARDS: usize = 64;
+/// New TATs a check keeps between its decision and its write; a check with more limits
+/// steps the rest again for the write (few keys have more than a couple of limits).
+const INLINE_TATS: usize = 2;
 /// Insertions into a shard between two sweeps of its idle entries.
 const SWEEP_EVERY: u32 = 4096;
 
@@ -53,6 +59,10 @@ struct State {
 }
 
 impl State {
+    fn slot(&self, name: &str) -> Option<usize> {
+        self.tats.iter().position(|(n, _)| &**n == name)
+    }
+
     fn tat(&self, name: &str) -> Option<i64> {
         self.tats
             .iter()
@@ -104,65 +114,136 @@ impl MemoryLimiter {
 
     /// The decision for `check`, charged if allowed. Never fails.
     fn decide(&self, check: &LimitCheck<'_>) -> LimitOutcome {
+        let blank = LimitStatus::new(false, 0, 0, None);
+        let mut statuses = vec![blank; check.limits.len()];
+        let decision = self.decide_into(check, &mut statuses);
+        LimitOutcome::new(decision.allowed, statuses, decision.credits)
+    }
+
+    /// [`decide`](Self::decide), writing each limit's status to `statuses` (as long as
+    /// `check.limits`). One map lookup for a subject that has state (the shard's lock held
+    /// throughout), two for one that gets its first.
+    fn decide_into(&self, check: &LimitCheck<'_>, statuses: &mut [LimitStatus]) -> Decision {
         let mut shard = self.shard(check.subject);
-        let now = check.now;
-        let state = shard.state(check.subject);
-        let mut statuses = Vec::with_capacity(check.limits.len());
         // The new TATs, kept for the write (one GCRA step per limit, not two).
-        let mut tats = [None; super::MAX_RATELIMITS];
-        let mut allowed = true;
-        for (i, charge) in check.limits.iter().enumerate() {
-            let tat = state.and_then(|s| s.tat(&charge.limit.name));
-            let (status, new_tat) = gcra::decide(tat, now, charge.limit, charge.cost);
-            if let Some(slot) = tats.get_mut(i) {
-                *slot = new_tat;
+        let mut tats = [Kept::default(); INLINE_TATS];
+        if let Some(state) = shard.existing_mut(check.subject) {
+            let decision = step(Some(state), check, statuses, &mut tats);
+            if decision.allowed {
+                write(state, check, &tats, decision.credits_next);
             }
-            allowed &= status.allowed;
-            statuses.push(status);
+            return decision.into();
         }
-        let credits = check.credits.map(|spend| {
-            let current = gcra::credits_at(state.and_then(|s| s.credits), spend.policy, now);
-            gcra::spend(current, spend.policy, now, spend.cost)
-        });
-        if let Some((status, _)) = &credits {
-            allowed &= status.allowed;
+        let decision = step(None, check, statuses, &mut tats);
+        if decision.allowed {
+            let state = shard.insert(check.subject, check.now);
+            write(state, check, &tats, decision.credits_next);
         }
-        if !allowed {
-            // Nothing is charged: report the limits as they stand.
-            for (charge, status) in check.limits.iter().zip(statuses.iter_mut()) {
-                if status.allowed {
-                    let tat = state.and_then(|s| s.tat(&charge.limit.name));
-                    let (unchanged, _) = gcra::decide(tat, now, charge.limit, 0);
-                    status.remaining = unchanged.remaining;
-                    status.reset_after_us = unchanged.reset_after_us;
+        decision.into()
+    }
+}
+
+/// What [`step`] keeps of one limit for [`write`]: the new TAT, and where the old one sits
+/// in [`State::tats`] (so that the write finds it without comparing names again).
+#[derive(Clone, Copy, Default)]
+struct Kept {
+    tat: Option<i64>,
+    slot: Option<usize>,
+}
+
+/// What [`step`] decided, with the credit state to store when allowed.
+struct Stepped {
+    allowed: bool,
+    credits: Option<CreditStatus>,
+    credits_next: Option<CreditState>,
+}
+
+impl From<Stepped> for Decision {
+    fn from(stepped: Stepped) -> Self {
+        Decision::new(stepped.allowed, stepped.credits)
+    }
+}
+
+/// The GCRA step of every limit of `check` and the credit spend, against `state`: each
+/// limit's status into `statuses`, its new TAT into `tats` (when it fits there). Changes
+/// nothing.
+fn step(
+    state: Option<&State>,
+    check: &LimitCheck<'_>,
+    statuses: &mut [LimitStatus],
+    tats: &mut [Kept],
+) -> Stepped {
+    let now = check.now;
+    let mut allowed = true;
+    for (i, (charge, out)) in check.limits.iter().zip(statuses.iter_mut()).enumerate() {
+        let slot = state.and_then(|s| s.slot(&charge.limit.name));
+        let tat = slot.and_then(|j| state.and_then(|s| s.tats.get(j)).map(|(_, tat)| *tat));
+        let (status, new_tat) = gcra::decide(tat, now, charge.limit, charge.cost);
+        if let Some(kept) = tats.get_mut(i) {
+            *kept = Kept { tat: new_tat, slot };
+        }
+        allowed &= status.allowed;
+        *out = status;
+    }
+    let credits = check.credits.map(|spend| {
+        let current = gcra::credits_at(state.and_then(|s| s.credits), spend.policy, now);
+        gcra::spend(current, spend.policy, now, spend.cost)
+    });
+    if let Some((status, _)) = &credits {
+        allowed &= status.allowed;
+    }
+    if !allowed {
+        // Nothing is charged: report the limits as they stand.
+        for (charge, status) in check.limits.iter().zip(statuses.iter_mut()) {
+            if status.allowed {
+                let tat = state.and_then(|s| s.tat(&charge.limit.name));
+                let (unchanged, _) = gcra::decide(tat, now, charge.limit, 0);
+                status.remaining = unchanged.remaining;
+                status.reset_after_us = unchanged.reset_after_us;
+            }
+        }
+    }
+    Stepped {
+        allowed,
+        credits: credits.map(|(status, _)| status),
+        credits_next: credits.and_then(|(_, next)| next),
+    }
+}
+
+/// Stores an allowed check's new TATs (from `tats`, or stepped again past its end) and
+/// credit state.
+fn write(state: &mut State, check: &LimitCheck<'_>, tats: &[Kept], credits: Option<CreditState>) {
+    for (i, charge) in check.limits.iter().enumerate() {
+        let tat = match tats.get(i) {
+            Some(Kept {
+                tat: Some(tat),
+                slot: Some(j),
+            }) => {
+                // The slot `step` read, unchanged since (the shard's lock is held).
+                if let Some((_, stored)) = state.tats.get_mut(*j) {
+                    *stored = *tat;
+                    continue;
                 }
+                Some(*tat)
             }
+            Some(kept) => kept.tat,
+            // Past the kept ones: step again (same state, same answer).
+            None => {
+                gcra::decide(
+                    state.tat(&charge.limit.name),
+                    check.now,
+                    charge.limit,
+                    charge.cost,
+                )
+                .1
+            }
+        };
+        if let Some(tat) = tat {
+            state.set_tat(&charge.limit.name, tat);
         }
-        if allowed {
-            let state = shard.state_mut(check.subject, now);
-            for (i, charge) in check.limits.iter().enumerate() {
-                let tat = match tats.get(i) {
-                    Some(tat) => *tat,
-                    // More limits than a key may carry (an unchecked caller): step again.
-                    None => {
-                        gcra::decide(
-                            state.tat(&charge.limit.name),
-                            now,
-                            charge.limit,
-                            charge.cost,
-                        )
-                        .1
-                    }
-                };
-                if let Some(tat) = tat {
-                    state.set_tat(&charge.limit.name, tat);
-                }
-            }
-            if let Some((_, Some(next))) = &credits {
-                state.credits = Some(*next);
-            }
-        }
-        LimitOutcome::new(allowed, statuses, credits.map(|(status, _)| status))
+    }
+    if let Some(next) = credits {
+        state.credits = Some(next);
     }
 }
 
@@ -177,6 +258,26 @@ impl Shard {
         match subject {
             Subject::Key(id) => self.keys.get(&id),
             Subject::Owner(owner) => self.owners.get(owner),
+        }
+    }
+
+    fn existing_mut(&mut self, subject: Subject<'_>) -> Option<&mut State> {
+        match subject {
+            Subject::Key(id) => self.keys.get_mut(&id),
+            Subject::Owner(owner) => self.owners.get_mut(owner),
+        }
+    }
+
+    /// The state of a subject that has none yet (sweeping idle entries now and then).
+    fn insert(&mut self, subject: Subject<'_>, now: i64) -> &mut State {
+        self.inserts = self.inserts.wrapping_add(1);
+        if self.inserts.is_multiple_of(SWEEP_EVERY) {
+            self.keys.retain(|_, state| !state.is_idle(now));
+            self.owners.retain(|_, state| !state.is_idle(now));
+        }
+        match subject {
+            Subject::Key(id) => self.keys.entry(id).or_default(),
+            Subject::Owner(owner) => self.owners.entry(owner.to_owned()).or_default(),
         }
     }
 
@@ -218,6 +319,18 @@ impl Limiter for MemoryLimiter {
 
     fn check_now(&self, check: &LimitCheck<'_>) -> Option<Result<LimitOutcome, LimiterError>> {
         Some(Ok(self.decide(check)))
+    }
+
+    fn check_now_into(
+        &self,
+        check: &LimitCheck<'_>,
+        statuses: &mut [LimitStatus],
+    ) -> Option<Result<Decision, LimiterError>> {
+        Some(Ok(match statuses.get_mut(..check.limits.len()) {
+            Some(statuses) => self.decide_into(check, statuses),
+            // A slice too short for the check: decide into a vector, copy what fits.
+            None => self.decide(check).into_decision(statuses),
+        }))
     }
 
     async fn credits(

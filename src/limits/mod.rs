@@ -203,11 +203,12 @@ impl RateLimit {
         if self.name.is_empty() || self.name.len() > MAX_RATELIMIT_NAME_LEN {
             return bad("a limit's name must be 1 to 64 characters");
         }
-        if !self
-            .name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
-        {
+        // One table lookup per byte, no early exit: this runs on every verify of a key
+        // with limits (`KeyRecord::check`).
+        let name_ok = self.name.bytes().fold(true, |ok, b| {
+            ok & NAME_BYTES.get(usize::from(b)).copied().unwrap_or(false)
+        });
+        if !name_ok {
             return bad("a limit's name may hold only A-Z a-z 0-9 _ . : -");
         }
         if self.limit == 0 || self.limit > MAX_RATELIMIT_LIMIT {
@@ -225,6 +226,19 @@ impl RateLimit {
         Ok(())
     }
 }
+
+/// The bytes a limit's name may hold: `A-Z a-z 0-9 _ . : -`.
+#[allow(clippy::indexing_slicing, clippy::arithmetic_side_effects)] // const, in bounds
+const NAME_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        table[b] = c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b':' | b'-');
+        b += 1;
+    }
+    table
+};
 
 /// Checks a list of rate limits: each [`RateLimit::validate`], at most
 /// [`MAX_RATELIMITS`], names unique.
@@ -518,6 +532,34 @@ impl LimitOutcome {
     }
 }
 
+impl LimitOutcome {
+    /// Copies the statuses into `statuses` (as many as fit) and returns the rest.
+    fn into_decision(self, statuses: &mut [LimitStatus]) -> Decision {
+        for (slot, status) in statuses.iter_mut().zip(&self.limits) {
+            *slot = *status;
+        }
+        Decision::new(self.allowed, self.credits)
+    }
+}
+
+/// A [`LimitOutcome`] without its per-limit statuses, which
+/// [`Limiter::check_now_into`] writes to the caller's slice instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Decision {
+    /// `true`: every limit and the credits were charged. `false`: nothing was.
+    pub allowed: bool,
+    /// The credits' status, when the check had credits.
+    pub credits: Option<CreditStatus>,
+}
+
+impl Decision {
+    /// A decision with these parts.
+    pub fn new(allowed: bool, credits: Option<CreditStatus>) -> Self {
+        Self { allowed, credits }
+    }
+}
+
 /// One limit's state after a check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -604,6 +646,24 @@ pub trait Limiter: Send + Sync + 'static {
         None
     }
 
+    /// [`check_now`](Self::check_now) without allocating: the status of each limit is
+    /// written to `statuses` (in [`LimitCheck::limits`] order; callers pass a slice at least
+    /// that long), and the answer is whether the check was allowed, with the credits'
+    /// status. The verify path calls this; the default forwards to `check_now`, so a
+    /// limiter only overrides it to avoid the [`LimitOutcome`]'s allocation.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    fn check_now_into(
+        &self,
+        check: &LimitCheck<'_>,
+        statuses: &mut [LimitStatus],
+    ) -> Option<Result<Decision, LimiterError>> {
+        self.check_now(check)
+            .map(|answer| answer.map(|outcome| outcome.into_decision(statuses)))
+    }
+
     /// The credits a key has left at `now` (µs) under `policy` (refills applied), without
     /// spending any: for key views.
     ///
@@ -647,6 +707,14 @@ impl<L: Limiter + ?Sized> Limiter for std::sync::Arc<L> {
 
     fn check_now(&self, check: &LimitCheck<'_>) -> Option<Result<LimitOutcome, LimiterError>> {
         (**self).check_now(check)
+    }
+
+    fn check_now_into(
+        &self,
+        check: &LimitCheck<'_>,
+        statuses: &mut [LimitStatus],
+    ) -> Option<Result<Decision, LimiterError>> {
+        (**self).check_now_into(check, statuses)
     }
 
     async fn credits(

@@ -29,7 +29,7 @@ mod url;
 mod usage;
 
 #[cfg(feature = "redis")]
-pub use self::redis::{RedisConfig, RedisStore};
+pub use self::redis::{RedisConfig, RedisConnection, RedisStore};
 pub use cache::{CacheConfig, CacheStats, CachedStore};
 pub use memory::MemoryStore;
 #[cfg(feature = "postgres")]
@@ -301,7 +301,14 @@ pub(crate) fn parse_notice(payload: &str) -> Option<(Option<i64>, KeyId)> {
 pub(crate) struct Sequence {
     /// The last sequence number up to which every change was passed on.
     last: Option<i64>,
+    /// The latest numbered changes passed on (at most [`RECENT`]), oldest first: a notice
+    /// that matches one of them was passed on by a replay already and is not passed twice.
+    recent: std::collections::VecDeque<(i64, KeyId)>,
 }
+
+/// How many passed-on changes a [`Sequence`] remembers to tell a late notice of a replayed
+/// change (dropped) from a new change under a reused number (passed on).
+const RECENT: usize = 1024;
 
 /// What a feed must do after a notice.
 #[allow(dead_code)]
@@ -320,7 +327,7 @@ impl Sequence {
         self.last
     }
 
-    /// A notice: pass the id on (always, even when a replay passed it on already); say
+    /// A notice: pass the id on (unless a replay passed this very change on already); say
     /// whether the log must be read.
     pub(crate) fn notice(
         &mut self,
@@ -329,17 +336,22 @@ impl Sequence {
         id: KeyId,
     ) -> Next {
         match (seq, self.last) {
-            // Normally a change a replay passed on already; but after the store's counter
-            // went back (a failover that lost writes, a restore) it is a new change under a
-            // reused number, which no replay from `last` will ever return. Passing it on
-            // again costs one reload of that record; dropping it could keep a revoke unseen.
+            // Normally a change a replay passed on already (then it is in `recent`); but
+            // after the store's counter went back (a failover that lost writes, a restore)
+            // it is a new change under a reused number, which no replay from `last` will
+            // ever return. Passing it on costs one reload of that record; dropping it could
+            // keep a revoke unseen.
             (Some(seq), Some(last)) if seq <= last => {
-                listener.changed(id);
+                if !self.recent.contains(&(seq, id)) {
+                    listener.changed(id);
+                    self.remember(seq, id);
+                }
                 Next::Nothing
             }
             (Some(seq), Some(last)) if Some(seq) == last.checked_add(1) => {
                 listener.changed(id);
                 self.last = Some(seq);
+                self.remember(seq, id);
                 Next::Nothing
             }
             _ => {
@@ -347,6 +359,14 @@ impl Sequence {
                 Next::CatchUp
             }
         }
+    }
+
+    /// Notes a numbered change as passed on, forgetting the oldest beyond [`RECENT`].
+    fn remember(&mut self, seq: i64, id: KeyId) {
+        if self.recent.len() >= RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((seq, id));
     }
 
     /// The log read at some instant: the store's `current` sequence number and the
@@ -373,11 +393,14 @@ impl Sequence {
             _ => false,
         };
         if complete {
-            for (_, id) in entries {
-                listener.changed(*id);
+            for &(seq, id) in entries {
+                listener.changed(id);
+                self.remember(seq, id);
             }
         } else {
             listener.resync();
+            // Everything cached was dropped: no earlier change needs telling apart.
+            self.recent.clear();
         }
         self.last = Some(current);
         !complete
@@ -716,10 +739,9 @@ mod sequence_tests {
         assert!(!seq.replay(&heard, 10, &[(9, b), (10, c)]));
         assert_eq!(heard.take(), (vec![a, c, b, c], 0));
         assert_eq!(seq.last(), Some(10));
-        // A notice the replay covered already is passed on again (harmless; see
-        // `a_notice_numbered_at_or_below_the_last_is_still_passed_on`), nothing more.
+        // A notice of a change the replay passed on already is not passed on again.
         assert_eq!(seq.notice(&heard, Some(10), c), Next::Nothing);
-        assert_eq!(heard.take(), (vec![c], 0));
+        assert_eq!(heard.take(), (vec![], 0));
         assert_eq!(seq.last(), Some(10));
         // A notice without a number (an older keygate wrote it): passed on, log read.
         assert_eq!(seq.notice(&heard, None, a), Next::CatchUp);
@@ -735,13 +757,19 @@ mod sequence_tests {
     fn a_notice_numbered_at_or_below_the_last_is_still_passed_on() {
         let heard = Heard::default();
         let mut seq = Sequence::default();
-        seq.replay(&heard, 10, &[]);
+        seq.replay(&heard, 8, &[]);
+        let (b, c) = (KeyId::random(), KeyId::random());
+        assert!(!seq.replay(&heard, 10, &[(9, b), (10, c)]));
         heard.take();
         // Writes 9 and 10 were lost with the old primary; two new writes take 9 and 10.
         let (d, e) = (KeyId::random(), KeyId::random());
         assert_eq!(seq.notice(&heard, Some(9), d), Next::Nothing);
         assert_eq!(seq.notice(&heard, Some(10), e), Next::Nothing);
         assert_eq!(heard.take(), (vec![d, e], 0));
+        // The late notice of a replayed change, and a repeated notice, are not passed twice.
+        assert_eq!(seq.notice(&heard, Some(10), c), Next::Nothing);
+        assert_eq!(seq.notice(&heard, Some(9), d), Next::Nothing);
+        assert_eq!(heard.take(), (vec![], 0));
         // The next heartbeat finds the counter at 10 again: nothing to replay.
         assert!(!seq.replay(&heard, 10, &[]));
         assert_eq!(seq.last(), Some(10));

@@ -8,6 +8,7 @@ use sqlx::{ColumnIndex, Database, Decode, Encode, Executor, IntoArguments, SqlSa
 
 use crate::hash::{HashScheme, SecretHash};
 use crate::key::KeyFormat;
+#[cfg(feature = "sqlite")]
 use crate::limits::NetworkPolicy;
 use crate::record::in_stored_range;
 use crate::store::{Cursor, StoreError};
@@ -67,6 +68,7 @@ pub(crate) fn is_unique_violation(error: &sqlx::Error) -> bool {
         .is_some_and(|e| e.is_unique_violation())
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// A record's `ratelimits` column (a JSON array in Unkey's shape) as stored.
 pub(crate) fn ratelimits_to_json(
     limits: &[crate::limits::RateLimit],
@@ -74,6 +76,7 @@ pub(crate) fn ratelimits_to_json(
     serde_json::to_string(limits).map_err(StoreError::backend)
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// A record's `credits` column (a JSON object, or NULL) as stored.
 pub(crate) fn credits_to_json(
     credits: Option<&crate::limits::CreditPolicy>,
@@ -84,6 +87,7 @@ pub(crate) fn credits_to_json(
         .map_err(StoreError::backend)
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// Reads a `ratelimits` column; anything but an array of valid limits is corrupt.
 pub(crate) fn ratelimits_from_json(
     json: &str,
@@ -91,6 +95,7 @@ pub(crate) fn ratelimits_from_json(
     serde_json::from_str(json).map_err(|e| StoreError::Corrupt(Box::new(e)))
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// Reads a `credits` column.
 pub(crate) fn credits_from_json(
     json: Option<&str>,
@@ -153,6 +158,7 @@ pub(crate) fn hash_from(
     }
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// The `network` column of a record: its policy as JSON, or `None` (SQL `NULL`) when
 /// unrestricted.
 pub(crate) fn network_to(policy: &NetworkPolicy) -> Result<Option<String>, StoreError> {
@@ -164,6 +170,7 @@ pub(crate) fn network_to(policy: &NetworkPolicy) -> Result<Option<String>, Store
         .map_err(StoreError::backend)
 }
 
+#[cfg(feature = "sqlite")] // PostgreSQL binds these as JSON values
 /// A record's policy from its `network` column: `NULL` is unrestricted; anything that is
 /// not a valid policy (an unknown field, an entry that does not parse) is corrupt.
 pub(crate) fn network_from(json: Option<&str>) -> Result<NetworkPolicy, StoreError> {
@@ -370,6 +377,7 @@ mod tests {
         }
     }
 
+    #[cfg(feature = "sqlite")]
     #[test]
     fn network_policies_round_trip_and_bad_ones_are_corrupt() {
         assert_eq!(network_to(&NetworkPolicy::new()).unwrap(), None);

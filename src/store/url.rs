@@ -15,6 +15,7 @@ type Opened = (Arc<dyn KeyStore>, Arc<dyn Limiter>);
 /// | `sqlite://path`, `sqlite:path`, `sqlite::memory:`, a plain path | `SqliteStore` | `sqlite` |
 /// | `postgres://…`, `postgresql://…` | `PostgresStore` | `postgres` |
 /// | `redis://…`, `rediss://…`, `redis+unix://…` | `RedisStore` | `redis` |
+/// | `redis+cluster://host:port,host:port/`, `redis+sentinel://host:port,…/<master>` (and `rediss+…`) | `RedisStore` ([`connect_url`](crate::RedisStore::connect_url)) | `redis` |
 ///
 /// Each store opens with its `connect(url)` and default config (`SqliteConfig`,
 /// `PostgresConfig`, `RedisConfig`); SQL stores apply their migrations on open. For other
@@ -56,7 +57,10 @@ pub async fn open_store_with_limiter(url: &str) -> Result<Opened, StoreError> {
     let scheme = url.split_once(':').map(|(s, _)| s.to_ascii_lowercase());
     match scheme.as_deref() {
         Some("postgres" | "postgresql") => postgres(url).await,
-        Some("redis" | "rediss" | "redis+unix") => redis(url).await,
+        Some(
+            "redis" | "rediss" | "redis+unix" | "redis+cluster" | "rediss+cluster"
+            | "redis+sentinel" | "rediss+sentinel",
+        ) => redis(url).await,
         Some("sqlite") => sqlite(url).await,
         // A bare path (`keys.db`, `./data/keys.db`, `/var/lib/app/keys.db`).
         None => sqlite(url).await,
@@ -93,7 +97,7 @@ async fn postgres(_: &str) -> Result<Opened, StoreError> {
 async fn redis(url: &str) -> Result<Opened, StoreError> {
     let mut config = crate::RedisConfig::new();
     config.tls_root_cert = super::redis::root_cert_in_url(url);
-    let store = Arc::new(crate::RedisStore::connect_with(url, config).await?);
+    let store = Arc::new(crate::RedisStore::connect_url(url, config).await?);
     Ok((store.clone(), store))
 }
 

@@ -300,6 +300,71 @@ async fn owner_limits_are_shared_by_the_owners_keys() {
     ));
 }
 
+/// The allowance lists every limit charged, the owner's first, whether verify took the
+/// in-process path (few limits) or the allocating one (more than it keeps on the stack),
+/// and a refusal on either path gives the owner's charge back.
+#[tokio::test]
+async fn allowances_list_every_limit_charged_on_both_paths() {
+    use keygate::limits::LimitScope;
+    let h = Harness::with(|b| b.owner_ratelimits([RateLimit::new("shared", 100, 60_000)]));
+    let few = mint(
+        &h,
+        NewKey::new("few", "alice").ratelimits([RateLimit::new("a", 1, 60_000)]),
+    )
+    .await;
+    let many = mint(
+        &h,
+        NewKey::new("many", "alice").ratelimits([
+            RateLimit::new("a", 10, 60_000),
+            RateLimit::new("b", 2, 60_000),
+            RateLimit::new("c", 5, 60_000),
+        ]),
+    )
+    .await;
+    let seen = |p: &keygate::Principal| {
+        let allowance = p.allowance().unwrap();
+        allowance
+            .limits
+            .iter()
+            .map(|r| (r.name.clone(), r.scope, r.remaining))
+            .collect::<Vec<_>>()
+    };
+    let principal = h.gate.verify(&few).await.unwrap();
+    assert_eq!(
+        seen(&principal),
+        [
+            ("shared".to_owned(), LimitScope::Owner, 99),
+            ("a".to_owned(), LimitScope::Key, 0)
+        ]
+    );
+    // Rendered once, the same on every read.
+    assert_eq!(principal.allowance(), principal.clone().allowance());
+    assert_eq!(rate_limited(h.gate.verify(&few).await).limit.name, "a");
+    let principal = h.gate.verify(&many).await.unwrap();
+    assert_eq!(
+        seen(&principal),
+        [
+            ("shared".to_owned(), LimitScope::Owner, 98),
+            ("a".to_owned(), LimitScope::Key, 9),
+            ("b".to_owned(), LimitScope::Key, 1),
+            ("c".to_owned(), LimitScope::Key, 4)
+        ]
+    );
+    h.gate.verify(&many).await.unwrap();
+    let limited = rate_limited(h.gate.verify(&many).await);
+    assert_eq!(
+        (limited.limit.name.as_str(), limited.limit.scope),
+        ("b", LimitScope::Key)
+    );
+    // Both refusals gave the owner's charge back: 3 verifies allowed so far.
+    let other = mint(&h, NewKey::new("other", "alice")).await;
+    let principal = h.gate.verify(&other).await.unwrap();
+    assert_eq!(
+        seen(&principal),
+        [("shared".to_owned(), LimitScope::Owner, 96)]
+    );
+}
+
 #[tokio::test]
 async fn a_key_refused_after_its_owner_was_charged_gives_the_owner_charge_back() {
     let h = Harness::with(|b| b.owner_ratelimits([RateLimit::new("requests", 2, 60_000)]));

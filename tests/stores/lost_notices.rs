@@ -44,12 +44,12 @@ fn short_feed() -> FeedConfig {
 }
 
 /// One node: a cache following its store's feed, and a gate over it.
-struct Node<S: KeyStore> {
-    cache: Arc<CachedStore<S>>,
-    gate: Keygate,
+pub(crate) struct Node<S: KeyStore> {
+    pub(crate) cache: Arc<CachedStore<S>>,
+    pub(crate) gate: Keygate,
 }
 
-async fn node<S: KeyStore>(store: S) -> Node<S> {
+pub(crate) async fn node<S: KeyStore>(store: S) -> Node<S> {
     let cache = Arc::new(CachedStore::new(store, CacheConfig::new().ttl(TTL)));
     assert!(
         cache.follow_changes().await.unwrap(),
@@ -62,12 +62,12 @@ async fn node<S: KeyStore>(store: S) -> Node<S> {
     Node { cache, gate }
 }
 
-fn stats<S: KeyStore>(node: &Node<S>) -> CacheStats {
+pub(crate) fn stats<S: KeyStore>(node: &Node<S>) -> CacheStats {
     node.cache.stats()
 }
 
 /// Verifies `key` on `node` until an answer comes from its cache.
-async fn cached<S: KeyStore>(node: &Node<S>, key: &str) {
+pub(crate) async fn cached<S: KeyStore>(node: &Node<S>, key: &str) {
     for _ in 0..100 {
         node.gate.verify(key).await.unwrap();
         let hits = stats(node).hits;
@@ -80,7 +80,7 @@ async fn cached<S: KeyStore>(node: &Node<S>, key: &str) {
     panic!("the node never served the key from its cache");
 }
 
-fn refused_as_revoked(result: Result<keygate::Principal, keygate::VerifyError>) -> bool {
+pub(crate) fn refused_as_revoked(result: Result<keygate::Principal, keygate::VerifyError>) -> bool {
     match result {
         Err(e) if e.rejection() == Some(Rejection::Inactive) => true,
         Ok(_) => false,
@@ -89,7 +89,7 @@ fn refused_as_revoked(result: Result<keygate::Principal, keygate::VerifyError>) 
 }
 
 /// Waits until `node`'s feed has renewed its lease `n` more times.
-async fn heartbeats<S: KeyStore>(node: &Node<S>, n: u64) {
+pub(crate) async fn heartbeats<S: KeyStore>(node: &Node<S>, n: u64) {
     let start = stats(node).syncs;
     let deadline = Instant::now() + Duration::from_secs(20);
     while stats(node).syncs < start + n {
@@ -185,7 +185,7 @@ async fn silent_feed<S: KeyStore, T: KeyStore>(
 /// `kill` kills `b`'s feed connection (after the first 300); once `b`'s feed is back in
 /// sync, not one is accepted on `b`, and the cache was not dropped (the missed revokes
 /// were replayed from the change log).
-async fn burst<S: KeyStore, T: KeyStore, F, Fut>(a: &Node<S>, b: &Node<T>, kill: F)
+pub(crate) async fn burst<S: KeyStore, T: KeyStore, F, Fut>(a: &Node<S>, b: &Node<T>, kill: F)
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ()>,

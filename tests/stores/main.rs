@@ -21,5 +21,6 @@ mod lost_notices;
 mod memory;
 mod postgres;
 mod redis;
+mod redis_topologies;
 mod sqlite;
 mod tls;

@@ -34,6 +34,17 @@ pub fn redis_url() -> String {
     service_url("KEYGATE_TEST_REDIS_URL", "Redis")
 }
 
+/// A setting of the Redis Cluster and Sentinel servers `.ci/cluster.sh` starts
+/// (`KEYGATE_TEST_REDIS_CLUSTER_URLS`, `KEYGATE_TEST_REDIS_SENTINEL_URLS`,
+/// `KEYGATE_TEST_REDIS_SENTINEL_MASTER`), for tests marked with `keygate_test_redis_cluster`
+/// or `keygate_test_redis_sentinel`.
+pub fn cluster_setting(var: &str) -> String {
+    service_url(
+        var,
+        "Redis Cluster and Sentinel (eval \"$(.ci/cluster.sh start)\")",
+    )
+}
+
 /// A setting of the TLS servers `.ci/tls.sh` starts (`KEYGATE_TEST_POSTGRES_TLS_URL`,
 /// `KEYGATE_TEST_REDIS_TLS_URL`, `KEYGATE_TEST_TLS_CA`, `KEYGATE_TEST_TLS_WRONG_CA`), for
 /// tests marked with `keygate_test_tls`.

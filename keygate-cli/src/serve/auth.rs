@@ -12,7 +12,10 @@
 //!   ASCII (an ASCII owner id like `user-42` arrives unchanged);
 //! - otherwise the library's answer ([`keygate::http`]): 401 with `WWW-Authenticate`, 400
 //!   for a malformed header, 403 `insufficient_scope`, 429 with `Retry-After`, 503 with
-//!   `Retry-After` when the store is down, 500 for a corrupt record.
+//!   `Retry-After` when the store is down, 500 for a corrupt record. Every refusal also
+//!   names its `error` code and `error_description` in [`ERROR`] and [`ERROR_DESCRIPTION`]
+//!   (`X-Keygate-Error`, `X-Keygate-Error-Description`): nginx's `auth_request` passes
+//!   headers on but not bodies.
 //!
 //! Keys restricted to networks or origins are checked against the *original* request. The
 //! connection to `/auth` is always the proxy's, never the client's: the client address is
@@ -46,6 +49,13 @@ pub const KEY_ID: HeaderName = HeaderName::from_static("x-keygate-key-id");
 pub const OWNER: HeaderName = HeaderName::from_static("x-keygate-owner");
 /// The header listing the key's scopes on a `200`.
 pub const SCOPES: HeaderName = HeaderName::from_static("x-keygate-scopes");
+
+/// The header naming the error code of a refusal (the body's `error`: `invalid_token`,
+/// `rate_limited`, `credits_exhausted`, `network_not_allowed`, …), for proxies that pass
+/// on headers but not bodies (nginx's `auth_request`).
+pub const ERROR: HeaderName = HeaderName::from_static("x-keygate-error");
+/// The header carrying a refusal's `error_description`, beside [`ERROR`].
+pub const ERROR_DESCRIPTION: HeaderName = HeaderName::from_static("x-keygate-error-description");
 
 /// Most `scope` parameters one `/auth` URL may name.
 const MAX_SCOPES: usize = 16;
@@ -86,7 +96,7 @@ pub(crate) async fn auth(State(app): State<App>, request: Request) -> Response {
     };
     let (response, key_id) = match verified {
         Ok(principal) => (granted(&principal), Some(principal.key_id())),
-        Err(error) => (AuthError::new(error, gate).into_response(), None),
+        Err(error) => (refused(AuthError::new(error, gate)), None),
     };
     // One line per decision, at DEBUG under target `access` (off by default).
     if tracing::enabled!(target: "access", tracing::Level::DEBUG) {
@@ -141,8 +151,8 @@ fn granted(principal: &Principal) -> Response {
     let mut response = StatusCode::OK.into_response();
     for (name, value) in values {
         // Encoded to visible ASCII and spaces above, so this always succeeds; fail closed
-        // all the same.
-        match HeaderValue::from_str(&value) {
+        // all the same. From the `String` itself: its buffer becomes the value, uncopied.
+        match HeaderValue::try_from(value) {
             Ok(value) => {
                 response.headers_mut().insert(name, value);
             }
@@ -152,18 +162,51 @@ fn granted(principal: &Principal) -> Response {
     response
 }
 
+/// The library's answer for a refusal, with its error code and description also in
+/// [`ERROR`] and [`ERROR_DESCRIPTION`] (for nginx, which can read headers but not bodies).
+fn refused(refusal: AuthError) -> Response {
+    let fields = error_fields(refusal.outcome().body);
+    with_error_headers(refusal.into_response(), fields)
+}
+
+/// `response` with [`ERROR`] and [`ERROR_DESCRIPTION`] set from `fields`.
+fn with_error_headers(mut response: Response, fields: Option<(&str, &str)>) -> Response {
+    if let Some((code, description)) = fields {
+        // Codes and descriptions are keygate's own ASCII sentences: always header values.
+        if let (Ok(code), Ok(description)) = (
+            HeaderValue::from_str(code),
+            HeaderValue::from_str(description),
+        ) {
+            let headers = response.headers_mut();
+            headers.insert(ERROR, code);
+            headers.insert(ERROR_DESCRIPTION, description);
+        }
+    }
+    response
+}
+
+/// `(error, error_description)` of keygate's one error shape,
+/// `{"error":"…","error_description":"…"}`, or `None` for another shape.
+fn error_fields(body: &str) -> Option<(&str, &str)> {
+    let rest = body.strip_prefix(r#"{"error":""#)?;
+    let (code, rest) = rest.split_once(r#"","error_description":""#)?;
+    let description = rest.strip_suffix(r#""}"#)?;
+    let plain = |text: &str| !text.contains(['"', '\\']);
+    (plain(code) && plain(description)).then_some((code, description))
+}
+
+/// The body of [`misconfigured`].
+const MISCONFIGURED: &str =
+    r#"{"error":"server_error","error_description":"Forward auth is misconfigured"}"#;
+
 /// `500` with keygate's error shape: the proxy's `/auth` URL is wrong.
 fn misconfigured() -> Response {
-    let mut response = (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        r#"{"error":"server_error","error_description":"Forward auth is misconfigured"}"#,
-    )
-        .into_response();
+    let mut response = (StatusCode::INTERNAL_SERVER_ERROR, MISCONFIGURED).into_response();
     response.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    response
+    with_error_headers(response, error_fields(MISCONFIGURED))
 }
 
 /// The scopes `/auth?scope=a&scope=b` requires.
@@ -301,6 +344,45 @@ mod tests {
         }
         let many = vec!["scope=a"; 17].join("&");
         assert!(required_scopes(Some(&many)).is_err());
+    }
+
+    #[test]
+    fn every_refusal_names_its_code_in_headers() {
+        use keygate::{Rejection, RequestError, VerifyError};
+        let gate = Keygate::builder(
+            keygate::MemoryStore::new(),
+            keygate::Pepper::new(1, [7u8; 32]).unwrap(),
+        )
+        .build()
+        .unwrap();
+        let errors = [
+            VerifyError::MissingCredentials,
+            VerifyError::InvalidRequest(RequestError::MalformedBearer),
+            VerifyError::InvalidKey(Rejection::Expired),
+            VerifyError::InsufficientScope {
+                required: "library:read".into(),
+            },
+            VerifyError::NetworkNotAllowed,
+            VerifyError::OriginNotAllowed,
+        ];
+        for error in errors {
+            let refusal = AuthError::new(error, &gate);
+            let body = refusal.outcome().body;
+            let response = refused(refusal);
+            let code = response.headers()[ERROR].to_str().unwrap().to_owned();
+            let description = response.headers()[ERROR_DESCRIPTION].to_str().unwrap();
+            assert_eq!(
+                body,
+                format!(r#"{{"error":"{code}","error_description":"{description}"}}"#)
+            );
+        }
+        let response = misconfigured();
+        assert_eq!(response.headers()[ERROR], "server_error");
+        assert_eq!(
+            error_fields(r#"{"error":"a\"b","error_description":"c"}"#),
+            None
+        );
+        assert_eq!(error_fields("not json"), None);
     }
 
     #[test]

@@ -20,7 +20,9 @@
 //!
 //! `/auth` verifies the request's `Authorization: Bearer` key and answers `200` with
 //! `X-Keygate-Key-Id`, `X-Keygate-Owner` and `X-Keygate-Scopes`, or the library's refusal
-//! (401/400/403/429/503/500, `WWW-Authenticate` and `Retry-After` included). A location
+//! (401/400/403/429/503/500, `WWW-Authenticate` and `Retry-After` included), its error
+//! code and description repeated in [`ERROR`] and [`ERROR_DESCRIPTION`] for nginx, whose
+//! `auth_request` drops bodies. A location
 //! that needs a permission says so in the query: `/auth?scope=library:read`. Keys with
 //! allowed networks are checked against the client address the proxy forwards, believed
 //! only from `trusted_proxies` (loopback by default; see [`config`]).
@@ -66,7 +68,7 @@ use keygate::{
 };
 use tokio::net::TcpListener;
 
-pub use self::auth::{KEY_ID, OWNER, SCOPES};
+pub use self::auth::{ERROR, ERROR_DESCRIPTION, KEY_ID, OWNER, SCOPES};
 pub use self::config::{Config, ConfigError, LimitsMode, Overrides};
 use self::config::{JwtSource, LogFormat, PepperSource};
 use crate::{chain, redact_url};
@@ -321,6 +323,9 @@ pub fn main(overrides: &Overrides) -> ExitCode {
 /// address cannot be bound, or the last-used times cannot be written at the end.
 pub async fn run(config: &Config) -> Result<(), ServeError> {
     let app = open(config).await?;
+    // Before the server is announced: a stop signal from now on is a graceful stop (while
+    // the store is being opened, it still ends the process at once: nothing to flush).
+    let shutdown = shutdown_signal();
     let listener = TcpListener::bind(&config.addr)
         .await
         .map_err(|source| ServeError::Io {
@@ -347,7 +352,7 @@ pub async fn run(config: &Config) -> Result<(), ServeError> {
         )
         .await?;
     }
-    serve(listener, app, shutdown_signal(), DRAIN_TIMEOUT).await
+    serve(listener, app, shutdown, DRAIN_TIMEOUT).await
 }
 
 /// Opens the store `config.db` names and builds the gate over it: cached (TTL
@@ -566,9 +571,17 @@ fn jwt_secret(source: &JwtSource) -> Result<Option<JwtSecret>, ServeError> {
         .map_err(|e| ServeError::setup("the JWT secret is not usable", e))
 }
 
+/// The id of the first-start admin key, the same for every server: the store lets only one
+/// key have it, so that of several servers starting at once on an empty store, exactly one
+/// mints and prints a key ([`bootstrap`]). Ids are not secret; this one only says which key
+/// came first.
+pub const BOOTSTRAP_KEY_ID: KeyId = KeyId::from_u128(0x6b65_7967_6174_4500_8000_0000_0000_0001);
+
 /// First start: mints an admin key when the store holds no key at all, and writes it once
 /// to `out` as `admin API key: <key>`. Returns its id, or `None` when the store already
-/// held keys (nothing is minted or written).
+/// held keys, or when another server minted the first key at the same moment (nothing is
+/// minted or written: the key has the fixed id [`BOOTSTRAP_KEY_ID`], which the store
+/// inserts at most once, atomically).
 ///
 /// Without a directory (`directory` false) the key is scoped `["admin"]` (admin authority
 /// is never implied by missing configuration); with one, it is an unscoped key of `owner`,
@@ -589,6 +602,7 @@ pub async fn bootstrap(
         .await
         .map_err(|e| ServeError::from_keygate("cannot list the store's keys", e))?;
     if !page.records.is_empty() {
+        tracing::info!("the store holds keys: no first-start key");
         return Ok(None);
     }
     let mut new = NewKey::new("Admin key (first start)", owner).created_by(owner);
@@ -609,10 +623,24 @@ pub async fn bootstrap(
     } else {
         new = new.scopes([ADMIN_PERMISSION]);
     }
-    let issued = gate
-        .mint(new)
-        .await
-        .map_err(|e| ServeError::from_keygate("cannot mint the first admin key", e))?;
+    // One fixed id: of servers starting together on an empty store, the store lets one
+    // insert it; the others get a conflict, print nothing and serve with that key.
+    let issued = match gate.mint(new.id(BOOTSTRAP_KEY_ID)).await {
+        Ok(issued) => issued,
+        Err(keygate::Error::Store(StoreError::Conflict(_))) => {
+            tracing::info!(
+                key_id = %BOOTSTRAP_KEY_ID,
+                "another server minted the first admin key at the same time: it printed it"
+            );
+            return Ok(None);
+        }
+        Err(e) => {
+            return Err(ServeError::from_keygate(
+                "cannot mint the first admin key",
+                e,
+            ))
+        }
+    };
     writeln!(out, "admin API key: {}", issued.key.expose())
         .and_then(|()| out.flush())
         .map_err(|e| ServeError::setup("cannot print the first admin key", e))?;
@@ -683,28 +711,36 @@ pub async fn serve(
     Ok(())
 }
 
-/// Completes on SIGTERM or Ctrl-C (SIGINT).
-pub async fn shutdown_signal() {
-    let interrupt = async {
+/// Completes on SIGTERM or Ctrl-C (SIGINT). On Unix the handlers are installed when this
+/// is called, not when the future is first polled: a SIGTERM that arrives between the
+/// "listening" log and the server's first poll is then a graceful stop, never the default
+/// action (the process killed, last-used times lost). Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let terminate = signal(SignalKind::terminate());
+        let interrupt = signal(SignalKind::interrupt());
+        async move {
+            let wait = |installed: std::io::Result<tokio::signal::unix::Signal>| async move {
+                match installed {
+                    Ok(mut signal) => {
+                        signal.recv().await;
+                    }
+                    Err(_) => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = wait(terminate) => {}
+                () = wait(interrupt) => {}
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    async {
         if tokio::signal::ctrl_c().await.is_err() {
             std::future::pending::<()>().await;
         }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                term.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
     }
 }
 

@@ -7,6 +7,12 @@
 //! manager ([`Supervisor::timed_out`]), and a call dropped before it finished (a caller's
 //! shorter timeout) makes the supervisor PING in the background to find out
 //! ([`Supervisor::probe`]).
+//!
+//! A Redis Cluster connection ([`ClusterConnection`](::redis::cluster_async::ClusterConnection))
+//! follows `MOVED`/`ASK` and reconnects by itself too; it is replaced the same way when it
+//! goes silent. Behind Sentinel, a connection to a primary that was failed over (it refuses
+//! connections, drops them, or answers `READONLY` as a replica) is replaced by one to the
+//! primary the sentinels name now ([`Supervisor::lost_primary`]).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,24 +20,33 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{AsyncConnectionConfig, Client, RedisError};
+use ::redis::{
+    AsyncConnectionConfig, Client, ErrorKind, ProtocolVersion, RedisError, ServerErrorKind,
+};
 
+use super::topology::{Conn, Target};
 use super::{RedisConfig, StoreError};
 
-/// The store's client, configuration and current connection.
+/// The store's target, configuration and current connection.
 pub(super) struct Supervisor {
-    pub(super) client: Client,
+    pub(super) target: Target,
     pub(super) config: RedisConfig,
     current: Mutex<Current>,
     /// A liveness probe of a cancelled call is under way.
     probing: AtomicBool,
+    /// A replacement connection (Cluster, Sentinel) is being made in the background.
+    replacing: AtomicBool,
 }
 
-/// The connection manager in use, and since when.
+/// The connection in use, and since when.
 struct Current {
-    manager: ConnectionManager,
+    conn: Conn,
     since: Instant,
 }
+
+/// Shortest time between two replacements of a Sentinel connection for a lost primary:
+/// the sentinels may still name the old one for a moment after a failover.
+const PRIMARY_RETRY: Duration = Duration::from_millis(100);
 
 /// A [`RedisError`] as a [`StoreError`]: [`StoreError::Timeout`] or
 /// [`StoreError::Backend`].
@@ -57,25 +72,26 @@ pub(super) fn connect_limit(config: &RedisConfig) -> Duration {
         .saturating_add(config.response_timeout)
 }
 
-/// Connects a [`ConnectionManager`] to `client`'s server, failing within
-/// [`connect_limit`] rather than waiting for the server.
-pub(super) async fn connect(
-    client: &Client,
-    config: &RedisConfig,
-) -> Result<ConnectionManager, StoreError> {
-    super::tls::prepare(client);
-    let probe_config = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connection_timeout))
-        .set_response_timeout(Some(config.response_timeout));
+/// Connects to `target`, failing within [`connect_limit`] rather than waiting for the
+/// servers.
+pub(super) async fn connect(target: &Target, config: &RedisConfig) -> Result<Conn, StoreError> {
+    if target.uses_tls() {
+        super::tls::install_provider();
+    }
     let connect = async {
-        // One plain attempt first: a wrong address or password fails now, with the
-        // server's answer, instead of after the manager's backoff.
-        let mut probe = client
-            .get_multiplexed_async_connection_with_config(&probe_config)
-            .await?;
-        ::redis::cmd("PING").exec_async(&mut probe).await?;
-        drop(probe);
-        ConnectionManager::new_with_config(client.clone(), manager_config(config)).await
+        match target {
+            Target::Single(client) => single(client, config).await.map(Conn::Single),
+            Target::Sentinel(seed) => {
+                let client = seed.master(ProtocolVersion::RESP2).await?;
+                single(&client, config).await.map(Conn::Single)
+            }
+            Target::Cluster(seed) => {
+                let client = seed.client(config, None)?;
+                let mut conn = client.get_async_connection().await?;
+                ::redis::cmd("PING").exec_async(&mut conn).await?;
+                Ok(Conn::Cluster(conn))
+            }
+        }
     };
     match tokio::time::timeout(connect_limit(config), connect).await {
         Ok(result) => result.map_err(backend),
@@ -83,22 +99,98 @@ pub(super) async fn connect(
     }
 }
 
+/// A [`ConnectionManager`] to `client`'s server, after one plain attempt (a wrong address
+/// or password fails now, with the server's answer, instead of after the manager's
+/// backoff).
+async fn single(client: &Client, config: &RedisConfig) -> Result<ConnectionManager, RedisError> {
+    let probe_config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connection_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    let mut probe = client
+        .get_multiplexed_async_connection_with_config(&probe_config)
+        .await?;
+    ::redis::cmd("PING").exec_async(&mut probe).await?;
+    drop(probe);
+    ConnectionManager::new_with_config(client.clone(), manager_config(config)).await
+}
+
+/// Behind Sentinel: asks the sentinels which server is the primary every feed heartbeat
+/// ([`FeedConfig::heartbeat`](crate::FeedConfig::heartbeat)) for as long as the store
+/// lives, and replaces the connection as soon as they name another one. Sentinel promotes
+/// a replica before it demotes the old primary, which meanwhile still takes writes (lost
+/// once it is demoted): waiting for an error would keep writing there. Also counts the
+/// switch ([`SentinelSeed::switches`](super::topology::SentinelSeed)) for the change feed.
+pub(super) fn watch_primary(supervisor: &Arc<Supervisor>) {
+    let Target::Sentinel(seed) = &supervisor.target else {
+        return;
+    };
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let seed = Arc::clone(seed);
+    let weak = Arc::downgrade(supervisor);
+    let period = supervisor
+        .config
+        .feed
+        .heartbeat
+        .max(Duration::from_millis(10));
+    let limit = supervisor.config.response_timeout;
+    runtime.spawn(async move {
+        let mut conns: Vec<Option<::redis::aio::MultiplexedConnection>> =
+            seed.sentinels.iter().map(|_| None).collect();
+        let mut known = seed.primary_addr(&mut conns, limit).await;
+        loop {
+            tokio::time::sleep(period).await;
+            let Some(supervisor) = weak.upgrade() else {
+                return;
+            };
+            let Some(now) = seed.primary_addr(&mut conns, limit).await else {
+                continue;
+            };
+            if known.as_ref().is_some_and(|k| *k != now) {
+                seed.switches.fetch_add(1, Ordering::AcqRel);
+                supervisor.replace_after(
+                    Duration::ZERO,
+                    "Sentinel names a new redis primary; reconnecting",
+                );
+            }
+            known = Some(now);
+        }
+    });
+}
+
+/// Whether `error` says the primary this connection speaks to is gone or is one no more
+/// (behind Sentinel: look it up again).
+fn lost_primary(error: &StoreError) -> bool {
+    let StoreError::Backend(source) = error else {
+        return false;
+    };
+    source.downcast_ref::<RedisError>().is_some_and(|e| {
+        e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || e.is_unrecoverable_error()
+            || e.kind() == ErrorKind::Server(ServerErrorKind::ReadOnly)
+            || e.kind() == ErrorKind::Server(ServerErrorKind::MasterDown)
+    })
+}
+
 impl Supervisor {
-    pub(super) fn new(client: Client, manager: ConnectionManager, config: RedisConfig) -> Self {
+    pub(super) fn new(target: Target, conn: Conn, config: RedisConfig) -> Self {
         Self {
-            client,
+            target,
             config,
             current: Mutex::new(Current {
-                manager,
+                conn,
                 since: Instant::now(),
             }),
             probing: AtomicBool::new(false),
+            replacing: AtomicBool::new(false),
         }
     }
 
     /// The current connection (a cheap handle).
-    pub(super) fn manager(&self) -> ConnectionManager {
-        self.current().manager.clone()
+    pub(super) fn manager(&self) -> Conn {
+        self.current().conn.clone()
     }
 
     fn current(&self) -> MutexGuard<'_, Current> {
@@ -117,8 +209,15 @@ impl Supervisor {
             Err(_) => Err(StoreError::Timeout),
         };
         watch.0 = None;
-        if matches!(result, Err(StoreError::Timeout)) {
-            self.timed_out();
+        match &result {
+            Err(StoreError::Timeout) => self.timed_out(),
+            Err(e) if matches!(self.target, Target::Sentinel(_)) && lost_primary(e) => {
+                self.replace_after(
+                    PRIMARY_RETRY,
+                    "the redis primary is gone or was failed over",
+                );
+            }
+            _ => {}
         }
         result
     }
@@ -127,13 +226,18 @@ impl Supervisor {
     /// turned out to be dead (the manager is reconnecting by then).
     pub(super) async fn read<T, F, Fut>(self: &Arc<Self>, read: F) -> Result<T, StoreError>
     where
-        F: Fn(ConnectionManager) -> Fut,
+        F: Fn(Conn) -> Fut,
         Fut: Future<Output = Result<T, RedisError>>,
     {
         self.bounded(async {
             match read(self.manager()).await {
                 Err(e) if e.is_unrecoverable_error() || e.is_connection_dropped() => {
                     tracing::debug!(target: "keygate", error = %e, "redis connection lost; retrying read");
+                    if matches!(self.target, Target::Sentinel(_)) {
+                        // The primary may have been failed over (Sentinel drops its clients
+                        // as it demotes it): the manager would reconnect to a replica.
+                        self.replace_after(PRIMARY_RETRY, "redis connection lost; asking Sentinel for the primary");
+                    }
                     read(self.manager()).await.map_err(backend)
                 }
                 other => other.map_err(backend),
@@ -142,28 +246,67 @@ impl Supervisor {
         .await
     }
 
-    /// A call timed out: start over with a fresh manager, at most once per
+    /// A call timed out: start over with a fresh connection, at most once per
     /// [`connect_limit`]; calls still running on the old one finish there.
-    fn timed_out(&self) {
-        let mut current = self.current();
-        if current.since.elapsed() < connect_limit(&self.config) {
+    fn timed_out(self: &Arc<Self>) {
+        self.replace_after(
+            connect_limit(&self.config),
+            "redis call timed out; replacing the connection",
+        );
+    }
+
+    /// Replaces the connection if the current one is at least `age` old: at once for one
+    /// server (the new manager connects lazily), in the background for a cluster or a
+    /// Sentinel primary (one replacement at a time; the old connection serves meanwhile).
+    fn replace_after(self: &Arc<Self>, age: Duration, why: &'static str) {
+        if self.current().since.elapsed() < age {
             return;
         }
-        match ConnectionManager::new_lazy_with_config(
-            self.client.clone(),
-            manager_config(&self.config),
-        ) {
-            Ok(manager) => {
-                tracing::warn!(target: "keygate", "redis call timed out; replacing the connection");
-                *current = Current {
-                    manager,
-                    since: Instant::now(),
-                };
+        if let Target::Single(client) = &self.target {
+            let mut current = self.current();
+            if current.since.elapsed() < age {
+                return;
             }
-            Err(e) => {
-                tracing::warn!(target: "keygate", error = %e, "redis call timed out; cannot make a new connection")
+            match ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                manager_config(&self.config),
+            ) {
+                Ok(manager) => {
+                    tracing::warn!(target: "keygate", "{why}");
+                    *current = Current {
+                        conn: Conn::Single(manager),
+                        since: Instant::now(),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(target: "keygate", error = %e, "{why}; cannot make a new connection")
+                }
             }
+            return;
         }
+        if self.replacing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.replacing.store(false, Ordering::Release);
+            return;
+        };
+        let this = Arc::clone(self);
+        runtime.spawn(async move {
+            tracing::warn!(target: "keygate", "{why}");
+            match connect(&this.target, &this.config).await {
+                Ok(conn) => {
+                    *this.current() = Current {
+                        conn,
+                        since: Instant::now(),
+                    };
+                }
+                Err(e) => {
+                    tracing::warn!(target: "keygate", error = %e, "{why}; cannot make a new connection")
+                }
+            }
+            this.replacing.store(false, Ordering::Release);
+        });
     }
 
     /// A call was cancelled before it finished, typically by a caller's shorter timeout

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use ::redis::aio::MultiplexedConnection;
+use ::redis::aio::ConnectionLike;
 use ::redis::{
     AsyncConnectionConfig, Client, Msg, ProtocolVersion, PushInfo, PushKind, RedisError,
 };
@@ -18,6 +18,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 
 use super::conn::{backend, connect_limit, Supervisor};
 use super::scripts::{self, Keys};
+use super::topology::{Conn, Target};
 use super::{ChangeListener, RedisStore, StoreError};
 use crate::store::{later, parse_notice, FeedConfig, Next, Sequence, MAX_REPLAY};
 
@@ -51,47 +52,90 @@ pub(super) async fn subscribe(
 
 /// The change feed of one subscription.
 struct Feed {
-    client: Client,
+    target: Target,
+    /// For one server: its client, speaking RESP3.
+    single: Option<Client>,
+    store_config: super::RedisConfig,
     keys: Arc<Keys>,
     connection_timeout: Duration,
     response_timeout: Duration,
     connect_limit: Duration,
     config: FeedConfig,
     sequence: Sequence,
+    /// Behind Sentinel: the primary switches counted when this feed last connected.
+    switches: u64,
 }
 
-type FeedConnection = (MultiplexedConnection, UnboundedReceiver<PushInfo>);
+type FeedConnection = (Conn, UnboundedReceiver<PushInfo>);
 
 impl Feed {
     fn new(supervisor: &Supervisor, keys: Arc<Keys>) -> Result<Self, StoreError> {
         // Subscribed RESP3 connections still answer PING and take pushes through a plain
         // channel, so the feed needs no stream machinery.
-        let info = supervisor.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(settings)).map_err(backend)?;
+        let single = match &supervisor.target {
+            Target::Single(client) => Some(resp3(client).map_err(backend)?),
+            Target::Cluster(_) | Target::Sentinel(_) => None,
+        };
         let config = &supervisor.config;
         Ok(Self {
-            client,
+            target: supervisor.target.clone(),
+            single,
+            store_config: config.clone(),
             keys,
             connection_timeout: config.connection_timeout,
             response_timeout: config.response_timeout,
             connect_limit: connect_limit(config),
             config: config.feed,
             sequence: Sequence::default(),
+            switches: 0,
         })
     }
 
-    async fn connect(&self) -> Result<FeedConnection, RedisError> {
+    /// How many primary switches the sentinels made so far (0 for other targets).
+    fn switches(&self) -> u64 {
+        match &self.target {
+            Target::Sentinel(seed) => seed.switches.load(std::sync::atomic::Ordering::Acquire),
+            Target::Single(_) | Target::Cluster(_) => 0,
+        }
+    }
+
+    async fn connect(&mut self) -> Result<FeedConnection, RedisError> {
+        let switches = self.switches();
+        if switches != self.switches {
+            // The old primary may have taken writes that are lost, and the new one's change
+            // sequence may reuse their numbers: the log cannot say what was missed, so the
+            // first heartbeat drops the cache.
+            self.sequence = Sequence::default();
+            self.switches = switches;
+        }
         let (sender, receiver) = unbounded_channel();
+        if let Target::Cluster(seed) = &self.target {
+            // The cluster connection resubscribes by itself after a reconnect or a slot
+            // move; a `Disconnection` push still makes this feed start over and replay.
+            let client = seed.client(&self.store_config, Some(sender))?;
+            let mut connection = client.get_async_connection().await?;
+            if self.keys.sharded {
+                connection.ssubscribe(&self.keys.channel).await?;
+            } else {
+                connection.subscribe(&self.keys.channel).await?;
+            }
+            return Ok((Conn::Cluster(connection), receiver));
+        }
+        let client = match (&self.target, &self.single) {
+            (Target::Sentinel(seed), _) => seed.master(ProtocolVersion::RESP3).await?,
+            (_, Some(client)) => client.clone(),
+            (_, None) => {
+                return Err(RedisError::from((
+                    ::redis::ErrorKind::Client,
+                    "no feed client",
+                )))
+            }
+        };
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.connection_timeout))
             .set_response_timeout(Some(self.response_timeout))
             .set_push_sender(sender);
-        let mut connection = self
-            .client
+        let mut connection = client
             .get_multiplexed_async_connection_with_config(&config)
             .await?;
         // Only a label for CLIENT LIST: an ACL that forbids it must not stop the feed.
@@ -101,7 +145,7 @@ impl Feed {
             .exec_async(&mut connection)
             .await;
         connection.subscribe(&self.keys.channel).await?;
-        Ok((connection, receiver))
+        Ok((Conn::Feed(connection), receiver))
     }
 
     async fn run(mut self, connection: FeedConnection, listener: Weak<dyn ChangeListener>) {
@@ -125,9 +169,17 @@ impl Feed {
     /// renews the listener's lease from the moment the read was sent.
     async fn heartbeat(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut (impl ConnectionLike + Send),
         listener: &dyn ChangeListener,
     ) -> Result<(), RedisError> {
+        if self.switches() != self.switches {
+            // Behind Sentinel, another server is the primary now: this connection's server
+            // no longer sees every write, so it may not renew the lease.
+            return Err(RedisError::from((
+                ::redis::ErrorKind::Io,
+                "Sentinel names a new primary",
+            )));
+        }
         let sent = Instant::now();
         let (current, entries) =
             scripts::read_log(connection, &self.keys, self.sequence.last(), MAX_REPLAY).await?;
@@ -142,7 +194,7 @@ impl Feed {
     /// (`false`).
     async fn follow(
         &mut self,
-        connection: &mut MultiplexedConnection,
+        connection: &mut Conn,
         receiver: &mut UnboundedReceiver<PushInfo>,
         listener: &Weak<dyn ChangeListener>,
     ) -> bool {
@@ -151,7 +203,7 @@ impl Feed {
         loop {
             let catch_up = match tokio::time::timeout_at(next_beat, receiver.recv()).await {
                 Ok(Some(push)) => match push.kind {
-                    PushKind::Message => {
+                    PushKind::Message | PushKind::SMessage => {
                         let Some(strong) = listener.upgrade() else {
                             return false;
                         };
@@ -166,7 +218,10 @@ impl Feed {
                             None => true,
                         }
                     }
-                    PushKind::Disconnection => return true,
+                    // Sharded subscriptions are dropped when their slot moves (a failover,
+                    // a resharding); the cluster connection subscribes again, and this
+                    // feed starts over and replays what was missed meanwhile.
+                    PushKind::Disconnection | PushKind::SUnsubscribe => return true,
                     _ => false,
                 },
                 Ok(None) => return true,
@@ -196,7 +251,7 @@ impl Feed {
         }
     }
 
-    async fn reconnect(&self, listener: &Weak<dyn ChangeListener>) -> Option<FeedConnection> {
+    async fn reconnect(&mut self, listener: &Weak<dyn ChangeListener>) -> Option<FeedConnection> {
         let mut delay = FEED_BACKOFF_MIN;
         loop {
             if listener.strong_count() == 0 {
@@ -215,4 +270,14 @@ impl Feed {
             delay = delay.saturating_mul(2).min(FEED_BACKOFF_MAX);
         }
     }
+}
+
+/// `client`'s server, spoken to in RESP3.
+fn resp3(client: &Client) -> Result<Client, RedisError> {
+    let info = client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    Client::open(info.set_redis_settings(settings))
 }

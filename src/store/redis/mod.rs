@@ -8,7 +8,8 @@
 //!   a connection that went silent);
 //! - `scripts`: the key layout and the Lua scripts that keep it consistent;
 //! - `stored`: the versioned JSON a record is stored as;
-//! - `feed`: the pub/sub change feed.
+//! - `feed`: the pub/sub change feed;
+//! - `topology`: one server, a Redis Cluster or Sentinel, and the connection each gives.
 //!
 //! Inside this module `redis` is this module itself; the driver crate is always spelled
 //! `::redis`.
@@ -18,13 +19,14 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use ::redis::aio::ConnectionManager;
-use ::redis::{Client, IntoConnectionInfo};
+use ::redis::aio::{ConnectionLike, ConnectionManager};
+use ::redis::{Client, Cmd, IntoConnectionInfo, Pipeline, RedisFuture, Value};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use self::conn::{backend, Supervisor};
 use self::scripts::{Cas, Entry, Keys};
+use self::topology::{ClusterSeed, Conn, Parsed, SentinelSeed, Target};
 use super::{ChangeListener, FeedConfig, KeyStore, ListQuery, StoreError};
 use crate::hash::PepperFingerprint;
 use crate::key::KeyId;
@@ -36,6 +38,7 @@ mod limits;
 mod scripts;
 mod stored;
 mod tls;
+mod topology;
 
 pub(crate) use self::tls::root_cert_in_url;
 
@@ -150,7 +153,8 @@ impl Default for RedisConfig {
 ///
 /// # Layout
 ///
-/// Layout version 1, with the default namespace `keygate:`:
+/// Layout version 1, with the default namespace `keygate:` (on a Redis Cluster every name
+/// but the limiter's starts with `{keygate:}` instead, see below):
 ///
 /// | key | type | holds |
 /// |---|---|---|
@@ -214,7 +218,8 @@ impl Default for RedisConfig {
 ///
 /// # Connections and failures
 ///
-/// Commands go through one multiplexed [`ConnectionManager`], which reconnects by itself
+/// Commands go through one multiplexed [`ConnectionManager`] (on a Redis Cluster, one
+/// cluster connection), which reconnects by itself
 /// after the server or network drops the connection; a read that hits a dropped connection
 /// is retried once. Every call is bounded by [`RedisConfig::response_timeout`]
 /// ([`StoreError::Timeout`]), and a call that times out also replaces the connection (at
@@ -227,9 +232,42 @@ impl Default for RedisConfig {
 /// later, Valkey) and is named [`RedisStore::FEED_CLIENT_NAME`].
 ///
 /// Cheap to clone; clones share the connection. Needs a Tokio runtime with the timer
-/// enabled. Redis Cluster is not supported for records (their scripts touch keys of many
-/// slots; the limiter's script does not): point the store at one server (a primary, not a
-/// replica).
+/// enabled. Point a single-server store at a primary, not a replica.
+///
+/// # Redis Cluster and Sentinel
+///
+/// [`connect_cluster`](Self::connect_cluster) (or [`connect_url`](Self::connect_url) with
+/// `redis+cluster://host:port,host:port/`) speaks to a Redis Cluster through the `redis`
+/// crate's cluster client, which routes each command to its slot's primary and follows
+/// `MOVED`, `ASK` and failovers. Every key of the record layout above then starts with the
+/// hash tag `{<namespace>}` (`{keygate:}v1:key:<id>`, `{keygate:}v1:change_seq`, …,
+/// `{keygate:}changes`), so each script touches one slot and the change sequence is one
+/// atomic counter: the records of a namespace live on one shard (a data set of API keys
+/// fits one node; use namespaces to spread several applications). The limiter's keys
+/// keep their per-subject tag, so limit and credit traffic, the per-request writes, spreads
+/// over every shard. Change notices go over sharded pub/sub (`SPUBLISH` in the write
+/// script, `SSUBSCRIBE` on the feed; Redis 7, found out when connecting) to the slot's
+/// shard only, else over classic pub/sub; the feed starts over and replays from the change
+/// log when its subscription is dropped (a failover or slot move sends `SUNSUBSCRIBE`). A
+/// manual `CLUSTER FAILOVER` loses nothing (the replica catches up first); an automatic
+/// failover after a primary dies can lose the writes it had not yet replicated, as with any
+/// Redis client.
+///
+/// [`connect_sentinel`](Self::connect_sentinel) (or `redis+sentinel://host:port,…/<master>`)
+/// asks the sentinels for the primary, then uses it as a single server. The store asks the
+/// sentinels again every [`FeedConfig::heartbeat`] and moves to a new primary as soon as
+/// they name one (and when a call finds its primary gone or read-only); the change feed
+/// then reconnects to it and drops its cache, since the new primary's change sequence may
+/// not hold what the old one took last. Sentinel promotes the replica before it demotes the
+/// old primary, and Redis replicates asynchronously, so writes the old primary acknowledged
+/// in between (at most about one heartbeat's worth) can be lost by Redis itself; what the
+/// store holds afterwards, every node's cache agrees with. Re-check revocations made
+/// during a failover, or set `min-replicas-to-write` on the servers to shorten the window.
+/// TLS to Sentinel (`rediss+sentinel://`) checks the primary's certificate against the
+/// system's roots only.
+///
+/// Both are in the `redis` feature (the `redis` crate's `cluster-async` and `sentinel`
+/// features: 7 more crates). A Cluster of Redis older than 7 works without sharded pub/sub.
 ///
 /// # TLS
 ///
@@ -307,6 +345,164 @@ impl RedisStore {
         Self::from_client(client, config).await
     }
 
+    /// Connects to the store URL `url`: a single server (`redis://`, `rediss://`,
+    /// `redis+unix://`, as [`connect_with`](Self::connect_with)), a Redis Cluster
+    /// (`redis+cluster://host:port,host:port/`, as [`connect_cluster`](Self::connect_cluster)),
+    /// or the primary Sentinel names (`redis+sentinel://host:port,host:port/<master>[/<db>]`,
+    /// as [`connect_sentinel`](Self::connect_sentinel)). The `rediss+cluster://` and
+    /// `rediss+sentinel://` schemes ask for TLS (feature `tls`). A URL's user and password
+    /// are every node's (Cluster) or the primary's (Sentinel; the sentinels are asked
+    /// without them). [`open_store`](crate::open_store) and the CLI call this.
+    ///
+    /// ```no_run
+    /// use keygate::{RedisConfig, RedisStore};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> Result<(), keygate::StoreError> {
+    /// let cluster = RedisStore::connect_url(
+    ///     "redis+cluster://:password@10.0.0.1:6379,10.0.0.2:6379,10.0.0.3:6379/",
+    ///     RedisConfig::new(),
+    /// )
+    /// .await?;
+    /// let sentinel = RedisStore::connect_url(
+    ///     "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379,10.0.0.3:26379/keygate",
+    ///     RedisConfig::new(),
+    /// )
+    /// .await?;
+    /// # let _ = (cluster, sentinel); Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`connect_with`](Self::connect_with), [`connect_cluster`](Self::connect_cluster)
+    /// or [`connect_sentinel`](Self::connect_sentinel); [`StoreError::InvalidUrl`] if a
+    /// cluster URL names no node or a database other than 0, or a Sentinel URL names no
+    /// master.
+    pub async fn connect_url(url: &str, config: RedisConfig) -> Result<Self, StoreError> {
+        match topology::parse(url)? {
+            None => Self::connect_with(url, config).await,
+            Some(Parsed::Cluster(nodes)) => Self::connect_cluster(nodes, config).await,
+            Some(Parsed::Sentinel(sentinels, master)) => {
+                Self::connect_sentinel(sentinels, &master, config).await
+            }
+        }
+    }
+
+    /// Connects to a Redis Cluster through any of its `nodes` (e.g.
+    /// `["redis://10.0.0.1:6379", "redis://10.0.0.2:6379"]`; the others are found from
+    /// them). Commands go to the node that serves their slot; the driver follows `MOVED`
+    /// and `ASK` and finds the new primary after a failover. Every key of the record layout
+    /// carries the hash tag `{<namespace>}` (see [`RedisStore`], "Redis Cluster and
+    /// Sentinel"), so the namespace may not contain `{` or `}`. Change notices go over
+    /// sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) when the servers have it (Redis 7), else
+    /// over classic pub/sub.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if a node URL does not parse, names a database other
+    /// than 0, or the namespace holds `{` or `}`; the TLS errors of
+    /// [`connect_with`](Self::connect_with); [`StoreError::Timeout`] if no node answers
+    /// within [`RedisConfig::connection_timeout`] plus one response timeout;
+    /// [`StoreError::Backend`] if the cluster refuses the connection or is not serving
+    /// every slot.
+    pub async fn connect_cluster<T: IntoConnectionInfo>(
+        nodes: impl IntoIterator<Item = T>,
+        config: RedisConfig,
+    ) -> Result<Self, StoreError> {
+        let nodes = topology::infos(nodes).map_err(tls::url_error)?;
+        if nodes.is_empty() {
+            return Err(StoreError::InvalidUrl(
+                "a Redis Cluster needs at least one node".to_owned(),
+            ));
+        }
+        if nodes.iter().any(|n| n.redis_settings().db() != 0) {
+            return Err(StoreError::InvalidUrl(
+                "a Redis Cluster has only database 0".to_owned(),
+            ));
+        }
+        if config.namespace.contains(['{', '}']) {
+            return Err(StoreError::InvalidUrl(
+                "on a Redis Cluster the namespace becomes a hash tag, so it may not contain \
+                 '{' or '}'"
+                    .to_owned(),
+            ));
+        }
+        let root_cert = tls::check_many(&nodes, &config, true)?;
+        let target = Target::Cluster(Arc::new(ClusterSeed { nodes, root_cert }));
+        Self::open_target(target, config).await
+    }
+
+    /// Connects to the primary the `sentinels` (e.g. `["redis://10.0.0.1:26379"]`) name
+    /// for `master`, with the first URL's user, password and database (the sentinels
+    /// themselves are asked without them). When a call finds that primary gone, refusing
+    /// connections or answering as a replica (`READONLY`) after a failover, the store asks
+    /// the sentinels again and connects to the new primary; so does the change feed when it
+    /// reconnects.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidUrl`] if a URL does not parse or a CA file is configured
+    /// (`rediss+sentinel://` checks the primary's certificate against the system's roots);
+    /// otherwise as [`from_client`](Self::from_client), including when no sentinel knows
+    /// `master`.
+    pub async fn connect_sentinel<T: IntoConnectionInfo>(
+        sentinels: impl IntoIterator<Item = T>,
+        master: &str,
+        config: RedisConfig,
+    ) -> Result<Self, StoreError> {
+        let infos = topology::infos(sentinels).map_err(tls::url_error)?;
+        let Some(first) = infos.first() else {
+            return Err(StoreError::InvalidUrl(
+                "Sentinel needs at least one sentinel".to_owned(),
+            ));
+        };
+        tls::check_many(&infos, &config, false)?;
+        let redis = first.redis_settings().clone();
+        let tls = matches!(first.addr(), ::redis::ConnectionAddr::TcpTls { .. });
+        let sentinels = infos
+            .into_iter()
+            .map(|i| i.set_redis_settings(::redis::RedisConnectionInfo::default()))
+            .collect();
+        let target = Target::Sentinel(Arc::new(SentinelSeed {
+            sentinels,
+            master: master.to_owned(),
+            redis,
+            tls,
+            switches: std::sync::atomic::AtomicU64::new(0),
+        }));
+        Self::open_target(target, config).await
+    }
+
+    async fn open_target(target: Target, config: RedisConfig) -> Result<Self, StoreError> {
+        let conn = conn::connect(&target, &config).await?;
+        Self::assemble(target, conn, config).await
+    }
+
+    /// The store over `conn`; on a cluster, finds out whether it has sharded pub/sub.
+    async fn assemble(
+        target: Target,
+        mut conn: Conn,
+        config: RedisConfig,
+    ) -> Result<Self, StoreError> {
+        let cluster = target.is_cluster();
+        let sharded = cluster && {
+            let limit = conn::connect_limit(&config);
+            let cmd = ::redis::cmd("COMMAND").arg("INFO").arg("SPUBLISH").clone();
+            let info = cmd.query_async::<Vec<Value>>(&mut conn);
+            match tokio::time::timeout(limit, info).await {
+                Ok(Ok(answer)) => answer.iter().any(|v| !matches!(v, Value::Nil)),
+                Ok(Err(e)) => return Err(conn::backend(e)),
+                Err(_) => return Err(StoreError::Timeout),
+            }
+        };
+        let keys = Keys::new(&config.namespace, cluster, sharded);
+        let supervisor = Arc::new(Supervisor::new(target, conn, config));
+        conn::watch_primary(&supervisor);
+        Ok(Self {
+            conn: supervisor,
+            keys: Arc::new(keys),
+        })
+    }
+
     /// Connects with a [`Client`] built by the caller (e.g. with TLS settings of its own:
     /// [`RedisConfig::tls_root_cert`] is not applied here).
     ///
@@ -317,8 +513,7 @@ impl RedisStore {
     /// waiting for the server); [`StoreError::Backend`] if it refuses the connection (a
     /// wrong password, say) or connecting fails otherwise.
     pub async fn from_client(client: Client, config: RedisConfig) -> Result<Self, StoreError> {
-        let manager = conn::connect(&client, &config).await?;
-        Ok(Self::from_manager(client, manager, config))
+        Self::open_target(Target::Single(client), config).await
     }
 
     /// Wraps a [`ConnectionManager`] the caller already has; `client` must point at the same
@@ -328,9 +523,13 @@ impl RedisStore {
     /// Should a call time out on it (see [`RedisStore`], "Connections and failures"), it is
     /// replaced by one made from `client` and `config`.
     pub fn from_manager(client: Client, manager: ConnectionManager, config: RedisConfig) -> Self {
-        let keys = Keys::new(&config.namespace);
+        let keys = Keys::new(&config.namespace, false, false);
         Self {
-            conn: Arc::new(Supervisor::new(client, manager, config)),
+            conn: Arc::new(Supervisor::new(
+                Target::Single(client),
+                Conn::Single(manager),
+                config,
+            )),
             keys: Arc::new(keys),
         }
     }
@@ -345,23 +544,66 @@ impl RedisStore {
         &self.conn.config.namespace
     }
 
-    /// The pub/sub channel change notices are published on (`<namespace>changes`); each
-    /// message is the id of a record that was inserted, updated or deleted.
+    /// The pub/sub channel change notices are published on (`<namespace>changes`, on a
+    /// Redis Cluster the sharded channel `{<namespace>}changes`); each message is
+    /// `<seq>:<id>` of a record that was inserted, updated or deleted.
     pub fn channel(&self) -> &str {
         &self.keys.channel
     }
 
+    /// Whether the store talks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.conn.target.is_cluster()
+    }
+
     /// A handle to the store's current connection, e.g. for health checks. Commands sent
-    /// through it share the store's connection.
-    pub fn connection(&self) -> ConnectionManager {
-        self.conn.manager()
+    /// through it share the store's connection (on a Redis Cluster, they go to the node
+    /// of their keys' slot).
+    pub fn connection(&self) -> RedisConnection {
+        RedisConnection(self.conn.manager())
+    }
+}
+
+/// A handle to a [`RedisStore`]'s connection ([`RedisStore::connection`]): a
+/// [`ConnectionManager`] to one server or the Sentinel primary, or a Redis Cluster
+/// connection. Send commands through it as through any [`ConnectionLike`], e.g.
+/// `redis::cmd("PING").query_async(&mut conn)`. Cheap to clone.
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+#[derive(Clone)]
+pub struct RedisConnection(Conn);
+
+impl fmt::Debug for RedisConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self.0 {
+            Conn::Single(_) | Conn::Feed(_) => "RedisConnection(server)",
+            Conn::Cluster(_) => "RedisConnection(cluster)",
+        })
+    }
+}
+
+impl ConnectionLike for RedisConnection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.0.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.0.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.0.get_db()
     }
 }
 
 impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStore")
-            .field("server", &self.conn.client.get_connection_info().addr())
+            .field("server", &self.conn.target.describe())
             .field("config", &self.conn.config)
             .finish_non_exhaustive()
     }
@@ -563,24 +805,29 @@ impl KeyStore for RedisStore {
         Ok(true)
     }
 
-    /// `HSETNX` then `HGET` on `<namespace>peppers`, in one `MULTI`.
+    /// `HSETNX` then `HGET` on `<namespace>peppers`, in one `MULTI` (on a Redis Cluster,
+    /// `{<namespace>}peppers`, pipelined without `MULTI`).
     async fn remember_pepper(
         &self,
         version: u32,
         fingerprint: PepperFingerprint,
     ) -> Result<Option<PepperFingerprint>, StoreError> {
-        let key = format!("{}{PEPPERS}", self.namespace());
+        let key = &self.keys.peppers;
         let (inserted, known): (i64, Option<Vec<u8>>) = self
             .conn
             .bounded(async {
-                ::redis::pipe()
-                    .atomic()
-                    .cmd("HSETNX")
-                    .arg(&key)
+                let mut pipe = ::redis::pipe();
+                // A cluster connection sends no MULTI; HSETNX never overwrites, so the
+                // HGET after it reads the fingerprint that stays either way.
+                if !self.is_cluster() {
+                    pipe.atomic();
+                }
+                pipe.cmd("HSETNX")
+                    .arg(key)
                     .arg(version)
                     .arg(&fingerprint.as_bytes()[..])
                     .cmd("HGET")
-                    .arg(&key)
+                    .arg(key)
                     .arg(version)
                     .query_async(&mut self.conn.manager())
                     .await
@@ -596,6 +843,3 @@ impl KeyStore for RedisStore {
         Ok(Some(PepperFingerprint::from_bytes(known)))
     }
 }
-
-/// The hash of pepper fingerprints, after the namespace (see [`KeyStore::remember_pepper`]).
-const PEPPERS: &str = "peppers";

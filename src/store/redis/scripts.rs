@@ -6,10 +6,10 @@
 
 use std::sync::LazyLock;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{RedisError, Script};
 use chrono::{DateTime, Utc};
 
+use super::topology::Conn;
 use crate::key::KeyId;
 use crate::store::Cursor;
 
@@ -25,10 +25,24 @@ pub(super) struct Keys {
     /// number, member `<seq>:<id>`).
     pub(super) change_seq: String,
     pub(super) change_log: String,
+    /// The pepper fingerprints' hash.
+    pub(super) peppers: String,
+    /// How the write scripts publish a change notice and the feed subscribes:
+    /// `PUBLISH`/`SUBSCRIBE`, or sharded `SPUBLISH`/`SSUBSCRIBE` (Redis 7 Cluster).
+    pub(super) sharded: bool,
 }
 
 impl Keys {
-    pub(super) fn new(ns: &str) -> Self {
+    /// The keys of namespace `ns`. On a Redis Cluster (`cluster`) every one of them starts
+    /// with the hash tag `{<ns>}`, so every key a record script touches (the record, the
+    /// indexes, the last-used hash, the change sequence and log) and the sharded change
+    /// channel sit in one slot. `sharded`: publish with `SPUBLISH`.
+    pub(super) fn new(ns: &str, cluster: bool, sharded: bool) -> Self {
+        let ns = if cluster {
+            format!("{{{ns}}}")
+        } else {
+            ns.to_owned()
+        };
         Self {
             record_prefix: format!("{ns}v1:key:"),
             created: format!("{ns}v1:created"),
@@ -37,6 +51,17 @@ impl Keys {
             channel: format!("{ns}changes"),
             change_seq: format!("{ns}v1:change_seq"),
             change_log: format!("{ns}v1:change_log"),
+            peppers: format!("{ns}peppers"),
+            sharded,
+        }
+    }
+
+    /// The publish command the write scripts end with (their last `ARGV`).
+    fn publish(&self) -> &'static str {
+        if self.sharded {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
         }
     }
 
@@ -119,7 +144,7 @@ fn sha1_hex(bytes: &[u8]) -> String {
 
 /// The current JSON and last-used time of a record, in one round trip.
 pub(super) async fn fetch(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
 ) -> Result<(Option<Vec<u8>>, Option<Vec<u8>>), RedisError> {
@@ -137,7 +162,9 @@ pub(super) async fn fetch(
 /// `<seq>:<id>` under it (trimming the log every 1024th change to its latest 100 000
 /// entries, [`CHANGE_LOG_KEEP`](crate::store::CHANGE_LOG_KEEP)) and publishes the same.
 /// In the script, so atomic with the write: a node that read the counter at n finds every
-/// change up to n in the log (unless trimmed).
+/// change up to n in the log (unless trimmed). The publish command (`PUBLISH` or, on a
+/// Redis Cluster, `SPUBLISH` to a channel in the record's slot) is every write script's
+/// last `ARGV`.
 macro_rules! log_change_lua {
     () => {
         r#"
@@ -148,14 +175,14 @@ local function log_change(seq_key, log_key, channel, id)
   if seq % 1024 == 0 then
     redis.call('ZREMRANGEBYSCORE', log_key, '-inf', seq - 100000)
   end
-  redis.call('PUBLISH', channel, entry)
+  redis.call(ARGV[#ARGV], channel, entry)
 end
 "#
     };
 }
 
 // KEYS: record, created, owner index, last_used, change_seq, change_log.
-// ARGV: json, id, channel, last-used micros or "", position.
+// ARGV: json, id, channel, last-used micros or "", position, publish command.
 // 1 inserted, 0 the id exists.
 static INSERT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -178,7 +205,7 @@ return 1
 
 /// Writes a new record and indexes it at `entry`; `false` if the id exists.
 pub(super) async fn insert(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     entry: &Entry,
@@ -200,6 +227,7 @@ pub(super) async fn insert(
         .arg(&keys.channel)
         .arg(last_used)
         .arg(&entry.position)
+        .arg(keys.publish())
         .invoke_async(conn)
         .await?;
     Ok(inserted == 1)
@@ -207,7 +235,7 @@ pub(super) async fn insert(
 
 // KEYS: record, created, old owner index, new owner index, change_seq, change_log.
 // ARGV: sha1 of the JSON the patch was applied to, new json, id, channel, old position,
-// new position.
+// new position, publish command.
 // 1 written, 0 the record changed meanwhile, -1 it is gone.
 static UPDATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -234,7 +262,7 @@ return 1
 /// Replaces the record read as `read` (indexed at `old`) by `json` (indexed at `new`),
 /// unless it changed since.
 pub(super) async fn update(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     (read, old): (&[u8], &Entry),
@@ -253,6 +281,7 @@ pub(super) async fn update(
         .arg(&keys.channel)
         .arg(&old.position)
         .arg(&new.position)
+        .arg(keys.publish())
         .invoke_async(conn)
         .await?;
     Ok(Cas::of(written))
@@ -260,7 +289,7 @@ pub(super) async fn update(
 
 // KEYS: record, created, owner index (or created again when unknown), last_used,
 // change_seq, change_log.
-// ARGV: sha1 of the JSON read, id, channel, position ("" when unknown).
+// ARGV: sha1 of the JSON read, id, channel, position ("" when unknown), publish command.
 // 1 deleted, 0 the record changed meanwhile, -1 there was none.
 static DELETE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
@@ -285,7 +314,7 @@ return 1
 /// (`None` when the record is too damaged to say where it is indexed: [`list`] skips
 /// index members whose record is gone).
 pub(super) async fn delete(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     id: &str,
     read: &[u8],
@@ -306,6 +335,7 @@ pub(super) async fn delete(
         .arg(id)
         .arg(&keys.channel)
         .arg(position)
+        .arg(keys.publish())
         .invoke_async(conn)
         .await?;
     Ok(Cas::of(deleted))
@@ -374,7 +404,7 @@ return 0
 
 /// Moves each existing record's last-used time forward to the batch's, never back.
 pub(super) async fn record_last_used(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     batch: &[(KeyId, DateTime<Utc>)],
 ) -> Result<(), RedisError> {
@@ -427,7 +457,7 @@ pub(super) type Row = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
 
 /// Up to `limit` records of `index` in creation order, after `after` (exclusive).
 pub(super) async fn list(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     keys: &Keys,
     index: &str,
     after: Option<&Cursor>,

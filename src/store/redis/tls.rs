@@ -60,7 +60,7 @@ fn check(tls: bool, insecure: bool, root_cert: bool, built: bool) -> Result<(), 
 /// A [`RedisError`] from reading a URL as a [`StoreError`]. The driver's messages name the
 /// problem, never the URL (which may hold a password). A build without TLS cannot parse
 /// `rediss://` at all; that is [`StoreError::TlsUnavailable`].
-fn url_error(error: RedisError) -> StoreError {
+pub(super) fn url_error(error: RedisError) -> StoreError {
     if error.kind() != ErrorKind::InvalidClientConfig {
         return backend(error);
     }
@@ -73,7 +73,13 @@ fn url_error(error: RedisError) -> StoreError {
 /// The CA file named by a store URL's `sslrootcert` query parameter, as
 /// [`open_store`](crate::open_store) reads it (the `redis` driver ignores the parameter).
 pub(crate) fn root_cert_in_url(url: &str) -> Option<PathBuf> {
-    let parsed = ::redis::parse_redis_url(url)?;
+    // A cluster or Sentinel URL: its query is on every node's URL.
+    let first = match super::topology::parse(url) {
+        Ok(Some(super::topology::Parsed::Cluster(nodes))) => nodes.into_iter().next(),
+        Ok(Some(super::topology::Parsed::Sentinel(nodes, _))) => nodes.into_iter().next(),
+        _ => None,
+    };
+    let parsed = ::redis::parse_redis_url(first.as_deref().unwrap_or(url))?;
     parsed
         .query_pairs()
         .find(|(name, _)| name == "sslrootcert")
@@ -82,6 +88,49 @@ pub(crate) fn root_cert_in_url(url: &str) -> Option<PathBuf> {
 
 #[cfg(feature = "tls")]
 fn with_root_cert(info: ::redis::ConnectionInfo, path: &Path) -> Result<Client, StoreError> {
+    let pem = read_root_cert(path)?;
+    let certificates = ::redis::TlsCertificates {
+        client_tls: None,
+        root_cert: Some(pem),
+    };
+    Client::build_with_tls(info, certificates).map_err(url_error)
+}
+
+#[cfg(not(feature = "tls"))]
+fn with_root_cert(_: ::redis::ConnectionInfo, _: &Path) -> Result<Client, StoreError> {
+    // `check` refused a CA file already.
+    Err(StoreError::TlsUnavailable("a Redis CA file (sslrootcert)"))
+}
+
+/// Checks keygate's TLS rules for a cluster's or Sentinel set-up's `urls` under `config`
+/// (`cluster`: whether the CA file can be applied). Returns the CA file's contents.
+pub(super) fn check_many(
+    infos: &[::redis::ConnectionInfo],
+    config: &RedisConfig,
+    ca_supported: bool,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    let tls = infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { .. }));
+    let insecure = infos
+        .iter()
+        .any(|i| matches!(i.addr(), ConnectionAddr::TcpTls { insecure: true, .. }));
+    check(tls, insecure, config.tls_root_cert.is_some(), TLS_BUILT)?;
+    let Some(path) = &config.tls_root_cert else {
+        return Ok(None);
+    };
+    if !ca_supported {
+        return Err(StoreError::InvalidUrl(
+            "a Redis CA file is not supported with Sentinel: the primary's certificate is \
+             checked against the system's root certificates"
+                .to_owned(),
+        ));
+    }
+    read_root_cert(path).map(Some)
+}
+
+#[cfg(feature = "tls")]
+fn read_root_cert(path: &Path) -> Result<Vec<u8>, StoreError> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
 
     let pem = std::fs::read(path).map_err(|e| {
@@ -98,16 +147,11 @@ fn with_root_cert(info: ::redis::ConnectionInfo, path: &Path) -> Result<Client, 
             path.display()
         )));
     }
-    let certificates = ::redis::TlsCertificates {
-        client_tls: None,
-        root_cert: Some(pem),
-    };
-    Client::build_with_tls(info, certificates).map_err(url_error)
+    Ok(pem)
 }
 
 #[cfg(not(feature = "tls"))]
-fn with_root_cert(_: ::redis::ConnectionInfo, _: &Path) -> Result<Client, StoreError> {
-    // `check` refused a CA file already.
+fn read_root_cert(_: &Path) -> Result<Vec<u8>, StoreError> {
     Err(StoreError::TlsUnavailable("a Redis CA file (sslrootcert)"))
 }
 
@@ -116,17 +160,8 @@ fn with_root_cert(_: ::redis::ConnectionInfo, _: &Path) -> Result<Client, StoreE
 /// more than one could be (a host whose tree also enables aws-lc-rs). So when none is
 /// installed, keygate installs rustls's ring provider, the one keygate's `tls` feature
 /// compiles in. A provider the application installed first is used as it is.
-pub(super) fn prepare(client: &Client) {
-    if matches!(
-        client.get_connection_info().addr(),
-        ConnectionAddr::TcpTls { .. }
-    ) {
-        install_provider();
-    }
-}
-
 #[cfg(feature = "tls")]
-fn install_provider() {
+pub(super) fn install_provider() {
     if rustls::crypto::CryptoProvider::get_default().is_none() {
         // An error means another thread installed one meanwhile: one is installed either way.
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -134,7 +169,7 @@ fn install_provider() {
 }
 
 #[cfg(not(feature = "tls"))]
-fn install_provider() {}
+pub(super) fn install_provider() {}
 
 #[cfg(test)]
 mod tests {
