@@ -969,6 +969,9 @@ impl<L: Limiter> Limiter for LocalFirst<L> {
     }
 
     async fn forget(&self, subject: Subject<'_>) -> Result<(), LimiterError> {
+        // Not while a sync is in flight: it could record the subject's usage in the store
+        // again just after the store forgot it (a stale row for a deleted key).
+        let _guard = self.shared.sync_lock.lock().await;
         self.shared.shard(subject).remove(subject);
         self.shared.inner.forget(subject).await
     }
