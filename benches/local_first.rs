@@ -134,7 +134,7 @@ fn overshoot_table(rt: &Runtime, out: &mut String) {
     .unwrap();
     writeln!(
         out,
-        "| limit | N | S | phase / demand | exact admits | fleet admits | excess (run) | worst excess, window S / 10·S / duration | bound (N−1)(B+⌈2S/T⌉) | (N−1)(B+r·S) | worst / bound |"
+        "| limit | N | S | phase / demand | exact admits | fleet admits | excess (run) | worst excess, window S / 10·S / duration | bound (N−1)(B+⌈2S/T⌉) | (N−1)(B+⌈r·S⌉) | worst / bound |"
     )
     .unwrap();
     writeln!(out, "|---|---|---|---|---|---|---|---|---|---|---|").unwrap();

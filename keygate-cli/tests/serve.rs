@@ -917,10 +917,10 @@ fn unknown_file_keys_and_secrets_in_the_file_are_refused() {
 // ---------------------------------------------------------------------------------------
 // usage limits: kept in the store, not in the process
 
-/// With `limits = "store"`, credits and rate limits live in the database `keygate serve`
-/// runs over: a restart (or a second node on the same database) neither hands every key a
-/// fresh credit count nor a fresh burst. (With the default `memory`, a restart refills
-/// every key's credits.)
+/// With `limits = "store"` (the default), credits and rate limits live in the database
+/// `keygate serve` runs over: a restart (or a second node on the same database) neither
+/// hands every key a fresh credit count nor a fresh burst. (With `memory`, a restart
+/// refills every key's credits.)
 #[tokio::test]
 async fn store_limits_outlive_a_restart_and_are_shared_by_nodes() {
     use keygate::limits::{CreditPolicy, RateLimit};

@@ -238,7 +238,9 @@ pub struct SyncReport {
 /// # When the store fails
 ///
 /// A failed or timed-out sync keeps its batch (added back, sent with the next one):
-/// nothing admitted is forgotten. While the store is down each node limits on its own,
+/// nothing admitted is forgotten. A call that timed out may still have been recorded by
+/// the store (the request was sent; only its answer was late): its batch is then counted
+/// twice, which errs strict, never loose. While the store is down each node limits on its own,
 /// so the fleet admits up to `N` times the limit (never unlimited). What happens after
 /// [`max_staleness`](LocalFirstConfig::max_staleness) of failing syncs is
 /// [`on_store_failure`](LocalFirstConfig::on_store_failure):
@@ -433,6 +435,12 @@ impl<L: Limiter> LocalFirst<L> {
     /// [`sync`](Self::sync) to send usage and read state back (tests, simulations, or an
     /// application that drives syncs itself). Use [`start`](Self::start) otherwise.
     pub fn new(inner: L, config: LocalFirstConfig) -> Self {
+        // The fields are public: apply the setters' floors here too. A zero interval
+        // panics in `tokio::time::interval`; zero calls in flight would take every batch
+        // out of the local state and send none of it.
+        let mut config = config;
+        config.sync_interval = config.sync_interval.max(Duration::from_millis(1));
+        config.max_in_flight = config.max_in_flight.max(1);
         Self {
             shared: Arc::new(Shared {
                 inner,
@@ -459,7 +467,7 @@ impl<L: Limiter> LocalFirst<L> {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| NoRuntime)?;
         let this = Self::new(inner, config);
         let weak = Arc::downgrade(&this.shared);
-        let period = config.sync_interval;
+        let period = this.shared.config.sync_interval;
         let task = handle.spawn(async move {
             let mut ticker = tokio::time::interval(period);
             ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -961,6 +969,9 @@ impl<L: Limiter> Limiter for LocalFirst<L> {
     }
 
     async fn forget(&self, subject: Subject<'_>) -> Result<(), LimiterError> {
+        // Not while a sync is in flight: it could record the subject's usage in the store
+        // again just after the store forgot it (a stale row for a deleted key).
+        let _guard = self.shared.sync_lock.lock().await;
         self.shared.shard(subject).remove(subject);
         self.shared.inner.forget(subject).await
     }
@@ -1011,6 +1022,36 @@ mod tests {
         // TAT = now + T: 9 of the burst of 10 left, as locally.
         assert_eq!(stored.limits[0].remaining, 9);
         assert_eq!(stored.limits[0].reset_after_us, 100_000);
+    }
+
+    /// The config's fields are public, so the setters' floors (1 ms, 1 call) can be
+    /// bypassed: a zero `max_in_flight` made every sync take the pending usage out of the
+    /// local state and send none of it (lost for good), and a zero `sync_interval` made
+    /// the sync task panic (`tokio::time::interval`), so nothing was ever synced.
+    #[tokio::test(start_paused = true)]
+    async fn zero_config_fields_bypassing_the_setters_lose_no_usage() {
+        let store = Arc::new(MemoryLimiter::new());
+        let mut config = LocalFirstConfig::new();
+        config.max_in_flight = 0;
+        config.sync_interval = Duration::ZERO;
+        let node = LocalFirst::start(Arc::clone(&store), config).unwrap();
+        let limit = RateLimit::new("r", 10, 1000);
+        let one = [Charge::new(&limit, 1)];
+        let key = KeyId::random();
+        for _ in 0..3 {
+            let check = LimitCheck::new(Subject::Key(key), &one, None, T0);
+            assert!(node.check_now(&check).unwrap().unwrap().allowed);
+        }
+        // The task syncs on its own (a panicked task never would).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(node.store_calls() > 0, "the sync task never synced");
+        node.shutdown().await.unwrap();
+        let peek = [Charge::new(&limit, 0)];
+        let stored = store
+            .check(&LimitCheck::new(Subject::Key(key), &peek, None, T0))
+            .await
+            .unwrap();
+        assert_eq!(stored.limits[0].remaining, 7, "the store saw the 3 units");
     }
 
     #[tokio::test]

@@ -79,9 +79,6 @@ async fn flood(gates: &[Keygate], token: &str, n: usize) -> (usize, usize, usize
     (ok, limited, exhausted)
 }
 
-/// The rate-limit proof on `gates` (which share one backend): 2,000 concurrent requests
-/// against 100 per minute, burst 100 -> exactly 100; 1 µs before the emission interval
-/// (600 ms) has passed -> none; at it -> exactly one.
 /// `LocalFirst` over a store limiter: two nodes (`limiters`: two instances on one backend)
 /// each spend a whole burst before syncing (the documented `(N - 1)·B` overshoot), then
 /// converge on the store's state: the second batch, above the burst, is *recorded* (not
@@ -136,6 +133,9 @@ async fn local_first_converges(limiters: &[Arc<dyn Limiter>]) {
     assert_eq!(stored.limits[0].reset_after_us, 60_000_000);
 }
 
+/// The rate-limit proof on `gates` (which share one backend): 2,000 concurrent requests
+/// against 100 per minute, burst 100 -> exactly 100; 1 µs before the emission interval
+/// (600 ms) has passed -> none; at it -> exactly one.
 async fn rate_exactness(gates: &[Keygate], clock: &ManualClock) {
     let issued = gates[0]
         .mint(NewKey::new("exact", "owner-1").ratelimits([RateLimit::new("requests", 100, 60_000)]))

@@ -18,7 +18,7 @@
 //! | `bootstrap_owner` | `KEYGATE_BOOTSTRAP_OWNER` | `admin` |
 //! | `cache_ttl_secs` | `KEYGATE_CACHE_TTL_SECS` | `5` |
 //! | `store_timeout_ms` | `KEYGATE_STORE_TIMEOUT_MS` | `2000` |
-//! | `limits` | `KEYGATE_LIMITS` | `memory`: rate limits and credits in this process (`store`: exact in the `db` store, shared by every server on it; `local-first`: rate limits decided in this process and synced to the store in the background, credits exact in the store) |
+//! | `limits` | `KEYGATE_LIMITS` | `store`: rate limits and credits exact in the `db` store, shared by every server on it and kept across restarts (`local-first`: rate limits decided in this process and synced to the store in the background, credits exact in the store; `memory`: both in this process only) |
 //! | `limits_sync_ms` | `KEYGATE_LIMITS_SYNC_MS` | `100`: how often `local-first` syncs |
 //! | `original_uri_header` | `KEYGATE_ORIGINAL_URI_HEADER` | `X-Original-URI` |
 //! | `original_method_header` | `KEYGATE_ORIGINAL_METHOD_HEADER` | `X-Original-Method` |
@@ -29,11 +29,14 @@
 //!
 //! The file is named by `--config` or `KEYGATE_CONFIG`.
 //!
-//! `limits`: with one `keygate serve`, `memory` is exact. Several servers on one
-//! PostgreSQL or Redis need `store` (one store round trip per limited request, exact) or
-//! `local-first` (no round trip for rate limits; across N servers a limit may be exceeded
-//! by up to `(N − 1)·(burst + 2·rate·(limits_sync_ms + store latency))` units, see
-//! `keygate::limits::LocalFirst`). Limit state in `memory` is lost on restart.
+//! `limits`: the default, `store`, costs one store round trip (on SQLite, a write) per
+//! request of a key that has limits or credits, and is exact however many servers share
+//! the store; a restart hands no key a fresh credit count or burst. `local-first` saves the
+//! round trip for rate limits (across N servers a limit may be exceeded by up to
+//! `(N − 1)·(burst + 2·rate·(limits_sync_ms + store latency))` units, see
+//! `keygate::limits::LocalFirst`). `memory` is exact for one server only, and its state
+//! (credits included) is lost on restart. While the store is down, a limited request is
+//! 503 under `store` (fail closed), where `memory` would still decide it.
 //!
 //! `trusted_proxies` are the CIDRs of the reverse proxies whose `proxy_header` keygate
 //! believes: `/auth` checks keys with allowed networks against the client address they
@@ -126,7 +129,8 @@ impl LogFormat {
 pub enum LimitsMode {
     /// In this process (`MemoryLimiter`): exact for one server, lost on restart.
     Memory,
-    /// In the `db` store: exact across every server sharing it.
+    /// In the `db` store (the default): exact across every server sharing it, kept across
+    /// restarts.
     Store,
     /// `LocalFirst` over the `db` store, syncing every `sync`.
     LocalFirst {
@@ -229,6 +233,7 @@ impl std::fmt::Debug for Config {
             .field("bootstrap_owner", &self.bootstrap_owner)
             .field("cache_ttl", &self.cache_ttl)
             .field("store_timeout", &self.store_timeout)
+            .field("limits", &self.limits)
             .field("original_uri_header", &self.original_uri_header)
             .field("original_method_header", &self.original_method_header)
             .field("trusted_proxies", &self.trusted_proxies)
@@ -453,7 +458,7 @@ impl Config {
             .as_deref()
             .map(|v| v.trim().to_ascii_lowercase())
         {
-            None => LimitsMode::Memory,
+            None => LimitsMode::Store,
             Some(value) => match value.as_str() {
                 "memory" => LimitsMode::Memory,
                 "store" => LimitsMode::Store,
@@ -634,6 +639,7 @@ mod tests {
         let config = resolve(&[("KEYGATE_DB", url), ("KEYGATE_PEPPER", "x")], "").unwrap();
         let shown = format!("{config:?}");
         assert!(shown.contains("db.example"), "{shown}");
+        assert!(shown.contains("limits: Store"), "{shown}");
         assert!(
             !shown.contains("hunter2secret") && !shown.contains("alsosecret"),
             "{shown}"
@@ -681,8 +687,12 @@ mod tests {
     }
 
     #[test]
-    fn limits_default_to_memory_and_local_first_takes_its_interval() {
-        assert_eq!(resolve(&[], "").unwrap().limits, LimitsMode::Memory);
+    fn limits_default_to_the_store_and_local_first_takes_its_interval() {
+        assert_eq!(resolve(&[], "").unwrap().limits, LimitsMode::Store);
+        assert_eq!(
+            resolve(&[], "limits = \"memory\"\n").unwrap().limits,
+            LimitsMode::Memory
+        );
         assert_eq!(
             resolve(&[], "limits = \"store\"\n").unwrap().limits,
             LimitsMode::Store

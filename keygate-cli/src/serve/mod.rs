@@ -654,7 +654,8 @@ pub async fn bootstrap(
 
 /// Serves `app` on `listener` until `shutdown` completes, then drains: no new
 /// connections, requests under way get `drain` to finish (then the server stops anyway),
-/// and the gate's pending last-used times are written ([`Keygate::flush`]).
+/// the gate's pending last-used times are written ([`Keygate::flush`]), and a
+/// [`local_first`](App::local_first) limiter sends its last usage to the store.
 ///
 /// # Errors
 ///
@@ -698,15 +699,15 @@ pub async fn serve(
         ),
     }
     // Last-used times are written coalesced, in the background; write what is pending.
-    gate.flush()
-        .await
-        .map_err(|e| ServeError::from_keygate("cannot write the last-used times", e))?;
+    let flushed = gate.flush().await;
     if let Some(local) = local_first {
-        // The rate-limit usage of the last sync interval, before the process goes.
+        // The rate-limit usage of the last sync interval, before the process goes (even
+        // when the last-used times could not be written: the two are independent).
         if let Err(error) = local.shutdown().await {
             tracing::warn!(error = %chain(&error), "cannot send the last rate-limit usage to the store");
         }
     }
+    flushed.map_err(|e| ServeError::from_keygate("cannot write the last-used times", e))?;
     tracing::info!("stopped; last-used times written");
     Ok(())
 }
