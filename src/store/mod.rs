@@ -582,6 +582,20 @@ pub enum StoreError {
     /// asked for TLS (never the URL, which may hold a password).
     #[error("{0} asks for TLS, but this build of keygate has none: enable the `tls` feature")]
     TlsUnavailable(&'static str),
+    /// A write was made on the primary, but fewer replicas than asked confirmed a copy of
+    /// it in time (a [`RedisStore`](crate::RedisStore) behind Sentinel: `WAIT`, see
+    /// [`RedisConfig::replicas`](crate::RedisConfig::replicas)). The write may or may not
+    /// survive a failover: treat it as not done and retry (a revoke, update or delete is
+    /// safe to repeat; a repeated insert may find its own record,
+    /// [`Conflict`](Self::Conflict)). Like [`Timeout`](Self::Timeout), the store is
+    /// unavailable for writes, typically during a failover or while the replicas are down.
+    #[error("write not confirmed by {wanted} replica(s) in time ({acked} confirmed)")]
+    Unreplicated {
+        /// Replicas that confirmed the write.
+        acked: u32,
+        /// Replicas asked for.
+        wanted: u32,
+    },
     /// The backend failed: connection, I/O, query.
     #[error("key store backend failed")]
     Backend(#[source] Box<dyn StdError + Send + Sync>),

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use keygate::redis::{self, aio::MultiplexedConnection, Client};
 use keygate::{
-    CacheConfig, CachedStore, FeedConfig, IssuedKey, KeyStore, NewKey, RedisConfig, RedisStore,
-    Rejection,
+    CacheConfig, CachedStore, FeedConfig, IssuedKey, KeyPatch, KeyStore, NewKey, RedisConfig,
+    RedisStore, Rejection, StoreError,
 };
 
 use crate::lost_notices::{burst, cached, heartbeats, node, refused_as_revoked, stats, Node};
@@ -529,9 +529,9 @@ where
         retried.load(Ordering::SeqCst)
     );
 
-    // What the store holds now (a store connected after the failover, no cache): a
-    // revoke the old primary acknowledged but had not replicated when it was demoted is
-    // gone (Redis replicates asynchronously).
+    // What the store holds now (a store connected after the failover, no cache): every
+    // revoke above returned Ok in the end; one the store acknowledged but Redis did not
+    // keep (not replicated when the old primary was demoted) counts as lost.
     let fresh = fresh.await;
     let mut lost = 0;
     let mut held = Vec::with_capacity(KEYS);
@@ -606,14 +606,92 @@ async fn a_cluster_failover_during_revocations_loses_none() {
     not(keygate_test_redis_sentinel),
     ignore = "needs Redis Sentinel: eval \"$(.ci/cluster.sh start)\""
 )]
-async fn a_sentinel_failover_during_revocations_leaves_no_cache_behind_the_store() {
+async fn a_sentinel_failover_during_revocations_loses_none() {
     let _sentinel = SENTINEL.lock().await;
     let scratch = Scratch::new(&[port_url(21101), port_url(21102)]);
     let a = node(sentinel_store(&scratch, FeedConfig::new()).await).await;
     let b = node(sentinel_store(&scratch, FeedConfig::new()).await).await;
+    assert_eq!(
+        RedisConfig::new().replicas,
+        1,
+        "writes wait for a replica by default"
+    );
     let fresh = sentinel_store(&scratch, FeedConfig::new());
-    // Sentinel promotes the replica before it demotes the old primary: a revoke that
-    // the old primary acknowledged in between can be lost by Redis itself (see
-    // RedisStore, "Redis Cluster and Sentinel"); b must still agree with the store.
-    failover_during_revocations(&a, &b, fresh, sentinel_failover).await;
+    // Sentinel promotes the replica before it demotes the old primary, and Redis
+    // replicates asynchronously: a revoke is acknowledged only once WAIT saw the replica
+    // hold it, so every revoke that returned Ok survives the failover, and b refuses it.
+    let lost = failover_during_revocations(&a, &b, fresh, sentinel_failover).await;
+    assert_eq!(lost, 0, "acknowledged revokes lost in a Sentinel failover");
+}
+
+/// Behind Sentinel, a write no replica confirms in time is an error, not a success: with
+/// more replicas asked for than the test set-up has (one), every key-management write
+/// fails with `StoreError::Unreplicated` (it was made on the primary, which the caller
+/// cannot count on), while reads and last-used batches do not wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(keygate_test_redis_sentinel),
+    ignore = "needs Redis Sentinel: eval \"$(.ci/cluster.sh start)\""
+)]
+async fn a_sentinel_write_no_replica_confirms_is_an_error() {
+    let _sentinel = SENTINEL.lock().await;
+    let scratch = Scratch::new(&[port_url(21101), port_url(21102)]);
+    let config = scratch
+        .config()
+        .replicas(2)
+        .replication_timeout(Duration::from_millis(200));
+    let store = RedisStore::connect_sentinel(sentinel_urls(), &sentinel_master(), config)
+        .await
+        .unwrap();
+    let record = keygate::testing::sample_record("owner");
+    let id = record.id;
+    match store.insert(record.clone()).await {
+        Err(StoreError::Unreplicated { acked, wanted }) => {
+            assert_eq!((acked, wanted), (1, 2));
+        }
+        other => panic!("insert: {other:?}"),
+    }
+    // Made on the primary all the same: reads see it, and do not wait.
+    assert!(store.get(id).await.unwrap().is_some());
+    store
+        .record_last_used(&[(id, chrono::Utc::now())])
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.update(id, &KeyPatch::new().active(false)).await,
+        Err(StoreError::Unreplicated {
+            acked: 1,
+            wanted: 2
+        })
+    ));
+    assert!(matches!(
+        store.delete(id).await,
+        Err(StoreError::Unreplicated {
+            acked: 1,
+            wanted: 2
+        })
+    ));
+    // Nothing written, nothing to wait for: a second delete finds no record.
+    assert!(!store.delete(id).await.unwrap());
+
+    // With the one replica there is, the same writes succeed.
+    let store = RedisStore::connect_sentinel(
+        sentinel_urls(),
+        &sentinel_master(),
+        scratch
+            .config()
+            .replication_timeout(support::bound(Duration::from_secs(1))),
+    )
+    .await
+    .unwrap();
+    store.insert(record).await.unwrap();
+    assert!(
+        !store
+            .update(id, &KeyPatch::new().active(false))
+            .await
+            .unwrap()
+            .unwrap()
+            .active
+    );
+    assert!(store.delete(id).await.unwrap());
 }

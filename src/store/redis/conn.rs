@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use ::redis::{
     AsyncConnectionConfig, Client, ErrorKind, ProtocolVersion, RedisError, ServerErrorKind,
 };
@@ -36,6 +36,20 @@ pub(super) struct Supervisor {
     probing: AtomicBool,
     /// A replacement connection (Cluster, Sentinel) is being made in the background.
     replacing: AtomicBool,
+    /// Behind Sentinel: the connection key-management writes go through, so that `WAIT`
+    /// (which waits for the writes of the connection it is sent on) never blocks the
+    /// shared connection verify traffic uses. A plain connection that does not reconnect
+    /// by itself: a write and its `WAIT` always travel on the same one. Made when first
+    /// needed, dropped after a failed write or when the primary changes (the generation
+    /// tells which one a failed write used).
+    writer: tokio::sync::Mutex<Writer>,
+}
+
+/// The write connection behind Sentinel, and its generation.
+#[derive(Default)]
+struct Writer {
+    generation: u64,
+    conn: Option<MultiplexedConnection>,
 }
 
 /// The connection in use, and since when.
@@ -149,6 +163,7 @@ pub(super) fn watch_primary(supervisor: &Arc<Supervisor>) {
             };
             if known.as_ref().is_some_and(|k| *k != now) {
                 seed.switches.fetch_add(1, Ordering::AcqRel);
+                supervisor.forget_writer().await;
                 supervisor.replace_after(
                     Duration::ZERO,
                     "Sentinel names a new redis primary; reconnecting",
@@ -185,7 +200,110 @@ impl Supervisor {
             }),
             probing: AtomicBool::new(false),
             replacing: AtomicBool::new(false),
+            writer: tokio::sync::Mutex::new(Writer::default()),
         }
+    }
+
+    /// Runs a key-management write. `write` gets a connection to the primary and says
+    /// whether it wrote anything. Behind Sentinel with [`RedisConfig::replicas`] above 0,
+    /// it runs on the write connection, and a write that wrote is acknowledged only once
+    /// `WAIT` confirms that many replicas hold it ([`StoreError::Unreplicated`] if not in
+    /// [`RedisConfig::replication_timeout`]); the write and its `WAIT` may take that long
+    /// on top of the response timeout (and a connection limit more when the write
+    /// connection must be made first). Elsewhere it is [`bounded`](Self::bounded) on the shared connection.
+    pub(super) async fn write<T, F, Fut>(self: &Arc<Self>, write: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(Conn) -> Fut,
+        Fut: Future<Output = Result<(T, bool), StoreError>>,
+    {
+        let Target::Sentinel(seed) = &self.target else {
+            return self
+                .bounded(async { Ok(write(self.manager()).await?.0) })
+                .await;
+        };
+        let wanted = self.config.replicas;
+        if wanted == 0 {
+            return self
+                .bounded(async { Ok(write(self.manager()).await?.0) })
+                .await;
+        }
+        let wait = self.config.replication_timeout;
+        let limit = self.config.response_timeout.saturating_add(wait);
+        // Connecting the write connection, then the write and its WAIT.
+        let whole = connect_limit(&self.config).saturating_add(limit);
+        self.bounded_within(whole, async {
+            let (generation, conn) = {
+                let mut writer = self.writer.lock().await;
+                let conn = match &writer.conn {
+                    Some(conn) => conn.clone(),
+                    None => {
+                        let made = self.connect_writer(seed, limit).await?;
+                        writer.generation = writer.generation.wrapping_add(1);
+                        writer.conn = Some(made.clone());
+                        made
+                    }
+                };
+                (writer.generation, conn)
+            };
+            let result = tokio::time::timeout(limit, async {
+                let (value, wrote) = write(Conn::Feed(conn.clone())).await?;
+                if wrote {
+                    let millis = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+                    let acked: u32 = ::redis::cmd("WAIT")
+                        .arg(wanted)
+                        .arg(millis)
+                        .query_async(&mut conn.clone())
+                        .await
+                        .map_err(backend)?;
+                    if acked < wanted {
+                        return Err(StoreError::Unreplicated { acked, wanted });
+                    }
+                }
+                Ok(value)
+            })
+            .await
+            .unwrap_or(Err(StoreError::Timeout));
+            if matches!(
+                result,
+                Err(StoreError::Timeout | StoreError::Backend(_) | StoreError::Unreplicated { .. })
+            ) {
+                // Perhaps a demoted or cut-off primary: ask the sentinels again next time.
+                let mut writer = self.writer.lock().await;
+                if writer.generation == generation {
+                    writer.conn = None;
+                }
+            }
+            result
+        })
+        .await
+    }
+
+    /// A new write connection to the primary the sentinels name now, whose commands may
+    /// take `limit` (a `WAIT` included).
+    async fn connect_writer(
+        &self,
+        seed: &super::topology::SentinelSeed,
+        limit: Duration,
+    ) -> Result<MultiplexedConnection, StoreError> {
+        let connect = async {
+            let client = seed.master(ProtocolVersion::RESP2).await?;
+            let config = AsyncConnectionConfig::new()
+                .set_connection_timeout(Some(self.config.connection_timeout))
+                .set_response_timeout(Some(limit));
+            client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await
+        };
+        match tokio::time::timeout(connect_limit(&self.config), connect).await {
+            Ok(result) => result.map_err(backend),
+            Err(_) => Err(StoreError::Timeout),
+        }
+    }
+
+    /// Drops the write connection (the primary changed): the next write asks the
+    /// sentinels.
+    async fn forget_writer(&self) {
+        self.writer.lock().await.conn = None;
     }
 
     /// The current connection (a cheap handle).
@@ -203,8 +321,18 @@ impl Supervisor {
         self: &Arc<Self>,
         call: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
+        self.bounded_within(self.config.response_timeout, call)
+            .await
+    }
+
+    /// Runs one store call under `limit`, as [`bounded`](Self::bounded).
+    async fn bounded_within<T>(
+        self: &Arc<Self>,
+        limit: Duration,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let mut watch = Unfinished(Some(self));
-        let result = match tokio::time::timeout(self.config.response_timeout, call).await {
+        let result = match tokio::time::timeout(limit, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Timeout),
         };

@@ -82,11 +82,26 @@ pub struct RedisConfig {
     /// [`FeedConfig::new`]. The feed's heartbeat is also bounded by
     /// [`response_timeout`](Self::response_timeout).
     pub feed: FeedConfig,
+    /// Behind Sentinel only: how many replicas must confirm a key-management write
+    /// (insert, update, revoke, delete, rotate: every write of a record) before it is
+    /// acknowledged, with `WAIT <replicas> <replication_timeout>`; fewer in time is
+    /// [`StoreError::Unreplicated`]. Default 1. `0` acknowledges a write once the primary
+    /// took it (asynchronous replication: a failover can then lose it). Last-used
+    /// batches, limiter checks and reads never wait. Ignored on one server and on a Redis
+    /// Cluster.
+    pub replicas: u32,
+    /// Behind Sentinel: how long `WAIT` may wait for [`replicas`](Self::replicas); a
+    /// key-management write may take up to this plus
+    /// [`response_timeout`](Self::response_timeout) (plus a connection timeout and a
+    /// response timeout when its connection must be made first, after a failover).
+    /// Default 1 s.
+    pub replication_timeout: Duration,
 }
 
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 impl RedisConfig {
-    /// The defaults: namespace `"keygate:"`, 2 s to connect, 1 s per call.
+    /// The defaults: namespace `"keygate:"`, 2 s to connect, 1 s per call; behind
+    /// Sentinel, writes wait up to 1 s for 1 replica.
     pub fn new() -> Self {
         Self {
             namespace: "keygate:".to_owned(),
@@ -94,7 +109,21 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(1),
             tls_root_cert: None,
             feed: FeedConfig::new(),
+            replicas: 1,
+            replication_timeout: Duration::from_secs(1),
         }
+    }
+
+    /// Sets [`replicas`](Self::replicas).
+    pub fn replicas(mut self, replicas: u32) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
+    /// Sets [`replication_timeout`](Self::replication_timeout).
+    pub fn replication_timeout(mut self, timeout: Duration) -> Self {
+        self.replication_timeout = timeout;
+        self
     }
 
     /// Sets [`feed`](Self::feed).
@@ -251,7 +280,7 @@ impl Default for RedisConfig {
 /// log when its subscription is dropped (a failover or slot move sends `SUNSUBSCRIBE`). A
 /// manual `CLUSTER FAILOVER` loses nothing (the replica catches up first); an automatic
 /// failover after a primary dies can lose the writes it had not yet replicated, as with any
-/// Redis client.
+/// Redis client ([`RedisConfig::replicas`] applies behind Sentinel only).
 ///
 /// [`connect_sentinel`](Self::connect_sentinel) (or `redis+sentinel://host:port,…/<master>`)
 /// asks the sentinels for the primary, then uses it as a single server. The store asks the
@@ -259,11 +288,16 @@ impl Default for RedisConfig {
 /// they name one (and when a call finds its primary gone or read-only); the change feed
 /// then reconnects to it and drops its cache, since the new primary's change sequence may
 /// not hold what the old one took last. Sentinel promotes the replica before it demotes the
-/// old primary, and Redis replicates asynchronously, so writes the old primary acknowledged
-/// in between (at most about one heartbeat's worth) can be lost by Redis itself; what the
-/// store holds afterwards, every node's cache agrees with. Re-check revocations made
-/// during a failover, or set `min-replicas-to-write` on the servers to shorten the window.
-/// TLS to Sentinel (`rediss+sentinel://`) checks the primary's certificate against the
+/// old primary, and Redis replicates asynchronously, so a write the old primary took in
+/// between could be lost; the store therefore acknowledges a key-management write
+/// (insert, update, revoke, delete, rotate) only once `WAIT` saw
+/// [`RedisConfig::replicas`] replicas (default 1) hold it, within
+/// [`RedisConfig::replication_timeout`] (default 1 s), and fails it with
+/// [`StoreError::Unreplicated`] otherwise: a write that returned `Ok` survives the
+/// failover, one that failed should be retried. These writes use a connection of their
+/// own (`WAIT` blocks the connection it is sent on), so verifies never wait behind them;
+/// last-used batches and limiter checks do not wait. With several replicas, ask for all
+/// of them to be sure the one Sentinel promotes has the write. TLS to Sentinel (`rediss+sentinel://`) checks the primary's certificate against the
 /// system's roots only.
 ///
 /// Both are in the `redis` feature (the `redis` crate's `cluster-async` and `sentinel`
@@ -436,7 +470,8 @@ impl RedisStore {
     /// themselves are asked without them). When a call finds that primary gone, refusing
     /// connections or answering as a replica (`READONLY`) after a failover, the store asks
     /// the sentinels again and connects to the new primary; so does the change feed when it
-    /// reconnects.
+    /// reconnects. Key-management writes wait for [`RedisConfig::replicas`] replicas
+    /// (see [`RedisStore`], "Redis Cluster and Sentinel").
     ///
     /// # Errors
     ///
@@ -632,20 +667,15 @@ impl KeyStore for RedisStore {
         let json = stored::encode(&record)?;
         let id = record.id.to_string();
         let entry = entry(&record);
+        let keys = &*self.keys;
+        let (id, entry, last_used_at) = (&id, &entry, record.last_used_at);
         let inserted = self
             .conn
-            .bounded(async {
-                let mut conn = self.conn.manager();
-                scripts::insert(
-                    &mut conn,
-                    &self.keys,
-                    &id,
-                    &entry,
-                    json,
-                    record.last_used_at,
-                )
-                .await
-                .map_err(backend)
+            .write(|mut conn| async move {
+                let inserted = scripts::insert(&mut conn, keys, id, entry, json, last_used_at)
+                    .await
+                    .map_err(backend)?;
+                Ok((inserted, inserted))
             })
             .await?;
         if !inserted {
@@ -677,15 +707,15 @@ impl KeyStore for RedisStore {
     async fn update(&self, id: KeyId, patch: &KeyPatch) -> Result<Option<KeyRecord>, StoreError> {
         let id_str = id.to_string();
         let keys = &*self.keys;
+        let id_str = &id_str;
         self.conn
-            .bounded(async {
-                let mut conn = self.conn.manager();
+            .write(|mut conn| async move {
                 for _ in 0..MAX_CAS_ATTEMPTS {
-                    let (json, last_used) = scripts::fetch(&mut conn, keys, &id_str)
+                    let (json, last_used) = scripts::fetch(&mut conn, keys, id_str)
                         .await
                         .map_err(backend)?;
                     let Some(json) = json else {
-                        return Ok(None);
+                        return Ok((None, false));
                     };
                     let mut record = stored::decode(id, &json, last_used.as_deref())?;
                     let old = entry(&record);
@@ -695,15 +725,15 @@ impl KeyStore for RedisStore {
                     let written = scripts::update(
                         &mut conn,
                         keys,
-                        &id_str,
+                        id_str,
                         (&json, &old),
                         (stored::encode(&record)?, &new),
                     )
                     .await
                     .map_err(backend)?;
                     match written {
-                        Cas::Done => return Ok(Some(record)),
-                        Cas::Gone => return Ok(None),
+                        Cas::Done => return Ok((Some(record), true)),
+                        Cas::Gone => return Ok((None, false)),
                         Cas::Changed => tokio::task::yield_now().await, // read again
                     }
                 }
@@ -715,26 +745,26 @@ impl KeyStore for RedisStore {
     async fn delete(&self, id: KeyId) -> Result<bool, StoreError> {
         let id_str = id.to_string();
         let keys = &*self.keys;
+        let id_str = &id_str;
         self.conn
-            .bounded(async {
-                let mut conn = self.conn.manager();
+            .write(|mut conn| async move {
                 for _ in 0..MAX_CAS_ATTEMPTS {
-                    let (json, _) = scripts::fetch(&mut conn, keys, &id_str)
+                    let (json, _) = scripts::fetch(&mut conn, keys, id_str)
                         .await
                         .map_err(backend)?;
                     let Some(json) = json else {
-                        return Ok(false);
+                        return Ok((false, false));
                     };
                     // A record too damaged to decode can still be deleted, from its
                     // indexes too if it still names its owner and creation time.
                     let entry = stored::IndexFields::of(&json)
                         .map(|f| Entry::new(&f.owner, f.created_at, id));
-                    let deleted = scripts::delete(&mut conn, keys, &id_str, &json, entry.as_ref())
+                    let deleted = scripts::delete(&mut conn, keys, id_str, &json, entry.as_ref())
                         .await
                         .map_err(backend)?;
                     match deleted {
-                        Cas::Done => return Ok(true),
-                        Cas::Gone => return Ok(false),
+                        Cas::Done => return Ok((true, true)),
+                        Cas::Gone => return Ok((false, false)),
                         Cas::Changed => tokio::task::yield_now().await,
                     }
                 }

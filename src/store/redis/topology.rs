@@ -302,7 +302,8 @@ pub(super) fn infos<T: IntoConnectionInfo>(
 pub(super) enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
-    /// A change feed's own connection to one server.
+    /// A connection of its own to one server: a change feed's, or the write connection
+    /// behind Sentinel.
     Feed(::redis::aio::MultiplexedConnection),
 }
 
