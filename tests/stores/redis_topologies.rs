@@ -473,6 +473,11 @@ where
                     // Any answer, a store error included while the primary changes.
                     let _ = gate.verify(issued.key.expose()).await;
                     verifies.fetch_add(1, Ordering::SeqCst);
+                    // A verify of a cached key completes without awaiting anything: without
+                    // this yield the loop never gives its worker back, and the revoker
+                    // (woken into that worker's LIFO slot, which no other worker steals
+                    // from) starves.
+                    tokio::task::yield_now().await;
                 }
             }
         })
@@ -506,7 +511,13 @@ where
             }
         })
     };
+    let deadline = Instant::now() + Duration::from_secs(60);
     while done.load(Ordering::SeqCst) < KEYS / 3 {
+        assert!(
+            !revoker.is_finished() && Instant::now() < deadline,
+            "the revoker stopped or stalled after {} revokes",
+            done.load(Ordering::SeqCst)
+        );
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let verified_before = verifies.load(Ordering::SeqCst);
